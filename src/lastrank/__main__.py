@@ -1,0 +1,5 @@
+import sys
+
+from lastrank.cli import main
+
+sys.exit(main())

@@ -1,0 +1,49 @@
+"""`lastrank` command line. Each subcommand lives in its own module with `register(subparsers)`.
+
+Modules import heavy libraries (torch, fastapi) inside their handlers, so `lastrank keys list` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lastrank.errors import LastrankError
+
+# module name under lastrank.cli, in the order `--help` lists them
+SUBCOMMAND_MODULES = ["rerank", "checkpoint", "serve", "keys", "usage", "eval", "bench"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lastrank import __version__
+
+    parser = argparse.ArgumentParser(prog="lastrank", description="Self-hosted Jina Reranker V3.")
+    parser.add_argument("--version", action="version", version=f"lastrank {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"lastrank.cli.{name}")
+        except ModuleNotFoundError as e:  # a subcommand still being written; never hides other import errors
+            if e.name != f"lastrank.cli.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LastrankError as e:
+        print(f"lastrank: error: {e.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""ModelConfig: the fields of the checkpoint's config.json that the math needs, in config.json's spelling."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+# Fixed by the official modeling.py (`self.projector_dim = 512`), not by config.json.
+PROJECTOR_OUT_DIM = 512
+DOC_MARKER = "<|embed_token|>"
+QUERY_MARKER = "<|rerank_token|>"
+DOC_MARKER_ID = 151670
+QUERY_MARKER_ID = 151671
+
+
+@dataclass
+class ModelConfig:
+    hidden_size: int = 1024
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 8
+    head_dim: int = 128
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    vocab_size: int = 151936
+    max_position_embeddings: int = 131072
+    hidden_act: str = "silu"
+    attention_bias: bool = False
+    tie_word_embeddings: bool = True
+    torch_dtype: str = "bfloat16"
+
+    def __post_init__(self):
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
+        if self.hidden_act != "silu":
+            raise ValueError(f"unsupported hidden_act {self.hidden_act!r} (Qwen3 uses silu)")
+        if self.attention_bias:
+            raise ValueError("attention_bias=true is not a Qwen3/Jina Reranker V3 checkpoint")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known and v is not None}
+        if "head_dim" not in d and "hidden_size" in d and "num_attention_heads" in d:
+            kw["head_dim"] = d["hidden_size"] // d["num_attention_heads"]
+        if d.get("rope_scaling"):
+            raise ValueError("rope_scaling is set in config.json; Jina Reranker V3 uses plain RoPE")
+        return cls(**kw)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ModelConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def to_hf_dict(self) -> dict:
+        """config.json as the official checkpoint spells it."""
+        d = asdict(self)
+        d.update(
+            architectures=["JinaForRanking"],
+            auto_map={"AutoModel": "modeling.JinaForRanking"},
+            model_type="qwen3",
+            bos_token_id=151643,
+            eos_token_id=151645,
+            rope_scaling=None,
+            max_window_layers=self.num_hidden_layers,
+            sliding_window=None,
+            use_sliding_window=False,
+            attention_dropout=0.0,
+            use_cache=False,
+            initializer_range=0.02,
+            transformers_version="4.55.2",
+        )
+        return d
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "full": ModelConfig(),
+    # Small enough for a CPU test suite, but with the real vocabulary so the real tokenizer works.
+    "tiny": ModelConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+    ),
+}
