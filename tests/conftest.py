@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny random checkpoints in the official layout, with the real Qwen3 tokenizer."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Nothing in the suite may reach a model hub: fail fast instead of hanging on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def make_tiny_checkpoint(tmp_path_factory):
+    """Factory: make_tiny_checkpoint(seed=0, model_max_length=131072, **config_overrides) -> Path (cached)."""
+    from lastrank.model.checkpoint import make_checkpoint
+
+    cache: dict = {}
+
+    def make(seed: int = 0, model_max_length: int = 131072, dtype: str = "bfloat16", **overrides):
+        key = (seed, model_max_length, dtype, tuple(sorted(overrides.items())))
+        if key not in cache:
+            path = tmp_path_factory.mktemp("ckpt")
+            cache[key] = make_checkpoint(path, preset="tiny", seed=seed, dtype=dtype, model_max_length=model_max_length, **overrides)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(make_tiny_checkpoint):
+    """The default tiny checkpoint (bf16 on disk, as the official one)."""
+    return make_tiny_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker(tiny_checkpoint):
+    """A float32 Reranker on the tiny checkpoint, shared by the whole session (read-only use)."""
+    from lastrank import Reranker
+
+    return Reranker(str(tiny_checkpoint), device="cpu", dtype="float32")
