@@ -1,0 +1,28 @@
+"""`lastrank make-checkpoint`: a random-weight checkpoint in the official layout."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("make-checkpoint", help="write a random-weight checkpoint (official layout) for tests and benchmarks",
+                       description="Write config.json, model.safetensors and the real Qwen3 tokenizer with the Jina "
+                                   "marker tokens. The weights are random: the scores mean nothing.")
+    p.add_argument("path", help="output folder")
+    p.add_argument("--preset", choices=["tiny", "full"], default="tiny", help="tiny (hidden 64, 2 layers) or full (Qwen3-0.6B shape)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="storage dtype (the official one is bfloat16)")
+    p.add_argument("--model-max-length", type=int, default=131072, help="tokenizer_config.json model_max_length (drives block splitting)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lastrank.model.checkpoint import NOTICE, make_checkpoint
+
+    out = make_checkpoint(args.path, preset=args.preset, seed=args.seed, dtype=args.dtype,
+                          model_max_length=args.model_max_length)
+    print(f"wrote {args.preset} checkpoint to {out}")
+    print(f"note: {NOTICE}", file=sys.stderr)
+    return 0

@@ -1,0 +1,147 @@
+"""The rerank algorithm's only home: plan -> run blocks -> merge -> order (model-spec §6).
+
+Server, Python API, CLI and eval all go through RerankEngine, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from lastrank.engine.plan import split_blocks, truncate_texts
+from lastrank.engine.prompt import build_prompt
+from lastrank.errors import InvalidRequestError, ModelError
+from lastrank.model.modeling import JinaForRanking
+from lastrank.model.tokenizer import RerankTokenizer
+from lastrank.types import RankedDocument, RerankRequest, RerankResult, Usage
+
+
+@dataclass
+class Block:
+    request_id: str
+    index: int  # block number within its request
+    input_ids: list[int]
+    doc_indices: list[int]  # positions in request.documents
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class BlockOutput:
+    query_embedding: np.ndarray  # float32 [1, 512]
+    doc_embeddings: np.ndarray  # float32 [n, 512]
+    weight: np.float32  # max over the block of (1 + cos) / 2, cos computed in the model dtype
+
+
+@dataclass
+class RerankPlan:
+    request: RerankRequest
+    blocks: list[Block]
+    usage: Usage = field(default_factory=Usage)
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequestError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise InvalidRequestError(f"{name} must be >= {minimum}, got {value}")
+
+
+def validate(request: RerankRequest) -> None:
+    if not isinstance(request.query, str):
+        raise InvalidRequestError(f"query must be a string, got {type(request.query).__name__}")
+    if not isinstance(request.documents, (list, tuple)):
+        raise InvalidRequestError(f"documents must be a list of strings, got {type(request.documents).__name__}")
+    for i, doc in enumerate(request.documents):
+        if not isinstance(doc, str):
+            raise InvalidRequestError(f"documents[{i}] must be a string, got {type(doc).__name__}")
+    if request.top_n is not None:
+        _check_int("top_n", request.top_n, 0)
+    _check_int("max_doc_length", request.max_doc_length, 1)
+    _check_int("max_query_length", request.max_query_length, 1)
+    if request.instruction is not None and not isinstance(request.instruction, str):
+        raise InvalidRequestError(f"instruction must be a string or None, got {type(request.instruction).__name__}")
+
+
+class RerankEngine:
+    def __init__(self, model: JinaForRanking, tokenizer: RerankTokenizer, device: torch.device):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.model.embed_tokens.weight.dtype
+
+    def plan(self, request: RerankRequest) -> RerankPlan:
+        validate(request)
+        docs = list(request.documents)
+        if not docs:
+            return RerankPlan(request, [], Usage())
+        tok = self.tokenizer
+        q = truncate_texts(tok, [request.query], request.max_query_length)
+        d = truncate_texts(tok, docs, request.max_doc_length)
+        groups = split_blocks(d.lengths, q.lengths[0], tok.model_max_length, request.max_doc_length)
+        prompts = [build_prompt(q.texts[0], [d.texts[i] for i in g], request.instruction) for g in groups]
+        blocks = [
+            Block(request.request_id, b, ids, g)
+            for b, (g, ids) in enumerate(zip(groups, tok.encode_batch(prompts)))
+        ]
+        usage = Usage(
+            documents=len(docs),
+            prompt_tokens=sum(b.n_tokens for b in blocks),
+            blocks=len(blocks),
+            truncated_documents=sum(d.truncated),
+            query_truncated=q.truncated[0],
+            doc_tokens=d.lengths,
+        )
+        return RerankPlan(request, blocks, usage)
+
+    def run_blocks(self, blocks: list[Block]) -> list[BlockOutput]:
+        return [self._run_block(b) for b in blocks]
+
+    def _run_block(self, block: Block) -> BlockOutput:
+        ids = torch.tensor(block.input_ids, dtype=torch.long, device=self.device)
+        q, d, scores = self.model.embed(ids, self.tokenizer.doc_marker_id, self.tokenizer.query_marker_id)
+        if d.shape[0] != len(block.doc_indices):
+            raise ModelError(f"block has {len(block.doc_indices)} documents but {d.shape[0]} markers. This is a bug.")
+        s = scores.float().cpu().numpy()
+        return BlockOutput(
+            query_embedding=q.float().cpu().numpy()[None, :],
+            doc_embeddings=d.float().cpu().numpy(),
+            weight=((1.0 + s) / 2.0).max(),
+        )
+
+    def finish(self, plan: RerankPlan, outputs: list[BlockOutput]) -> RerankResult:
+        request = plan.request
+        if not plan.blocks:
+            return RerankResult([], plan.usage, request.request_id)
+        # Official merge, in float32 numpy: weighted mean of the block query vectors, then the cosine of it
+        # with every document vector. The per-block cosines are only weights.
+        q = np.average(np.array([o.query_embedding for o in outputs]), axis=0, weights=[o.weight for o in outputs])
+        D = np.concatenate([o.doc_embeddings for o in outputs], axis=0)
+        scores = np.dot(q, D.T) / (np.linalg.norm(q) * np.linalg.norm(D, axis=1))
+        order = np.argsort(scores[0])[::-1]
+        top_n = len(order) if request.top_n is None else min(request.top_n, len(order))
+        doc_rows = [i for b in plan.blocks for i in b.doc_indices]  # D's row -> input index
+        results = [
+            RankedDocument(
+                index=doc_rows[r],
+                relevance_score=float(scores[0, r]),
+                document=request.documents[doc_rows[r]],
+                embedding=D[r].tolist() if request.return_embeddings else None,
+            )
+            for r in order[:top_n]
+        ]
+        return RerankResult(results, plan.usage, request.request_id)
+
+    def rerank(self, request: RerankRequest) -> RerankResult:
+        plan = self.plan(request)
+        return self.finish(plan, self.run_blocks(plan.blocks))
+
+    def warmup(self) -> None:
+        self.rerank(RerankRequest(query="warm up", documents=["a short passage", "another passage"]))
