@@ -1,0 +1,207 @@
+"""`lastrank eval`: nDCG@10 / RR@10 / R@100 of a reranker over a first-stage run, and the
+input-order (permutation) study of the paper."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lastrank.errors import InvalidRequestError
+
+ORDER_CHOICES = ["given", "descending", "ascending", "random", "all"]
+TEXT_CONVENTION = 'MTEB/BEIR: (title + " " + text).strip() when a title is present, else text'
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a reranker on a retrieval test set",
+        description="Rerank each query's first-stage top-k and report nDCG@10, RR@10 and R@100 (ir_measures) "
+        "for the first stage and the reranked run. Results are cached per query in the output folder, so "
+        "rerunning the same command continues an interrupted run.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="hub id or local checkpoint folder (runs in this process)")
+    src.add_argument("--server", metavar="URL", help="base URL of a running `lastrank serve`")
+    p.add_argument("--api-key", help="API key for --server")
+    p.add_argument("--data", required=True, help="folder: lastrank layout (qrels.tsv) or BEIR (qrels/<split>.tsv)")
+    p.add_argument("--run", help="TREC run file of first-stage candidates (default: the folder's run.*.trec)")
+    p.add_argument("--split", default="test", help="BEIR qrels split (default: test)")
+    p.add_argument("--top-k", type=int, default=100, help="candidates reranked per query (default: 100)")
+    p.add_argument("--order", choices=ORDER_CHOICES, default="given",
+                   help="input order of the candidates in the prompt; 'all' = descending, ascending and random")
+    p.add_argument("--seed", type=int, default=0, help="seed for random orders and permutations")
+    p.add_argument("--queries", type=int, default=None, metavar="N", help="only the first N judged queries")
+    p.add_argument("--permutations", type=int, default=0, metavar="N",
+                   help="instead of the order study: rerank one query under N random input orders")
+    p.add_argument("--query-id", help="query for --permutations (default: the first judged query)")
+    p.add_argument("--rel-min", type=int, default=None,
+                   help="grade counted relevant by RR@10 and R@100 (default: 2 on 0-3 scales as TREC-DL, else 1)")
+    p.add_argument("--max-doc-length", type=int, default=None, help="passed to rerank() (engine default 2048)")
+    p.add_argument("--max-query-length", type=int, default=None, help="passed to rerank() (engine default 512)")
+    p.add_argument("--out", help="output folder (default: ./runs/eval-<dataset>-<UTC timestamp>, or the newest "
+                                 "unfinished one made by the same command)")
+    p.add_argument("--no-resume", action="store_true", help="with no --out, start a new folder even if an unfinished one matches")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (in-process only)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="in-process only")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _fingerprint(args: argparse.Namespace, dataset, rel_min: int) -> dict:
+    """The settings that decide the results; an unfinished out folder with the same ones is resumed."""
+    return {
+        "data": str(Path(args.data).resolve()),
+        "run": str(dataset.run_path.resolve()),
+        "split": args.split if dataset.layout == "beir" else None,
+        "model": _model_label(args),
+        "dtype": None if args.server else args.dtype,
+        "top_k": args.top_k,
+        "order": args.order,
+        "seed": args.seed,
+        "queries": args.queries,
+        "permutations": args.permutations,
+        "query_id": args.query_id,
+        "rel_min": rel_min,
+        "max_doc_length": args.max_doc_length,
+        "max_query_length": args.max_query_length,
+    }
+
+
+def _model_label(args: argparse.Namespace) -> str:
+    if args.server:
+        return f"server:{args.server.rstrip('/')}"
+    path = Path(args.model)
+    return str(path.resolve()) if path.exists() else args.model
+
+
+def choose_out_dir(args: argparse.Namespace, dataset_name: str, fingerprint: dict) -> tuple[Path, bool]:
+    """(folder, resumed). --out is used as given; otherwise the newest unfinished ./runs/eval-<dataset>-*
+    with the same fingerprint is continued, else a new timestamped folder is made."""
+    if args.out:
+        out = Path(args.out)
+        return out, (out / "cache.jsonl").exists()
+    root = Path("runs")
+    if not args.no_resume and root.is_dir():
+        for d in sorted(root.glob(f"eval-{dataset_name}-*"), reverse=True):
+            cfg = d / "config.json"
+            if (d / "report.json").exists() or not cfg.exists():
+                continue
+            try:
+                if json.loads(cfg.read_text(encoding="utf-8")).get("fingerprint") == fingerprint:
+                    return d, True
+            except json.JSONDecodeError:
+                continue
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return root / f"eval-{dataset_name}-{stamp}", False
+
+
+def _make_reranker(args: argparse.Namespace):
+    """(reranker, model info for the report). Heavy imports happen here only."""
+    if args.server:
+        try:
+            from lastrank.client import Client
+        except ModuleNotFoundError as e:
+            if e.name != "lastrank.client":
+                raise
+            raise InvalidRequestError("server mode needs lastrank.client, which this install lacks") from None
+        return Client(args.server, args.api_key), {"server": args.server}
+    from lastrank import Reranker
+
+    reranker = Reranker(args.model, device=args.device, dtype=args.dtype)
+    info = {"model_id": reranker.model_id, "path": str(reranker.path), "device": str(reranker.device),
+            "dtype": str(reranker.dtype).removeprefix("torch.")}
+    cfg = Path(reranker.path) / "config.json"
+    if cfg.exists():
+        c = json.loads(cfg.read_text(encoding="utf-8"))
+        info["config"] = {k: c.get(k) for k in ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")}
+    return reranker, info
+
+
+def run(args: argparse.Namespace) -> int:
+    from lastrank.eval.data import load_dataset
+    from lastrank.eval.measures import METRICS, default_rel_min
+    from lastrank.eval.report import aggregate_table, build_report, permutation_summary, write_report
+    from lastrank.eval.run import ALL_ORDERS, OrderEval, ResultCache, evaluate_first_stage, run_orders
+
+    if args.server and not args.api_key:
+        raise InvalidRequestError("--server needs --api-key")
+    if args.top_k is not None and args.top_k < 1:
+        raise InvalidRequestError("--top-k must be at least 1")
+    started = time.time()
+    dataset = load_dataset(args.data, run=args.run, split=args.split, top_k=args.top_k)
+    query_ids = dataset.query_ids()
+    if not query_ids:
+        raise InvalidRequestError(f"{args.data}: no query has both judgments and candidates in {dataset.run_name}")
+    if args.queries is not None:
+        query_ids = query_ids[: args.queries]
+    rel_min = args.rel_min if args.rel_min is not None else default_rel_min(dataset.qrels)
+    perm_qid = None
+    if args.permutations:
+        perm_qid = args.query_id or query_ids[0]
+        if perm_qid not in dataset.run or perm_qid not in dataset.queries:
+            raise InvalidRequestError(f"query {perm_qid!r} has no candidates in {dataset.run_name}")
+
+    fingerprint = _fingerprint(args, dataset, rel_min)
+    out_dir, resumed = choose_out_dir(args, dataset.name, fingerprint)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache = ResultCache(out_dir / "cache.jsonl")
+    print(f"{dataset.name}: {len(query_ids)} judged queries, run {dataset.run_name}, top-k {args.top_k}; "
+          f"output {out_dir}" + (f" (resuming, {len(cache)} cached)" if resumed else ""), file=sys.stderr)
+
+    first = evaluate_first_stage(dataset, query_ids, rel_min)
+    print("first stage: " + "  ".join(f"{m} {first[1][m]:.4f}" for m in METRICS if m in first[1]), flush=True)
+
+    config = {
+        "dataset": dataset.name,
+        "data": str(dataset.path),
+        "layout": dataset.layout,
+        "run": dataset.run_name,
+        "text_convention": TEXT_CONVENTION,
+        "model": _model_label(args),
+        "server": args.server,
+        "device": None if args.server else args.device,
+        "dtype": None if args.server else args.dtype,
+        "top_k": args.top_k,
+        "orders": [] if args.permutations else list(ALL_ORDERS) if args.order == "all" else [args.order],
+        "seed": args.seed,
+        "n_queries": len(query_ids),
+        "rel_min": rel_min,
+        "permutations": args.permutations,
+        "query_id": perm_qid,
+        "argv": sys.argv[1:],
+        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "fingerprint": fingerprint,
+    }
+    (out_dir / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+
+    reranker, model_info = _make_reranker(args)
+    params = {k: v for k, v in (("max_doc_length", args.max_doc_length), ("max_query_length", args.max_query_length),
+                                ("dtype", None if args.server else args.dtype)) if v is not None}
+    rerank_kwargs = {k: params[k] for k in ("max_doc_length", "max_query_length") if k in params}
+    progress = not args.no_progress
+    orders_result = perm_result = None
+    if args.permutations:
+        from lastrank.eval.permutation import run_permutations
+
+        perm_result = run_permutations(dataset, reranker, config["model"], cache, perm_qid, args.permutations,
+                                       args.top_k, args.seed, rel_min, params, rerank_kwargs, progress)
+    else:
+        orders_result = run_orders(dataset, reranker, config["model"], cache, config["orders"], query_ids, args.top_k,
+                                   args.seed, rel_min, params, rerank_kwargs, progress)
+    if orders_result is None:  # the permutation study still reports the first stage for context
+        orders_result = OrderEval(query_ids, rel_min, first)
+    config["finished"] = datetime.now(timezone.utc).isoformat()
+    report = build_report(config, model_info, orders_result, perm_result)
+    paths = write_report(report, out_dir)
+    print()
+    print(aggregate_table(report))
+    if perm_result is not None:
+        print()
+        print(permutation_summary(report))
+    print(f"\nreport: {paths['json']}\ntable:  {paths['markdown']}\nplot:   {paths['plot']}", file=sys.stderr)
+    return 0
