@@ -1,0 +1,78 @@
+"""Cohere v2 `POST /v2/rerank`. (Cohere v1 shares `/v1/rerank` with Jina: see jina.py.)
+
+Request: {model?, query, documents: [str] (objects accepted too, with `text` or rank_fields),
+          top_n?, max_tokens_per_doc? (-> max_doc_length; null: the server default, 2048, which is the
+          model's own; Cohere's 4096 would change the ranking), priority? (accepted, ignored),
+          return_documents? (default false; dropped from the v2 SDK but gateways still send it),
+          rank_fields?, instruction?, max_query_length?}
+Response (Cohere v2 shape): {id, results [{index, relevance_score, document?}], meta {api_version
+          {version: "2"}, billed_units {search_units}, tokens}, plus model and usage (the SDK keeps
+          unknown fields, so they cost nothing)}.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+from pydantic import Field, StrictBool, StrictInt, StrictStr
+
+from lastrank.api.dialects.base import (
+    Document,
+    ResponseInfo,
+    Translated,
+    WireModel,
+    document_texts,
+    echo_document,
+    meta_block,
+    usage_block,
+)
+from lastrank.types import RerankResult
+
+NAME = "cohere_v2"
+
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
+NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+
+
+class Request(WireModel):
+    model: Optional[StrictStr] = None
+    query: StrictStr
+    documents: list[Document]
+    top_n: Optional[NonNegativeInt] = None
+    max_tokens_per_doc: Optional[PositiveInt] = Field(None, description="tokens per document; null: 2048")
+    priority: Optional[StrictInt] = Field(None, description="accepted and ignored")
+    return_documents: Optional[StrictBool] = Field(None, description="echo documents; null: false")
+    rank_fields: Optional[list[StrictStr]] = None
+    instruction: Optional[StrictStr] = None
+    max_query_length: Optional[PositiveInt] = None
+
+
+def to_internal(body: Request) -> Translated:
+    return Translated(
+        query=body.query,
+        documents=document_texts(body.documents, body.rank_fields),
+        originals=body.documents,
+        top_n=body.top_n,
+        return_documents=bool(body.return_documents),
+        max_doc_length=body.max_tokens_per_doc,
+        max_query_length=body.max_query_length,
+        instruction=body.instruction,
+        model=body.model,
+    )
+
+
+def from_internal(result: RerankResult, t: Translated, info: ResponseInfo) -> tuple[Any, dict]:
+    results = []
+    for r in result.results:
+        item: dict[str, Any] = {"index": r.index, "relevance_score": r.relevance_score}
+        if t.return_documents:
+            item["document"] = echo_document(t.originals[r.index])
+        results.append(item)
+    body = {
+        "id": info.request_id,
+        "results": results,
+        "meta": meta_block(result, info, "2"),
+        "model": info.model,
+        "usage": usage_block(result),
+    }
+    return body, {}
