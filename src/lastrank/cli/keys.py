@@ -1,0 +1,125 @@
+"""`lastrank keys create|list|revoke`: manage API keys in the store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+DB_ENV = "LASTRANK_DB"
+
+
+def add_db_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        metavar="PATH",
+        default=None,
+        help=f"the SQLite store (default: ${DB_ENV}, else lastrank.db in the user data folder)",
+    )
+
+
+def open_store(args: argparse.Namespace):
+    """The Store named by --db, else $LASTRANK_DB, else the default path (env read now, not at import)."""
+    from lastrank.store import Store
+
+    path = args.db or os.environ.get(DB_ENV) or None
+    return Store(Path(path) if path else None)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def register(subparsers) -> None:
+    keys = subparsers.add_parser(
+        "keys",
+        help="create, list and revoke API keys",
+        description="Create, list and revoke API keys. Only a hash of each key is stored.",
+    )
+    sub = keys.add_subparsers(dest="keys_command", metavar="ACTION")
+    sub.required = True
+
+    create = sub.add_parser("create", help="create a key and print it (once)")
+    create.add_argument("--name", required=True, help="a unique name among active keys, e.g. the customer")
+    create.add_argument("--requests-per-minute", type=_positive_int, default=None, metavar="R", help="default: no limit")
+    create.add_argument("--documents-per-minute", type=_positive_int, default=None, metavar="D", help="default: no limit")
+    add_db_argument(create)
+    create.set_defaults(func=_create)
+
+    lst = sub.add_parser("list", help="list keys (never their secrets)")
+    lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_db_argument(lst)
+    lst.set_defaults(func=_list)
+
+    revoke = sub.add_parser("revoke", help="revoke a key by id or name; takes effect on the next request")
+    revoke.add_argument("key", metavar="ID_OR_NAME")
+    add_db_argument(revoke)
+    revoke.set_defaults(func=_revoke)
+
+
+def _limit(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _create(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        record, plaintext = store.create_key(args.name, args.requests_per_minute, args.documents_per_minute)
+        where = store.path
+    # The key alone goes to stdout (so `lastrank keys create ... > file` captures just it); the rest to stderr.
+    print(f"Created key {record.name!r} (id {record.id}) in {where}", file=sys.stderr)
+    print(plaintext)
+    print("Save this key now: it will not be shown again (only its hash is stored).", file=sys.stderr)
+    return 0
+
+
+def format_table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(headers)] + [line(r) for r in rows])
+
+
+def _list(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        records = store.list_keys()
+    if args.json:
+        print(json.dumps([r.to_dict() for r in records], indent=2))
+        return 0
+    if not records:
+        print("No keys. Create one with: lastrank keys create --name NAME")
+        return 0
+    rows = [
+        [
+            r.id,
+            r.name,
+            r.prefix + "-...",
+            r.created_at.strftime("%Y-%m-%d %H:%M"),
+            "active" if r.active else "revoked " + r.revoked_at.strftime("%Y-%m-%d %H:%M"),
+            _limit(r.requests_per_minute),
+            _limit(r.documents_per_minute),
+        ]
+        for r in records
+    ]
+    print(format_table(["ID", "NAME", "KEY", "CREATED (UTC)", "STATUS", "REQ/MIN", "DOCS/MIN"], rows, right={5, 6}))
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        before = store.get_key(args.key)
+        record = store.revoke_key(before.id)
+    if before.active:
+        print(f"Revoked key {record.name!r} (id {record.id}).")
+    else:
+        print(f"Key {record.name!r} (id {record.id}) was already revoked.")
+    return 0

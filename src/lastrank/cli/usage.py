@@ -1,0 +1,49 @@
+"""`lastrank usage`: totals from the usage ledger per key and UTC day, with a grand total."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from lastrank.cli.keys import add_db_argument, format_table, open_store
+
+
+def register(subparsers) -> None:
+    usage = subparsers.add_parser("usage", help="usage totals per key and day", description="Usage totals from the ledger per key and UTC day, with a grand total.")
+    usage.add_argument("--key", default=None, metavar="K", help="only this key (id or name; a name covers every key that had it)")
+    usage.add_argument("--since", default=None, metavar="YYYY-MM-DD", help="from this UTC day on (inclusive)")
+    usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_db_argument(usage)
+    usage.set_defaults(func=_usage)
+
+
+def _usage(args: argparse.Namespace) -> int:
+    from lastrank.store.ledger import total
+
+    with open_store(args) as store:
+        rows = store.usage_summary(key=args.key, since=args.since)
+    grand = total(rows)
+    if args.json:
+        print(json.dumps({"rows": rows, "total": grand}, indent=2))
+        return 0
+    if not rows:
+        print("No usage recorded" + (f" since {args.since}" if args.since else "") + ".")
+        return 0
+
+    def cells(day: str, key_id: str, name: str, r: dict) -> list[str]:
+        return [
+            day,
+            key_id,
+            name,
+            str(r["requests"]),
+            str(r["errors"]),
+            str(r["documents"]),
+            str(r["prompt_tokens"]),
+            f"{r['cost_usd']:.6f}",
+        ]
+
+    body = [cells(r["day"], r["key_id"] or "(no key)", r["key_name"] or "-", r) for r in rows]
+    body.append(cells("TOTAL", "", "", grand))
+    headers = ["DAY (UTC)", "KEY", "NAME", "REQUESTS", "ERRORS", "DOCUMENTS", "TOKENS", "COST (USD)"]
+    print(format_table(headers, body, right={3, 4, 5, 6, 7}))
+    return 0

@@ -1,0 +1,159 @@
+"""`lastrank keys ...` and `lastrank usage` through the real CLI entry point."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+
+import pytest
+
+from lastrank.cli import main
+from lastrank.store import Store, UsageRow, cost_for
+
+KEY_RE = re.compile(r"lr-[0-9a-f]{12}-[A-Za-z0-9_-]{43}")
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch):
+    monkeypatch.delenv("LASTRANK_DB", raising=False)
+    return str(tmp_path / "cli.db")
+
+
+def _create(capsys, db, *extra) -> str:
+    assert main(["keys", "create", "--db", db, *extra]) == 0
+    out, err = capsys.readouterr()
+    assert KEY_RE.fullmatch(out.strip()), out  # stdout holds the key and nothing else
+    assert "will not be shown again" in err
+    return out.strip()
+
+
+def test_create_prints_a_working_key_once(capsys, db):
+    plaintext = _create(capsys, db, "--name", "acme", "--requests-per-minute", "60", "--documents-per-minute", "9000")
+    secret = plaintext.split("-", 2)[2]
+    with Store(db) as store:
+        record = store.verify_key(plaintext)
+    assert record.name == "acme" and (record.requests_per_minute, record.documents_per_minute) == (60, 9000)
+
+    assert main(["keys", "list", "--db", db]) == 0
+    out, err = capsys.readouterr()
+    assert "acme" in out and record.id in out and "active" in out and "9000" in out
+    assert secret not in out + err
+
+    assert main(["keys", "list", "--db", db, "--json"]) == 0
+    out, _ = capsys.readouterr()
+    listed = json.loads(out)
+    assert [(k["id"], k["name"], k["active"], k["requests_per_minute"]) for k in listed] == [
+        (record.id, "acme", True, 60)
+    ]
+    assert secret not in out
+
+
+def test_list_empty(capsys, db):
+    assert main(["keys", "list", "--db", db]) == 0
+    assert "No keys" in capsys.readouterr().out
+    assert main(["keys", "list", "--db", db, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_revoke(capsys, db):
+    plaintext = _create(capsys, db, "--name", "acme")
+    assert main(["keys", "revoke", "acme", "--db", db]) == 0
+    assert "Revoked key 'acme'" in capsys.readouterr().out
+    with Store(db) as store:
+        assert store.verify_key(plaintext) is None
+        key_id = store.list_keys()[0].id
+    assert main(["keys", "revoke", key_id, "--db", db]) == 0
+    assert "already revoked" in capsys.readouterr().out
+    assert main(["keys", "list", "--db", db]) == 0
+    assert "revoked" in capsys.readouterr().out
+
+
+def test_errors_are_reported(capsys, db):
+    _create(capsys, db, "--name", "acme")
+    assert main(["keys", "create", "--name", "acme", "--db", db]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "already exists" in err
+    assert main(["keys", "revoke", "nobody", "--db", db]) == 2
+    assert "nobody" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["keys", "create", "--name", "x", "--requests-per-minute", "0", "--db", db])
+    assert exc.value.code == 2
+    assert "at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["keys", "create", "--db", db])  # --name is required
+    capsys.readouterr()
+    with Store(db) as store:
+        assert [k.name for k in store.list_keys()] == ["acme"]
+
+
+def test_db_from_environment(capsys, tmp_path, monkeypatch):
+    path = tmp_path / "env" / "from-env.db"
+    monkeypatch.setenv("LASTRANK_DB", str(path))
+    assert main(["keys", "create", "--name", "a"]) == 0
+    plaintext = capsys.readouterr().out.strip()
+    with Store(path) as store:
+        assert store.verify_key(plaintext).name == "a"
+    # --db wins over the environment
+    other = tmp_path / "other.db"
+    assert main(["keys", "list", "--db", str(other), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def _seed_usage(db) -> tuple[str, str]:
+    with Store(db) as store:
+        a, _ = store.create_key("alpha")
+        b, _ = store.create_key("beta")
+        day1 = datetime(2026, 11, 20, 12, tzinfo=timezone.utc)
+        day2 = datetime(2026, 11, 21, 12, tzinfo=timezone.utc)
+        for i, (key, docs, when, status) in enumerate(
+            [(a, 10, day1, 200), (a, 30, day1, 200), (b, 1000, day2, 200), (None, 5, day2, 200), (a, 2, day2, 503)]
+        ):
+            store.record_usage(
+                UsageRow(f"r{i}", key.id if key else None, "m", "/v1/rerank", "jina", docs, docs * 50, 1, status,
+                         3.0, cost_for(docs) if status == 200 else 0.0, created_at=when)
+            )
+    return a.id, b.id
+
+
+def test_usage_table(capsys, db):
+    a_id, b_id = _seed_usage(db)
+    assert main(["usage", "--db", db]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["DAY", "(UTC)", "KEY"]
+    body = [line.split() for line in lines[1:]]
+    assert body[0] == ["2026-11-20", a_id, "alpha", "2", "0", "40", "2000", "0.000320"]
+    assert ["2026-11-21", "(no", "key)", "-", "1", "0", "5", "250", "0.000040"] in body
+    assert ["2026-11-21", b_id, "beta", "1", "0", "1000", "50000", "0.008000"] in body
+    assert ["2026-11-21", a_id, "alpha", "1", "1", "2", "100", "0.000000"] in body
+    assert body[-1] == ["TOTAL", "5", "1", "1047", "52350", "0.008360"]
+
+
+def test_usage_json_and_filters(capsys, db):
+    a_id, _ = _seed_usage(db)
+    assert main(["usage", "--db", db, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["rows"]) == 4
+    assert data["total"] == {
+        "requests": 5, "errors": 1, "documents": 1047, "prompt_tokens": 52350, "blocks": 5, "cost_usd": 0.00836
+    }
+
+    assert main(["usage", "--db", db, "--json", "--key", "alpha"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(r["day"], r["documents"]) for r in data["rows"]] == [("2026-11-20", 40), ("2026-11-21", 2)]
+    assert all(r["key_id"] == a_id for r in data["rows"])
+
+    assert main(["usage", "--db", db, "--json", "--since", "2026-11-21"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {r["day"] for r in data["rows"]} == {"2026-11-21"} and data["total"]["documents"] == 1007
+
+    assert main(["usage", "--db", db, "--since", "2026-12-01"]) == 0
+    assert "No usage recorded since 2026-12-01" in capsys.readouterr().out
+
+
+def test_usage_errors(capsys, db):
+    _seed_usage(db)
+    assert main(["usage", "--db", db, "--since", "21/11/2026"]) == 2
+    assert "YYYY-MM-DD" in capsys.readouterr().err
+    assert main(["usage", "--db", db, "--key", "nobody"]) == 2
+    assert "nobody" in capsys.readouterr().err
