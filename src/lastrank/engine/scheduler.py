@@ -65,7 +65,9 @@ def _set_future(fut: asyncio.Future, result: Any, exc: BaseException | None) -> 
     # Runs on the request's event loop; the caller may have been cancelled meanwhile.
     if fut.done():
         return
-    if exc is not None:
+    if isinstance(exc, asyncio.CancelledError):
+        fut.cancel()
+    elif exc is not None:
         fut.set_exception(exc)
     else:
         fut.set_result(result)
@@ -103,9 +105,9 @@ class Scheduler:
         self.max_batch_tokens = max_batch_tokens
         self.max_queued_tokens = max_queued_tokens
         self.max_queued_requests = max_queued_requests
-        self._on_batch: Callable[[int, int, float], Any] | None = (
-            getattr(observer, "on_batch", None) or (observer if callable(observer) else None)
-        )
+        self._on_batch: Callable[[int, int, float], Any] | None = getattr(observer, "on_batch", None) or observer
+        if self._on_batch is not None and not callable(self._on_batch):
+            raise TypeError("observer must be a callable or have an on_batch(n_blocks, n_tokens, seconds) method")
 
         self._cond = threading.Condition()
         self._entries: dict[_Entry, None] = {}  # every admitted, unfinished request (insertion order)
@@ -290,6 +292,7 @@ class Scheduler:
                 except Exception as exc:  # a bug in this file: fail everyone rather than hang anyone
                     log.exception("scheduler worker error")
                     with self._cond:
+                        self._busy = False
                         for entry in list(self._entries):
                             self._complete_locked(entry, exc=ModelError(
                                 f"internal scheduler error: {type(exc).__name__}: {exc}. This is a bug."))
