@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
@@ -295,7 +296,7 @@ def test_two_processes_lose_no_rows(tmp_path):
         while not all(os.path.exists(f"{go}.{tag}.ready") for tag in ("p", "q")):
             if any(c.poll() is not None for c in children):
                 break
-            threading.Event().wait(0.005)
+            time.sleep(0.005)
         go.touch()
         for c in children:
             _, err = c.communicate(timeout=120)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -125,7 +126,7 @@ def test_close_closes_every_thread_connection(tmp_path):
     for t in threads:
         t.join()
     while len(conns) < 4:
-        threading.Event().wait(0.01)
+        time.sleep(0.01)
     store.close()
     keep_alive.set()
     holder.join()
@@ -136,3 +137,31 @@ def test_close_closes_every_thread_connection(tmp_path):
         store.count_usage()
     with Store(tmp_path / "x.db") as again:
         assert again.count_usage() == 4
+
+
+def test_forked_child_opens_its_own_connection(tmp_path):
+    """A store opened before fork (e.g. a pre-fork server) stays usable in the parent and the child."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import os, sys
+        from lastrank.store import Store, UsageRow
+        store = Store(sys.argv[1])
+        store.count_usage()  # the parent's connection exists before the fork
+        pid = os.fork()
+        if pid == 0:
+            store.record_usage(UsageRow("child", None, "m", "/v1/rerank", "jina", 1, 1, 1, 200, 1.0, 0.0))
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert status == 0, status
+        store.record_usage(UsageRow("parent", None, "m", "/v1/rerank", "jina", 1, 1, 1, 200, 1.0, 0.0))
+        """
+    )
+    path = tmp_path / "fork.db"
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    with Store(path) as store:
+        assert sorted(r.request_id for r in store.list_usage()) == ["child", "parent"]

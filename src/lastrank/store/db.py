@@ -130,12 +130,11 @@ class Store:
         if self._closed:
             raise StoreError("the store is closed")
         if os.getpid() != self._pid:
-            # a forked child must not reuse its parent's connections
-            with self._lock:
-                if os.getpid() != self._pid:
-                    self._local = threading.local()
-                    self._all = weakref.WeakSet()
-                    self._pid = os.getpid()
+            # a forked child must not reuse its parent's connections (nor its lock, which may be held)
+            self._lock = threading.Lock()
+            self._local = threading.local()
+            self._all = weakref.WeakSet()
+            self._pid = os.getpid()
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
