@@ -130,8 +130,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.server and not args.api_key:
         raise InvalidRequestError("--server needs --api-key")
-    if args.top_k is not None and args.top_k < 1:
-        raise InvalidRequestError("--top-k must be at least 1")
+    for flag, value in (("--top-k", args.top_k), ("--queries", args.queries), ("--permutations", args.permutations or 1)):
+        if value is not None and value < 1:
+            raise InvalidRequestError(f"{flag} must be at least 1")
     started = time.time()
     dataset = load_dataset(args.data, run=args.run, split=args.split, top_k=args.top_k)
     query_ids = dataset.query_ids()

@@ -166,10 +166,8 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = []
-    if "aggregate" in report:
-        panels.append("aggregate")
-        if len(report["aggregate"]) > 1:
-            panels.append("per_query")
+    if len(report.get("aggregate", {})) > 1:  # the permutation study alone has only the first stage
+        panels += ["aggregate", "per_query"]
     if "permutations" in report:
         panels += ["perm_docs", "perm_ranks"]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False)
