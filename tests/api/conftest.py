@@ -20,6 +20,8 @@ def toy_score(query: str, doc: str) -> float:
 class FakeScheduler:
     """Implements Scheduler.submit with toy scores; can block, fail with overload, and count calls."""
 
+    score = staticmethod(toy_score)
+
     def __init__(self):
         self.requests = []
         self.cancelled = []

@@ -1,0 +1,41 @@
+"""The rerank API server: `create_app(settings, store, scheduler=|engine=|load_engine=)` in api/app.py.
+
+Routes
+    POST /v1/rerank   Jina body; Cohere v1 fields (rank_fields, return_documents, max_chunks_per_doc) accepted
+    POST /v2/rerank   Cohere v2 body and response shape
+    POST /rerank      TEI when the body has `texts` (bare-array response), Jina otherwise
+    GET  /v1/models   (needs a key like the rerank routes)
+    GET  /health      liveness, always open
+    GET  /ready       503 + Retry-After until the model is loaded and warmed, then 200; open
+    GET  /metrics     Prometheus text, open
+    /docs, /openapi.json
+
+Decisions (each tested in tests/api):
+- Model names: `model` may be omitted/null, or name the served model (--served-model-name, default
+  "jina-reranker-v3"), "jina-reranker-v3", "jinaai/jina-reranker-v3", the --model value, or a
+  --model-alias. Anything else is 404. Responses always carry the served name.
+- Documents are strings or objects. Objects are ranked on `text`, or on `rank_fields` (one field: its
+  value; several: "field: value" lines in the order given); they are echoed back exactly as sent.
+  Returned documents are objects: {"text": ...} for a string document.
+- return_documents defaults to true on /v1/rerank and /rerank (Jina), false on /v2/rerank (Cohere v2).
+- top_n: null = all; larger than the number of documents = all; 0 = no results (as Reranker.rerank);
+  negative = 422. max_doc_length / max_tokens_per_doc null = 2048, max_query_length null = 512 (the
+  reference rerank() defaults; Cohere's 4096 would change the ranking). priority and
+  max_chunks_per_doc are accepted and ignored.
+- An empty documents list is a 200 with empty results (and a ledger row with 0 documents, cost 0);
+  TEI's empty `texts` too, unlike TEI (one rule for every dialect). An empty or blank query is a 400.
+- Scores are the model's cosine in [-1, 1], unchanged, in every dialect except TEI without
+  raw_scores, where they are mapped to [0, 1] as (1 + s) / 2 (monotonic: same order).
+- search_units (Cohere's meta.billed_units) = ceil(documents / 100), 0 for no documents.
+- Status codes (api/errors.py is the one table): malformed JSON, invalid UTF-8, a non-object body,
+  empty query, objects without text -> 400; schema violations (wrong types, nulls in required fields,
+  negative numbers) -> 422; too many documents, too long a document or query, a body over
+  --max-body-bytes (bytes counted as they arrive), a request bigger than the queue -> 413; unknown
+  model or route -> 404; missing/wrong key -> 401; revoked key -> 403; per-key rate limit -> 429 +
+  Retry-After; queue full, model loading -> 503 + Retry-After; deadline (--request-timeout-s) -> 504 +
+  Retry-After; client gone -> the scheduler task is cancelled (logged as 499, nothing sent); a model
+  failure -> 500 (model_error). Unknown fields are ignored; every optional field accepts null.
+- Ledger: one row per 200 response, committed before the response is sent. A request whose row was
+  written but whose response was cut off (crash, disconnect at that instant) is billed without the
+  client seeing it; a client never sees a 200 that is not billed, and nothing is billed twice.
+"""

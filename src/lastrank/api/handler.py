@@ -47,6 +47,8 @@ DISCONNECT_POLL_S = 0.1
 DEADLINE_GRACE_S = 5.0
 # Status logged (and counted) for a request whose client went away; nothing is sent.
 CLIENT_CLOSED_REQUEST = 499
+# Bodies larger than this are parsed and validated in a worker thread.
+OFFLOAD_BODY_BYTES = 256 * 1024
 
 
 @dataclass
@@ -141,6 +143,21 @@ def to_request(t: Translated, s: ServerSettings, request_id: str) -> RerankReque
     )
 
 
+def parse_and_validate(raw: bytes, route_dialect, s: ServerSettings):
+    """-> (dialect, Translated), or the pydantic ValidationError (rendered as 422). Raises domain errors."""
+    data = parse_json(raw)
+    dialect = pick_dialect(route_dialect, data)
+    if not isinstance(data, dict):
+        raise InvalidRequestError(f"the request body must be a JSON object, got {type(data).__name__}")
+    try:
+        body = dialect.Request.model_validate(data)
+    except ValidationError as e:
+        return e
+    t = dialect.to_internal(body)
+    validate(t, s)
+    return dialect, t
+
+
 async def submit_watching(state: ServerState, request: Request, rr: RerankRequest) -> RerankResult:
     """scheduler.submit, cancelled when the client disconnects (its pending blocks are dropped)."""
     task = asyncio.ensure_future(state.scheduler.submit(rr))
@@ -195,16 +212,14 @@ async def handle_rerank(request: Request, route: str, route_dialect=None) -> Res
     if not state.ready or state.scheduler is None:
         raise api_errors.NotReadyError(state.load_error or "the model is loading; retry shortly", retry_after=2.0)
 
-    data = parse_json(await request.body())
-    dialect = pick_dialect(route_dialect, data)
-    if not isinstance(data, dict):
-        raise InvalidRequestError(f"the request body must be a JSON object, got {type(data).__name__}")
-    try:
-        body = dialect.Request.model_validate(data)
-    except ValidationError as e:
-        return api_errors.validation_response(e.errors(), request_id)
-    t = dialect.to_internal(body)
-    validate(t, s)
+    raw = await request.body()
+    if len(raw) > OFFLOAD_BODY_BYTES:  # parsing megabytes of JSON must not stall the event loop
+        parsed = await run_in_threadpool(parse_and_validate, raw, route_dialect, s)
+    else:
+        parsed = parse_and_validate(raw, route_dialect, s)
+    if isinstance(parsed, ValidationError):
+        return api_errors.validation_response(parsed.errors(), request_id)
+    dialect, t = parsed
     state.limiter.check(key, len(t.documents))
 
     rr = to_request(t, s, request_id)
