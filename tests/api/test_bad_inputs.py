@@ -49,6 +49,7 @@ TABLE = [
     ("rank_fields none present", "/v1/rerank", j({"query": Q, "documents": [{"a": "x"}], "rank_fields": ["b"]}), 400),
     ("100,000 documents", "/v1/rerank", j({"query": Q, "documents": ["d"] * 100_000}), 413),
     ("10 MB document", "/v1/rerank", j({"query": Q, "documents": ["x" * 10_000_000]}), 413),
+    ("instruction too long", "/v1/rerank", j({"query": Q, "documents": D, "instruction": "i" * 100_000}), 413),
     ("query too long", "/v1/rerank", j({"query": "q" * 100_000, "documents": D}), 413),
     ("body over the byte limit", "/v2/rerank", j({"query": Q, "documents": ["y" * 1_000_000] * 40}), 413),
     ("unknown route", "/v3/rerank", j({"query": Q, "documents": D}), 404),
@@ -114,3 +115,10 @@ def test_extra_fields_are_ignored(client):
     assert r.status_code == 200
     r = client.post("/rerank", json={"query": Q, "texts": D, "normalize": True})
     assert r.status_code == 200
+
+
+def test_unpaired_surrogate_in_an_echoed_field(client):
+    raw = b'{"query": "q", "documents": [{"text": "ok", "meta": "\\ud800"}]}'
+    r = client.post("/v1/rerank", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["document"]["meta"] == "\ud800"

@@ -20,7 +20,6 @@ from contextlib import asynccontextmanager
 from typing import Any, Callable
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 
 from lastrank import __version__
 from lastrank.api import errors as api_errors
@@ -200,4 +199,4 @@ def create_app(
     return app
 
 
-__all__ = ["create_app", "JSONResponse"]
+__all__ = ["create_app"]

@@ -2,7 +2,7 @@
 
     auth -> readiness -> parse (dialect schema) -> translate -> validate against server limits
          -> per-key rate limits -> scheduler.submit (cancelled if the client goes away)
-         -> ledger row (durable before the response) -> metrics -> dialect response
+         -> dialect response rendered -> ledger row (durable before the response is sent) -> metrics
 
 Validation runs before the rate limiter so a request that can never be served does not spend the
 key's allowance. Errors are raised as domain errors and rendered by api/errors.py only.
@@ -70,6 +70,17 @@ class ClientDisconnected(Exception):
     pass
 
 
+class RerankJSONResponse(JSONResponse):
+    """UTF-8 JSON; falls back to \\u escapes when an echoed object field holds an unpaired surrogate
+    (valid in JSON text, not encodable as UTF-8), so no client input can make rendering fail."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def search_units(documents: int) -> int:
     """Cohere bills one search unit per query with up to 100 documents."""
     return math.ceil(documents / 100) if documents else 0
@@ -122,6 +133,9 @@ def validate(t: Translated, s: ServerSettings) -> None:
     for i, doc in enumerate(t.documents):
         _check_text(f"documents[{i}]", doc)
     if t.instruction is not None:
+        if len(t.instruction) > s.max_query_chars:
+            raise PayloadTooLargeError(
+                f"the instruction has {len(t.instruction)} characters; this server accepts at most {s.max_query_chars}")
         _check_text("instruction", t.instruction)
 
 
@@ -232,6 +246,11 @@ async def handle_rerank(request: Request, route: str, route_dialect=None) -> Res
     if check is not None:
         check(result, t)
 
+    # Render first (it cannot fail on client input), then bill, then send: a 200 is never unbilled.
+    info = ResponseInfo(request_id=request_id, model=s.served_model_name, search_units=search_units(len(t.documents)))
+    content, headers = dialect.from_internal(result, t, info)
+    response = RerankJSONResponse(content, headers={**headers, "X-Request-Id": request_id})
+
     latency_ms = (time.monotonic() - started) * 1000.0
     if state.store is not None:
         row = _usage_row(state, request_id=request_id, key=key, route=route, dialect=dialect.NAME, result=result,
@@ -239,8 +258,4 @@ async def handle_rerank(request: Request, route: str, route_dialect=None) -> Res
         # Durable (committed, synchronous=FULL) before a byte of the response is sent.
         await run_in_threadpool(state.store.record_usage, row)
     state.metrics.observe_usage(result.usage)
-
-    info = ResponseInfo(request_id=request_id, model=s.served_model_name, search_units=search_units(len(t.documents)))
-    content, headers = dialect.from_internal(result, t, info)
-    headers = {**headers, "X-Request-Id": request_id}
-    return JSONResponse(content, headers=headers)
+    return response
