@@ -50,7 +50,7 @@ def beir_folder(tmp_path):
     (d / "qrels").mkdir(parents=True)
     _write_jsonl(d / "corpus.jsonl", [
         {"_id": "d1", "title": "Green tea", "text": "Catechins are antioxidants.", "metadata": {}},
-        {"_id": "d2", "title": "", "text": "Coffee has caffeine."},
+        {"_id": "d2", "title": "", "text": " Coffee has caffeine.\n"},
         {"_id": "d3", "title": "Water", "text": "  "},
         {"_id": "d4", "title": "Unused", "text": "Not in any run."},
     ])
@@ -71,7 +71,7 @@ def test_beir_layout(beir_folder):
     folder, run = beir_folder
     ds = load_dataset(folder, run=run)
     assert ds.layout == "beir" and ds.name == "scifact-mini"
-    # MTEB convention: title and text joined by one space, stripped; no title -> text alone
+    # MTEB convention: title and text joined by one space, stripped; no title -> the stripped text
     assert ds.corpus["d1"] == "Green tea Catechins are antioxidants."
     assert ds.corpus["d2"] == "Coffee has caffeine."
     assert ds.corpus["d3"] == "Water"

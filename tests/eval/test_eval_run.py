@@ -120,3 +120,11 @@ def test_bad_reranker_output_is_refused(novel, fakes, tmp_path):
 
     with pytest.raises(RuntimeError, match="permutation"):
         _run(novel, Dropping(), ResultCache(tmp_path / "c.jsonl"), ["given"], novel.query_ids()[:1])
+
+
+def test_identity_reranker_in_descending_order_reproduces_the_first_stage(data_root, fakes, tmp_path):
+    """A reranker that keeps its input order, fed the first-stage order, must score exactly the baseline."""
+    ds = load_dataset(data_root / "trec-dl-2019", top_k=100)
+    res = _run(ds, fakes.Position(), ResultCache(tmp_path / "c.jsonl"), ["descending"], ds.query_ids(), top_k=100)
+    assert res.orders["descending"] == res.first_stage
+    assert round(res.orders["descending"][1]["nDCG@10"], 4) == 0.5058

@@ -13,7 +13,7 @@ from pathlib import Path
 from lastrank.errors import InvalidRequestError
 
 ORDER_CHOICES = ["given", "descending", "ascending", "random", "all"]
-TEXT_CONVENTION = 'MTEB/BEIR: (title + " " + text).strip() when a title is present, else text'
+TEXT_CONVENTION = 'MTEB: (title + " " + text).strip(); text.strip() without a title'
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         "rel_min": rel_min,
         "permutations": args.permutations,
         "query_id": perm_qid,
-        "argv": sys.argv[1:],
+        "args": {k: v for k, v in vars(args).items() if k not in ("func", "api_key")},
         "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
         "fingerprint": fingerprint,
     }
@@ -186,14 +186,18 @@ def run(args: argparse.Namespace) -> int:
     rerank_kwargs = {k: params[k] for k in ("max_doc_length", "max_query_length") if k in params}
     progress = not args.no_progress
     orders_result = perm_result = None
-    if args.permutations:
-        from lastrank.eval.permutation import run_permutations
+    try:
+        if args.permutations:
+            from lastrank.eval.permutation import run_permutations
 
-        perm_result = run_permutations(dataset, reranker, config["model"], cache, perm_qid, args.permutations,
+            perm_result = run_permutations(dataset, reranker, config["model"], cache, perm_qid, args.permutations,
+                                           args.top_k, args.seed, rel_min, params, rerank_kwargs, progress)
+        else:
+            orders_result = run_orders(dataset, reranker, config["model"], cache, config["orders"], query_ids,
                                        args.top_k, args.seed, rel_min, params, rerank_kwargs, progress)
-    else:
-        orders_result = run_orders(dataset, reranker, config["model"], cache, config["orders"], query_ids, args.top_k,
-                                   args.seed, rel_min, params, rerank_kwargs, progress)
+    finally:
+        if hasattr(reranker, "close"):  # the HTTP client's connection pool
+            reranker.close()
     if orders_result is None:  # the permutation study still reports the first stage for context
         orders_result = OrderEval(query_ids, rel_min, first)
     config["finished"] = datetime.now(timezone.utc).isoformat()

@@ -7,8 +7,8 @@ Two folder layouts are read:
 * a standard BEIR folder: ``queries.jsonl``, ``corpus.jsonl`` (``title`` + ``text``), ``qrels/<split>.tsv``,
   with the run file given separately (or a ``run.*.trec`` dropped into the folder).
 
-Passage text follows the MTEB convention that Jina's evaluations use: ``(title + " " + text).strip()``
-when the record has a title, else ``text``.
+Passage text follows the MTEB convention (Jina evaluates through MTEB): ``(title + " " + text).strip()``,
+which is ``text.strip()`` when the title is empty or absent.
 """
 
 from __future__ import annotations
@@ -57,9 +57,10 @@ class Dataset:
 
 
 def passage_text(record: dict) -> str:
+    # MTEB's retrieval/reranking: (title + " " + text).strip() if the record has a title, else text.strip()
     title = record.get("title") or ""
     text = record.get("text") or ""
-    return f"{title} {text}".strip() if title else text
+    return f"{title} {text}".strip()
 
 
 def find_run_file(folder: Path) -> Path:
