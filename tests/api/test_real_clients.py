@@ -248,6 +248,12 @@ def test_refuses_open_non_loopback(tiny_checkpoint, tmp_path):
     assert "--allow-unauthenticated" in out.stderr
 
 
+def test_missing_checkpoint_fails_fast(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "lastrank", "serve", "--model", str(tmp_path / "nope"), "--port",
+                          str(free_port()), "--db", str(tmp_path / "x.db")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "does not exist" in out.stderr
+
+
 def test_sigkill_under_load_keeps_the_ledger_exact(tiny_checkpoint, tmp_path):
     """Kill -9 while concurrent requests are in flight, restart on the same DB: every 200 a client got is in
     the ledger exactly once. A row may exist for a request answered by the server but cut off by the kill

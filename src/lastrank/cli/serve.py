@@ -126,6 +126,16 @@ def run(args: argparse.Namespace) -> int:
             f"Create a key (lastrank keys create --name NAME --db {store.path}), listen on 127.0.0.1, "
             "or pass --allow-unauthenticated")
 
+    # Fail now, with the loader's message, if the checkpoint cannot be found (a download happens here too);
+    # loading the weights then runs in the background while /health already answers.
+    from lastrank.model.loading import resolve_checkpoint
+
+    try:
+        resolve_checkpoint(args.model)
+    except BaseException:
+        store.close()
+        raise
+
     def load_engine():
         from lastrank import Reranker
 
