@@ -157,6 +157,7 @@ def test_langchain_cohere_rerank(server, reference):
     assert "relevance_score" in out[0].metadata
 
 
+@pytest.mark.filterwarnings("ignore:.*langchain-community.*:DeprecationWarning")
 def test_langchain_community_jina_rerank(server, reference, monkeypatch):
     from langchain_community.document_compressors import jina_rerank
     from langchain_core.documents import Document
