@@ -68,10 +68,20 @@ def validate(request: RerankRequest) -> None:
 
 
 class RerankEngine:
-    def __init__(self, model: JinaForRanking, tokenizer: RerankTokenizer, device: torch.device):
+    """pack_blocks: run the blocks of one run_blocks call in shared packed forwards (True), one forward per
+    block (False), or decide by device (None: pack on CUDA, one by one on CPU, where packing was measured
+    to gain nothing for big blocks; docs/benchmarks.md). max_pack_tokens caps the tokens of one packed
+    forward (a block larger than the cap runs alone). packed_attention: "segments" or "mask" (modeling.Packing).
+    """
+
+    def __init__(self, model: JinaForRanking, tokenizer: RerankTokenizer, device: torch.device,
+                 pack_blocks: bool | None = None, max_pack_tokens: int = 32768, packed_attention: str = "segments"):
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
+        self.pack_blocks = pack_blocks
+        self.max_pack_tokens = max_pack_tokens
+        self.packed_attention = packed_attention
 
     @property
     def dtype(self) -> torch.dtype:
@@ -102,19 +112,35 @@ class RerankEngine:
         return RerankPlan(request, blocks, usage)
 
     def run_blocks(self, blocks: list[Block]) -> list[BlockOutput]:
-        return [self._run_block(b) for b in blocks]
+        """Outputs in the order of `blocks`. Blocks may come from different requests: with packing on,
+        consecutive blocks share one forward (up to max_pack_tokens), each exactly as if it ran alone."""
+        pack = self.pack_blocks if self.pack_blocks is not None else self.device.type == "cuda"
+        groups: list[list[Block]] = []
+        for b in blocks:
+            if pack and groups and sum(x.n_tokens for x in groups[-1]) + b.n_tokens <= self.max_pack_tokens:
+                groups[-1].append(b)
+            else:
+                groups.append([b])
+        return [out for group in groups for out in self._run_group(group)]
 
     def _run_block(self, block: Block) -> BlockOutput:
-        ids = torch.tensor(block.input_ids, dtype=torch.long, device=self.device)
-        q, d, scores = self.model.embed(ids, self.tokenizer.doc_marker_id, self.tokenizer.query_marker_id)
-        if d.shape[0] != len(block.doc_indices):
-            raise ModelError(f"block has {len(block.doc_indices)} documents but {d.shape[0]} markers. This is a bug.")
-        s = scores.float().cpu().numpy()
-        return BlockOutput(
-            query_embedding=q.float().cpu().numpy()[None, :],
-            doc_embeddings=d.float().cpu().numpy(),
-            weight=((1.0 + s) / 2.0).max(),
-        )
+        return self._run_group([block])[0]
+
+    def _run_group(self, group: list[Block]) -> list[BlockOutput]:
+        ids = [torch.tensor(b.input_ids, dtype=torch.long, device=self.device) for b in group]
+        embedded = self.model.embed_blocks(ids, self.tokenizer.doc_marker_id, self.tokenizer.query_marker_id,
+                                           attention=self.packed_attention)
+        outputs = []
+        for block, (q, d, scores) in zip(group, embedded):
+            if d.shape[0] != len(block.doc_indices):
+                raise ModelError(f"block has {len(block.doc_indices)} documents but {d.shape[0]} markers. This is a bug.")
+            s = scores.float().cpu().numpy()
+            outputs.append(BlockOutput(
+                query_embedding=q.float().cpu().numpy()[None, :],
+                doc_embeddings=d.float().cpu().numpy(),
+                weight=((1.0 + s) / 2.0).max(),
+            ))
+        return outputs
 
     def finish(self, plan: RerankPlan, outputs: list[BlockOutput]) -> RerankResult:
         request = plan.request

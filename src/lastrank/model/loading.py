@@ -14,7 +14,7 @@ import torch
 
 from lastrank.errors import ModelNotAvailableError
 from lastrank.model.config import ModelConfig
-from lastrank.model.modeling import JinaForRanking
+from lastrank.model.modeling import JinaForRanking, fuse_projections
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 HUB_PATTERNS = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"]
@@ -98,8 +98,11 @@ def resolve_checkpoint(model: str | Path, revision: str | None = None, cache_dir
         raise ModelNotAvailableError(f"could not download {text!r}: {e}. {hint}") from e
 
 
-def load_model(path: Path, device: torch.device, dtype: torch.dtype) -> JinaForRanking:
-    """Strict load of the official tensor names; built on the meta device so nothing is allocated twice."""
+def load_model(path: Path, device: torch.device, dtype: torch.dtype, fuse: bool = True) -> JinaForRanking:
+    """Strict load of the official tensor names; built on the meta device so nothing is allocated twice.
+
+    fuse: concatenate q/k/v and gate/up weights for the fast path (`modeling.fuse_projections`).
+    """
     from safetensors.torch import load_file
 
     cfg = ModelConfig.from_file(path / "config.json")
@@ -116,4 +119,10 @@ def load_model(path: Path, device: torch.device, dtype: torch.dtype) -> JinaForR
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
         raise ModelNotAvailableError(f"{path / 'model.safetensors'} does not match config.json: {e}") from e
-    return model.eval().requires_grad_(False)
+    del state  # the model holds the tensors now; dropping the dict lets fusion free each old weight
+    model = model.eval().requires_grad_(False)
+    if fuse:
+        # After the strict load by official names; the official parameters become views of the fused
+        # matrices, so state_dict() is unchanged and no weight is stored twice.
+        fuse_projections(model)
+    return model
