@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import uuid
 import time
 
 import pytest
@@ -114,7 +115,8 @@ def test_close_closes_every_thread_connection(tmp_path):
     conns = []
 
     def use():
-        store.record_usage(_row(f"t-{threading.get_ident()}"))
+        # not threading.get_ident(): a finished thread's ident can be reused, giving a duplicate request id
+        store.record_usage(_row(f"t-{uuid.uuid4().hex}"))
         conns.append(store._conn())
 
     threads = [threading.Thread(target=use) for _ in range(3)]
