@@ -212,8 +212,13 @@ def case_return_embeddings_two_blocks(tok):
 
 
 def case_whitespace_and_controls(tok):
-    docs = ["  leading", "trailing  ", "tab\there", "cr\r\nlf", "\u00a0nbsp", "zero\u200bwidth", "bom\ufeff", "12345678901234"]
-    return {}, " tea ", docs, {}, lambda b: b == [8]
+    # Pieces that merge with the template's own "\n" / spaces when the prompt is tokenized as ONE string
+    # (a per-piece tokenization concatenated would differ).
+    docs = [
+        "  leading", "trailing  ", "tab\there", "cr\r\nlf", "\u00a0nbsp", "zero\u200bwidth", "bom\ufeff", "12345678901234",
+        "\n\nleading newlines", "trailing newlines\n\n", " \n mixed \n ", "\n", "e\u0301 decomposed",
+    ]
+    return {}, " tea \n\n", docs, {}, lambda b: b == [13]
 
 
 CASES = {name[len("case_"):]: fn for name, fn in sorted(globals().items()) if name.startswith("case_")}
@@ -367,10 +372,11 @@ def test_non_string_query(query, setup):
 def test_bf16_vs_fp32_kendall_tau(tiny_checkpoint, record_property):
     """Kendall tau between lastrank's bfloat16 and float32 rankings of the same checkpoint.
 
-    The bound is loose on purpose: the tiny checkpoint has random weights, so the cosines of the
-    documents are nearly tied (a spread of a few 1e-2) and bf16's ~3 significant digits reorder many
-    neighbours. On the real model the spec expects the same order (§7); here it is only a sanity check
-    that bf16 is not broken (tau near 0 or negative would be).
+    The bound is loose on purpose: the tiny checkpoint has random weights, so the cosines of all the
+    documents lie within ~0.1-0.2 of each other (neighbours often within 1e-3), while bf16 moves each
+    score by up to ~4e-3 (measured); near-tied neighbours swap. On the real model the spec expects the
+    same order (§7); here it is only a sanity check that bf16 is not broken (tau near 0 would be).
+    Measured on this checkpoint: tau 0.94-1.00 (it moves a little whenever the bf16 kernels change).
     """
     from lastrank import Reranker
 
