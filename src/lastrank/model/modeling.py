@@ -94,24 +94,29 @@ class Packing:
         return (self.seq_id[q][:, None] == self.seq_id[None, :]) & (k[None, :] <= q[:, None])
 
 
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw) -> torch.Tensor:
+    # SDPA with enable_gqa on 3-D inputs falls back to the slow "math" kernel on CPU (measured: 2.5 s vs
+    # 0.55 s per layer at T=2048); with a batch dimension of 1 it takes the flash kernel.
+    return F.scaled_dot_product_attention(q[None], k[None], v[None], enable_gqa=True, **kw)[0]
+
+
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing,
                      rows: torch.Tensor | None = None) -> torch.Tensor:
     """Causal attention within each packed sequence. q: [heads, Tq, d] for all T rows (rows=None) or for
     the given rows only (global row indices, ascending); k, v: [kv_heads, T, d]. Returns [heads, Tq, d].
 
     GQA through SDPA's enable_gqa instead of repeat_interleave: no [heads, T, d] copies of k and v
-    (measured 0.63 -> 0.53 s per layer call at T=2048, and 2 x 2 x T x 2048 bytes less memory per layer).
+    (2 x 2 x T x 2048 bytes less memory per layer in bf16; time measured in docs/benchmarks.md).
     """
     if packing.attention == "mask":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=packing.mask(rows), enable_gqa=True)
+        return _sdpa(q, k, v, attn_mask=packing.mask(rows))
     if len(packing.seq_lens) == 1 and rows is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return _sdpa(q, k, v, is_causal=True)
     out = q.new_empty(q.shape)
-    for i, (start, n) in enumerate(zip(packing.starts, packing.seq_lens)):
+    for start, n in zip(packing.starts, packing.seq_lens):
         ks, vs = k[:, start:start + n], v[:, start:start + n]
         if rows is None:
-            out[:, start:start + n] = F.scaled_dot_product_attention(
-                q[:, start:start + n], ks, vs, is_causal=True, enable_gqa=True)
+            out[:, start:start + n] = _sdpa(q[:, start:start + n], ks, vs, is_causal=True)
             continue
         sel = ((rows >= start) & (rows < start + n)).nonzero().flatten()
         if sel.numel() == 0:
@@ -119,7 +124,7 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing:
         # A few query rows (the markers) against the whole sequence: row at position p reads keys 0..p.
         pos = rows[sel] - start
         mask = torch.arange(n, device=q.device)[None, :] <= pos[:, None]
-        out[:, sel] = F.scaled_dot_product_attention(q[:, sel], ks, vs, attn_mask=mask, enable_gqa=True)
+        out[:, sel] = _sdpa(q[:, sel], ks, vs, attn_mask=mask)
     return out
 
 

@@ -1,0 +1,409 @@
+"""`lastrank bench`: lastrank's engine against the reference path, on this machine, in one run.
+
+For each case (a ~2K-token block, a ~8K-token block, a 100-document TREC-DL-like request) it prints:
+  - the reference path's tokens/s: transformers' Qwen3Model + the projector in bf16 with SDPA, the official
+    forward (§5 of model-spec) on the very same block prompts (token ids from lastrank's plan);
+  - lastrank's tokens/s for `Reranker.rerank` end to end (tokenization, plan, forward, merge);
+  - their ratio, measured interleaved (ref, lastrank, ref, lastrank, ...) so that load on the machine hits
+    both alike, and the best (minimum) time of each is compared;
+  - the fraction of the bf16 roofline: the machine's own bf16 matmul rate (a big torch.matmul, measured
+    here) divided into the FLOPs of the full forward (linear layers + causal attention, official work,
+    including the tokens lastrank skips);
+  - peak RSS of a fresh process that loads the model and serves the case once (resource.getrusage);
+and once: the cold start of a fresh process, import -> Reranker(...) -> first result of a small request.
+
+Tokens/s always counts the full prompt tokens (plan.usage.prompt_tokens). Nothing here is a test: speed
+never fails anything. `benchmarks/bench_engine.py` runs the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_FULL_CHECKPOINT = Path(tempfile.gettempdir()) / "lastrank-bench-full"
+TREC_CANDIDATES = ("../shared/data/trec-dl-2019", "/work/shared/data/trec-dl-2019")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmark the engine against the transformers reference path",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help=f"checkpoint folder (default: a random full-size one, made on first use "
+                                        f"under {DEFAULT_FULL_CHECKPOINT}; --quick: a tiny one)")
+    p.add_argument("--quick", action="store_true", help="tiny model and small cases: a smoke test in seconds")
+    p.add_argument("--cases", default="2k,8k,trec", help="comma-separated: 2k, 8k, trec (default: all)")
+    p.add_argument("--repeat", type=int, default=2, help="timed runs of each path per case, interleaved (default 2)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--data", help="TREC-DL folder with queries.jsonl, corpus.jsonl, run.bm25.trec "
+                                  "(default: ../shared/data/trec-dl-2019 if present, else synthetic text)")
+    p.add_argument("--no-reference", action="store_true", help="skip the transformers reference path")
+    p.add_argument("--no-subprocess", action="store_true", help="skip cold start and peak RSS (fresh processes)")
+    p.add_argument("--pack-blocks", choices=["auto", "on", "off"], default="auto", help="engine packing option")
+    p.add_argument("--json", help="also write the results to this file")
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def _find_data(arg: str | None) -> Path | None:
+    for cand in ([arg] if arg else list(TREC_CANDIDATES)):
+        path = Path(cand)
+        if (path / "corpus.jsonl").is_file() and (path / "run.bm25.trec").is_file():
+            return path
+    if arg:
+        raise SystemExit(f"lastrank bench: {arg} has no corpus.jsonl / run.bm25.trec")
+    return None
+
+
+def _read_jsonl(path: Path) -> dict[str, str]:
+    out = {}
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            out[str(row["_id"])] = row["text"] if not row.get("title") else f"{row['title']} {row['text']}"
+    return out
+
+
+def trec_request(data: Path | None, n_docs: int = 100) -> tuple[str, list[str]]:
+    """One query and its first n_docs BM25 candidates, in run order (real TREC-DL-2019 passages); or a
+    synthetic stand-in of similar size when the data is not there."""
+    if data is None:
+        rng = random.Random(0)
+        vocab = "tea green health study leaf water brew drink body heart sleep coffee plant market city river".split()
+        return "what are the health benefits of green tea", [
+            " ".join(rng.choice(vocab) for _ in range(rng.randint(40, 90))) for _ in range(n_docs)]
+    queries = _read_jsonl(data / "queries.jsonl")
+    corpus = _read_jsonl(data / "corpus.jsonl")
+    run: dict[str, list[tuple[int, str]]] = {}
+    with (data / "run.bm25.trec").open() as f:
+        for line in f:
+            qid, _, docid, rank, *_ = line.split()
+            run.setdefault(qid, []).append((int(rank), docid))
+    # the first query (in queries.jsonl order) with n_docs candidates that are all in the corpus
+    for qid, text in queries.items():
+        docs = [corpus[d] for _, d in sorted(run.get(qid, [])) if d in corpus]
+        if len(docs) >= n_docs:
+            return text, docs[:n_docs]
+    raise SystemExit(f"lastrank bench: no query in {data} has {n_docs} candidates in the corpus")
+
+
+def block_request(engine, query: str, pool: list[str], target_tokens: int) -> tuple[str, list[str]]:
+    """Documents from `pool` (cycled) until the single block prompt reaches about target_tokens."""
+    from lastrank.types import RerankRequest
+
+    docs: list[str] = []
+    i = 0
+    while True:
+        docs.append(pool[i % len(pool)])
+        i += 1
+        plan = engine.plan(RerankRequest(query=query, documents=docs))
+        if plan.usage.prompt_tokens >= target_tokens or len(docs) >= 125:
+            return query, docs
+
+
+# ------------------------------------------------------------------------------------ reference path
+
+
+class ReferencePath:
+    """The official forward on transformers' Qwen3Model (SDPA) + the projector, in the bench dtype."""
+
+    def __init__(self, checkpoint: Path, dtype):
+        import torch
+        from safetensors.torch import load_file
+        from torch import nn
+        from transformers import Qwen3Config, Qwen3Model
+        from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
+
+        config = Qwen3Config.from_pretrained(str(checkpoint), attn_implementation="sdpa")
+        config.dtype = dtype
+        state = load_file(str(checkpoint / "model.safetensors"))
+        with torch.device("meta"):  # no random init of 0.6B parameters; the checkpoint's are assigned below
+            backbone = Qwen3Model(config)
+        backbone.load_state_dict({k[len("model."):]: v.to(dtype) for k, v in state.items() if k.startswith("model.")},
+                                 strict=True, assign=True)
+        backbone.rotary_emb = Qwen3RotaryEmbedding(config)  # its inv_freq buffer is computed, not loaded
+        self.backbone = backbone.eval()
+        w0, w2 = state["projector.0.weight"].to(dtype), state["projector.2.weight"].to(dtype)
+        self.projector = nn.Sequential(nn.Linear(w0.shape[1], w0.shape[0], bias=False), nn.ReLU(),
+                                       nn.Linear(w2.shape[1], w2.shape[0], bias=False))
+        self.projector.load_state_dict({"0.weight": w0, "2.weight": w2}, assign=True)
+
+    def run_block(self, input_ids: list[int], doc_id: int, query_id: int):
+        import torch
+        import torch.nn.functional as F
+
+        with torch.no_grad():
+            ids = torch.tensor([input_ids])
+            h = self.backbone(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).last_hidden_state
+            d = self.projector(h[ids == doc_id].view(1, -1, h.shape[-1]))
+            q = self.projector(h[ids == query_id].unsqueeze(1))
+            s = F.cosine_similarity(d, q.expand_as(d), dim=-1)
+        return q[0], d[0], s.view(-1)
+
+
+# ------------------------------------------------------------------------------------------ numbers
+
+
+def matmul_tflops(size: int = 4096, reps: int = 3) -> float:
+    """The machine's bf16 matrix-product rate, best of `reps` (a square torch.matmul)."""
+    import torch
+
+    a = torch.randn(size, size, dtype=torch.bfloat16)
+    b = torch.randn(size, size, dtype=torch.bfloat16)
+    torch.matmul(a, b)
+    best = min(_timed(lambda: torch.matmul(a, b)) for _ in range(reps))
+    return 2 * size**3 / best / 1e12
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def forward_flops(cfg, n_tokens: int) -> float:
+    """FLOPs of the official full forward of one block: linear layers (2 x weights per token) and causal
+    attention (QK^T and PV over L/2 keys on average). Embedding lookup and element-wise work not counted."""
+    h, inter, nh, nkv, hd = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    linear = h * nh * hd + 2 * h * nkv * hd + nh * hd * h + 3 * h * inter
+    attention = 4 * (n_tokens / 2) * nh * hd
+    return cfg.num_hidden_layers * n_tokens * (2 * linear + attention)
+
+
+def kendall_tau(a, b) -> float:
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    n = len(a)
+    if n < 2:
+        return 1.0
+    i, j = np.triu_indices(n, 1)
+    s = np.sign(a[i] - a[j]) * np.sign(b[i] - b[j])
+    return float(s.sum() / len(s))
+
+
+# ----------------------------------------------------------------------------- fresh-process probes
+
+_PROBE = r"""
+import json, os, resource, sys, time
+t0 = time.perf_counter()
+threads = int(os.environ.get("LASTRANK_BENCH_THREADS", "0"))
+import torch
+if threads:
+    torch.set_num_threads(threads)
+from lastrank import Reranker
+t1 = time.perf_counter()
+spec = json.loads(sys.argv[1])
+r = Reranker(spec["checkpoint"], device="cpu", dtype=spec["dtype"])
+t2 = time.perf_counter()
+out = r.rerank(spec["query"], spec["documents"])
+t3 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_result_s": t3 - t2, "in_process_s": t3 - t0,
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, "n": len(out)}))
+"""
+
+
+def probe(checkpoint: Path, dtype: str, query: str, documents: list[str], threads: int | None) -> dict:
+    """A fresh Python process: import -> load -> one rerank. Wall time includes interpreter start-up."""
+    env = dict(os.environ, LASTRANK_BENCH_THREADS=str(threads or 0))
+    spec = json.dumps({"checkpoint": str(checkpoint), "dtype": dtype, "query": query, "documents": documents})
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        f.write(spec)
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE.replace("sys.argv[1]", f"open({f.name!r}).read()")],
+                              capture_output=True, text=True, env=env, check=False)
+    finally:
+        os.unlink(f.name)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise RuntimeError(f"probe process failed:\n{proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_s"] = wall
+    return result
+
+
+# ----------------------------------------------------------------------------------------- the run
+
+
+def run(args: argparse.Namespace) -> int:
+    results = bench(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def bench(args: argparse.Namespace, out=None) -> dict:
+    out = out or sys.stdout
+
+    def say(*a):
+        print(*a, file=out, flush=True)
+
+    import numpy as np
+    import torch
+
+    from lastrank import Reranker
+    from lastrank.engine.rerank import BlockOutput
+    from lastrank.model.loading import parse_dtype
+    from lastrank.types import RerankRequest
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = parse_dtype(args.dtype)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    if checkpoint is None:
+        from lastrank.model.checkpoint import make_checkpoint
+
+        if args.quick:
+            checkpoint = Path(tempfile.mkdtemp(prefix="lastrank-bench-tiny-"))
+            make_checkpoint(checkpoint, preset="tiny")
+        else:
+            checkpoint = DEFAULT_FULL_CHECKPOINT
+            if not (checkpoint / "model.safetensors").is_file():
+                say(f"making a random full-size checkpoint in {checkpoint} (once; ~1.2 GB) ...")
+                make_checkpoint(checkpoint, preset="full")
+
+    load = os.getloadavg()
+    machine = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "loadavg_at_start": [round(x, 2) for x in load], "dtype": args.dtype, "checkpoint": str(checkpoint)}
+    say(f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
+        f"{machine['threads']} threads, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+    tflops = matmul_tflops(512 if args.quick else 4096)
+    say(f"bf16 matmul rate (measured): {tflops:.3f} TFLOP/s")
+
+    pack = {"auto": None, "on": True, "off": False}[args.pack_blocks]
+    reranker = Reranker(str(checkpoint), device="cpu", dtype=args.dtype)
+    reranker.engine.pack_blocks = pack
+    engine, cfg = reranker.engine, reranker.engine.model.config
+    reference = None if args.no_reference else ReferencePath(checkpoint, dtype)
+    data = _find_data(args.data)
+    say(f"data: {data or 'synthetic text (no TREC-DL folder found)'}")
+
+    query, trec_docs = trec_request(data, 20 if args.quick else 100)
+    cases: dict[str, tuple[str, list[str]]] = {}
+    wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
+    sizes = {"2k": 512 if args.quick else 2048, "8k": 1024 if args.quick else 8192}
+    for name in wanted:
+        if name in sizes:
+            cases[name] = block_request(engine, query, trec_docs, sizes[name])
+        elif name == "trec":
+            cases[name] = (query, trec_docs)
+        else:
+            raise SystemExit(f"lastrank bench: unknown case {name!r} (2k, 8k, trec)")
+
+    reranker.rerank("warm up", ["a short passage", "another one"])  # first-call allocations, not timed
+    results = {"machine": machine, "matmul_tflops": tflops, "cases": {}}
+    rows = []
+    for name, (q, docs) in cases.items():
+        plan = engine.plan(RerankRequest(query=q, documents=docs))
+        tokens = plan.usage.prompt_tokens
+        flops = sum(forward_flops(cfg, b.n_tokens) for b in plan.blocks)
+        roofline = tokens / (flops / (tflops * 1e12))
+        say(f"\n[{name}] {len(docs)} documents, {len(plan.blocks)} block(s), {tokens} prompt tokens "
+            f"(blocks: {[b.n_tokens for b in plan.blocks]}); bf16 roofline {roofline:.0f} tok/s")
+        t_ref, t_ours, t_plan = [], [], []
+        ref_outputs = ours = None
+        for i in range(max(1, args.repeat)):
+            if reference is not None:
+                t = time.perf_counter()
+                ref_raw = [reference.run_block(b.input_ids, engine.tokenizer.doc_marker_id,
+                                               engine.tokenizer.query_marker_id) for b in plan.blocks]
+                t_ref.append(time.perf_counter() - t)
+                say(f"  run {i + 1}: reference {tokens / t_ref[-1]:8.1f} tok/s ({t_ref[-1]:.2f} s)")
+                ref_outputs = ref_raw
+            t = time.perf_counter()
+            ours = reranker.rerank(q, docs)
+            t_ours.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            engine.plan(RerankRequest(query=q, documents=docs))
+            t_plan.append(time.perf_counter() - t)
+            say(f"  run {i + 1}: lastrank  {tokens / t_ours[-1]:8.1f} tok/s ({t_ours[-1]:.2f} s, of which "
+                f"tokenization/plan about {t_plan[-1]:.2f} s)")
+        row = {"documents": len(docs), "blocks": [b.n_tokens for b in plan.blocks], "prompt_tokens": tokens,
+               "roofline_tok_s": roofline, "lastrank_s": t_ours, "plan_s": t_plan, "lastrank_tok_s": tokens / min(t_ours),
+               "lastrank_roofline_fraction": tokens / min(t_ours) / roofline}
+        if reference is not None:
+            row["reference_s"] = t_ref
+            row["reference_tok_s"] = tokens / min(t_ref)
+            row["ratio"] = min(t_ref) / min(t_ours)
+            # the reference's outputs through the same (proven) merge: how far apart are the two paths?
+            outs = []
+            for qv, d, s in ref_outputs:
+                s32 = s.float().numpy()
+                outs.append(BlockOutput(qv.float().numpy(), d.float().numpy(), ((1.0 + s32) / 2.0).max()))
+            ref_result = engine.finish(plan, outs).results
+            ref_scores = np.array([x.relevance_score for x in sorted(ref_result, key=lambda x: x.index)])
+            our_scores = np.array([x["relevance_score"] for x in sorted(ours, key=lambda x: x["index"])])
+            row["max_abs_score_diff_vs_reference"] = float(np.abs(ref_scores - our_scores).max())
+            row["kendall_tau_vs_reference"] = kendall_tau(ref_scores, our_scores)
+        if not args.no_subprocess:
+            p = probe(checkpoint, args.dtype, q, docs, args.threads)
+            row["peak_rss_gb"] = p["peak_rss_gb"]
+        results["cases"][name] = row
+        rows.append((name, row))
+        say("  " + _summary(row))
+
+    if not args.no_subprocess:
+        cold = probe(checkpoint, args.dtype, "What are the health benefits of green tea?",
+                     ["Green tea is rich in antioxidants.", "Cars need fuel."], args.threads)
+        results["cold_start"] = cold
+        say(f"\ncold start (fresh process, small request): {cold['wall_s']:.2f} s wall "
+            f"(import {cold['import_s']:.2f} s, load {cold['load_s']:.2f} s, first result {cold['first_result_s']:.2f} s; "
+            f"peak RSS {cold['peak_rss_gb']:.2f} GB)")
+    load = os.getloadavg()
+    results["machine"]["loadavg_at_end"] = [round(x, 2) for x in load]
+    say(f"\nload average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    say("\n" + _table(rows))
+    return results
+
+
+def _summary(row: dict) -> str:
+    parts = [f"lastrank {row['lastrank_tok_s']:.1f} tok/s"]
+    if "reference_tok_s" in row:
+        parts.append(f"reference {row['reference_tok_s']:.1f} tok/s")
+        parts.append(f"ratio {row['ratio']:.2f}x")
+    parts.append(f"{100 * row['lastrank_roofline_fraction']:.0f}% of roofline")
+    if "kendall_tau_vs_reference" in row:
+        parts.append(f"tau vs reference {row['kendall_tau_vs_reference']:.3f}")
+    if "peak_rss_gb" in row:
+        parts.append(f"peak RSS {row['peak_rss_gb']:.2f} GB")
+    return ", ".join(parts)
+
+
+def _table(rows) -> str:
+    head = "| case | tokens | reference tok/s | lastrank tok/s | ratio | roofline tok/s | % roofline | peak RSS GB |"
+    lines = [head, "|" + "---|" * 8]
+    for name, r in rows:
+        ref = f"{r['reference_tok_s']:.1f}" if "reference_tok_s" in r else "-"
+        ratio = f"{r['ratio']:.2f}x" if "ratio" in r else "-"
+        rss = f"{r['peak_rss_gb']:.2f}" if "peak_rss_gb" in r else "-"
+        lines.append(f"| {name} | {r['prompt_tokens']} | {ref} | {r['lastrank_tok_s']:.1f} | {ratio} | "
+                     f"{r['roofline_tok_s']:.0f} | {100 * r['lastrank_roofline_fraction']:.0f}% | {rss} |")
+    return "\n".join(lines)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
