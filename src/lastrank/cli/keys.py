@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from lastrank.cli.argtypes import positive_int
+
 DB_ENV = "LASTRANK_DB"
 
 
@@ -28,15 +30,6 @@ def open_store(args: argparse.Namespace):
     return Store(Path(path) if path else None)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
 
 def register(subparsers) -> None:
     keys = subparsers.add_parser(
@@ -49,8 +42,8 @@ def register(subparsers) -> None:
 
     create = sub.add_parser("create", help="create a key and print it (once)")
     create.add_argument("--name", required=True, help="a unique name among active keys, e.g. the customer")
-    create.add_argument("--requests-per-minute", type=_positive_int, default=None, metavar="R", help="default: no limit")
-    create.add_argument("--documents-per-minute", type=_positive_int, default=None, metavar="D", help="default: no limit")
+    create.add_argument("--requests-per-minute", type=positive_int, default=None, metavar="R", help="default: no limit")
+    create.add_argument("--documents-per-minute", type=positive_int, default=None, metavar="D", help="default: no limit")
     add_db_argument(create)
     create.set_defaults(func=_create)
 

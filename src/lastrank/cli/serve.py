@@ -14,27 +14,10 @@ import argparse
 import logging
 import sys
 
+from lastrank.cli.argtypes import nonneg_float, positive_int
 from lastrank.errors import LastrankError
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,27 +42,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--allow-unauthenticated", action="store_true",
                    help="run without API keys on a non-loopback address")
-    p.add_argument("--price-per-1k-docs", type=_nonneg_float, default=d.price_per_1k_docs,
+    p.add_argument("--price-per-1k-docs", type=nonneg_float, default=d.price_per_1k_docs,
                    help="USD per 1,000 documents, for the ledger's cost column (default: %(default)s)")
     g = p.add_argument_group("limits")
-    g.add_argument("--max-body-bytes", type=_positive_int, default=d.max_body_bytes, help="default: %(default)s (413)")
-    g.add_argument("--max-documents", type=_positive_int, default=d.max_documents,
+    g.add_argument("--max-body-bytes", type=positive_int, default=d.max_body_bytes, help="default: %(default)s (413)")
+    g.add_argument("--max-documents", type=positive_int, default=d.max_documents,
                    help="documents per request (default: %(default)s; 413)")
-    g.add_argument("--max-document-chars", type=_positive_int, default=d.max_document_chars,
+    g.add_argument("--max-document-chars", type=positive_int, default=d.max_document_chars,
                    help="characters per document (default: %(default)s; 413)")
-    g.add_argument("--max-query-chars", type=_positive_int, default=d.max_query_chars,
+    g.add_argument("--max-query-chars", type=positive_int, default=d.max_query_chars,
                    help="characters of the query (default: %(default)s; 413)")
-    g.add_argument("--request-timeout-s", type=_nonneg_float, default=d.request_timeout_s,
+    g.add_argument("--request-timeout-s", type=nonneg_float, default=d.request_timeout_s,
                    help="per-request deadline; 0 disables it (default: %(default)s; 504)")
-    g.add_argument("--max-batch-tokens", type=_positive_int, default=d.max_batch_tokens,
+    g.add_argument("--max-batch-tokens", type=positive_int, default=d.max_batch_tokens,
                    help="tokens per model batch (default: %(default)s)")
-    g.add_argument("--max-queued-tokens", type=_positive_int, default=d.max_queued_tokens,
+    g.add_argument("--max-queued-tokens", type=positive_int, default=d.max_queued_tokens,
                    help="admission: tokens queued (default: %(default)s; 503 when full)")
-    g.add_argument("--max-queued-requests", type=_positive_int, default=d.max_queued_requests,
+    g.add_argument("--max-queued-requests", type=positive_int, default=d.max_queued_requests,
                    help="admission: requests queued (default: %(default)s; 503 when full)")
-    g.add_argument("--default-requests-per-minute", type=_positive_int, default=None, metavar="R",
+    g.add_argument("--default-requests-per-minute", type=positive_int, default=None, metavar="R",
                    help="rate limit for keys created without one (default: none; 429)")
-    g.add_argument("--default-documents-per-minute", type=_positive_int, default=None, metavar="D",
+    g.add_argument("--default-documents-per-minute", type=positive_int, default=None, metavar="D",
                    help="document rate limit for keys created without one (default: none; 429)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--no-access-log", action="store_true", help="do not log each request")

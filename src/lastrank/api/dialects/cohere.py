@@ -12,12 +12,14 @@ Response (Cohere v2 shape): {id, results [{index, relevance_score, document?}], 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Any, Optional
 
 from pydantic import Field, StrictBool, StrictInt, StrictStr
 
 from lastrank.api.dialects.base import (
     Document,
+    NonNegativeInt,
+    PositiveInt,
     ResponseInfo,
     Translated,
     WireModel,
@@ -29,9 +31,6 @@ from lastrank.api.dialects.base import (
 from lastrank.types import RerankResult
 
 NAME = "cohere_v2"
-
-PositiveInt = Annotated[StrictInt, Field(ge=1)]
-NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 
 
 class Request(WireModel):

@@ -13,12 +13,14 @@ One body serves Jina clients (which read `results`, `model`, `usage`) and cohere
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Any, Optional
 
 from pydantic import Field, StrictBool, StrictInt, StrictStr
 
 from lastrank.api.dialects.base import (
     Document,
+    NonNegativeInt,
+    PositiveInt,
     ResponseInfo,
     Translated,
     WireModel,
@@ -30,9 +32,6 @@ from lastrank.api.dialects.base import (
 from lastrank.types import RerankResult
 
 NAME = "jina"
-
-PositiveInt = Annotated[StrictInt, Field(ge=1)]
-NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 
 
 class Request(WireModel):
