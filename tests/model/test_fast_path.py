@@ -158,3 +158,18 @@ def test_bench_quick_runs(tmp_path):
     assert row["lastrank_tok_s"] > 0 and row["reference_tok_s"] > 0 and row["peak_rss_gb"] > 0
     assert row["kendall_tau_vs_reference"] > 0.5  # same bf16 model on both paths
     assert res["cold_start"]["first_result_s"] > 0
+
+
+def test_opt_in_compile_matches_eager(tiny_checkpoint, tmp_path, monkeypatch):
+    """LASTRANK_COMPILE=1 -> torch.compile'd layers; same float32 results as eager (Inductor may reorder
+    float operations, hence 1e-5, not equality)."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("LASTRANK_COMPILE", "1")
+    compiled = load_model(tiny_checkpoint, torch.device("cpu"), torch.float32)
+    monkeypatch.delenv("LASTRANK_COMPILE")
+    eager = load_model(tiny_checkpoint, torch.device("cpu"), torch.float32)
+    assert compiled.model.compiled_layer is not None and eager.model.compiled_layer is None
+    for n in (300, 171):  # two lengths: one dynamic graph
+        ids = random_prompt(n, [10, 100, 150])
+        for a, b in zip(compiled.embed(ids, DOC_MARKER_ID, QUERY_MARKER_ID), eager.embed(ids, DOC_MARKER_ID, QUERY_MARKER_ID)):
+            torch.testing.assert_close(a, b, atol=ATOL, rtol=0)

@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-reference", action="store_true", help="skip the transformers reference path")
     p.add_argument("--no-subprocess", action="store_true", help="skip cold start and peak RSS (fresh processes)")
     p.add_argument("--pack-blocks", choices=["auto", "on", "off"], default="auto", help="engine packing option")
+    p.add_argument("--compile", action="store_true",
+                   help="opt-in torch.compile path (LASTRANK_COMPILE=1), with a fresh compile cache for this run: "
+                        "cold start is then reported twice, cache filling and cache warm")
     p.add_argument("--json", help="also write the results to this file")
 
 
@@ -263,6 +266,9 @@ def bench(args: argparse.Namespace, out=None) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compile:
+        os.environ["LASTRANK_COMPILE"] = "1"  # read by load_model, here and in the probe processes
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="lastrank-bench-inductor-")
     dtype = parse_dtype(args.dtype)
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     if checkpoint is None:
@@ -279,6 +285,7 @@ def bench(args: argparse.Namespace, out=None) -> dict:
 
     load = os.getloadavg()
     machine = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "compile": bool(args.compile),
                "loadavg_at_start": [round(x, 2) for x in load], "dtype": args.dtype, "checkpoint": str(checkpoint)}
     say(f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
         f"{machine['threads']} threads, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
@@ -306,7 +313,10 @@ def bench(args: argparse.Namespace, out=None) -> dict:
         else:
             raise SystemExit(f"lastrank bench: unknown case {name!r} (2k, 8k, trec)")
 
-    reranker.rerank("warm up", ["a short passage", "another one"])  # first-call allocations, not timed
+    t = time.perf_counter()
+    reranker.rerank("warm up", ["a short passage", "another one"])  # first-call allocations (and compile), not timed
+    if args.compile:
+        say(f"first call with compile (fresh cache, in the bench process): {time.perf_counter() - t:.1f} s")
     results = {"machine": machine, "matmul_tflops": tflops, "cases": {}}
     rows = []
     for name, (q, docs) in cases.items():
@@ -359,10 +369,12 @@ def bench(args: argparse.Namespace, out=None) -> dict:
         say("  " + _summary(row))
 
     if not args.no_subprocess:
+        # with --compile the bench process above already filled the cache: this is the warm-cache start
         cold = probe(checkpoint, args.dtype, "What are the health benefits of green tea?",
                      ["Green tea is rich in antioxidants.", "Cars need fuel."], args.threads)
         results["cold_start"] = cold
-        say(f"\ncold start (fresh process, small request): {cold['wall_s']:.2f} s wall "
+        what = "compile cache warm" if args.compile else "small request"
+        say(f"\ncold start (fresh process, {what}): {cold['wall_s']:.2f} s wall "
             f"(import {cold['import_s']:.2f} s, load {cold['load_s']:.2f} s, first result {cold['first_result_s']:.2f} s; "
             f"peak RSS {cold['peak_rss_gb']:.2f} GB)")
     load = os.getloadavg()

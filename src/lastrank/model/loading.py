@@ -6,6 +6,7 @@ within a couple of seconds) with no cached copy is one clear error, never a long
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -14,7 +15,7 @@ import torch
 
 from lastrank.errors import ModelNotAvailableError
 from lastrank.model.config import ModelConfig
-from lastrank.model.modeling import JinaForRanking, fuse_projections
+from lastrank.model.modeling import JinaForRanking, enable_compile, fuse_projections
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 HUB_PATTERNS = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"]
@@ -98,10 +99,13 @@ def resolve_checkpoint(model: str | Path, revision: str | None = None, cache_dir
         raise ModelNotAvailableError(f"could not download {text!r}: {e}. {hint}") from e
 
 
-def load_model(path: Path, device: torch.device, dtype: torch.dtype, fuse: bool = True) -> JinaForRanking:
+def load_model(path: Path, device: torch.device, dtype: torch.dtype, fuse: bool = True,
+               compile: bool | None = None) -> JinaForRanking:
     """Strict load of the official tensor names; built on the meta device so nothing is allocated twice.
 
     fuse: concatenate q/k/v and gate/up weights for the fast path (`modeling.fuse_projections`).
+    compile: opt-in torch.compile of the layers (`modeling.enable_compile`); None reads the environment
+    variable LASTRANK_COMPILE (1/true/yes). Off by default: the first compile costs tens of seconds.
     """
     from safetensors.torch import load_file
 
@@ -125,4 +129,8 @@ def load_model(path: Path, device: torch.device, dtype: torch.dtype, fuse: bool 
         # After the strict load by official names; the official parameters become views of the fused
         # matrices, so state_dict() is unchanged and no weight is stored twice.
         fuse_projections(model)
+    if compile is None:
+        compile = os.environ.get("LASTRANK_COMPILE", "").strip().lower() in ("1", "true", "yes", "on")
+    if compile:
+        enable_compile(model)
     return model

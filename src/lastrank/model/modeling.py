@@ -100,14 +100,17 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw) -> torch.Tens
     return F.scaled_dot_product_attention(q[None], k[None], v[None], enable_gqa=True, **kw)[0]
 
 
-def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing,
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing | None,
                      rows: torch.Tensor | None = None) -> torch.Tensor:
     """Causal attention within each packed sequence. q: [heads, Tq, d] for all T rows (rows=None) or for
     the given rows only (global row indices, ascending); k, v: [kv_heads, T, d]. Returns [heads, Tq, d].
 
     GQA through SDPA's enable_gqa instead of repeat_interleave: no [heads, T, d] copies of k and v
     (2 x 2 x T x 2048 bytes less memory per layer in bf16; time measured in docs/benchmarks.md).
+    packing=None means one sequence, all rows (the shape the opt-in torch.compile path sees).
     """
+    if packing is None:
+        return _sdpa(q, k, v, is_causal=True)
     if packing.attention == "mask":
         return _sdpa(q, k, v, attn_mask=packing.mask(rows))
     if len(packing.seq_lens) == 1 and rows is None:
@@ -156,7 +159,7 @@ class Attention(nn.Module):
         k, v = F.linear(x, self.qkv_weight[nq:]).chunk(2, dim=-1)
         return F.linear(x[rows], self.qkv_weight[:nq]), k, v
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, packing: Packing,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, packing: Packing | None,
                 rows: torch.Tensor | None = None) -> torch.Tensor:
         """x: [T, hidden] -> [T, hidden], or [len(rows), hidden] for the given rows only."""
         T = x.shape[0]
@@ -194,7 +197,7 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, packing: Packing,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, packing: Packing | None,
                 rows: torch.Tensor | None = None) -> torch.Tensor:
         h = self.self_attn(self.input_layernorm(x), cos, sin, packing, rows)
         # In place: x is this forward's own activation (never a weight or an input), so reusing its memory
@@ -207,9 +210,14 @@ class Qwen3Model(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # An explicit, uninitialised weight: every weight comes from a checkpoint, and nn.Embedding's own
+        # normal_() init on the meta device (how load_model builds the model) goes through torch's Python
+        # reference kernels, whose first use cost 2-4 s of a cold start here.
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size,
+                                         _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.compiled_layer = None  # set by enable_compile(): opt-in, see there
 
     def forward(self, input_ids: torch.Tensor, seq_lens: list[int] | None = None, rows: torch.Tensor | None = None,
                 attention: str = "segments") -> torch.Tensor:
@@ -229,10 +237,35 @@ class Qwen3Model(nn.Module):
         cos, sin = rope_cos_sin(packing.positions, self.config.head_dim, self.config.rope_theta, x.dtype)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, packing, rows if i == last else None)
+            if self.compiled_layer is not None and i != last and len(packing.seq_lens) == 1:
+                x = self.compiled_layer(layer, x, cos, sin)
+            else:
+                x = layer(x, cos, sin, packing, rows if i == last else None)
         if rows is not None and not self.layers:
             x = x[rows]
         return self.norm(x)
+
+
+def _causal_layer(layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return layer(x, cos, sin, None, None)
+
+
+def enable_compile(model: "JinaForRanking", cache_dir: str | None = None) -> None:
+    """Opt-in: torch.compile (Inductor) of the decoder layer for one-sequence forwards, every layer but the
+    last (the marker-rows layer and packed forwards stay eager).
+
+    Why: Inductor fuses the element-wise work (norms, RoPE, SiLU, casts, residuals) into few kernels;
+    measured about 1.2x on a 4-layer, T=2048, bf16 forward on this machine (docs/benchmarks.md). Why opt-in:
+    the first compile takes tens of seconds (about 40 s here), far beyond the 3 s cold-start budget. The
+    compiled code is cached on disk (Inductor's FX graph cache, in cache_dir or TORCHINDUCTOR_CACHE_DIR),
+    so later processes skip most of it. One graph serves all layers (their weights are inputs) and all
+    lengths (dynamic=True).
+    """
+    import os
+
+    if cache_dir:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
+    model.model.compiled_layer = torch.compile(_causal_layer, dynamic=True)
 
 
 def fuse_projections(model: "JinaForRanking") -> None:
