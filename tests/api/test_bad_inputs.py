@@ -24,6 +24,12 @@ TABLE = [
     ("invalid UTF-8", "/v1/rerank", b'{"query": "\xff\xfe", "documents": ["a"]}', 400),
     ("lone surrogate escape", "/v1/rerank", b'{"query": "\\ud800", "documents": ["a"]}', 400),
     ("query is a number", "/v1/rerank", j({"query": 123, "documents": D}), 422),
+    ("query object without text", "/v1/rerank", j({"query": {"title": Q}, "documents": D}), 422),
+    ("image query", "/rerank", j({"query": {"image": "https://x/y.png"}, "documents": D}), 422),
+    ("query object on v2", "/v2/rerank", j({"query": {"text": Q}, "documents": D}), 422),
+    ("score_threshold is a string", "/v1/rerank", j({"query": Q, "documents": D, "score_threshold": "0.5"}), 422),
+    ("score_threshold is NaN", "/v2/rerank",
+     b'{"query": "q", "documents": ["a"], "score_threshold": NaN}', 422),
     ("documents is a string", "/v1/rerank", j({"query": Q, "documents": "abc"}), 422),
     ("document is a number", "/v2/rerank", j({"query": Q, "documents": ["a", 5]}), 422),
     ("document is a list", "/v1/rerank", j({"query": Q, "documents": [["a"]]}), 422),
@@ -93,9 +99,9 @@ def test_body_limit_counts_the_stream_not_content_length(make_client):
 
 NULLABLE = {
     "/v1/rerank": ["model", "top_n", "return_documents", "rank_fields", "max_chunks_per_doc", "instruction",
-                   "return_embeddings", "max_doc_length", "max_query_length"],
+                   "return_embeddings", "max_doc_length", "max_query_length", "score_threshold"],
     "/v2/rerank": ["model", "top_n", "max_tokens_per_doc", "priority", "return_documents", "rank_fields",
-                   "instruction", "max_query_length"],
+                   "instruction", "max_query_length", "score_threshold"],
     "/rerank": ["truncate", "truncation_direction", "raw_scores", "return_text", "model", "instruction"],
 }
 

@@ -118,6 +118,7 @@ def test_cohere_v1_client(server, reference):
     assert [r.index for r in resp.results] == reference[:3]
     assert resp.results[0].document.text == DOCS[reference[0]]
     assert resp.meta.billed_units.search_units == 1
+    assert resp.meta.warnings == []
     assert resp.id
     # object documents with rank_fields, echoed back with their fields
     docs = [{"title": d, "id": f"doc-{i}"} for i, d in enumerate(DOCS)]
@@ -134,6 +135,11 @@ def test_cohere_v2_client(server, reference):
     assert [r.index for r in resp.results] == reference[:4]
     assert resp.meta.billed_units.search_units == 1
     assert resp.meta.api_version.version == "2"
+    assert resp.meta.warnings == []
+    # truncation is reported in meta.warnings, which the SDK models as list[str]
+    resp = co.rerank(model=MODEL, query=QUERY, documents=DOCS, max_tokens_per_doc=4)
+    assert len(resp.results) == len(DOCS)
+    assert resp.meta.warnings and resp.meta.warnings[0].endswith("were truncated to their first 4 tokens before ranking")
 
 
 def test_cohere_errors_map_to_sdk_exceptions(server):
@@ -201,6 +207,7 @@ def test_tei_over_httpx(server, reference):
     body = r.json()
     assert [x["index"] for x in body] == reference
     assert body[0]["text"] == DOCS[reference[0]] and 0 <= body[-1]["score"] <= body[0]["score"] <= 1
+    assert r.headers["x-lastrank-truncated-documents"] == "0"
 
 
 def test_lastrank_client_matches_reranker(server, tiny_reranker):

@@ -3,6 +3,7 @@ deadline 504, the observer feeding metrics, and results equal to Reranker.rerank
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -81,3 +82,45 @@ def test_deadline_is_504(store, tiny_reranker):
     assert r.status_code == 504, r.text
     assert r.json()["error"]["type"] == "timeout_error" and "retry-after" in r.headers
     assert store.list_usage() == []
+
+
+def test_truncation_is_reported_from_the_real_engine(store, tiny_reranker):
+    long_docs = DOCS + ["Paris " * 40]
+    with make(store, tiny_reranker.engine) as c:
+        r = c.post("/v2/rerank", json={"query": Q, "documents": long_docs, "max_tokens_per_doc": 6,
+                                       "max_query_length": 3})
+        tei = c.post("/rerank", json={"query": Q, "texts": long_docs, "truncate": True})
+    assert r.status_code == 200, r.text
+    truncated = int(r.headers["x-lastrank-truncated-documents"])
+    assert truncated >= 1 and r.headers["x-lastrank-query-truncated"] == "true"
+    warnings = r.json()["meta"]["warnings"]
+    assert warnings[0].startswith(f"{truncated} of {len(long_docs)} documents")
+    assert "first 6 tokens" in warnings[0]
+    named = re.search(r"\(indices ([\d, ]+)\)", warnings[0]).group(1).split(", ")
+    assert len(named) == truncated and "4" in named  # the long document is among them
+    assert warnings[1] == "the query was truncated to its first 3 tokens before ranking"
+    assert tei.status_code == 200 and tei.headers["x-lastrank-truncated-documents"] == "0"
+
+
+def test_duplicate_documents_are_deterministic_in_every_dialect(store, tiny_reranker):
+    """Two calls with the same duplicated documents give identical scores and order, and every dialect the
+    same order. The scores of the two copies are NOT asserted equal: the model is listwise (causal attention
+    over one prompt holding every document of a block), so the later copy is read in a different context and
+    in general scores differently; exact ties are the engine's to order."""
+    docs = ["Paris is the capital of France.", "Cats sleep a lot.", "Paris is the capital of France.",
+            "Lyon is a French city."]
+    with make(store, tiny_reranker.engine) as c:
+        runs = {}
+        for route, body in (("/v1/rerank", {"query": Q, "documents": docs}),
+                            ("/v2/rerank", {"query": Q, "documents": docs}),
+                            ("/rerank", {"query": Q, "texts": docs, "raw_scores": True})):
+            got = []
+            for _ in range(2):
+                r = c.post(route, json=body)
+                assert r.status_code == 200, r.text
+                items = r.json() if isinstance(r.json(), list) else r.json()["results"]
+                got.append([(x["index"], x.get("relevance_score", x.get("score"))) for x in items])
+            assert got[0] == got[1], route
+            runs[route] = got[0]
+    assert runs["/v1/rerank"] == runs["/v2/rerank"] == runs["/rerank"]
+    assert sorted(i for i, _ in runs["/v1/rerank"]) == [0, 1, 2, 3]

@@ -14,6 +14,11 @@ Decisions (each tested in tests/api):
 - Model names: `model` may be omitted/null, or name the served model (--served-model-name, default
   "jina-reranker-v3"), "jina-reranker-v3", "jinaai/jina-reranker-v3", the --model value, or a
   --model-alias. Anything else is 404. Responses always carry the served name.
+- The query is a string. On the Jina dialect (/v1/rerank, and /rerank without `texts`) it may also be
+  Jina's object form {"text": "..."} (its multimodal TextDoc shape), ranked as its text; other fields
+  of the object are ignored, an `image` is a 422 (text-only model), and an object without a string
+  `text`, a number, a list, a bool or null are 422s naming both accepted forms. Cohere v2 and TEI take
+  strings only. A blank text is the empty-query 400.
 - Documents are strings or objects. Objects are ranked on `text`, or on `rank_fields` (one field: its
   value; several: "field: value" lines in the order given); they are echoed back exactly as sent.
   Returned documents are objects: {"text": ...} for a string document.
@@ -26,15 +31,33 @@ Decisions (each tested in tests/api):
   TEI's empty `texts` too, unlike TEI (one rule for every dialect). An empty or blank query is a 400.
 - Scores are the model's cosine in [-1, 1], unchanged, in every dialect except TEI without
   raw_scores, where they are mapped to [0, 1] as (1 + s) / 2 (monotonic: same order).
+- score_threshold (lastrank extension, Jina/Cohere v1 and Cohere v2; TEI ignores it as an unknown
+  field): a finite JSON number (a string, bool, NaN, Infinity or a number too large for a float is a
+  422), null = none. Order: rank every document, drop results with relevance_score < threshold (equal
+  is kept, on the same scale as the returned scores), then top_n: a threshold that leaves fewer than
+  top_n results returns fewer. With a threshold the engine is asked for the whole ranked list and the
+  handler cuts it. Billing is unchanged: every document sent was ranked.
+- Ties: the order is the engine's, and every dialect keeps it (the API never re-sorts; tested: the same
+  request sent twice gives identical scores and order, and the same order in every dialect). Two
+  identical documents need not tie: the model reads a block's documents in one causal prompt, so a
+  later copy is scored in a different context (with the fake scorer, which ties them, the tie order
+  survives every dialect).
+- Truncation is reported, never an error (except TEI truncate=false, a 400): every 200 carries
+  `X-Lastrank-Truncated-Documents: N` and `X-Lastrank-Query-Truncated: true|false` (TEI's bare array
+  included), and Jina and Cohere bodies carry `meta.warnings` (Cohere's ApiMeta.warnings, list[str];
+  always present, [] when nothing was cut), e.g. "2 of 40 documents (indices 3, 17) were truncated to
+  their first 2048 tokens before ranking" and "the query was truncated to its first 512 tokens before
+  ranking". Indices are named (at most 10) when Usage.doc_tokens identifies them.
 - search_units (Cohere's meta.billed_units) = ceil(documents / 100), 0 for no documents.
 - Status codes (api/errors.py is the one table): malformed JSON, invalid UTF-8, a non-object body,
-  empty query, objects without text -> 400; schema violations (wrong types, nulls in required fields,
-  negative numbers) -> 422; too many documents, too long a document or query, a body over
-  --max-body-bytes (bytes counted as they arrive), a request bigger than the queue -> 413; unknown
-  model or route -> 404; missing/wrong key -> 401; revoked key -> 403; per-key rate limit -> 429 +
-  Retry-After; queue full, model loading -> 503 + Retry-After; deadline (--request-timeout-s) -> 504 +
-  Retry-After; client gone -> the scheduler task is cancelled (logged as 499, nothing sent); a model
-  failure -> 500 (model_error). Unknown fields are ignored; every optional field accepts null.
+  empty query, document objects without text -> 400; schema violations (wrong types, nulls in required
+  fields, negative numbers, a query object without text, a non-finite score_threshold) -> 422; too
+  many documents, too long a document or query, a body over --max-body-bytes (bytes counted as they
+  arrive), a request bigger than the queue -> 413; unknown model or route -> 404; missing/wrong key ->
+  401; revoked key -> 403; per-key rate limit -> 429 + Retry-After; queue full, model loading -> 503 +
+  Retry-After; deadline (--request-timeout-s) -> 504 + Retry-After; client gone -> the scheduler task
+  is cancelled (logged as 499, nothing sent); a model failure -> 500 (model_error). Unknown fields are
+  ignored; every optional field accepts null.
 - Ledger: one row per 200 response, committed before the response is sent. A request whose row was
   written but whose response was cut off (crash, disconnect at that instant) is billed without the
   client seeing it; a client never sees a 200 that is not billed, and nothing is billed twice.

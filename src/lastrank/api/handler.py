@@ -2,6 +2,7 @@
 
     auth -> readiness -> parse (dialect schema) -> translate -> validate against server limits
          -> per-key rate limits -> scheduler.submit (cancelled if the client goes away)
+         -> score_threshold, then top_n -> truncation warnings and headers
          -> dialect response rendered -> ledger row (durable before the response is sent) -> metrics
 
 Validation runs before the rate limiter so a request that can never be served does not spend the
@@ -16,7 +17,7 @@ import logging
 import math
 import time
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import Request
@@ -49,6 +50,11 @@ DEADLINE_GRACE_S = 5.0
 CLIENT_CLOSED_REQUEST = 499
 # Bodies larger than this are parsed and validated in a worker thread.
 OFFLOAD_BODY_BYTES = 256 * 1024
+# Response headers saying what the engine truncated (sent on every 200, in every dialect, TEI included).
+TRUNCATED_DOCUMENTS_HEADER = "X-Lastrank-Truncated-Documents"
+QUERY_TRUNCATED_HEADER = "X-Lastrank-Query-Truncated"
+# At most this many document indices are named in a truncation warning.
+WARNING_MAX_INDICES = 10
 
 
 @dataclass
@@ -143,6 +149,8 @@ def to_request(t: Translated, s: ServerSettings, request_id: str) -> RerankReque
     top_n = t.top_n
     if top_n is not None and top_n > len(t.documents):
         top_n = None  # a huge top_n means "all"
+    if t.score_threshold is not None:
+        top_n = None  # the whole ranked list comes back; apply_threshold_and_top_n cuts it
     deadline = None if not s.request_timeout_s else time.monotonic() + s.request_timeout_s
     return RerankRequest(
         query=t.query,
@@ -170,6 +178,40 @@ def parse_and_validate(raw: bytes, route_dialect, s: ServerSettings):
     t = dialect.to_internal(body)
     validate(t, s)
     return dialect, t
+
+
+def apply_threshold_and_top_n(result: RerankResult, t: Translated) -> RerankResult:
+    """With a score_threshold: the engine ranked every document (top_n was not passed to it); drop the
+    results below the threshold (kept: score >= threshold, so a NaN score is dropped), then keep top_n.
+    Without one, the engine already applied top_n and the result is returned as is."""
+    if t.score_threshold is None:
+        return result
+    kept = [r for r in result.results if r.relevance_score >= t.score_threshold]
+    if t.top_n is not None:
+        kept = kept[: t.top_n]
+    return replace(result, results=kept)
+
+
+def truncation_report(result: RerankResult, rr: RerankRequest) -> tuple[list[str], dict[str, str]]:
+    """-> (warnings for meta.warnings, headers). Indices are named when Usage.doc_tokens shows which
+    documents were cut (the engine flags a document whose token count reached max_doc_length)."""
+    u = result.usage
+    warnings = []
+    n = u.truncated_documents
+    if n:
+        which = ""
+        if len(u.doc_tokens) == len(rr.documents):
+            cut = [i for i, k in enumerate(u.doc_tokens) if k >= rr.max_doc_length]
+            if len(cut) == n:
+                shown = ", ".join(str(i) for i in cut[:WARNING_MAX_INDICES])
+                more = f" and {n - WARNING_MAX_INDICES} more" if n > WARNING_MAX_INDICES else ""
+                which = f" (indices {shown}{more})"
+        warnings.append(f"{n} of {len(rr.documents)} documents{which} were truncated to their first "
+                        f"{rr.max_doc_length} tokens before ranking")
+    if u.query_truncated:
+        warnings.append(f"the query was truncated to its first {rr.max_query_length} tokens before ranking")
+    headers = {TRUNCATED_DOCUMENTS_HEADER: str(n), QUERY_TRUNCATED_HEADER: "true" if u.query_truncated else "false"}
+    return warnings, headers
 
 
 async def submit_watching(state: ServerState, request: Request, rr: RerankRequest) -> RerankResult:
@@ -245,11 +287,14 @@ async def handle_rerank(request: Request, route: str, route_dialect=None) -> Res
     check = getattr(dialect, "check_result", None)
     if check is not None:
         check(result, t)
+    result = apply_threshold_and_top_n(result, t)
 
     # Render first (it cannot fail on client input), then bill, then send: a 200 is never unbilled.
-    info = ResponseInfo(request_id=request_id, model=s.served_model_name, search_units=search_units(len(t.documents)))
+    warnings, truncation_headers = truncation_report(result, rr)
+    info = ResponseInfo(request_id=request_id, model=s.served_model_name, search_units=search_units(len(t.documents)),
+                        warnings=warnings)
     content, headers = dialect.from_internal(result, t, info)
-    response = RerankJSONResponse(content, headers={**headers, "X-Request-Id": request_id})
+    response = RerankJSONResponse(content, headers={**headers, **truncation_headers, "X-Request-Id": request_id})
 
     latency_ms = (time.monotonic() - started) * 1000.0
     if state.store is not None:

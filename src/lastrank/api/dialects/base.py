@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
@@ -31,6 +31,14 @@ from lastrank.types import RerankResult
 
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+# A JSON number (integer or not) that is finite: strings, booleans, NaN/Infinity (which Python's json module
+# accepts) and integers too large for a float are 422s.
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+SCORE_THRESHOLD_DESCRIPTION = (
+    "lastrank extension: drop results whose relevance_score is below this (kept: score >= threshold), "
+    "applied to the ranked list before top_n; null: no threshold")
+ScoreThreshold = Optional[FiniteFloat]
 
 Document = Union[StrictStr, dict[str, Any]]
 
@@ -55,6 +63,7 @@ class Translated:
     max_query_length: int | None = None
     instruction: str | None = None
     model: str | None = None
+    score_threshold: float | None = None  # None: keep every result
     options: dict = field(default_factory=dict)  # dialect-only response switches (e.g. TEI raw_scores)
 
 
@@ -65,6 +74,7 @@ class ResponseInfo:
     request_id: str
     model: str  # the served model name
     search_units: int
+    warnings: list[str] = field(default_factory=list)  # shown as meta.warnings where the format has a meta
 
 
 def document_texts(documents: list[Any], rank_fields: list[str] | None) -> list[str]:
@@ -111,4 +121,5 @@ def meta_block(result: RerankResult, info: ResponseInfo, api_version: str) -> di
         "api_version": {"version": api_version},
         "billed_units": {"search_units": info.search_units},
         "tokens": {"input_tokens": result.usage.prompt_tokens, "output_tokens": 0},
+        "warnings": list(info.warnings),  # Cohere's ApiMeta.warnings: list[str]; always present, [] when none
     }

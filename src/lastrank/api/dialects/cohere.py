@@ -4,9 +4,9 @@ Request: {model?, query, documents: [str] (objects accepted too, with `text` or 
           top_n?, max_tokens_per_doc? (-> max_doc_length; null: the server default, 2048, which is the
           model's own; Cohere's 4096 would change the ranking), priority? (accepted, ignored),
           return_documents? (default false; dropped from the v2 SDK but gateways still send it),
-          rank_fields?, instruction?, max_query_length?}
+          rank_fields?, instruction?, max_query_length?, score_threshold? (lastrank extension)}
 Response (Cohere v2 shape): {id, results [{index, relevance_score, document?}], meta {api_version
-          {version: "2"}, billed_units {search_units}, tokens}, plus model and usage (the SDK keeps
+          {version: "2"}, billed_units {search_units}, tokens, warnings [str]}, plus model and usage (the SDK keeps
           unknown fields, so they cost nothing)}.
 """
 
@@ -17,10 +17,12 @@ from typing import Any, Optional
 from pydantic import Field, StrictBool, StrictInt, StrictStr
 
 from lastrank.api.dialects.base import (
+    SCORE_THRESHOLD_DESCRIPTION,
     Document,
     NonNegativeInt,
     PositiveInt,
     ResponseInfo,
+    ScoreThreshold,
     Translated,
     WireModel,
     document_texts,
@@ -44,6 +46,7 @@ class Request(WireModel):
     rank_fields: Optional[list[StrictStr]] = None
     instruction: Optional[StrictStr] = None
     max_query_length: Optional[PositiveInt] = None
+    score_threshold: ScoreThreshold = Field(None, description=SCORE_THRESHOLD_DESCRIPTION)
 
 
 def to_internal(body: Request) -> Translated:
@@ -57,6 +60,7 @@ def to_internal(body: Request) -> Translated:
         max_query_length=body.max_query_length,
         instruction=body.instruction,
         model=body.model,
+        score_threshold=body.score_threshold,
     )
 
 

@@ -1,27 +1,33 @@
 """Jina `POST /v1/rerank` (and `/rerank` without `texts`), with Cohere v1's fields accepted on the same route.
 
-Request: {model?, query, documents: [str | object], top_n?, return_documents? (default true, as Jina),
+Request: {model?, query: str | {"text": str} (Jina's object form; an object with an `image`, without a string
+          `text`, or any other type is a 422), documents: [str | object], top_n?,
+          return_documents? (default true, as Jina),
           rank_fields? and max_chunks_per_doc? (Cohere v1; max_chunks_per_doc is accepted and ignored:
           long documents are truncated to max_doc_length tokens instead of chunked),
-          lastrank extensions: instruction?, return_embeddings?, max_doc_length?, max_query_length?}
+          lastrank extensions: instruction?, return_embeddings?, max_doc_length?, max_query_length?,
+          score_threshold?}
 Response: {id, object: "list", model, usage {prompt_tokens, total_tokens},
            results [{index, relevance_score, document? {"text": ...} or the object as sent, embedding?}],
-           meta {api_version, billed_units {search_units}, tokens}}
+           meta {api_version, billed_units {search_units}, tokens, warnings [str]}}
 One body serves Jina clients (which read `results`, `model`, `usage`) and cohere.Client v1 (which reads
 `id`, `results`, `meta` and ignores the rest).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
-from pydantic import Field, StrictBool, StrictInt, StrictStr
+from pydantic import BeforeValidator, Field, StrictBool, StrictInt, StrictStr, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from lastrank.api.dialects.base import (
+    SCORE_THRESHOLD_DESCRIPTION,
     Document,
     NonNegativeInt,
     PositiveInt,
     ResponseInfo,
+    ScoreThreshold,
     Translated,
     WireModel,
     document_texts,
@@ -33,10 +39,40 @@ from lastrank.types import RerankResult
 
 NAME = "jina"
 
+QUERY_FORMS = 'a string or an object {"text": "..."}'
+
+
+def _query_text(value: Any) -> Any:
+    """Jina's query is a string or a TextDoc object {"text": ...} (its multimodal shape); both rank the text.
+    Other fields of the object are ignored, except `image`, which this text-only model cannot rank."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        if value.get("image") is not None:
+            raise PydanticCustomError(
+                "query_image", "image queries are not supported (jina-reranker-v3 ranks text); send {forms}",
+                {"forms": QUERY_FORMS})
+        text = value.get("text")
+        if isinstance(text, str):
+            return text
+        raise PydanticCustomError("query_object", "a query object needs a string 'text' field; send {forms}",
+                                  {"forms": QUERY_FORMS})
+    raise PydanticCustomError("query_type", "query must be {forms}, got {got}",
+                              {"forms": QUERY_FORMS, "got": "null" if value is None else type(value).__name__})
+
+
+JinaQuery = Annotated[
+    StrictStr,
+    BeforeValidator(_query_text),
+    WithJsonSchema({"anyOf": [{"type": "string"},
+                              {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}],
+                    "description": "the query: a string, or Jina's object form {\"text\": ...}"}),
+]
+
 
 class Request(WireModel):
     model: Optional[StrictStr] = None
-    query: StrictStr
+    query: JinaQuery
     documents: list[Document]
     top_n: Optional[NonNegativeInt] = Field(None, description="results to return; null: all")
     return_documents: Optional[StrictBool] = Field(None, description="echo documents; null: true")
@@ -46,6 +82,7 @@ class Request(WireModel):
     return_embeddings: Optional[StrictBool] = Field(None, description="return each document's embedding")
     max_doc_length: Optional[PositiveInt] = Field(None, description="tokens per document; null: 2048")
     max_query_length: Optional[PositiveInt] = Field(None, description="tokens of the query; null: 512")
+    score_threshold: ScoreThreshold = Field(None, description=SCORE_THRESHOLD_DESCRIPTION)
 
 
 def to_internal(body: Request) -> Translated:
@@ -60,6 +97,7 @@ def to_internal(body: Request) -> Translated:
         max_query_length=body.max_query_length,
         instruction=body.instruction,
         model=body.model,
+        score_threshold=body.score_threshold,
     )
 
 
