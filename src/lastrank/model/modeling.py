@@ -285,7 +285,13 @@ def fuse_projections(model: "JinaForRanking") -> None:
 
 
 def _fuse(*linears: nn.Linear) -> torch.Tensor:
-    fused = torch.cat([lin.weight.detach() for lin in linears], dim=0)
+    weights = [lin.weight.detach() for lin in linears]
+    rows = sum(w.shape[0] for w in weights)
+    if all(w.is_contiguous() and w.untyped_storage().data_ptr() == weights[0].untyped_storage().data_ptr()
+           for w in weights) and all(b.storage_offset() == a.storage_offset() + a.numel() for a, b in zip(weights, weights[1:])):
+        # Already side by side in one buffer (loading.read_safetensors placed them so): a view, no copy.
+        return weights[0].as_strided((rows, weights[0].shape[1]), (weights[0].shape[1], 1))
+    fused = torch.cat(weights, dim=0)
     start = 0
     for lin in linears:
         n = lin.weight.shape[0]
