@@ -44,7 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help=f"checkpoint folder (default: a random full-size one, made on first use "
                                         f"under {DEFAULT_FULL_CHECKPOINT}; --quick: a tiny one)")
     p.add_argument("--quick", action="store_true", help="tiny model and small cases: a smoke test in seconds")
-    p.add_argument("--cases", default="2k,8k,trec", help="comma-separated: 2k, 8k, trec (default: all)")
+    p.add_argument("--cases", default="2k,8k,trec,pack",
+                   help="comma-separated: 2k, 8k, trec, pack (default: all). pack: engine.run_blocks on 4 small blocks "
+                        "from 4 requests, packed into one forward vs one forward per block (the CPU default)")
     p.add_argument("--repeat", type=int, default=2, help="timed runs of each path per case, interleaved (default 2)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
@@ -310,8 +312,8 @@ def bench(args: argparse.Namespace, out=None) -> dict:
             cases[name] = block_request(engine, query, trec_docs, sizes[name])
         elif name == "trec":
             cases[name] = (query, trec_docs)
-        else:
-            raise SystemExit(f"lastrank bench: unknown case {name!r} (2k, 8k, trec)")
+        elif name != "pack":
+            raise SystemExit(f"lastrank bench: unknown case {name!r} (2k, 8k, trec, pack)")
 
     t = time.perf_counter()
     reranker.rerank("warm up", ["a short passage", "another one"])  # first-call allocations (and compile), not timed
@@ -368,6 +370,9 @@ def bench(args: argparse.Namespace, out=None) -> dict:
         rows.append((name, row))
         say("  " + _summary(row))
 
+    if "pack" in wanted:
+        results["packing"] = packing_study(engine, trec_docs, 128 if args.quick else 512, args.repeat, say)
+
     if not args.no_subprocess:
         # with --compile the bench process above already filled the cache: this is the warm-cache start
         cold = probe(checkpoint, args.dtype, "What are the health benefits of green tea?",
@@ -382,6 +387,32 @@ def bench(args: argparse.Namespace, out=None) -> dict:
     say(f"\nload average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     say("\n" + _table(rows))
     return results
+
+
+def packing_study(engine, pool: list[str], target_tokens: int, repeat: int, say) -> dict:
+    """engine.run_blocks on 4 blocks of ~target_tokens from 4 requests: packed into one forward vs one by one."""
+    from lastrank.types import RerankRequest
+
+    blocks = []
+    for i in range(4):
+        q, docs = block_request(engine, f"query number {i}", pool[i * 7:] + pool[:i * 7], target_tokens)
+        blocks += engine.plan(RerankRequest(query=q, documents=docs, request_id=f"r{i}")).blocks
+    tokens = sum(b.n_tokens for b in blocks)
+    saved = engine.pack_blocks
+    times: dict[str, list[float]] = {"one_by_one": [], "packed": []}
+    try:
+        for _ in range(max(1, repeat)):
+            for name, pack in (("one_by_one", False), ("packed", True)):
+                engine.pack_blocks = pack
+                times[name].append(_timed(lambda: engine.run_blocks(blocks)))
+    finally:
+        engine.pack_blocks = saved
+    best = {k: min(v) for k, v in times.items()}
+    say(f"\n[pack] 4 requests x 1 block ({[b.n_tokens for b in blocks]} tokens): one by one "
+        f"{tokens / best['one_by_one']:.1f} tok/s, packed {tokens / best['packed']:.1f} tok/s "
+        f"(packed/one-by-one speed {best['one_by_one'] / best['packed']:.2f}x)")
+    return {"blocks": [b.n_tokens for b in blocks], "seconds": times,
+            "packed_speedup": best["one_by_one"] / best["packed"]}
 
 
 def _summary(row: dict) -> str:
