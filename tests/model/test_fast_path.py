@@ -173,3 +173,23 @@ def test_opt_in_compile_matches_eager(tiny_checkpoint, tmp_path, monkeypatch):
         ids = random_prompt(n, [10, 100, 150])
         for a, b in zip(compiled.embed(ids, DOC_MARKER_ID, QUERY_MARKER_ID), eager.embed(ids, DOC_MARKER_ID, QUERY_MARKER_ID)):
             torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+
+
+def test_reader_places_fused_weights_side_by_side_and_moves_them_together(tiny_checkpoint):
+    """read_safetensors: q/k/v (and gate/up) as consecutive rows of one buffer; _to_device (the CUDA load
+    path, exercised here with the CPU as target) keeps them views of one moved buffer."""
+    from lastrank.model.config import ModelConfig
+    from lastrank.model.loading import _to_device, fused_groups, read_safetensors
+
+    cfg = ModelConfig.from_file(tiny_checkpoint / "config.json")
+    state = read_safetensors(tiny_checkpoint / "model.safetensors", torch.float32, fused_groups(cfg), skip=("lm_head.weight",))
+    on_disk = load_file(str(tiny_checkpoint / "model.safetensors"))
+    assert set(state) == set(on_disk) - {"lm_head.weight"}
+    for k, v in state.items():
+        assert torch.equal(v, on_disk[k].float()), k
+    moved = _to_device(state, torch.device("cpu"))
+    q, k, v = (moved[f"model.layers.0.self_attn.{x}_proj.weight"] for x in "qkv")
+    assert q.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()
+    assert k.storage_offset() == q.storage_offset() + q.numel()
+    for name in state:
+        assert torch.equal(moved[name], state[name]), name
