@@ -4,6 +4,11 @@ Module attributes mirror the checkpoint's tensor names (`model.layers.{i}.self_a
 `projector.0`, `projector.2`), so the official safetensors load strictly with no rename table.
 The math follows transformers' `modeling_qwen3.py` operation for operation, including where it casts,
 so float32 results match it to rounding and bfloat16 results stay as close as the kernels allow.
+
+Speed (issue 5, numbers in docs/benchmarks.md): `JinaForRanking.embed_blocks` computes only what the
+official forward reads (prompt cut after the query marker; last layer, final norm and projector at the
+marker rows only) and can pack several blocks into one forward (`Packing`). Each other deviation from HF's
+code says why next to it, with what it measured.
 """
 
 from __future__ import annotations
@@ -50,8 +55,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
     Why not HF's expression: rotate_half builds a negated copy and a concatenation, then two more
     temporaries. Writing x*cos once and adding the two rotated halves in place with addcmul_ is the same
-    math with three fewer full-size passes: 65 -> 19 ms per call at T=2048 (q, bf16, this machine), about
-    3% of a forward. In float32 it agrees with HF to rounding (1 ulp).
+    math with three fewer full-size passes and parallel regions: 65 -> 19 ms per call at T=2048 (q, bf16,
+    2 threads on the loaded 2-core machine); for a whole layer with 1 thread it measured neutral (+-1%).
+    In float32 it agrees with HF to rounding (1 ulp).
     """
     half = x.shape[-1] // 2
     out = x * cos
@@ -254,9 +260,10 @@ def enable_compile(model: "JinaForRanking", cache_dir: str | None = None) -> Non
     """Opt-in: torch.compile (Inductor) of the decoder layer for one-sequence forwards, every layer but the
     last (the marker-rows layer and packed forwards stay eager).
 
-    Why: Inductor fuses the element-wise work (norms, RoPE, SiLU, casts, residuals) into few kernels;
-    measured about 1.2x on a 4-layer, T=2048, bf16 forward on this machine (docs/benchmarks.md). Why opt-in:
-    the first compile takes tens of seconds (about 40 s here), far beyond the 3 s cold-start budget. The
+    Why: Inductor fuses the element-wise work (norms, RoPE, SiLU, casts, residuals) into few kernels:
+    `Reranker.rerank` at 2K went from 1.00x to 1.09x the reference path (1 thread, CPU time, this machine;
+    docs/benchmarks.md). Why opt-in: the first compile takes 17 s for the full model here and a process
+    with a warm cache still needs ~10 s to its first result, far beyond the 3 s cold-start budget. The
     compiled code is cached on disk (Inductor's FX graph cache, in cache_dir or TORCHINDUCTOR_CACHE_DIR),
     so later processes skip most of it. One graph serves all layers (their weights are inputs) and all
     lengths (dynamic=True).
@@ -271,9 +278,10 @@ def enable_compile(model: "JinaForRanking", cache_dir: str | None = None) -> Non
 def fuse_projections(model: "JinaForRanking") -> None:
     """Concatenate each layer's q/k/v and gate/up weights into one matrix, at load time.
 
-    Why: one [T,1024]x[1024,4096] product instead of three, one [T,1024]x[1024,6144] instead of two; fewer,
-    larger matrix products run closer to the machine's peak (measured about 5% on these products at T=2048,
-    bf16, this machine; see docs/benchmarks.md).
+    Why: one [T,1024]x[1024,4096] product instead of three, one [T,1024]x[1024,6144] instead of two: fewer,
+    larger products and fewer calls (5-6% on the products alone at T=2048, bf16; a whole layer measured
+    neutral within +-3% on this CPU; fewer kernel launches is the usual gain on a GPU, not measured here).
+    Kept because it costs nothing: loading.read_safetensors reads the weights side by side, so this is a view.
     The official parameters stay where strict loading and state_dict() expect them (same names, shapes,
     values): after fusion they are *views* into the fused matrix, so nothing is stored twice. Call it after
     the weights are loaded; assigning a new Parameter to q_proj etc. later would not update the fused one.
