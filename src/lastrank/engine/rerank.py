@@ -69,9 +69,11 @@ def validate(request: RerankRequest) -> None:
 
 class RerankEngine:
     """pack_blocks: run the blocks of one run_blocks call in shared packed forwards (True), one forward per
-    block (False), or decide by device (None: pack on CUDA, one by one on CPU, where packing was measured
-    to gain nothing for big blocks; docs/benchmarks.md). max_pack_tokens caps the tokens of one packed
-    forward (a block larger than the cap runs alone). packed_attention: "segments" or "mask" (modeling.Packing).
+    block (False), or decide by device (None: pack on CUDA, one by one on CPU, where packing 4 blocks of
+    ~600 tokens measured 0.93x of one-by-one; docs/benchmarks.md; the GPU side is not measured). Packed or
+    not, every block's outputs are the same (to 1e-5 in float32; tests/engine/test_packing.py).
+    max_pack_tokens caps the tokens of one packed forward (a block larger than the cap runs alone).
+    packed_attention: "segments" or "mask" (modeling.Packing).
     """
 
     def __init__(self, model: JinaForRanking, tokenizer: RerankTokenizer, device: torch.device,
