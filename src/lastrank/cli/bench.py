@@ -307,7 +307,12 @@ def bench(args: argparse.Namespace, out=None) -> dict:
     reranker = Reranker(str(checkpoint), device="cpu", dtype=args.dtype)
     reranker.engine.pack_blocks = pack
     engine, cfg = reranker.engine, reranker.engine.model.config
-    reference = None if args.no_reference else ReferencePath(checkpoint, dtype)
+    reference = None
+    if not args.no_reference:
+        try:
+            reference = ReferencePath(checkpoint, dtype)
+        except ImportError as e:  # transformers is only needed for this comparison
+            say(f"reference path skipped: {e} (pip install transformers)")
     data = _find_data(args.data)
     say(f"data: {data or 'synthetic text (no TREC-DL folder found)'}")
 
