@@ -17,13 +17,18 @@ class Reranker:
     `rerank()`: same prompt, truncation, 125-document blocks and weighted query merge."""
 
     def __init__(self, model: str | Path = DEFAULT_MODEL, device: str | None = "cpu", dtype: str = "bfloat16",
-                 revision: str | None = None, cache_dir: str | None = None):
+                 revision: str | None = None, cache_dir: str | None = None, *, pack_blocks: bool | None = None,
+                 compile: bool | None = None):
+        """pack_blocks: share one forward between the blocks of a batch (None: on CUDA only, where it pays;
+        docs/benchmarks.md measured 0.93x on CPU). compile: opt-in torch.compile of the layers (None: the
+        LASTRANK_COMPILE environment variable; the first compile takes tens of seconds)."""
         self.model_id = str(model)
         self.path = resolve_checkpoint(model, revision=revision, cache_dir=cache_dir)
         self.device = resolve_device(device)
         self.dtype = parse_dtype(dtype)
         self.tokenizer = RerankTokenizer.from_dir(self.path)
-        self.engine = RerankEngine(load_model(self.path, self.device, self.dtype), self.tokenizer, self.device)
+        self.engine = RerankEngine(load_model(self.path, self.device, self.dtype, compile=compile), self.tokenizer,
+                                   self.device, pack_blocks=pack_blocks)
 
     def rerank(self, query: str, documents: list[str], top_n: int | None = None, return_embeddings: bool = False,
                max_doc_length: int = 2048, max_query_length: int = 512, instruction: str | None = None) -> list[dict]:
