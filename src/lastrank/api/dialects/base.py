@@ -123,3 +123,17 @@ def meta_block(result: RerankResult, info: ResponseInfo, api_version: str) -> di
         "tokens": {"input_tokens": result.usage.prompt_tokens, "output_tokens": 0},
         "warnings": list(info.warnings),  # Cohere's ApiMeta.warnings: list[str]; always present, [] when none
     }
+
+
+def result_items(result: RerankResult, t: Translated) -> list[dict[str, Any]]:
+    """`results` entries shared by the Jina and Cohere shapes: index, relevance_score, and the document
+    and embedding when asked for."""
+    items = []
+    for r in result.results:
+        item: dict[str, Any] = {"index": r.index, "relevance_score": r.relevance_score}
+        if t.return_documents:
+            item["document"] = echo_document(t.originals[r.index])
+        if t.return_embeddings:
+            item["embedding"] = r.embedding
+        items.append(item)
+    return items

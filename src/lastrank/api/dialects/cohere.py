@@ -26,8 +26,8 @@ from lastrank.api.dialects.base import (
     Translated,
     WireModel,
     document_texts,
-    echo_document,
     meta_block,
+    result_items,
     usage_block,
 )
 from lastrank.types import RerankResult
@@ -65,12 +65,7 @@ def to_internal(body: Request) -> Translated:
 
 
 def from_internal(result: RerankResult, t: Translated, info: ResponseInfo) -> tuple[Any, dict]:
-    results = []
-    for r in result.results:
-        item: dict[str, Any] = {"index": r.index, "relevance_score": r.relevance_score}
-        if t.return_documents:
-            item["document"] = echo_document(t.originals[r.index])
-        results.append(item)
+    results = result_items(result, t)
     body = {
         "id": info.request_id,
         "results": results,

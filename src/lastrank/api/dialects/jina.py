@@ -31,8 +31,8 @@ from lastrank.api.dialects.base import (
     Translated,
     WireModel,
     document_texts,
-    echo_document,
     meta_block,
+    result_items,
     usage_block,
 )
 from lastrank.types import RerankResult
@@ -102,14 +102,7 @@ def to_internal(body: Request) -> Translated:
 
 
 def from_internal(result: RerankResult, t: Translated, info: ResponseInfo) -> tuple[Any, dict]:
-    results = []
-    for r in result.results:
-        item: dict[str, Any] = {"index": r.index, "relevance_score": r.relevance_score}
-        if t.return_documents:
-            item["document"] = echo_document(t.originals[r.index])
-        if t.return_embeddings:
-            item["embedding"] = r.embedding
-        results.append(item)
+    results = result_items(result, t)
     body = {
         "id": info.request_id,
         "object": "list",
