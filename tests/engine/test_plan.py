@@ -83,3 +83,11 @@ def test_validate_names_the_bad_item(kwargs, match):
     with pytest.raises(InvalidRequestError, match=match):
         validate(RerankRequest(**kwargs))
     assert issubclass(InvalidRequestError, ValueError)
+
+
+def test_numpy_integers_are_accepted_as_counts():
+    import numpy as np
+
+    request = RerankRequest(query="q", documents=["a"], top_n=np.int64(1), max_doc_length=np.int32(7))
+    validate(request)
+    assert request.top_n == 1 and type(request.top_n) is int and request.max_doc_length == 7

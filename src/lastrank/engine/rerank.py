@@ -5,6 +5,7 @@ Server, Python API, CLI and eval all go through RerankEngine, so they cannot dri
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,11 +45,13 @@ class RerankPlan:
     usage: Usage = field(default_factory=Usage)
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
+def _check_int(name: str, value, minimum: int) -> int:
+    # numbers.Integral so numpy integers work too; bool is an int subclass but never a count
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InvalidRequestError(f"{name} must be an integer, got {type(value).__name__}")
     if value < minimum:
         raise InvalidRequestError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
 
 
 def validate(request: RerankRequest) -> None:
@@ -60,9 +63,9 @@ def validate(request: RerankRequest) -> None:
         if not isinstance(doc, str):
             raise InvalidRequestError(f"documents[{i}] must be a string, got {type(doc).__name__}")
     if request.top_n is not None:
-        _check_int("top_n", request.top_n, 0)
-    _check_int("max_doc_length", request.max_doc_length, 1)
-    _check_int("max_query_length", request.max_query_length, 1)
+        request.top_n = _check_int("top_n", request.top_n, 0)
+    request.max_doc_length = _check_int("max_doc_length", request.max_doc_length, 1)
+    request.max_query_length = _check_int("max_query_length", request.max_query_length, 1)
     if request.instruction is not None and not isinstance(request.instruction, str):
         raise InvalidRequestError(f"instruction must be a string or None, got {type(request.instruction).__name__}")
 
