@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from lastrank.eval.data import Dataset
 from lastrank.eval.measures import evaluate
-from lastrank.eval.run import Job, RerankerLike, ResultCache, rerank_jobs, reranked_run
+from lastrank.eval.run import Job, RerankerLike, ResultCache, job_key, rerank_jobs, reranked_run
 
 
 @dataclass
@@ -49,16 +49,7 @@ def run_permutations(
     for i in range(n):
         cands = list(base)
         random.Random(f"{seed}:permutation:{qid}:{i}").shuffle(cands)
-        key = {
-            "dataset": dataset.name,
-            "run": dataset.run_name,
-            "qid": qid,
-            "order": f"permutation-{i}",
-            "seed": seed,
-            "model": model,
-            "top_k": top_k,
-            "params": params or {},
-        }
+        key = job_key(dataset, qid, f"permutation-{i}", seed, model, top_k, params)
         jobs.append(Job(key, dataset.queries[qid], cands))
     records, ran = rerank_jobs(jobs, reranker, dataset.corpus, cache, rerank_kwargs, progress, desc=f"permutations q={qid}")
 

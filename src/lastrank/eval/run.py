@@ -164,6 +164,21 @@ class OrderEval:
     wall_seconds: float = 0.0
 
 
+def job_key(dataset: Dataset, qid: str, order: str, seed: int | None, model: str, top_k: int | None,
+            params: dict | None) -> dict:
+    """What identifies one cached rerank call; the resume cache matches on exactly this."""
+    return {
+        "dataset": dataset.name,
+        "run": dataset.run_name,
+        "qid": qid,
+        "order": order,
+        "seed": seed,
+        "model": model,
+        "top_k": top_k,
+        "params": params or {},
+    }
+
+
 def evaluate_first_stage(dataset: Dataset, query_ids: list[str], rel_min: int) -> tuple[dict, dict]:
     return evaluate(dataset.qrels, first_stage_run(dataset, query_ids), query_ids, rel_min)
 
@@ -188,16 +203,7 @@ def run_orders(
     for order in orders:
         jobs = []
         for qid in query_ids:
-            key = {
-                "dataset": dataset.name,
-                "run": dataset.run_name,
-                "qid": qid,
-                "order": order,
-                "seed": seed if order == "random" else None,
-                "model": model,
-                "top_k": top_k,
-                "params": params or {},
-            }
+            key = job_key(dataset, qid, order, seed if order == "random" else None, model, top_k, params)
             cands = order_candidates(dataset.top_k(qid, top_k), order, seed, qid)
             jobs.append(Job(key, dataset.queries[qid], cands))
         records, ran = rerank_jobs(jobs, reranker, dataset.corpus, cache, rerank_kwargs, progress, desc=order)
