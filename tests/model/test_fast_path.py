@@ -173,6 +173,12 @@ def test_opt_in_compile_matches_eager(tiny_checkpoint, tmp_path, monkeypatch):
         ids = random_prompt(n, [10, 100, 150])
         for a, b in zip(compiled.embed(ids, DOC_MARKER_ID, QUERY_MARKER_ID), eager.embed(ids, DOC_MARKER_ID, QUERY_MARKER_ID)):
             torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    # with a cached prefix the compiled layers read its keys and values (the engine's default path)
+    ids = random_prompt(300, [10, 100, 150])
+    prefix = compiled.prefix_cache(ids[:7])
+    for a, b in zip(compiled.embed(ids, DOC_MARKER_ID, QUERY_MARKER_ID, prefix=prefix),
+                    eager.embed(ids, DOC_MARKER_ID, QUERY_MARKER_ID)):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
 
 
 def test_reader_places_fused_weights_side_by_side_and_moves_them_together(tiny_checkpoint):

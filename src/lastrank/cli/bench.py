@@ -1,6 +1,7 @@
 """`lastrank bench`: lastrank's engine against the reference path, on this machine, in one run.
 
-For each case (a ~2K-token block, a ~8K-token block, a 100-document TREC-DL-like request) it prints:
+For each case (a ~2K-token block, a ~8K-token block, a 100-document TREC-DL-like request, and a small
+10-document request) it prints:
   - the reference path's tokens/s: transformers' Qwen3Model + the projector in bf16 with SDPA, the official
     forward (§5 of model-spec) on the very same block prompts (token ids from lastrank's plan);
   - lastrank's tokens/s for `Reranker.rerank` end to end (tokenization, plan, forward, merge);
@@ -43,9 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help=f"checkpoint folder (default: a random full-size one, made on first use "
                                         f"under {DEFAULT_FULL_CHECKPOINT}; --quick: a tiny one)")
     p.add_argument("--quick", action="store_true", help="tiny model and small cases: a smoke test in seconds")
-    p.add_argument("--cases", default="2k,8k,trec,pack",
-                   help="comma-separated: 2k, 8k, trec, pack (default: all). pack: engine.run_blocks on 4 small blocks "
-                        "from 4 requests, packed into one forward vs one forward per block (the CPU default)")
+    p.add_argument("--cases", default="2k,8k,trec,small,pack",
+                   help="comma-separated: 2k, 8k, trec, small, pack (default: all). small: the TREC query with its "
+                        "first 10 candidates. pack: engine.run_blocks on 4 small blocks from 4 requests, packed into "
+                        "one forward vs one forward per block (the CPU default)")
     p.add_argument("--repeat", type=int, default=2, help="timed runs of each path per case, interleaved (default 2)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
@@ -54,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-reference", action="store_true", help="skip the transformers reference path")
     p.add_argument("--no-subprocess", action="store_true", help="skip cold start and peak RSS (fresh processes)")
     p.add_argument("--pack-blocks", choices=["auto", "on", "off"], default="auto", help="engine packing option")
+    p.add_argument("--no-prefix-reuse", action="store_true",
+                   help="run every prompt whole, without the cached system-turn prefix (an A/B of that option; "
+                        "the fresh processes for cold start and peak RSS keep the default)")
     p.add_argument("--compile", action="store_true",
                    help="opt-in torch.compile path (LASTRANK_COMPILE=1), with a fresh compile cache for this run: "
                         "cold start is then reported twice, cache filling and cache warm")
@@ -291,7 +296,7 @@ def bench(args: argparse.Namespace, out=None) -> dict:
 
     load = os.getloadavg()
     machine = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "compile": bool(args.compile),
+               "compile": bool(args.compile), "prefix_reuse": not args.no_prefix_reuse,
                "loadavg_at_start": [round(x, 2) for x in load], "dtype": args.dtype, "checkpoint": str(checkpoint)}
     say(f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
         f"{machine['threads']} threads, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
@@ -305,6 +310,8 @@ def bench(args: argparse.Namespace, out=None) -> dict:
     pack = {"auto": None, "on": True, "off": False}[args.pack_blocks]
     reranker = Reranker(str(checkpoint), device="cpu", dtype=args.dtype)
     reranker.engine.pack_blocks = pack
+    if args.no_prefix_reuse:
+        reranker.engine.prefix = None
     engine, cfg = reranker.engine, reranker.engine.model.config
     reference = None
     if not args.no_reference:
@@ -324,8 +331,10 @@ def bench(args: argparse.Namespace, out=None) -> dict:
             cases[name] = block_request(engine, query, trec_docs, sizes[name])
         elif name == "trec":
             cases[name] = (query, trec_docs)
+        elif name == "small":
+            cases[name] = (query, trec_docs[:10])
         elif name != "pack":
-            raise SystemExit(f"lastrank bench: unknown case {name!r} (2k, 8k, trec, pack)")
+            raise SystemExit(f"lastrank bench: unknown case {name!r} (2k, 8k, trec, small, pack)")
 
     t = time.perf_counter()
     reranker.rerank("warm up", ["a short passage", "another one"])  # first-call allocations (and compile), not timed
