@@ -87,22 +87,34 @@ def test_blocks_without_the_prefix_run_whole(model):
             torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
 
 
-def test_engine_uses_the_system_turn_prefix(model, tokenizer, monkeypatch):
+def test_engine_keeps_the_system_turn_from_its_first_forward_and_uses_it_after(model, tokenizer, monkeypatch):
     engine = RerankEngine(model, tokenizer, torch.device("cpu"))
-    assert engine.prefix is not None and engine.prefix.ids.tolist() == tokenizer.encode(PREFIX)
+    assert engine.prefix is None  # nothing computed at start-up: the cold start pays nothing for it
     seen = []
     forward = type(model.model).forward
 
     def spy(self, input_ids, *args, **kw):
-        seen.append((input_ids.shape[0], kw.get("prefix", args[3] if len(args) > 3 else None)))
+        seen.append((input_ids.shape[0], args[3] if len(args) > 3 else kw.get("prefix")))
         return forward(self, input_ids, *args, **kw)
 
     monkeypatch.setattr(type(model.model), "forward", spy)
     plan = engine.plan(RerankRequest(query="what is a cat", documents=["a cat is an animal", "dogs bark"]))
-    engine.run_blocks(plan.blocks)
-    (n_run, used), = seen
-    assert used is engine.prefix
-    assert n_run < plan.blocks[0].n_tokens - len(engine.prefix) + 1
+    first = engine.run_blocks(plan.blocks)
+    P = len(tokenizer.encode(PREFIX))
+    assert engine.prefix is not None and engine.prefix.ids.tolist() == tokenizer.encode(PREFIX)
+    assert len(engine.prefix.kv) == model.config.num_hidden_layers
+    assert all(k.shape[1] == P and v.shape[1] == P for k, v in engine.prefix.kv)
+    second = engine.run_blocks(plan.blocks)
+    (n_first, used_first), (n_second, used_second) = seen
+    assert used_first is None and used_second is engine.prefix
+    assert n_second == n_first - P
+    for a, b in zip(first, second):
+        np.testing.assert_allclose(a.doc_embeddings, b.doc_embeddings, atol=ATOL, rtol=0)
+    # the rows kept from a request equal the prefix run alone
+    alone = model.prefix_cache(tokenizer.encode(PREFIX))
+    for (k1, v1), (k2, v2) in zip(engine.prefix.kv, alone.kv):
+        torch.testing.assert_close(k1, k2, atol=ATOL, rtol=0)
+        torch.testing.assert_close(v1, v2, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("pack", [False, True])
@@ -115,6 +127,8 @@ def test_engine_scores_equal_with_and_without_prefix_reuse(model, tokenizer, pac
     ]
     on = RerankEngine(model, tokenizer, torch.device("cpu"), pack_blocks=pack)
     off = RerankEngine(model, tokenizer, torch.device("cpu"), pack_blocks=pack, reuse_prefix=False)
+    on.warmup()
+    off.warmup()
     assert on.prefix is not None and off.prefix is None
     plans = [on.plan(r) for r in requests]
     blocks = [b for p in plans for b in p.blocks]

@@ -103,3 +103,30 @@ def test_cached_hub_copy_is_used_offline(tmp_path, tiny_checkpoint):
     proc, _ = _run_cli(["--model", "jinaai/jina-reranker-v3", "--json"], {"HF_HUB_OFFLINE": "1"}, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert sorted(r["index"] for r in json.loads(proc.stdout)) == [0, 1]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_parallel_piecewise_reads_give_the_checkpoints_bytes(tiny_checkpoint, monkeypatch, threads):
+    """read_safetensors splits tensors into pieces read by several threads: every byte must land in place,
+    also on the seek + read fallback for systems without positional reads, and when converting dtypes."""
+    from lastrank.model import loading
+
+    monkeypatch.setattr(loading, "READ_PIECE_BYTES", 4096)  # tiny pieces: most tensors span several
+    on_disk = load_file(str(tiny_checkpoint / "model.safetensors"))
+    for dtype in (torch.bfloat16, torch.float32):
+        got = loading.read_safetensors(tiny_checkpoint / "model.safetensors", dtype, threads=threads)
+        assert got.keys() == on_disk.keys()
+        for name, t in on_disk.items():
+            assert torch.equal(got[name], t.to(dtype)), name
+    monkeypatch.delattr(os, "preadv")
+    got = loading.read_safetensors(tiny_checkpoint / "model.safetensors", torch.bfloat16, threads=threads)
+    assert all(torch.equal(got[name], t) for name, t in on_disk.items())
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path, tiny_checkpoint):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_checkpoint, bad)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[:-1000])
+    with pytest.raises(ModelNotAvailableError, match="truncated"):
+        load_model(bad, torch.device("cpu"), torch.bfloat16)

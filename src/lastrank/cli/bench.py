@@ -310,8 +310,7 @@ def bench(args: argparse.Namespace, out=None) -> dict:
     pack = {"auto": None, "on": True, "off": False}[args.pack_blocks]
     reranker = Reranker(str(checkpoint), device="cpu", dtype=args.dtype)
     reranker.engine.pack_blocks = pack
-    if args.no_prefix_reuse:
-        reranker.engine.prefix = None
+    reranker.engine.reuse_prefix = not args.no_prefix_reuse
     engine, cfg = reranker.engine, reranker.engine.model.config
     reference = None
     if not args.no_reference:

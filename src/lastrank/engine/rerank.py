@@ -14,7 +14,7 @@ import torch
 from lastrank.engine.plan import split_blocks, truncate_texts
 from lastrank.engine.prompt import PREFIX, build_prompt
 from lastrank.errors import InvalidRequestError, ModelError
-from lastrank.model.modeling import JinaForRanking
+from lastrank.model.modeling import JinaForRanking, PrefixCache
 from lastrank.model.tokenizer import RerankTokenizer
 from lastrank.types import RankedDocument, RerankRequest, RerankResult, Usage
 
@@ -77,9 +77,10 @@ class RerankEngine:
     not, every block's outputs are the same (to 1e-5 in float32; tests/engine/test_packing.py).
     max_pack_tokens caps the tokens of one packed forward (a block larger than the cap runs alone).
     packed_attention: "segments" or "mask" (modeling.Packing).
-    reuse_prefix: compute the keys and values of the fixed system turn every prompt starts with once, here,
-    and run only the tokens after it in each forward (modeling.PrefixCache; same scores to 1e-5 in float32,
-    tests/engine/test_prefix.py).
+    reuse_prefix: keep the keys and values of the fixed system turn every prompt starts with from the first
+    forward, and run only the tokens after it in every later one (modeling.PrefixCache; same scores to 1e-5
+    in float32, tests/engine/test_prefix.py). Kept from a real request rather than computed at start-up, so
+    the cold start to the first result pays nothing for it.
     """
 
     def __init__(self, model: JinaForRanking, tokenizer: RerankTokenizer, device: torch.device,
@@ -91,7 +92,9 @@ class RerankEngine:
         self.pack_blocks = pack_blocks
         self.max_pack_tokens = max_pack_tokens
         self.packed_attention = packed_attention
-        self.prefix = model.prefix_cache(tokenizer.encode(PREFIX)) if reuse_prefix else None
+        self.reuse_prefix = reuse_prefix
+        self.prefix: PrefixCache | None = None  # filled by the first forward that starts with the system turn
+        self._prefix_ids = torch.tensor(tokenizer.encode(PREFIX), dtype=torch.long, device=device)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -138,8 +141,17 @@ class RerankEngine:
 
     def _run_group(self, group: list[Block]) -> list[BlockOutput]:
         ids = [torch.tensor(b.input_ids, dtype=torch.long, device=self.device) for b in group]
+        prefix = self.prefix if self.reuse_prefix else None
+        pending = None
+        if self.reuse_prefix and prefix is None:
+            pending = PrefixCache(self._prefix_ids)
+            if not pending.starts(ids[0]):
+                pending = None
         embedded = self.model.embed_blocks(ids, self.tokenizer.doc_marker_id, self.tokenizer.query_marker_id,
-                                           attention=self.packed_attention, prefix=self.prefix)
+                                           attention=self.packed_attention, prefix=prefix,
+                                           on_kv=pending.keep if pending else None)
+        if pending is not None:
+            self.prefix = pending
         outputs = []
         for block, (q, d, scores) in zip(group, embedded):
             if d.shape[0] != len(block.doc_indices):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lastrank.engine.rerank import RerankEngine
@@ -27,13 +26,9 @@ class Reranker:
         self.path = resolve_checkpoint(model, revision=revision, cache_dir=cache_dir)
         self.device = resolve_device(device)
         self.dtype = parse_dtype(dtype)
-        # The tokenizer parses in a second thread while the weights are read: the reads release the GIL, so
-        # the two overlap (cold start, docs/benchmarks.md).
-        with ThreadPoolExecutor(1) as pool:
-            tokenizer = pool.submit(RerankTokenizer.from_dir, self.path)
-            model = load_model(self.path, self.device, self.dtype, compile=compile)
-            self.tokenizer = tokenizer.result()
-        self.engine = RerankEngine(model, self.tokenizer, self.device, pack_blocks=pack_blocks)
+        self.tokenizer = RerankTokenizer.from_dir(self.path)
+        self.engine = RerankEngine(load_model(self.path, self.device, self.dtype, compile=compile), self.tokenizer,
+                                   self.device, pack_blocks=pack_blocks)
 
     def rerank(self, query: str, documents: list[str], top_n: int | None = None, return_embeddings: bool = False,
                max_doc_length: int = 2048, max_query_length: int = 512, instruction: str | None = None) -> list[dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -113,7 +114,11 @@ def fused_groups(cfg: ModelConfig) -> list[list[str]]:
     return groups
 
 
-def read_safetensors(file: Path, dtype: torch.dtype, groups: list[list[str]] = (), skip: tuple[str, ...] = ()) -> dict:
+READ_PIECE_BYTES = 32 << 20
+
+
+def read_safetensors(file: Path, dtype: torch.dtype, groups: list[list[str]] = (), skip: tuple[str, ...] = (),
+                     threads: int | None = None) -> dict:
     """Every tensor of a .safetensors file in memory of its own, in `dtype`, read with plain reads.
 
     Why not safetensors' load_file: it maps the file, so the pages it touches stay in this process's RSS for
@@ -121,13 +126,19 @@ def read_safetensors(file: Path, dtype: torch.dtype, groups: list[list[str]] = (
     block with the full-size model. Reading straight into place costs one copy (from the page cache) and
     leaves nothing mapped. The tensors of each group in `groups` land as consecutive row blocks of one
     buffer, so fuse_projections uses them as they are, without a second copy.
+    The reads run in `threads` threads (default: up to 4, one per core), in pieces of 32 MB: positional
+    reads release the GIL, and a single thread copying 1.2 GB out of the page cache (and faulting in the
+    fresh pages) was most of the load time (docs/benchmarks.md, cold start).
     """
     out: dict[str, torch.Tensor] = {}
+    pieces: list[tuple[memoryview, int]] = []  # (destination bytes, file offset)
+    casts: list[tuple[torch.Tensor, torch.Tensor]] = []  # (read buffer, destination) where dtypes differ
     with open(file, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(n))
         header.pop("__metadata__", None)
         base = 8 + n
+        size = os.fstat(f.fileno()).st_size
 
         def read_into(name: str, dst: torch.Tensor) -> None:
             info = header[name]
@@ -139,11 +150,13 @@ def read_safetensors(file: Path, dtype: torch.dtype, groups: list[list[str]] = (
             raw = tmp.view(-1).view(torch.uint8) if tmp.numel() else torch.empty(0, dtype=torch.uint8)
             if raw.numel() != end - start:
                 raise ModelNotAvailableError(f"{file}: tensor {name} has {end - start} bytes for shape {info['shape']}")
-            f.seek(base + start)
-            if raw.numel() and f.readinto(memoryview(raw.numpy())) != raw.numel():
+            if base + end > size:
                 raise ModelNotAvailableError(f"{file} is truncated (tensor {name})")
+            view = memoryview(raw.numpy())
+            for at in range(0, raw.numel(), READ_PIECE_BYTES):
+                pieces.append((view[at:at + READ_PIECE_BYTES], base + start + at))
             if tmp is not dst:
-                dst.copy_(tmp)
+                casts.append((tmp, dst))
 
         for group in groups:
             shapes = [header[name]["shape"] for name in group if name in header]
@@ -160,6 +173,31 @@ def read_safetensors(file: Path, dtype: torch.dtype, groups: list[list[str]] = (
                 continue
             out[name] = torch.empty(info["shape"], dtype=dtype)
             read_into(name, out[name])
+
+        fd = f.fileno()
+
+        def read_piece(piece: tuple[memoryview, int]) -> None:
+            dst, offset = piece
+            done = 0
+            while done < len(dst):
+                if hasattr(os, "preadv"):
+                    got = os.preadv(fd, [dst[done:]], offset + done)
+                else:  # no positional reads (Windows): one thread, seek + read
+                    f.seek(offset + done)
+                    got = f.readinto(dst[done:])
+                if not got:
+                    raise ModelNotAvailableError(f"{file} is truncated (short read at byte {offset + done})")
+                done += got
+
+        threads = (threads or min(4, os.cpu_count() or 1)) if hasattr(os, "preadv") else 1
+        if threads > 1 and len(pieces) > 1:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(read_piece, pieces))
+        else:
+            for piece in pieces:
+                read_piece(piece)
+    for tmp, dst in casts:
+        dst.copy_(tmp)
     return out
 
 

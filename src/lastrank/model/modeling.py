@@ -13,6 +13,8 @@ code says why next to it, with what it measured.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -211,11 +213,11 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, packing: Packing | None,
                 rows: torch.Tensor | None = None, prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
-                kv_out: list | None = None) -> torch.Tensor:
+                on_kv: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
         """x: [T, hidden] -> [T, hidden], or [len(rows), hidden] for the given rows only.
 
         packing=None: one sequence, all rows. prefix: this layer's cached (keys, values) of the tokens
-        before x (see Packing). kv_out: if a list, this layer's attention keys and values are appended.
+        before x (see Packing). on_kv: called with this layer's attention keys and values (attention layout).
         """
         T = x.shape[0]
         q, k, v = self._project(x, rows)
@@ -229,8 +231,8 @@ class Attention(nn.Module):
         else:
             seqs = (packing.starts, packing.seq_lens, packing.prefix_len)
         k, v = attention_layout(k, pk, cos, sin, *seqs), attention_layout(v, pv, None, None, *seqs)
-        if kv_out is not None:
-            kv_out.append((k, v))
+        if on_kv is not None:
+            on_kv(k, v)
         if rows is None:
             out = packed_attention(attention_layout(q, None, cos, sin, *seqs), k, v, packing and packing.attn)
             if pk is not None:
@@ -267,8 +269,8 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, packing: Packing | None,
                 rows: torch.Tensor | None = None, prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
-                kv_out: list | None = None) -> torch.Tensor:
-        h = self.self_attn(self.input_layernorm(x), cos, sin, packing, rows, prefix, kv_out)
+                on_kv: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+        h = self.self_attn(self.input_layernorm(x), cos, sin, packing, rows, prefix, on_kv)
         # In place: x is this forward's own activation (never a weight or an input), so reusing its memory
         # is safe and saves one [T, hidden] allocation per residual.
         x = x.add_(h) if rows is None else x[rows].add_(h)
@@ -289,7 +291,8 @@ class Qwen3Model(nn.Module):
         self.compiled_layer = None  # set by enable_compile(): opt-in, see there
 
     def forward(self, input_ids: torch.Tensor, seq_lens: list[int] | None = None, rows: torch.Tensor | None = None,
-                attention: str = "segments", prefix: "PrefixCache | None" = None, kv_out: list | None = None) -> torch.Tensor:
+                attention: str = "segments", prefix: "PrefixCache | None" = None,
+                on_kv: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
         """input_ids [T] -> final hidden states after `norm`.
 
         seq_lens: lengths of the sequences packed in input_ids (default: one sequence of T tokens);
@@ -299,7 +302,7 @@ class Qwen3Model(nn.Module):
         for those rows only; every earlier layer must still run on all rows (they feed the keys/values).
         Saves 1/num_layers of the work (3.6% for 28 layers) when only the marker rows are read.
         prefix: every sequence is the cached prefix's tokens followed by its tokens in input_ids.
-        kv_out: if a list, each layer's attention (keys, values) are appended (how a PrefixCache is made).
+        on_kv: called with each layer's attention keys and values, in layer order (how a PrefixCache fills).
         """
         P = 0 if prefix is None else len(prefix)
         packing = Packing(seq_lens or [input_ids.shape[0]], input_ids.device, attention, prefix_len=P)
@@ -310,10 +313,10 @@ class Qwen3Model(nn.Module):
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             layer_prefix = None if prefix is None else prefix.kv[i]
-            if (self.compiled_layer is not None and i != last and len(packing.seq_lens) == 1 and kv_out is None):
+            if (self.compiled_layer is not None and i != last and len(packing.seq_lens) == 1 and on_kv is None):
                 x = self.compiled_layer(layer, x, cos, sin, layer_prefix)
             else:
-                x = layer(x, cos, sin, packing, rows if i == last else None, layer_prefix, kv_out)
+                x = layer(x, cos, sin, packing, rows if i == last else None, layer_prefix, on_kv)
         if rows is not None and not self.layers:
             x = x[rows]
         return self.norm(x)
@@ -323,15 +326,15 @@ class PrefixCache:
     """Keys and values, per layer, of a token prefix that every block prompt starts with.
 
     Every prompt begins with the same system turn (90 tokens of the Qwen3 tokenizer; `engine.prompt.PREFIX`).
-    Attention is causal, so those tokens' keys and values never depend on what follows: they are computed
-    once (`JinaForRanking.prefix_cache`) and each forward then runs only the tokens after them, with
-    attention reading the cached rows. Saves 90 tokens of every block's linear layers and MLP: 4% of a 2K
-    block, most of a small request (docs/benchmarks.md).
+    Attention is causal, so those tokens' keys and values never depend on what follows: they are kept from
+    one forward (`keep`, as the on_kv callback of a forward whose first sequence starts with `ids`), and
+    later forwards run only the tokens after them, with attention reading the cached rows. Saves 90 tokens
+    of every block's linear layers and MLP: 4% of a 2K block, most of a small request (docs/benchmarks.md).
     """
 
-    def __init__(self, ids: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(self, ids: torch.Tensor):
         self.ids = ids  # [P] token ids
-        self.kv = kv  # per layer: ([kv_heads, P, head_dim] keys after k_norm and RoPE, values)
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: [kv_heads, P, head_dim] keys, values
 
     def __len__(self) -> int:
         return self.ids.shape[0]
@@ -339,6 +342,11 @@ class PrefixCache:
     def starts(self, input_ids: torch.Tensor) -> bool:
         P = len(self)
         return input_ids.shape[0] > P and torch.equal(input_ids[:P], self.ids)
+
+    def keep(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """on_kv callback: copy the first P rows (keys after k_norm and RoPE), so nothing else stays alive."""
+        P = len(self)
+        self.kv.append((k[:, :P].clone(), v[:, :P].clone()))
 
 
 def _causal_layer(layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -414,15 +422,14 @@ class JinaForRanking(nn.Module):
 
     @torch.inference_mode()
     def prefix_cache(self, ids: list[int] | torch.Tensor) -> PrefixCache:
-        """Run the prefix tokens once and keep every layer's keys and values (see PrefixCache)."""
+        """Run the prefix tokens alone once and keep every layer's keys and values (see PrefixCache)."""
         device = self.model.embed_tokens.weight.device
-        ids = torch.as_tensor(ids, dtype=torch.long, device=device)
-        if ids.ndim != 1 or ids.shape[0] == 0:
+        cache = PrefixCache(torch.as_tensor(ids, dtype=torch.long, device=device))
+        if cache.ids.ndim != 1 or len(cache) == 0:
             raise ValueError("a prefix is a non-empty 1-D sequence of token ids")
-        kv: list = []
         # rows: the last layer's keys and values are all computed, its queries and MLP only for one row
-        self.model(ids, rows=torch.tensor([ids.shape[0] - 1], device=device), kv_out=kv)
-        return PrefixCache(ids, kv)
+        self.model(cache.ids, rows=torch.tensor([len(cache) - 1], device=device), on_kv=cache.keep)
+        return cache
 
     @torch.inference_mode()
     def embed(
@@ -437,7 +444,7 @@ class JinaForRanking(nn.Module):
     @torch.inference_mode()
     def embed_blocks(
         self, blocks: list[torch.Tensor], doc_marker_id: int, query_marker_id: int, attention: str = "segments",
-        prefix: PrefixCache | None = None,
+        prefix: PrefixCache | None = None, on_kv: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Several block prompts in ONE packed forward -> per block (query [512], docs [n, 512], cosines [n]).
 
@@ -448,6 +455,7 @@ class JinaForRanking(nn.Module):
           - the last layer's attention output and MLP, and the final norm, run only at the marker rows;
           - with `prefix`, the cached prefix tokens are not run again (used only if every block starts
             with them; otherwise the blocks run whole).
+        on_kv: passed to the backbone (each layer's keys and values, attention layout).
         """
         if prefix is not None and not all(prefix.starts(b) for b in blocks):
             prefix = None
@@ -474,7 +482,7 @@ class JinaForRanking(nn.Module):
             offset += end - skip
         packed_ids = torch.cat(ids) if len(ids) > 1 else ids[0]
         row_index = torch.cat(rows)  # ascending: blocks in order, each block's markers in prompt order
-        hidden = self.model(packed_ids, seq_lens, row_index, attention, prefix)  # [n_markers, hidden]
+        hidden = self.model(packed_ids, seq_lens, row_index, attention, prefix, on_kv)  # [n_markers, hidden]
         results, start = [], 0
         for n_docs in spans:
             doc_hidden, query_hidden = hidden[start:start + n_docs], hidden[start + n_docs:start + n_docs + 1]
