@@ -7,7 +7,8 @@ so float32 results match it to rounding and bfloat16 results stay as close as th
 
 Speed (issue 5, numbers in docs/benchmarks.md): `JinaForRanking.embed_blocks` computes only what the
 official forward reads (prompt cut after the query marker; last layer, final norm and projector at the
-marker rows only) and can pack several blocks into one forward (`Packing`). Each other deviation from HF's
+marker rows only), can skip the fixed system turn whose keys and values are cached (`PrefixCache`), and
+can pack several blocks into one forward (`Packing`). Each other deviation from HF's
 code says why next to it, with what it measured.
 """
 
@@ -457,8 +458,10 @@ class JinaForRanking(nn.Module):
             with them; otherwise the blocks run whole).
         on_kv: passed to the backbone (each layer's keys and values, attention layout).
         """
-        if prefix is not None and not all(prefix.starts(b) for b in blocks):
-            prefix = None
+        if prefix is not None and (not all(prefix.starts(b) for b in blocks)
+                                   or bool(torch.isin(prefix.ids, torch.tensor([doc_marker_id, query_marker_id],
+                                                                                device=prefix.ids.device)).any())):
+            prefix = None  # run the prompts whole; a prefix holding a marker would hide its row
         skip = 0 if prefix is None else len(prefix)
         ids, seq_lens, rows, spans = [], [], [], []
         offset = 0
