@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "one forward vs one forward per block (the CPU default)")
     p.add_argument("--repeat", type=int, default=2, help="timed runs of each path per case, interleaved (default 2)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default) or cuda[:N]: both paths, the matmul rate and the probes run there. On a GPU "
+                        "compare the wall-time ratio (process CPU time then measures the launching thread)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--data", help="TREC-DL folder with queries.jsonl, corpus.jsonl, run.bm25.trec "
                                   "(default: ../shared/data/trec-dl-2019 if present, else synthetic text)")
@@ -130,7 +133,7 @@ def block_request(engine, query: str, pool: list[str], target_tokens: int) -> tu
 class ReferencePath:
     """The official forward on transformers' Qwen3Model (SDPA) + the projector, in the bench dtype."""
 
-    def __init__(self, checkpoint: Path, dtype):
+    def __init__(self, checkpoint: Path, dtype, device="cpu"):
         import torch
         from safetensors.torch import load_file
         from torch import nn
@@ -145,18 +148,20 @@ class ReferencePath:
         backbone.load_state_dict({k[len("model."):]: v.to(dtype) for k, v in state.items() if k.startswith("model.")},
                                  strict=True, assign=True)
         backbone.rotary_emb = Qwen3RotaryEmbedding(config)  # its inv_freq buffer is computed, not loaded
-        self.backbone = backbone.eval()
+        self.backbone = backbone.eval().to(device)
+        self.device = device
         w0, w2 = state["projector.0.weight"].to(dtype), state["projector.2.weight"].to(dtype)
         self.projector = nn.Sequential(nn.Linear(w0.shape[1], w0.shape[0], bias=False), nn.ReLU(),
                                        nn.Linear(w2.shape[1], w2.shape[0], bias=False))
         self.projector.load_state_dict({"0.weight": w0, "2.weight": w2}, assign=True)
+        self.projector.to(device)
 
     def run_block(self, input_ids: list[int], doc_id: int, query_id: int):
         import torch
         import torch.nn.functional as F
 
         with torch.no_grad():
-            ids = torch.tensor([input_ids])
+            ids = torch.tensor([input_ids], device=self.device)
             h = self.backbone(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).last_hidden_state
             d = self.projector(h[ids == doc_id].view(1, -1, h.shape[-1]))
             q = self.projector(h[ids == query_id].unsqueeze(1))
@@ -167,20 +172,29 @@ class ReferencePath:
 # ------------------------------------------------------------------------------------------ numbers
 
 
-def matmul_tflops(size: int = 4096, reps: int = 3) -> float:
+def matmul_tflops(size: int = 4096, reps: int = 3, device="cpu") -> float:
     """The machine's bf16 matrix-product rate, best of `reps` (a square torch.matmul)."""
     import torch
 
-    a = torch.randn(size, size, dtype=torch.bfloat16)
-    b = torch.randn(size, size, dtype=torch.bfloat16)
+    a = torch.randn(size, size, dtype=torch.bfloat16, device=device)
+    b = torch.randn(size, size, dtype=torch.bfloat16, device=device)
     torch.matmul(a, b)
-    best = min(_timed(lambda: torch.matmul(a, b)) for _ in range(reps))
+    best = min(_timed(lambda: torch.matmul(a, b), device) for _ in range(reps))
     return 2 * size**3 / best / 1e12
 
 
-def _timed(fn) -> float:
+def _sync(device) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device="cpu") -> float:
+    _sync(device)
     t = time.perf_counter()
     fn()
+    _sync(device)
     return time.perf_counter() - t
 
 
@@ -217,7 +231,7 @@ if threads:
 from lastrank import Reranker
 t1 = time.perf_counter()
 spec = json.loads(sys.argv[1])
-r = Reranker(spec["checkpoint"], device="cpu", dtype=spec["dtype"])
+r = Reranker(spec["checkpoint"], device=spec["device"], dtype=spec["dtype"])
 t2 = time.perf_counter()
 out = r.rerank(spec["query"], spec["documents"])
 t3 = time.perf_counter()
@@ -227,14 +241,17 @@ t3 = time.perf_counter()
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024**2
 print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_result_s": t3 - t2, "in_process_s": t3 - t0,
                   "peak_rss_gb": hwm, "ru_maxrss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+                  "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else None,
                   "n": len(out)}))
 """
 
 
-def probe(checkpoint: Path, dtype: str, query: str, documents: list[str], threads: int | None) -> dict:
+def probe(checkpoint: Path, dtype: str, query: str, documents: list[str], threads: int | None,
+          device: str = "cpu") -> dict:
     """A fresh Python process: import -> load -> one rerank. Wall time includes interpreter start-up."""
     env = dict(os.environ, LASTRANK_BENCH_THREADS=str(threads or 0))
-    spec = json.dumps({"checkpoint": str(checkpoint), "dtype": dtype, "query": query, "documents": documents})
+    spec = json.dumps({"checkpoint": str(checkpoint), "dtype": dtype, "query": query, "documents": documents,
+                       "device": device})
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         f.write(spec)
     t = time.perf_counter()
@@ -297,25 +314,29 @@ def bench(args: argparse.Namespace, out=None) -> dict:
     load = os.getloadavg()
     machine = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                "compile": bool(args.compile), "prefix_reuse": not args.no_prefix_reuse,
-               "loadavg_at_start": [round(x, 2) for x in load], "dtype": args.dtype, "checkpoint": str(checkpoint)}
+               "loadavg_at_start": [round(x, 2) for x in load], "dtype": args.dtype, "checkpoint": str(checkpoint),
+               "device": args.device}
+    if torch.device(args.device).type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
     say(f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
-        f"{machine['threads']} threads, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+        f"{machine['threads']} threads, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+        + (f"; GPU {machine['gpu']}" if "gpu" in machine else ""))
 
     # The rate is measured again after every case and the best one is the roofline: on a shared machine a
     # single measurement taken under load would flatter every fraction.
-    mm_size = 512 if args.quick else 4096
-    rates = [matmul_tflops(mm_size)]
+    mm_size = 512 if args.quick else (8192 if torch.device(args.device).type == "cuda" else 4096)
+    rates = [matmul_tflops(mm_size, device=args.device)]
     say(f"bf16 matmul rate (measured): {rates[-1]:.3f} TFLOP/s")
 
     pack = {"auto": None, "on": True, "off": False}[args.pack_blocks]
-    reranker = Reranker(str(checkpoint), device="cpu", dtype=args.dtype)
+    reranker = Reranker(str(checkpoint), device=args.device, dtype=args.dtype)
     reranker.engine.pack_blocks = pack
     reranker.engine.reuse_prefix = not args.no_prefix_reuse
     engine, cfg = reranker.engine, reranker.engine.model.config
     reference = None
     if not args.no_reference:
         try:
-            reference = ReferencePath(checkpoint, dtype)
+            reference = ReferencePath(checkpoint, dtype, reranker.device)
         except ImportError as e:  # transformers is only needed for this comparison
             say(f"reference path skipped: {e} (pip install transformers)")
     data = _find_data(args.data)
@@ -355,6 +376,7 @@ def bench(args: argparse.Namespace, out=None) -> dict:
                 t, c = time.perf_counter(), time.process_time()
                 ref_raw = [reference.run_block(b.input_ids, engine.tokenizer.doc_marker_id,
                                                engine.tokenizer.query_marker_id) for b in plan.blocks]
+                _sync(args.device)
                 t_ref.append(time.perf_counter() - t)
                 c_ref.append(time.process_time() - c)
                 say(f"  run {i + 1}: reference {tokens / t_ref[-1]:8.1f} tok/s ({t_ref[-1]:.2f} s wall, {c_ref[-1]:.2f} s CPU)")
@@ -382,17 +404,19 @@ def bench(args: argparse.Namespace, out=None) -> dict:
             # the reference's outputs through the same (proven) merge: how far apart are the two paths?
             outs = []
             for qv, d, s in ref_outputs:
-                s32 = s.float().numpy()
-                outs.append(BlockOutput(qv.float().numpy(), d.float().numpy(), ((1.0 + s32) / 2.0).max()))
+                s32 = s.float().cpu().numpy()
+                outs.append(BlockOutput(qv.float().cpu().numpy(), d.float().cpu().numpy(), ((1.0 + s32) / 2.0).max()))
             ref_result = engine.finish(plan, outs).results
             ref_scores = np.array([x.relevance_score for x in sorted(ref_result, key=lambda x: x.index)])
             our_scores = np.array([x["relevance_score"] for x in sorted(ours, key=lambda x: x["index"])])
             row["max_abs_score_diff_vs_reference"] = float(np.abs(ref_scores - our_scores).max())
             row["kendall_tau_vs_reference"] = kendall_tau(ref_scores, our_scores)
         if not args.no_subprocess:
-            p = probe(checkpoint, args.dtype, q, docs, args.threads)
+            p = probe(checkpoint, args.dtype, q, docs, args.threads, args.device)
             row["peak_rss_gb"] = p["peak_rss_gb"]
-        rates.append(matmul_tflops(mm_size))
+            if p.get("peak_gpu_gb") is not None:
+                row["peak_gpu_gb"] = p["peak_gpu_gb"]
+        rates.append(matmul_tflops(mm_size, device=args.device))
         results["cases"][name] = row
         rows.append((name, row))
         say("  " + _summary(row))
@@ -403,7 +427,7 @@ def bench(args: argparse.Namespace, out=None) -> dict:
     if not args.no_subprocess:
         # with --compile the bench process above already filled the cache: this is the warm-cache start
         cold = probe(checkpoint, args.dtype, "What are the health benefits of green tea?",
-                     ["Green tea is rich in antioxidants.", "Cars need fuel."], args.threads)
+                     ["Green tea is rich in antioxidants.", "Cars need fuel."], args.threads, args.device)
         results["cold_start"] = cold
         what = "compile cache warm" if args.compile else "small request"
         say(f"\ncold start (fresh process, {what}): first result after {cold['in_process_s']:.2f} s "
@@ -465,16 +489,20 @@ def _summary(row: dict) -> str:
 
 
 def _table(rows) -> str:
+    gpu = any("peak_gpu_gb" in r for _, r in rows)
     head = ("| case | tokens | reference tok/s | lastrank tok/s | ratio (wall) | ratio (CPU time) | roofline tok/s "
-            "| % roofline | peak RSS GB |")
-    lines = [head, "|" + "---|" * 9]
+            "| % roofline | peak RSS GB |" + (" peak GPU memory GB |" if gpu else ""))
+    lines = [head, "|" + "---|" * (10 if gpu else 9)]
     for name, r in rows:
         ref = f"{r['reference_tok_s']:.1f}" if "reference_tok_s" in r else "-"
         ratio = f"{r['ratio']:.2f}x" if "ratio" in r else "-"
         cpu_ratio = f"{r['cpu_ratio']:.2f}x" if "cpu_ratio" in r else "-"
         rss = f"{r['peak_rss_gb']:.2f}" if "peak_rss_gb" in r else "-"
-        lines.append(f"| {name} | {r['prompt_tokens']} | {ref} | {r['lastrank_tok_s']:.1f} | {ratio} | {cpu_ratio} | "
-                     f"{r['roofline_tok_s']:.0f} | {100 * r['lastrank_roofline_fraction']:.0f}% | {rss} |")
+        line = (f"| {name} | {r['prompt_tokens']} | {ref} | {r['lastrank_tok_s']:.1f} | {ratio} | {cpu_ratio} | "
+                f"{r['roofline_tok_s']:.0f} | {100 * r['lastrank_roofline_fraction']:.0f}% | {rss} |")
+        if gpu:
+            line += f" {r['peak_gpu_gb']:.2f} |" if "peak_gpu_gb" in r else " - |"
+        lines.append(line)
     return "\n".join(lines)
 
 
