@@ -316,7 +316,8 @@ def bench(args: argparse.Namespace, out=None) -> dict:
                "compile": bool(args.compile), "prefix_reuse": not args.no_prefix_reuse,
                "loadavg_at_start": [round(x, 2) for x in load], "dtype": args.dtype, "checkpoint": str(checkpoint),
                "device": args.device}
-    if torch.device(args.device).type == "cuda":
+    on_gpu = torch.device(args.device).type == "cuda"
+    if on_gpu:
         machine["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
     say(f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
         f"{machine['threads']} threads, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
@@ -324,7 +325,7 @@ def bench(args: argparse.Namespace, out=None) -> dict:
 
     # The rate is measured again after every case and the best one is the roofline: on a shared machine a
     # single measurement taken under load would flatter every fraction.
-    mm_size = 512 if args.quick else (8192 if torch.device(args.device).type == "cuda" else 4096)
+    mm_size = 512 if args.quick else (8192 if on_gpu else 4096)
     rates = [matmul_tflops(mm_size, device=args.device)]
     say(f"bf16 matmul rate (measured): {rates[-1]:.3f} TFLOP/s")
 

@@ -175,21 +175,22 @@ def read_safetensors(file: Path, dtype: torch.dtype, groups: list[list[str]] = (
             read_into(name, out[name])
 
         fd = f.fileno()
+        positional = hasattr(os, "preadv")  # not on Windows: one thread, seek + read
 
         def read_piece(piece: tuple[memoryview, int]) -> None:
             dst, offset = piece
             done = 0
             while done < len(dst):
-                if hasattr(os, "preadv"):
+                if positional:
                     got = os.preadv(fd, [dst[done:]], offset + done)
-                else:  # no positional reads (Windows): one thread, seek + read
+                else:
                     f.seek(offset + done)
                     got = f.readinto(dst[done:])
                 if not got:
                     raise ModelNotAvailableError(f"{file} is truncated (short read at byte {offset + done})")
                 done += got
 
-        threads = (threads or min(4, os.cpu_count() or 1)) if hasattr(os, "preadv") else 1
+        threads = (threads or min(4, os.cpu_count() or 1)) if positional else 1
         if threads > 1 and len(pieces) > 1:
             with ThreadPoolExecutor(threads) as pool:
                 list(pool.map(read_piece, pieces))

@@ -474,8 +474,7 @@ class JinaForRanking(nn.Module):
             kept = input_ids[skip:end]
             doc_rows = (kept == doc_marker_id).nonzero().flatten()
             if len(doc_rows) != int((input_ids == doc_marker_id).sum()):
-                raise RuntimeError("a document marker follows the query marker (or sits in the prefix) in a block "
-                                   "prompt. This is a bug.")
+                raise RuntimeError("a document marker follows the query marker in a block prompt. This is a bug.")
             ids.append(kept)
             seq_lens.append(end - skip)
             # Marker rows in prompt order (docs precede the query marker in the template), then the query.
