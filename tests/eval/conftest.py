@@ -1,4 +1,4 @@
-"""Eval fixtures: the shared real data sets and fake rerankers that record what they were fed."""
+"""Eval fixtures: the bundled real data sets and fake rerankers that record what they were fed."""
 
 from __future__ import annotations
 
@@ -7,15 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
+from lastrank.eval.data import BUNDLED_ROOT
 
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    if not DATA_ROOT.is_dir():
-        pytest.skip(f"evaluation data folder {DATA_ROOT} is absent (see the data README in ../shared/data)")
-    return DATA_ROOT
+    """The data sets shipped in the package (src/lastrank/eval/datasets): always there, never skipped."""
+    return BUNDLED_ROOT
 
 
 class RecordingReranker:

@@ -111,3 +111,28 @@ def test_qrels_header_and_trec_format(tmp_path):
     assert read_qrels(p) == {"1": {"a": 2}}
     p.write_text("1 0 a 3\n1 0 b 0\n")
     assert read_qrels(p) == {"1": {"a": 3, "b": 0}}
+
+
+def test_bundled_data_sets_resolve_by_name_and_ship_as_package_data(tmp_path, monkeypatch):
+    from lastrank.eval.data import BUNDLED_ROOT, bundled_datasets, resolve_data
+
+    assert bundled_datasets() == ["noveleval-2306", "trec-dl-2019", "trec-dl-2020"]
+    monkeypatch.chdir(tmp_path)  # a name works from any working directory
+    ds = load_dataset("noveleval-2306", top_k=1)
+    assert ds.name == "noveleval-2306" and ds.path == BUNDLED_ROOT / "noveleval-2306"
+    assert len(ds.query_ids()) == 21
+    # a folder of the same name in the working directory is a path and wins over the bundled set
+    (tmp_path / "trec-dl-2019").mkdir()
+    assert resolve_data("trec-dl-2019").resolve() == tmp_path.resolve() / "trec-dl-2019"
+    with pytest.raises(InvalidRequestError, match="trec-dl-2020"):  # the message lists the names
+        resolve_data("trec-dl-2021")
+    # every data file is matched by the package-data globs, so an installed (non-editable) copy has them
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["lastrank.eval"]
+    shipped = {p for g in globs for p in BUNDLED_ROOT.parent.glob(g)}
+    on_disk = {p for p in BUNDLED_ROOT.rglob("*") if p.is_file()}
+    assert on_disk and on_disk <= shipped
+    assert sum(p.stat().st_size for p in on_disk) < 6_000_000  # the repository stays small

@@ -28,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--model", help="hub id or local checkpoint folder (runs in this process)")
     src.add_argument("--server", metavar="URL", help="base URL of a running `lastrank serve`")
     p.add_argument("--api-key", help="API key for --server")
-    p.add_argument("--data", required=True, help="folder: lastrank layout (qrels.tsv) or BEIR (qrels/<split>.tsv)")
+    p.add_argument("--data", required=True,
+                   help="a bundled data set by name (trec-dl-2019, trec-dl-2020, noveleval-2306) or a folder: "
+                        "lastrank layout (qrels.tsv) or BEIR (qrels/<split>.tsv)")
     p.add_argument("--run", help="TREC run file of first-stage candidates (default: the folder's run.*.trec)")
     p.add_argument("--split", default="test", help="BEIR qrels split (default: test)")
     p.add_argument("--top-k", type=int, default=100, help="candidates reranked per query (default: 100)")
@@ -55,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _fingerprint(args: argparse.Namespace, dataset, rel_min: int) -> dict:
     """The settings that decide the results; an unfinished out folder with the same ones is resumed."""
     return {
-        "data": str(Path(args.data).resolve()),
+        "data": str(dataset.path.resolve()),
         "run": str(dataset.run_path.resolve()),
         "split": args.split if dataset.layout == "beir" else None,
         "model": _model_label(args),

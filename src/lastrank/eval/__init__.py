@@ -3,7 +3,7 @@
 
     from lastrank.eval.data import load_dataset
     from lastrank.eval.run import ResultCache, run_orders
-    ds = load_dataset("../shared/data/trec-dl-2019", top_k=100)
+    ds = load_dataset("trec-dl-2019", top_k=100)   # a bundled data set, or any folder
     res = run_orders(ds, reranker, "my-model", ResultCache("cache.jsonl"), ["descending"], ds.query_ids(),
                      top_k=100, seed=0, rel_min=2)
     res.first_stage[1]["nDCG@10"], res.orders["descending"][1]["nDCG@10"]

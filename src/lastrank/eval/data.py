@@ -2,10 +2,13 @@
 
 Two folder layouts are read:
 
-* lastrank's own (../shared/data/README.md): ``queries.jsonl``, ``corpus.jsonl``, ``qrels.tsv`` (with a
-  header) and ``run.<name>.trec``;
+* lastrank's own (``datasets/README.md`` next to this file): ``queries.jsonl``, ``corpus.jsonl``,
+  ``qrels.tsv`` (with a header) and ``run.<name>.trec``;
 * a standard BEIR folder: ``queries.jsonl``, ``corpus.jsonl`` (``title`` + ``text``), ``qrels/<split>.tsv``,
   with the run file given separately (or a ``run.*.trec`` dropped into the folder).
+
+The three data sets shipped with lastrank (``datasets/``: trec-dl-2019, trec-dl-2020, noveleval-2306)
+are found by name as well as by path: ``load_dataset("trec-dl-2019")``.
 
 Passage text follows the MTEB convention (Jina evaluates through MTEB): ``(title + " " + text).strip()``,
 which is ``text.strip()`` when the title is empty or absent.
@@ -18,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lastrank.errors import InvalidRequestError
+
+# package data (pyproject.toml [tool.setuptools.package-data]), so names resolve in an installed copy too
+BUNDLED_ROOT = Path(__file__).resolve().parent / "datasets"
 
 
 @dataclass(frozen=True)
@@ -124,12 +130,34 @@ def _read_jsonl(path: Path):
                 yield json.loads(line)
 
 
+def bundled_datasets() -> list[str]:
+    """Names of the data sets shipped inside the package, sorted."""
+    if not BUNDLED_ROOT.is_dir():
+        return []
+    return sorted(d.name for d in BUNDLED_ROOT.iterdir() if (d / "queries.jsonl").is_file())
+
+
+def resolve_data(name_or_path: str | Path) -> Path:
+    """A data folder: an existing folder as given, else a bundled data set by name (``trec-dl-2019``).
+
+    A folder of the same name in the working directory wins over the bundled one, as a path should."""
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        return folder
+    names = bundled_datasets()
+    if str(name_or_path) in names:
+        return BUNDLED_ROOT / str(name_or_path)
+    raise InvalidRequestError(
+        f"data folder not found: {name_or_path}; pass a folder or the name of a bundled data set "
+        f"({', '.join(names) or 'none installed'})"
+    )
+
+
 def load_dataset(path: str | Path, run: str | Path | None = None, split: str = "test", top_k: int | None = None) -> Dataset:
-    """Reads either layout. The whole run is kept (first-stage metrics need it), but only passages among
-    some query's top_k candidates are kept in memory, so a full BEIR corpus streams through once."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise InvalidRequestError(f"data folder not found: {folder}")
+    """Reads either layout, from a folder or a bundled data set's name (`resolve_data`). The whole run is
+    kept (first-stage metrics need it), but only passages among some query's top_k candidates are kept in
+    memory, so a full BEIR corpus streams through once."""
+    folder = resolve_data(path)
     if (folder / "qrels.tsv").exists():
         layout, qrels_path = "lastrank", folder / "qrels.tsv"
     elif (folder / "qrels" / f"{split}.tsv").exists():
