@@ -13,7 +13,7 @@ from lastrank.cli.eval import choose_out_dir
 
 def test_cli_order_all_then_rerun_resumes_from_cache(data_root, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["eval", "--model", str(tiny_checkpoint), "--data", str(data_root / "noveleval-2306"),
+    argv = ["eval", "--model", str(tiny_checkpoint), "--data", "noveleval-2306",  # a bundled set, by name
             "--queries", "2", "--top-k", "4", "--order", "all", "--out", str(out), "--dtype", "float32",
             "--no-progress"]
     assert main(argv) == 0
