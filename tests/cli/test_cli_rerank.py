@@ -55,3 +55,62 @@ def test_bad_documents_file_is_a_clear_error(tiny_checkpoint, tmp_path, capsys):
     assert "bad.jsonl:1" in capsys.readouterr().err
     assert main(["rerank", "--model", str(tiny_checkpoint), "--query", "q", "--documents", str(tmp_path / "none.txt")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "content"), [("empty.txt", ""), ("blank.txt", "\n  \n\n"), ("empty.jsonl", "\n"),
+                                               ("empty.json", "[]"), ("nothing.json", "")])
+def test_empty_documents_file_is_a_clear_error(tiny_checkpoint, tmp_path, capsys, name, content):
+    path = tmp_path / name
+    path.write_text(content)
+    assert main(["rerank", "--model", str(tiny_checkpoint), "--query", "q", "--documents", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert "no documents" in captured.err and name in captured.err and captured.out == ""
+
+
+def test_json_array_file_is_read_as_documents(tiny_checkpoint, tmp_path, capsys):
+    path = tmp_path / "docs.json"
+    path.write_text(json.dumps(["plain string", {"text": "object text", "id": 7}, "third"]))
+    assert main(["rerank", "--model", str(tiny_checkpoint), "--query", "q", "--documents", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {r["index"]: r["document"] for r in out} == {0: "plain string", 1: "object text", 2: "third"}
+
+    path.write_text(json.dumps({"text": "one object"}))
+    assert main(["rerank", "--model", str(tiny_checkpoint), "--query", "q", "--documents", str(path)]) == 2
+    assert "expected a JSON array" in capsys.readouterr().err
+    path.write_text(json.dumps(["ok", {"title": "no text"}]))
+    assert main(["rerank", "--model", str(tiny_checkpoint), "--query", "q", "--documents", str(path)]) == 2
+    assert "docs.json[1]" in capsys.readouterr().err
+
+
+def test_blank_lines_keep_index_equal_to_line_number(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    path = tmp_path / "docs.txt"
+    path.write_text("first line\n\nthird line\n   \nfifth line\n\n\n")  # trailing blank lines shift nothing
+    assert main(["rerank", "--model", str(tiny_checkpoint), "--query", "q", "--documents", str(path), "--json"]) == 0
+    captured = capsys.readouterr()
+    by_index = {r["index"]: r["document"] for r in json.loads(captured.out)}
+    assert by_index == {0: "first line", 1: "", 2: "third line", 3: "   ", 4: "fifth line"}
+    assert "2 blank line(s) ranked as empty documents" in captured.err
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("one\n\nthree\n"))  # standard input follows the same rule
+    assert main(["rerank", "--model", str(tiny_checkpoint), "--query", "q", "--documents", "-", "--json"]) == 0
+    assert {r["index"]: r["document"] for r in json.loads(capsys.readouterr().out)}[2] == "three"
+
+
+def test_random_checkpoint_is_flagged_and_a_real_looking_one_is_not(tiny_checkpoint, tmp_path, capsys):
+    import shutil
+
+    docs = tmp_path / "docs.txt"
+    docs.write_text("Fleas live about a year.\nParis is in France.\n")
+    assert main(["rerank", "--model", str(tiny_checkpoint), "--query", "q", "--documents", str(docs)]) == 0
+    assert "random weights" in capsys.readouterr().err
+
+    # the same weights without the markers (as a trained model's folder would be): no warning
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_checkpoint, plain)
+    (plain / "RANDOM_WEIGHTS.txt").unlink()
+    cfg = json.loads((plain / "config.json").read_text())
+    cfg.pop("lastrank_random_weights")
+    cfg.pop("lastrank_notice")
+    (plain / "config.json").write_text(json.dumps(cfg))
+    assert main(["rerank", "--model", str(plain), "--query", "q", "--documents", str(docs)]) == 0
+    assert "random weights" not in capsys.readouterr().err

@@ -19,10 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lastrank.model.checkpoint import NOTICE, make_checkpoint
+    from lastrank.model.checkpoint import NOTICE, RANDOM_WEIGHTS_FILE, RANDOM_WEIGHTS_KEY, make_checkpoint
 
     out = make_checkpoint(args.path, preset=args.preset, seed=args.seed, dtype=args.dtype,
                           model_max_length=args.model_max_length)
     print(f"wrote {args.preset} checkpoint to {out}")
-    print(f"note: {NOTICE}", file=sys.stderr)
+    print(f"note: {NOTICE}. The folder is marked ({RANDOM_WEIGHTS_FILE}, \"{RANDOM_WEIGHTS_KEY}\": true in "
+          f"config.json), and rerank, eval and serve say so whenever they use it.", file=sys.stderr)
     return 0

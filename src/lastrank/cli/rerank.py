@@ -15,8 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="jinaai/jina-reranker-v3", help="hub id or local checkpoint folder")
     p.add_argument("--query", required=True)
     p.add_argument("--documents", required=True,
-                   help="a .jsonl file (one JSON string, or object with a 'text' field, per line), a .txt file "
-                        "(one document per line), or - for standard input (lines)")
+                   help="a .txt file or - for standard input (one document per line; [index] is the 0-based line "
+                        "number, so a blank line inside the file is an empty document and blank lines at the end "
+                        "are ignored), a .jsonl file (one JSON string, or object with a 'text' field, per line; "
+                        "blank lines skipped) or a .json file (an array of strings or of objects with 'text')")
     p.add_argument("--top-n", type=int, default=None)
     p.add_argument("--instruction", default=None)
     p.add_argument("--max-doc-length", type=int, default=2048)
@@ -27,36 +29,75 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _text_item(item, where: str) -> str:
+    if isinstance(item, dict):
+        item = item.get("text")
+    if not isinstance(item, str):
+        raise InvalidRequestError(f"{where}: expected a JSON string or an object with a string 'text'")
+    return item
+
+
+def _lines(text: str) -> list[str]:
+    """One document per line, blank lines inside kept (as empty documents) so a document's index is its
+    line number - 1; blank lines at the end are dropped (they shift no index)."""
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
 def read_documents(source: str) -> list[str]:
+    """The documents of a .txt / .jsonl / .json file or of standard input (-), in order.
+
+    Nothing is dropped silently: an empty source, a .json that is not an array, or an item without text is
+    an InvalidRequestError naming the place."""
     if source == "-":
-        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    path = Path(source)
-    if not path.is_file():
-        raise InvalidRequestError(f"documents file {source!r} not found")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix != ".jsonl":
-        return [line for line in text.splitlines() if line.strip()]
-    docs = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InvalidRequestError(f"{source}:{n}: not JSON ({e.msg})") from None
-        if isinstance(item, dict):
-            item = item.get("text")
-        if not isinstance(item, str):
-            raise InvalidRequestError(f"{source}:{n}: expected a JSON string or an object with a string 'text'")
-        docs.append(item)
+        docs = _lines(sys.stdin.read())
+        where = "standard input"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InvalidRequestError(f"documents file {source!r} not found")
+        text = path.read_text(encoding="utf-8")
+        where = source
+        if path.suffix == ".json":
+            try:
+                items = json.loads(text) if text.strip() else []
+            except json.JSONDecodeError as e:
+                raise InvalidRequestError(f"{source}: not JSON ({e.msg} at line {e.lineno})") from None
+            if not isinstance(items, list):
+                raise InvalidRequestError(f"{source}: expected a JSON array of strings or of objects with 'text', "
+                                          f"got a JSON {type(items).__name__}; for one document per line use .jsonl")
+            docs = [_text_item(item, f"{source}[{i}]") for i, item in enumerate(items)]
+        elif path.suffix == ".jsonl":
+            docs = []
+            for n, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InvalidRequestError(f"{source}:{n}: not JSON ({e.msg})") from None
+                docs.append(_text_item(item, f"{source}:{n}"))
+        else:
+            docs = _lines(text)
+    if not docs:
+        raise InvalidRequestError(f"{where}: no documents to rank (it is empty)")
     return docs
 
 
 def run(args: argparse.Namespace) -> int:
     documents = read_documents(args.documents)
     from lastrank import Reranker
+    from lastrank.model.checkpoint import NOTICE, is_random_checkpoint
 
     reranker = Reranker(args.model, device=args.device, dtype=args.dtype)
+    if is_random_checkpoint(reranker.path):
+        print(f"lastrank: warning: {reranker.path} holds {NOTICE}", file=sys.stderr)
+    blank = sum(1 for d in documents if not d.strip())
+    if blank and not args.documents.endswith((".json", ".jsonl")):
+        print(f"lastrank: note: {blank} blank line(s) ranked as empty documents, so that [index] stays the "
+              f"0-based line number", file=sys.stderr)
     results = reranker.rerank(args.query, documents, top_n=args.top_n, instruction=args.instruction,
                               max_doc_length=args.max_doc_length, max_query_length=args.max_query_length)
     if args.json:
