@@ -20,6 +20,9 @@ def test_cli_order_all_then_rerun_resumes_from_cache(data_root, tiny_checkpoint,
     printed = capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["orders"] == ["descending", "ascending", "random"]
+    # the tiny checkpoint is a make-checkpoint folder: every output says its numbers mean nothing
+    assert report["model"]["random_weights"] is True and "RANDOM WEIGHTS" in report["warning"]
+    assert "RANDOM WEIGHTS" in printed and "RANDOM WEIGHTS" in (out / "report.md").read_text()
     assert report["timings"]["reranked_now"] == 6 and report["timings"]["from_cache"] == 0
     for system in ("first stage", "reranked (descending)", "reranked (ascending)", "reranked (random)"):
         assert f"| {system} | {report['aggregate'][system]['nDCG@10']:.4f}" in printed

@@ -75,3 +75,31 @@ def test_report_files_are_written_and_well_formed(novel, fakes, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     img = matplotlib.image.imread(paths["plot"])
     assert img.shape[0] > 100 and img.shape[1] > 400
+
+
+@pytest.mark.parametrize("random_weights", [True, False])
+def test_random_weights_are_flagged_in_every_report_file(novel, fakes, tmp_path, monkeypatch, random_weights):
+    import matplotlib.figure
+
+    titles = []
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def recording_savefig(fig, *args, **kwargs):
+        titles.append(fig.get_suptitle())
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", recording_savefig)
+    qids = novel.query_ids()[:2]
+    orders = run_orders(novel, fakes.Recording(), "fake", ResultCache(tmp_path / "c.jsonl"), ["descending"],
+                        qids, 5, 0, 1, progress=False)
+    config = {"dataset": novel.name, "data": str(novel.path), "layout": novel.layout, "run": novel.run_name,
+              "text_convention": "x", "model": "fake", "server": None, "device": "cpu", "dtype": "float32",
+              "top_k": 5, "orders": ["descending"], "seed": 0}
+    report = build_report(config, {"model_id": "fake", "random_weights": random_weights}, orders, None)
+    paths = write_report(report, tmp_path / "out")
+    data = json.loads(paths["json"].read_text())
+    md = paths["markdown"].read_text()
+    assert data["model"]["random_weights"] is random_weights
+    assert ("RANDOM WEIGHTS" in data.get("warning", "")) is random_weights
+    assert ("RANDOM WEIGHTS" in md) is random_weights
+    assert ("RANDOM WEIGHTS" in titles[0]) is random_weights

@@ -111,12 +111,14 @@ def _make_reranker(args: argparse.Namespace):
             if e.name != "lastrank.client":
                 raise
             raise InvalidRequestError("server mode needs lastrank.client, which this install lacks") from None
-        return Client(args.server, args.api_key), {"server": args.server}
+        return Client(args.server, args.api_key), {"server": args.server,
+                                                   "random_weights": _server_random_weights(args.server, args.api_key)}
     from lastrank import Reranker
+    from lastrank.model.checkpoint import is_random_checkpoint
 
     reranker = Reranker(args.model, device=args.device, dtype=args.dtype)
     info = {"model_id": reranker.model_id, "path": str(reranker.path), "device": str(reranker.device),
-            "dtype": str(reranker.dtype).removeprefix("torch.")}
+            "dtype": str(reranker.dtype).removeprefix("torch."), "random_weights": is_random_checkpoint(reranker.path)}
     cfg = Path(reranker.path) / "config.json"
     if cfg.exists():
         c = json.loads(cfg.read_text(encoding="utf-8"))
@@ -124,10 +126,25 @@ def _make_reranker(args: argparse.Namespace):
     return reranker, info
 
 
+def _server_random_weights(server: str, api_key: str | None) -> bool | None:
+    """Whether the server says its model has random weights (a `random_weights` field of a /v1/models
+    entry); None when it does not say or cannot be asked."""
+    import httpx
+
+    try:
+        resp = httpx.get(f"{server.rstrip('/')}/v1/models", headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
+        entries = resp.json().get("data", []) if resp.status_code == 200 else []
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    flags = [e.get("random_weights") for e in entries if isinstance(e, dict) and "random_weights" in e]
+    return any(flags) if flags else None
+
+
 def run(args: argparse.Namespace) -> int:
     from lastrank.eval.data import load_dataset
     from lastrank.eval.measures import METRICS, default_rel_min
-    from lastrank.eval.report import aggregate_table, build_report, permutation_summary, write_report
+    from lastrank.eval.report import (RANDOM_WEIGHTS_WARNING, aggregate_table, build_report, permutation_summary,
+                                      write_report)
     from lastrank.eval.run import ALL_ORDERS, OrderEval, ResultCache, evaluate_first_stage, run_orders
 
     if args.server and not args.api_key:
@@ -183,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
     (out_dir / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
 
     reranker, model_info = _make_reranker(args)
+    if model_info.get("random_weights"):
+        print(f"lastrank: warning: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
     params = {k: v for k, v in (("max_doc_length", args.max_doc_length), ("max_query_length", args.max_query_length),
                                 ("dtype", None if args.server else args.dtype)) if v is not None}
     rerank_kwargs = {k: params[k] for k in ("max_doc_length", "max_query_length") if k in params}
@@ -206,6 +225,8 @@ def run(args: argparse.Namespace) -> int:
     report = build_report(config, model_info, orders_result, perm_result)
     paths = write_report(report, out_dir)
     print()
+    if report.get("warning"):
+        print(f"{report['warning']}.")
     print(aggregate_table(report))
     if perm_result is not None:
         print()

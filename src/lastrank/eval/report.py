@@ -10,6 +10,13 @@ from lastrank.eval.permutation import PermutationStudy
 from lastrank.eval.run import OrderEval, timing_summary
 
 FIRST_STAGE = "first stage"
+RANDOM_WEIGHTS_WARNING = ("RANDOM WEIGHTS: the model is a `lastrank make-checkpoint` folder, so the reranked numbers "
+                          "mean nothing (the first stage's are real)")
+
+
+def random_weights_warning(report: dict) -> str | None:
+    """The warning every output of a run with a random-weight checkpoint carries (None otherwise)."""
+    return RANDOM_WEIGHTS_WARNING if report.get("model", {}).get("random_weights") else None
 
 
 def _clean(per_query: dict) -> dict:
@@ -18,6 +25,8 @@ def _clean(per_query: dict) -> dict:
 
 def build_report(config: dict, model: dict, orders: OrderEval | None, perm: PermutationStudy | None) -> dict:
     report: dict = {"config": config, "model": model}
+    if model.get("random_weights"):
+        report["warning"] = RANDOM_WEIGHTS_WARNING
     if orders is not None:
         systems = {FIRST_STAGE: orders.first_stage, **{f"reranked ({o})": r for o, r in orders.orders.items()}}
         report["measures"] = measure_names(orders.rel_min)
@@ -104,6 +113,8 @@ def permutation_summary(report: dict) -> str:
 def render_markdown(report: dict) -> str:
     c = report["config"]
     out = [f"# lastrank eval: {c['dataset']}", ""]
+    if random_weights_warning(report):
+        out += [f"> **{random_weights_warning(report)}.**", ""]
     out.append(
         f"- model: `{c['model']}`"
         + (f" via server {c['server']}" if c.get("server") else f" ({c.get('device')}, {c.get('dtype')})")
@@ -210,6 +221,9 @@ def plot(report: dict, path: Path) -> None:
             ax.set_ylabel("share of permutations with the modal document")
             ax.set_ylim(0, 1)
             ax.set_title("per-rank stability")
+    if random_weights_warning(report):
+        fig.suptitle("RANDOM WEIGHTS (make-checkpoint): reranked scores are meaningless", color="tab:red",
+                     fontweight="bold")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
