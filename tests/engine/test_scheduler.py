@@ -391,7 +391,8 @@ def test_cancel_after_some_blocks_ran_stops_the_rest():
     run(main)
 
 
-def test_model_failure_fails_only_the_batch_it_hit():
+def test_model_failure_fails_only_the_request_that_caused_it():
+    """A shared batch that fails is rerun one request at a time: only the culprit fails (issue 9)."""
     engine = FakeEngine()
 
     def fail_if(blocks):
@@ -412,15 +413,84 @@ def test_model_failure_fails_only_the_batch_it_hit():
                 await until(lambda: sched.queued_requests == len(tasks) + 1, "admitted")
             engine.gate.set()
             boom, x, y = await asyncio.gather(*tasks, return_exceptions=True)
-            assert engine.calls[1:] == [[("boom", 0), ("x", 0)], [("y", 0)]]
-            for err in (boom, x):
-                assert isinstance(err, ModelError) and "device-side assert on boom" in err.message
+            # the shared batch, then each of its requests alone, then the next batch
+            assert engine.calls[1:] == [[("boom", 0), ("x", 0)], [("boom", 0)], [("x", 0)], [("y", 0)]]
+            assert isinstance(boom, ModelError) and "device-side assert on boom" in boom.message
+            assert x == engine.rerank(req("x", 1))
             assert y == engine.rerank(req("y", 1))
             assert (await w).request_id == "w"
-            assert sched.running
+            assert sched.running and not sched.busy
             z = req("z", 3)
             assert await sched.submit(z) == engine.rerank(z)
             assert sched.queued_tokens == 0 and sched.queued_requests == 0
+
+    run(main)
+
+
+def test_isolation_keeps_multi_block_requests_whole():
+    """A culprit with several blocks in the failed batch fails once; a clean request with several blocks in it
+    gets every output, in plan order (FakeEngine.finish checks the order)."""
+    engine = FakeEngine()
+    engine.fail_if = lambda blocks: ValueError("bad input") if any(b.request_id == "bad" for b in blocks) else None
+
+    async def main():
+        async with started(engine, max_batch_tokens=1000) as sched:
+            hold_first_call(engine)
+            w = asyncio.create_task(sched.submit(req("w", 1)))
+            await until(lambda: len(engine.calls) == 1, "w running")
+            bad = asyncio.create_task(sched.submit(req("bad", 3)))
+            await until(lambda: sched.queued_requests == 2, "bad admitted")
+            good = asyncio.create_task(sched.submit(req("good", 3)))
+            await until(lambda: sched.queued_requests == 3, "good admitted")
+            engine.gate.set()
+            with pytest.raises(ModelError, match="bad input"):
+                await bad
+            got = await good
+            await w
+            assert engine.calls[1] == [("bad", 0), ("good", 0), ("bad", 1), ("good", 1), ("bad", 2), ("good", 2)]
+            assert engine.calls[2:] == [[("bad", 0), ("bad", 1), ("bad", 2)], [("good", 0), ("good", 1), ("good", 2)]]
+            assert got == engine.rerank(req("good", 3))
+
+    run(main)
+
+
+def test_an_invalid_request_error_from_the_engine_stays_the_requests_400():
+    engine = FakeEngine()
+    engine.fail_if = lambda blocks: InvalidRequestError("marker miscount") if blocks[0].request_id == "bad" else None
+
+    async def main():
+        async with started(engine) as sched:
+            with pytest.raises(InvalidRequestError, match="marker miscount"):
+                await sched.submit(req("bad", 2))
+            assert (await sched.submit(req("ok", 2))).request_id == "ok"
+
+    run(main)
+
+
+def test_a_full_queue_refuses_before_tokenizing():
+    """Refusals must be cheap (issue 9): no plan() for a request the queue cannot take, and a request still
+    being planned holds its slot."""
+    engine = FakeEngine()
+    planned: list[str] = []
+    real_plan = engine.plan
+    engine.plan = lambda request: planned.append(request.query) or real_plan(request)
+
+    async def main():
+        async with started(engine, max_queued_requests=2) as sched:
+            hold_first_call(engine)
+            a = asyncio.create_task(sched.submit(req("a", 1)))
+            await until(lambda: len(engine.calls) == 1, "a running")
+            engine.plan_gates["b"] = threading.Event()
+            b = asyncio.create_task(sched.submit(req("b", 1)))
+            await until(lambda: "b" in engine.planning, "b planning")
+            with pytest.raises(OverloadedError, match="too many requests queued"):
+                await sched.submit(req("c", 1))  # a queued + b planning = 2
+            assert planned == ["a", "b"]
+            engine.plan_gates["b"].set()
+            engine.gate.set()
+            await asyncio.gather(a, b)
+            assert (await sched.submit(req("d", 1))).request_id == "d"
+            assert planned == ["a", "b", "d"]
 
     run(main)
 

@@ -7,6 +7,11 @@ runs them with one `engine.run_blocks` call, and hands each output back to its r
 request has every output, `submit` calls `engine.finish` in a helper thread, so the worker goes
 straight on to the next batch.
 
+Isolation: when a batch holding blocks of several requests fails, each request's blocks are rerun on
+their own, so only a request whose own blocks fail is failed (one client's hostile input never fails
+another's request). Admission happens before tokenizing: a full queue refuses a request at once, and a
+request being planned holds its queue slot, so refusals under overload cost next to nothing.
+
 Invariant: every admitted request leaves the queue exactly once, through `_complete_locked`, which
 resolves its future. Model failures, deadlines, cancellation, `stop()` and scheduler bugs all go
 through it, so no caller can wait forever (Infinity's worker dies with futures pending; ours may not).
@@ -24,6 +29,7 @@ from typing import Any, Callable
 
 from lastrank.errors import (
     DeadlineExceededError,
+    InvalidRequestError,
     LastrankError,
     ModelError,
     OverloadedError,
@@ -113,6 +119,7 @@ class Scheduler:
         self._entries: dict[_Entry, None] = {}  # every admitted, unfinished request (insertion order)
         self._ready: collections.deque[_Entry] = collections.deque()  # entries with blocks not started
         self._queued_tokens = 0
+        self._planning = 0  # submits holding a queue slot while they tokenize
         self._tokens_per_second: float | None = None
         self._busy = False
         self._accepting = False
@@ -187,11 +194,18 @@ class Scheduler:
         """
         if not self.running:
             raise OverloadedError("the scheduler is not running", retry_after=1.0)
-        # Tokenizing thousands of documents takes a while; the loop must keep serving other requests.
-        plan = await asyncio.to_thread(self.engine.plan, request)
-        if not plan.blocks:
-            return await asyncio.to_thread(self.engine.finish, plan, [])
-        entry = self._admit(plan)
+        # Refuse before tokenizing: under overload a refusal must cost next to nothing, or refused
+        # requests eat the CPU the admitted ones need. A request being planned holds a queue slot.
+        self._reserve()
+        try:
+            # Tokenizing thousands of documents takes a while; the loop must keep serving other requests.
+            plan = await asyncio.to_thread(self.engine.plan, request)
+            if not plan.blocks:
+                return await asyncio.to_thread(self.engine.finish, plan, [])
+            entry = self._admit(plan)
+        finally:
+            with self._cond:
+                self._planning -= 1
         try:
             if entry.deadline is not None:
                 # Fire at the deadline even while the worker is busy with a long batch, so the
@@ -210,6 +224,21 @@ class Scheduler:
             raise
         return await asyncio.to_thread(self.engine.finish, entry.plan, outputs)
 
+    def _reserve(self) -> None:
+        with self._cond:
+            taken = len(self._entries) + self._planning
+            if taken >= self.max_queued_requests:
+                raise OverloadedError(
+                    f"too many requests queued ({taken}, max {self.max_queued_requests})",
+                    retry_after=self._retry_after_locked(),
+                )
+            if self._queued_tokens >= self.max_queued_tokens:
+                raise OverloadedError(
+                    f"too many tokens queued ({self._queued_tokens}, max {self.max_queued_tokens})",
+                    retry_after=self._retry_after_locked(),
+                )
+            self._planning += 1
+
     def _admit(self, plan) -> _Entry:
         tokens = sum(b.n_tokens for b in plan.blocks)
         if tokens > self.max_queued_tokens:
@@ -224,7 +253,8 @@ class Scheduler:
         with self._cond:
             if not self._accepting:
                 raise OverloadedError("the scheduler is not running", retry_after=1.0)
-            if len(self._entries) >= self.max_queued_requests:
+            # This request's own planning slot is still counted in _planning, hence the 1.
+            if len(self._entries) + self._planning - 1 >= self.max_queued_requests:
                 raise OverloadedError(
                     f"too many requests queued ({len(self._entries)}, max {self.max_queued_requests})",
                     retry_after=self._retry_after_locked(),
@@ -333,22 +363,18 @@ class Scheduler:
         n_tokens = sum(b.n_tokens for b in blocks)
         start = time.perf_counter()
         try:
-            outputs = self.engine.run_blocks(blocks)
-            if outputs is None or len(outputs) != len(blocks):
-                raise ModelError(
-                    f"run_blocks returned {None if outputs is None else len(outputs)} outputs "
-                    f"for {len(blocks)} blocks. This is a bug."
-                )
+            outputs = self._run_blocks(blocks)
         except Exception as exc:
-            log.exception("run_blocks failed on a batch of %d blocks", len(blocks))
-            cause = exc.message if isinstance(exc, LastrankError) else f"{type(exc).__name__}: {exc}"
-            with self._cond:
-                self._busy = False
-                for entry in dict.fromkeys(e for e, _, _ in batch):
-                    # One exception object per request: they are raised in different tasks.
-                    error = ModelError(f"the model failed on a batch of {len(blocks)} blocks: {cause}")
-                    error.__cause__ = exc
-                    self._complete_locked(entry, exc=error)
+            failure: Exception | None = exc
+        else:
+            failure = None
+        if failure is not None:
+            if len(dict.fromkeys(e for e, _, _ in batch)) > 1:
+                log.warning("run_blocks failed on a batch of %d blocks (%s: %s); rerunning each request's "
+                            "blocks alone", len(blocks), type(failure).__name__, failure)
+                self._run_isolated(batch)
+            else:
+                self._fail_batch(batch, failure)
             return
         seconds = time.perf_counter() - start
 
@@ -371,3 +397,43 @@ class Scheduler:
                 self._on_batch(len(blocks), n_tokens, seconds)
             except Exception:
                 log.exception("scheduler observer failed; ignored")
+
+    def _fail_batch(self, batch: list[tuple[_Entry, int, Any]], exc: Exception) -> None:
+        blocks = len(batch)
+        log.error("run_blocks failed on %d blocks of request %s", blocks, batch[0][0].request_id, exc_info=exc)
+        cause = exc.message if isinstance(exc, LastrankError) else f"{type(exc).__name__}: {exc}"
+        with self._cond:
+            self._busy = False
+            for entry in dict.fromkeys(e for e, _, _ in batch):
+                if isinstance(exc, InvalidRequestError):
+                    # The engine found something wrong with this request's own input: its 400, as is.
+                    error: LastrankError = type(exc)(exc.message)
+                else:
+                    # One exception object per request: they are raised in different tasks.
+                    error = ModelError(f"the model failed on {blocks} blocks of this request: {cause}")
+                error.__cause__ = exc
+                self._complete_locked(entry, exc=error)
+
+    def _run_blocks(self, blocks: list) -> list:
+        outputs = self.engine.run_blocks(blocks)
+        if outputs is None or len(outputs) != len(blocks):
+            raise ModelError(
+                f"run_blocks returned {None if outputs is None else len(outputs)} outputs "
+                f"for {len(blocks)} blocks. This is a bug."
+            )
+        return outputs
+
+    def _run_isolated(self, batch: list[tuple[_Entry, int, Any]]) -> None:
+        """A shared batch failed: rerun it one request at a time, so only a request whose own blocks fail
+        is failed (one request's hostile input must not fail the others batched with it)."""
+        by_entry: dict[_Entry, list[tuple[_Entry, int, Any]]] = {}
+        for item in batch:
+            by_entry.setdefault(item[0], []).append(item)
+        for entry, items in by_entry.items():
+            if entry.done:
+                continue  # cancelled, expired or stopped meanwhile
+            with self._cond:
+                self._busy = True
+            self._run_batch(items)  # one request: it succeeds, or fails alone
+        with self._cond:
+            self._busy = False
