@@ -22,6 +22,7 @@ from typing import Any, Callable
 from fastapi import FastAPI
 
 from lastrank import __version__
+from lastrank.api import docs as api_docs
 from lastrank.api import errors as api_errors
 from lastrank.api.auth import Authenticator
 from lastrank.api.handler import CLIENT_CLOSED_REQUEST, ServerState
@@ -34,7 +35,7 @@ from lastrank.types import new_request_id
 log = logging.getLogger("lastrank.api")
 
 KNOWN_ROUTES = {"/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/health", "/ready", "/metrics", "/",
-                "/docs", "/openapi.json"}
+                "/docs", "/redoc", "/openapi.json"}
 
 
 class RequestContextMiddleware:
@@ -190,10 +191,13 @@ def create_app(
         version=__version__,
         description="Rerank API for Jina Reranker V3: Jina, Cohere v1/v2 and TEI dialects.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from lastrank.api.docs, with local assets (no CDN)
+        redoc_url=None,
     )
     app.state.lastrank = state
     api_errors.install(app)
     app.include_router(router)
+    api_docs.install(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)  # added last: outermost
     return app
