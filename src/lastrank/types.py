@@ -2,28 +2,75 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import uuid
 from dataclasses import dataclass, field
+
+from lastrank.errors import InvalidRequestError
 
 
 def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+def _check_int(name: str, value, minimum: int) -> int:
+    # numbers.Integral so numpy integers work too; bool is an int subclass but never a count
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidRequestError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise InvalidRequestError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
 @dataclass
 class RerankRequest:
-    """What every dialect is translated into; the engine never sees a dialect."""
+    """What every dialect (and the Python API) is translated into; backends never see a dialect.
+
+    Validated once, here, when it is built: a RerankRequest that exists is well-formed (types, counts,
+    finite threshold), whichever edge built it. Numbers are normalised to int (numpy integers accepted).
+    Limits that depend on the server (characters, documents per request) are the API's, not this type's.
+    `max_doc_length` / `max_query_length` None: the family's official default (Capabilities).
+    """
 
     query: str
     documents: list[str]
     top_n: int | None = None
     return_embeddings: bool = False
-    max_doc_length: int = 2048
-    max_query_length: int = 512
+    max_doc_length: int | None = None
+    max_query_length: int | None = None
     instruction: str | None = None
     request_id: str = field(default_factory=new_request_id)
     # absolute time.monotonic() after which pending blocks are dropped; None = no deadline
     deadline: float | None = None
+    # drop results scoring below this (after ranking, before top_n); None: keep all
+    score_threshold: float | None = None
+    # False: an input that would be truncated is an InvalidRequestError at plan time (TEI truncate=false)
+    truncate: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.query, str):
+            raise InvalidRequestError(f"query must be a string, got {type(self.query).__name__}")
+        if not isinstance(self.documents, (list, tuple)):
+            raise InvalidRequestError(
+                f"documents must be a list of strings, got {type(self.documents).__name__}")
+        for i, doc in enumerate(self.documents):
+            if not isinstance(doc, str):
+                raise InvalidRequestError(f"documents[{i}] must be a string, got {type(doc).__name__}")
+        if self.top_n is not None:
+            self.top_n = _check_int("top_n", self.top_n, 0)
+        if self.max_doc_length is not None:
+            self.max_doc_length = _check_int("max_doc_length", self.max_doc_length, 1)
+        if self.max_query_length is not None:
+            self.max_query_length = _check_int("max_query_length", self.max_query_length, 1)
+        if self.instruction is not None and not isinstance(self.instruction, str):
+            raise InvalidRequestError(
+                f"instruction must be a string or None, got {type(self.instruction).__name__}")
+        if self.score_threshold is not None:
+            if isinstance(self.score_threshold, bool) or not isinstance(self.score_threshold, numbers.Real) \
+                    or not math.isfinite(self.score_threshold):
+                raise InvalidRequestError(f"score_threshold must be a finite number, got {self.score_threshold!r}")
+            self.score_threshold = float(self.score_threshold)
 
 
 @dataclass
@@ -32,6 +79,7 @@ class RankedDocument:
     relevance_score: float
     document: str  # the original input text, untruncated
     embedding: list[float] | None = None
+    raw_score: float | None = None  # the family's raw score (a cosine, or a logit before the sigmoid)
 
     def as_dict(self) -> dict:
         return {
@@ -45,11 +93,17 @@ class RankedDocument:
 @dataclass
 class Usage:
     documents: int = 0
-    prompt_tokens: int = 0  # tokens of every block prompt actually run through the model
+    prompt_tokens: int = 0  # tokens of every model input actually run (what is billed as tokens)
     blocks: int = 0
-    truncated_documents: int = 0
+    truncated_indices: list[int] = field(default_factory=list)  # documents cut to max_doc_length, settled at plan time
     query_truncated: bool = False
     doc_tokens: list[int] = field(default_factory=list)  # per-document token count after truncation
+    max_doc_length: int = 0  # the per-document limit the plan applied
+    max_query_length: int = 0
+
+    @property
+    def truncated_documents(self) -> int:
+        return len(self.truncated_indices)
 
 
 @dataclass

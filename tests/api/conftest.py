@@ -59,7 +59,8 @@ class FakeScheduler:
         doc_tokens = [min(len(d.split()) + 1, request.max_doc_length) for d in request.documents]
         usage = Usage(documents=len(request.documents), prompt_tokens=10 + sum(doc_tokens),
                       blocks=1 if request.documents else 0,
-                      truncated_documents=sum(len(d.split()) + 1 > request.max_doc_length for d in request.documents),
+                      truncated_indices=[i for i, d in enumerate(request.documents)
+                                         if len(d.split()) + 1 > request.max_doc_length],
                       doc_tokens=doc_tokens)
         return RerankResult(results, usage, request.request_id)
 

@@ -42,7 +42,7 @@ def make(store, engine, **overrides):
 
 def test_same_as_reranker_and_metrics(store, tiny_reranker):
     expected = tiny_reranker.rerank(Q, DOCS)
-    with make(store, tiny_reranker.engine) as c:
+    with make(store, tiny_reranker.backend) as c:
         r = c.post("/v1/rerank", json={"query": Q, "documents": DOCS})
         assert r.status_code == 200
         got = r.json()["results"]
@@ -56,7 +56,7 @@ def test_same_as_reranker_and_metrics(store, tiny_reranker):
 
 
 def test_queue_full_is_503_and_ledger_counts_only_200s(store, tiny_reranker):
-    with make(store, SlowEngine(tiny_reranker.engine, 0.4), max_queued_requests=1) as c:
+    with make(store, SlowEngine(tiny_reranker.backend, 0.4), max_queued_requests=1) as c:
         results = []
 
         def send():
@@ -77,7 +77,7 @@ def test_queue_full_is_503_and_ledger_counts_only_200s(store, tiny_reranker):
 
 
 def test_deadline_is_504(store, tiny_reranker):
-    with make(store, SlowEngine(tiny_reranker.engine, 1.0), request_timeout_s=0.2) as c:
+    with make(store, SlowEngine(tiny_reranker.backend, 1.0), request_timeout_s=0.2) as c:
         r = c.post("/v1/rerank", json={"query": Q, "documents": DOCS})
     assert r.status_code == 504, r.text
     assert r.json()["error"]["type"] == "timeout_error" and "retry-after" in r.headers
@@ -86,7 +86,7 @@ def test_deadline_is_504(store, tiny_reranker):
 
 def test_truncation_is_reported_from_the_real_engine(store, tiny_reranker):
     long_docs = DOCS + ["Paris " * 40]
-    with make(store, tiny_reranker.engine) as c:
+    with make(store, tiny_reranker.backend) as c:
         r = c.post("/v2/rerank", json={"query": Q, "documents": long_docs, "max_tokens_per_doc": 6,
                                        "max_query_length": 3})
         tei = c.post("/rerank", json={"query": Q, "texts": long_docs, "truncate": True})
@@ -109,7 +109,7 @@ def test_duplicate_documents_are_deterministic_in_every_dialect(store, tiny_rera
     in general scores differently; exact ties are the engine's to order."""
     docs = ["Paris is the capital of France.", "Cats sleep a lot.", "Paris is the capital of France.",
             "Lyon is a French city."]
-    with make(store, tiny_reranker.engine) as c:
+    with make(store, tiny_reranker.backend) as c:
         runs = {}
         for route, body in (("/v1/rerank", {"query": Q, "documents": docs}),
                             ("/v2/rerank", {"query": Q, "documents": docs}),

@@ -268,7 +268,7 @@ def test_block_prompts_identical(name, setup):
     path, ref, lr = setup(ckpt_kwargs)
     kw = {k: v for k, v in kwargs.items() if k in ("max_doc_length", "max_query_length", "instruction")}
     want = ref.block_prompts(query, docs, **kw)
-    plan = lr.engine.plan(RerankRequest(query=query, documents=list(docs), **kw))
+    plan = lr.backend.plan(RerankRequest(query=query, documents=list(docs), **kw))
     got = [(list(b.doc_indices), list(b.input_ids)) for b in plan.blocks]
     assert [w[0] for w in want] == [g[0] for g in got], "block cut differs"
     for k, ((_, w_ids), (_, g_ids)) in enumerate(zip(want, got)):

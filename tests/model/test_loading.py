@@ -37,7 +37,14 @@ def test_missing_files_name_what_is_missing(tmp_path, tiny_checkpoint):
     folder = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, folder)
     (folder / "model.safetensors").unlink()
-    with pytest.raises(ModelNotAvailableError, match="missing model.safetensors"):
+    from lastrank.families import load_backend
+
+    # the folder resolves (it has a config.json); the family's own check names the missing file
+    assert resolve_checkpoint(str(folder)) == folder
+    with pytest.raises(ModelNotAvailableError, match="jina-reranker-v3 checkpoint folder: missing model.safetensors"):
+        load_backend(str(folder))
+    (folder / "config.json").unlink()
+    with pytest.raises(ModelNotAvailableError, match="no config.json"):
         resolve_checkpoint(str(folder))
     with pytest.raises(ModelNotAvailableError, match="does not exist"):
         resolve_checkpoint(str(tmp_path / "nope" / "deeper"))

@@ -1,6 +1,6 @@
 """lastrank's Qwen3 backbone vs transformers' Qwen3Model on the same random weights (float32).
 
-lastrank's backbone (`Reranker.engine.model.model`, forward(input_ids [T]) -> [T, hidden] after the
+lastrank's backbone (`Reranker.backend.model.model`, forward(input_ids [T]) -> [T, hidden] after the
 final norm) must give the same final hidden states as `transformers.Qwen3Model(...).last_hidden_state`
 (SDPA, the HF default) built from the checkpoint's config.json. Also checked on config variants
 (plain MHA, MQA, head_dim != hidden/heads, another rope_theta / eps / depth), each with a full
@@ -34,7 +34,7 @@ def _inputs(checkpoint_dir, n_random: int = 3000) -> dict[str, torch.Tensor]:
 
 
 def _lastrank_hidden(reranker, ids: torch.Tensor) -> torch.Tensor:
-    backbone = reranker.engine.model.model
+    backbone = reranker.backend.model.model
     p = next(backbone.parameters())
     with torch.no_grad():
         return backbone(ids.to(p.device)).float().cpu()

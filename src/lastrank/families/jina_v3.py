@@ -1,30 +1,44 @@
-"""The rerank algorithm's only home: plan -> run blocks -> merge -> order (model-spec §6).
+"""Jina Reranker V3 (jinaai/jina-reranker-v3): the listwise family. plan -> run blocks -> merge -> order.
 
-Server, Python API, CLI and eval all go through RerankEngine, so they cannot drift apart.
+The official rerank() algorithm: truncation by decode round-trip, 125-document / token-budget blocks
+(engine/plan.py), the exact prompt bytes (engine/prompt.py), one forward per block reading the hidden state
+at a marker after each document and after the query (model/modeling.py), and the block-weighted query
+merge in float32 numpy (`scores`). relevance_score is the cosine exactly as the official code returns it.
 """
 
 from __future__ import annotations
 
-import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from lastrank.engine.backend import Backend, Block, Capabilities, RerankPlan, Scores, truncation_refused
 from lastrank.engine.plan import split_blocks, truncate_texts
 from lastrank.engine.prompt import PREFIX, build_prompt
 from lastrank.errors import InvalidRequestError, ModelError
 from lastrank.model.modeling import JinaForRanking, PrefixCache
 from lastrank.model.tokenizer import RerankTokenizer
-from lastrank.types import RankedDocument, RerankRequest, RerankResult, Usage
+from lastrank.types import RerankRequest, Usage
+
+FAMILY = "jina-v3"
+# The official rerank() defaults.
+MAX_DOC_LENGTH = 2048
+MAX_QUERY_LENGTH = 512
+
+
+SUPPORTS = "jinaai/jina-reranker-v3 (config.json architectures [\"JinaForRanking\"], model.safetensors, tokenizer.json)"
+
+
+def detect(config: dict, folder: Path) -> bool:
+    """config.json names the official JinaForRanking class (a Qwen3 backbone + projector)."""
+    return "JinaForRanking" in (config.get("architectures") or [])
 
 
 @dataclass
-class Block:
-    request_id: str
-    index: int  # block number within its request
-    input_ids: list[int]
-    doc_indices: list[int]  # positions in request.documents
+class JinaBlock(Block):
+    input_ids: list[int]  # the whole official block prompt
 
     @property
     def n_tokens(self) -> int:
@@ -38,39 +52,7 @@ class BlockOutput:
     weight: np.float32  # max over the block of (1 + cos) / 2, cos computed in the model dtype
 
 
-@dataclass
-class RerankPlan:
-    request: RerankRequest
-    blocks: list[Block]
-    usage: Usage = field(default_factory=Usage)
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    # numbers.Integral so numpy integers work too; bool is an int subclass but never a count
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InvalidRequestError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise InvalidRequestError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def validate(request: RerankRequest) -> None:
-    if not isinstance(request.query, str):
-        raise InvalidRequestError(f"query must be a string, got {type(request.query).__name__}")
-    if not isinstance(request.documents, (list, tuple)):
-        raise InvalidRequestError(f"documents must be a list of strings, got {type(request.documents).__name__}")
-    for i, doc in enumerate(request.documents):
-        if not isinstance(doc, str):
-            raise InvalidRequestError(f"documents[{i}] must be a string, got {type(doc).__name__}")
-    if request.top_n is not None:
-        request.top_n = _check_int("top_n", request.top_n, 0)
-    request.max_doc_length = _check_int("max_doc_length", request.max_doc_length, 1)
-    request.max_query_length = _check_int("max_query_length", request.max_query_length, 1)
-    if request.instruction is not None and not isinstance(request.instruction, str):
-        raise InvalidRequestError(f"instruction must be a string or None, got {type(request.instruction).__name__}")
-
-
-class RerankEngine:
+class JinaV3Backend(Backend):
     """pack_blocks: run the blocks of one run_blocks call in shared packed forwards (True), one forward per
     block (False), or decide by device (None: pack on CUDA, one by one on CPU, where packing 4 blocks of
     ~600 tokens measured 0.93x of one-by-one; docs/benchmarks.md; the GPU side is not measured). Packed or
@@ -85,8 +67,18 @@ class RerankEngine:
 
     def __init__(self, model: JinaForRanking, tokenizer: RerankTokenizer, device: torch.device,
                  pack_blocks: bool | None = None, max_pack_tokens: int = 32768, packed_attention: str = "segments",
-                 reuse_prefix: bool = True):
+                 reuse_prefix: bool = True, *, model_id: str = "", path: Path | None = None,
+                 random_weights: bool = False):
         self.model = model
+        self.model_id = model_id
+        self.path = path
+        self.random_weights = random_weights
+        self.capabilities = Capabilities(
+            family=FAMILY, architecture="JinaForRanking (Qwen3 decoder + MLP projector)", listwise=True,
+            score="cosine", raw_score="cosine (the same value)", instruction=True,
+            embedding_dim=model.projector[2].out_features, context_length=tokenizer.model_max_length,
+            max_doc_length=MAX_DOC_LENGTH, max_query_length=MAX_QUERY_LENGTH,
+        )
         self.tokenizer = tokenizer
         self.device = device
         self.pack_blocks = pack_blocks
@@ -100,35 +92,53 @@ class RerankEngine:
     def dtype(self) -> torch.dtype:
         return self.model.model.embed_tokens.weight.dtype
 
+    @classmethod
+    def load(cls, path: Path, device: torch.device, dtype: torch.dtype, *, model_id: str = "",
+             random_weights: bool = False, compile: bool | None = None, pack_blocks: bool | None = None,
+             **options) -> "JinaV3Backend":
+        from lastrank.model.loading import REQUIRED_FILES, check_files, load_model
+
+        check_files(path, REQUIRED_FILES, "jina-reranker-v3")
+        tokenizer = RerankTokenizer.from_dir(path)
+        model = load_model(path, device, dtype, compile=compile)
+        return cls(model, tokenizer, device, pack_blocks=pack_blocks, model_id=model_id, path=path,
+                   random_weights=random_weights, **options)
+
     def plan(self, request: RerankRequest) -> RerankPlan:
-        validate(request)
+        max_doc = request.max_doc_length or self.capabilities.max_doc_length
+        max_query = request.max_query_length or self.capabilities.max_query_length
         docs = list(request.documents)
         if not docs:
-            return RerankPlan(request, [], Usage())
+            return RerankPlan(request, [], Usage(max_doc_length=max_doc, max_query_length=max_query))
         tok = self.tokenizer
-        q = truncate_texts(tok, [request.query], request.max_query_length)
-        d = truncate_texts(tok, docs, request.max_doc_length)
-        groups = split_blocks(d.lengths, q.lengths[0], tok.model_max_length, request.max_doc_length)
+        q = truncate_texts(tok, [request.query], max_query)
+        d = truncate_texts(tok, docs, max_doc)
+        cut = [i for i, fired in enumerate(d.truncated) if fired]
+        if not request.truncate and (cut or q.truncated[0]):
+            raise InvalidRequestError(truncation_refused(cut, q.truncated[0], max_doc, max_query))
+        groups = split_blocks(d.lengths, q.lengths[0], tok.model_max_length, max_doc)
         prompts = [build_prompt(q.texts[0], [d.texts[i] for i in g], request.instruction) for g in groups]
         blocks = [
-            Block(request.request_id, b, ids, g)
+            JinaBlock(request.request_id, b, g, ids)
             for b, (g, ids) in enumerate(zip(groups, tok.encode_batch(prompts)))
         ]
         usage = Usage(
             documents=len(docs),
             prompt_tokens=sum(b.n_tokens for b in blocks),
             blocks=len(blocks),
-            truncated_documents=sum(d.truncated),
+            truncated_indices=cut,
             query_truncated=q.truncated[0],
             doc_tokens=d.lengths,
+            max_doc_length=max_doc,
+            max_query_length=max_query,
         )
         return RerankPlan(request, blocks, usage)
 
-    def run_blocks(self, blocks: list[Block]) -> list[BlockOutput]:
+    def run_blocks(self, blocks: list[JinaBlock]) -> list[BlockOutput]:
         """Outputs in the order of `blocks`. Blocks may come from different requests: with packing on,
         consecutive blocks share one forward (up to max_pack_tokens), each exactly as if it ran alone."""
         pack = self.pack_blocks if self.pack_blocks is not None else self.device.type == "cuda"
-        groups: list[list[Block]] = []
+        groups: list[list[JinaBlock]] = []
         for b in blocks:
             if pack and groups and sum(x.n_tokens for x in groups[-1]) + b.n_tokens <= self.max_pack_tokens:
                 groups[-1].append(b)
@@ -136,10 +146,7 @@ class RerankEngine:
                 groups.append([b])
         return [out for group in groups for out in self._run_group(group)]
 
-    def _run_block(self, block: Block) -> BlockOutput:
-        return self._run_group([block])[0]
-
-    def _run_group(self, group: list[Block]) -> list[BlockOutput]:
+    def _run_group(self, group: list[JinaBlock]) -> list[BlockOutput]:
         ids = [torch.tensor(b.input_ids, dtype=torch.long, device=self.device) for b in group]
         prefix = self.prefix if self.reuse_prefix else None
         pending = None
@@ -164,32 +171,18 @@ class RerankEngine:
             ))
         return outputs
 
-    def finish(self, plan: RerankPlan, outputs: list[BlockOutput]) -> RerankResult:
-        request = plan.request
-        if not plan.blocks:
-            return RerankResult([], plan.usage, request.request_id)
+    def scores(self, plan: RerankPlan, outputs: list[BlockOutput]) -> Scores:
         # Official merge, in float32 numpy: weighted mean of the block query vectors, then the cosine of it
         # with every document vector. The per-block cosines are only weights.
         q = np.average(np.array([o.query_embedding for o in outputs]), axis=0, weights=[o.weight for o in outputs])
         D = np.concatenate([o.doc_embeddings for o in outputs], axis=0)
-        scores = np.dot(q, D.T) / (np.linalg.norm(q) * np.linalg.norm(D, axis=1))
-        order = np.argsort(scores[0])[::-1]
-        top_n = len(order) if request.top_n is None else min(request.top_n, len(order))
-        doc_rows = [i for b in plan.blocks for i in b.doc_indices]  # D's row -> input index
-        results = [
-            RankedDocument(
-                index=doc_rows[r],
-                relevance_score=float(scores[0, r]),
-                document=request.documents[doc_rows[r]],
-                embedding=D[r].tolist() if request.return_embeddings else None,
-            )
-            for r in order[:top_n]
-        ]
-        return RerankResult(results, plan.usage, request.request_id)
+        cos = (np.dot(q, D.T) / (np.linalg.norm(q) * np.linalg.norm(D, axis=1)))[0]
+        doc_rows = np.array([i for b in plan.blocks for i in b.doc_indices])  # D's row -> input index
+        if not np.array_equal(doc_rows, np.arange(len(doc_rows))):  # blocks are consecutive: never taken today
+            order = np.argsort(doc_rows)
+            cos, D = cos[order], D[order]
+        return Scores(relevance=cos, raw=cos, embeddings=D)
 
-    def rerank(self, request: RerankRequest) -> RerankResult:
-        plan = self.plan(request)
-        return self.finish(plan, self.run_blocks(plan.blocks))
 
-    def warmup(self) -> None:
-        self.rerank(RerankRequest(query="warm up", documents=["a short passage", "another passage"]))
+def load(path: Path, device: torch.device, dtype: torch.dtype, **kw) -> JinaV3Backend:
+    return JinaV3Backend.load(path, device, dtype, **kw)

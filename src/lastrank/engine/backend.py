@@ -1,0 +1,175 @@
+"""The seam every model family plugs into: `Backend`, its declared `Capabilities`, and the one ranking rule.
+
+A backend turns a `RerankRequest` into work the scheduler can interleave with other requests' work, runs
+that work on its model, and turns the outputs back into scores:
+
+    plan(request)        -> RerankPlan      tokenise, truncate, cut into blocks (pure CPU; may raise
+                                            InvalidRequestError, e.g. truncation with request.truncate=False)
+    run_blocks(blocks)   -> list[outputs]   the model; blocks may come from several requests
+    scores(plan, outs)   -> Scores          one relevance score (and raw score, embedding) per document
+    finish(plan, outs)   -> RerankResult    scores, then `rank` (ordering, score threshold, top_n)
+
+The scheduler, the server, the dialects and eval see only this interface and `Capabilities`; nothing
+family-specific lives outside the family's module (lastrank/families/<family>.py).
+
+Scores users can trust, one rule for every family (Capabilities.score):
+  - "cosine":  relevance_score is a cosine in [-1, 1] exactly as the official code returns it
+               (Jina Reranker V3, bi-encoders); raw_score is the same cosine.
+  - "sigmoid": relevance_score is sigmoid(raw_score) in [0, 1], raw_score the classifier's logit (or logit
+               difference) as the official code computes it (cross-encoders, causal-LM rerankers).
+  Never a double sigmoid: a family reports raw logits and the rule above applies the sigmoid once.
+  Where a wire format wants a score in [0, 1] (TEI without raw_scores), `Capabilities.unit_score` maps the
+  relevance score there: (1 + cosine) / 2 for cosine, the identity for sigmoid. Monotonic, so the order
+  never changes.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from lastrank.types import RankedDocument, RerankRequest, RerankResult, Usage
+
+ScoreKind = Literal["cosine", "sigmoid"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a served model is and can do; shown in /v1/models and used by the API to validate requests."""
+
+    family: str  # registry name, e.g. "jina-v3", "bi-encoder"
+    architecture: str  # what the checkpoint is, e.g. "JinaForRanking", "BertModel (mean pooling)"
+    listwise: bool  # True: documents see each other in one context (jina-v3); False: each pair alone
+    score: ScoreKind
+    raw_score: str  # what raw_score holds, in words ("cosine", "logit", "logit(yes) - logit(no)")
+    instruction: bool  # the `instruction` field changes the prompt
+    embedding_dim: int | None  # size of return_embeddings vectors; None: embeddings not available
+    context_length: int  # tokens one model input may hold
+    max_doc_length: int  # default per-document token limit (the official default)
+    max_query_length: int  # default query token limit (the official default)
+
+    def unit_score(self, relevance: float) -> float:
+        """relevance_score mapped to [0, 1] (see the module docstring)."""
+        return (1.0 + relevance) / 2.0 if self.score == "cosine" else relevance
+
+    def as_dict(self) -> dict:
+        return {
+            "family": self.family, "architecture": self.architecture, "listwise": self.listwise,
+            "score": self.score, "raw_score": self.raw_score, "instruction": self.instruction,
+            "embedding_dim": self.embedding_dim, "context_length": self.context_length,
+            "max_doc_length": self.max_doc_length, "max_query_length": self.max_query_length,
+        }
+
+
+@dataclass
+class Block:
+    """The unit of model work the scheduler queues and batches. Families subclass it with their inputs;
+    the scheduler reads only request_id, index and n_tokens."""
+
+    request_id: str
+    index: int  # block number within its request
+    doc_indices: list[int]  # positions in request.documents whose scores this block produces
+
+    @property
+    def n_tokens(self) -> int:  # what the scheduler budgets; families override
+        raise NotImplementedError
+
+
+@dataclass
+class RerankPlan:
+    request: RerankRequest
+    blocks: list[Block]
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass
+class Scores:
+    """One entry per input document, in input order."""
+
+    relevance: np.ndarray  # float [n]
+    raw: np.ndarray  # float [n]
+    embeddings: np.ndarray | None = None  # float32 [n, dim] when the request asked and the family has them
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """The one sigmoid of the "sigmoid" score rule, in float64 (no overflow warnings for large logits)."""
+    x = np.asarray(x, dtype=np.float64)
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def rank(request: RerankRequest, scores: Scores, usage: Usage) -> RerankResult:
+    """The one owner of ordering, score_threshold and top_n, for every family.
+
+    Order: `np.argsort(relevance)[::-1]`, exactly what the official Jina V3 rerank() does (its ties and
+    all); the same rule for every family so the API never re-sorts. Then documents with
+    relevance < score_threshold are dropped (kept: >= threshold, so NaN is dropped), then top_n is kept.
+    """
+    order = np.argsort(scores.relevance)[::-1]
+    if request.score_threshold is not None:
+        order = [i for i in order if scores.relevance[i] >= request.score_threshold]
+    if request.top_n is not None:
+        order = order[: request.top_n]
+    results = [
+        RankedDocument(
+            index=int(i),
+            relevance_score=float(scores.relevance[i]),
+            document=request.documents[i],
+            embedding=scores.embeddings[i].tolist() if request.return_embeddings and scores.embeddings is not None
+            else None,
+            raw_score=float(scores.raw[i]),
+        )
+        for i in order
+    ]
+    return RerankResult(results, usage, request.request_id)
+
+
+class Backend(ABC):
+    """One loaded model of one family. Thread-safety: `plan` and `finish` may run in any thread, concurrently;
+    `run_blocks` and `warmup` are called from one thread at a time (the scheduler's worker owns the model)."""
+
+    capabilities: Capabilities
+    model_id: str = ""  # what the user asked for (hub id or folder)
+    path: Path | None = None  # the resolved checkpoint folder
+    random_weights: bool = False  # a `lastrank make-checkpoint` folder: scores mean nothing
+
+    @abstractmethod
+    def plan(self, request: RerankRequest) -> RerankPlan: ...
+
+    @abstractmethod
+    def run_blocks(self, blocks: list[Block]) -> list[Any]: ...
+
+    @abstractmethod
+    def scores(self, plan: RerankPlan, outputs: list[Any]) -> Scores: ...
+
+    def finish(self, plan: RerankPlan, outputs: list[Any]) -> RerankResult:
+        if not plan.blocks:
+            return RerankResult([], plan.usage, plan.request.request_id)
+        return rank(plan.request, self.scores(plan, outputs), plan.usage)
+
+    def rerank(self, request: RerankRequest) -> RerankResult:
+        plan = self.plan(request)
+        return self.finish(plan, self.run_blocks(plan.blocks))
+
+    def warmup(self) -> None:
+        """One small request through every code path, so the first client does not pay for lazy set-up."""
+        self.rerank(RerankRequest(query="warm up", documents=["a short passage", "another passage"]))
+
+    def describe(self) -> dict:
+        """/v1/models' entry beyond the name."""
+        return {**self.capabilities.as_dict(), "random_weights": self.random_weights}
+
+
+def truncation_refused(cut: list[int], query_cut: bool, max_doc: int, max_query: int) -> str:
+    """The message of a request with truncate=False that would need truncation (every family's plan uses it)."""
+    parts = []
+    if cut:
+        shown = ", ".join(str(i) for i in cut[:10]) + (f" and {len(cut) - 10} more" if len(cut) > 10 else "")
+        parts.append(f"{len(cut)} document(s) (indices {shown}) exceed {max_doc} tokens")
+    if query_cut:
+        parts.append(f"the query exceeds {max_query} tokens")
+    return "; ".join(parts) + "; send truncate=true (or shorter inputs) to have them truncated"

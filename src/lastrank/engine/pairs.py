@@ -1,0 +1,110 @@
+"""What every pointwise family shares: each (query, document) pair is one model input scored on its own.
+
+Cross-encoders (XLM-R) and causal-LM rerankers (Qwen3-Reranker, mxbai-rerank-v2) differ only in how a pair
+becomes token ids (`encode_pairs`: the official template and truncation) and in the model that turns ids
+into one raw score (`score_sequences`). Planning, blocking, billing, truncation reports and the score rule
+("sigmoid": relevance_score = sigmoid(raw), engine/backend.py) are here, once.
+
+A block is a run of consecutive documents of one request whose sequences add up to at most
+`max_block_tokens`; the scheduler batches blocks of several requests, and `run_blocks` hands every sequence
+of the batch to `score_sequences` in one call, so a family can pack them into one variable-length forward.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from lastrank.engine.backend import Backend, Block, RerankPlan, Scores, sigmoid, truncation_refused
+from lastrank.errors import InvalidRequestError
+from lastrank.types import RerankRequest, Usage
+
+
+@dataclass
+class PairBlock(Block):
+    sequences: list[list[int]]  # one model input per document of doc_indices
+    # Leading tokens every sequence of this block shares (the template's system turn, instruction and query
+    # for causal LMs). A family may compute them once; 0: nothing shared / not used.
+    prefix_len: int = 0
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(s) for s in self.sequences)
+
+
+@dataclass
+class EncodedPairs:
+    sequences: list[list[int]]  # per document: the whole model input
+    doc_tokens: list[int]  # per document: its own tokens after truncation
+    truncated: list[int]  # indices of documents that were cut
+    query_truncated: bool = False
+    prefix_len: int = 0  # leading tokens shared by every sequence (see PairBlock.prefix_len)
+
+
+def cut_blocks(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Consecutive indices grouped so each group's lengths sum to at most max_tokens (a longer item alone)."""
+    groups: list[list[int]] = []
+    total = 0
+    for i, n in enumerate(lengths):
+        if groups and total + n <= max_tokens:
+            groups[-1].append(i)
+            total += n
+        else:
+            groups.append([i])
+            total = n
+    return groups
+
+
+class PairwiseBackend(Backend):
+    """Base of the pointwise families. Subclasses set `capabilities` and implement the two methods below."""
+
+    max_block_tokens: int = 8192
+
+    @abstractmethod
+    def encode_pairs(self, request: RerankRequest, max_doc_length: int, max_query_length: int) -> EncodedPairs:
+        """The official template and truncation, for every document of the request."""
+
+    @abstractmethod
+    def score_sequences(self, sequences: list[list[int]], prefix_lens: list[int]) -> np.ndarray:
+        """Raw scores (logits), one per sequence, float. `prefix_lens[i]`: leading tokens sequence i shares
+        with the others of its block (PairBlock.prefix_len), for families that compute them once."""
+
+    def plan(self, request: RerankRequest) -> RerankPlan:
+        max_doc = request.max_doc_length or self.capabilities.max_doc_length
+        max_query = request.max_query_length or self.capabilities.max_query_length
+        usage = Usage(documents=len(request.documents), max_doc_length=max_doc, max_query_length=max_query)
+        if not request.documents:
+            return RerankPlan(request, [], usage)
+        enc = self.encode_pairs(request, max_doc, max_query)
+        if not request.truncate and (enc.truncated or enc.query_truncated):
+            raise InvalidRequestError(truncation_refused(enc.truncated, enc.query_truncated, max_doc, max_query))
+        groups = cut_blocks([len(s) for s in enc.sequences], self.max_block_tokens)
+        blocks = [PairBlock(request.request_id, b, g, [enc.sequences[i] for i in g], enc.prefix_len)
+                  for b, g in enumerate(groups)]
+        usage.prompt_tokens = sum(b.n_tokens for b in blocks)
+        usage.blocks = len(blocks)
+        usage.truncated_indices = enc.truncated
+        usage.query_truncated = enc.query_truncated
+        usage.doc_tokens = enc.doc_tokens
+        return RerankPlan(request, blocks, usage)
+
+    def run_blocks(self, blocks: list[PairBlock]) -> list[np.ndarray]:
+        """One raw-score array per block, in the order of `blocks`; every sequence goes to the model at once."""
+        sequences = [s for b in blocks for s in b.sequences]
+        prefix_lens = [b.prefix_len for b in blocks for _ in b.sequences]
+        raw = np.asarray(self.score_sequences(sequences, prefix_lens))
+        if raw.shape != (len(sequences),):
+            raise RuntimeError(f"score_sequences returned shape {raw.shape} for {len(sequences)} sequences. This is a bug.")
+        out, start = [], 0
+        for b in blocks:
+            out.append(raw[start:start + len(b.sequences)])
+            start += len(b.sequences)
+        return out
+
+    def scores(self, plan: RerankPlan, outputs: list[np.ndarray]) -> Scores:
+        raw = np.empty(len(plan.request.documents), dtype=np.float64)
+        for block, out in zip(plan.blocks, outputs):
+            raw[block.doc_indices] = out
+        return Scores(relevance=sigmoid(raw), raw=raw)

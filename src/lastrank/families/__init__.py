@@ -1,0 +1,67 @@
+"""The registry: which family a model folder belongs to, and loading it as a `Backend`.
+
+    load_backend("jinaai/jina-reranker-v3" | "/path/to/folder", device="cpu", dtype="bfloat16") -> Backend
+
+Each family is a module here with two module-level functions:
+    detect(config: dict, folder: Path) -> bool     config.json (parsed; {} if absent) and the folder
+    load(path, device, dtype, *, model_id, random_weights, **options) -> Backend
+The first family in FAMILIES whose `detect` says yes loads the folder. Detection reads only small JSON
+files (config.json `architectures` / `model_type`; sentence-transformers' modules.json), never weights.
+docs/architecture.md shows how to add a family.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+from lastrank.errors import ModelNotAvailableError
+
+# Module names under lastrank.families, in detection order (the more specific first).
+FAMILIES: list[str] = ["jina_v3"]
+
+
+def family_module(name: str):
+    return importlib.import_module(f"lastrank.families.{name}")
+
+
+def folder_facts(folder: Path) -> tuple[dict, str]:
+    """-> (config.json parsed, a one-line description of what was found, for errors)."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    if not isinstance(config, dict):
+        config = {}
+    found = [f"architectures={config.get('architectures')}", f"model_type={config.get('model_type')!r}"]
+    if (folder / "modules.json").is_file():
+        found.append("a sentence-transformers modules.json")
+    return config, ", ".join(found)
+
+
+def detect_family(folder: Path) -> str:
+    """The registry name of the family of `folder`; one clear error when none matches."""
+    config, found = folder_facts(folder)
+    for name in FAMILIES:
+        if family_module(name).detect(config, folder):
+            return name
+    supported = "; ".join(f"{name}: {family_module(name).SUPPORTS}" for name in FAMILIES)
+    raise ModelNotAvailableError(f"{folder} is not a model lastrank can serve: found {found}. Supported: {supported}")
+
+
+def load_backend(model: str | Path, device: str | None = "cpu", dtype: str = "bfloat16", revision: str | None = None,
+                 cache_dir: str | None = None, **options):
+    """Resolve `model` (hub id, short name or folder), detect its family, load it. `options` go to the family's
+    load (e.g. pack_blocks, compile for jina-v3); a family ignores none silently: unknown ones are a TypeError."""
+    try:  # TEMPORARY until the random-weights marker lands in model/checkpoint.py
+        from lastrank.model.checkpoint import is_random_checkpoint
+    except ImportError:
+        def is_random_checkpoint(_path) -> bool:
+            return False
+    from lastrank.model.loading import parse_dtype, resolve_checkpoint, resolve_device
+
+    path = resolve_checkpoint(model, revision=revision, cache_dir=cache_dir)
+    family = family_module(detect_family(path))
+    return family.load(path, resolve_device(device), parse_dtype(dtype), model_id=str(model),
+                       random_weights=is_random_checkpoint(path), **options)
