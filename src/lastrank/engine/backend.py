@@ -97,9 +97,10 @@ class Scores:
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    """The one sigmoid of the "sigmoid" score rule, in float64 (no overflow warnings for large logits)."""
+    """The one sigmoid of the "sigmoid" score rule, in float64; exp of -|x| only, so no overflow for any logit."""
     x = np.asarray(x, dtype=np.float64)
-    return 1.0 / (1.0 + np.exp(-x))
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def rank(request: RerankRequest, scores: Scores, usage: Usage) -> RerankResult:
