@@ -46,7 +46,7 @@ def test_rank_carries_raw_scores_documents_and_embeddings_only_when_asked():
 
 
 def test_sigmoid_is_stable_for_large_logits():
-    with np.errstate(all="raise"):
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
         assert sigmoid(np.array([-1000.0, 0.0, 1000.0])).tolist() == [0.0, 0.5, 1.0]
 
 
