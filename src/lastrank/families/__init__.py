@@ -54,11 +54,7 @@ def load_backend(model: str | Path, device: str | None = "cpu", dtype: str = "bf
                  cache_dir: str | None = None, **options):
     """Resolve `model` (hub id, short name or folder), detect its family, load it. `options` go to the family's
     load (e.g. pack_blocks, compile for jina-v3); a family ignores none silently: unknown ones are a TypeError."""
-    try:  # TEMPORARY until the random-weights marker lands in model/checkpoint.py
-        from lastrank.model.checkpoint import is_random_checkpoint
-    except ImportError:
-        def is_random_checkpoint(_path) -> bool:
-            return False
+    from lastrank.model.checkpoint import is_random_checkpoint
     from lastrank.model.loading import parse_dtype, resolve_checkpoint, resolve_device
 
     path = resolve_checkpoint(model, revision=revision, cache_dir=cache_dir)
