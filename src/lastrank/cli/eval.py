@@ -141,6 +141,10 @@ def _server_random_weights(server: str, api_key: str | None) -> bool | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.model:  # a missing folder or an offline hub id fails here, before torch is imported
+        from lastrank.model.resolve import resolve_checkpoint
+
+        resolve_checkpoint(args.model)
     from lastrank.eval.data import load_dataset
     from lastrank.eval.measures import METRICS, default_rel_min
     from lastrank.eval.report import (RANDOM_WEIGHTS_WARNING, aggregate_table, build_report, permutation_summary,

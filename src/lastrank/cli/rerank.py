@@ -87,7 +87,10 @@ def read_documents(source: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lastrank.model.resolve import resolve_checkpoint
+
     documents = read_documents(args.documents)
+    resolve_checkpoint(args.model)  # a missing folder or an offline hub id fails here, before torch is imported
     from lastrank import Reranker
     from lastrank.model.checkpoint import NOTICE, is_random_checkpoint
 

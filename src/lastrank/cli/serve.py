@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Fail now, with the loader's message, if the checkpoint cannot be found (a download happens here too);
     # loading the weights then runs in the background while /health already answers.
-    from lastrank.model.loading import resolve_checkpoint
+    from lastrank.model.resolve import resolve_checkpoint  # torch-free: a bad --model fails before torch loads
 
     try:
         resolve_checkpoint(args.model)
