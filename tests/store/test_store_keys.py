@@ -1,4 +1,5 @@
-"""API keys: create, verify, list, revoke; only a hash at rest."""
+"""API keys: create, verify, list, revoke; only a hash at rest. Each test runs on SQLite and PostgreSQL
+(the `store` and `target` fixtures in conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,7 @@ from datetime import timezone
 import pytest
 
 from lastrank.errors import InvalidRequestError, NotFoundError
-from lastrank.store import KeyRecord, Store
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "keys.db")
-    yield s
-    s.close()
+from lastrank.store import KeyRecord, Store, open_store
 
 
 def test_create_and_verify(store):
@@ -45,7 +39,7 @@ def test_two_keys_are_distinct(store):
     assert (a.requests_per_minute, a.documents_per_minute) == (None, None)
 
 
-def test_secret_is_not_stored(tmp_path):
+def test_secret_is_not_stored_sqlite(tmp_path):
     path = tmp_path / "keys.db"
     store = Store(path)
     _, plaintext = store.create_key("needle-name")
@@ -59,6 +53,49 @@ def test_secret_is_not_stored(tmp_path):
     # a fresh store (another process in real life) still verifies from the hash alone
     with Store(path) as again:
         assert again.verify_key(plaintext).name == "needle-name"
+
+
+def test_secret_is_not_stored(store, target):
+    """What the database holds, every column of every table as text: the name, never the key."""
+    _, plaintext = store.create_key("needle-name")
+    secret = plaintext.split("-", 2)[2]
+    with store._read() as conn:
+        tables = ["api_keys", "usage", "refusals", "rate_buckets"]
+        dump = repr([conn.execute(f"SELECT * FROM {t}").fetchall() for t in tables])
+    assert "needle-name" in dump
+    assert secret not in dump and secret.encode().hex() not in dump
+    store.close()
+    with open_store(target) as again:  # another process in real life: verifies from the hash alone
+        assert again.verify_key(plaintext).name == "needle-name"
+
+
+def test_concurrent_creates_of_one_name_make_one_key(target):
+    """Two clients (two replicas) racing to create the same name: one key, one clear refusal."""
+    stores = [open_store(target) for _ in range(2)]
+    outcomes: list[object] = []
+    barrier = threading.Barrier(8)
+
+    def create(i: int):
+        barrier.wait()
+        try:
+            outcomes.append(stores[i % 2].create_key("same-name"))
+        except InvalidRequestError as e:
+            outcomes.append(e)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        made = [o for o in outcomes if isinstance(o, tuple)]
+        refused = [o for o in outcomes if isinstance(o, InvalidRequestError)]
+        assert len(made) == 1 and len(refused) == 7, outcomes
+        assert all("already exists" in str(e) for e in refused)
+        assert [k.name for k in stores[1].list_keys()] == ["same-name"]
+    finally:
+        for s in stores:
+            s.close()
 
 
 def test_wrong_unknown_and_malformed_keys(store):

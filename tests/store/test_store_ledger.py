@@ -1,4 +1,5 @@
-"""The usage ledger: durable, idempotent rows; summaries; concurrent writers (threads and processes)."""
+"""The usage ledger: durable, idempotent rows; summaries; concurrent writers (threads and processes).
+Each test taking `store` or `target` runs on SQLite and on PostgreSQL (conftest.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 
 from lastrank.errors import InvalidRequestError, NotFoundError
-from lastrank.store import DEFAULT_PRICE_PER_1K_DOCS, Store, UsageRow, cost_for
+from lastrank.store import DEFAULT_PRICE_PER_1K_DOCS, Store, UsageRow, cost_for, open_store
 from lastrank.store.ledger import total
 
 
@@ -35,13 +36,6 @@ def row(request_id: str, key_id: str | None = None, documents: int = 10, status:
     )
     fields.update(kw)
     return UsageRow(**fields)
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "ledger.db")
-    yield s
-    s.close()
 
 
 def test_cost_for():
@@ -128,7 +122,8 @@ def test_record_usage_takes_a_usage_row(store):
     assert store.count_usage() == 0
 
 
-def test_pragmas_on_every_thread(store):
+def test_pragmas_on_every_thread(tmp_path):
+    store = Store(tmp_path / "ledger.db")
     seen = {}
 
     def look():
@@ -139,6 +134,7 @@ def test_pragmas_on_every_thread(store):
     t = threading.Thread(target=look)
     t.start()
     t.join()
+    store.close()
     assert seen == {"journal": "wal", "sync": 2}  # 2 == FULL: the WAL is fsynced at every commit
 
 
@@ -146,23 +142,22 @@ def _python(code: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], stderr=subprocess.PIPE, text=True)
 
 
-def test_rows_survive_a_killed_process(tmp_path):
+def test_rows_survive_a_killed_process(target):
     """Each row is committed before record_usage returns: SIGKILL right after loses nothing."""
-    path = tmp_path / "crash.db"
     child = _python(
         """
         import os, signal, sys
-        from lastrank.store import Store, UsageRow
-        store = Store(sys.argv[1])
+        from lastrank.store import UsageRow, open_store
+        store = open_store(sys.argv[1])
         for i in range(25):
             store.record_usage(UsageRow(f"c{i}", None, "m", "/v1/rerank", "jina", 2, 20, 1, 200, 1.0, 0.000016))
         os.kill(os.getpid(), signal.SIGKILL)  # no close(), no checkpoint, no atexit
         """,
-        str(path),
+        target,
     )
     _, err = child.communicate(timeout=60)
     assert child.returncode == -signal.SIGKILL, err
-    with Store(path) as store:
+    with open_store(target) as store:
         assert store.count_usage() == 25
         assert {r.request_id for r in store.list_usage()} == {f"c{i}" for i in range(25)}
         assert store.usage_summary()[0]["cost_usd"] == 0.0004
@@ -274,24 +269,31 @@ def test_concurrent_threads_lose_no_rows(store):
     }
 
 
-def test_two_processes_lose_no_rows(tmp_path):
-    """Two processes open a fresh file at the same moment (both migrate) and write interleaved."""
-    path = tmp_path / "shared.db"
+def test_two_processes_lose_no_rows(target, tmp_path):
+    """Two processes open a fresh store at the same moment (both migrate) and write interleaved; for the
+    request ids both write, exactly one insert succeeds (exactly once across processes)."""
     go = tmp_path / "go"
     code = """
         import os, sys, time
-        from lastrank.store import Store, UsageRow
-        path, go, tag = sys.argv[1:]
+        from lastrank.store import UsageRow, open_store
+        target, go, tag = sys.argv[1:]
         open(f"{go}.{tag}.ready", "w").close()
         while not os.path.exists(go):
             time.sleep(0.005)
-        store = Store(path)
+        store = open_store(target)
+        won = 0
         for i in range(50):
             store.record_usage(UsageRow(f"{tag}-{i}", None, "m", "/v1/rerank", "jina", 1, 10, 1, 200, 1.0, 0.000008))
-            store.record_usage(UsageRow(f"both-{i}", None, "m", "/v1/rerank", "jina", 1, 10, 1, 200, 1.0, 0.000008))
+            won += store.record_usage(UsageRow(f"both-{i}", None, "m", "/v1/rerank", "jina", 1, 10, 1, 200, 1.0, 0.000008))
         store.close()
+        print(won)
     """
-    children = [_python(code, str(path), str(go), tag) for tag in ("p", "q")]
+    children = [
+        subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), target, str(go), tag], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for tag in ("p", "q")
+    ]
+    won = 0
     try:
         while not all(os.path.exists(f"{go}.{tag}.ready") for tag in ("p", "q")):
             if any(c.poll() is not None for c in children):
@@ -299,13 +301,15 @@ def test_two_processes_lose_no_rows(tmp_path):
             time.sleep(0.005)
         go.touch()
         for c in children:
-            _, err = c.communicate(timeout=120)
+            out, err = c.communicate(timeout=120)
             assert c.returncode == 0, err
+            won += int(out)
     finally:
         for c in children:
             if c.poll() is None:
                 c.kill()
-    with Store(path) as store:
+    assert won == 50  # each shared id: one process wrote it, the other was told it was already there
+    with open_store(target) as store:
         ids = {r.request_id for r in store.list_usage()}
         assert ids == {f"{t}-{i}" for t in ("p", "q", "both") for i in range(50)}
         assert store.count_usage() == 150

@@ -6,29 +6,36 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 from lastrank.cli.argtypes import positive_int
 
 DB_ENV = "LASTRANK_DB"
+STORE_ENV = "LASTRANK_STORE"
 
 
 def add_db_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--db",
-        metavar="PATH",
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--store",
+        metavar="URL_OR_PATH",
         default=None,
-        help=f"the SQLite store (default: ${DB_ENV}, else lastrank.db in the user data folder)",
+        help=f"the store: postgresql://user:password@host/db for a PostgreSQL database shared by several "
+             f"servers, or a SQLite file path (default: ${STORE_ENV}, else ${DB_ENV}, else lastrank.db in the "
+             "user data folder)",
     )
+    where.add_argument("--db", metavar="PATH", default=None, help="the SQLite store file (same as --store PATH)")
+
+
+def store_target(args: argparse.Namespace) -> str | None:
+    """--store, else --db, else $LASTRANK_STORE, else $LASTRANK_DB (env read now, not at import); None: default."""
+    return args.store or args.db or os.environ.get(STORE_ENV) or os.environ.get(DB_ENV) or None
 
 
 def open_store(args: argparse.Namespace):
-    """The Store named by --db, else $LASTRANK_DB, else the default path (env read now, not at import)."""
-    from lastrank.store import Store
+    """The store named by the arguments or the environment (see store_target): SQLite or PostgreSQL."""
+    from lastrank.store import open_store as open_target
 
-    path = args.db or os.environ.get(DB_ENV) or None
-    return Store(Path(path) if path else None)
-
+    return open_target(store_target(args))
 
 
 def register(subparsers) -> None:
@@ -65,7 +72,7 @@ def _limit(value: int | None) -> str:
 def _create(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         record, plaintext = store.create_key(args.name, args.requests_per_minute, args.documents_per_minute)
-        where = store.path
+        where = store.location
     # The key alone goes to stdout (so `lastrank keys create ... > file` captures just it); the rest to stderr.
     print(f"Created key {record.name!r} (id {record.id}) in {where}", file=sys.stderr)
     print(plaintext)

@@ -1,4 +1,9 @@
-"""`lastrank usage`: totals from the usage ledger per key and UTC day, with a grand total."""
+"""`lastrank usage`: totals per key and UTC day, with a grand total; `--errors`: the refused requests.
+
+REQUESTS counts every request the server answered for a key: the billed ones (ledger rows) and the ones
+it refused (401, 403, 413, 422, 429, 503, ...: counted in the store's refusal counters, never billed).
+ERRORS is the refused part. Requests without a valid key (a 401) show as "(no key)".
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ def register(subparsers) -> None:
     usage = subparsers.add_parser("usage", help="usage totals per key and day", description="Usage totals from the ledger per key and UTC day, with a grand total.")
     usage.add_argument("--key", default=None, metavar="K", help="only this key (id or name; a name covers every key that had it)")
     usage.add_argument("--since", default=None, metavar="YYYY-MM-DD", help="from this UTC day on (inclusive)")
+    usage.add_argument("--errors", action="store_true",
+                       help="list the refused requests by day, key, route and status instead of the totals")
     usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_db_argument(usage)
     usage.set_defaults(func=_usage)
@@ -20,6 +27,8 @@ def register(subparsers) -> None:
 def _usage(args: argparse.Namespace) -> int:
     from lastrank.store.ledger import total
 
+    if args.errors:
+        return _errors(args)
     with open_store(args) as store:
         rows = store.usage_summary(key=args.key, since=args.since)
     grand = total(rows)
@@ -46,4 +55,22 @@ def _usage(args: argparse.Namespace) -> int:
     body.append(cells("TOTAL", "", "", grand))
     headers = ["DAY (UTC)", "KEY", "NAME", "REQUESTS", "ERRORS", "DOCUMENTS", "TOKENS", "COST (USD)"]
     print(format_table(headers, body, right={3, 4, 5, 6, 7}))
+    print("ERRORS: requests refused or failed (4xx, 5xx), counted but not billed; `lastrank usage --errors` lists them.")
+    return 0
+
+
+def _errors(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        rows = store.list_refusals(key=args.key, since=args.since)
+        names = {k.id: k.name for k in store.list_keys()}
+    if args.json:
+        print(json.dumps({"refusals": rows}, indent=2))
+        return 0
+    if not rows:
+        print("No refused requests recorded" + (f" since {args.since}" if args.since else "") + ".")
+        return 0
+    body = [[r["day"], r["key_id"] or "(no key)", names.get(r["key_id"], "-"), r["route"], str(r["status"]),
+             r["model"] or "-", str(r["count"])] for r in rows]
+    headers = ["DAY (UTC)", "KEY", "NAME", "ROUTE", "STATUS", "MODEL", "COUNT"]
+    print(format_table(headers, body, right={4, 6}))
     return 0

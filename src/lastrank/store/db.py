@@ -1,4 +1,5 @@
-"""The SQLite file behind the store: connections, pragmas, schema migrations, and the `Store` facade.
+"""The SQLite backend of the store (`Store`): connections, pragmas, schema migrations. What the store
+does with them is in base.py, shared with the PostgreSQL backend (postgres.py).
 
 One file holds API keys (hashed) and the usage ledger. It is opened in WAL mode with
 `synchronous=FULL`, so a committed ledger row survives a process crash and a power cut, and readers
@@ -19,58 +20,13 @@ import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, datetime
 from pathlib import Path
 
-from lastrank.errors import LastrankError
-from lastrank.store import keys as _keys
-from lastrank.store import ledger as _ledger
-from lastrank.store.keys import KeyRecord
-from lastrank.store.ledger import UsageRow
+from lastrank.store import schema
+from lastrank.store.base import BaseStore, StoreError
 
 DEFAULT_BUSY_TIMEOUT_S = 30.0
-
-# Migration N (1-based) takes the schema from version N-1 to N. Append only; never edit a released one.
-MIGRATIONS: list[str] = [
-    # 1: keys and the usage ledger
-    """
-    CREATE TABLE api_keys (
-        id                   TEXT PRIMARY KEY,   -- public id, part of the plaintext key
-        name                 TEXT NOT NULL,
-        secret_hash          BLOB NOT NULL,      -- sha256 of the plaintext key; the key itself is never stored
-        created_at           TEXT NOT NULL,      -- UTC, ISO 8601
-        revoked_at           TEXT,
-        requests_per_minute  INTEGER,
-        documents_per_minute INTEGER
-    );
-    -- a name may be reused once the key that held it is revoked
-    CREATE UNIQUE INDEX api_keys_active_name ON api_keys(name) WHERE revoked_at IS NULL;
-
-    CREATE TABLE usage (
-        request_id    TEXT PRIMARY KEY,          -- unique: a retried insert never bills twice
-        key_id        TEXT,                      -- NULL when the server runs without keys
-        model         TEXT NOT NULL,
-        route         TEXT NOT NULL,
-        dialect       TEXT NOT NULL,
-        documents     INTEGER NOT NULL,
-        prompt_tokens INTEGER NOT NULL,
-        blocks        INTEGER NOT NULL,
-        status        INTEGER NOT NULL,
-        latency_ms    REAL NOT NULL,
-        cost_nano_usd INTEGER NOT NULL,          -- integer nano-dollars so sums are exact
-        created_at    TEXT NOT NULL              -- UTC, ISO 8601 with a fixed width: sorts as text
-    );
-    CREATE INDEX usage_created ON usage(created_at);
-    CREATE INDEX usage_key_created ON usage(key_id, created_at);
-    """,
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-class StoreError(LastrankError):
-    """The database file cannot be opened or is not one this version understands."""
-
-    type = "store_error"
+SCHEMA_VERSION = schema.schema_version()
 
 
 def default_db_path() -> Path:
@@ -84,8 +40,9 @@ class _Connection(sqlite3.Connection):
     """A plain connection that can be weakly referenced (the base class cannot)."""
 
 
-class Store:
-    """API keys and the usage ledger in one SQLite file. Safe to share between threads and processes."""
+class Store(BaseStore):
+    """API keys, the usage ledger, refusal counts and rate buckets in one SQLite file. Safe to share
+    between threads and processes on one machine."""
 
     def __init__(self, path: str | Path | None = None, *, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S):
         if path is None:
@@ -93,7 +50,9 @@ class Store:
         if str(path) == ":memory:" or str(path).startswith("file:"):
             # every thread has its own connection, so an in-memory database would be one per thread
             raise StoreError("the store needs a file path (':memory:' and URIs are not supported)")
+        super().__init__()
         self.path = Path(path).expanduser()
+        self.location = str(self.path)
         self.busy_timeout_s = float(busy_timeout_s)
         self._local = threading.local()
         self._all: weakref.WeakSet[_Connection] = weakref.WeakSet()  # for close(); dead threads drop theirs
@@ -144,8 +103,16 @@ class Store:
         return conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: the lock is taken up front, committed (and fsynced) on exit."""
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        yield self._conn()
+
+    @contextmanager
+    def _write(self, *, durable: bool = True, lock: str | None = None) -> Iterator[sqlite3.Connection]:
+        """A write transaction: the lock is taken up front, committed (and fsynced) on exit.
+
+        BEGIN IMMEDIATE takes the database's one write lock, so `lock` needs nothing more here, and every
+        commit is fsynced (synchronous=FULL) whether or not `durable` asks for it.
+        """
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -159,8 +126,11 @@ class Store:
                 conn.execute("ROLLBACK")
             raise
 
-    def close(self) -> None:
-        """Close every connection this store opened, in any thread. The store cannot be used afterwards."""
+    def _clock(self, conn) -> float:
+        return time.time()
+
+    def _close_connections(self) -> None:
+        """Close every connection this store opened, in any thread."""
         with self._lock:
             self._closed = True
             conns = list(self._all)
@@ -168,12 +138,6 @@ class Store:
         for conn in conns:
             conn.close()
         self._local = threading.local()
-
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -208,13 +172,14 @@ class Store:
             raise StoreError(f"cannot open the database {self.path}: {e}") from e
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
+            latest = schema.schema_version()
+            if version > latest:
                 raise StoreError(
                     f"the database {self.path} has schema version {version}, newer than this lastrank "
-                    f"understands ({SCHEMA_VERSION}); upgrade lastrank"
+                    f"understands ({latest}); upgrade lastrank"
                 )
-            for number in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _split_sql(MIGRATIONS[number - 1]):
+            for number in range(version + 1, latest + 1):
+                for statement in schema.render(schema.MIGRATIONS[number - 1], "sqlite"):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={number}")  # inside the transaction: atomic with the DDL
         except BaseException:
@@ -224,85 +189,3 @@ class Store:
 
     def schema_version(self) -> int:
         return self._conn().execute("PRAGMA user_version").fetchone()[0]
-
-    # ---- keys --------------------------------------------------------------------------------------
-
-    def create_key(
-        self, name: str, requests_per_minute: int | None = None, documents_per_minute: int | None = None
-    ) -> tuple[KeyRecord, str]:
-        """A new key. Returns its record and the plaintext, which is not stored and cannot be shown again."""
-        name = _keys.check_name(name)
-        rpm = _keys.check_limit("requests_per_minute", requests_per_minute)
-        dpm = _keys.check_limit("documents_per_minute", documents_per_minute)
-        with self._write() as conn:
-            return _keys.create_key(conn, name, rpm, dpm)
-
-    def verify_key(self, plaintext: str) -> KeyRecord | None:
-        """The active key this plaintext belongs to; None for unknown, malformed or revoked keys."""
-        return _keys.verify_key(self._conn(), plaintext)
-
-    def get_key(self, id_or_name: str) -> KeyRecord:
-        """A key by id, displayed prefix, or active name (raises NotFoundError)."""
-        return _keys.get_key(self._conn(), id_or_name)
-
-    def list_keys(self, include_revoked: bool = True) -> list[KeyRecord]:
-        return _keys.list_keys(self._conn(), include_revoked)
-
-    def revoke_key(self, id_or_name: str) -> KeyRecord:
-        """Revoke by id, displayed prefix or active name; revoking a revoked key (by id) changes nothing."""
-        with self._write() as conn:
-            return _keys.revoke_key(conn, id_or_name)
-
-    def has_active_keys(self) -> bool:
-        return _keys.has_active_keys(self._conn())
-
-    # ---- ledger ------------------------------------------------------------------------------------
-
-    def record_usage(self, row: UsageRow) -> bool:
-        """Write one ledger row; committed and fsynced when this returns.
-
-        Returns False (and writes nothing) when a row with this request_id already exists.
-        """
-        if not isinstance(row, UsageRow):
-            raise TypeError(f"record_usage takes a UsageRow, got {type(row).__name__}")
-        with self._write() as conn:
-            return _ledger.insert(conn, row)
-
-    def get_usage(self, request_id: str) -> UsageRow | None:
-        return _ledger.get(self._conn(), request_id)
-
-    def list_usage(
-        self, key: str | None = None, since: date | datetime | str | None = None, limit: int | None = None
-    ) -> list[UsageRow]:
-        """Ledger rows, oldest first, optionally for one key (id, prefix or name) and from a day on."""
-        conn = self._conn()
-        return _ledger.list_rows(conn, _key_ids(conn, key), _ledger.since_bound(since), limit)
-
-    def count_usage(self, key: str | None = None, since: date | datetime | str | None = None) -> int:
-        conn = self._conn()
-        return _ledger.count(conn, _key_ids(conn, key), _ledger.since_bound(since))
-
-    def usage_summary(self, key: str | None = None, since: date | datetime | str | None = None) -> list[dict]:
-        """Totals per key and UTC day, ordered by day then key.
-
-        `key` is a key id, displayed prefix, or name (a name covers every key that ever had it, so a rotated
-        key's history stays together). `since` is a date, a "YYYY-MM-DD" string (UTC day, inclusive), or
-        an aware datetime. Each dict: day, key_id, key_name, requests, errors (status >= 400), documents,
-        prompt_tokens, blocks, cost_usd.
-        """
-        conn = self._conn()
-        return _ledger.summary(conn, _key_ids(conn, key), _ledger.since_bound(since))
-
-
-def _key_ids(conn: sqlite3.Connection, key: str | None) -> list[str] | None:
-    return None if key is None else _keys.resolve_ids_for_usage(conn, key)
-
-
-def _split_sql(script: str) -> list[str]:
-    """Statements of a migration script (ours: no semicolons inside literals or triggers).
-
-    Not `executescript`: it commits any open transaction first, and a migration must be atomic with the
-    `user_version` bump.
-    """
-    lines = [line.split("--", 1)[0] for line in script.splitlines()]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -1,5 +1,6 @@
-"""API keys: creation, hashed verification, revocation. Functions take an open sqlite3 connection;
-`Store` (db.py) wraps them in transactions.
+"""API keys: creation, hashed verification, revocation. Functions take an open connection of either
+backend (anything with `execute(sql, params)` and `?` placeholders: see base.py); the store wraps them
+in transactions.
 
 A key reads `lr-<id>-<secret>`: `id` is 12 hex characters, public, and finds the row; `secret` is 32
 random bytes in urlsafe base64. Only sha256 of the whole key is stored. A slow password hash (bcrypt,
@@ -13,7 +14,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -105,27 +105,28 @@ def _record(row: tuple) -> KeyRecord:
     )
 
 
-def create_key(conn: sqlite3.Connection, name: str, rpm: int | None, dpm: int | None) -> tuple[KeyRecord, str]:
-    """Insert a key; the caller holds a write transaction (so the name check cannot race)."""
+def create_key(conn, name: str, rpm: int | None, dpm: int | None) -> tuple[KeyRecord, str]:
+    """Insert a key; the caller holds a write transaction that keeps other key writers out (so the name
+    check cannot race)."""
     if conn.execute("SELECT 1 FROM api_keys WHERE name = ? AND revoked_at IS NULL", (name,)).fetchone():
         raise InvalidRequestError(f"an active key named {name!r} already exists (revoke it first or pick another name)")
     created_at = format_ts(utc_now())
     while True:
         key_id = secrets.token_hex(ID_HEX_CHARS // 2)
         plaintext = f"{KEY_PREFIX}-{key_id}-{secrets.token_urlsafe(SECRET_BYTES)}"
-        try:
-            conn.execute(
-                "INSERT INTO api_keys (id, name, secret_hash, created_at, revoked_at, requests_per_minute,"
-                " documents_per_minute) VALUES (?, ?, ?, ?, NULL, ?, ?)",
-                (key_id, name, _hash(plaintext), created_at, rpm, dpm),
-            )
-        except sqlite3.IntegrityError:
+        # ON CONFLICT, not catching the integrity error: in PostgreSQL an error aborts the transaction
+        cur = conn.execute(
+            "INSERT INTO api_keys (id, name, secret_hash, created_at, revoked_at, requests_per_minute,"
+            " documents_per_minute) VALUES (?, ?, ?, ?, NULL, ?, ?) ON CONFLICT (id) DO NOTHING",
+            (key_id, name, _hash(plaintext), created_at, rpm, dpm),
+        )
+        if cur.rowcount != 1:
             continue  # 48-bit id collision: astronomically rare, draw another
         row = conn.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
         return _record(row), plaintext
 
 
-def verify_key(conn: sqlite3.Connection, plaintext: object) -> KeyRecord | None:
+def verify_key(conn, plaintext: object) -> KeyRecord | None:
     if not isinstance(plaintext, str):
         return None
     match = _KEY_RE.fullmatch(plaintext.strip())
@@ -134,13 +135,13 @@ def verify_key(conn: sqlite3.Connection, plaintext: object) -> KeyRecord | None:
     row = conn.execute(f"SELECT {_COLUMNS}, secret_hash FROM api_keys WHERE id = ?", (match.group(1),)).fetchone()
     if row is None:
         return None  # the id is public, so answering faster here leaks nothing
-    if not hmac.compare_digest(_hash(match.group(0)), row[-1]):
+    if not hmac.compare_digest(_hash(match.group(0)), bytes(row[-1])):
         return None
     record = _record(row[:-1])
     return record if record.active else None
 
 
-def _by_id(conn: sqlite3.Connection, ident: str) -> KeyRecord | None:
+def _by_id(conn, ident: str) -> KeyRecord | None:
     match = _DISPLAY_RE.fullmatch(ident)
     key_id = match.group(1) if match else ident
     if not _ID_RE.fullmatch(key_id):
@@ -149,7 +150,7 @@ def _by_id(conn: sqlite3.Connection, ident: str) -> KeyRecord | None:
     return None if row is None else _record(row)
 
 
-def get_key(conn: sqlite3.Connection, id_or_name: str) -> KeyRecord:
+def get_key(conn, id_or_name: str) -> KeyRecord:
     if not isinstance(id_or_name, str) or not id_or_name.strip():
         raise InvalidRequestError("give a key id or name")
     ident = id_or_name.strip()
@@ -162,13 +163,13 @@ def get_key(conn: sqlite3.Connection, id_or_name: str) -> KeyRecord:
     return _record(row)
 
 
-def list_keys(conn: sqlite3.Connection, include_revoked: bool = True) -> list[KeyRecord]:
+def list_keys(conn, include_revoked: bool = True) -> list[KeyRecord]:
     where = "" if include_revoked else " WHERE revoked_at IS NULL"
     rows = conn.execute(f"SELECT {_COLUMNS} FROM api_keys{where} ORDER BY created_at, id").fetchall()
     return [_record(r) for r in rows]
 
 
-def revoke_key(conn: sqlite3.Connection, id_or_name: str) -> KeyRecord:
+def revoke_key(conn, id_or_name: str) -> KeyRecord:
     """Revoke; the caller holds a write transaction."""
     record = get_key(conn, id_or_name)
     if record.active:
@@ -177,11 +178,11 @@ def revoke_key(conn: sqlite3.Connection, id_or_name: str) -> KeyRecord:
     return record
 
 
-def has_active_keys(conn: sqlite3.Connection) -> bool:
+def has_active_keys(conn) -> bool:
     return conn.execute("SELECT 1 FROM api_keys WHERE revoked_at IS NULL LIMIT 1").fetchone() is not None
 
 
-def resolve_ids_for_usage(conn: sqlite3.Connection, key: str) -> list[str]:
+def resolve_ids_for_usage(conn, key: str) -> list[str]:
     """Key ids for a usage query: an id or prefix gives that key; a name gives every key that ever had it."""
     if not isinstance(key, str) or not key.strip():
         raise InvalidRequestError("give a key id or name")

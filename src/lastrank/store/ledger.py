@@ -1,7 +1,8 @@
 """The usage ledger: one row per answered request, written before the response is sent.
 
-Functions take an open sqlite3 connection; `Store` (db.py) wraps writes in a transaction that is
-committed and fsynced (WAL, synchronous=FULL) before `record_usage` returns. `request_id` is the
+Functions take an open connection of either backend (base.py); the store wraps writes in a transaction
+that is committed and durable (SQLite: WAL, synchronous=FULL; PostgreSQL: synchronous_commit on) before
+`record_usage` returns. `request_id` is the
 primary key and a repeated insert is ignored, so a retried write never bills a request twice.
 Costs are stored as integer nano-dollars so that totals are exact sums.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import math
 import re
-import sqlite3
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
@@ -110,7 +110,7 @@ _COLUMNS = (
 )
 
 
-def insert(conn: sqlite3.Connection, row: UsageRow) -> bool:
+def insert(conn, row: UsageRow) -> bool:
     """Insert unless the request_id is there already. True if a row was written."""
     created_at = format_ts(row.created_at if row.created_at is not None else utc_now())
     # ON CONFLICT(request_id), not INSERT OR IGNORE: OR IGNORE would also swallow NOT NULL violations
@@ -170,12 +170,12 @@ def _where(key_ids: list[str] | None, since: str | None) -> tuple[str, list]:
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-def get(conn: sqlite3.Connection, request_id: str) -> UsageRow | None:
+def get(conn, request_id: str) -> UsageRow | None:
     r = conn.execute(f"SELECT {_COLUMNS} FROM usage WHERE request_id = ?", (request_id,)).fetchone()
     return None if r is None else _row(r)
 
 
-def list_rows(conn: sqlite3.Connection, key_ids: list[str] | None, since: str | None, limit: int | None) -> list[UsageRow]:
+def list_rows(conn, key_ids: list[str] | None, since: str | None, limit: int | None) -> list[UsageRow]:
     where, params = _where(key_ids, since)
     sql = f"SELECT {_COLUMNS} FROM usage u{where} ORDER BY u.created_at, u.request_id"
     if limit is not None:
@@ -186,18 +186,21 @@ def list_rows(conn: sqlite3.Connection, key_ids: list[str] | None, since: str | 
     return [_row(r) for r in conn.execute(sql, params)]
 
 
-def count(conn: sqlite3.Connection, key_ids: list[str] | None, since: str | None) -> int:
+def count(conn, key_ids: list[str] | None, since: str | None) -> int:
     where, params = _where(key_ids, since)
     return conn.execute(f"SELECT COUNT(*) FROM usage u{where}", params).fetchone()[0]
 
 
-def summary(conn: sqlite3.Connection, key_ids: list[str] | None, since: str | None) -> list[dict]:
+def summary(conn, key_ids: list[str] | None, since: str | None) -> list[dict]:
+    """Ledger totals per UTC day and key, ordered by day, then the keyless rows, then key id."""
     where, params = _where(key_ids, since)
+    # CAST: PostgreSQL sums BIGINT into NUMERIC (a Decimal in Python); these sums fit 64 bits
     rows = conn.execute(
-        "SELECT substr(u.created_at, 1, 10) AS day, u.key_id, k.name, COUNT(*), SUM(u.status >= 400),"
-        " SUM(u.documents), SUM(u.prompt_tokens), SUM(u.blocks), SUM(u.cost_nano_usd)"
+        "SELECT substr(u.created_at, 1, 10) AS day, u.key_id, k.name, COUNT(*),"
+        " CAST(SUM(CASE WHEN u.status >= 400 THEN 1 ELSE 0 END) AS BIGINT), CAST(SUM(u.documents) AS BIGINT),"
+        " CAST(SUM(u.prompt_tokens) AS BIGINT), CAST(SUM(u.blocks) AS BIGINT), CAST(SUM(u.cost_nano_usd) AS BIGINT)"
         f" FROM usage u LEFT JOIN api_keys k ON k.id = u.key_id{where}"
-        " GROUP BY day, u.key_id ORDER BY day, u.key_id IS NOT NULL, u.key_id",
+        " GROUP BY substr(u.created_at, 1, 10), u.key_id, k.name ORDER BY day, u.key_id IS NOT NULL, u.key_id",
         params,
     ).fetchall()
     return [

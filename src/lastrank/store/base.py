@@ -1,0 +1,238 @@
+"""`BaseStore`: everything the store does, written once over two backends.
+
+A backend (db.py: SQLite, postgres.py: PostgreSQL) supplies connections and transactions:
+
+    _read()                          context manager -> a connection for reads (autocommit)
+    _write(durable=True, lock=None)  context manager -> a connection inside a write transaction,
+                                     committed on exit, durable when it returns if `durable`;
+                                     `lock="api_keys"` keeps every other key writer out until then
+    _clock(conn)                     seconds since the epoch, for the rate-limit buckets
+    _for_update                      the row-locking clause (" FOR UPDATE", or "" where the
+                                     transaction already excludes other writers)
+    location                         where the data lives, for messages (never a password)
+
+A connection is anything with `execute(sql, params)` returning a cursor (`fetchone`, `fetchall`,
+iteration, `rowcount`) that takes `?` placeholders: sqlite3's own, or postgres.py's thin adapter. The SQL
+in keys.py, ledger.py, refusals.py and ratelimit.py is the subset both databases run unchanged.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import AbstractContextManager
+from datetime import date, datetime
+
+from lastrank.errors import LastrankError
+from lastrank.store import keys as _keys
+from lastrank.store import ledger as _ledger
+from lastrank.store import ratelimit as _rate
+from lastrank.store import refusals as _refusals
+from lastrank.store.keys import KeyRecord
+from lastrank.store.ledger import UsageRow
+
+
+class StoreError(LastrankError):
+    """The database cannot be opened or reached, or is not one this version understands."""
+
+    type = "store_error"
+
+
+class BaseStore:
+    #: True where several server processes share this store, so rate limits should be counted here
+    #: (PostgreSQL) rather than in each process's memory (SQLite: one machine, one server process).
+    shared_rate_limits = False
+
+    _for_update = ""
+
+    def __init__(self) -> None:
+        self._recorder: _refusals.RefusalRecorder | None = None
+        self._recorder_lock = threading.Lock()
+        self._recording = True  # False once close() began: a late refusal is dropped, not written
+
+    # ---- provided by the backend -----------------------------------------------------------------
+
+    location: str
+
+    def _read(self) -> AbstractContextManager:
+        raise NotImplementedError
+
+    def _write(self, *, durable: bool = True, lock: str | None = None) -> AbstractContextManager:
+        raise NotImplementedError
+
+    def _clock(self, conn) -> float:
+        raise NotImplementedError
+
+    def schema_version(self) -> int:
+        raise NotImplementedError
+
+    def _close_connections(self) -> None:
+        raise NotImplementedError
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Write pending refusal counts, then close every connection. The store cannot be used afterwards."""
+        with self._recorder_lock:
+            recorder, self._recorder = self._recorder, None
+            self._recording = False
+        try:
+            if recorder is not None:
+                recorder.close()
+        except Exception:  # counts of unbilled requests: worth a log line, not a failed shutdown
+            _refusals.log.exception("could not write the last refused-request counts")
+        finally:
+            self._close_connections()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- keys ------------------------------------------------------------------------------------
+
+    def create_key(
+        self, name: str, requests_per_minute: int | None = None, documents_per_minute: int | None = None
+    ) -> tuple[KeyRecord, str]:
+        """A new key. Returns its record and the plaintext, which is not stored and cannot be shown again."""
+        name = _keys.check_name(name)
+        rpm = _keys.check_limit("requests_per_minute", requests_per_minute)
+        dpm = _keys.check_limit("documents_per_minute", documents_per_minute)
+        with self._write(lock="api_keys") as conn:
+            return _keys.create_key(conn, name, rpm, dpm)
+
+    def verify_key(self, plaintext: str) -> KeyRecord | None:
+        """The active key this plaintext belongs to; None for unknown, malformed or revoked keys."""
+        with self._read() as conn:
+            return _keys.verify_key(conn, plaintext)
+
+    def get_key(self, id_or_name: str) -> KeyRecord:
+        """A key by id, displayed prefix, or active name (raises NotFoundError)."""
+        with self._read() as conn:
+            return _keys.get_key(conn, id_or_name)
+
+    def list_keys(self, include_revoked: bool = True) -> list[KeyRecord]:
+        with self._read() as conn:
+            return _keys.list_keys(conn, include_revoked)
+
+    def revoke_key(self, id_or_name: str) -> KeyRecord:
+        """Revoke by id, displayed prefix or active name; revoking a revoked key (by id) changes nothing."""
+        with self._write(lock="api_keys") as conn:
+            return _keys.revoke_key(conn, id_or_name)
+
+    def has_active_keys(self) -> bool:
+        with self._read() as conn:
+            return _keys.has_active_keys(conn)
+
+    # ---- ledger ----------------------------------------------------------------------------------
+
+    def record_usage(self, row: UsageRow) -> bool:
+        """Write one ledger row; committed and durable when this returns.
+
+        Returns False (and writes nothing) when a row with this request_id already exists, whichever
+        process or machine wrote it.
+        """
+        if not isinstance(row, UsageRow):
+            raise TypeError(f"record_usage takes a UsageRow, got {type(row).__name__}")
+        with self._write() as conn:
+            return _ledger.insert(conn, row)
+
+    def get_usage(self, request_id: str) -> UsageRow | None:
+        with self._read() as conn:
+            return _ledger.get(conn, request_id)
+
+    def list_usage(
+        self, key: str | None = None, since: date | datetime | str | None = None, limit: int | None = None
+    ) -> list[UsageRow]:
+        """Ledger rows, oldest first, optionally for one key (id, prefix or name) and from a day on."""
+        bound = _ledger.since_bound(since)
+        with self._read() as conn:
+            return _ledger.list_rows(conn, _key_ids(conn, key), bound, limit)
+
+    def count_usage(self, key: str | None = None, since: date | datetime | str | None = None) -> int:
+        bound = _ledger.since_bound(since)
+        with self._read() as conn:
+            return _ledger.count(conn, _key_ids(conn, key), bound)
+
+    def usage_summary(self, key: str | None = None, since: date | datetime | str | None = None) -> list[dict]:
+        """Totals per key and UTC day, ordered by day, then the keyless rows, then key id.
+
+        `key` is a key id, displayed prefix, or name (a name covers every key that ever had it, so a rotated
+        key's history stays together). `since` is a date, a "YYYY-MM-DD" string (UTC day, inclusive), or
+        an aware datetime (refusals are counted per day, so from that day on). Each dict: day, key_id,
+        key_name, requests (ledger rows + refusals), errors (ledger rows with status >= 400 + refusals:
+        requests that were not billed), documents, prompt_tokens, blocks, cost_usd.
+        """
+        bound = _ledger.since_bound(since)
+        with self._read() as conn:
+            ids = _key_ids(conn, key)
+            rows = {(r["day"], r["key_id"]): r for r in _ledger.summary(conn, ids, bound)}
+            for day, key_id, name, n in _refusals.per_key_and_day(conn, ids, bound):
+                r = rows.setdefault((day, key_id), {
+                    "day": day, "key_id": key_id, "key_name": name, "requests": 0, "errors": 0, "documents": 0,
+                    "prompt_tokens": 0, "blocks": 0, "cost_usd": 0.0,
+                })
+                r["requests"] += n
+                r["errors"] += n
+        return [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1] is not None, k[1] or ""))]
+
+    # ---- refusals (counted, never billed) ----------------------------------------------------------
+
+    def record_refusal(self, key_id: str | None, route: str, status: int, model: str) -> None:
+        """Count one refused request (4xx/5xx, not billed). Never blocks on the database and never raises
+        (the API calls it while answering); a background thread writes the counts."""
+        try:
+            with self._recorder_lock:
+                if not self._recording:
+                    _refusals.log.warning("a refused request after the store was closed was not counted")
+                    return
+                if self._recorder is None:
+                    self._recorder = _refusals.RefusalRecorder(self)
+                recorder = self._recorder
+            recorder.record(key_id, route, status, model)
+        except Exception:
+            _refusals.log.exception("could not count a refused request")
+
+    def flush_refusals(self) -> None:
+        """Write the refusals recorded so far (e.g. before reading them back)."""
+        with self._recorder_lock:
+            recorder = self._recorder
+        if recorder is not None:
+            recorder.flush()
+
+    def record_refusals(self, counts: dict[tuple[str, str, str, int, str], int]) -> None:
+        """Add counts keyed (day, key_id or '', route, status, model) in one transaction."""
+        if counts:
+            with self._write(durable=False) as conn:
+                _refusals.add(conn, counts)
+
+    def list_refusals(self, key: str | None = None, since: date | datetime | str | None = None) -> list[dict]:
+        """The refusal counters (written ones: see flush_refusals), one dict per day/key/route/status/model."""
+        bound = _ledger.since_bound(since)
+        with self._read() as conn:
+            return _refusals.list_rows(conn, _key_ids(conn, key), bound)
+
+    # ---- rate limits shared through the store ----------------------------------------------------
+
+    def take_rate_limit(
+        self, key_id: str, *, requests_per_minute: int | None, documents_per_minute: int | None, documents: int
+    ) -> tuple[float, str] | None:
+        """Take 1 request and `documents` documents from the key's buckets, or nothing.
+
+        Returns None when taken, else (seconds until it would pass, "requests" or "documents": the bucket
+        that is short longest). A limit of None is no bucket.
+        """
+        wants = []
+        if requests_per_minute is not None:
+            wants.append(_rate.Want("requests", requests_per_minute, 1))
+        if documents_per_minute is not None:
+            wants.append(_rate.Want("documents", documents_per_minute, documents))
+        if not wants:
+            return None
+        with self._write(durable=False) as conn:
+            short = _rate.take(conn, key_id, wants, self._clock(conn), for_update=self._for_update)
+        return None if short is None else (short[0], short[1].kind)
+
+
+def _key_ids(conn, key: str | None) -> list[str] | None:
+    return None if key is None else _keys.resolve_ids_for_usage(conn, key)

@@ -1,0 +1,148 @@
+"""A real, throwaway PostgreSQL server for the tests: `instance()` starts one per test process (on first
+use) and stops it at exit; `instance().new_database()` gives each test an empty database.
+
+Where the server comes from, first match wins:
+- $LASTRANK_TEST_POSTGRES_URL: an existing server (e.g. a CI service); the tests create databases in it.
+- PostgreSQL's own binaries: $LASTRANK_TEST_PG_BINDIR, else /usr/lib/postgresql/<newest>/bin (Debian's
+  `postgresql-15` package), else `initdb`/`pg_ctl` on PATH. `initdb` and `postgres` refuse to run as root,
+  so as root they run as the `postgres` user (or `nobody`) through `runuser`, in a temporary folder that
+  user owns. The cluster listens on 127.0.0.1 on a free port and is started with fsync=off: these tests
+  check what the store sends and when it commits, not the disk under a crashing database server.
+
+No server at all is an error with instructions, never a skip: the PostgreSQL store's tests must run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+
+URL_ENV = "LASTRANK_TEST_POSTGRES_URL"
+BINDIR_ENV = "LASTRANK_TEST_PG_BINDIR"
+
+_HOW_TO_INSTALL = (
+    "the PostgreSQL store's tests need a PostgreSQL server: install it (Debian/Ubuntu: apt-get install -y "
+    f"postgresql-15; .ci/run does this), point ${BINDIR_ENV} at a folder holding initdb and pg_ctl, or set "
+    f"${URL_ENV} to a server's URL"
+)
+
+
+class PostgresUnavailable(RuntimeError):
+    pass
+
+
+def _bindir() -> Path:
+    if os.environ.get(BINDIR_ENV):
+        return Path(os.environ[BINDIR_ENV])
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).parent
+    raise PostgresUnavailable(_HOW_TO_INSTALL)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalPostgres:
+    """A cluster in a temporary folder, run by this test process."""
+
+    def __init__(self):
+        self.bindir = _bindir()
+        self.user = None
+        if os.geteuid() == 0:  # root: run the server as an unprivileged user
+            for name in ("postgres", "nobody"):
+                try:
+                    self.user = pwd.getpwnam(name)
+                    break
+                except KeyError:
+                    continue
+            if self.user is None:
+                raise PostgresUnavailable("running as root and there is no 'postgres' or 'nobody' user to run PostgreSQL as")
+        self.dir = Path(tempfile.mkdtemp(prefix="lastrank-pg-"))
+        if self.user is not None:
+            os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
+        self.data = self.dir / "data"
+        self.log = self.dir / "server.log"
+        self._run(["initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8",
+                   "--locale=C"])
+        for _ in range(5):  # a free port can be taken between the check and the start: retry
+            self.port = _free_port()
+            options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+                       "-c full_page_writes=off -c max_connections=200")
+            done = self._run(["pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options,
+                              "start"], check=False)
+            if done.returncode == 0:
+                break
+        else:
+            raise PostgresUnavailable(f"PostgreSQL did not start:\n{self.log.read_text(errors='replace')[-2000:]}")
+        self.admin_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
+        argv = [str(self.bindir / argv[0]), *argv[1:]]
+        if self.user is not None:
+            argv = ["runuser", "-u", self.user.pw_name, "--", *argv]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=self.dir)
+        if check and done.returncode != 0:
+            raise PostgresUnavailable(f"{' '.join(argv)} failed:\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def new_database(self) -> str:
+        return _create_database(self.admin_url)
+
+    def stop(self) -> None:
+        self._run(["pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop"], check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ExistingPostgres:
+    """A server someone else runs, named by $LASTRANK_TEST_POSTGRES_URL (its user may create databases)."""
+
+    def __init__(self, url: str):
+        self.admin_url = url
+
+    def new_database(self) -> str:
+        return _create_database(self.admin_url)
+
+    def stop(self) -> None:
+        pass
+
+
+def _create_database(admin_url: str) -> str:
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = admin_url.rpartition("/")
+    return f"{base}/{name}" if "://" in admin_url else make_conninfo(admin_url, dbname=name)
+
+
+_instance = None
+_lock = threading.Lock()
+
+
+def instance():
+    """The server of this test process, started on first use and stopped at exit."""
+    global _instance
+    with _lock:
+        if _instance is None:
+            url = os.environ.get(URL_ENV)
+            _instance = ExistingPostgres(url) if url else LocalPostgres()
+            atexit.register(_instance.stop)
+        return _instance

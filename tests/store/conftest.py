@@ -1,0 +1,35 @@
+"""The store's contract tests run against both backends: every test taking `store` or `target` runs once on
+a SQLite file and once on a fresh database of a real PostgreSQL server (tests/postgres_server.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+import postgres_server
+from lastrank.store import open_store
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def target(backend, tmp_path) -> str:
+    """What open_store takes: a fresh SQLite path, or the URL of a fresh, empty PostgreSQL database."""
+    if backend == "sqlite":
+        return str(tmp_path / "lastrank.db")
+    return postgres_server.instance().new_database()
+
+
+@pytest.fixture
+def store(target):
+    s = open_store(target)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def pg_url() -> str:
+    """A fresh, empty PostgreSQL database, for tests of that backend's own mechanics."""
+    return postgres_server.instance().new_database()
