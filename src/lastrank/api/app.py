@@ -28,6 +28,7 @@ from lastrank.api.auth import Authenticator
 from lastrank.api.handler import CLIENT_CLOSED_REQUEST, ServerState
 from lastrank.api.limits import RateLimiter
 from lastrank.api.metrics import Metrics
+from lastrank.api.refusals import count_refusal
 from lastrank.api.routes import router
 from lastrank.api.settings import ServerSettings
 from lastrank.types import new_request_id
@@ -69,6 +70,7 @@ class RequestContextMiddleware:
             path = scope.get("path", "")
             route = path if path in KNOWN_ROUTES else "other"
             self.metrics.observe_http(route, status_holder["status"], time.monotonic() - started)
+            count_refusal(scope, status_holder["status"])  # 4xx/5xx of rerank routes, for `lastrank usage`; never raises
 
 
 class BodyLimitMiddleware:

@@ -265,6 +265,7 @@ async def handle_rerank(request: Request, route: str, route_dialect=None) -> Res
     started = time.monotonic()
 
     key = await run_in_threadpool(state.auth.authenticate, request.headers.get("authorization"))
+    request.state.key_id = None if key is None else key.id  # who a refusal is counted for (api/refusals.py)
     if not state.ready or state.scheduler is None:
         raise api_errors.NotReadyError(state.load_error or "the model is loading; retry shortly", retry_after=2.0)
 
