@@ -29,6 +29,7 @@ from lastrank.api.handler import CLIENT_CLOSED_REQUEST, ServerState
 from lastrank.api.limits import RateLimiter
 from lastrank.api.metrics import Metrics
 from lastrank.api.refusals import count_refusal
+from lastrank.api.playground import router as playground_router
 from lastrank.api.routes import router
 from lastrank.api.settings import ServerSettings
 from lastrank.types import new_request_id
@@ -199,6 +200,7 @@ def create_app(
     app.state.lastrank = state
     api_errors.install(app)
     app.include_router(router)
+    app.include_router(playground_router)
     api_docs.install(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)  # added last: outermost
