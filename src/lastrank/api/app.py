@@ -138,7 +138,8 @@ def create_app(
         store=store,
         auth=Authenticator(store, open_allowed=settings.loopback or settings.allow_unauthenticated),
         limiter=RateLimiter(default_requests_per_minute=settings.default_requests_per_minute,
-                            default_documents_per_minute=settings.default_documents_per_minute),
+                            default_documents_per_minute=settings.default_documents_per_minute,
+                            store=store),  # used only if the store is shared (PostgreSQL): limits across replicas
         metrics=metrics,
     )
 

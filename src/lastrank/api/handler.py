@@ -277,7 +277,10 @@ async def handle_rerank(request: Request, route: str, route_dialect=None) -> Res
     if isinstance(parsed, ValidationError):
         return api_errors.validation_response(parsed.errors(), request_id)
     dialect, t = parsed
-    state.limiter.check(key, len(t.documents))
+    if state.limiter.store is None:
+        state.limiter.check(key, len(t.documents))
+    else:  # the buckets are in a shared store (PostgreSQL): a database round trip, off the event loop
+        await run_in_threadpool(state.limiter.check, key, len(t.documents))
 
     rr = to_request(t, s, request_id)
     try:

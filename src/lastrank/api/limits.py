@@ -8,7 +8,10 @@ a bucket is short, the answer is 429 with `Retry-After` = the seconds until it h
 A single request with more documents than the key's per-minute allowance could never pass, so it is
 413 (split it), not 429 (retrying would loop forever).
 
-State is in memory, per process: a restart refills every bucket.
+State is in memory, per process (a restart refills every bucket), unless the store is shared by several
+server processes (PostgreSQL, `store.shared_rate_limits`): then the buckets are rows in the store
+(store/ratelimit.py, the same arithmetic) and every process sharing it spends from the same allowance.
+`check` then makes a database round trip, so the handler calls it from a worker thread when `store` is set.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 from lastrank.errors import PayloadTooLargeError, RateLimitedError
+from lastrank.store.ratelimit import refill, wait_for
 
 
 @dataclass
@@ -27,23 +31,25 @@ class _Bucket:
     updated: float
 
     def refill(self, now: float) -> None:
-        rate = self.capacity / 60.0
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * rate)
+        self.tokens = refill(self.capacity, self.tokens, self.updated, now)
         self.updated = now
 
     def wait_for(self, amount: float) -> float:
         """Seconds until `amount` tokens are available (0 if they are now)."""
-        if self.tokens >= amount:
-            return 0.0
-        return (amount - self.tokens) / (self.capacity / 60.0)
+        return wait_for(self.capacity, self.tokens, amount)
+
+
+def _refuse(wait: float, what: str):
+    raise RateLimitedError(f"rate limit exceeded for this API key ({what}); retry in {wait:.1f} s", retry_after=wait)
 
 
 class RateLimiter:
     def __init__(self, *, default_requests_per_minute: int | None = None,
-                 default_documents_per_minute: int | None = None, clock=time.monotonic):
+                 default_documents_per_minute: int | None = None, clock=time.monotonic, store=None):
         self.default_rpm = default_requests_per_minute
         self.default_dpm = default_documents_per_minute
         self.clock = clock
+        self.store = store if getattr(store, "shared_rate_limits", False) else None  # else: in memory
         self._lock = threading.Lock()
         self._buckets: dict[tuple[str, str], _Bucket] = {}
 
@@ -72,6 +78,13 @@ class RateLimiter:
                 f"this request has {documents} documents but this API key may rank at most {dpm} documents "
                 f"per minute; split the request"
             )
+        if self.store is not None:
+            short = self.store.take_rate_limit(key.id, requests_per_minute=rpm, documents_per_minute=dpm,
+                                               documents=documents)
+            if short is not None:
+                wait, kind = short
+                _refuse(wait, f"{rpm} requests per minute" if kind == "requests" else f"{dpm} documents per minute")
+            return
         with self._lock:
             now = self.clock()
             rb = self._bucket(key.id, "requests", rpm, now) if rpm is not None else None
@@ -82,9 +95,7 @@ class RateLimiter:
             if db is not None and documents and db.wait_for(documents) > 0:
                 waits.append((db.wait_for(documents), f"{dpm} documents per minute"))
             if waits:
-                wait, what = max(waits)
-                raise RateLimitedError(f"rate limit exceeded for this API key ({what}); retry in {wait:.1f} s",
-                                       retry_after=wait)
+                _refuse(*max(waits))
             if rb is not None:
                 rb.tokens -= 1
             if db is not None:
