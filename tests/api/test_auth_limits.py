@@ -58,7 +58,9 @@ def test_keys_required_once_one_exists(client, store):
         assert client.get(path).status_code == 200, path
 
 
-def test_revoked_key_is_403_and_auth_stays_on(client, store):
+def test_revoked_key_is_403_and_auth_stays_on(make_client, store):
+    # without the verification cache (its TTL delay is tested in tests/api/test_reliability.py)
+    client = make_client(key_cache_ttl_s=0)
     rec, key = store.create_key("bob")
     assert call(client, "post", "/v1/rerank", INFERENCE[0][2], key=key).status_code == 200
     store.revoke_key(rec.id)

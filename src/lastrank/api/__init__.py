@@ -32,8 +32,8 @@ Decisions (each tested in tests/api):
 - Scores are the model's cosine in [-1, 1], unchanged, in every dialect except TEI without
   raw_scores, where they are mapped to [0, 1] as (1 + s) / 2 (monotonic: same order).
 - score_threshold (lastrank extension, Jina/Cohere v1 and Cohere v2; TEI ignores it as an unknown
-  field): a finite JSON number (a string, bool, NaN, Infinity or a number too large for a float is a
-  422), null = none. Order: rank every document, drop results with relevance_score < threshold (equal
+  field): a finite JSON number (a string, a bool or an integer too large for a float is a 422; NaN,
+  Infinity and 1e999 are not JSON and are refused with the body, below), null = none. Order: rank every document, drop results with relevance_score < threshold (equal
   is kept, on the same scale as the returned scores), then top_n: a threshold that leaves fewer than
   top_n results returns fewer. With a threshold the engine is asked for the whole ranked list and the
   handler cuts it. Billing is unchanged: every document sent was ranked.
@@ -49,9 +49,10 @@ Decisions (each tested in tests/api):
   their first 2048 tokens before ranking" and "the query was truncated to its first 512 tokens before
   ranking". Indices are named (at most 10) when Usage.doc_tokens identifies them.
 - search_units (Cohere's meta.billed_units) = ceil(documents / 100), 0 for no documents.
-- Status codes (api/errors.py is the one table): malformed JSON, invalid UTF-8, a non-object body,
+- Status codes (api/errors.py is the one table): malformed JSON (NaN, Infinity, -Infinity or a number
+  that overflows a float anywhere in the body included, on every route), invalid UTF-8, a non-object body,
   empty query, document objects without text -> 400; schema violations (wrong types, nulls in required
-  fields, negative numbers, a query object without text, a non-finite score_threshold) -> 422; too
+  fields, negative numbers, a query object without text) -> 422; too
   many documents, too long a document or query, a body over --max-body-bytes (bytes counted as they
   arrive), a request bigger than the queue -> 413; unknown model or route -> 404; missing/wrong key ->
   401; revoked key -> 403; per-key rate limit -> 429 + Retry-After; queue full, model loading -> 503 +

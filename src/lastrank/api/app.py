@@ -6,9 +6,17 @@
                                                     answers while the model loads and /ready says 503
 
 Middleware, outermost first:
-  RequestContext   request id (X-Request-Id on every response), per-route metrics
+  RequestContext   request id (X-Request-Id on every response), per-route metrics; an unexpected exception
+                   becomes the JSON 500 (with `Connection: close`) here, so the server never has to drop
+                   a keep-alive connection mid-cycle
   BodyLimit        counts the body bytes as they arrive (Content-Length is not trusted) and answers
-                   413 past --max-body-bytes; the body is buffered and replayed to the app
+                   413 past --max-body-bytes, 408 when the body takes longer than --body-timeout-s; the
+                   body is buffered and replayed to the app
+
+`http_protocol(settings)` is the HTTP/1.1 protocol `lastrank serve` hands uvicorn: its h11 protocol plus a
+header timeout (--header-timeout-s: a connection that has not sent a complete request head that long
+after opening, or after its last response, is closed) and a connection cap (--max-connections: a
+connection past the cap gets a 503 and is closed at once), so stalled sockets cannot pile up.
 """
 
 from __future__ import annotations
@@ -62,7 +70,13 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            try:
+                await self.app(scope, receive, send_wrapper)
+            except Exception:
+                if status_holder["status"] != CLIENT_CLOSED_REQUEST:
+                    raise  # the response had started: nothing to answer; uvicorn closes the connection
+                response = api_errors.internal_error_response(request_id)
+                await response(scope, receive, send_wrapper)
         except BaseException:
             if status_holder["status"] == CLIENT_CLOSED_REQUEST:
                 status_holder["status"] = 500
@@ -75,9 +89,10 @@ class RequestContextMiddleware:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app, max_body_bytes: int):
+    def __init__(self, app, max_body_bytes: int, body_timeout_s: float | None = None):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
@@ -87,7 +102,13 @@ class BodyLimitMiddleware:
 
         async def too_large():
             message = f"the request body exceeds this server's limit of {limit} bytes"
-            response = api_errors.error_response(413, message, "payload_too_large", request_id=request_id)
+            # Closed after the answer: the rest of the body is never read.
+            response = api_errors.error_response(413, message, "payload_too_large", request_id=request_id, close=True)
+            await response(scope, receive, send)
+
+        async def too_slow():
+            message = f"the request body was not received within {self.body_timeout_s:g} s"
+            response = api_errors.error_response(408, message, "request_timeout", request_id=request_id)
             await response(scope, receive, send)
 
         for name, value in scope.get("headers", []):
@@ -99,8 +120,16 @@ class BodyLimitMiddleware:
                     pass
         chunks = []
         size = 0
+        # One deadline for the whole body, so a client trickling a byte at a time cannot hold it forever.
+        deadline = None if not self.body_timeout_s else time.monotonic() + self.body_timeout_s
         while True:
-            message = await receive()
+            if deadline is None:
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    return await too_slow()
             if message["type"] == "http.disconnect":
                 return  # the client left before sending its body; nothing to answer
             chunk = message.get("body", b"")
@@ -136,7 +165,8 @@ def create_app(
     state = ServerState(
         settings=settings,
         store=store,
-        auth=Authenticator(store, open_allowed=settings.loopback or settings.allow_unauthenticated),
+        auth=Authenticator(store, open_allowed=settings.loopback or settings.allow_unauthenticated,
+                           cache_ttl_s=settings.key_cache_ttl_s),
         limiter=RateLimiter(default_requests_per_minute=settings.default_requests_per_minute,
                             default_documents_per_minute=settings.default_documents_per_minute,
                             store=store),  # used only if the store is shared (PostgreSQL): limits across replicas
@@ -203,9 +233,67 @@ def create_app(
     app.include_router(router)
     app.include_router(playground_router)
     api_docs.install(app)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,
+                       body_timeout_s=settings.body_timeout_s)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)  # added last: outermost
     return app
 
 
-__all__ = ["create_app"]
+# Sent to a connection over --max-connections before closing it: no request was read, so no h11 state.
+_OVER_CAPACITY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                  b"retry-after: 1\r\nconnection: close\r\ncontent-length: 37\r\n\r\n"
+                  b"too many open connections; retry soon")
+
+
+def http_protocol(settings: ServerSettings) -> type:
+    """uvicorn's h11 protocol with the header timeout and the connection cap of `settings` (module docstring).
+
+    Pass it as `uvicorn.Config(app, http=http_protocol(settings))`. A timeout or cap of None disables it."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    header_timeout_s = settings.header_timeout_s
+    max_connections = settings.max_connections
+
+    class GuardedH11Protocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            over = max_connections is not None and len(self.connections) >= max_connections
+            super().connection_made(transport)
+            if over:
+                log.warning("connection refused: %d connections open (--max-connections)", len(self.connections) - 1)
+                transport.write(_OVER_CAPACITY)
+                transport.close()
+                return
+            self._arm_header_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm_header_timer()  # the next request's head must arrive in time too
+
+        def connection_lost(self, exc) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm_header_timer(self) -> None:
+            if not header_timeout_s:
+                return
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            self._header_timer = self.loop.call_later(header_timeout_s, self._header_timeout, self.cycle)
+
+        def _header_timeout(self, cycle) -> None:
+            # Close only if no request has started since the timer was armed (the cycle is the same
+            # and finished): a request being served, or its body being read, is not this timer's business.
+            self._header_timer = None
+            if self.transport.is_closing() or self.cycle is not cycle:
+                return
+            if cycle is None or cycle.response_complete:
+                self.transport.close()
+
+    return GuardedH11Protocol
+
+
+__all__ = ["create_app", "http_protocol"]

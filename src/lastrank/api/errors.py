@@ -8,7 +8,9 @@ Every error body, whatever the route or dialect, has the same shape:
 
 Retryable errors (429, 503, 504) carry a `Retry-After` header (whole seconds), 401 a
 `WWW-Authenticate: Bearer`. Anything unexpected becomes a 500 with the request id and a logged stack;
-the bad-input table in tests/api asserts that no client input reaches it.
+the bad-input table and the fuzz test in tests/api assert that no client input reaches it. Every 500
+(and 408) says `Connection: close`, so the server closes the connection cleanly after it: whatever
+broke, no pipelined request is left waiting on a connection in an unknown state.
 """
 
 from __future__ import annotations
@@ -81,8 +83,11 @@ def error_body(message: str, type_: str, status: int, **extra) -> dict:
 
 
 def error_response(status: int, message: str, type_: str, *, retry_after: float | None = None,
-                   request_id: str | None = None, **extra) -> JSONResponse:
+                   request_id: str | None = None, close: bool | None = None, **extra) -> JSONResponse:
+    """`close` (default: for 500 and 408) adds `Connection: close`; uvicorn then closes after sending."""
     headers = {}
+    if close if close is not None else status in (408, 500):
+        headers["Connection"] = "close"
     if retry_after is None and status in DEFAULT_RETRY_AFTER_S:
         retry_after = DEFAULT_RETRY_AFTER_S[status]
     if retry_after is not None:
@@ -146,7 +151,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        rid = _request_id(request)
-        log.exception("request %s: unexpected error", rid)
-        return error_response(500, f"internal server error (request id {rid}); this is a bug", "internal_error",
-                              request_id=rid)
+        # Normally unreachable: RequestContextMiddleware (app.py) answers unexpected errors first.
+        return internal_error_response(_request_id(request))
+
+
+def internal_error_response(request_id: str | None) -> JSONResponse:
+    """The 500 for an unexpected exception (the caller is inside its `except`, so the stack is logged)."""
+    log.exception("request %s: unexpected error", request_id)
+    return error_response(500, f"internal server error (request id {request_id}); this is a bug", "internal_error",
+                          request_id=request_id)

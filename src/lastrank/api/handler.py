@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from lastrank.api import errors as api_errors
-from lastrank.api.auth import Authenticator
+from lastrank.api.auth import Authenticator, other_key_header
 from lastrank.api.dialects import jina, tei
 from lastrank.api.dialects.base import ResponseInfo, Translated
 from lastrank.api.limits import RateLimiter
@@ -92,11 +92,31 @@ def search_units(documents: int) -> int:
     return math.ceil(documents / 100) if documents else 0
 
 
+class _NonFiniteNumber(ValueError):
+    pass
+
+
+def _reject_constant(name: str):
+    # Python's parser accepts NaN, Infinity and -Infinity; JSON does not, and the response renderer
+    # would refuse them after the model ran. Strict: the whole body is a 400 before any work.
+    raise _NonFiniteNumber(f"{name} is not a JSON value (JSON has no NaN or Infinity; send a finite number or null)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 and the like overflow to inf
+        shown = text if len(text) <= 24 else text[:24] + "..."
+        raise _NonFiniteNumber(f"the number {shown} is too large for a 64-bit float")
+    return value
+
+
 def parse_json(raw: bytes) -> Any:
+    """The body as JSON, strictly: NaN, Infinity, -Infinity and numbers that overflow a float are refused
+    anywhere in it (InvalidRequestError, a 400), as are invalid UTF-8 and malformed JSON."""
     if not raw:
         raise InvalidRequestError("the request body is empty; send a JSON object")
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except UnicodeDecodeError:
         raise InvalidRequestError("the request body is not valid UTF-8") from None
     except json.JSONDecodeError as e:
@@ -264,7 +284,12 @@ async def handle_rerank(request: Request, route: str, route_dialect=None) -> Res
     request_id: str = request.state.request_id
     started = time.monotonic()
 
-    key = await run_in_threadpool(state.auth.authenticate, request.headers.get("authorization"))
+    # A key verified in the last few seconds skips the thread hop and SQLite (Authenticator.cached).
+    authorization = request.headers.get("authorization")
+    key = state.auth.cached(authorization)
+    if key is None:
+        key = await run_in_threadpool(state.auth.authenticate, authorization,
+                                      other_key_header=other_key_header(request.headers))
     request.state.key_id = None if key is None else key.id  # who a refusal is counted for (api/refusals.py)
     if not state.ready or state.scheduler is None:
         raise api_errors.NotReadyError(state.load_error or "the model is loading; retry shortly", retry_after=2.0)

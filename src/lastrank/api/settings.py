@@ -18,6 +18,7 @@ class ServerSettings:
     port: int = 8080
     # auth: with no active key the server is open, which only a loopback host (or this flag) allows
     allow_unauthenticated: bool = False
+    key_cache_ttl_s: float = 5.0  # a verified key is reused this long; revocation takes effect within it
     # billing
     price_per_1k_docs: float = 0.008  # USD
     # request limits (each gives 413 when exceeded)
@@ -25,6 +26,12 @@ class ServerSettings:
     max_documents: int = 10_000
     max_document_chars: int = 200_000
     max_query_chars: int = 20_000
+    # stalled connections (None disables): the request head must arrive within header_timeout_s of the
+    # connection opening or of the previous response, the body within body_timeout_s (408); connections
+    # past max_connections are refused with a 503
+    header_timeout_s: float | None = 10.0
+    body_timeout_s: float | None = 60.0
+    max_connections: int | None = 1024
     # engine defaults when a request leaves them out (the reference rerank() defaults)
     default_max_doc_length: int = 2048
     default_max_query_length: int = 512

@@ -64,6 +64,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="rate limit for keys created without one (default: none; 429)")
     g.add_argument("--default-documents-per-minute", type=positive_int, default=None, metavar="D",
                    help="document rate limit for keys created without one (default: none; 429)")
+    g.add_argument("--header-timeout-s", type=nonneg_float, default=d.header_timeout_s,
+                   help="close a connection whose request head is not in within this many seconds; 0 disables "
+                        "(default: %(default)s)")
+    g.add_argument("--body-timeout-s", type=nonneg_float, default=d.body_timeout_s,
+                   help="time to receive a request body; 0 disables (default: %(default)s; 408)")
+    g.add_argument("--max-connections", type=positive_int, default=d.max_connections,
+                   help="open connections; more are refused (default: %(default)s; 503)")
+    g.add_argument("--key-cache-s", type=nonneg_float, default=d.key_cache_ttl_s,
+                   help="reuse a verified API key this long; a revoked key works until it ends; 0 disables "
+                        "(default: %(default)s)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--no-access-log", action="store_true", help="do not log each request")
     p.set_defaults(func=run)
@@ -90,13 +100,17 @@ def build_settings(args: argparse.Namespace):
         max_queued_requests=args.max_queued_requests,
         default_requests_per_minute=args.default_requests_per_minute,
         default_documents_per_minute=args.default_documents_per_minute,
+        header_timeout_s=args.header_timeout_s or None,
+        body_timeout_s=args.body_timeout_s or None,
+        max_connections=args.max_connections,
+        key_cache_ttl_s=args.key_cache_s,
     )
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from lastrank.api.app import create_app
+    from lastrank.api.app import create_app, http_protocol
     from lastrank.cli.keys import open_store
 
     settings = build_settings(args)
@@ -142,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"lastrank: ledger: {store.path}; /ready turns 200 once the model is loaded", file=sys.stderr, flush=True)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, http=http_protocol(settings),
                     access_log=not args.no_access_log, timeout_graceful_shutdown=30)
     finally:
         store.close()

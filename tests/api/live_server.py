@@ -1,0 +1,79 @@
+"""A real uvicorn server in a thread, for API tests that need real sockets (pipelining, stalls, concurrency).
+
+It runs the same HTTP protocol `lastrank serve` runs (api.app.http_protocol: header timeout, connection
+cap), on 127.0.0.1 and a free port. Imported by test modules (tests/api is put on sys.path by them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import uvicorn
+
+from lastrank.api.app import create_app, http_protocol
+from lastrank.api.settings import ServerSettings
+
+
+class LiveServer:
+    """with LiveServer(settings, store, scheduler=... | engine=...) as srv: srv.url, srv.port, srv.connect()"""
+
+    def __init__(self, settings: ServerSettings, store, **app_kwargs):
+        self.settings = settings
+        self.app = create_app(settings, store, **app_kwargs)
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(self.app, http=http_protocol(settings), log_level="warning", timeout_keep_alive=5)
+        self.server = uvicorn.Server(config)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.server.serve(sockets=[self._sock]))
+
+    def __enter__(self) -> "LiveServer":
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+        ready = time.monotonic() + 60
+        while not self.app.state.lastrank.ready:  # lifespan: the scheduler is started
+            if time.monotonic() > ready:
+                raise RuntimeError("the test server never became ready")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self._thread.join(30)
+        self._sock.close()
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+
+
+def read_until_closed(sock: socket.socket, limit_s: float = 10.0) -> tuple[bytes, bool]:
+    """Everything the server sends until it closes the connection -> (bytes, closed). closed is False when
+    `limit_s` passed with the connection still open (a hang)."""
+    data = b""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            break
+        except ConnectionResetError:
+            return data, True
+        if not chunk:
+            return data, True
+        data += chunk
+    return data, False

@@ -1,0 +1,389 @@
+"""Issue 9: one tenant's input never fails another's, no input yields a 500, stalled sockets are closed.
+
+Every reproduction of the issue is here: nested marker strings in every field and route, NaN / Infinity /
+1e999 anywhere in a body, the two-key isolation run through a real HTTP server, the 500 that must close
+its connection cleanly (raw socket, pipelined), and header / body stalls and the connection cap (raw
+sockets). The fuzz test of the same routes is tests/api/test_fuzz.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lastrank.api.settings import ServerSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from live_server import LiveServer, read_until_closed  # noqa: E402
+
+# The issue's nested marker strings: the official one-pass removal assembles a new marker from each.
+NESTED = [
+    "<|embed_<|embed_token|>token|>",
+    "a<|rerank_<|embed_token|>token|>b",
+    "<|<|embed_token|>embed_token|>",
+    "<|rerank_<|rerank_token|>token|>",
+    "<|<|rerank_token|>rerank_token|>",
+]
+CLEAN = {"query": "how long do fleas live", "documents": ["Fleas live about a year.", "Paris is in France.", "tea"]}
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Nested markers: a 200 in every field, on every route, with the real engine
+
+
+@pytest.fixture(scope="module")
+def engine_client(tiny_reranker, tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    from lastrank.api.app import create_app
+    from lastrank.store import Store
+
+    store = Store(tmp_path_factory.mktemp("rel") / "ledger.db")
+    app = create_app(ServerSettings(model_id="/ckpt/tiny"), store, engine=tiny_reranker.backend)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+    store.close()
+
+
+@pytest.mark.parametrize("text", NESTED)
+def test_nested_markers_in_documents_query_and_instruction_are_ranked(engine_client, text):
+    docs = [text, "x", f"tea {text} leaves"]
+    bodies = [
+        ("/v1/rerank", {"query": "q", "documents": docs}),
+        ("/v1/rerank", {"query": text, "documents": ["x", "y"]}),
+        ("/v1/rerank", {"query": "q", "documents": ["x", "y"], "instruction": text}),
+        ("/v1/rerank", {"query": "q", "documents": [{"text": text, "title": text}], "rank_fields": ["text", "title"]}),
+        ("/v2/rerank", {"model": "jina-reranker-v3", "query": text, "documents": docs}),
+        ("/rerank", {"query": text, "texts": docs}),
+    ]
+    for route, body in bodies:
+        r = engine_client.post(route, json=body)
+        assert r.status_code == 200, (route, body, r.status_code, r.text[:300])
+        results = r.json() if route == "/rerank" else r.json()["results"]
+        assert sorted(x["index"] for x in results) == list(range(len(body.get("documents") or body["texts"])))
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. NaN / Infinity / -Infinity / 1e999 anywhere: 400 "not valid JSON" before any work, on every route
+
+NON_FINITE = [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e999"]
+
+
+def non_finite_bodies(tok: bytes) -> list[tuple[str, bytes]]:
+    return [
+        ("/v1/rerank", b'{"query":"q","documents":[{"text":"a","meta":' + tok + b'}]}'),
+        ("/v1/rerank", b'{"query":"q","documents":[{"text":"a","n":' + tok + b'}],"rank_fields":["n"]}'),
+        ("/v2/rerank", b'{"query":"q","documents":[{"text":"a","meta":' + tok + b'}],"return_documents":true}'),
+        ("/v2/rerank", b'{"query":"q","documents":["a"],"top_n":' + tok + b'}'),
+        ("/rerank", b'{"query":"q","texts":["a"],"extra":[1,2,' + tok + b']}'),
+        ("/rerank", b'{"query":"q","documents":["a"],"score_threshold":' + tok + b'}'),
+    ]
+
+
+@pytest.mark.parametrize("tok", NON_FINITE, ids=[t.decode() for t in NON_FINITE])
+def test_non_finite_numbers_anywhere_are_400_before_any_work(client, fake_scheduler, store, tok):
+    for route, raw in non_finite_bodies(tok):
+        r = client.post(route, content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 400, (route, raw, r.status_code, r.text[:300])
+        assert "not valid JSON" in r.json()["detail"] and r.json()["error"]["type"] == "invalid_request_error"
+    assert fake_scheduler.requests == []  # refused before the model was asked anything
+    # nothing billed: every request of the day is an unbilled error
+    assert all(r["requests"] == r["errors"] and r["cost_usd"] == 0 for r in store.usage_summary())
+
+
+def test_finite_numbers_in_echoed_documents_still_work(client):
+    r = client.post("/v2/rerank", json={"query": "q", "documents": [{"text": "a", "meta": 1e300, "n": -0.0}],
+                                        "return_documents": True})
+    assert r.status_code == 200 and r.json()["results"][0]["document"]["meta"] == 1e300
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Two keys, one hostile: the other key's requests never fail (through a real HTTP server)
+
+
+class RecordingBackend:
+    """The real backend, recording which requests share each run_blocks call; `delay_s` before each call
+    lets concurrent requests pile up so that batches really mix the two keys' requests."""
+
+    def __init__(self, backend, delay_s: float = 0.02):
+        self._backend = backend
+        self.delay_s = delay_s
+        self.calls: list[set[str]] = []
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def run_blocks(self, blocks):
+        with self._lock:
+            self.calls.append({b.request_id for b in blocks})
+        time.sleep(self.delay_s)
+        return self._backend.run_blocks(blocks)
+
+
+def two_key_run(srv: LiveServer, key_a: str, key_b: str, hostile_docs: list[str], rounds: int = 12):
+    """Key A sends hostile documents while key B sends clean requests, 3 threads each, concurrently.
+    -> ({request id: status} for A, same for B)."""
+
+    def send(key: str, docs: list[str], n: int) -> list[tuple[str, int]]:
+        out = []
+        with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+            for i in range(n):
+                r = c.post("/v1/rerank", json={"query": f"fleas {i}", "documents": docs})
+                out.append((r.headers["x-request-id"], r.status_code))
+        return out
+
+    with ThreadPoolExecutor(6) as pool:
+        a = [pool.submit(send, key_a, hostile_docs, rounds) for _ in range(3)]
+        b = [pool.submit(send, key_b, CLEAN["documents"] * 3, rounds) for _ in range(3)]
+        return (dict(x for f in a for x in f.result()), dict(x for f in b for x in f.result()))
+
+
+def mixed_batches(calls: list[set[str]], a_ids, b_ids) -> int:
+    return sum(1 for ids in calls if ids & set(a_ids) and ids & set(b_ids))
+
+
+@pytest.fixture
+def two_keys(store):
+    _, key_a = store.create_key("tenant-a")
+    _, key_b = store.create_key("tenant-b")
+    return key_a, key_b
+
+
+def test_hostile_documents_from_one_key_do_not_fail_another_key(tiny_reranker, store, two_keys):
+    """The issue's attack as it is now: the nested-marker documents rank (200) and key B never fails."""
+    backend = RecordingBackend(tiny_reranker.backend)
+    with LiveServer(ServerSettings(), store, engine=backend) as srv:
+        a, b = two_key_run(srv, *two_keys, hostile_docs=NESTED + ["x"])
+    assert set(b.values()) == {200}, b
+    assert set(a.values()) == {200}, a
+    assert mixed_batches(backend.calls, a, b) > 0  # the keys really shared batches
+
+
+def test_a_failing_block_fails_only_its_own_request(tiny_reranker, store, two_keys, monkeypatch):
+    """The issue's defect 2 itself: with sanitising regressed to the official one pass and the prompt's own
+    marker check off, the nested documents reach the model and make it fail (3 markers for 2 documents).
+    Only key A's requests may fail, with a clean error; key B gets zero failures."""
+    import lastrank.engine.prompt as prompt_mod
+
+    monkeypatch.setattr(prompt_mod, "sanitize", lambda t: t.replace("<|rerank_token|>", "").replace("<|embed_token|>", ""))
+    monkeypatch.setattr(prompt_mod, "_check_markers", lambda prompt, n: None)
+    backend = RecordingBackend(tiny_reranker.backend)
+    with LiveServer(ServerSettings(), store, engine=backend) as srv:
+        a, b = two_key_run(srv, *two_keys, hostile_docs=["<|embed_<|embed_token|>token|>", "x"])
+        assert httpx.get(srv.url + "/ready").status_code == 200  # the worker survived
+    assert set(b.values()) == {200}, b
+    assert set(a.values()) == {500}, a  # a model failure: this request's own, not a client error
+    assert mixed_batches(backend.calls, a, b) > 0  # so B's requests were rerun alone after shared failures
+
+
+def test_the_defensive_marker_check_is_the_requests_own_400(engine_client, monkeypatch):
+    import lastrank.engine.prompt as prompt_mod
+
+    monkeypatch.setattr(prompt_mod, "sanitize", lambda t: t.replace("<|rerank_token|>", "").replace("<|embed_token|>", ""))
+    r = engine_client.post("/v1/rerank", json={"query": "q", "documents": ["<|embed_<|embed_token|>token|>", "x"]})
+    assert r.status_code == 400 and "document markers" in r.json()["detail"], r.text
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. An unexpected exception: a JSON 500 with Connection: close, and the connection closed cleanly
+
+
+def raw_post(path: str, body: dict, extra: str = "") -> bytes:
+    data = json.dumps(body).encode()
+    return (f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            f"{extra}\r\n").encode() + data
+
+
+def test_a_500_closes_the_connection_cleanly_and_no_pipelined_request_hangs(store, fake_scheduler):
+    real_submit = fake_scheduler.submit
+
+    async def submit(request):
+        if request.query == "boom":
+            raise RuntimeError("a bug nobody anticipated")
+        return await real_submit(request)
+
+    fake_scheduler.submit = submit
+    with LiveServer(ServerSettings(), store, scheduler=fake_scheduler) as srv:
+        with srv.connect() as s:
+            # two requests in one write: the first hits the bug, the second is pipelined behind it
+            s.sendall(raw_post("/v1/rerank", {"query": "boom", "documents": ["a"]})
+                      + b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            data, closed = read_until_closed(s)
+        assert closed, f"the connection hung after the 500: {data!r}"
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 500 ")
+        assert b"connection: close" in head.lower()
+        body = json.loads(rest[: int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                          if line.lower().startswith(b"content-length")))])
+        assert body["error"]["type"] == "internal_error" and "this is a bug" in body["detail"]
+        assert b"HTTP/1.1" not in rest  # the pipelined request was not answered on a closing connection
+        # the server itself is fine
+        assert httpx.post(srv.url + "/v1/rerank", json=CLEAN).status_code == 200
+
+
+def test_a_model_error_500_also_closes_cleanly(store, fake_scheduler):
+    from lastrank.errors import ModelError
+
+    async def broken(request):
+        raise ModelError("CUDA out of memory")
+
+    fake_scheduler.submit = broken
+    with LiveServer(ServerSettings(), store, scheduler=fake_scheduler) as srv, srv.connect() as s:
+        s.sendall(raw_post("/v1/rerank", CLEAN) + raw_post("/v1/rerank", CLEAN))
+        data, closed = read_until_closed(s)
+    assert closed and data.startswith(b"HTTP/1.1 500 ") and b"connection: close" in data.lower()
+    assert data.count(b"HTTP/1.1 ") == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. Stalled connections: header and body timeouts, the connection cap (raw sockets)
+
+
+def test_a_connection_that_sends_nothing_or_a_partial_head_is_closed(store, fake_scheduler):
+    with LiveServer(ServerSettings(header_timeout_s=0.5), store, scheduler=fake_scheduler) as srv:
+        silent = srv.connect()
+        partial = srv.connect()
+        partial.sendall(b"POST /v1/rerank HTTP/1.1\r\nHost: t\r\n")
+        trickle = srv.connect()
+        started = time.monotonic()
+        for ch in b"GET /health HTTP/1.1\r\nHost: t\r\n":  # a byte every 50 ms: no byte resets the timer
+            try:
+                trickle.sendall(bytes([ch]))
+            except (BrokenPipeError, ConnectionResetError):
+                break  # closed by the server mid-trickle, as it should be
+            time.sleep(0.05)
+        assert time.monotonic() - started < 3
+        for s in (silent, partial, trickle):
+            data, closed = read_until_closed(s, limit_s=5)
+            assert closed and data == b"", data
+            s.close()
+        # a prompt client on a fresh connection is unaffected, and keep-alive still works for it
+        with srv.connect() as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            time.sleep(0.2)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            data, closed = read_until_closed(s, limit_s=3)
+            assert data.count(b"HTTP/1.1 200 OK") == 2 and closed  # closed by the timer once idle
+
+
+def test_a_slow_request_is_not_cut_by_the_header_timeout(store, fake_scheduler):
+    import asyncio
+
+    with LiveServer(ServerSettings(header_timeout_s=0.3), store, scheduler=fake_scheduler) as srv:
+        fake_scheduler.gate = asyncio.Event()
+        srv.loop.call_later(1.0, fake_scheduler.gate.set)  # the request takes about a second
+        r = httpx.post(srv.url + "/v1/rerank", json=CLEAN, timeout=10)
+        assert r.status_code == 200
+
+
+def test_a_stalled_body_gets_408_and_the_connection_closes(store, fake_scheduler):
+    with LiveServer(ServerSettings(body_timeout_s=0.5), store, scheduler=fake_scheduler) as srv, srv.connect() as s:
+        s.sendall(b"POST /v1/rerank HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
+                  b"\r\n{\"query\": ")
+        data, closed = read_until_closed(s, limit_s=5)
+    assert closed and data.startswith(b"HTTP/1.1 408 "), data
+    assert b"connection: close" in data.lower() and b"not received within 0.5 s" in data
+    assert fake_scheduler.requests == []
+
+
+def test_connections_past_the_cap_are_refused_with_503(store, fake_scheduler):
+    with LiveServer(ServerSettings(max_connections=3, header_timeout_s=30), store, scheduler=fake_scheduler) as srv:
+        held = [srv.connect() for _ in range(3)]
+        time.sleep(0.2)
+        with srv.connect() as s:
+            data, closed = read_until_closed(s, limit_s=5)
+        assert closed and data.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1" in data.lower(), data
+        held.pop().close()
+        time.sleep(0.2)
+        assert httpx.get(srv.url + "/health").status_code == 200  # a slot is free again
+        for s in held:
+            s.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. Auth: what was received and what is expected (issue 13 item 7); the verification cache
+
+
+def test_auth_errors_say_what_was_received_without_echoing_the_key(make_client, store):
+    _, key = store.create_key("me")
+    c = make_client()
+    cases = [
+        ({"Authorization": key}, "without the 'Bearer ' scheme"),
+        ({"X-API-Key": key}, "does not read the x-api-key header"),
+        ({"Api-Key": key}, "does not read the api-key header"),
+        ({"Authorization": f"Basic {key}"}, "uses the 'Basic' scheme"),
+        ({"Authorization": "Bearer "}, "says 'Bearer' but holds no key"),
+        ({"Authorization": f"{key} extra"}, "without the 'Bearer ' scheme"),
+        ({}, "missing API key"),
+    ]
+    for headers, expected in cases:
+        r = c.post("/v1/rerank", json=CLEAN, headers=headers)
+        assert r.status_code == 401, headers
+        detail = r.json()["detail"]
+        assert expected in detail and "Authorization: Bearer <key>" in detail, (headers, detail)
+        assert key not in r.text and key.split("-")[-1] not in r.text
+    assert c.post("/v1/rerank", json=CLEAN, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+def test_a_revoked_key_stops_working_within_the_cache_ttl(make_client, store):
+    rec, key = store.create_key("soon-revoked")
+    c = make_client(key_cache_ttl_s=0.5)
+    auth = {"Authorization": f"Bearer {key}"}
+    assert c.post("/v1/rerank", json=CLEAN, headers=auth).status_code == 200
+    store.revoke_key(rec.id)
+    assert c.post("/v1/rerank", json=CLEAN, headers=auth).status_code == 200  # cached: the documented delay
+    time.sleep(0.6)
+    r = c.post("/v1/rerank", json=CLEAN, headers=auth)
+    assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
+
+
+def test_the_cache_never_accepts_a_wrong_key(make_client, store):
+    _, key = store.create_key("me")
+    c = make_client()
+    assert c.post("/v1/rerank", json=CLEAN, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert c.post("/v1/rerank", json=CLEAN, headers={"Authorization": f"Bearer {key}x"}).status_code == 401
+    assert c.post("/v1/rerank", json=CLEAN, headers={"Authorization": f"Bearer {key[:-1]}"}).status_code == 401
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. Overload: a full queue refuses with 503 + Retry-After without tokenizing (the scheduler test proves
+# no plan() runs; here: the refusal reaches the client as the documented 503)
+
+
+def test_a_full_queue_is_a_503_with_retry_after(tiny_reranker, store):
+    class Held(RecordingBackend):
+        def __init__(self, backend):
+            super().__init__(backend, delay_s=0)
+            self.gate = threading.Event()
+            self.planned = 0
+
+        def plan(self, request):
+            self.planned += 1
+            return self._backend.plan(request)
+
+        def run_blocks(self, blocks):
+            assert self.gate.wait(30)
+            return self._backend.run_blocks(blocks)
+
+    backend = Held(tiny_reranker.backend)
+    with LiveServer(ServerSettings(max_queued_requests=1), store, engine=backend) as srv:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(httpx.post, srv.url + "/v1/rerank", json=CLEAN, timeout=30)
+            deadline = time.monotonic() + 10
+            while backend.planned < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.1)
+            refused = [httpx.post(srv.url + "/v1/rerank", json=CLEAN, timeout=10) for _ in range(3)]
+            backend.gate.set()
+            assert first.result().status_code == 200
+        assert [r.status_code for r in refused] == [503] * 3
+        assert all(r.headers["retry-after"].isdigit() for r in refused)
+        assert backend.planned == 1  # none of the refused requests was tokenized
