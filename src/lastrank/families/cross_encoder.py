@@ -1,0 +1,211 @@
+"""XLM-RoBERTa cross-encoders: BAAI/bge-reranker-v2-m3 and jinaai/jina-reranker-v2-base-multilingual.
+
+The query and one document are read together, `<s> query </s></s> document </s>` (the checkpoint's own
+tokenizer.json and its post-processor template), and the classification head gives one logit:
+raw_score = the logit, relevance_score = sigmoid(logit) (the "sigmoid" rule of engine/backend.py; FlagReranker's
+`normalize=True` and Jina's `compute_score` both apply exactly this sigmoid to the same logit).
+
+Lengths and truncation follow each model's official code. For both, `max_doc_length` is the official
+`max_length`: the longest model input, special tokens included, that a (query, document) pair may become.
+  - bge-reranker-v2-m3 (FlagEmbedding's FlagReranker.compute_score, encoder_only/base.py): max_length 512,
+    query_max_length = max_length * 3 // 4 (384) unless given. The query is tokenised without special
+    tokens and cut to query_max_length, the document likewise to max_length, then the pair is built with
+    `prepare_for_model(q, d, truncation="only_second", max_length)`: only the document is cut further, from
+    the right, until the pair fits. Where even an empty document cannot make it fit (only with a
+    max_query_length >= max_length - 4) transformers 4 logs an error and sends the pair over max_length,
+    transformers 5 empties the document and still sends it over; lastrank empties the document and cuts the
+    query to max_length - 4, so max_length is never exceeded.
+  - jina-reranker-v2 (its remote code's `compute_score`): max_length = the tokenizer's model_max_length (1024),
+    `tokenizer(pairs, truncation=True, max_length)`, i.e. the fast tokenizer's "longest_first": tokens come off
+    the longer of query and document until the pair fits (both to about half when both are long). There is no
+    separate query limit; an explicit max_query_length cuts the query before that (the default, 1024, never
+    cuts anything longest_first would not: a query cut to >= max_length - 4 tokens ends up the same).
+    Jina's `rerank()` method (sliding windows over long documents, max of the window scores) is not
+    reproduced: lastrank scores the truncated pair as `compute_score` does.
+Both limits are capped at what the model's position table holds (8192 / 1024 tokens).
+
+Every `score_sequences` call (the pairs of one or many requests) is one packed forward per up to
+`max_forward_tokens` tokens: no padding, attention confined to each pair (model/xlmr.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lastrank.engine.backend import Capabilities, RerankPlan, truncation_refused
+from lastrank.engine.pairs import EncodedPairs, PairwiseBackend
+from lastrank.errors import InvalidRequestError, ModelNotAvailableError
+from lastrank.model.xlmr import XLMRobertaForSequenceClassification, load_xlmr
+from lastrank.types import RerankRequest
+
+FAMILY = "cross-encoder"
+ARCHITECTURE = "XLMRobertaForSequenceClassification"
+SUPPORTS = ('XLM-RoBERTa cross-encoders: BAAI/bge-reranker-v2-m3 (config.json architectures '
+            '["XLMRobertaForSequenceClassification"], model.safetensors) and jinaai/jina-reranker-v2-base-multilingual '
+            '(the same architectures, auto_map to Jina\'s XLMRobertaFlashConfig, pytorch_model.bin); tokenizer.json')
+
+# The official default max_length of each truncation rule.
+FLAG_RERANKER, COMPUTE_SCORE = "flag-reranker", "jina-compute-score"
+DEFAULT_MAX_LENGTH = {FLAG_RERANKER: 512, COMPUTE_SCORE: 1024}
+
+
+def detect(config: dict, folder: Path) -> bool:
+    """config.json names transformers' XLMRobertaForSequenceClassification: bge-reranker-v2-m3 does (model_type
+    xlm-roberta), and so does jina-reranker-v2 (no model_type; auto_map to its flash code)."""
+    return ARCHITECTURE in (config.get("architectures") or [])
+
+
+def is_jina_flash(config: dict) -> bool:
+    """jina-reranker-v2's config.json maps AutoConfig to its remote XLMRobertaFlashConfig."""
+    auto = config.get("auto_map")
+    return isinstance(auto, dict) and str(auto.get("AutoConfig", "")).endswith("XLMRobertaFlashConfig")
+
+
+def flag_reranker_lengths(n_query: int, n_doc: int, max_length: int, query_max_length: int,
+                          n_special: int) -> tuple[int, int]:
+    """Token counts FlagReranker keeps (module docstring): the query cut to query_max_length, the document to
+    max_length, then only the document, until the pair fits."""
+    q = min(n_query, query_max_length)
+    d = min(n_doc, max_length)
+    d = max(0, min(d, max_length - n_special - q))
+    q = min(q, max_length - n_special)  # lastrank's rule where only_second cannot make the pair fit
+    return q, d
+
+
+def longest_first_lengths(n_query: int, n_doc: int, max_length: int, n_special: int) -> tuple[int, int]:
+    """Token counts the `tokenizers` library keeps with TruncationStrategy::LongestFirst (what transformers'
+    fast tokenizers run for `truncation=True` on a pair): if the shorter one fits beside the longer one's
+    remainder, only the longer is cut; otherwise both go to half the budget, the longer one taking the odd
+    token. Checked against the library itself in tests/families/test_cross_encoder.py."""
+    budget = max_length - n_special
+    if n_query + n_doc <= budget:
+        return n_query, n_doc
+    short, long_ = sorted((n_query, n_doc))
+    keep_long = max(short, budget - short) if short <= budget else short
+    keep_short = short
+    if keep_short + keep_long > budget:
+        keep_short = budget // 2
+        keep_long = keep_short + budget % 2
+    if n_query > n_doc:
+        return min(n_query, keep_long), min(n_doc, keep_short)
+    return min(n_query, keep_short), min(n_doc, keep_long)
+
+
+class CrossEncoderBackend(PairwiseBackend):
+    """max_forward_tokens: the most tokens one packed forward holds (bounds activation memory); a
+    `score_sequences` call with more runs several forwards."""
+
+    def __init__(self, model: XLMRobertaForSequenceClassification, tokenizer, rule: str, layout: str,
+                 device: torch.device, *, max_forward_tokens: int = 16384, model_id: str = "",
+                 path: Path | None = None, random_weights: bool = False):
+        cfg = model.config
+        if cfg.num_labels != 1:
+            raise ModelNotAvailableError(f"{path}: a reranker has one output logit; this classifier has "
+                                         f"num_labels={cfg.num_labels}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.rule = rule
+        self.layout = layout
+        self.device = device
+        self.max_forward_tokens = max_forward_tokens
+        self.model_id = model_id
+        self.path = path
+        self.random_weights = random_weights
+        self.prefix, self.middle, self.suffix = self._template(tokenizer)
+        self.n_special = len(self.prefix) + len(self.middle) + len(self.suffix)
+        max_length = min(DEFAULT_MAX_LENGTH[rule], cfg.max_tokens)
+        self.capabilities = Capabilities(
+            family=FAMILY,
+            architecture=f"{ARCHITECTURE} ({'Jina flash' if layout == 'flash' else 'transformers'} layout, "
+                         f"{cfg.num_hidden_layers} layers, hidden {cfg.hidden_size})",
+            listwise=False, score="sigmoid", raw_score="logit", instruction=False, embedding_dim=None,
+            context_length=cfg.max_tokens, max_doc_length=max_length,
+            max_query_length=max_length * 3 // 4 if rule == FLAG_RERANKER else max_length,
+        )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.classifier.dense.weight.dtype
+
+    @staticmethod
+    def _template(tokenizer) -> tuple[list[int], list[int], list[int]]:
+        """The special tokens the checkpoint's post-processor puts before, between and after a pair."""
+        full = tokenizer.encode("a", "b", add_special_tokens=True)
+        seq = full.sequence_ids
+        first = [i for i, s in enumerate(seq) if s == 0]
+        second = [i for i, s in enumerate(seq) if s == 1]
+        ids = full.ids
+        return ids[:first[0]], ids[first[-1] + 1:second[0]], ids[second[-1] + 1:]
+
+    def limits(self, request: RerankRequest) -> tuple[int, int]:
+        """(pair max_length, query limit) for this request: the official defaults unless the request sets them,
+        capped at the position table."""
+        max_length = min(request.max_doc_length or self.capabilities.max_doc_length, self.capabilities.context_length)
+        if max_length < self.n_special:
+            raise InvalidRequestError(f"max_doc_length must be at least {self.n_special} for this model "
+                                      f"(the {self.n_special} special tokens of a pair), got {max_length}")
+        if request.max_query_length is not None:
+            return max_length, request.max_query_length
+        return max_length, max_length * 3 // 4 if self.rule == FLAG_RERANKER else max_length
+
+    def encode_pairs(self, request: RerankRequest, max_doc_length: int, max_query_length: int) -> EncodedPairs:
+        # The plan's max_doc_length / max_query_length are the family defaults or the request's; `limits`
+        # applies this family's rules to them (FlagReranker's 3/4 query default, the position-table cap).
+        max_length, query_limit = self.limits(request)
+        query = self.tokenizer.encode(request.query, add_special_tokens=False).ids
+        docs = [e.ids for e in self.tokenizer.encode_batch(list(request.documents), add_special_tokens=False)]
+        sequences, doc_tokens, truncated, query_truncated = [], [], [], False
+        for i, d in enumerate(docs):
+            if self.rule == FLAG_RERANKER:
+                nq, nd = flag_reranker_lengths(len(query), len(d), max_length, query_limit, self.n_special)
+            else:
+                nq, nd = longest_first_lengths(min(len(query), query_limit), len(d), max_length, self.n_special)
+            sequences.append(self.prefix + query[:nq] + self.middle + d[:nd] + self.suffix)
+            doc_tokens.append(nd)
+            if nd < len(d):
+                truncated.append(i)
+            query_truncated |= nq < len(query)
+        if not request.truncate and (truncated or query_truncated):
+            raise InvalidRequestError(truncation_refused(truncated, query_truncated, max_length, query_limit))
+        return EncodedPairs(sequences, doc_tokens, truncated, query_truncated)
+
+    def plan(self, request: RerankRequest) -> RerankPlan:
+        plan = super().plan(request)
+        if request.documents:  # report the limits the pairs were really built with
+            plan.usage.max_doc_length, plan.usage.max_query_length = self.limits(request)
+        return plan
+
+    def score_sequences(self, sequences: list[list[int]], prefix_lens: list[int]) -> np.ndarray:
+        logits = []
+        start = 0
+        with torch.inference_mode():
+            while start < len(sequences):
+                end, tokens = start, 0
+                while end < len(sequences) and (end == start or tokens + len(sequences[end]) <= self.max_forward_tokens):
+                    tokens += len(sequences[end])
+                    end += 1
+                logits.append(self.model(sequences[start:end])[:, 0].float().cpu().numpy())
+                start = end
+        return np.concatenate(logits).astype(np.float64)
+
+
+def load(path: Path, device: torch.device, dtype: torch.dtype, *, model_id: str = "", random_weights: bool = False,
+         **options) -> CrossEncoderBackend:
+    import json
+
+    from tokenizers import Tokenizer
+
+    from lastrank.model.loading import check_files
+
+    check_files(path, ("config.json", "tokenizer.json"), "XLM-R cross-encoder")
+    config = json.loads((path / "config.json").read_text())
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    tokenizer.no_truncation()  # truncation is the family's own (above), never the file's settings
+    tokenizer.no_padding()
+    model, layout = load_xlmr(path, device, dtype)
+    rule = COMPUTE_SCORE if is_jina_flash(config) else FLAG_RERANKER
+    return CrossEncoderBackend(model, tokenizer, rule, layout, device, model_id=model_id, path=path,
+                               random_weights=random_weights, **options)
