@@ -23,6 +23,9 @@ def _check_int(name: str, value, minimum: int) -> int:
     return int(value)
 
 
+CHUNKING_MODES = ("truncate", "chunk")
+
+
 @dataclass
 class RerankRequest:
     """What every dialect (and the Python API) is translated into; backends never see a dialect.
@@ -47,6 +50,16 @@ class RerankRequest:
     score_threshold: float | None = None
     # False: an input that would be truncated is an InvalidRequestError at plan time (TEI truncate=false)
     truncate: bool = True
+    # Long documents (engine/chunking.py): "truncate" cuts a document at its token limit (the official
+    # behaviour); "chunk" splits it into windows of that many tokens, ranks every window, and scores the
+    # document by its best window. chunk_overlap: tokens shared by consecutive windows (None: window // 8);
+    # max_chunks_per_doc: windows kept per document (None: no per-document cap; the rest of a longer
+    # document is dropped and reported as truncated); return_spans: each result carries its best window's
+    # character offsets [start, end) in the original document (chunk mode only; None otherwise).
+    chunking: str = "truncate"
+    chunk_overlap: int | None = None
+    max_chunks_per_doc: int | None = None
+    return_spans: bool = False
 
     def __post_init__(self):
         if not isinstance(self.query, str):
@@ -71,6 +84,14 @@ class RerankRequest:
                     or not math.isfinite(self.score_threshold):
                 raise InvalidRequestError(f"score_threshold must be a finite number, got {self.score_threshold!r}")
             self.score_threshold = float(self.score_threshold)
+        if self.chunking not in CHUNKING_MODES:
+            raise InvalidRequestError(f"chunking must be one of {', '.join(map(repr, CHUNKING_MODES))}, got {self.chunking!r}")
+        if self.chunk_overlap is not None:
+            self.chunk_overlap = _check_int("chunk_overlap", self.chunk_overlap, 0)
+        if self.max_chunks_per_doc is not None:
+            self.max_chunks_per_doc = _check_int("max_chunks_per_doc", self.max_chunks_per_doc, 1)
+        if not isinstance(self.return_spans, bool):
+            raise InvalidRequestError(f"return_spans must be true or false, got {type(self.return_spans).__name__}")
 
 
 @dataclass
@@ -80,14 +101,19 @@ class RankedDocument:
     document: str  # the original input text, untruncated
     embedding: list[float] | None = None
     raw_score: float | None = None  # the family's raw score (a cosine, or a logit before the sigmoid)
+    # with return_spans in chunk mode: the best chunk's character offsets [start, end) in `document`
+    span: tuple[int, int] | None = None
 
     def as_dict(self) -> dict:
-        return {
+        out = {
             "index": self.index,
             "relevance_score": self.relevance_score,
             "document": self.document,
             "embedding": self.embedding,
         }
+        if self.span is not None:
+            out["span"] = list(self.span)
+        return out
 
 
 @dataclass
@@ -100,10 +126,18 @@ class Usage:
     doc_tokens: list[int] = field(default_factory=list)  # per-document token count after truncation
     max_doc_length: int = 0  # the per-document limit the plan applied
     max_query_length: int = 0
+    # chunk mode: the passages actually ranked (each chunk counts once; a document under the limit is one
+    # chunk); 0 when the request was not chunked. `documents` stays the count the client sent.
+    chunks: int = 0
 
     @property
     def truncated_documents(self) -> int:
         return len(self.truncated_indices)
+
+    @property
+    def ranked_passages(self) -> int:
+        """What search units count: every chunk in chunk mode (as Cohere counts them), else the documents."""
+        return self.chunks or self.documents
 
 
 @dataclass

@@ -8,6 +8,16 @@ that work on its model, and turns the outputs back into scores:
     run_blocks(blocks)   -> list[outputs]   the model; blocks may come from several requests
     scores(plan, outs)   -> Scores          one relevance score (and raw score, embedding) per document
     finish(plan, outs)   -> RerankResult    scores, then `rank` (ordering, score threshold, top_n)
+    token_offsets(texts) -> list[list[(start, end)]]   the family's tokenizer, for chunking (see below)
+
+Long documents (request.chunking == "chunk") are handled once for every family by the wrapper in
+engine/chunking.py, on top of these methods; the one thing it needs from a family is `token_offsets`:
+for each text, one (start, end) character span [start, end) in that text per token the family counts
+against `max_doc_length` for it (the document's own tokens, in order, without the special tokens or
+template the family adds around it), so len(offsets) is the document's token count as `plan` counts it.
+Spans of consecutive tokens may share characters (a byte-level token holding part of a multi-byte
+character); the chunker cuts only where they do not. A family that cannot yet do this raises
+NotImplementedError (the base class does), and a chunk-mode request to it is a clear 400.
 
 The scheduler, the server, the dialects and eval see only this interface and `Capabilities`; nothing
 family-specific lives outside the family's module (lastrank/families/<family>.py).
@@ -94,6 +104,7 @@ class Scores:
     relevance: np.ndarray  # float [n]
     raw: np.ndarray  # float [n]
     embeddings: np.ndarray | None = None  # float32 [n, dim] when the request asked and the family has them
+    spans: list[tuple[int, int]] | None = None  # chunk mode: the best chunk's [start, end) per document
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -123,6 +134,7 @@ def rank(request: RerankRequest, scores: Scores, usage: Usage) -> RerankResult:
             embedding=scores.embeddings[i].tolist() if request.return_embeddings and scores.embeddings is not None
             else None,
             raw_score=float(scores.raw[i]),
+            span=scores.spans[i] if request.return_spans and scores.spans is not None else None,
         )
         for i in order
     ]
@@ -146,6 +158,10 @@ class Backend(ABC):
 
     @abstractmethod
     def scores(self, plan: RerankPlan, outputs: list[Any]) -> Scores: ...
+
+    def token_offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        """Per text, the character span of each of its tokens (module docstring, "Long documents")."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose token offsets")
 
     def finish(self, plan: RerankPlan, outputs: list[Any]) -> RerankResult:
         if not plan.blocks:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lastrank.engine.backend import Backend
+from lastrank.engine.chunking import DEFAULT_MAX_CHUNKS, ChunkingBackend
 from lastrank.types import RerankRequest, RerankResult
 
 DEFAULT_MODEL = "jinaai/jina-reranker-v3"
@@ -17,15 +18,19 @@ class Reranker:
     Families and their options: lastrank.families. `options` go to the family's loader, e.g. for
     jina-v3 `pack_blocks` (share one forward between the blocks of a batch; None: on CUDA only, where it pays)
     and `compile` (opt-in torch.compile of the layers; None: the LASTRANK_COMPILE environment variable).
+    The backend is wrapped in engine/chunking.py's ChunkingBackend, which adds chunk mode for long documents
+    to every family (`max_chunks`: chunks one request may make) and passes truncate-mode requests through.
     """
 
     def __init__(self, model: str | Path = DEFAULT_MODEL, device: str | None = "cpu", dtype: str = "bfloat16",
-                 revision: str | None = None, cache_dir: str | None = None, **options):
+                 revision: str | None = None, cache_dir: str | None = None, max_chunks: int = DEFAULT_MAX_CHUNKS,
+                 **options):
         from lastrank.families import load_backend
 
         self.model_id = str(model)
-        self.backend: Backend = load_backend(model, device=device, dtype=dtype, revision=revision,
-                                             cache_dir=cache_dir, **options)
+        self.backend: Backend = ChunkingBackend(
+            load_backend(model, device=device, dtype=dtype, revision=revision, cache_dir=cache_dir, **options),
+            max_chunks=max_chunks)
         self.path = self.backend.path
         self.device = self.backend.device
         self.dtype = self.backend.dtype
@@ -36,12 +41,18 @@ class Reranker:
 
     def rerank(self, query: str, documents: list[str], top_n: int | None = None, return_embeddings: bool = False,
                max_doc_length: int | None = None, max_query_length: int | None = None,
-               instruction: str | None = None) -> list[dict]:
+               instruction: str | None = None, chunking: str = "truncate", chunk_overlap: int | None = None,
+               max_chunks_per_doc: int | None = None, return_spans: bool = False) -> list[dict]:
         """Documents best first: [{"index", "relevance_score", "document", "embedding"}].
-        max_doc_length / max_query_length None: the family's official defaults (jina-v3: 2048 / 512)."""
+        max_doc_length / max_query_length None: the family's official defaults (jina-v3: 2048 / 512).
+        chunking="chunk": a document over max_doc_length tokens is split into windows (chunk_overlap tokens
+        shared, at most max_chunks_per_doc of them) and scored by its best window; with return_spans, each
+        result also has "span": [start, end), that window's character offsets in the document
+        (engine/chunking.py)."""
         request = RerankRequest(query=query, documents=documents, top_n=top_n, return_embeddings=return_embeddings,
                                 max_doc_length=max_doc_length, max_query_length=max_query_length,
-                                instruction=instruction)
+                                instruction=instruction, chunking=chunking, chunk_overlap=chunk_overlap,
+                                max_chunks_per_doc=max_chunks_per_doc, return_spans=return_spans)
         return [r.as_dict() for r in self.backend.rerank(request).results]
 
     def rerank_request(self, request: RerankRequest) -> RerankResult:

@@ -1,0 +1,339 @@
+"""Long documents for every family: split a document into token windows, rank every window, score the
+document by its best window, and say where that window is.
+
+`ChunkingBackend(backend)` wraps any `Backend` and is one itself (plan / run_blocks / scores / finish), so
+the scheduler, the server and `Reranker` use it unchanged. A request with `chunking="truncate"` (the
+default) goes straight to the wrapped backend: same plan, same outputs, same result. With
+`chunking="chunk"`:
+
+1. The window is the request's `max_doc_length`, else the family's `Capabilities.max_doc_length`. Each
+   document's tokens come from the family's own tokenizer (`Backend.token_offsets`, with the character
+   span of every token). A document of at most `window` tokens is one chunk: the document itself.
+2. A longer document is cut into windows of at most `window` tokens, consecutive windows sharing
+   `chunk_overlap` tokens (default window // 8; an overlap >= the window is a 400). A cut is made only
+   between tokens that share no character (so a multi-byte character is never split), and within the
+   last quarter of a window the cut goes to the best boundary there: a paragraph break (blank line) over a
+   line break or sentence end over a space between words over anything else, the latest of equals. The
+   next window starts at the best boundary inside the overlap (the earliest of equals). Each chunk's text
+   is exactly `document[start:end]` (the first token's start to the last token's end); a chunk that the
+   tokenizer reads back as more than `window` tokens (a BPE merge across the cut) is cut again with a
+   smaller window, so no chunk is ever truncated by the family.
+3. Every chunk is ranked as a document by the wrapped backend's own plan: a listwise family (Jina V3)
+   sees the chunks as passages of one prompt (in document order, chunks of a document consecutive), a
+   pointwise family scores each chunk with the query on its own.
+4. A document's relevance_score, raw_score and embedding are its best chunk's (the highest
+   relevance_score; the earliest chunk on a tie), as Cohere's API scores chunked documents. With
+   `return_spans`, each result carries that chunk's [start, end) character offsets in the original
+   document (`RankedDocument.span`). Ordering, score_threshold and top_n then follow the one rule of
+   engine/backend.py `rank`, over documents (never over chunks).
+
+Limits: `max_chunks_per_doc` keeps a document's first N chunks (the rest of the document is not ranked,
+and the document is reported as truncated; with truncate=False it is a 400, as any truncation is); the
+wrapper's `max_chunks` caps the chunks of one request (a 400 past it), so one request cannot explode.
+
+Usage (what is billed and limited), for a chunked request:
+  documents        the documents the client sent (what documents-per-minute limits count)
+  chunks           the passages actually ranked (a document under the limit counts as one)
+  prompt_tokens    the tokens of every model input actually run (all chunks, templates, repeated queries)
+  doc_tokens[i]    the tokens of document i actually run, summed over its chunks (overlaps counted twice)
+  truncated_indices  documents not fully ranked (cut by max_chunks_per_doc)
+  Search units (Cohere's meta.billed_units) count chunks as documents, as Cohere does:
+  ceil(Usage.ranked_passages / 100), where ranked_passages is `chunks` for a chunked request and
+  `documents` otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lastrank.engine.backend import Backend, Block, Capabilities, RerankPlan, Scores
+from lastrank.errors import InvalidRequestError
+from lastrank.types import RerankRequest, RerankResult, Usage
+
+DEFAULT_MAX_CHUNKS = 10_000  # chunks one request may produce (ChunkingBackend(max_chunks=...))
+OVERLAP_FRACTION = 8  # default chunk_overlap = window // 8
+SEARCH_FRACTION = 4  # the cut is searched for in the last window // 4 tokens of a window
+RECUT_TRIES = 8  # times a document is cut again with a smaller window when a chunk re-tokenizes too long
+
+Offsets = list[tuple[int, int]]
+
+# Characters that end a sentence; a closing quote or bracket may follow them.
+_SENTENCE_END = frozenset(".!?\u2026\u3002\uff01\uff1f")  # . ! ? … 。 ！ ？
+_NO_SPACE_SENTENCE_END = frozenset("\u3002\uff01\uff1f")  # CJK full stops need no space after them
+_CLOSERS = frozenset("\"')]}\u00bb\u201d\u2019\u300d\u300f")
+
+
+# ------------------------------------------------------------------------------------------------
+# Cutting (pure)
+
+
+def boundary_rank(text: str, pos: int) -> int:
+    """How good a cut at character `pos` of `text` is: 3 a paragraph break (two line breaks in the
+    whitespace around it), 2 a line break or a sentence end, 1 a space between words, 0 inside a word."""
+    a = pos
+    while a > 0 and text[a - 1].isspace():
+        a -= 1
+    b = pos
+    while b < len(text) and text[b].isspace():
+        b += 1
+    newlines = text.count("\n", a, b)
+    if newlines >= 2:
+        return 3
+    if newlines:
+        return 2
+    k = a
+    while k > 0 and text[k - 1] in _CLOSERS:
+        k -= 1
+    if k > 0 and text[k - 1] in _SENTENCE_END and (b > a or text[k - 1] in _NO_SPACE_SENTENCE_END):
+        return 2
+    return 1 if b > a else 0
+
+
+def _clean(offsets: Offsets, j: int) -> bool:
+    """A cut before token j leaves whole characters on both sides (the tokens share no character)."""
+    return offsets[j][0] >= offsets[j - 1][1]
+
+
+def split_windows(text: str, offsets: Offsets, window: int, overlap: int) -> list[tuple[int, int]]:
+    """Token ranges [s, e) of the chunks of one document (module docstring, step 2). A document of at most
+    `window` tokens is one range. Requires 0 <= overlap < window."""
+    n = len(offsets)
+    if n <= window:
+        return [(0, n)]
+    if not 0 <= overlap < window:
+        raise ValueError(f"overlap {overlap} must be in [0, {window})")
+    ranges: list[tuple[int, int]] = []
+    s = 0
+    while True:
+        hard = s + window
+        if hard >= n:
+            ranges.append((s, n))
+            return ranges
+        # The cut: before token j, for j in the last quarter of the window; best boundary, latest of equals.
+        lo = s + max(1, window - window // SEARCH_FRACTION)
+        best_rank, j = -1, None
+        for c in range(hard, lo - 1, -1):
+            if _clean(offsets, c):
+                r = boundary_rank(text, offsets[c][0])
+                if r > best_rank:
+                    best_rank, j = r, c
+                    if r == 3:
+                        break
+        if j is None:  # no clean cut near the end: the latest clean one anywhere, else the hard limit
+            j = next((c for c in range(lo - 1, s, -1) if _clean(offsets, c)), hard)
+        ranges.append((s, j))
+        # The next start: inside the overlap, at its best boundary (the earliest of equals); always past s.
+        # (No clean start inside the overlap: the window after the cut starts at the cut.)
+        best_rank, k = -1, j
+        for c in range(max(j - overlap, s + 1), j):
+            if _clean(offsets, c):
+                r = boundary_rank(text, offsets[c][0])
+                if r > best_rank:
+                    best_rank, k = r, c
+        s = k
+
+
+def char_span(text: str, offsets: Offsets, start: int, end: int) -> tuple[int, int]:
+    """[start, end) in characters of the tokens start..end-1; the whole text for a document kept whole."""
+    if start == 0 and end == len(offsets):
+        return 0, len(text)
+    return offsets[start][0], offsets[end - 1][1]
+
+
+# ------------------------------------------------------------------------------------------------
+# The wrapper
+
+
+@dataclass(frozen=True)
+class Chunk:
+    doc: int  # position in request.documents
+    start: int  # character offsets of the chunk in that document: text == document[start:end]
+    end: int
+    tokens: int  # its token count as cut (the family's tokenizer, the chunk alone)
+
+
+@dataclass
+class ChunkPlan(RerankPlan):
+    """A chunk-mode plan: `blocks` are the wrapped backend's blocks over the chunks (`inner.request`)."""
+
+    inner: RerankPlan | None = None
+    chunks: list[Chunk] = field(default_factory=list)
+    doc_chunks: list[tuple[int, int]] = field(default_factory=list)  # per document: its chunks [a, b)
+
+
+class ChunkingBackend(Backend):
+    """`backend` with chunk mode added (module docstring). Everything else is the wrapped backend's: a
+    request in truncate mode, `run_blocks`, `warmup`, `describe`, and any attribute the wrapper does not
+    have (`tokenizer`, `model`, `device`, ...)."""
+
+    def __init__(self, backend: Backend, max_chunks: int = DEFAULT_MAX_CHUNKS):
+        if max_chunks < 1:
+            raise ValueError(f"max_chunks must be >= 1, got {max_chunks}")
+        self.inner = backend
+        self.max_chunks = max_chunks
+
+    # What the wrapped backend is (Backend declares these as class attributes, so they are forwarded here).
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.inner.capabilities
+
+    @property
+    def model_id(self) -> str:
+        return self.inner.model_id
+
+    @property
+    def path(self) -> Path | None:
+        return self.inner.path
+
+    @property
+    def random_weights(self) -> bool:
+        return self.inner.random_weights
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (copy, unpickling): never recurse
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def token_offsets(self, texts: list[str]) -> list[Offsets]:
+        return self.inner.token_offsets(texts)
+
+    def warmup(self) -> None:
+        self.inner.warmup()
+
+    def describe(self) -> dict:
+        return self.inner.describe()
+
+    def run_blocks(self, blocks: list[Block]) -> list[Any]:
+        return self.inner.run_blocks(blocks)
+
+    # -- plan ------------------------------------------------------------------------------------
+
+    def plan(self, request: RerankRequest) -> RerankPlan:
+        if request.chunking != "chunk" or not request.documents:
+            return self.inner.plan(request)
+        window = request.max_doc_length or self.capabilities.max_doc_length
+        overlap = request.chunk_overlap if request.chunk_overlap is not None else window // OVERLAP_FRACTION
+        if overlap >= window:
+            raise InvalidRequestError(f"chunk_overlap ({overlap} tokens) must be smaller than the chunk window "
+                                      f"(max_doc_length, {window} tokens)")
+        docs = list(request.documents)
+        offsets = self._offsets(docs)
+
+        chunks: list[Chunk] = []
+        doc_chunks: list[tuple[int, int]] = []
+        capped: list[int] = []
+        ranges = [split_windows(text, offs, window, overlap) for text, offs in zip(docs, offsets)]
+        ranges = self._fit(docs, offsets, ranges, window, overlap)
+        for d, (text, offs, rs) in enumerate(zip(docs, offsets, ranges)):
+            if request.max_chunks_per_doc is not None and len(rs) > request.max_chunks_per_doc:
+                rs = rs[: request.max_chunks_per_doc]
+                capped.append(d)
+            a = len(chunks)
+            chunks.extend(Chunk(d, *char_span(text, offs, s, e), e - s) for s, e in rs)
+            doc_chunks.append((a, len(chunks)))
+        if capped and not request.truncate:
+            shown = ", ".join(map(str, capped[:10])) + (f" and {len(capped) - 10} more" if len(capped) > 10 else "")
+            raise InvalidRequestError(
+                f"{len(capped)} document(s) (indices {shown}) need more than max_chunks_per_doc="
+                f"{request.max_chunks_per_doc} chunks of {window} tokens; send truncate=true to rank only their "
+                "first chunks, or a larger max_chunks_per_doc")
+        if len(chunks) > self.max_chunks:
+            raise InvalidRequestError(
+                f"chunking this request makes {len(chunks)} chunks of up to {window} tokens, over the limit of "
+                f"{self.max_chunks} chunks per request; send fewer or shorter documents, a max_chunks_per_doc, "
+                "or a larger max_doc_length")
+
+        # Chunks of documents kept whole are the original strings, so a request with no long document plans
+        # (and scores) exactly as in truncate mode.
+        texts = [docs[c.doc] if (c.start, c.end) == (0, len(docs[c.doc])) else docs[c.doc][c.start:c.end]
+                 for c in chunks]
+        inner_request = RerankRequest(
+            query=request.query, documents=texts, top_n=None, return_embeddings=request.return_embeddings,
+            max_doc_length=window, max_query_length=request.max_query_length, instruction=request.instruction,
+            request_id=request.request_id, deadline=request.deadline,
+            truncate=True,  # chunks fit the window; a query that does not is refused below for truncate=False
+        )
+        inner = self.inner.plan(inner_request)
+        iu = inner.usage
+        if not request.truncate and iu.query_truncated:
+            raise InvalidRequestError(f"the query exceeds {iu.max_query_length} tokens; send truncate=true "
+                                      "(or a shorter query) to have it truncated")
+        # A chunk the family still cut (only possible when no smaller window fitted, see _fit) loses text.
+        lost = {chunks[c].doc for c in iu.truncated_indices if chunks[c].tokens > window}
+        tokens_run = iu.doc_tokens if len(iu.doc_tokens) == len(chunks) else [c.tokens for c in chunks]
+        usage = Usage(
+            documents=len(docs),
+            prompt_tokens=iu.prompt_tokens,
+            blocks=iu.blocks,
+            truncated_indices=sorted(set(capped) | lost),
+            query_truncated=iu.query_truncated,
+            doc_tokens=[int(sum(tokens_run[a:b])) for a, b in doc_chunks],
+            max_doc_length=iu.max_doc_length or window,
+            max_query_length=iu.max_query_length,
+            chunks=len(chunks),
+        )
+        return ChunkPlan(request, inner.blocks, usage, inner=inner, chunks=chunks, doc_chunks=doc_chunks)
+
+    def _offsets(self, texts: list[str]) -> list[Offsets]:
+        try:
+            offsets = self.inner.token_offsets(texts)
+        except NotImplementedError:
+            raise InvalidRequestError(
+                f"chunking is not available for this model (family {self.capabilities.family}) yet; "
+                "send chunking=\"truncate\"") from None
+        if len(offsets) != len(texts):
+            raise RuntimeError(f"token_offsets returned {len(offsets)} lists for {len(texts)} texts. This is a bug.")
+        return offsets
+
+    def _fit(self, docs: list[str], offsets: list[Offsets], ranges: list[list[tuple[int, int]]], window: int,
+             overlap: int) -> list[list[tuple[int, int]]]:
+        """Re-tokenize every cut chunk on its own; a document with a chunk over `window` tokens (a merge
+        across the cut) is cut again with a window smaller by the excess, until all fit (RECUT_TRIES)."""
+        ranges = list(ranges)
+        todo = [d for d, rs in enumerate(ranges) if len(rs) > 1]
+        shrink = {d: 0 for d in todo}
+        for _ in range(RECUT_TRIES):
+            if not todo:
+                break
+            spans = [(d, char_span(docs[d], offsets[d], s, e)) for d in todo for s, e in ranges[d]]
+            counts = [len(o) for o in self._offsets([docs[d][a:b] for d, (a, b) in spans])]
+            excess: dict[int, int] = {}
+            for (d, _), n in zip(spans, counts):
+                if n > window:
+                    excess[d] = max(excess.get(d, 0), n - window)
+            todo = []
+            for d, extra in excess.items():
+                shrink[d] += extra
+                w = window - shrink[d]
+                if w < 1:
+                    continue  # nothing smaller fits: keep the last cut (the family truncates that chunk)
+                ranges[d] = split_windows(docs[d], offsets[d], w, min(overlap, w - 1))
+                todo.append(d)
+        return ranges
+
+    # -- scores / finish ---------------------------------------------------------------------------
+
+    def scores(self, plan: RerankPlan, outputs: list[Any]) -> Scores:
+        if not isinstance(plan, ChunkPlan):
+            return self.inner.scores(plan, outputs)
+        s = self.inner.scores(plan.inner, outputs)
+        best = np.empty(len(plan.doc_chunks), dtype=np.int64)
+        for d, (a, b) in enumerate(plan.doc_chunks):
+            rel = np.asarray(s.relevance[a:b], dtype=np.float64)
+            # the highest relevance, the earliest chunk on a tie; all NaN: the first chunk (rank drops NaN)
+            best[d] = a + (int(np.nanargmax(rel)) if not np.all(np.isnan(rel)) else 0)
+        return Scores(
+            relevance=np.asarray(s.relevance)[best],
+            raw=np.asarray(s.raw)[best],
+            embeddings=None if s.embeddings is None else s.embeddings[best],
+            spans=[(plan.chunks[c].start, plan.chunks[c].end) for c in best],
+        )
+
+    def finish(self, plan: RerankPlan, outputs: list[Any]) -> RerankResult:
+        if not isinstance(plan, ChunkPlan):
+            return self.inner.finish(plan, outputs)
+        return super().finish(plan, outputs)
