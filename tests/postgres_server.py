@@ -18,6 +18,7 @@ import atexit
 import glob
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import subprocess
@@ -91,6 +92,18 @@ class LocalPostgres:
         else:
             raise PostgresUnavailable(f"PostgreSQL did not start:\n{self.log.read_text(errors='replace')[-2000:]}")
         self.admin_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._watch()
+
+    def _watch(self) -> None:
+        """Stop the cluster when this process ends however it ends (atexit does not run on SIGTERM or
+        SIGKILL): a detached shell polls for this process and then stops the server and removes its folder."""
+        stop = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"]
+        if self.user is not None:
+            stop = ["runuser", "-u", self.user.pw_name, "--", *stop]
+        script = (f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; "
+                  f"{shlex.join(stop)} >/dev/null 2>&1; rm -rf {shlex.quote(str(self.dir))}")
+        subprocess.Popen(["sh", "-c", script], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
 
     def _run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
         argv = [str(self.bindir / argv[0]), *argv[1:]]
