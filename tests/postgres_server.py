@@ -26,6 +26,7 @@ import tempfile
 import threading
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 URL_ENV = "LASTRANK_TEST_POSTGRES_URL"
 BINDIR_ENV = "LASTRANK_TEST_PG_BINDIR"
@@ -136,14 +137,13 @@ class ExistingPostgres:
 
 
 def _create_database(admin_url: str) -> str:
+    """A new, empty database on the server of `admin_url` (a URL); returns its URL (same user, host, options)."""
     import psycopg
-    from psycopg.conninfo import make_conninfo
 
     name = f"t_{uuid.uuid4().hex[:16]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    base, _, _ = admin_url.rpartition("/")
-    return f"{base}/{name}" if "://" in admin_url else make_conninfo(admin_url, dbname=name)
+    return urlsplit(admin_url)._replace(path=f"/{name}").geturl()
 
 
 _instance = None
