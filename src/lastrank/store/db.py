@@ -1,7 +1,9 @@
 """The SQLite backend of the store (`Store`): connections, pragmas, schema migrations. What the store
 does with them is in base.py, shared with the PostgreSQL backend (postgres.py).
 
-One file holds API keys (hashed) and the usage ledger. It is opened in WAL mode with
+One file holds API keys (hashed), the usage ledger, the refusal counters and the rate-limit buckets
+(which the API uses only from a shared PostgreSQL store; one server process keeps them in memory).
+It is opened in WAL mode with
 `synchronous=FULL`, so a committed ledger row survives a process crash and a power cut, and readers
 (key checks on every request) never wait for a writer.
 
