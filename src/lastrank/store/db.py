@@ -2,10 +2,9 @@
 does with them is in base.py, shared with the PostgreSQL backend (postgres.py).
 
 One file holds API keys (hashed), the usage ledger, the refusal counters and the rate-limit buckets
-(which the API uses only from a shared PostgreSQL store; one server process keeps them in memory).
-It is opened in WAL mode with
-`synchronous=FULL`, so a committed ledger row survives a process crash and a power cut, and readers
-(key checks on every request) never wait for a writer.
+(which the API uses only from a shared PostgreSQL store; one server process keeps them in memory). It is
+opened in WAL mode with `synchronous=FULL`, so a committed ledger row survives a process crash and a power
+cut, and readers (key checks on every request) never wait for a writer.
 
 Concurrency: each thread gets its own connection (SQLite connections must not be used by two threads at
 once, and separate connections let WAL readers run in parallel). Several processes may open the same
