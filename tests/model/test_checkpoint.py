@@ -149,7 +149,7 @@ def test_full_preset_matches_real_config():
 def test_full_preset_parameter_count_and_names():
     """Spec §2.3: backbone 596,049,920 + projector 786,432 = 596,836,352 parameters, with the official names."""
     from lastrank.model.config import PRESETS
-    from lastrank.model.modeling import JinaForRanking
+    from lastrank.model.jina import JinaForRanking
     from transformers import Qwen3Config, Qwen3Model
 
     hf = PRESETS["full"].to_hf_dict()

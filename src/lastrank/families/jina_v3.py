@@ -2,7 +2,7 @@
 
 The official rerank() algorithm: truncation by decode round-trip, 125-document / token-budget blocks
 (engine/plan.py), the exact prompt bytes (engine/prompt.py), one forward per block reading the hidden state
-at a marker after each document and after the query (model/modeling.py), and the block-weighted query
+at a marker after each document and after the query (model/jina.py on model/decoder.py), and the block-weighted query
 merge in float32 numpy (`scores`). relevance_score is the cosine exactly as the official code returns it.
 """
 
@@ -18,7 +18,8 @@ from lastrank.engine.backend import Backend, Block, Capabilities, RerankPlan, Sc
 from lastrank.engine.plan import split_blocks, truncate_texts
 from lastrank.engine.prompt import PREFIX, build_prompt
 from lastrank.errors import InvalidRequestError, ModelError
-from lastrank.model.modeling import JinaForRanking, PrefixCache
+from lastrank.model.fast import PrefixCache
+from lastrank.model.jina import JinaForRanking
 from lastrank.model.tokenizer import RerankTokenizer
 from lastrank.types import RerankRequest, Usage
 
@@ -58,9 +59,9 @@ class JinaV3Backend(Backend):
     ~600 tokens measured 0.93x of one-by-one; docs/benchmarks.md; the GPU side is not measured). Packed or
     not, every block's outputs are the same (to 1e-5 in float32; tests/engine/test_packing.py).
     max_pack_tokens caps the tokens of one packed forward (a block larger than the cap runs alone).
-    packed_attention: "segments" or "mask" (modeling.Packing).
+    packed_attention: "segments" or "mask" (fast.Packing).
     reuse_prefix: keep the keys and values of the fixed system turn every prompt starts with from the first
-    forward, and run only the tokens after it in every later one (modeling.PrefixCache; same scores to 1e-5
+    forward, and run only the tokens after it in every later one (fast.PrefixCache; same scores to 1e-5
     in float32, tests/engine/test_prefix.py). Kept from a real request rather than computed at start-up, so
     the cold start to the first result pays nothing for it.
     """

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from lastrank.model.modeling import JinaForRanking
+    from lastrank.model.jina import JinaForRanking
 
 NOTICE = "random weights from `lastrank make-checkpoint`: its scores are meaningless; for tests and benchmarks only"
 RANDOM_WEIGHTS_KEY = "lastrank_random_weights"  # config.json field
@@ -70,7 +70,7 @@ def make_checkpoint(
     from safetensors.torch import save_file
 
     from lastrank.model.config import PRESETS
-    from lastrank.model.modeling import JinaForRanking
+    from lastrank.model.jina import JinaForRanking
     from lastrank.model.tokenizer import write_jina_tokenizer
 
     if preset not in PRESETS:

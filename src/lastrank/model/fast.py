@@ -1,0 +1,251 @@
+"""The speed machinery beside the decoder math (model/decoder.py): only what the forward must compute, once.
+
+  - `Packing`: several sequences in one forward (positions restart, attention stays inside each), a cached
+    prefix every sequence starts with, and query rows restricted to the few a head reads;
+  - `PrefixCache`: keys and values, per layer, of a prefix shared by many inputs, computed once;
+  - `fuse_projections`: q/k/v and gate/up weights as one matrix each, aliasing the loaded storage;
+  - `enable_compile`: opt-in torch.compile of the one-sequence layer.
+Every one of them is tested equal to the plain forward in float32 (tests/model/test_fast_path.py,
+tests/engine/test_packing.py, tests/engine/test_prefix.py); numbers in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from lastrank.model.decoder import KV, DecoderLayer, apply_rope, sdpa
+
+
+class Packing:
+    """Where the sequences of a packed forward start and end, and how attention keeps them apart.
+
+    Several sequences can share one forward: their tokens are concatenated ([T] in all), positions
+    restart at 0 for each, and attention is causal *within* each sequence only (block-diagonal causal).
+    Two ways to get that attention, with identical results:
+      - "segments": one causal SDPA call per sequence on its slice (no mask in memory, SDPA's causal
+        kernels skip the upper triangle). The default, on CPU and CUDA.
+      - "mask": one SDPA call with an explicit block-diagonal causal boolean mask ([T, T] bools).
+        A check on "segments" (tests compare them), and an option where one big call is preferable.
+    Everything except attention (projections, norms, MLP) runs on all packed rows at once.
+
+    prefix_len: every sequence starts with the same P tokens whose keys and values are cached
+    (`PrefixCache`); input_ids then hold only the tokens after them, positions start at P, and attention
+    runs on the "attention layout" (`self.attn`): each sequence with its P prefix rows put back in front.
+    """
+
+    def __init__(self, seq_lens: list[int], device: torch.device, attention: str = "segments", prefix_len: int = 0):
+        if attention not in ("segments", "mask"):
+            raise ValueError(f"unknown packed attention {attention!r}; use 'segments' or 'mask'")
+        self.seq_lens = list(seq_lens)
+        self.attention = attention
+        self.starts = [0]
+        for n in self.seq_lens[:-1]:
+            self.starts.append(self.starts[-1] + n)
+        self.total = sum(self.seq_lens)
+        self.device = device
+        self.prefix_len = prefix_len
+        # positions restart for every sequence: RoPE sees each sequence exactly as if it ran alone
+        self.positions = torch.cat([torch.arange(prefix_len, prefix_len + n, device=device) for n in self.seq_lens])
+        self.seq_id = torch.cat([torch.full((n,), i, device=device) for i, n in enumerate(self.seq_lens)])
+        self.attn = self if prefix_len == 0 else Packing([prefix_len + n for n in self.seq_lens], device, attention)
+
+    def mask(self, rows: torch.Tensor | None) -> torch.Tensor:
+        """[len(rows) or T, T] bool: query row i may read key j iff same sequence and j <= i."""
+        q = torch.arange(self.total, device=self.device) if rows is None else rows
+        k = torch.arange(self.total, device=self.device)
+        return (self.seq_id[q][:, None] == self.seq_id[None, :]) & (k[None, :] <= q[:, None])
+
+    def attention_rows(self, rows: torch.Tensor | None) -> torch.Tensor | None:
+        """Row indices of this packing -> the same rows in the attention layout."""
+        if rows is None or self.prefix_len == 0:
+            return rows
+        return rows + self.prefix_len * (self.seq_id[rows] + 1)
+
+    def attention_output(self, out: torch.Tensor) -> torch.Tensor:
+        """[heads, attention-layout rows, d] -> this packing's rows (the prefix rows dropped)."""
+        if self.prefix_len == 0:
+            return out
+        if len(self.seq_lens) == 1:
+            return out[:, self.prefix_len:]
+        return out[:, self.attention_rows(torch.arange(self.total, device=self.device))]
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               rows: torch.Tensor | None = None, prefix: KV | None = None,
+               on_kv: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+        """decoder.Attention's seam. q [heads, Tq, d] (Tq = len(rows) or T), k, v [kv_heads, T, d], after the
+        q/k norms, before RoPE -> attention output [heads, Tq, d]."""
+        return _attend(q, k, v, cos, sin, self, rows, prefix, on_kv)
+
+
+class _OneSequence:
+    """The `packing` of a one-sequence forward whose layer is compiled (`enable_compile`): it holds nothing
+    that depends on the length, so one dynamic graph serves every length."""
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               rows: None = None, prefix: KV | None = None, on_kv: None = None) -> torch.Tensor:
+        return _attend(q, k, v, cos, sin, None, None, prefix, None)
+
+
+ONE_SEQUENCE = _OneSequence()
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+            packing: Packing | None, rows: torch.Tensor | None, prefix: KV | None,
+            on_kv: Callable[[torch.Tensor, torch.Tensor], None] | None) -> torch.Tensor:
+    """packing=None: one sequence, every row (with or without a prefix)."""
+    T = k.shape[1]
+    pk, pv = prefix if prefix is not None else (None, None)
+    if packing is None:
+        seqs = ([0], [T], 0 if pk is None else pk.shape[1])
+    else:
+        seqs = (packing.starts, packing.seq_lens, packing.prefix_len)
+    k, v = attention_layout(k, pk, cos, sin, *seqs), attention_layout(v, pv, None, None, *seqs)
+    if on_kv is not None:
+        on_kv(k, v)
+    if rows is None:
+        out = packed_attention(attention_layout(q, None, cos, sin, *seqs), k, v, packing and packing.attn)
+        if pk is not None:
+            out = out[:, seqs[2]:] if packing is None else packing.attention_output(out)
+        return out
+    # packing is never None with rows (the backbone makes one whenever rows are asked for)
+    q = apply_rope(q, cos[rows], sin[rows])
+    return packed_attention(q, k, v, packing.attn, packing.attention_rows(rows))
+
+
+def attention_layout(x: torch.Tensor, prefix: torch.Tensor | None, cos: torch.Tensor | None, sin: torch.Tensor | None,
+                     starts: list[int], seq_lens: list[int], prefix_len: int) -> torch.Tensor:
+    """[heads, T, d] (usually a transposed view of a projection) -> a contiguous [heads, T + n_seq * P, d]:
+    each sequence's rows, rotated on the way in when cos/sin are given, after P prefix rows (`prefix`
+    [heads, P, d], or zeros: query rows nobody reads).
+
+    Why contiguous: SDPA's CPU flash kernel ran ~11% slower on the strided layout (0.273 vs 0.244 s per call
+    at T=2048, bf16, 1 thread); writing RoPE's output here costs no extra pass.
+    """
+    heads, _, d = x.shape
+    out = x.new_empty(heads, sum(seq_lens) + len(seq_lens) * prefix_len, d)
+    for i, (start, n) in enumerate(zip(starts, seq_lens)):
+        at = start + i * prefix_len
+        if prefix_len:
+            out[:, at:at + prefix_len] = 0 if prefix is None else prefix
+        src, dst = x[:, start:start + n], out[:, at + prefix_len:at + prefix_len + n]
+        if cos is None:
+            dst.copy_(src)
+        else:
+            apply_rope(src, cos[start:start + n], sin[start:start + n], out=dst)
+    return out
+
+
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing | None,
+                     rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal attention within each packed sequence. q: [heads, Tq, d] for all T rows (rows=None) or for
+    the given rows only (global row indices, ascending); k, v: [kv_heads, T, d]. Returns [heads, Tq, d].
+
+    packing=None means one sequence, all rows.
+    """
+    if packing is None:
+        return sdpa(q, k, v, is_causal=True)
+    if packing.attention == "mask":
+        return sdpa(q, k, v, attn_mask=packing.mask(rows))
+    if len(packing.seq_lens) == 1 and rows is None:
+        return sdpa(q, k, v, is_causal=True)
+    out = q.new_empty(q.shape)
+    for start, n in zip(packing.starts, packing.seq_lens):
+        ks, vs = k[:, start:start + n], v[:, start:start + n]
+        if rows is None:
+            out[:, start:start + n] = sdpa(q[:, start:start + n], ks, vs, is_causal=True)
+            continue
+        sel = ((rows >= start) & (rows < start + n)).nonzero().flatten()
+        if sel.numel() == 0:
+            continue
+        # A few query rows (the markers) against the whole sequence: row at position p reads keys 0..p.
+        pos = rows[sel] - start
+        mask = torch.arange(n, device=q.device)[None, :] <= pos[:, None]
+        out[:, sel] = sdpa(q[:, sel], ks, vs, attn_mask=mask)
+    return out
+
+
+class PrefixCache:
+    """Keys and values, per layer, of a token prefix that every input starts with.
+
+    Attention is causal, so those tokens' keys and values never depend on what follows: they are kept from
+    one forward (`keep`, as the on_kv callback of a forward whose first sequence starts with `ids`), and
+    later forwards run only the tokens after them, with attention reading the cached rows. For Jina V3 the
+    prefix is the 90-token system turn of every block prompt (`engine.prompt.PREFIX`): 4% of a 2K block,
+    most of a small request (docs/benchmarks.md).
+    """
+
+    def __init__(self, ids: torch.Tensor):
+        self.ids = ids  # [P] token ids
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: [kv_heads, P, head_dim] keys, values
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def starts(self, input_ids: torch.Tensor) -> bool:
+        P = len(self)
+        return input_ids.shape[0] > P and torch.equal(input_ids[:P], self.ids)
+
+    def keep(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """on_kv callback: copy the first P rows (keys after k_norm and RoPE), so nothing else stays alive."""
+        P = len(self)
+        self.kv.append((k[:, :P].clone(), v[:, :P].clone()))
+
+
+def _causal_layer(layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                  prefix: KV | None) -> torch.Tensor:
+    return layer(x, cos, sin, None if prefix is None else ONE_SEQUENCE, None, prefix)
+
+
+def enable_compile(model: nn.Module) -> None:
+    """Opt-in: torch.compile (Inductor) of the decoder layer for one-sequence forwards, every layer but the
+    last (the rows-only last layer and packed forwards stay eager). `model`: a head whose backbone is
+    `model.model` (JinaForRanking, the causal-LM heads).
+
+    Why: Inductor fuses the element-wise work (norms, RoPE, SiLU, casts, residuals) into few kernels:
+    `Reranker.rerank` at 2K went from 1.00x to 1.09x the reference path (1 thread, CPU time, this machine;
+    docs/benchmarks.md). Why opt-in: the first compile takes 17 s for the full model here and a process
+    with a warm cache still needs ~10 s to its first result, far beyond the 3 s cold-start budget. The
+    compiled code is cached on disk by Inductor's FX graph cache (in TORCHINDUCTOR_CACHE_DIR when the
+    caller's environment sets it; this function never writes the environment), so later processes skip
+    most of it. One graph serves all layers (their weights are inputs) and all lengths (dynamic=True).
+    """
+    model.model.compiled_layer = torch.compile(_causal_layer, dynamic=True)
+
+
+def fuse_projections(model: nn.Module) -> None:
+    """Concatenate each layer's q/k/v (weights and, for Qwen2, biases) and gate/up weights into one matrix,
+    at load time. `model`: a head whose backbone is `model.model`.
+
+    Why: one [T,1024]x[1024,4096] product instead of three, one [T,1024]x[1024,6144] instead of two: fewer,
+    larger products and fewer calls (5-6% on the products alone at T=2048, bf16; a whole layer measured
+    neutral within +-3% on this CPU; fewer kernel launches is the usual gain on a GPU, not measured here).
+    Kept because it costs nothing: loading.read_safetensors reads the weights side by side, so this is a view.
+    The official parameters stay where strict loading and state_dict() expect them (same names, shapes,
+    values): after fusion they are *views* into the fused matrix, so nothing is stored twice. Call it after
+    the weights are loaded; assigning a new Parameter to q_proj etc. later would not update the fused one.
+    """
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        attn.qkv_weight = _fuse([attn.q_proj, attn.k_proj, attn.v_proj], "weight")
+        if attn.q_proj.bias is not None:
+            attn.qkv_bias = _fuse([attn.q_proj, attn.k_proj, attn.v_proj], "bias")
+        mlp.gate_up_weight = _fuse([mlp.gate_proj, mlp.up_proj], "weight")
+
+
+def _fuse(linears: list[nn.Linear], name: str) -> torch.Tensor:
+    params = [getattr(lin, name).detach() for lin in linears]
+    rows = sum(p.shape[0] for p in params)
+    if all(p.is_contiguous() and p.untyped_storage().data_ptr() == params[0].untyped_storage().data_ptr()
+           for p in params) and all(b.storage_offset() == a.storage_offset() + a.numel() for a, b in zip(params, params[1:])):
+        # Already side by side in one buffer (loading.read_safetensors placed them so): a view, no copy.
+        return params[0].as_strided((rows, *params[0].shape[1:]), params[0].stride())
+    fused = torch.cat(params, dim=0)
+    start = 0
+    for lin, p in zip(linears, params):
+        n = p.shape[0]
+        setattr(lin, name, nn.Parameter(fused[start:start + n], requires_grad=getattr(lin, name).requires_grad))
+        start += n
+    return fused

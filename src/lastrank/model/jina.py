@@ -1,0 +1,119 @@
+"""Jina Reranker V3's head: a Qwen3 decoder (model/decoder.py, no LM head) plus a small MLP projector.
+
+Module attributes mirror the checkpoint's tensor names (`model.layers.{i}...`, `projector.0`,
+`projector.2`), so the official safetensors load strictly with no rename table.
+
+Speed (issue 5, numbers in docs/benchmarks.md): `JinaForRanking.embed_blocks` computes only what the
+official forward reads (prompt cut after the query marker; last layer, final norm and projector at the
+marker rows only), can skip the fixed system turn whose keys and values are cached (fast.PrefixCache), and
+can pack several blocks into one forward (fast.Packing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lastrank.model.config import PROJECTOR_OUT_DIM, ModelConfig
+from lastrank.model.decoder import DecoderModel
+from lastrank.model.fast import PrefixCache
+
+
+def check_config(cfg: ModelConfig) -> None:
+    """What makes a decoder config a Jina Reranker V3 backbone: a Qwen3 without projection biases."""
+    if cfg.model_type != "qwen3" or cfg.attention_bias:
+        raise ValueError(f"jina-reranker-v3 is a Qwen3 decoder without attention biases; config.json has "
+                         f"model_type={cfg.model_type!r}, attention_bias={cfg.attention_bias}")
+
+
+class JinaForRanking(nn.Module):
+    """Backbone + projector. The engine calls `embed_blocks` (and `prefix_cache` through it)."""
+
+    def __init__(self, cfg: ModelConfig, projector_hidden: int | None = None, projector_out: int = PROJECTOR_OUT_DIM):
+        super().__init__()
+        check_config(cfg)
+        self.config = cfg
+        projector_hidden = projector_hidden or cfg.hidden_size // 2
+        self.model = DecoderModel(cfg)
+        self.projector = nn.Sequential(
+            nn.Linear(cfg.hidden_size, projector_hidden, bias=False),
+            nn.ReLU(),
+            nn.Linear(projector_hidden, projector_out, bias=False),
+        )
+
+    @torch.inference_mode()
+    def prefix_cache(self, ids: list[int] | torch.Tensor) -> PrefixCache:
+        """Run the prefix tokens alone once and keep every layer's keys and values (see PrefixCache)."""
+        device = self.model.embed_tokens.weight.device
+        cache = PrefixCache(torch.as_tensor(ids, dtype=torch.long, device=device))
+        if cache.ids.ndim != 1 or len(cache) == 0:
+            raise ValueError("a prefix is a non-empty 1-D sequence of token ids")
+        # rows: the last layer's keys and values are all computed, its queries and MLP only for one row
+        self.model(cache.ids, rows=torch.tensor([len(cache) - 1], device=device), on_kv=cache.keep)
+        return cache
+
+    @torch.inference_mode()
+    def embed(
+        self, input_ids: torch.Tensor, doc_marker_id: int, query_marker_id: int, prefix: PrefixCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One block prompt [T] -> (query vector [512], document vectors [n, 512], cosines [n]).
+
+        All three stay in the model dtype, as in the official forward: the cosines feed the block weight.
+        """
+        return self.embed_blocks([input_ids], doc_marker_id, query_marker_id, prefix=prefix)[0]
+
+    @torch.inference_mode()
+    def embed_blocks(
+        self, blocks: list[torch.Tensor], doc_marker_id: int, query_marker_id: int, attention: str = "segments",
+        prefix: PrefixCache | None = None, on_kv: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Several block prompts in ONE packed forward -> per block (query [512], docs [n, 512], cosines [n]).
+
+        Only what the official forward reads is computed (attention is causal, so nothing here changes the
+        hidden states that are read):
+          - each prompt is cut after its query marker (the chat suffix after it cannot influence the
+            marker rows);
+          - the last layer's attention output and MLP, and the final norm, run only at the marker rows;
+          - with `prefix`, the cached prefix tokens are not run again (used only if every block starts
+            with them; otherwise the blocks run whole).
+        on_kv: passed to the backbone (each layer's keys and values, attention layout).
+        """
+        if prefix is not None and (not all(prefix.starts(b) for b in blocks)
+                                   or bool(torch.isin(prefix.ids, torch.tensor([doc_marker_id, query_marker_id],
+                                                                                device=prefix.ids.device)).any())):
+            prefix = None  # run the prompts whole; a prefix holding a marker would hide its row
+        skip = 0 if prefix is None else len(prefix)
+        ids, seq_lens, rows, spans = [], [], [], []
+        offset = 0
+        for input_ids in blocks:
+            is_query = input_ids == query_marker_id
+            n_query = int(is_query.sum())
+            if n_query != 1:
+                raise RuntimeError(f"expected exactly one query marker in a block, found {n_query}. This is a bug.")
+            end = int(is_query.nonzero()[0, 0]) + 1
+            kept = input_ids[skip:end]
+            doc_rows = (kept == doc_marker_id).nonzero().flatten()
+            if len(doc_rows) != int((input_ids == doc_marker_id).sum()):
+                raise RuntimeError("a document marker follows the query marker in a block prompt. This is a bug.")
+            ids.append(kept)
+            seq_lens.append(end - skip)
+            # Marker rows in prompt order (docs precede the query marker in the template), then the query.
+            rows.append(doc_rows + offset)
+            rows.append(torch.tensor([offset + end - skip - 1], device=input_ids.device))
+            spans.append(len(doc_rows))
+            offset += end - skip
+        packed_ids = torch.cat(ids) if len(ids) > 1 else ids[0]
+        row_index = torch.cat(rows)  # ascending: blocks in order, each block's markers in prompt order
+        hidden = self.model(packed_ids, seq_lens, row_index, attention, prefix, on_kv)  # [n_markers, hidden]
+        results, start = [], 0
+        for n_docs in spans:
+            doc_hidden, query_hidden = hidden[start:start + n_docs], hidden[start + n_docs:start + n_docs + 1]
+            start += n_docs + 1
+            d = self.projector(doc_hidden)
+            q = self.projector(query_hidden)
+            scores = F.cosine_similarity(d, q.expand_as(d), dim=-1)
+            results.append((q[0], d, scores))
+        return results
