@@ -1,5 +1,5 @@
 """A real, throwaway PostgreSQL server for the tests: `instance()` starts one per test process (on first
-use) and stops it at exit; `instance().new_database()` gives each test an empty database.
+use) and stops it at exit; `database()` gives a test an empty database and drops it afterwards.
 
 Where the server comes from, first match wins:
 - $LASTRANK_TEST_POSTGRES_URL: an existing server (e.g. a CI service); the tests create databases in it.
@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import threading
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -134,6 +135,26 @@ class ExistingPostgres:
 
     def stop(self) -> None:
         pass
+
+
+def drop_database(url: str) -> None:
+    """Drop a database made by new_database (its connections are cut: a failed test may leave some)."""
+    import psycopg
+
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    with psycopg.connect(parts._replace(path="/postgres").geturl(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def database():
+    """A fresh, empty database of this process's server for the length of the block; dropped after it."""
+    url = instance().new_database()
+    try:
+        yield url
+    finally:
+        drop_database(url)
 
 
 def _create_database(admin_url: str) -> str:

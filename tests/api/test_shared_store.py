@@ -16,9 +16,10 @@ BODY = {"query": "q words", "documents": ["q words here", "nothing", "more words
 
 @pytest.fixture
 def pg_store():
-    store = open_store(postgres_server.instance().new_database())
-    yield store
-    store.close()
+    with postgres_server.database() as url:
+        store = open_store(url)
+        yield store
+        store.close()
 
 
 @pytest.fixture

@@ -29,9 +29,10 @@ def db(request, tmp_path, monkeypatch) -> Where:
     monkeypatch.delenv("LASTRANK_STORE", raising=False)
     if request.param == "sqlite":
         path = str(tmp_path / "cli.db")
-        return Where(path, ["--db", path])
-    url = postgres_server.instance().new_database()
-    return Where(url, ["--store", url])
+        yield Where(path, ["--db", path])
+        return
+    with postgres_server.database() as url:
+        yield Where(url, ["--store", url])
 
 
 def _create(capsys, db, *extra) -> str:

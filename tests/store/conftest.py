@@ -15,11 +15,13 @@ def backend(request) -> str:
 
 
 @pytest.fixture
-def target(backend, tmp_path) -> str:
+def target(backend, tmp_path):
     """What open_store takes: a fresh SQLite path, or the URL of a fresh, empty PostgreSQL database."""
     if backend == "sqlite":
-        return str(tmp_path / "lastrank.db")
-    return postgres_server.instance().new_database()
+        yield str(tmp_path / "lastrank.db")
+        return
+    with postgres_server.database() as url:
+        yield url
 
 
 @pytest.fixture
@@ -30,6 +32,7 @@ def store(target):
 
 
 @pytest.fixture
-def pg_url() -> str:
+def pg_url():
     """A fresh, empty PostgreSQL database, for tests of that backend's own mechanics."""
-    return postgres_server.instance().new_database()
+    with postgres_server.database() as url:
+        yield url
