@@ -29,8 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--server", metavar="URL", help="base URL of a running `lastrank serve`")
     p.add_argument("--api-key", help="API key for --server")
     p.add_argument("--data", required=True,
-                   help="a bundled data set by name (trec-dl-2019, trec-dl-2020, noveleval-2306) or a folder: "
-                        "lastrank layout (qrels.tsv) or BEIR (qrels/<split>.tsv)")
+                   help="a bundled data set by name (trec-dl-2019, trec-dl-2020, noveleval-2306), its long-page "
+                        "variant (trec-dl-2019-long: each candidate among 7 unrelated passages at a random place; "
+                        "-long-end: always last; see lastrank/eval/long.py) or a folder: lastrank layout "
+                        "(qrels.tsv) or BEIR (qrels/<split>.tsv)")
     p.add_argument("--run", help="TREC run file of first-stage candidates (default: the folder's run.*.trec)")
     p.add_argument("--split", default="test", help="BEIR qrels split (default: test)")
     p.add_argument("--top-k", type=int, default=100, help="candidates reranked per query (default: 100)")
@@ -45,6 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="grade counted relevant by RR@10 and R@100 (default: 2 on 0-3 scales as TREC-DL, else 1)")
     p.add_argument("--max-doc-length", type=int, default=None, help="passed to rerank() (engine default 2048)")
     p.add_argument("--max-query-length", type=int, default=None, help="passed to rerank() (engine default 512)")
+    p.add_argument("--chunking", choices=["truncate", "chunk"], default="truncate",
+                   help="long documents: cut at max-doc-length (truncate, default) or rank every window of it and "
+                        "score a document by its best (chunk; in-process only)")
+    p.add_argument("--chunk-overlap", type=int, default=None, metavar="TOKENS",
+                   help="with --chunking chunk: tokens shared by consecutive windows (default: window // 8)")
     p.add_argument("--out", help="output folder (default: ./runs/eval-<dataset>-<UTC timestamp>, or the newest "
                                  "unfinished one made by the same command)")
     p.add_argument("--no-resume", action="store_true", help="with no --out, start a new folder even if an unfinished one matches")
@@ -71,6 +78,9 @@ def _fingerprint(args: argparse.Namespace, dataset, rel_min: int) -> dict:
         "rel_min": rel_min,
         "max_doc_length": args.max_doc_length,
         "max_query_length": args.max_query_length,
+        # only when not the defaults, so runs made before these existed still resume
+        **({"dataset": dataset.name} if dataset.name != dataset.path.resolve().name else {}),
+        **({"chunking": args.chunking, "chunk_overlap": args.chunk_overlap} if args.chunking != "truncate" else {}),
     }
 
 
@@ -153,6 +163,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.server and not args.api_key:
         raise InvalidRequestError("--server needs --api-key")
+    if args.server and args.chunking != "truncate":
+        raise InvalidRequestError("--chunking chunk runs in process only (--model): lastrank.Client does not send "
+                                  "it yet")
+    if args.chunk_overlap is not None and args.chunking != "chunk":
+        raise InvalidRequestError("--chunk-overlap needs --chunking chunk")
     for flag, value in (("--top-k", args.top_k), ("--queries", args.queries), ("--permutations", args.permutations or 1)):
         if value is not None and value < 1:
             raise InvalidRequestError(f"{flag} must be at least 1")
@@ -191,6 +206,9 @@ def run(args: argparse.Namespace) -> int:
         "device": None if args.server else args.device,
         "dtype": None if args.server else args.dtype,
         "top_k": args.top_k,
+        "chunking": args.chunking,
+        "chunk_overlap": args.chunk_overlap,
+        "max_doc_length": args.max_doc_length,
         "orders": [] if args.permutations else list(ALL_ORDERS) if args.order == "all" else [args.order],
         "seed": args.seed,
         "n_queries": len(query_ids),
@@ -206,9 +224,13 @@ def run(args: argparse.Namespace) -> int:
     reranker, model_info = _make_reranker(args)
     if model_info.get("random_weights"):
         print(f"lastrank: warning: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
+    chunk = args.chunking == "chunk"
     params = {k: v for k, v in (("max_doc_length", args.max_doc_length), ("max_query_length", args.max_query_length),
-                                ("dtype", None if args.server else args.dtype)) if v is not None}
-    rerank_kwargs = {k: params[k] for k in ("max_doc_length", "max_query_length") if k in params}
+                                ("dtype", None if args.server else args.dtype),
+                                ("chunking", "chunk" if chunk else None),
+                                ("chunk_overlap", args.chunk_overlap)) if v is not None}
+    rerank_kwargs = {k: params[k] for k in ("max_doc_length", "max_query_length", "chunking", "chunk_overlap")
+                     if k in params}
     progress = not args.no_progress
     orders_result = perm_result = None
     try:

@@ -23,6 +23,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--instruction", default=None)
     p.add_argument("--max-doc-length", type=int, default=2048)
     p.add_argument("--max-query-length", type=int, default=512)
+    p.add_argument("--chunking", choices=["truncate", "chunk"], default="truncate",
+                   help="a document over --max-doc-length tokens: cut it there (truncate, default) or rank every "
+                        "window of that many tokens and score it by its best (chunk)")
+    p.add_argument("--chunk-overlap", type=int, default=None, metavar="TOKENS",
+                   help="with --chunking chunk: tokens shared by consecutive windows (default: window // 8)")
+    p.add_argument("--max-chunks-per-doc", type=int, default=None, metavar="N",
+                   help="with --chunking chunk: rank only the first N windows of a document")
+    p.add_argument("--spans", action="store_true",
+                   help="with --chunking chunk: show where each document's best window is ([start, end) characters)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -94,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
     from lastrank import Reranker
     from lastrank.model.checkpoint import NOTICE, is_random_checkpoint
 
+    if args.chunking != "chunk" and (args.spans or args.chunk_overlap is not None or args.max_chunks_per_doc is not None):
+        raise InvalidRequestError("--spans, --chunk-overlap and --max-chunks-per-doc need --chunking chunk")
     reranker = Reranker(args.model, device=args.device, dtype=args.dtype)
     if is_random_checkpoint(reranker.path):
         print(f"lastrank: warning: {reranker.path} holds {NOTICE}", file=sys.stderr)
@@ -102,11 +113,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"lastrank: note: {blank} blank line(s) ranked as empty documents, so that [index] stays the "
               f"0-based line number", file=sys.stderr)
     results = reranker.rerank(args.query, documents, top_n=args.top_n, instruction=args.instruction,
-                              max_doc_length=args.max_doc_length, max_query_length=args.max_query_length)
+                              max_doc_length=args.max_doc_length, max_query_length=args.max_query_length,
+                              chunking=args.chunking, chunk_overlap=args.chunk_overlap,
+                              max_chunks_per_doc=args.max_chunks_per_doc, return_spans=args.spans)
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "embedding"} for r in results], ensure_ascii=False, indent=2))
         return 0
     for rank, r in enumerate(results, 1):
-        doc = r["document"].replace("\n", " ")
-        print(f"{rank:>4}  {r['relevance_score']:+.4f}  [{r['index']}]  {doc[:100]}{'…' if len(doc) > 100 else ''}")
+        span = r.get("span")
+        doc = (r["document"][span[0]:span[1]] if span else r["document"]).replace("\n", " ")
+        where = f" {span[0]}-{span[1]}" if span else ""
+        print(f"{rank:>4}  {r['relevance_score']:+.4f}  [{r['index']}{where}]  {doc[:100]}{'…' if len(doc) > 100 else ''}")
     return 0

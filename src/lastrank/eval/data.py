@@ -149,14 +149,22 @@ def resolve_data(name_or_path: str | Path) -> Path:
         return BUNDLED_ROOT / str(name_or_path)
     raise InvalidRequestError(
         f"data folder not found: {name_or_path}; pass a folder or the name of a bundled data set "
-        f"({', '.join(names) or 'none installed'})"
+        f"({', '.join(names) or 'none installed'}; add -long or -long-end for its long-page variant)"
     )
 
 
 def load_dataset(path: str | Path, run: str | Path | None = None, split: str = "test", top_k: int | None = None) -> Dataset:
     """Reads either layout, from a folder or a bundled data set's name (`resolve_data`). The whole run is
     kept (first-stage metrics need it), but only passages among some query's top_k candidates are kept in
-    memory, so a full BEIR corpus streams through once."""
+    memory, so a full BEIR corpus streams through once.
+
+    A name that is no folder and ends in -long or -long-end (``trec-dl-2019-long``) is the long-page
+    variant of the data set it names (lastrank/eval/long.py)."""
+    from lastrank.eval.long import long_variant, make_long
+
+    variant = long_variant(str(path)) if not Path(path).expanduser().is_dir() else None
+    if variant is not None:
+        return make_long(load_dataset(variant[0], run=run, split=split, top_k=top_k), position=variant[1])
     folder = resolve_data(path)
     if (folder / "qrels.tsv").exists():
         layout, qrels_path = "lastrank", folder / "qrels.tsv"

@@ -121,6 +121,9 @@ def render_markdown(report: dict) -> str:
     )
     out.append(f"- data: `{c['data']}` ({c['layout']} layout), run `{c['run']}`, top-k {c['top_k']}")
     out.append(f"- passage text: {c['text_convention']}")
+    if c.get("chunking"):
+        out.append(f"- long documents: {c['chunking']}, max_doc_length {c.get('max_doc_length') or 'the family default'}"
+                   + (f", chunk overlap {c['chunk_overlap']}" if c.get("chunk_overlap") is not None else ""))
     if "aggregate" in report:
         if c["orders"]:
             out.append(f"- orders: {', '.join(c['orders'])} (seed {c['seed']} for random)")

@@ -135,6 +135,11 @@ class JinaV3Backend(Backend):
         )
         return RerankPlan(request, blocks, usage)
 
+    def token_offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        """The tokens truncate_texts counts (the Qwen3 tokenizer on the text alone; it adds no special
+        tokens), with their character spans from the `tokenizers` encodings."""
+        return [list(e.offsets) for e in self.tokenizer.tokenizer.encode_batch(texts, add_special_tokens=True)]
+
     def run_blocks(self, blocks: list[JinaBlock]) -> list[BlockOutput]:
         """Outputs in the order of `blocks`. Blocks may come from different requests: with packing on,
         consecutive blocks share one forward (up to max_pack_tokens), each exactly as if it ran alone."""
