@@ -76,7 +76,9 @@ class LocalPostgres:
                     continue
             if self.user is None:
                 raise PostgresUnavailable("running as root and there is no 'postgres' or 'nobody' user to run PostgreSQL as")
-        self.dir = Path(tempfile.mkdtemp(prefix="lastrank-pg-"))
+        # /tmp, not $TMPDIR: the server's user must be able to reach the folder (a root-only $TMPDIR would
+        # stop it), and the Unix socket path inside it must stay under ~100 characters
+        self.dir = Path(tempfile.mkdtemp(prefix="lastrank-pg-", dir="/tmp" if os.path.isdir("/tmp") else None))
         if self.user is not None:
             os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
         self.data = self.dir / "data"
