@@ -257,3 +257,16 @@ def test_the_scheduler_runs_chunked_requests_unchanged():
     assert [(r.index, r.relevance_score, r.span) for r in chunked.results] == \
         [(r.index, r.relevance_score, r.span) for r in direct.results]
     assert chunked.results[0].index == 0 and truncated.results[0].relevance_score == 0.5
+
+
+def test_a_character_longer_than_the_window_is_kept_whole_and_reported(tiny_reranker):
+    """Only with a window of a few tokens: a rare CJK character is 3 byte-level tokens of Qwen3."""
+    backend = tiny_reranker.backend
+    doc = "\U0002000b" * 3
+    assert len(backend.token_offsets([doc])[0]) == 9
+    fits = chunk_plan(backend, [doc], 3, chunk_overlap=0)
+    assert [(c.start, c.end, c.tokens) for c in fits.chunks] == [(0, 1, 3), (1, 2, 3), (2, 3, 3)]
+    assert fits.usage.truncated_indices == []
+    over = chunk_plan(backend, [doc, "x"], 2, chunk_overlap=0)
+    assert [(c.start, c.end, c.tokens) for c in over.chunks] == [(0, 1, 3), (1, 2, 3), (2, 3, 3), (0, 1, 1)]
+    assert over.usage.truncated_indices == [0]  # the family cut each of its chunks to 2 tokens

@@ -17,7 +17,9 @@ default) goes straight to the wrapped backend: same plan, same outputs, same res
    next window starts at the best boundary inside the overlap (the earliest of equals). Each chunk's text
    is exactly `document[start:end]` (the first token's start to the last token's end); a chunk that the
    tokenizer reads back as more than `window` tokens (a BPE merge across the cut) is cut again with a
-   smaller window, so no chunk is ever truncated by the family.
+   smaller window, so no chunk is truncated by the family. The one exception, possible only with a window
+   of a few tokens: a single character that takes more tokens than the window is kept whole in its chunk,
+   the family truncates that chunk, and the document is reported as truncated.
 3. Every chunk is ranked as a document by the wrapped backend's own plan: a listwise family (Jina V3)
    sees the chunks as passages of one prompt (in document order, chunks of a document consecutive), a
    pointwise family scores each chunk with the query on its own.
@@ -123,8 +125,13 @@ def split_windows(text: str, offsets: Offsets, window: int, overlap: int) -> lis
                     best_rank, j = r, c
                     if r == 3:
                         break
-        if j is None:  # no clean cut near the end: the latest clean one anywhere, else the hard limit
-            j = next((c for c in range(lo - 1, s, -1) if _clean(offsets, c)), hard)
+        if j is None:  # no clean cut near the end: the latest clean one in the window, else the first after it
+            j = next((c for c in range(lo - 1, s, -1) if _clean(offsets, c)), None)
+            if j is None:  # one character takes more tokens than the window: keep it whole (module docstring)
+                j = next((c for c in range(hard + 1, n) if _clean(offsets, c)), n)
+                if j == n:
+                    ranges.append((s, n))
+                    return ranges
         ranges.append((s, j))
         # The next start: inside the overlap, at its best boundary (the earliest of equals); always past s.
         # (No clean start inside the overlap: the window after the cut starts at the cut.)
@@ -153,7 +160,7 @@ class Chunk:
     doc: int  # position in request.documents
     start: int  # character offsets of the chunk in that document: text == document[start:end]
     end: int
-    tokens: int  # its token count as cut (the family's tokenizer, the chunk alone)
+    tokens: int  # its token count as the family reads it (the family's tokenizer on the chunk alone)
 
 
 @dataclass
@@ -227,13 +234,14 @@ class ChunkingBackend(Backend):
         doc_chunks: list[tuple[int, int]] = []
         capped: list[int] = []
         ranges = [split_windows(text, offs, window, overlap) for text, offs in zip(docs, offsets)]
-        ranges = self._fit(docs, offsets, ranges, window, overlap)
+        ranges, counts = self._fit(docs, offsets, ranges, window, overlap)
         for d, (text, offs, rs) in enumerate(zip(docs, offsets, ranges)):
+            tokens = counts.get(d) or [e - s for s, e in rs]
             if request.max_chunks_per_doc is not None and len(rs) > request.max_chunks_per_doc:
                 rs = rs[: request.max_chunks_per_doc]
                 capped.append(d)
             a = len(chunks)
-            chunks.extend(Chunk(d, *char_span(text, offs, s, e), e - s) for s, e in rs)
+            chunks.extend(Chunk(d, *char_span(text, offs, s, e), n) for (s, e), n in zip(rs, tokens))
             doc_chunks.append((a, len(chunks)))
         if capped and not request.truncate:
             shown = ", ".join(map(str, capped[:10])) + (f" and {len(capped) - 10} more" if len(capped) > 10 else "")
@@ -262,8 +270,8 @@ class ChunkingBackend(Backend):
         if not request.truncate and iu.query_truncated:
             raise InvalidRequestError(f"the query exceeds {iu.max_query_length} tokens; send truncate=true "
                                       "(or a shorter query) to have it truncated")
-        # A chunk the family still cut (only possible when no smaller window fitted, see _fit) loses text.
-        lost = {chunks[c].doc for c in iu.truncated_indices if chunks[c].tokens > window}
+        # A chunk the family still cut (one character over the window, or no smaller window fitted) loses text.
+        lost = {c.doc for c in chunks if c.tokens > window}
         tokens_run = iu.doc_tokens if len(iu.doc_tokens) == len(chunks) else [c.tokens for c in chunks]
         usage = Usage(
             documents=len(docs),
@@ -290,30 +298,39 @@ class ChunkingBackend(Backend):
         return offsets
 
     def _fit(self, docs: list[str], offsets: list[Offsets], ranges: list[list[tuple[int, int]]], window: int,
-             overlap: int) -> list[list[tuple[int, int]]]:
+             overlap: int) -> tuple[list[list[tuple[int, int]]], dict[int, list[int]]]:
         """Re-tokenize every cut chunk on its own; a document with a chunk over `window` tokens (a merge
-        across the cut) is cut again with a window smaller by the excess, until all fit (RECUT_TRIES)."""
+        across the cut) is cut again with a window smaller by the excess, until all fit (RECUT_TRIES).
+        -> (ranges, {document: token count of each of its chunks as the family will read it}) for the
+        documents that were cut."""
         ranges = list(ranges)
+        counts: dict[int, list[int]] = {}
         todo = [d for d, rs in enumerate(ranges) if len(rs) > 1]
         shrink = {d: 0 for d in todo}
-        for _ in range(RECUT_TRIES):
+        for attempt in range(RECUT_TRIES + 1):
             if not todo:
                 break
             spans = [(d, char_span(docs[d], offsets[d], s, e)) for d in todo for s, e in ranges[d]]
-            counts = [len(o) for o in self._offsets([docs[d][a:b] for d, (a, b) in spans])]
-            excess: dict[int, int] = {}
-            for (d, _), n in zip(spans, counts):
-                if n > window:
-                    excess[d] = max(excess.get(d, 0), n - window)
-            todo = []
-            for d, extra in excess.items():
+            found = self._offsets([docs[d][a:b] for d, (a, b) in spans])
+            for d in todo:
+                counts[d] = []
+            for (d, _), o in zip(spans, found):
+                counts[d].append(len(o))
+            if attempt == RECUT_TRIES:
+                break
+            again = []
+            for d in todo:
+                extra = max(counts[d]) - window
+                if extra <= 0:
+                    continue
                 shrink[d] += extra
                 w = window - shrink[d]
                 if w < 1:
-                    continue  # nothing smaller fits: keep the last cut (the family truncates that chunk)
+                    continue  # nothing smaller fits: keep this cut (the family truncates the long chunk)
                 ranges[d] = split_windows(docs[d], offsets[d], w, min(overlap, w - 1))
-                todo.append(d)
-        return ranges
+                again.append(d)
+            todo = again
+        return ranges, counts
 
     # -- scores / finish ---------------------------------------------------------------------------
 
