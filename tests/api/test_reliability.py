@@ -387,3 +387,37 @@ def test_a_full_queue_is_a_503_with_retry_after(tiny_reranker, store):
         assert [r.status_code for r in refused] == [503] * 3
         assert all(r.headers["retry-after"].isdigit() for r in refused)
         assert backend.planned == 1  # none of the refused requests was tokenized
+
+
+def test_a_full_queue_refuses_a_verified_key_before_reading_the_body(tiny_reranker, store):
+    """While the queue is full, a request from a recently verified key gets its 503 before its body is read:
+    here the body never comes, and the 503 arrives anyway (the ordinary path would wait for the body)."""
+    _, key = store.create_key("busy")
+    gate = threading.Event()
+
+    class Held(RecordingBackend):
+        def run_blocks(self, blocks):
+            assert gate.wait(30)
+            return self._backend.run_blocks(blocks)
+
+    settings = ServerSettings(max_queued_requests=1, body_timeout_s=30)
+    with LiveServer(settings, store, engine=Held(tiny_reranker.backend, delay_s=0)) as srv:
+        auth = {"Authorization": f"Bearer {key}"}
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(httpx.post, srv.url + "/v1/rerank", json=CLEAN, headers=auth, timeout=30)
+            deadline = time.monotonic() + 10
+            while srv.app.state.lastrank.scheduler.admission_error() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            with srv.connect() as s:
+                s.sendall(f"POST /v1/rerank HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n"
+                          f"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{".encode())
+                s.settimeout(5)
+                head = s.recv(65536)
+            # an unknown key is not refused early: authentication comes first, so it gets its 401
+            unknown = httpx.post(srv.url + "/v1/rerank", json=CLEAN, headers={"Authorization": "Bearer lr-000000000000-x"})
+            full = srv.app.state.lastrank.scheduler.admission_error() is not None
+            gate.set()
+            assert first.result().status_code == 200
+        assert head.startswith(b"HTTP/1.1 503 "), head
+        assert b"retry-after: " in head.lower() and b"too many requests queued" in head
+        assert full and unknown.status_code == 401

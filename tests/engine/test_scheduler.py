@@ -483,12 +483,14 @@ def test_a_full_queue_refuses_before_tokenizing():
             engine.plan_gates["b"] = threading.Event()
             b = asyncio.create_task(sched.submit(req("b", 1)))
             await until(lambda: "b" in engine.planning, "b planning")
+            assert isinstance(sched.admission_error(), OverloadedError)  # what the API asks before parsing
             with pytest.raises(OverloadedError, match="too many requests queued"):
                 await sched.submit(req("c", 1))  # a queued + b planning = 2
             assert planned == ["a", "b"]
             engine.plan_gates["b"].set()
             engine.gate.set()
             await asyncio.gather(a, b)
+            assert sched.admission_error() is None
             assert (await sched.submit(req("d", 1))).request_id == "d"
             assert planned == ["a", "b", "d"]
 

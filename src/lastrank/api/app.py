@@ -8,7 +8,8 @@
 Middleware, outermost first:
   RequestContext   request id (X-Request-Id on every response), per-route metrics; an unexpected exception
                    becomes the JSON 500 (with `Connection: close`) here, so the server never has to drop
-                   a keep-alive connection mid-cycle
+                   a keep-alive connection mid-cycle; while the queue is full, a rerank request from a
+                   recently verified key gets its 503 here, before its body is read
   BodyLimit        counts the body bytes as they arrive (Content-Length is not trusted) and answers
                    413 past --max-body-bytes, 408 when the body takes longer than --body-timeout-s; the
                    body is buffered and replayed to the app
@@ -48,10 +49,36 @@ KNOWN_ROUTES = {"/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/health", 
                 "/docs", "/redoc", "/openapi.json"}
 
 
+RERANK_ROUTES = frozenset({"/v1/rerank", "/v2/rerank", "/rerank"})
+
+
 class RequestContextMiddleware:
-    def __init__(self, app, metrics: Metrics):
+    def __init__(self, app, metrics: Metrics, state: ServerState | None = None):
         self.app = app
         self.metrics = metrics
+        self.state = state
+
+    def _early_refusal(self, scope):
+        """The 503 for a rerank request while the scheduler's queue is full, before its body is read or
+        parsed: under overload most requests end here, and a refusal that costs as much as a parse steals
+        the CPU (and the GIL) the admitted requests need. Only for a key verified moments ago
+        (Authenticator.cached), so a refusal never skips authentication; anything else takes the ordinary
+        path, where scheduler.submit refuses before tokenizing."""
+        state = self.state
+        if state is None or scope.get("method") != "POST" or scope.get("path") not in RERANK_ROUTES:
+            return None
+        admission_error = getattr(state.scheduler, "admission_error", None)
+        if not state.ready or admission_error is None:
+            return None
+        error = admission_error()
+        if error is None:
+            return None
+        authorization = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), None)
+        key = state.auth.cached(authorization)
+        if key is None:
+            return None
+        scope["state"]["key_id"] = key.id  # who the refusal is counted for (api/refusals.py)
+        return api_errors.response_for(error, scope["state"]["request_id"])
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -71,7 +98,11 @@ class RequestContextMiddleware:
 
         try:
             try:
-                await self.app(scope, receive, send_wrapper)
+                refusal = self._early_refusal(scope)
+                if refusal is not None:
+                    await refusal(scope, receive, send_wrapper)
+                else:
+                    await self.app(scope, receive, send_wrapper)
             except Exception:
                 if status_holder["status"] != CLIENT_CLOSED_REQUEST:
                     raise  # the response had started: nothing to answer; uvicorn closes the connection
@@ -127,8 +158,9 @@ class BodyLimitMiddleware:
                 message = await receive()
             else:
                 try:
-                    message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):  # no task per chunk
+                        message = await receive()
+                except TimeoutError:
                     return await too_slow()
             if message["type"] == "http.disconnect":
                 return  # the client left before sending its body; nothing to answer
@@ -235,7 +267,7 @@ def create_app(
     api_docs.install(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,
                        body_timeout_s=settings.body_timeout_s)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)  # added last: outermost
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, state=state)  # added last: outermost
     return app
 
 

@@ -224,19 +224,27 @@ class Scheduler:
             raise
         return await asyncio.to_thread(self.engine.finish, entry.plan, outputs)
 
+    def admission_error(self) -> OverloadedError | None:
+        """The error a new request would be refused with right now, or None. Cheap: the API calls it
+        before reading a request (api/app.py), so a refusal under overload costs almost nothing."""
+        with self._cond:
+            return self._refusal_locked()
+
+    def _refusal_locked(self) -> OverloadedError | None:
+        taken = len(self._entries) + self._planning
+        if taken >= self.max_queued_requests:
+            return OverloadedError(f"too many requests queued ({taken}, max {self.max_queued_requests})",
+                                   retry_after=self._retry_after_locked())
+        if self._queued_tokens >= self.max_queued_tokens:
+            return OverloadedError(f"too many tokens queued ({self._queued_tokens}, max {self.max_queued_tokens})",
+                                   retry_after=self._retry_after_locked())
+        return None
+
     def _reserve(self) -> None:
         with self._cond:
-            taken = len(self._entries) + self._planning
-            if taken >= self.max_queued_requests:
-                raise OverloadedError(
-                    f"too many requests queued ({taken}, max {self.max_queued_requests})",
-                    retry_after=self._retry_after_locked(),
-                )
-            if self._queued_tokens >= self.max_queued_tokens:
-                raise OverloadedError(
-                    f"too many tokens queued ({self._queued_tokens}, max {self.max_queued_tokens})",
-                    retry_after=self._retry_after_locked(),
-                )
+            refusal = self._refusal_locked()
+            if refusal is not None:
+                raise refusal
             self._planning += 1
 
     def _admit(self, plan) -> _Entry:
