@@ -24,13 +24,17 @@ class KeywordBackend(PairwiseBackend):
     """A toy pointwise family (module docstring). Token ids are word ids (case and edge punctuation
     ignored), 0 separates query from document in a sequence."""
 
-    def __init__(self, max_doc_length: int = 20, offsets: bool = True):
+    def __init__(self, max_doc_length: int = 20, offsets: bool = True, overhead: int = 0, window: bool = True):
         self.capabilities = Capabilities(
             family="keyword-toy", architecture="word overlap", listwise=False, score="sigmoid",
             raw_score="query words in the document", instruction=False, embedding_dim=None,
             context_length=10_000, max_doc_length=max_doc_length, max_query_length=64)
         self.vocab: dict[str, int] = {}
         self.has_offsets = offsets
+        # `overhead` tokens of max_doc_length go to a marker of the family's own (as special tokens do);
+        # window=False: chunk_window is not overridden to subtract them (a family bug, for one test)
+        self.overhead = overhead
+        self.subtracts_overhead = window
         self.scored: list[list[int]] = []  # every sequence run, for the tests
         self.stop_ids = {self.ids(w)[0] for w in STOP}
 
@@ -42,12 +46,16 @@ class KeywordBackend(PairwiseBackend):
             return super().token_offsets(texts)
         return [[m.span() for m in WORD.finditer(t)] for t in texts]
 
+    def chunk_window(self, request):
+        return super().chunk_window(request) - (self.overhead if self.subtracts_overhead else 0)
+
     def encode_pairs(self, request, max_doc_length, max_query_length):
         q = self.ids(request.query)[:max_query_length]
         docs = [self.ids(d) for d in request.documents]
-        sequences = [q + [0] + d[:max_doc_length] for d in docs]
-        return EncodedPairs(sequences=sequences, doc_tokens=[min(len(d), max_doc_length) for d in docs],
-                            truncated=[i for i, d in enumerate(docs) if len(d) > max_doc_length],
+        keep = max_doc_length - self.overhead
+        sequences = [q + [0] + d[:keep] + [-1] * self.overhead for d in docs]
+        return EncodedPairs(sequences=sequences, doc_tokens=[min(len(d), keep) + self.overhead for d in docs],
+                            truncated=[i for i, d in enumerate(docs) if len(d) > keep],
                             query_truncated=len(self.ids(request.query)) > max_query_length)
 
     def score_sequences(self, sequences, prefix_lens):
@@ -56,5 +64,5 @@ class KeywordBackend(PairwiseBackend):
         for s in sequences:
             cut = s.index(0)
             query = set(s[:cut]) - self.stop_ids
-            out.append(float(len(query & set(s[cut + 1:]))))
+            out.append(float(len(query & set(s[cut + 1:]) - {-1})))
         return np.asarray(out, dtype=np.float64)

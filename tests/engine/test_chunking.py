@@ -270,3 +270,18 @@ def test_a_character_longer_than_the_window_is_kept_whole_and_reported(tiny_rera
     over = chunk_plan(backend, [doc, "x"], 2, chunk_overlap=0)
     assert [(c.start, c.end, c.tokens) for c in over.chunks] == [(0, 1, 3), (1, 2, 3), (2, 3, 3), (0, 1, 1)]
     assert over.usage.truncated_indices == [0]  # the family cut each of its chunks to 2 tokens
+
+
+def test_a_family_that_spends_part_of_the_limit_gets_smaller_windows():
+    """chunk_window: a family whose plan keeps max_doc_length - 2 own tokens (as a bi-encoder's [CLS]/[SEP])."""
+    doc = page(12, "Cat fleas usually live for about a year.")
+    backend = ChunkingBackend(KeywordBackend(max_doc_length=12, overhead=2))
+    plan = backend.plan(RerankRequest(query="cat fleas", documents=[doc], chunking="chunk", chunk_overlap=0))
+    assert max(c.tokens for c in plan.chunks) == 10 and plan.inner.usage.truncated_indices == []
+    assert plan.usage.truncated_indices == []
+    # a family that does not subtract them has its chunks cut: reported as truncated, never hidden
+    wrong = ChunkingBackend(KeywordBackend(max_doc_length=12, overhead=2, window=False))
+    plan = wrong.plan(RerankRequest(query="cat fleas", documents=[doc, "short"], chunking="chunk", chunk_overlap=0))
+    assert plan.inner.usage.truncated_indices and plan.usage.truncated_indices == [0]
+    with pytest.raises(InvalidRequestError, match="leaves no room"):
+        backend.plan(RerankRequest(query="q", documents=[doc], chunking="chunk", max_doc_length=2))

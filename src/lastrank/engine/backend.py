@@ -9,15 +9,21 @@ that work on its model, and turns the outputs back into scores:
     scores(plan, outs)   -> Scores          one relevance score (and raw score, embedding) per document
     finish(plan, outs)   -> RerankResult    scores, then `rank` (ordering, score threshold, top_n)
     token_offsets(texts) -> list[list[(start, end)]]   the family's tokenizer, for chunking (see below)
+    chunk_window(request) -> int                        own tokens a document keeps (default: max_doc_length)
 
 Long documents (request.chunking == "chunk") are handled once for every family by the wrapper in
-engine/chunking.py, on top of these methods; the one thing it needs from a family is `token_offsets`:
-for each text, one (start, end) character span [start, end) in that text per token the family counts
-against `max_doc_length` for it (the document's own tokens, in order, without the special tokens or
-template the family adds around it), so len(offsets) is the document's token count as `plan` counts it.
-Spans of consecutive tokens may share characters (a byte-level token holding part of a multi-byte
-character); the chunker cuts only where they do not. A family that cannot yet do this raises
-NotImplementedError (the base class does), and a chunk-mode request to it is a clear 400.
+engine/chunking.py, on top of these methods. What it needs from a family:
+  - `token_offsets(texts)`: for each text, one (start, end) character span [start, end) in that text per
+    token of the text's own tokenization as the family's plan makes it for a document (in order; without
+    the special tokens, prompt or template the family adds around it). Spans of consecutive tokens may
+    share characters (a byte-level token holding part of a multi-byte character); the chunker cuts only
+    where they do not. The base class raises NotImplementedError, and a
+    chunk-mode request to such a family is a clear 400 ("chunking is not available for this model").
+  - `chunk_window(request)`: how many of those own tokens a document keeps under the request's
+    max_doc_length (else Capabilities.max_doc_length) before the family truncates it. The default is that
+    limit itself (jina-v3, which counts only the document's tokens); a family that spends part of the
+    limit on its own tokens (a bi-encoder's [CLS]/[SEP] and document prompt; a cross-encoder's pair
+    template) overrides it to subtract them, so no chunk is truncated.
 
 The scheduler, the server, the dialects and eval see only this interface and `Capabilities`; nothing
 family-specific lives outside the family's module (lastrank/families/<family>.py).
@@ -162,6 +168,10 @@ class Backend(ABC):
     def token_offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
         """Per text, the character span of each of its tokens (module docstring, "Long documents")."""
         raise NotImplementedError(f"{type(self).__name__} does not expose token offsets")
+
+    def chunk_window(self, request: RerankRequest) -> int:
+        """Own tokens a document keeps before truncation (module docstring, "Long documents")."""
+        return request.max_doc_length or self.capabilities.max_doc_length
 
     def finish(self, plan: RerankPlan, outputs: list[Any]) -> RerankResult:
         if not plan.blocks:

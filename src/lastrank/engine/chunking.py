@@ -6,7 +6,9 @@ the scheduler, the server and `Reranker` use it unchanged. A request with `chunk
 default) goes straight to the wrapped backend: same plan, same outputs, same result. With
 `chunking="chunk"`:
 
-1. The window is the request's `max_doc_length`, else the family's `Capabilities.max_doc_length`. Each
+1. The window is what the family keeps of a document's own tokens under the request's `max_doc_length`
+   (else its `Capabilities.max_doc_length`): `Backend.chunk_window(request)`, that limit itself unless
+   the family spends part of it on tokens of its own (special tokens, a document prompt). Each
    document's tokens come from the family's own tokenizer (`Backend.token_offsets`, with the character
    span of every token). A document of at most `window` tokens is one chunk: the document itself.
 2. A longer document is cut into windows of at most `window` tokens, consecutive windows sharing
@@ -208,6 +210,9 @@ class ChunkingBackend(Backend):
     def token_offsets(self, texts: list[str]) -> list[Offsets]:
         return self.inner.token_offsets(texts)
 
+    def chunk_window(self, request: RerankRequest) -> int:
+        return self.inner.chunk_window(request)
+
     def warmup(self) -> None:
         self.inner.warmup()
 
@@ -222,11 +227,11 @@ class ChunkingBackend(Backend):
     def plan(self, request: RerankRequest) -> RerankPlan:
         if request.chunking != "chunk" or not request.documents:
             return self.inner.plan(request)
-        window = request.max_doc_length or self.capabilities.max_doc_length
+        window = self._window(request)
         overlap = request.chunk_overlap if request.chunk_overlap is not None else window // OVERLAP_FRACTION
         if overlap >= window:
             raise InvalidRequestError(f"chunk_overlap ({overlap} tokens) must be smaller than the chunk window "
-                                      f"(max_doc_length, {window} tokens)")
+                                      f"({window} tokens of a document under max_doc_length)")
         docs = list(request.documents)
         offsets = self._offsets(docs)
 
@@ -261,7 +266,8 @@ class ChunkingBackend(Backend):
                  for c in chunks]
         inner_request = RerankRequest(
             query=request.query, documents=texts, top_n=None, return_embeddings=request.return_embeddings,
-            max_doc_length=window, max_query_length=request.max_query_length, instruction=request.instruction,
+            max_doc_length=request.max_doc_length, max_query_length=request.max_query_length,
+            instruction=request.instruction,
             request_id=request.request_id, deadline=request.deadline,
             truncate=True,  # chunks fit the window; a query that does not is refused below for truncate=False
         )
@@ -270,8 +276,10 @@ class ChunkingBackend(Backend):
         if not request.truncate and iu.query_truncated:
             raise InvalidRequestError(f"the query exceeds {iu.max_query_length} tokens; send truncate=true "
                                       "(or a shorter query) to have it truncated")
-        # A chunk the family still cut (one character over the window, or no smaller window fitted) loses text.
-        lost = {c.doc for c in chunks if c.tokens > window}
+        # A chunk the family still cut loses text: one character over the window (or no smaller window
+        # fitted), or a family whose chunk_window overstates what it keeps (flagged under the window).
+        flagged = set(iu.truncated_indices)
+        lost = {c.doc for i, c in enumerate(chunks) if c.tokens > window or (i in flagged and c.tokens < window)}
         tokens_run = iu.doc_tokens if len(iu.doc_tokens) == len(chunks) else [c.tokens for c in chunks]
         usage = Usage(
             documents=len(docs),
@@ -286,13 +294,25 @@ class ChunkingBackend(Backend):
         )
         return ChunkPlan(request, inner.blocks, usage, inner=inner, chunks=chunks, doc_chunks=doc_chunks)
 
+    def _window(self, request: RerankRequest) -> int:
+        try:
+            window = self.inner.chunk_window(request)
+        except NotImplementedError:
+            raise self._unavailable() from None
+        if window < 1:
+            raise InvalidRequestError(f"max_doc_length leaves no room for a document's own tokens with this model "
+                                      f"(family {self.capabilities.family}); send a larger max_doc_length")
+        return window
+
+    def _unavailable(self) -> InvalidRequestError:
+        return InvalidRequestError(f"chunking is not available for this model (family {self.capabilities.family}) "
+                                   "yet; send chunking=\"truncate\"")
+
     def _offsets(self, texts: list[str]) -> list[Offsets]:
         try:
             offsets = self.inner.token_offsets(texts)
         except NotImplementedError:
-            raise InvalidRequestError(
-                f"chunking is not available for this model (family {self.capabilities.family}) yet; "
-                "send chunking=\"truncate\"") from None
+            raise self._unavailable() from None
         if len(offsets) != len(texts):
             raise RuntimeError(f"token_offsets returned {len(offsets)} lists for {len(texts)} texts. This is a bug.")
         return offsets
