@@ -1,12 +1,22 @@
-"""`lastrank bench` labels: a block case is shown by its real prompt size, not its nominal "2k"/"8k"."""
+"""`lastrank bench`: block cases labelled by their real prompt size, the packing study on backends of its
+own, and the reference path read from benchmarks/ (not the package), with a clear note when it cannot be.
+No timing is ever checked."""
 
 from __future__ import annotations
 
 import io
 import re
+import sys
+from pathlib import Path
 
+import pytest
+
+from lastrank.cli import bench as bench_module
 from lastrank.cli import build_parser
-from lastrank.cli.bench import bench, case_label
+from lastrank.cli.bench import (bench, case_label, find_reference_file, load_reference_path, packing_study,
+                                with_options)
+
+CHECKOUT_REFERENCE = Path(__file__).resolve().parents[2] / "benchmarks" / "reference_path.py"
 
 
 def test_case_label():
@@ -30,3 +40,39 @@ def test_quick_bench_labels_blocks_by_their_real_token_counts(monkeypatch):
         assert res["cases"][name]["label"] == label
         assert f"[{label}]" in text and f"| {label} | {tokens} |" in text
     assert not re.search(r"\[(2k|8k)\]|\| (2k|8k) \|", text)
+    assert res["machine"]["reference"] == "skipped (--no-reference)"
+
+
+def test_packing_study_leaves_the_backend_as_it_was(tiny_reranker):
+    """Packed and one-by-one run on backends of their own over the same weights; the caller's is untouched."""
+    backend = tiny_reranker.backend
+    before = (backend.pack_blocks, backend.max_pack_tokens, backend.packed_attention, backend.reuse_prefix)
+    packed = with_options(backend, pack_blocks=True)
+    assert packed.model is backend.model and packed.tokenizer is backend.tokenizer  # shared, not copied
+    assert packed.pack_blocks is True and packed.reuse_prefix == backend.reuse_prefix
+    said = []
+    result = packing_study(backend, ["green tea leaves", "a river in the city", "coffee and sleep"] * 5, 96, 1, "cpu",
+                           said.append)
+    assert (backend.pack_blocks, backend.max_pack_tokens, backend.packed_attention, backend.reuse_prefix) == before
+    assert len(result["blocks"]) == 4 and result["packed_speedup"] > 0 and said[0].startswith("\n[pack]")
+    assert all(len(v) == 1 for v in result["seconds"].values())
+
+
+def test_reference_path_is_read_from_the_checkout_not_the_package():
+    """Found in the checkout (loading it is tests/model/test_fast_path.py::test_bench_quick_runs's part)."""
+    import lastrank
+
+    assert find_reference_file() == CHECKOUT_REFERENCE
+    assert not any(Path(lastrank.__file__).parent.rglob("reference_path.py"))  # not shipped in the package
+
+
+def test_reference_path_missing_file_or_transformers_is_a_clear_note(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_module, "REFERENCE_FILE", Path("benchmarks") / "no_such_file.py")
+    monkeypatch.chdir(tmp_path)
+    cls, why = load_reference_path()
+    assert cls is None and "benchmarks/no_such_file.py not found" in why and "--reference FILE" in why
+    with pytest.raises(SystemExit, match="no such file"):
+        load_reference_path(str(tmp_path / "missing.py"))
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now fails as if not installed
+    cls, why = load_reference_path(str(CHECKOUT_REFERENCE))
+    assert cls is None and "transformers" in why and "not installed" in why and ".[test]" in why

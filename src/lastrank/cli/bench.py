@@ -5,7 +5,9 @@ For each case (a ~2K-token block, a ~8K-token block, a 100-document TREC-DL requ
 case by its real prompt size:
   - the reference path's tokens/s: transformers' Qwen3Model + the projector in bf16 with SDPA, the official
     forward (hidden states at the marker tokens through the projector) on the very same block prompts
-    (token ids from lastrank's plan);
+    (token ids from lastrank's plan). It lives in the repository, benchmarks/reference_path.py, beside the
+    `test` extra that declares transformers, not in the installed package; without the file (a non-editable
+    install: --reference FILE) or without transformers the bench runs without it and says why;
   - lastrank's tokens/s for `Reranker.rerank` end to end (tokenization, plan, forward, merge);
   - their ratio, measured interleaved (ref, lastrank, ref, lastrank, ...) so that load on the machine hits
     both alike, and the best (minimum) time of each is compared;
@@ -61,13 +63,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="TREC-DL folder with queries.jsonl, corpus.jsonl, run.bm25.trec "
                                   "(default: the bundled trec-dl-2019, else synthetic text)")
     p.add_argument("--no-reference", action="store_true", help="skip the transformers reference path")
+    p.add_argument("--reference", metavar="FILE",
+                   help="the reference path's file (default: benchmarks/reference_path.py of the source checkout "
+                        "lastrank is installed from, else of the working directory)")
     p.add_argument("--no-subprocess", action="store_true", help="skip cold start and peak RSS (fresh processes)")
     p.add_argument("--pack-blocks", choices=["auto", "on", "off"], default="auto", help="engine packing option")
     p.add_argument("--no-prefix-reuse", action="store_true",
                    help="run every prompt whole, without the cached system-turn prefix (an A/B of that option; "
                         "the fresh processes for cold start and peak RSS keep the default)")
     p.add_argument("--compile", action="store_true",
-                   help="opt-in torch.compile path (LASTRANK_COMPILE=1), with a fresh compile cache for this run: "
+                   help="opt-in torch.compile path (Reranker(compile=True); LASTRANK_COMPILE=1 in the fresh processes), "
+                        "with a fresh compile cache for this run: "
                         "cold start is then reported twice, cache filling and cache warm")
     p.add_argument("--json", help="also write the results to this file")
 
@@ -132,47 +138,75 @@ def block_request(engine, query: str, pool: list[str], target_tokens: int) -> tu
         if plan.usage.prompt_tokens >= target_tokens or len(docs) >= 125:
             return query, docs
 
-
 # ------------------------------------------------------------------------------------ reference path
 
+REFERENCE_FILE = Path("benchmarks") / "reference_path.py"
 
-class ReferencePath:
-    """The official forward on transformers' Qwen3Model (SDPA) + the projector, in the bench dtype."""
 
-    def __init__(self, checkpoint: Path, dtype, device="cpu"):
-        import torch
-        from safetensors.torch import load_file
-        from torch import nn
-        from transformers import Qwen3Config, Qwen3Model
-        from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
+def find_reference_file(explicit: str | None = None) -> Path | None:
+    """benchmarks/reference_path.py: `explicit` (--reference FILE; an error when missing), else the source
+    checkout this package is installed from (an editable install), else ./benchmarks/; None when none is."""
+    if explicit:
+        if not Path(explicit).is_file():
+            raise SystemExit(f"lastrank bench: --reference {explicit}: no such file")
+        return Path(explicit)
+    # src/lastrank/cli/bench.py -> the checkout's root; then the working directory
+    candidates = [Path(__file__).resolve().parents[3] / REFERENCE_FILE, Path.cwd() / REFERENCE_FILE]
+    return next((c for c in candidates if c.is_file()), None)
 
-        config = Qwen3Config.from_pretrained(str(checkpoint), attn_implementation="sdpa")
-        config.dtype = dtype
-        state = load_file(str(checkpoint / "model.safetensors"))
-        with torch.device("meta"):  # no random init of 0.6B parameters; the checkpoint's are assigned below
-            backbone = Qwen3Model(config)
-        backbone.load_state_dict({k[len("model."):]: v.to(dtype) for k, v in state.items() if k.startswith("model.")},
-                                 strict=True, assign=True)
-        backbone.rotary_emb = Qwen3RotaryEmbedding(config)  # its inv_freq buffer is computed, not loaded
-        self.backbone = backbone.eval().to(device)
-        self.device = device
-        w0, w2 = state["projector.0.weight"].to(dtype), state["projector.2.weight"].to(dtype)
-        self.projector = nn.Sequential(nn.Linear(w0.shape[1], w0.shape[0], bias=False), nn.ReLU(),
-                                       nn.Linear(w2.shape[1], w2.shape[0], bias=False))
-        self.projector.load_state_dict({"0.weight": w0, "2.weight": w2}, assign=True)
-        self.projector.to(device)
 
-    def run_block(self, input_ids: list[int], doc_id: int, query_id: int):
-        import torch
-        import torch.nn.functional as F
+def load_reference_path(explicit: str | None = None) -> tuple[type | None, str]:
+    """(the ReferencePath class of benchmarks/reference_path.py, the file it came from), or (None, why not).
 
-        with torch.no_grad():
-            ids = torch.tensor([input_ids], device=self.device)
-            h = self.backbone(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).last_hidden_state
-            d = self.projector(h[ids == doc_id].view(1, -1, h.shape[-1]))
-            q = self.projector(h[ids == query_id].unsqueeze(1))
-            s = F.cosine_similarity(d, q.expand_as(d), dim=-1)
-        return q[0], d[0], s.view(-1)
+    The reference path runs on transformers, which only the `test` extra declares, so it is not part of the
+    installed package but read from the repository (`find_reference_file`)."""
+    import importlib.util
+
+    path = find_reference_file(explicit)
+    if path is None:
+        return None, (f"{REFERENCE_FILE} not found: it is in lastrank's source repository, not in the installed "
+                      "package (run from a checkout, or pass --reference FILE)")
+    spec = importlib.util.spec_from_file_location("lastrank_bench_reference_path", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] != "transformers":
+            raise
+        return None, f"{path} needs transformers, which is not installed (pip install -e \".[test]\" declares it)"
+    return module.ReferencePath, str(path)
+
+
+def reference_path(args: argparse.Namespace, checkpoint: Path, reranker, say):
+    """(a loaded ReferencePath or None, what the results record about it)."""
+    if args.no_reference:
+        return None, "skipped (--no-reference)"
+    cls, where = load_reference_path(args.reference)
+    if cls is None:
+        say(f"reference path skipped: {where}")
+        return None, f"skipped: {where}"
+    say(f"reference path: transformers' Qwen3Model from {where}")
+    return cls(checkpoint, reranker.dtype, reranker.device), where
+
+
+def compare_with_reference(backend, plan, ref_outputs, ours: list[dict]) -> dict:
+    """The reference's block outputs through lastrank's own (parity-tested) merge, against lastrank's result:
+    how far apart the two forwards are, per document."""
+    import numpy as np
+
+    from lastrank.families.jina_v3 import BlockOutput
+
+    outputs = []
+    for q, d, s in ref_outputs:
+        s32 = s.float().cpu().numpy()
+        outputs.append(BlockOutput(q.float().cpu().numpy(), d.float().cpu().numpy(), ((1.0 + s32) / 2.0).max()))
+    ref_result = backend.finish(plan, outputs).results
+    ref_scores = np.array([x.relevance_score for x in sorted(ref_result, key=lambda x: x.index)])
+    our_scores = np.array([x["relevance_score"] for x in sorted(ours, key=lambda x: x["index"])])
+    if ref_scores.shape != our_scores.shape:
+        raise RuntimeError(f"the reference scored {ref_scores.shape} documents, lastrank {our_scores.shape}")
+    return {"max_abs_score_diff_vs_reference": float(np.abs(ref_scores - our_scores).max()),
+            "kendall_tau_vs_reference": kendall_tau(ref_scores, our_scores)}
 
 
 # ------------------------------------------------------------------------------------------ numbers
@@ -236,7 +270,7 @@ if threads:
     torch.set_num_threads(threads)
 from lastrank import Reranker
 t1 = time.perf_counter()
-spec = json.loads(sys.argv[1])
+spec = json.loads(open(sys.argv[1], encoding="utf-8").read())
 r = Reranker(spec["checkpoint"], device=spec["device"], dtype=spec["dtype"])
 t2 = time.perf_counter()
 out = r.rerank(spec["query"], spec["documents"])
@@ -253,16 +287,18 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_result_s": t3 -
 
 
 def probe(checkpoint: Path, dtype: str, query: str, documents: list[str], threads: int | None,
-          device: str = "cpu") -> dict:
+          device: str = "cpu", compile: bool = False) -> dict:
     """A fresh Python process: import -> load -> one rerank. Wall time includes interpreter start-up."""
     env = dict(os.environ, LASTRANK_BENCH_THREADS=str(threads or 0))
+    if compile:
+        env["LASTRANK_COMPILE"] = "1"  # what the probe's Reranker reads when not told (load_model)
     spec = json.dumps({"checkpoint": str(checkpoint), "dtype": dtype, "query": query, "documents": documents,
                        "device": device})
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", encoding="utf-8", delete=False) as f:
         f.write(spec)
     t = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-c", _PROBE.replace("sys.argv[1]", f"open({f.name!r}).read()")],
+        proc = subprocess.run([sys.executable, "-c", _PROBE, f.name],
                               capture_output=True, text=True, env=env, check=False)
     finally:
         os.unlink(f.name)
@@ -273,8 +309,9 @@ def probe(checkpoint: Path, dtype: str, query: str, documents: list[str], thread
     result["wall_s"] = wall
     return result
 
-
 # ----------------------------------------------------------------------------------------- the run
+
+PACK_BLOCKS = {"auto": None, "on": True, "off": False}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -285,201 +322,228 @@ def run(args: argparse.Namespace) -> int:
 
 
 def bench(args: argparse.Namespace, out=None) -> dict:
+    """Every case, printed as it runs (to `out`, default stdout); returns what --json writes."""
     out = out or sys.stdout
 
     def say(*a):
         print(*a, file=out, flush=True)
 
-    import numpy as np
     import torch
 
     from lastrank import Reranker
-    from lastrank.families.jina_v3 import BlockOutput
-    from lastrank.model.loading import parse_dtype
-    from lastrank.types import RerankRequest
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.compile:
-        os.environ["LASTRANK_COMPILE"] = "1"  # read by load_model, here and in the probe processes
+    if args.compile:  # a fresh Inductor cache for this run, here and in the probe processes (they inherit it)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="lastrank-bench-inductor-")
-    dtype = parse_dtype(args.dtype)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else None
-    if checkpoint is None:
-        from lastrank.model.checkpoint import make_checkpoint
-
-        if args.quick:
-            checkpoint = Path(tempfile.mkdtemp(prefix="lastrank-bench-tiny-"))
-            make_checkpoint(checkpoint, preset="tiny")
-        else:
-            checkpoint = DEFAULT_FULL_CHECKPOINT
-            if not (checkpoint / "model.safetensors").is_file():
-                say(f"making a random full-size checkpoint in {checkpoint} (once; ~1.2 GB) ...")
-                make_checkpoint(checkpoint, preset="full")
-
-    load = os.getloadavg()
-    machine = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "compile": bool(args.compile), "prefix_reuse": not args.no_prefix_reuse,
-               "loadavg_at_start": [round(x, 2) for x in load], "dtype": args.dtype, "checkpoint": str(checkpoint),
-               "device": args.device}
-    on_gpu = torch.device(args.device).type == "cuda"
-    if on_gpu:
-        machine["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
-    say(f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
-        f"{machine['threads']} threads, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
-        + (f"; GPU {machine['gpu']}" if "gpu" in machine else ""))
-
+    checkpoint = prepare_checkpoint(args, say)
+    machine = describe_machine(args, checkpoint, say)
     # The rate is measured again after every case and the best one is the roofline: on a shared machine a
     # single measurement taken under load would flatter every fraction.
-    mm_size = 512 if args.quick else (8192 if on_gpu else 4096)
+    mm_size = 512 if args.quick else (8192 if "gpu" in machine else 4096)
     rates = [matmul_tflops(mm_size, device=args.device)]
     say(f"bf16 matmul rate (measured): {rates[-1]:.3f} TFLOP/s")
 
-    pack = {"auto": None, "on": True, "off": False}[args.pack_blocks]
-    reranker = Reranker(str(checkpoint), device=args.device, dtype=args.dtype, pack_blocks=pack,
-                        reuse_prefix=not args.no_prefix_reuse)
-    engine, cfg = reranker.backend, reranker.backend.model.config
-    reference = None
-    if not args.no_reference:
-        try:
-            reference = ReferencePath(checkpoint, dtype, reranker.device)
-        except ImportError as e:  # transformers is only needed for this comparison
-            say(f"reference path skipped: {e} (pip install transformers)")
+    reranker = Reranker(str(checkpoint), device=args.device, dtype=args.dtype, compile=args.compile or None,
+                        pack_blocks=PACK_BLOCKS[args.pack_blocks], reuse_prefix=not args.no_prefix_reuse)
+    if reranker.capabilities.family != "jina-v3":
+        raise SystemExit(f"lastrank bench measures the jina-v3 family; {checkpoint} is {reranker.capabilities.family}")
+    reference, machine["reference"] = reference_path(args, checkpoint, reranker, say)
     data = _find_data(args.data)
     say(f"data: {data or 'synthetic text (no TREC-DL folder found)'}")
-
-    query, trec_docs = trec_request(data, 20 if args.quick else 100)
-    cases: dict[str, tuple[str, list[str]]] = {}
     wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
-    sizes = dict(zip(BLOCK_CASES, (512, 1024) if args.quick else (2048, 8192)))
-    for name in wanted:
-        if name in sizes:
-            cases[name] = block_request(engine, query, trec_docs, sizes[name])
-        elif name == "trec":
-            cases[name] = (query, trec_docs)
-        elif name == "small":
-            cases[name] = (query, trec_docs[:10])
-        elif name != "pack":
-            raise SystemExit(f"lastrank bench: unknown case {name!r} (2k, 8k, trec, small, pack)")
+    trec_docs, cases = build_cases(reranker.backend, data, wanted, args.quick)
 
     t = time.perf_counter()
     reranker.rerank("warm up", ["a short passage", "another one"])  # first-call allocations (and compile), not timed
     if args.compile:
         say(f"first call with compile (fresh cache, in the bench process): {time.perf_counter() - t:.1f} s")
     results = {"machine": machine, "matmul_tflops_measured": rates, "cases": {}}
-    rows = []
-    for name, (q, docs) in cases.items():
-        plan = engine.plan(RerankRequest(query=q, documents=docs))
-        tokens = plan.usage.prompt_tokens
-        flops = sum(forward_flops(cfg, b.n_tokens) for b in plan.blocks)
-        roofline = tokens / (flops / (max(rates) * 1e12))
-        label = case_label(name, tokens)
-        say(f"\n[{label}] {len(docs)} documents, {len(plan.blocks)} block(s), {tokens} prompt tokens "
-            f"(blocks: {[b.n_tokens for b in plan.blocks]}); bf16 roofline {roofline:.0f} tok/s")
-        t_ref, t_ours, t_plan, c_ref, c_ours = [], [], [], [], []
-        ref_outputs = ours = None
-        for i in range(max(1, args.repeat)):
-            if reference is not None:
-                t, c = time.perf_counter(), time.process_time()
-                ref_raw = [reference.run_block(b.input_ids, engine.tokenizer.doc_marker_id,
-                                               engine.tokenizer.query_marker_id) for b in plan.blocks]
-                _sync(args.device)
-                t_ref.append(time.perf_counter() - t)
-                c_ref.append(time.process_time() - c)
-                say(f"  run {i + 1}: reference {tokens / t_ref[-1]:8.1f} tok/s ({t_ref[-1]:.2f} s wall, {c_ref[-1]:.2f} s CPU)")
-                ref_outputs = ref_raw
-            t, c = time.perf_counter(), time.process_time()
-            ours = reranker.rerank(q, docs)
-            t_ours.append(time.perf_counter() - t)
-            c_ours.append(time.process_time() - c)
-            t = time.perf_counter()
-            engine.plan(RerankRequest(query=q, documents=docs))
-            t_plan.append(time.perf_counter() - t)
-            say(f"  run {i + 1}: lastrank  {tokens / t_ours[-1]:8.1f} tok/s ({t_ours[-1]:.2f} s wall, {c_ours[-1]:.2f} s CPU; "
-                f"tokenization/plan about {t_plan[-1]:.2f} s)")
-        row = {"label": label, "documents": len(docs), "blocks": [b.n_tokens for b in plan.blocks], "prompt_tokens": tokens,
-               "flops": flops, "roofline_tok_s": roofline, "lastrank_s": t_ours, "lastrank_cpu_s": c_ours, "plan_s": t_plan, "lastrank_tok_s": tokens / min(t_ours),
-               "lastrank_roofline_fraction": tokens / min(t_ours) / roofline}
-        if reference is not None:
-            row["reference_s"] = t_ref
-            row["reference_cpu_s"] = c_ref
-            # Process CPU time is less sensitive than wall time to other processes on a shared machine
-            # (with 1 thread it is close to the work done); reported next to the wall-time ratio.
-            row["cpu_ratio"] = min(c_ref) / min(c_ours)
-            row["reference_tok_s"] = tokens / min(t_ref)
-            row["ratio"] = min(t_ref) / min(t_ours)
-            # the reference's outputs through the same (proven) merge: how far apart are the two paths?
-            outs = []
-            for qv, d, s in ref_outputs:
-                s32 = s.float().cpu().numpy()
-                outs.append(BlockOutput(qv.float().cpu().numpy(), d.float().cpu().numpy(), ((1.0 + s32) / 2.0).max()))
-            ref_result = engine.finish(plan, outs).results
-            ref_scores = np.array([x.relevance_score for x in sorted(ref_result, key=lambda x: x.index)])
-            our_scores = np.array([x["relevance_score"] for x in sorted(ours, key=lambda x: x["index"])])
-            row["max_abs_score_diff_vs_reference"] = float(np.abs(ref_scores - our_scores).max())
-            row["kendall_tau_vs_reference"] = kendall_tau(ref_scores, our_scores)
+    for name, (query, docs) in cases.items():
+        row = bench_case(name, query, docs, reranker, reference, args, max(rates), say)
         if not args.no_subprocess:
-            p = probe(checkpoint, args.dtype, q, docs, args.threads, args.device)
+            p = probe(checkpoint, args.dtype, query, docs, args.threads, args.device, args.compile)
             row["peak_rss_gb"] = p["peak_rss_gb"]
             if p.get("peak_gpu_gb") is not None:
                 row["peak_gpu_gb"] = p["peak_gpu_gb"]
         rates.append(matmul_tflops(mm_size, device=args.device))
         results["cases"][name] = row
-        rows.append((label, row))
         say("  " + _summary(row))
-
     if "pack" in wanted:
-        results["packing"] = packing_study(engine, trec_docs, 128 if args.quick else 512, args.repeat, say)
-
+        results["packing"] = packing_study(reranker.backend, trec_docs, 128 if args.quick else 512, args.repeat,
+                                           args.device, say)
     if not args.no_subprocess:
-        # with --compile the bench process above already filled the cache: this is the warm-cache start
-        cold = probe(checkpoint, args.dtype, "What are the health benefits of green tea?",
-                     ["Green tea is rich in antioxidants.", "Cars need fuel."], args.threads, args.device)
-        results["cold_start"] = cold
-        what = "compile cache warm" if args.compile else "small request"
-        say(f"\ncold start (fresh process, {what}): first result after {cold['in_process_s']:.2f} s "
-            f"(import {cold['import_s']:.2f} s, load {cold['load_s']:.2f} s, first result {cold['first_result_s']:.2f} s); "
-            f"{cold['wall_s']:.2f} s wall for the whole process, interpreter start and exit included; "
-            f"peak RSS {cold['peak_rss_gb']:.2f} GB")
+        results["cold_start"] = cold_start(checkpoint, args, say)
+
     # roofline fractions against the best matmul rate seen during the whole run
     best = max(rates)
-    for _, row in rows:
-        row["roofline_tok_s"] = row["prompt_tokens"] / (row["flops"] / (best * 1e12))
-        row["lastrank_roofline_fraction"] = row["lastrank_tok_s"] / row["roofline_tok_s"]
+    for row in results["cases"].values():
+        set_roofline(row, best)
     results["matmul_tflops"] = best
     say(f"\nbf16 matmul rate: best {best:.3f} TFLOP/s of {len(rates)} measurements "
         f"({', '.join(f'{r:.3f}' for r in rates)}); roofline fractions use the best")
     load = os.getloadavg()
     results["machine"]["loadavg_at_end"] = [round(x, 2) for x in load]
     say(f"\nload average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    say("\n" + _table(rows))
+    say("\n" + _table([(row["label"], row) for row in results["cases"].values()]))
     return results
 
 
-def packing_study(engine, pool: list[str], target_tokens: int, repeat: int, say) -> dict:
-    """engine.run_blocks on 4 blocks of ~target_tokens from 4 requests: packed into one forward vs one by one."""
+def prepare_checkpoint(args: argparse.Namespace, say) -> Path:
+    """--checkpoint, else a random one: tiny (--quick, a fresh folder) or full-size (made once, then reused)."""
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    from lastrank.model.checkpoint import make_checkpoint
+
+    if args.quick:
+        checkpoint = Path(tempfile.mkdtemp(prefix="lastrank-bench-tiny-"))
+        make_checkpoint(checkpoint, preset="tiny")
+        return checkpoint
+    if not (DEFAULT_FULL_CHECKPOINT / "model.safetensors").is_file():
+        say(f"making a random full-size checkpoint in {DEFAULT_FULL_CHECKPOINT} (once; ~1.2 GB) ...")
+        make_checkpoint(DEFAULT_FULL_CHECKPOINT, preset="full")
+    return DEFAULT_FULL_CHECKPOINT
+
+
+def describe_machine(args: argparse.Namespace, checkpoint: Path, say) -> dict:
+    import torch
+
+    load = os.getloadavg()
+    machine = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "compile": bool(args.compile), "prefix_reuse": not args.no_prefix_reuse,
+               "loadavg_at_start": [round(x, 2) for x in load], "dtype": args.dtype, "checkpoint": str(checkpoint),
+               "device": args.device}
+    if torch.device(args.device).type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
+    say(f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
+        f"{machine['threads']} threads, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+        + (f"; GPU {machine['gpu']}" if "gpu" in machine else ""))
+    return machine
+
+
+def build_cases(backend, data: Path | None, wanted: list[str], quick: bool):
+    """(the TREC request's documents, {case name: (query, documents)}) for the cases asked for."""
+    query, trec_docs = trec_request(data, 20 if quick else 100)
+    sizes = dict(zip(BLOCK_CASES, (512, 1024) if quick else (2048, 8192)))
+    cases: dict[str, tuple[str, list[str]]] = {}
+    for name in wanted:
+        if name in sizes:
+            cases[name] = block_request(backend, query, trec_docs, sizes[name])
+        elif name == "trec":
+            cases[name] = (query, trec_docs)
+        elif name == "small":
+            cases[name] = (query, trec_docs[:10])
+        elif name != "pack":
+            raise SystemExit(f"lastrank bench: unknown case {name!r} (2k, 8k, trec, small, pack)")
+    return trec_docs, cases
+
+
+def bench_case(name: str, query: str, documents: list[str], reranker, reference, args: argparse.Namespace,
+               tflops: float, say) -> dict:
+    """One case: the reference path and Reranker.rerank timed interleaved, `args.repeat` times each."""
+    from lastrank.types import RerankRequest
+
+    backend = reranker.backend
+    request = RerankRequest(query=query, documents=documents)
+    plan = backend.plan(request)
+    tokens = plan.usage.prompt_tokens
+    row = {"label": case_label(name, tokens), "documents": len(documents), "blocks": [b.n_tokens for b in plan.blocks],
+           "prompt_tokens": tokens, "flops": sum(forward_flops(backend.model.config, b.n_tokens) for b in plan.blocks)}
+    set_roofline(row, tflops)
+    say(f"\n[{row['label']}] {len(documents)} documents, {len(plan.blocks)} block(s), {tokens} prompt tokens "
+        f"(blocks: {row['blocks']}); bf16 roofline {row['roofline_tok_s']:.0f} tok/s")
+    markers = backend.tokenizer.doc_marker_id, backend.tokenizer.query_marker_id
+    wall: dict[str, list[float]] = {"reference": [], "lastrank": []}
+    cpu: dict[str, list[float]] = {"reference": [], "lastrank": []}
+    plan_s: list[float] = []
+    for i in range(max(1, args.repeat)):
+        if reference is not None:
+            ref_outputs = _clocked(lambda: [reference.run_block(b.input_ids, *markers) for b in plan.blocks],
+                                   args.device, wall["reference"], cpu["reference"])
+            say(f"  run {i + 1}: reference {tokens / wall['reference'][-1]:8.1f} tok/s ({wall['reference'][-1]:.2f} s "
+                f"wall, {cpu['reference'][-1]:.2f} s CPU)")
+        ours = _clocked(lambda: reranker.rerank(query, documents), args.device, wall["lastrank"], cpu["lastrank"])
+        _clocked(lambda: backend.plan(request), "cpu", plan_s, [])
+        say(f"  run {i + 1}: lastrank  {tokens / wall['lastrank'][-1]:8.1f} tok/s ({wall['lastrank'][-1]:.2f} s wall, "
+            f"{cpu['lastrank'][-1]:.2f} s CPU; tokenization/plan about {plan_s[-1]:.2f} s)")
+    row.update({"lastrank_s": wall["lastrank"], "lastrank_cpu_s": cpu["lastrank"], "plan_s": plan_s,
+                "lastrank_tok_s": tokens / min(wall["lastrank"])})
+    set_roofline(row, tflops)
+    if reference is not None:
+        row.update({"reference_s": wall["reference"], "reference_cpu_s": cpu["reference"],
+                    "reference_tok_s": tokens / min(wall["reference"]),
+                    "ratio": min(wall["reference"]) / min(wall["lastrank"]),
+                    # Process CPU time is less sensitive than wall time to other processes on a shared machine
+                    # (with 1 thread it is close to the work done); reported next to the wall-time ratio.
+                    "cpu_ratio": min(cpu["reference"]) / min(cpu["lastrank"])})
+        row.update(compare_with_reference(backend, plan, ref_outputs, ours))
+    return row
+
+
+def _clocked(fn, device, wall: list[float], cpu: list[float]):
+    """fn(), its wall and process CPU time appended to `wall` and `cpu` (the device synchronised first)."""
+    t, c = time.perf_counter(), time.process_time()
+    result = fn()
+    _sync(device)
+    wall.append(time.perf_counter() - t)
+    cpu.append(time.process_time() - c)
+    return result
+
+
+def set_roofline(row: dict, tflops: float) -> None:
+    """The bf16 roofline tokens/s of a case at `tflops`, and lastrank's fraction of it."""
+    row["roofline_tok_s"] = row["prompt_tokens"] / (row["flops"] / (tflops * 1e12))
+    if "lastrank_tok_s" in row:
+        row["lastrank_roofline_fraction"] = row["lastrank_tok_s"] / row["roofline_tok_s"]
+
+
+def cold_start(checkpoint: Path, args: argparse.Namespace, say) -> dict:
+    # with --compile the bench process already filled the cache: this is the warm-cache start
+    cold = probe(checkpoint, args.dtype, "What are the health benefits of green tea?",
+                 ["Green tea is rich in antioxidants.", "Cars need fuel."], args.threads, args.device, args.compile)
+    what = "compile cache warm" if args.compile else "small request"
+    say(f"\ncold start (fresh process, {what}): first result after {cold['in_process_s']:.2f} s "
+        f"(import {cold['import_s']:.2f} s, load {cold['load_s']:.2f} s, first result {cold['first_result_s']:.2f} s); "
+        f"{cold['wall_s']:.2f} s wall for the whole process, interpreter start and exit included; "
+        f"peak RSS {cold['peak_rss_gb']:.2f} GB")
+    return cold
+
+
+def packing_study(backend, pool: list[str], target_tokens: int, repeat: int, device, say) -> dict:
+    """run_blocks on 4 blocks of ~target_tokens from 4 requests: one forward per block vs one packed forward.
+
+    Each setting gets its own backend over the same loaded model (`with_options`: the weights are shared,
+    not copied), so the backend the rest of the bench uses is never changed."""
     from lastrank.types import RerankRequest
 
     blocks = []
     for i in range(4):
-        q, docs = block_request(engine, f"query number {i}", pool[i * 7:] + pool[:i * 7], target_tokens)
-        blocks += engine.plan(RerankRequest(query=q, documents=docs, request_id=f"r{i}")).blocks
+        q, docs = block_request(backend, f"query number {i}", pool[i * 7:] + pool[:i * 7], target_tokens)
+        blocks += backend.plan(RerankRequest(query=q, documents=docs, request_id=f"r{i}")).blocks
     tokens = sum(b.n_tokens for b in blocks)
-    saved = engine.pack_blocks
-    times: dict[str, list[float]] = {"one_by_one": [], "packed": []}
-    try:
-        for _ in range(max(1, repeat)):
-            for name, pack in (("one_by_one", False), ("packed", True)):
-                engine.pack_blocks = pack
-                times[name].append(_timed(lambda: engine.run_blocks(blocks)))
-    finally:
-        engine.pack_blocks = saved
+    paths = {"one_by_one": with_options(backend, pack_blocks=False), "packed": with_options(backend, pack_blocks=True)}
+    for path in paths.values():
+        path.run_blocks(blocks[:1])  # untimed: each keeps its own system-turn prefix cache from this forward
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(max(1, repeat)):
+        for name, path in paths.items():
+            times[name].append(_timed(lambda: path.run_blocks(blocks), device))
     best = {k: min(v) for k, v in times.items()}
     say(f"\n[pack] 4 requests x 1 block ({[b.n_tokens for b in blocks]} tokens): one by one "
         f"{tokens / best['one_by_one']:.1f} tok/s, packed {tokens / best['packed']:.1f} tok/s "
         f"(packed/one-by-one speed {best['one_by_one'] / best['packed']:.2f}x)")
     return {"blocks": [b.n_tokens for b in blocks], "seconds": times,
             "packed_speedup": best["one_by_one"] / best["packed"]}
+
+
+def with_options(backend, **options):
+    """A second JinaV3Backend over `backend`'s loaded model and tokenizer with some options changed."""
+    from lastrank.families.jina_v3 import JinaV3Backend
+
+    kept = {"pack_blocks": backend.pack_blocks, "max_pack_tokens": backend.max_pack_tokens,
+            "packed_attention": backend.packed_attention, "reuse_prefix": backend.reuse_prefix}
+    return JinaV3Backend(backend.model, backend.tokenizer, backend.device, **{**kept, **options},
+                         model_id=backend.model_id, path=backend.path, random_weights=backend.random_weights)
 
 
 def case_label(name: str, prompt_tokens: int) -> str:
