@@ -1,0 +1,382 @@
+"""The playground end to end: a real Chromium (Debian's /usr/bin/chromium, driven by PyPI's Playwright)
+against a real `lastrank serve` process with API keys on.
+
+Each test ranks in the page and checks what it shows against the API's own answer to the same request:
+the request the page sent, the order, scores, tokens and search units it displays, and an independent
+HTTP request with the same body. Also: the key field, API errors shown with the API's message, a .jsonl
+file, a keyboard-only session (focus order, visible focus, Enter and Ctrl+Enter), a phone-width window
+without horizontal scrolling, and that the page loads nothing from anywhere but the server.
+
+Playwright's own browser download is not used (it is not reachable here): .ci/run installs Debian's
+chromium. Screenshots go to $LASTRANK_SCREENSHOT_DIR when set (docs/playground.png is one), else tmp.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 30_000
+
+QUERY = "how long do fleas live"
+DOCS = [
+    "Paris is the capital and most populous city of France.",
+    "Adult fleas live for two to three months; with a host, some live up to a year.",
+    "The flea life cycle has four stages: egg, larva, pupa and adult.",
+    "Photosynthesis turns light, water and carbon dioxide into sugar.",
+    "Cats and dogs are the most common hosts of household fleas.",
+    "A marathon is 42.195 kilometres long.",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint, tmp_path_factory):
+    """-> (url, key): `lastrank serve` on a free loopback port, with one API key, so auth is on."""
+    from lastrank.store import Store
+
+    tmp = tmp_path_factory.mktemp("playground-serve")
+    db = tmp / "ledger.db"
+    store = Store(db)
+    _, key = store.create_key("playground")
+    store.close()
+    port = _free_port()
+    log_path = tmp / "server.log"
+    log = open(log_path, "wb")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lastrank", "serve", "--model", str(tiny_checkpoint), "--port", str(port),
+         "--db", str(db), "--dtype", "float32", "--no-access-log", "--log-level", "warning"],
+        stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"lastrank serve exited {proc.returncode}: {log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"lastrank serve not ready after 120 s: {log_path.read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield url, key
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    # Fails, never skips, when the browser is missing: .ci/run installs it.
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium (see .ci/run)"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+class Page:
+    """A fresh browser context on /playground that records every request and console error."""
+
+    def __init__(self, browser, url: str, **context_options):
+        self.url = url
+        self.context = browser.new_context(**context_options)
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(TIMEOUT_MS)
+        self.requests: list[str] = []
+        self.console_errors: list[str] = []
+        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.page.on("console", lambda m: m.type == "error" and self.console_errors.append(m.text))
+        self.page.on("pageerror", lambda e: self.console_errors.append(str(e)))
+
+    def open(self):
+        self.page.goto(self.url + "/playground")
+        return self.page
+
+    def close(self):
+        self.context.close()
+
+    def assert_only_this_server(self):
+        """Nothing was fetched from anywhere else, and the CSP blocked nothing."""
+        assert self.requests, "the page made requests"
+        outside = [u for u in self.requests if not (u.startswith(self.url + "/") or u.startswith("data:"))]
+        assert outside == []
+        # Chromium logs each 4xx the page gets (the 401 that reveals the key field, the errors tested here)
+        errors = [e for e in self.console_errors if not e.startswith(
+            "Failed to load resource: the server responded with a status of 4")]
+        assert errors == []  # no script error, no CSP violation
+
+
+@pytest.fixture
+def open_page(browser, server):
+    url, _ = server
+    pages = []
+
+    def make(**context_options) -> Page:
+        p = Page(browser, url, **context_options)
+        pages.append(p)
+        return p
+
+    yield make
+    for p in pages:
+        p.close()
+
+
+def screenshot(page, tmp_path: Path, name: str) -> Path:
+    folder = Path(os.environ.get("LASTRANK_SCREENSHOT_DIR") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000  # a real rendering, not a blank image
+    return path
+
+
+# The page's CSP forbids eval: wait_for_function gets arrow functions (a bare expression is eval'ed in the page).
+
+
+def enter_key(page, key: str) -> None:
+    """The server has keys: the page shows the key field after /v1/models' 401; a key loads the models."""
+    page.locator("#api-key").wait_for(state="visible")
+    assert "401" in page.locator("#error").inner_text()
+    page.fill("#api-key", key)
+    page.press("#api-key", "Enter")
+    page.locator("#model option").first.wait_for(state="attached")
+    page.wait_for_function("() => document.getElementById('error').textContent === ''")
+
+
+def shown_results(page) -> list[dict]:
+    return page.eval_on_selector_all("#results li", """items => items.map(li => ({
+        index: Number(li.dataset.index),
+        score: li.querySelector('.score').textContent,
+        text: li.querySelector('.doc').textContent,
+        width: li.querySelector('.bar span').style.width}))""")
+
+
+def rank_and_capture(page, submit) -> tuple[dict, dict]:
+    """Runs `submit()` and returns (the JSON body the page sent to /v1/rerank, the JSON it got back)."""
+    with page.expect_response(lambda r: r.url.endswith("/v1/rerank")) as info:
+        submit()
+    response = info.value
+    page.wait_for_function("() => document.querySelector('#results').getAttribute('aria-busy') === null")
+    return json.loads(response.request.post_data), response.json()
+
+
+def check_against_api(page, server, sent: dict, received: dict, documents: list[str]) -> None:
+    """What the page shows is the API's answer, and the API gives the same answer to the same request."""
+    url, key = server
+    assert sent["documents"] == documents
+    independent = httpx.post(url + "/v1/rerank", json=sent, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    assert independent.status_code == 200, independent.text
+    api = independent.json()
+    order = [r["index"] for r in api["results"]]
+    assert order == [r["index"] for r in received["results"]]
+    shown = shown_results(page)
+    assert [r["index"] for r in shown] == order
+    assert [r["score"] for r in shown] == [f"score {r['relevance_score']:.4f}" for r in api["results"]]
+    assert [r["text"] for r in shown] == [documents[i] for i in order]
+    assert page.inner_text("#stat-tokens") == str(api["usage"]["total_tokens"])
+    assert page.inner_text("#stat-units") == str(api["meta"]["billed_units"]["search_units"])
+    assert page.inner_text("#stat-model") == api["model"]
+    assert page.inner_text("#stat-latency").endswith(" ms")
+    assert page.inner_text("#stat-request-id") == received["id"]
+
+
+def check_random_weights_banner(page, server) -> None:
+    """The banner follows /v1/models: shown when the model says random_weights, absent otherwise."""
+    url, key = server
+    model = httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["data"][0]
+    banner = page.locator("#banner")
+    if model.get("random_weights") is True:
+        assert banner.is_visible()
+        assert "Random weights: scores mean nothing" in banner.inner_text()
+    else:
+        assert not banner.is_visible()
+
+
+def test_ranked_order_equals_the_api(open_page, server, tmp_path):
+    _, key = server
+    p = open_page(viewport={"width": 1100, "height": 900})
+    page = p.open()
+    enter_key(page, key)
+    check_random_weights_banner(page, server)
+    page.fill("#query", QUERY)
+    page.fill("#documents", "\n".join(DOCS))
+    sent, received = rank_and_capture(page, lambda: page.click("#submit"))
+    assert sent["query"] == QUERY and "top_n" not in sent
+    check_against_api(page, server, sent, received, DOCS)
+    assert len(shown_results(page)) == len(DOCS)
+    assert f"{len(DOCS)} of {len(DOCS)} documents ranked" in page.inner_text("#summary")
+
+    # top_n, and a blank line, which is skipped (the index is the document's, the line is shown)
+    page.fill("#top-n", "3")
+    page.fill("#documents", "\n".join(DOCS[:2]) + "\n\n" + "\n".join(DOCS[2:]))
+    sent, received = rank_and_capture(page, lambda: page.click("#submit"))
+    assert sent["top_n"] == 3
+    check_against_api(page, server, sent, received, DOCS)
+    lines = page.eval_on_selector_all("#results .index", "els => els.map(e => e.textContent)")
+    for text, result in zip(lines, received["results"]):
+        i = result["index"]
+        assert text == f"index {i} · line {i + 1 if i < 2 else i + 2}"
+    assert json.loads(page.evaluate("JSON.stringify(sessionStorage)")) == {"lastrank.playground.apiKey": key}
+    screenshot(page, tmp_path, "playground.png")
+    p.assert_only_this_server()
+
+
+def test_api_errors_are_shown_with_the_apis_message(open_page, server):
+    url, key = server
+    p = open_page()
+    page = p.open()
+    enter_key(page, key)
+    # a wrong key: the API's 401 message, verbatim
+    page.fill("#api-key", "lr-000000000000-wrong")
+    page.fill("#query", QUERY)
+    page.fill("#documents", "\n".join(DOCS))
+    page.press("#query", "Enter")
+    page.locator("#error").filter(has_text="HTTP 401").wait_for()
+    expected = httpx.post(url + "/v1/rerank", json={"query": QUERY, "documents": DOCS},
+                          headers={"Authorization": "Bearer lr-000000000000-wrong"}).json()["error"]["message"]
+    assert page.inner_text("#error") == f"HTTP 401: {expected}"
+    assert page.get_attribute("#error", "role") == "alert"
+    # a model this server does not serve: its 404, verbatim (the right key first: Enter in the key field
+    # reloads the models, which also clears the error)
+    page.fill("#api-key", key)
+    page.press("#api-key", "Enter")
+    page.wait_for_function("() => document.getElementById('error').textContent === ''")
+    page.evaluate("""() => { const s = document.getElementById('model');
+                             s.add(new Option('no-such-model', 'no-such-model')); s.value = 'no-such-model'; }""")
+    page.press("#query", "Enter")
+    page.locator("#error").filter(has_text="HTTP 404").wait_for()
+    expected = httpx.post(url + "/v1/rerank", json={"model": "no-such-model", "query": QUERY, "documents": DOCS},
+                          headers={"Authorization": f"Bearer {key}"}).json()["error"]["message"]
+    assert page.inner_text("#error") == f"HTTP 404: {expected}"
+    assert page.locator("#results li").count() == 0
+    p.assert_only_this_server()
+
+
+def test_a_jsonl_file_is_ranked(open_page, server, tmp_path):
+    _, key = server
+    docs = DOCS[:4] + ["Fleas can jump\nup to 30 cm."]  # a document with a line break stays one document
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(json.dumps(d if i % 2 else {"text": d, "id": i}) for i, d in enumerate(docs)) + "\n")
+    p = open_page()
+    page = p.open()
+    enter_key(page, key)
+    page.fill("#query", QUERY)
+    page.set_input_files("#file", str(path))
+    page.locator("#file-status").filter(has_text="Loaded 5 documents from docs.jsonl").wait_for()
+    sent, received = rank_and_capture(page, lambda: page.click("#submit"))
+    check_against_api(page, server, sent, received, docs)
+    p.assert_only_this_server()
+
+
+def test_keyboard_only(open_page, server):
+    _, key = server
+    p = open_page(viewport={"width": 1000, "height": 800})
+    page = p.open()
+    kb = page.keyboard
+
+    def focused() -> str:
+        return page.evaluate("document.activeElement.id")
+
+    def tab_to(element_id: str) -> None:
+        kb.press("Tab")
+        assert focused() == element_id
+        # the focus is visible: the :focus-visible outline, not the browser's default or none
+        outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+        assert outline == "solid", (element_id, outline)
+
+    # keys are on: the key field appears and takes the focus
+    page.locator("#api-key").wait_for(state="visible")
+    page.wait_for_function("() => document.activeElement.id === 'api-key'")
+    kb.type(key)
+    kb.press("Enter")
+    page.locator("#model option").first.wait_for(state="attached")
+    tab_to("forget-key")
+    tab_to("model")
+    tab_to("top-n")
+    kb.type("2")
+    tab_to("query")
+    kb.type(QUERY)
+    tab_to("documents")
+    for i, doc in enumerate(DOCS):
+        kb.type(doc)
+        if i < len(DOCS) - 1:
+            kb.press("Enter")  # a new line in the box, not a submit
+    assert page.locator("#results li").count() == 0
+    sent, received = rank_and_capture(page, lambda: kb.press("Control+Enter"))
+    assert sent["top_n"] == 2
+    check_against_api(page, server, sent, received, DOCS)
+    assert len(shown_results(page)) == 2
+    assert focused() == "documents"  # ranking does not move the focus
+    tab_to("file")
+    tab_to("submit")
+
+    # Enter in the query ranks again
+    kb.press("Shift+Tab")
+    kb.press("Shift+Tab")
+    kb.press("Shift+Tab")
+    assert focused() == "query"
+    kb.press("End")  # focusing a field by keyboard selects its text
+    kb.type(" as adults")
+    sent, received = rank_and_capture(page, lambda: kb.press("Enter"))
+    assert sent["query"] == QUERY + " as adults"
+    check_against_api(page, server, sent, received, DOCS)
+    # the results and the errors are announced
+    assert page.get_attribute("#summary", "aria-live") == "polite"
+    assert page.get_attribute("#results", "aria-live") == "polite"
+    p.assert_only_this_server()
+
+
+def test_phone_width(open_page, server, tmp_path):
+    _, key = server
+    width = 360
+    p = open_page(viewport={"width": width, "height": 740}, device_scale_factor=2, is_mobile=True, has_touch=True)
+    page = p.open()
+    enter_key(page, key)
+    page.fill("#query", QUERY)
+    page.fill("#documents", "\n".join(DOCS))
+    sent, received = rank_and_capture(page, lambda: page.tap("#submit"))
+    check_against_api(page, server, sent, received, DOCS)
+    # nothing is wider than the window: no horizontal scrolling, every control and result inside it
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    for selector in ("#model", "#top-n", "#query", "#documents", "#submit", "#results li", "#stats"):
+        for box in [page.locator(selector).nth(i).bounding_box() for i in range(page.locator(selector).count())]:
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width + 0.5, (selector, box)
+    # one column: top_n sits below the model, not beside it
+    assert page.locator("#top-n").bounding_box()["y"] > page.locator("#model").bounding_box()["y"]
+    screenshot(page, tmp_path, "playground-phone.png")
+    p.assert_only_this_server()
+
+
+def test_chromium_is_debians():
+    """The browser is the system's, not a Playwright download (which cannot be reached here)."""
+    out = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True, timeout=60).stdout
+    assert out.startswith("Chromium "), out
+    assert shutil.which("chromium") == CHROMIUM
