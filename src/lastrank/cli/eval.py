@@ -155,12 +155,43 @@ def run(args: argparse.Namespace) -> int:
         from lastrank.model.resolve import resolve_checkpoint
 
         resolve_checkpoint(args.model)
-    from lastrank.eval.data import load_dataset
-    from lastrank.eval.measures import METRICS, default_rel_min
-    from lastrank.eval.report import (RANDOM_WEIGHTS_WARNING, aggregate_table, build_report, permutation_summary,
-                                      write_report)
-    from lastrank.eval.run import ALL_ORDERS, OrderEval, ResultCache, evaluate_first_stage, run_orders
+    from lastrank.eval.measures import METRICS
+    from lastrank.eval.report import RANDOM_WEIGHTS_WARNING, build_report, write_report
+    from lastrank.eval.run import OrderEval, ResultCache, evaluate_first_stage
 
+    _check_args(args)
+    started = time.time()
+    dataset, query_ids, rel_min, perm_qid = _select_queries(args)
+    fingerprint = _fingerprint(args, dataset, rel_min)
+    out_dir, resumed = choose_out_dir(args, dataset.name, fingerprint)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache = ResultCache(out_dir / "cache.jsonl")
+    print(f"{dataset.name}: {len(query_ids)} judged queries, run {dataset.run_name}, top-k {args.top_k}; "
+          f"output {out_dir}" + (f" (resuming, {len(cache)} cached)" if resumed else ""), file=sys.stderr)
+
+    first = evaluate_first_stage(dataset, query_ids, rel_min)
+    print("first stage: " + "  ".join(f"{m} {first[1][m]:.4f}" for m in METRICS if m in first[1]), flush=True)
+    config = _run_config(args, dataset, query_ids, rel_min, perm_qid, started, fingerprint)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+
+    reranker, model_info = _make_reranker(args)
+    if model_info.get("random_weights"):
+        print(f"lastrank: warning: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
+    try:
+        orders_result, perm_result = _rerank(args, dataset, reranker, config, cache, query_ids, rel_min, perm_qid)
+    finally:
+        if hasattr(reranker, "close"):  # the HTTP client's connection pool
+            reranker.close()
+    if orders_result is None:  # the permutation study still reports the first stage for context
+        orders_result = OrderEval(query_ids, rel_min, first)
+    config["finished"] = datetime.now(timezone.utc).isoformat()
+    report = build_report(config, model_info, orders_result, perm_result)
+    _print_report(report, write_report(report, out_dir))
+    return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Combinations argparse cannot refuse (InvalidRequestError: exit status 2 with the message)."""
     if args.server and not args.api_key:
         raise InvalidRequestError("--server needs --api-key")
     if args.server and args.chunking != "truncate":
@@ -171,7 +202,13 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--top-k", args.top_k), ("--queries", args.queries), ("--permutations", args.permutations or 1)):
         if value is not None and value < 1:
             raise InvalidRequestError(f"{flag} must be at least 1")
-    started = time.time()
+
+
+def _select_queries(args: argparse.Namespace):
+    """(dataset, the judged query ids evaluated, rel_min, the --permutations query or None)."""
+    from lastrank.eval.data import load_dataset
+    from lastrank.eval.measures import default_rel_min
+
     dataset = load_dataset(args.data, run=args.run, split=args.split, top_k=args.top_k)
     query_ids = dataset.query_ids()
     if not query_ids:
@@ -184,18 +221,15 @@ def run(args: argparse.Namespace) -> int:
         perm_qid = args.query_id or query_ids[0]
         if perm_qid not in dataset.run or perm_qid not in dataset.queries:
             raise InvalidRequestError(f"query {perm_qid!r} has no candidates in {dataset.run_name}")
+    return dataset, query_ids, rel_min, perm_qid
 
-    fingerprint = _fingerprint(args, dataset, rel_min)
-    out_dir, resumed = choose_out_dir(args, dataset.name, fingerprint)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cache = ResultCache(out_dir / "cache.jsonl")
-    print(f"{dataset.name}: {len(query_ids)} judged queries, run {dataset.run_name}, top-k {args.top_k}; "
-          f"output {out_dir}" + (f" (resuming, {len(cache)} cached)" if resumed else ""), file=sys.stderr)
 
-    first = evaluate_first_stage(dataset, query_ids, rel_min)
-    print("first stage: " + "  ".join(f"{m} {first[1][m]:.4f}" for m in METRICS if m in first[1]), flush=True)
+def _run_config(args: argparse.Namespace, dataset, query_ids: list[str], rel_min: int, perm_qid: str | None,
+                started: float, fingerprint: dict) -> dict:
+    """What the run is (config.json, and report.json's "config")."""
+    from lastrank.eval.run import ALL_ORDERS
 
-    config = {
+    return {
         "dataset": dataset.name,
         "data": str(dataset.path),
         "layout": dataset.layout,
@@ -219,11 +253,13 @@ def run(args: argparse.Namespace) -> int:
         "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
         "fingerprint": fingerprint,
     }
-    (out_dir / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
 
-    reranker, model_info = _make_reranker(args)
-    if model_info.get("random_weights"):
-        print(f"lastrank: warning: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
+
+def _rerank(args: argparse.Namespace, dataset, reranker, config: dict, cache, query_ids: list[str], rel_min: int,
+            perm_qid: str | None):
+    """(the order study's result, None) or (None, the permutation study's result)."""
+    from lastrank.eval.run import run_orders
+
     chunk = args.chunking == "chunk"
     params = {k: v for k, v in (("max_doc_length", args.max_doc_length), ("max_query_length", args.max_query_length),
                                 ("dtype", None if args.server else args.dtype),
@@ -232,30 +268,23 @@ def run(args: argparse.Namespace) -> int:
     rerank_kwargs = {k: params[k] for k in ("max_doc_length", "max_query_length", "chunking", "chunk_overlap")
                      if k in params}
     progress = not args.no_progress
-    orders_result = perm_result = None
-    try:
-        if args.permutations:
-            from lastrank.eval.permutation import run_permutations
+    if args.permutations:
+        from lastrank.eval.permutation import run_permutations
 
-            perm_result = run_permutations(dataset, reranker, config["model"], cache, perm_qid, args.permutations,
-                                           args.top_k, args.seed, rel_min, params, rerank_kwargs, progress)
-        else:
-            orders_result = run_orders(dataset, reranker, config["model"], cache, config["orders"], query_ids,
-                                       args.top_k, args.seed, rel_min, params, rerank_kwargs, progress)
-    finally:
-        if hasattr(reranker, "close"):  # the HTTP client's connection pool
-            reranker.close()
-    if orders_result is None:  # the permutation study still reports the first stage for context
-        orders_result = OrderEval(query_ids, rel_min, first)
-    config["finished"] = datetime.now(timezone.utc).isoformat()
-    report = build_report(config, model_info, orders_result, perm_result)
-    paths = write_report(report, out_dir)
+        return None, run_permutations(dataset, reranker, config["model"], cache, perm_qid, args.permutations,
+                                      args.top_k, args.seed, rel_min, params, rerank_kwargs, progress)
+    return run_orders(dataset, reranker, config["model"], cache, config["orders"], query_ids,
+                      args.top_k, args.seed, rel_min, params, rerank_kwargs, progress), None
+
+
+def _print_report(report: dict, paths: dict) -> None:
+    from lastrank.eval.report import aggregate_table, permutation_summary
+
     print()
     if report.get("warning"):
         print(f"{report['warning']}.")
     print(aggregate_table(report))
-    if perm_result is not None:
+    if "permutations" in report:
         print()
         print(permutation_summary(report))
     print(f"\nreport: {paths['json']}\ntable:  {paths['markdown']}\nplot:   {paths['plot']}", file=sys.stderr)
-    return 0
