@@ -179,7 +179,7 @@ class CrossEncoderBackend(PairwiseBackend):
         return plan
 
     def score_sequences(self, sequences: list[list[int]], prefix_lens: list[int]) -> np.ndarray:
-        logits = []
+        logits = [np.zeros(0, dtype=np.float32)]  # no sequences (a request without documents): no forward
         start = 0
         with torch.inference_mode():
             while start < len(sequences):
