@@ -280,6 +280,38 @@ def test_api_errors_are_shown_with_the_apis_message(open_page, server):
     p.assert_only_this_server()
 
 
+def test_random_weights_banner(open_page, server):
+    """The banner shows whenever /v1/models marks the chosen model random_weights (here the server's own
+    answer with the flag set, whatever this checkpoint reports) and goes when a real model is chosen."""
+    _, key = server
+
+    def flagged_models(route):
+        response = route.fetch()
+        if response.status != 200:  # the 401 before the key is entered
+            return route.fulfill(response=response)
+        body = response.json()
+        real = body["data"][0]
+        body["data"] = [{**real, "random_weights": True}, {**real, "id": "a-real-one", "random_weights": False}]
+        route.fulfill(json=body)
+
+    p = open_page()
+    p.page.route("**/v1/models", flagged_models)
+    page = p.open()
+    enter_key(page, key)
+    banner = page.locator("#banner")
+    assert banner.is_visible()
+    assert "Random weights: scores mean nothing" in banner.inner_text()
+    assert page.get_attribute("#banner", "role") == "status"
+    assert "(random weights)" in page.inner_text("#model option >> nth=0")
+    page.fill("#query", QUERY)
+    page.fill("#documents", "\n".join(DOCS))
+    rank_and_capture(page, lambda: page.click("#submit"))
+    assert "random weights: scores mean nothing" in page.inner_text("#summary")
+    page.select_option("#model", "a-real-one")
+    assert not banner.is_visible()
+    p.assert_only_this_server()
+
+
 def test_a_jsonl_file_is_ranked(open_page, server, tmp_path):
     _, key = server
     docs = DOCS[:4] + ["Fleas can jump\nup to 30 cm."]  # a document with a line break stays one document
