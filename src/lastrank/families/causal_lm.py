@@ -1,0 +1,310 @@
+"""Causal-LM rerankers: Qwen3-Reranker (0.6B, 4B) and mxbai-rerank-v2 (base, large).
+
+Each (query, document) pair is one prompt; the score is read from two logits at its last position:
+  - Qwen3-Reranker (Qwen3ForCausalLM): raw = logit("yes") - logit("no"); the model card's
+    softmax([no, yes])[yes] is sigmoid(raw), the relevance_score. Prompt and truncation as the model card's
+    code: prefix (system turn) + the body `<Instruct>: {instruction}\\n<Query>: {query}\\n<Document>: {doc}`
+    tokenised as one string and cut from the right to max_length - len(prefix) - len(suffix) tokens + suffix
+    (with the empty think block). The default instruction when the request has none is the card's.
+    The converted form (Qwen3ForSequenceClassification, one-row `score.weight` = W[yes] - W[no]) gives raw
+    directly, with the same prompt.
+  - mxbai-rerank-v2 (Qwen2ForCausalLM): raw = logit("1") - logit("0"), relevance_score = sigmoid(raw) (the
+    package's own `normalize=True` is sigmoid(raw - estimated_max / 2), a per-model shift; not used: one
+    score rule for every family, engine/backend.py). Prompt pieces and truncation as PyPI `mxbai-rerank`
+    0.1.6 `MxbaiRerankV2.prepare_inputs`: each piece tokenised alone; the query piece (`instruction: {i}\\n`
+    if an instruction is given, then `query: {q}`) cut to max_length * 3 // 4; the document piece
+    (`document: {d}`) cut to min(max_length, model_max_length - query - template); then the document
+    (with the "\\n" before it) cut further until query + document fit max_length; then the template
+    around them. max_length is first lowered so that it plus the template fits the position table.
+For both, `max_doc_length` is the official `max_length` (8192): the longest pair it allows (for Qwen3 the
+template's tokens included, for mxbai excluded, exactly as each official code counts). An explicit
+`max_query_length` caps the query: mxbai's official query limit (default max_length * 3 // 4); Qwen3's code
+has none, so there an explicit one cuts the query text by a decode round trip (as jina-v3 does) before the
+body is built; by default nothing is cut but by max_length.
+
+Detection (`detect`): config.json's architectures alone cannot tell a reranker from the chat model it was
+trained from (Qwen3-Reranker-0.6B's config is a Qwen3ForCausalLM config like Qwen3-0.6B's; mxbai-rerank-v2's
+a Qwen2ForCausalLM like Qwen2.5's), and serving a chat model as a reranker would give meaningless scores
+without an error. So the name decides, and only together with the architecture:
+  - Qwen3ForCausalLM or Qwen3ForSequenceClassification, and "qwen3-reranker" in the folder path (a hub
+    cache folder is named after the repository: models--Qwen--Qwen3-Reranker-0.6B) or in config.json's
+    `_name_or_path` -> Qwen3-Reranker;
+  - Qwen2ForCausalLM and "mxbai-rerank" in the same -> mxbai-rerank-v2.
+A local copy in a folder of another name is served once the folder is renamed (or `_name_or_path` set).
+
+Fast: every pair of a request starts with the same tokens (the system turn, and for Qwen3-Reranker the
+instruction and query; for mxbai the query): `encode_pairs` measures that shared prefix on the token ids
+(PairBlock.prefix_len), and `score_sequences` computes it once per distinct prefix and runs all the pairs
+that share it in one packed forward reading its cached keys and values, the last layer at the last rows
+only (model/causal_lm.py). Tested equal to the plain per-pair forward in float32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lastrank.engine.backend import Capabilities, RerankPlan
+from lastrank.engine.pairs import EncodedPairs, PairwiseBackend
+from lastrank.errors import InvalidRequestError, ModelNotAvailableError
+from lastrank.model.causal_lm import CausalLMForRanking, load_causal_lm
+from lastrank.types import RerankRequest
+
+QWEN3_RERANKER, MXBAI_RERANK_V2 = "qwen3-reranker", "mxbai-rerank-v2"
+SUPPORTS = ('causal-LM rerankers: Qwen/Qwen3-Reranker-0.6B / -4B (architectures ["Qwen3ForCausalLM"], or the '
+            'converted ["Qwen3ForSequenceClassification"]) and mixedbread-ai/mxbai-rerank-base-v2 / -large-v2 '
+            '(["Qwen2ForCausalLM"]), recognised by "qwen3-reranker" / "mxbai-rerank" in the folder path or '
+            'config.json _name_or_path (a plain Qwen chat model is not a reranker); model.safetensors (or an '
+            'index of shards), tokenizer.json')
+MAX_LENGTH = 8192  # both official codes' default max_length
+
+# Qwen3-Reranker's model card
+QWEN3_PREFIX = ('<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the '
+                'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n')
+QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+QWEN3_BODY = "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}"
+QWEN3_DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+QWEN3_POSITIVE, QWEN3_NEGATIVE = "yes", "no"  # vocabulary tokens (convert_tokens_to_ids)
+
+# mxbai-rerank 0.1.6, mxbai_rerank_v2.py
+MXBAI_PREFIX = ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+                "<|im_start|>user\n")
+MXBAI_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
+MXBAI_SEP = "\n"
+MXBAI_TASK = ("You are a search relevance expert who evaluates how well documents match search queries. For each "
+              "query-document pair, carefully analyze the semantic relationship between them, then provide your "
+              "binary relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:")
+MXBAI_POSITIVE, MXBAI_NEGATIVE = "1", "0"  # encoded text, first id
+
+
+def _name(config: dict, folder: Path) -> str:
+    return f"{folder} {config.get('_name_or_path') or ''}".lower()
+
+
+def reranker_kind(config: dict, folder: Path) -> str | None:
+    """QWEN3_RERANKER, MXBAI_RERANK_V2 or None (the rule in the module docstring)."""
+    archs = config.get("architectures") or []
+    name = _name(config, folder)
+    if {"Qwen3ForCausalLM", "Qwen3ForSequenceClassification"} & set(archs) and "qwen3-reranker" in name:
+        return QWEN3_RERANKER
+    if "Qwen2ForCausalLM" in archs and "mxbai-rerank" in name:
+        return MXBAI_RERANK_V2
+    return None
+
+
+def detect(config: dict, folder: Path) -> bool:
+    return reranker_kind(config, folder) is not None
+
+
+def shared_prefix_len(sequences: list[list[int]]) -> int:
+    """Leading tokens every sequence has in common, leaving each at least one token of its own (0 for one
+    sequence: nothing to share)."""
+    if len(sequences) < 2:
+        return 0
+    first = sequences[0]
+    n = min(len(s) for s in sequences) - 1
+    for s in sequences[1:]:
+        i = 0
+        while i < n and s[i] == first[i]:
+            i += 1
+        n = i
+    return max(n, 0)
+
+
+class CausalLMBackend(PairwiseBackend):
+    """Base of the two families: loading, limits, the packed shared-prefix scoring. Subclasses build pairs.
+
+    max_forward_tokens: the most tokens (after the shared prefix) one packed forward holds.
+    reuse_prefix: compute each request's shared prefix once (True) or run every pair whole (False; the
+    benchmark's comparison).
+    """
+
+    family: str
+    raw_description: str
+    positive: str
+    negative: str
+
+    def __init__(self, model: CausalLMForRanking, tokenizer, device: torch.device, *, max_forward_tokens: int = 16384,
+                 reuse_prefix: bool = True, model_id: str = "", path: Path | None = None, random_weights: bool = False):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.max_forward_tokens = max_forward_tokens
+        self.reuse_prefix = reuse_prefix
+        self.model_id = model_id
+        self.path = path
+        self.random_weights = random_weights
+        cfg = model.config
+        self.context_length = cfg.max_position_embeddings
+        head = "score head (Qwen3ForSequenceClassification)" if model.head.shape[0] == 1 else "two LM-head rows"
+        self.capabilities = Capabilities(
+            family=self.family,
+            architecture=f"{'Qwen3' if cfg.model_type == 'qwen3' else 'Qwen2'} decoder, {cfg.num_hidden_layers} "
+                         f"layers, hidden {cfg.hidden_size}, {head}",
+            listwise=False, score="sigmoid", raw_score=self.raw_description, instruction=True, embedding_dim=None,
+            context_length=self.context_length, max_doc_length=MAX_LENGTH,
+            max_query_length=self.default_query_limit(MAX_LENGTH),
+        )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.head.dtype
+
+    @staticmethod
+    def default_query_limit(max_length: int) -> int:
+        return max_length
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def limits(self, request: RerankRequest) -> tuple[int, int]:
+        """(max_length, query limit) for this request: the official defaults unless the request sets them,
+        max_length capped at the position table."""
+        max_length = min(request.max_doc_length or MAX_LENGTH, self.context_length)
+        query = request.max_query_length if request.max_query_length is not None else self.default_query_limit(max_length)
+        return max_length, query
+
+    def plan(self, request: RerankRequest) -> RerankPlan:
+        plan = super().plan(request)
+        if request.documents:  # report the limits the pairs were really built with
+            plan.usage.max_doc_length, plan.usage.max_query_length = self.limits(request)
+        return plan
+
+    def score_sequences(self, sequences: list[list[int]], prefix_lens: list[int]) -> np.ndarray:
+        raw = np.empty(len(sequences), dtype=np.float64)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (s, p) in enumerate(zip(sequences, prefix_lens)):
+            p = min(p, len(s) - 1) if self.reuse_prefix else 0
+            groups.setdefault(tuple(s[:p]), []).append(i)
+        for prefix, members in groups.items():
+            p = len(prefix) if len(members) > 1 else 0  # one pair alone: nothing to share, one whole forward
+            chunk: list[int] = []
+            tokens = 0
+            for i in members + [None]:
+                if i is None or (chunk and tokens + len(sequences[i]) - p > self.max_forward_tokens):
+                    scores = self.model.score_last([sequences[j] for j in chunk], p)
+                    raw[chunk] = scores.cpu().numpy()
+                    chunk, tokens = [], 0
+                if i is not None:
+                    chunk.append(i)
+                    tokens += len(sequences[i]) - p
+        return raw
+
+
+class Qwen3RerankerBackend(CausalLMBackend):
+    family = QWEN3_RERANKER
+    raw_description = 'logit("yes") - logit("no") at the last position'
+
+    def __init__(self, model, tokenizer, device, **kw):
+        super().__init__(model, tokenizer, device, **kw)
+        self.prefix, self.suffix = self.encode(QWEN3_PREFIX), self.encode(QWEN3_SUFFIX)
+
+    def encode_pairs(self, request: RerankRequest, max_doc_length: int, max_query_length: int) -> EncodedPairs:
+        max_length, query_limit = self.limits(request)
+        budget = max_length - len(self.prefix) - len(self.suffix)
+        if budget < 1:
+            raise InvalidRequestError(f"max_doc_length must be more than {len(self.prefix) + len(self.suffix)} for "
+                                      f"this model (its prompt template's tokens), got {max_length}")
+        instruction = request.instruction if request.instruction is not None else QWEN3_DEFAULT_INSTRUCTION
+        query, query_truncated = request.query, False
+        if request.max_query_length is not None:  # not in the official code: only when asked (module docstring)
+            q = self.encode(query)
+            if len(q) > query_limit:
+                query, query_truncated = self.tokenizer.decode(q[:query_limit], skip_special_tokens=False), True
+        # The tokens before the document's own: the body with an empty document, without its last space.
+        head = self.encode(QWEN3_BODY.format(instruction=instruction, query=query, doc="")[:-1])
+        bodies = [QWEN3_BODY.format(instruction=instruction, query=query, doc=d) for d in request.documents]
+        sequences, doc_tokens, truncated = [], [], []
+        for i, e in enumerate(self.tokenizer.encode_batch(bodies, add_special_tokens=False)):
+            body = e.ids
+            if len(body) > budget:
+                truncated.append(i)
+                query_truncated |= budget < len(head)
+                body = body[:budget]
+            sequences.append(self.prefix + body + self.suffix)
+            doc_tokens.append(max(0, len(body) - len(head)))  # the document's tokens (with the space before it)
+        return EncodedPairs(sequences, doc_tokens, truncated, query_truncated, shared_prefix_len(sequences))
+
+
+class MxbaiRerankV2Backend(CausalLMBackend):
+    family = MXBAI_RERANK_V2
+    raw_description = 'logit("1") - logit("0") at the last position'
+
+    def __init__(self, model, tokenizer, device, **kw):
+        super().__init__(model, tokenizer, device, **kw)
+        self.prefix, self.suffix = self.encode(MXBAI_PREFIX), self.encode(MXBAI_SUFFIX)
+        self.sep, self.task = self.encode(MXBAI_SEP), self.encode(MXBAI_TASK)
+        self.template_len = len(self.prefix) + len(self.task) + len(self.suffix) + len(self.sep)
+
+    @staticmethod
+    def default_query_limit(max_length: int) -> int:
+        return max_length * 3 // 4
+
+    def limits(self, request: RerankRequest) -> tuple[int, int]:
+        # The package lowers max_length so that it plus the template fits the position table, and derives
+        # the query limit from the lowered value.
+        max_length = min(request.max_doc_length or MAX_LENGTH, self.context_length - self.template_len)
+        if max_length <= len(self.sep):
+            raise InvalidRequestError(f"max_doc_length must be more than {len(self.sep)} for this model, got {max_length}")
+        query = request.max_query_length if request.max_query_length is not None else self.default_query_limit(max_length)
+        # lastrank's only addition: an explicit query limit leaves the document room for its separator, so
+        # the package's only_second truncation can always make the pair fit (it logs an error otherwise).
+        return max_length, min(query, max_length - len(self.sep))
+
+    def encode_pairs(self, request: RerankRequest, max_doc_length: int, max_query_length: int) -> EncodedPairs:
+        max_length, query_limit = self.limits(request)
+        query_text = f"query: {request.query}"
+        if request.instruction:  # the package: `if instruction` (an empty instruction adds nothing)
+            query_text = f"instruction: {request.instruction}{MXBAI_SEP}{query_text}"
+        query_full = self.encode(query_text)
+        query = query_full[:query_limit]
+        doc_limit = max(0, min(self.context_length - len(query) - self.template_len, max_length))
+        docs = self.tokenizer.encode_batch([f"document: {d}" for d in request.documents], add_special_tokens=False)
+        sequences, doc_tokens, truncated = [], [], []
+        for i, e in enumerate(docs):
+            second = self.sep + e.ids[:doc_limit]
+            over = len(query) + len(second) - max_length
+            if over > 0:  # prepare_for_model(..., truncation="only_second", max_length)
+                second = second[:-over]
+            kept = len(second) - len(self.sep)
+            if kept < len(e.ids):
+                truncated.append(i)
+            doc_tokens.append(kept)  # with the "document: " label, as the package counts them
+            sequences.append(self.prefix + query + second + self.sep + self.task + self.suffix)
+        return EncodedPairs(sequences, doc_tokens, truncated, len(query) < len(query_full), shared_prefix_len(sequences))
+
+
+def score_token_ids(kind: str, tokenizer) -> tuple[int, int]:
+    """(positive, negative) token ids whose logits make the score, looked up as each official code does:
+    Qwen3-Reranker's convert_tokens_to_ids("yes"/"no"), mxbai's first id of the encoded "1"/"0"."""
+    if kind == QWEN3_RERANKER:
+        ids = tuple(tokenizer.token_to_id(t) for t in (QWEN3_POSITIVE, QWEN3_NEGATIVE))
+        if None in ids:
+            raise ModelNotAvailableError("the tokenizer has no 'yes'/'no' tokens; not a Qwen tokenizer")
+        return ids
+    return tuple(tokenizer.encode(t, add_special_tokens=False).ids[0] for t in (MXBAI_POSITIVE, MXBAI_NEGATIVE))
+
+
+BACKENDS = {QWEN3_RERANKER: Qwen3RerankerBackend, MXBAI_RERANK_V2: MxbaiRerankV2Backend}
+
+
+def load(path: Path, device: torch.device, dtype: torch.dtype, *, model_id: str = "", random_weights: bool = False,
+         compile: bool | None = None, **options) -> CausalLMBackend:
+    import json
+
+    from tokenizers import Tokenizer
+
+    from lastrank.model.loading import check_files
+
+    check_files(path, ("config.json", "tokenizer.json"), "Qwen3-Reranker / mxbai-rerank-v2")
+    config = json.loads((path / "config.json").read_text())
+    kind = reranker_kind(config, path)
+    if kind is None:
+        raise ModelNotAvailableError(f"{path} is not a causal-LM reranker lastrank knows: {SUPPORTS}")
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    tokenizer.no_truncation()  # truncation is the family's own (above), never the file's settings
+    tokenizer.no_padding()
+    model = load_causal_lm(path, device, dtype, score_token_ids(kind, tokenizer), compile=bool(compile))
+    return BACKENDS[kind](model, tokenizer, device, model_id=model_id, path=path, random_weights=random_weights, **options)
