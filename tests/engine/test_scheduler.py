@@ -166,6 +166,32 @@ def hold_first_call(engine: FakeEngine):
     engine.gate.clear()
 
 
+class FakeClock:
+    """The scheduler's monotonic clock (what deadlines are compared with), moved only by the test. The event
+    loop keeps real time, so a deadline timer waits `deadline - clock.now` real seconds."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def __getattr__(self, name):  # perf_counter (tokens/s) and the rest stay real
+        return getattr(time, name)
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    import lastrank.engine.scheduler as scheduler_module
+
+    fake = FakeClock()
+    monkeypatch.setattr(scheduler_module, "time", fake)
+    return fake
+
+
 # --------------------------------------------------------------------------------------- tests
 
 
@@ -305,19 +331,20 @@ def test_overload_by_queued_tokens_and_too_large_requests():
     run(main)
 
 
-def test_deadline_drops_the_request_and_its_blocks_never_run():
+def test_deadline_drops_the_request_and_its_blocks_never_run(clock):
     engine = FakeEngine()
 
     async def main():
         async with started(engine) as sched:
-            with pytest.raises(DeadlineExceededError):
-                await sched.submit(req("late", 2, deadline=time.monotonic() - 1))
+            with pytest.raises(DeadlineExceededError, match="before it could be queued"):
+                await sched.submit(req("late", 2, deadline=clock.now - 1))
             hold_first_call(engine)
             a = asyncio.create_task(sched.submit(req("a", 1)))
             await until(lambda: len(engine.calls) == 1, "a running")
-            # Fails at its deadline while the worker is still busy with a's batch.
-            with pytest.raises(DeadlineExceededError):
-                await sched.submit(req("b", 3, deadline=time.monotonic() + 0.05))
+            # Admitted for certain (the scheduler's clock stands still), then failed by the loop's timer
+            # 0.02 s later while the worker is still busy with a's batch.
+            with pytest.raises(DeadlineExceededError, match="3 of 3 blocks not run"):
+                await sched.submit(req("b", 3, deadline=clock.now + 0.02))
             assert sched.queued_tokens == 0 and sched.queued_requests == 1
             engine.gate.set()
             await a
@@ -326,7 +353,7 @@ def test_deadline_drops_the_request_and_its_blocks_never_run():
     run(main)
 
 
-def test_worker_skips_an_expired_request_even_if_the_loop_is_late():
+def test_worker_skips_an_expired_request_even_if_the_loop_is_late(clock):
     engine = FakeEngine()
 
     async def main():
@@ -334,13 +361,13 @@ def test_worker_skips_an_expired_request_even_if_the_loop_is_late():
             hold_first_call(engine)
             a = asyncio.create_task(sched.submit(req("a", 1)))
             await until(lambda: len(engine.calls) == 1, "a running")
-            b = asyncio.create_task(sched.submit(req("b", 3, deadline=time.monotonic() + 0.1)))
-            await until(lambda: sched.queued_requests == 2, "b admitted")
-            # Block the loop past the deadline, so its timer cannot fire: the worker must check.
-            time.sleep(0.15)
+            # An hour away on the scheduler's clock: the loop's timer for it (an hour of real time) never
+            # fires in this test, so only the worker can fail b.
+            b = asyncio.create_task(sched.submit(req("b", 3, deadline=clock.now + 3600)))
+            await until(lambda: sched.queued_tokens == 30, "b admitted")
+            clock.advance(7200)  # the deadline passes while the worker is busy with a's batch
             engine.gate.set()
-            time.sleep(0.15)
-            with pytest.raises(DeadlineExceededError):
+            with pytest.raises(DeadlineExceededError, match="3 of 3 blocks not run"):
                 await b
             await a
         assert engine.ran("b") == []
