@@ -77,3 +77,21 @@ def read_until_closed(sock: socket.socket, limit_s: float = 10.0) -> tuple[bytes
             return data, True
         data += chunk
     return data, False
+
+
+def read_response(sock: socket.socket, limit_s: float = 10.0) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 response with a Content-Length -> (head, body)."""
+    data = b""
+    deadline = time.monotonic() + limit_s
+    while True:
+        if b"\r\n\r\n" in data:
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            if len(body) >= length:
+                return head, body[:length]
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed mid-response: {data!r}")
+        data += chunk

@@ -21,7 +21,7 @@ import pytest
 from lastrank.api.settings import ServerSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from live_server import LiveServer, read_until_closed  # noqa: E402
+from live_server import LiveServer, read_response, read_until_closed  # noqa: E402
 
 # The issue's nested marker strings: the official one-pass removal assembles a new marker from each.
 NESTED = [
@@ -411,13 +411,12 @@ def test_a_full_queue_refuses_a_verified_key_before_reading_the_body(tiny_rerank
             with srv.connect() as s:
                 s.sendall(f"POST /v1/rerank HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n"
                           f"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{".encode())
-                s.settimeout(5)
-                head = s.recv(65536)
+                head, body = read_response(s, limit_s=5)
             # an unknown key is not refused early: authentication comes first, so it gets its 401
             unknown = httpx.post(srv.url + "/v1/rerank", json=CLEAN, headers={"Authorization": "Bearer lr-000000000000-x"})
             full = srv.app.state.lastrank.scheduler.admission_error() is not None
             gate.set()
             assert first.result().status_code == 200
         assert head.startswith(b"HTTP/1.1 503 "), head
-        assert b"retry-after: " in head.lower() and b"too many requests queued" in head
+        assert b"retry-after: " in head.lower() and b"too many requests queued" in body
         assert full and unknown.status_code == 401
