@@ -13,9 +13,12 @@ engine, prompt or model code, so that it catches mistakes there:
 * merge: numpy, exactly as §6 (``np.average`` with the block weights, ``np.dot`` cosine,
   ``np.argsort(...)[::-1]``).
 
+The prompt is a ``str.format`` template cut from §4's rendered literal, not pieces concatenated as in
+lastrank's ``engine/prompt.py``, so the two are written differently and a shared mistake is unlikely.
+
 The only extension over the official ``rerank()`` is ``instruction``: the official method always
 passes ``instruction=None``; here it is forwarded to the prompt builder, which renders the
-``<instruct>`` section exactly as §4 (``if instruction:``).
+``<instruct>`` section exactly as §4 (``if instruction:``), its text sanitised like the query's.
 """
 
 from __future__ import annotations
@@ -28,18 +31,33 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-SYSTEM_PROMPT = (
-    "You are a search relevance expert who can determine a ranking of the passages based on how relevant they are to the query. "
-    "If the query is a question, how relevant a passage is depends on how well it answers the question. "
-    "If not, try to analyze the intent of the query and assess how well each passage satisfies the intent. "
-    "If an instruction is provided, you should follow the instruction when determining the ranking."
-)
-PROMPT_PREFIX = "<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>\n<|im_start|>user\n"
-PROMPT_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n" + "<think>\n\n</think>\n\n"
-
 DOC_MARKER = "<|embed_token|>"
 QUERY_MARKER = "<|rerank_token|>"
 BLOCK_SIZE = 125
+
+# §4's system prompt, sentence by sentence.
+SYSTEM_PROMPT = " ".join([
+    "You are a search relevance expert who can determine a ranking of the passages based on how relevant they are to the query.",
+    "If the query is a question, how relevant a passage is depends on how well it answers the question.",
+    "If not, try to analyze the intent of the query and assess how well each passage satisfies the intent.",
+    "If an instruction is provided, you should follow the instruction when determining the ranking.",
+])
+
+# §4's whole prompt as one str.format template: the spec's rendered literal for query "Q" and documents
+# ["Doc A", "Doc B"] with the variable parts cut out. lastrank's engine/prompt.py concatenates pieces with
+# f-strings and a join instead; built two ways, a shared slip is unlikely. Only the template is parsed by
+# str.format, so braces in the user's text are safe.
+PROMPT_TEMPLATE = (
+    "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
+    "I will provide you with {n} passages, each indicated by a numerical identifier. "
+    "Rank the passages based on their relevance to query: {query}\n"
+    "{instruct}"
+    "{passages}"
+    "<query>\n{query}<|rerank_token|>\n</query><|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+)
+INSTRUCT_TEMPLATE = "<instruct>\n{instruction}\n</instruct>\n"  # only `if instruction:`
+PASSAGE_TEMPLATE = '<passage id="{i}">\n{text}<|embed_token|>\n</passage>\n'  # i from 0 in every block
+PROMPT_PREFIX = PROMPT_TEMPLATE[: PROMPT_TEMPLATE.index("I will")].format(system=SYSTEM_PROMPT)
 
 
 def sanitize(text: str) -> str:
@@ -47,23 +65,17 @@ def sanitize(text: str) -> str:
     return text.replace(QUERY_MARKER, "").replace(DOC_MARKER, "")
 
 
-def render_body(query: str, docs: list[str], instruction: str | None = None) -> str:
-    """§4, everything between the prefix and the suffix. ``docs`` are the docs of ONE block."""
-    query = sanitize(query)
-    docs = [sanitize(d) for d in docs]
-    body = (
-        f"I will provide you with {len(docs)} passages, each indicated by a numerical identifier. "
-        f"Rank the passages based on their relevance to query: {query}\n"
-    )
-    if instruction:
-        body += f"<instruct>\n{instruction}\n</instruct>\n"
-    body += "\n".join(f'<passage id="{i}">\n{doc}{DOC_MARKER}\n</passage>' for i, doc in enumerate(docs)) + "\n"
-    body += f"<query>\n{query}{QUERY_MARKER}\n</query>"
-    return body
-
-
 def render_prompt(query: str, docs: list[str], instruction: str | None = None) -> str:
-    return PROMPT_PREFIX + render_body(query, docs, instruction) + PROMPT_SUFFIX
+    """§4 for the docs of ONE block. The instruction (lastrank's extension; the official rerank() passes None)
+    is sanitised like the query and documents: a marker there would add a phantom document or query vector."""
+    query = sanitize(query)
+    return PROMPT_TEMPLATE.format(
+        system=SYSTEM_PROMPT,
+        n=len(docs),
+        query=query,
+        instruct=INSTRUCT_TEMPLATE.format(instruction=sanitize(instruction)) if instruction else "",
+        passages="".join(PASSAGE_TEMPLATE.format(i=i, text=sanitize(d)) for i, d in enumerate(docs)),
+    )
 
 
 def load_reference_backbone(checkpoint_dir, dtype: torch.dtype = torch.float32, state: dict | None = None):
