@@ -13,18 +13,23 @@ Q = "which city is the capital of france"
 DOCS = ["Paris is the capital of France.", "Berlin is in Germany.", "Cats sleep a lot.", "Lyon is a French city."]
 
 
-class SlowEngine:
-    """The real engine with a pause in run_blocks, so requests pile up in the queue."""
+class GatedEngine:
+    """The real engine with a gate in run_blocks: the model waits until the test opens it, so requests stay
+    queued (or pass their deadline) for as long as the test needs, whatever the machine's speed."""
 
-    def __init__(self, engine, pause_s: float):
-        self.engine, self.pause_s = engine, pause_s
+    def __init__(self, engine):
+        self.engine = engine
+        self.gate = threading.Event()
 
     def plan(self, request):
         return self.engine.plan(request)
 
     def run_blocks(self, blocks):
-        time.sleep(self.pause_s)
+        assert self.gate.wait(60), "the test left the gate closed"
         return self.engine.run_blocks(blocks)
+
+    def __getattr__(self, name):  # capabilities, describe(), ...: the real backend's
+        return getattr(self.engine, name)
 
     def finish(self, plan, outputs):
         return self.engine.finish(plan, outputs)
@@ -56,19 +61,28 @@ def test_same_as_reranker_and_metrics(store, tiny_reranker):
 
 
 def test_queue_full_is_503_and_ledger_counts_only_200s(store, tiny_reranker):
-    with make(store, SlowEngine(tiny_reranker.backend, 0.4), max_queued_requests=1) as c:
+    engine = GatedEngine(tiny_reranker.backend)
+    with make(store, engine, max_queued_requests=1) as c:
         results = []
 
         def send():
             results.append(c.post("/v1/rerank", json={"query": Q, "documents": DOCS}))
 
         threads = [threading.Thread(target=send) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        try:
+            for t in threads:
+                t.start()
+            # One request holds the only queue slot (planning, then waiting at the closed gate): the other
+            # three are refused, and answered, before the gate opens.
+            end = time.monotonic() + 60
+            while len(results) < 3 and time.monotonic() < end:
+                time.sleep(0.01)
+        finally:
+            engine.gate.set()
+            for t in threads:
+                t.join(60)
     statuses = sorted(r.status_code for r in results)
-    assert 503 in statuses and 200 in statuses, statuses
+    assert statuses == [200, 503, 503, 503], statuses
     for r in results:
         if r.status_code == 503:
             assert int(r.headers["retry-after"]) >= 1 and r.json()["error"]["type"] == "overloaded_error"
@@ -77,8 +91,12 @@ def test_queue_full_is_503_and_ledger_counts_only_200s(store, tiny_reranker):
 
 
 def test_deadline_is_504(store, tiny_reranker):
-    with make(store, SlowEngine(tiny_reranker.backend, 1.0), request_timeout_s=0.2) as c:
-        r = c.post("/v1/rerank", json={"query": Q, "documents": DOCS})
+    engine = GatedEngine(tiny_reranker.backend)
+    with make(store, engine, request_timeout_s=0.2) as c:
+        try:
+            r = c.post("/v1/rerank", json={"query": Q, "documents": DOCS})  # the model never answers in time
+        finally:
+            engine.gate.set()  # the worker finishes the abandoned batch, so the app can stop
     assert r.status_code == 504, r.text
     assert r.json()["error"]["type"] == "timeout_error" and "retry-after" in r.headers
     assert store.list_usage() == []
