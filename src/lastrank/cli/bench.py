@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated: 2k, 8k, trec, small, pack (default: all). 2k, 8k: one block of about "
                         "2,048 / 8,192 prompt tokens (--quick: 512 / 1,024), labelled in the output by its real "
                         "token count. small: the TREC query with its "
-                        "first 10 candidates. pack: engine.run_blocks on 4 small blocks from 4 requests, packed into "
+                        "first 10 candidates. pack: the backend's run_blocks on 4 small blocks from 4 requests, packed into "
                         "one forward vs one forward per block (the CPU default)")
     p.add_argument("--repeat", type=int, default=2, help="timed runs of each path per case, interleaved (default 2)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
@@ -67,7 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the reference path's file (default: benchmarks/reference_path.py of the source checkout "
                         "lastrank is installed from, else of the working directory)")
     p.add_argument("--no-subprocess", action="store_true", help="skip cold start and peak RSS (fresh processes)")
-    p.add_argument("--pack-blocks", choices=["auto", "on", "off"], default="auto", help="engine packing option")
+    p.add_argument("--pack-blocks", choices=["auto", "on", "off"], default="auto",
+                   help="the backend's pack_blocks option (auto: on CUDA only)")
     p.add_argument("--no-prefix-reuse", action="store_true",
                    help="run every prompt whole, without the cached system-turn prefix (an A/B of that option; "
                         "the fresh processes for cold start and peak RSS keep the default)")
@@ -125,7 +126,7 @@ def trec_request(data: Path | None, n_docs: int = 100) -> tuple[str, list[str]]:
     raise SystemExit(f"lastrank bench: no query in {data} has {n_docs} candidates in the corpus")
 
 
-def block_request(engine, query: str, pool: list[str], target_tokens: int) -> tuple[str, list[str]]:
+def block_request(backend, query: str, pool: list[str], target_tokens: int) -> tuple[str, list[str]]:
     """Documents from `pool` (cycled) until the single block prompt reaches about target_tokens."""
     from lastrank.types import RerankRequest
 
@@ -134,7 +135,7 @@ def block_request(engine, query: str, pool: list[str], target_tokens: int) -> tu
     while True:
         docs.append(pool[i % len(pool)])
         i += 1
-        plan = engine.plan(RerankRequest(query=query, documents=docs))
+        plan = backend.plan(RerankRequest(query=query, documents=docs))
         if plan.usage.prompt_tokens >= target_tokens or len(docs) >= 125:
             return query, docs
 

@@ -45,8 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--query-id", help="query for --permutations (default: the first judged query)")
     p.add_argument("--rel-min", type=int, default=None,
                    help="grade counted relevant by RR@10 and R@100 (default: 2 on 0-3 scales as TREC-DL, else 1)")
-    p.add_argument("--max-doc-length", type=int, default=None, help="passed to rerank() (engine default 2048)")
-    p.add_argument("--max-query-length", type=int, default=None, help="passed to rerank() (engine default 512)")
+    p.add_argument("--max-doc-length", type=int, default=None, help="passed to rerank() (default: the family's, 2048 for jina-v3)")
+    p.add_argument("--max-query-length", type=int, default=None, help="passed to rerank() (default: the family's, 512 for jina-v3)")
     p.add_argument("--chunking", choices=["truncate", "chunk"], default="truncate",
                    help="long documents: cut at max-doc-length (truncate, default) or rank every window of it and "
                         "score a document by its best (chunk; in-process only)")

@@ -41,7 +41,6 @@ Scores users can trust, one rule for every family (Capabilities.score):
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
