@@ -85,10 +85,37 @@ def test_backend_groups_prefixes_and_chunks_forwards(folders):
     a, b = _sequences(5, 30, seed=7), _sequences(4, 12, seed=8)
     plain = np.array([backend.model.score_plain(s) for s in a + b])
     lens = [30] * 5 + [12] * 4
-    for max_tokens, reuse in ((16384, True), (50, True), (16384, False)):
-        backend.max_forward_tokens, backend.reuse_prefix = max_tokens, reuse
-        np.testing.assert_allclose(backend.score_sequences(a + b, lens), plain, atol=ATOL, rtol=0)
-    backend.max_forward_tokens, backend.reuse_prefix = 16384, True
+    calls = []
+    real = backend.model.model.forward
+    backend.model.model.forward = lambda ids, *a, **k: calls.append(ids.shape[0]) or real(ids, *a, **k)
+    try:
+        for max_tokens, reuse in ((16384, True), (50, True), (16384, False)):
+            backend.max_forward_tokens, backend.reuse_prefix = max_tokens, reuse
+            calls.clear()
+            np.testing.assert_allclose(backend.score_sequences(a + b, lens), plain, atol=ATOL, rtol=0)
+            if max_tokens == 16384 and reuse:  # both prefixes in one forward, every pair's own tokens in one
+                assert calls == [30 + 12, sum(len(s) for s in a + b) - 30 * 5 - 12 * 4]
+    finally:
+        del backend.model.model.forward
+        backend.max_forward_tokens, backend.reuse_prefix = 16384, True
+
+
+@pytest.mark.parametrize("attention", ["segments", "mask"])
+def test_backbone_with_one_prefix_per_sequence_equals_full_forward(folders, attention):
+    """fast.PrefixCaches: sequences with different prefixes (and one with none) in one forward, every row."""
+    from lastrank.model.fast import PrefixCache, PrefixCaches
+
+    backbone = _model(folders["mxbai"], MXBAI_RERANK_V2).model
+    g = torch.Generator().manual_seed(10)
+    seqs = [torch.randint(0, 150000, (n,), generator=g) for n in (50, 31, 20)]
+    cuts = [17, 0, 9]
+    caches = [PrefixCache(s[:c]) if c else None for s, c in zip(seqs, cuts)]
+    with torch.inference_mode():
+        PrefixCaches.fill(backbone, [c for c in caches if c is not None])
+        full = [backbone(s) for s in seqs]
+        tails = [s[c:] for s, c in zip(seqs, cuts)]
+        got = backbone(torch.cat(tails), [len(t) for t in tails], attention=attention, prefix=PrefixCaches(caches))
+    torch.testing.assert_close(got, torch.cat([f[c:] for f, c in zip(full, cuts)]), atol=ATOL, rtol=0)
 
 
 def test_head_keeps_two_rows_only(folders):

@@ -34,9 +34,10 @@ A local copy in a folder of another name is served once the folder is renamed (o
 
 Fast: every pair of a request starts with the same tokens (the system turn, and for Qwen3-Reranker the
 instruction and query; for mxbai the query): `encode_pairs` measures that shared prefix on the token ids
-(PairBlock.prefix_len), and `score_sequences` computes it once per distinct prefix and runs all the pairs
-that share it in one packed forward reading its cached keys and values, the last layer at the last rows
-only (model/causal_lm.py). Tested equal to the plain per-pair forward in float32.
+(PairBlock.prefix_len), and `score_sequences` computes every distinct prefix of the batch once (one packed
+forward for all of them), then runs the pairs of all the batch's requests packed without padding, each
+reading its own prefix's cached keys and values, the last layer at the last rows only (model/causal_lm.py).
+Tested equal to the plain per-pair forward in float32.
 """
 
 from __future__ import annotations
@@ -173,24 +174,17 @@ class CausalLMBackend(PairwiseBackend):
         return plan
 
     def score_sequences(self, sequences: list[list[int]], prefix_lens: list[int]) -> np.ndarray:
-        raw = np.empty(len(sequences), dtype=np.float64)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, (s, p) in enumerate(zip(sequences, prefix_lens)):
-            p = min(p, len(s) - 1) if self.reuse_prefix else 0
-            groups.setdefault(tuple(s[:p]), []).append(i)
-        for prefix, members in groups.items():
-            p = len(prefix) if len(members) > 1 else 0  # one pair alone: nothing to share, one whole forward
-            chunk: list[int] = []
-            tokens = 0
-            for i in members + [None]:
-                if i is None or (chunk and tokens + len(sequences[i]) - p > self.max_forward_tokens):
-                    scores = self.model.score_last([sequences[j] for j in chunk], p)
-                    raw[chunk] = scores.cpu().numpy()
-                    chunk, tokens = [], 0
-                if i is not None:
-                    chunk.append(i)
-                    tokens += len(sequences[i]) - p
-        return raw
+        """All pairs of the batch (one or many requests) through model.score_last: each distinct shared prefix
+        computed once, the pairs packed into forwards of up to max_forward_tokens."""
+        if not sequences:
+            return np.empty(0, dtype=np.float64)
+        lens = [min(p, len(s) - 1) if self.reuse_prefix else 0 for s, p in zip(sequences, prefix_lens)]
+        users: dict[tuple[int, ...], int] = {}
+        for s, p in zip(sequences, lens):
+            users[tuple(s[:p])] = users.get(tuple(s[:p]), 0) + 1
+        lens = [p if users[tuple(s[:p])] > 1 else 0 for s, p in zip(sequences, lens)]  # alone: nothing to share
+        raw = self.model.score_last(sequences, lens, max_tokens=self.max_forward_tokens)
+        return raw.cpu().numpy().astype(np.float64)
 
 
 class Qwen3RerankerBackend(CausalLMBackend):

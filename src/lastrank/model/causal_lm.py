@@ -24,7 +24,7 @@ from torch import nn
 from lastrank.errors import ModelNotAvailableError
 from lastrank.model.config import ModelConfig
 from lastrank.model.decoder import DecoderModel
-from lastrank.model.fast import PrefixCache, enable_compile, fuse_projections
+from lastrank.model.fast import PrefixCache, PrefixCaches, enable_compile, fuse_projections
 
 ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen2ForCausalLM", "Qwen3ForSequenceClassification")
 
@@ -57,23 +57,48 @@ class CausalLMForRanking(nn.Module):
         return float(self.raw_scores(hidden[-1:])[0])
 
     @torch.inference_mode()
-    def score_last(self, sequences: list[list[int]], prefix_len: int = 0) -> torch.Tensor:
-        """Raw scores [n] of sequences whose first `prefix_len` tokens are the same, in ONE packed forward
-        (plus one of the prefix alone when prefix_len > 0). Each sequence must be longer than prefix_len."""
+    def score_last(self, sequences: list[list[int]], prefix_lens: int | list[int] = 0,
+                   max_tokens: int | None = None) -> torch.Tensor:
+        """Raw scores [n] of many sequences, packed without padding, each reading the keys and values of its
+        first prefix_lens[i] tokens from a cache computed once per distinct prefix.
+
+        Two kinds of forward: one packed forward of every distinct prefix (fast.PrefixCaches.fill), then the
+        sequences' own tokens, packed, up to `max_tokens` per forward, each sequence attending to its own
+        prefix's cached rows; the last layer, final norm and head only at each sequence's last row. So the
+        pairs of several requests (several prefixes) share forwards. Each sequence must be longer than its
+        prefix."""
         device = self.head.device
-        if prefix_len and any(len(s) <= prefix_len for s in sequences):
-            raise ValueError("every sequence must have a token after the shared prefix")
-        cache = None
-        if prefix_len:
-            cache = PrefixCache(torch.tensor(sequences[0][:prefix_len], dtype=torch.long, device=device))
-            # rows: the prefix's last layer needs keys and values only; its query row is a placeholder
-            self.model(cache.ids, rows=torch.tensor([prefix_len - 1], device=device), on_kv=cache.keep)
-        tails = [s[prefix_len:] for s in sequences]
-        seq_lens = [len(t) for t in tails]
-        ids = torch.tensor([t for tail in tails for t in tail], dtype=torch.long, device=device)
-        last_rows = torch.tensor(seq_lens, device=device).cumsum(0) - 1
-        hidden = self.model(ids, seq_lens, last_rows, prefix=cache)
-        return self.raw_scores(hidden)
+        if isinstance(prefix_lens, int):
+            prefix_lens = [prefix_lens] * len(sequences)
+        caches: dict[tuple[int, ...], PrefixCache] = {}
+        per_sequence: list[PrefixCache | None] = []
+        for s, P in zip(sequences, prefix_lens):
+            if P >= len(s):
+                raise ValueError("every sequence must have a token after its prefix")
+            key = tuple(s[:P])
+            if P and key not in caches:
+                caches[key] = PrefixCache(torch.tensor(key, dtype=torch.long, device=device))
+            per_sequence.append(caches[key] if P else None)
+        if caches:
+            PrefixCaches.fill(self.model, list(caches.values()))
+        out = torch.empty(len(sequences), dtype=torch.float32, device=device)
+        chunk: list[int] = []
+        tokens = 0
+        for i in list(range(len(sequences))) + [None]:
+            n = None if i is None else len(sequences[i]) - prefix_lens[i]
+            if chunk and (i is None or (max_tokens is not None and tokens + n > max_tokens)):
+                tails = [sequences[j][prefix_lens[j]:] for j in chunk]
+                seq_lens = [len(t) for t in tails]
+                ids = torch.tensor([t for tail in tails for t in tail], dtype=torch.long, device=device)
+                last_rows = torch.tensor(seq_lens, device=device).cumsum(0) - 1
+                caches_here = [per_sequence[j] for j in chunk]
+                prefix = PrefixCaches(caches_here) if any(c is not None for c in caches_here) else None
+                out[chunk] = self.raw_scores(self.model(ids, seq_lens, last_rows, prefix=prefix))
+                chunk, tokens = [], 0
+            if i is not None:
+                chunk.append(i)
+                tokens += n
+        return out
 
 
 def checkpoint_files(path: Path) -> list[Path]:

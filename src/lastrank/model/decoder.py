@@ -28,7 +28,7 @@ from torch import nn
 from lastrank.model.config import ModelConfig
 
 if TYPE_CHECKING:
-    from lastrank.model.fast import Packing, PrefixCache
+    from lastrank.model.fast import Packing, PrefixCache, PrefixCaches
 
 KV = tuple[torch.Tensor, torch.Tensor]  # one layer's (keys, values), [kv_heads, T, head_dim] each
 
@@ -198,7 +198,7 @@ class DecoderModel(nn.Module):
         self.compiled_layer = None  # set by fast.enable_compile (opt-in)
 
     def forward(self, input_ids: torch.Tensor, seq_lens: list[int] | None = None, rows: torch.Tensor | None = None,
-                attention: str = "segments", prefix: PrefixCache | None = None,
+                attention: str = "segments", prefix: PrefixCache | PrefixCaches | None = None,
                 on_kv: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
         """input_ids [T] -> final hidden states after `norm`, [T, hidden].
 
@@ -208,7 +208,8 @@ class DecoderModel(nn.Module):
         rows: if given, only these rows (global indices, ascending) are returned, [len(rows), hidden].
         Attention is causal, so the last layer's attention output and MLP, and the final norm, are computed
         for those rows only; every earlier layer must still run on all rows (they feed the keys/values).
-        prefix: every sequence is the cached prefix's tokens followed by its tokens in input_ids.
+        prefix: every sequence is the cached prefix's tokens followed by its tokens in input_ids (PrefixCaches:
+        one prefix per sequence).
         on_kv: called with each layer's attention keys and values, in layer order (how a PrefixCache fills).
         """
         T = input_ids.shape[0]
@@ -216,7 +217,8 @@ class DecoderModel(nn.Module):
         if seq_lens is not None or rows is not None or prefix is not None or on_kv is not None or attention != "segments":
             from lastrank.model.fast import Packing  # fast.py builds on this file: imported here, not above
 
-            packing = Packing(seq_lens or [T], input_ids.device, attention, prefix_len=0 if prefix is None else len(prefix))
+            P = 0 if prefix is None else prefix.prefix_len
+            packing = Packing(seq_lens or [T], input_ids.device, attention, prefix_len=P)
             if packing.total != T:
                 raise ValueError(f"seq_lens sum to {packing.total}, input_ids has {T} tokens")
         positions = torch.arange(T, device=input_ids.device) if packing is None else packing.positions
@@ -224,9 +226,9 @@ class DecoderModel(nn.Module):
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            layer_prefix = None if prefix is None else prefix.kv[i]
-            if self.compiled_layer is not None and i != last and on_kv is None and (
-                    packing is None or len(packing.seq_lens) == 1):
+            layer_prefix = None if prefix is None else prefix.layer(i)
+            one_sequence = packing is None or (len(packing.seq_lens) == 1 and not isinstance(layer_prefix, list))
+            if self.compiled_layer is not None and i != last and on_kv is None and one_sequence:
                 x = self.compiled_layer(layer, x, cos, sin, layer_prefix)  # one sequence: fast.enable_compile
             else:
                 x = layer(x, cos, sin, packing, rows if i == last else None, layer_prefix, on_kv)

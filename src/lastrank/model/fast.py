@@ -3,6 +3,8 @@
   - `Packing`: several sequences in one forward (positions restart, attention stays inside each), a cached
     prefix every sequence starts with, and query rows restricted to the few a head reads;
   - `PrefixCache`: keys and values, per layer, of a prefix shared by many inputs, computed once;
+    `PrefixCaches`: one per packed sequence, so sequences of several requests (several prefixes) share a
+    forward;
   - `fuse_projections`: q/k/v and gate/up weights as one matrix each, aliasing the loaded storage;
   - `enable_compile`: opt-in torch.compile of the one-sequence layer.
 Every one of them is tested equal to the plain forward in float32 (tests/model/test_fast_path.py,
@@ -31,12 +33,14 @@ class Packing:
         A check on "segments" (tests compare them), and an option where one big call is preferable.
     Everything except attention (projections, norms, MLP) runs on all packed rows at once.
 
-    prefix_len: every sequence starts with the same P tokens whose keys and values are cached
-    (`PrefixCache`); input_ids then hold only the tokens after them, positions start at P, and attention
-    runs on the "attention layout" (`self.attn`): each sequence with its P prefix rows put back in front.
+    prefix_len: every sequence starts with P tokens whose keys and values are cached (`PrefixCache`; one P
+    for all, or a list: P_i for sequence i, `PrefixCaches`); input_ids then hold only the tokens after them,
+    positions start at P_i, and attention runs on the "attention layout" (`self.attn`): each sequence with
+    its P_i prefix rows put back in front.
     """
 
-    def __init__(self, seq_lens: list[int], device: torch.device, attention: str = "segments", prefix_len: int = 0):
+    def __init__(self, seq_lens: list[int], device: torch.device, attention: str = "segments",
+                 prefix_len: int | list[int] = 0):
         if attention not in ("segments", "mask"):
             raise ValueError(f"unknown packed attention {attention!r}; use 'segments' or 'mask'")
         self.seq_lens = list(seq_lens)
@@ -46,11 +50,18 @@ class Packing:
             self.starts.append(self.starts[-1] + n)
         self.total = sum(self.seq_lens)
         self.device = device
-        self.prefix_len = prefix_len
+        self.prefix_lens = list(prefix_len) if isinstance(prefix_len, (list, tuple)) else [prefix_len] * len(self.seq_lens)
+        if len(self.prefix_lens) != len(self.seq_lens):
+            raise ValueError(f"{len(self.prefix_lens)} prefix lengths for {len(self.seq_lens)} sequences")
+        self.has_prefix = any(self.prefix_lens)
         # positions restart for every sequence: RoPE sees each sequence exactly as if it ran alone
-        self.positions = torch.cat([torch.arange(prefix_len, prefix_len + n, device=device) for n in self.seq_lens])
+        self.positions = torch.cat([torch.arange(P, P + n, device=device) for P, n in zip(self.prefix_lens, self.seq_lens)])
         self.seq_id = torch.cat([torch.full((n,), i, device=device) for i, n in enumerate(self.seq_lens)])
-        self.attn = self if prefix_len == 0 else Packing([prefix_len + n for n in self.seq_lens], device, attention)
+        self.attn = self
+        if self.has_prefix:
+            self.attn = Packing([P + n for P, n in zip(self.prefix_lens, self.seq_lens)], device, attention)
+            # attention-layout row of a row of sequence i: + the prefix rows of sequences 0..i
+            self.row_shift = torch.tensor(self.prefix_lens, device=device).cumsum(0)
 
     def mask(self, rows: torch.Tensor | None) -> torch.Tensor:
         """[len(rows) or T, T] bool: query row i may read key j iff same sequence and j <= i."""
@@ -60,23 +71,24 @@ class Packing:
 
     def attention_rows(self, rows: torch.Tensor | None) -> torch.Tensor | None:
         """Row indices of this packing -> the same rows in the attention layout."""
-        if rows is None or self.prefix_len == 0:
+        if rows is None or not self.has_prefix:
             return rows
-        return rows + self.prefix_len * (self.seq_id[rows] + 1)
+        return rows + self.row_shift[self.seq_id[rows]]
 
     def attention_output(self, out: torch.Tensor) -> torch.Tensor:
         """[heads, attention-layout rows, d] -> this packing's rows (the prefix rows dropped)."""
-        if self.prefix_len == 0:
+        if not self.has_prefix:
             return out
         if len(self.seq_lens) == 1:
-            return out[:, self.prefix_len:]
+            return out[:, self.prefix_lens[0]:]
         return out[:, self.attention_rows(torch.arange(self.total, device=self.device))]
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-               rows: torch.Tensor | None = None, prefix: KV | None = None,
+               rows: torch.Tensor | None = None, prefix: KV | list[KV | None] | None = None,
                on_kv: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
         """decoder.Attention's seam. q [heads, Tq, d] (Tq = len(rows) or T), k, v [kv_heads, T, d], after the
-        q/k norms, before RoPE -> attention output [heads, Tq, d]."""
+        q/k norms, before RoPE -> attention output [heads, Tq, d]. prefix: this layer's cached keys and values,
+        shared by every sequence or one per sequence (None where a sequence has no prefix)."""
         return _attend(q, k, v, cos, sin, self, rows, prefix, on_kv)
 
 
@@ -93,48 +105,56 @@ ONE_SEQUENCE = _OneSequence()
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-            packing: Packing | None, rows: torch.Tensor | None, prefix: KV | None,
+            packing: Packing | None, rows: torch.Tensor | None, prefix: KV | list[KV | None] | None,
             on_kv: Callable[[torch.Tensor, torch.Tensor], None] | None) -> torch.Tensor:
-    """packing=None: one sequence, every row (with or without a prefix)."""
+    """packing=None: one sequence, every row (with or without a shared prefix)."""
     T = k.shape[1]
-    pk, pv = prefix if prefix is not None else (None, None)
-    if packing is None:
-        seqs = ([0], [T], 0 if pk is None else pk.shape[1])
+    if prefix is None:
+        pk = pv = None
+    elif isinstance(prefix, list):  # one per sequence
+        pk, pv = [None if p is None else p[0] for p in prefix], [None if p is None else p[1] for p in prefix]
     else:
-        seqs = (packing.starts, packing.seq_lens, packing.prefix_len)
+        pk, pv = prefix
+    if packing is None:
+        seqs = ([0], [T], [0 if pk is None else pk.shape[1]])
+    else:
+        seqs = (packing.starts, packing.seq_lens, packing.prefix_lens)
     k, v = attention_layout(k, pk, cos, sin, *seqs), attention_layout(v, pv, None, None, *seqs)
     if on_kv is not None:
         on_kv(k, v)
     if rows is None:
         out = packed_attention(attention_layout(q, None, cos, sin, *seqs), k, v, packing and packing.attn)
         if pk is not None:
-            out = out[:, seqs[2]:] if packing is None else packing.attention_output(out)
+            out = out[:, seqs[2][0]:] if packing is None else packing.attention_output(out)
         return out
     # packing is never None with rows (the backbone makes one whenever rows are asked for)
     q = apply_rope(q, cos[rows], sin[rows])
     return packed_attention(q, k, v, packing.attn, packing.attention_rows(rows))
 
 
-def attention_layout(x: torch.Tensor, prefix: torch.Tensor | None, cos: torch.Tensor | None, sin: torch.Tensor | None,
-                     starts: list[int], seq_lens: list[int], prefix_len: int) -> torch.Tensor:
-    """[heads, T, d] (usually a transposed view of a projection) -> a contiguous [heads, T + n_seq * P, d]:
-    each sequence's rows, rotated on the way in when cos/sin are given, after P prefix rows (`prefix`
-    [heads, P, d], or zeros: query rows nobody reads).
+def attention_layout(x: torch.Tensor, prefix: torch.Tensor | list[torch.Tensor | None] | None,
+                     cos: torch.Tensor | None, sin: torch.Tensor | None,
+                     starts: list[int], seq_lens: list[int], prefix_lens: list[int]) -> torch.Tensor:
+    """[heads, T, d] (usually a transposed view of a projection) -> a contiguous [heads, T + sum(P_i), d]:
+    each sequence's rows, rotated on the way in when cos/sin are given, after its P_i prefix rows (`prefix`
+    [heads, P, d] for all, a list with one per sequence, or None: zeros, query rows nobody reads).
 
     Why contiguous: SDPA's CPU flash kernel ran ~11% slower on the strided layout (0.273 vs 0.244 s per call
     at T=2048, bf16, 1 thread); writing RoPE's output here costs no extra pass.
     """
     heads, _, d = x.shape
-    out = x.new_empty(heads, sum(seq_lens) + len(seq_lens) * prefix_len, d)
-    for i, (start, n) in enumerate(zip(starts, seq_lens)):
-        at = start + i * prefix_len
-        if prefix_len:
-            out[:, at:at + prefix_len] = 0 if prefix is None else prefix
-        src, dst = x[:, start:start + n], out[:, at + prefix_len:at + prefix_len + n]
+    out = x.new_empty(heads, sum(seq_lens) + sum(prefix_lens), d)
+    at = 0
+    for i, (start, n, P) in enumerate(zip(starts, seq_lens, prefix_lens)):
+        if P:
+            p = prefix[i] if isinstance(prefix, list) else prefix
+            out[:, at:at + P] = 0 if p is None else p
+        src, dst = x[:, start:start + n], out[:, at + P:at + P + n]
         if cos is None:
             dst.copy_(src)
         else:
             apply_rope(src, cos[start:start + n], sin[start:start + n], out=dst)
+        at += P + n
     return out
 
 
@@ -188,10 +208,48 @@ class PrefixCache:
         P = len(self)
         return input_ids.shape[0] > P and torch.equal(input_ids[:P], self.ids)
 
-    def keep(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        """on_kv callback: copy the first P rows (keys after k_norm and RoPE), so nothing else stays alive."""
+    def keep(self, k: torch.Tensor, v: torch.Tensor, start: int = 0) -> None:
+        """on_kv callback: copy P rows from `start` (keys after k_norm and RoPE), so nothing else stays alive."""
         P = len(self)
-        self.kv.append((k[:, :P].clone(), v[:, :P].clone()))
+        self.kv.append((k[:, start:start + P].clone(), v[:, start:start + P].clone()))
+
+    # What the backbone asks of a prefix (PrefixCaches answers the same for one prefix per sequence).
+    @property
+    def prefix_len(self) -> int:
+        return len(self)
+
+    def layer(self, i: int) -> KV:
+        return self.kv[i]
+
+
+class PrefixCaches:
+    """One PrefixCache (or None: no prefix) per packed sequence: sequences of several requests, each reading
+    its own request's prefix, in one forward. `fill` computes several prefixes in one packed forward."""
+
+    def __init__(self, caches: list[PrefixCache | None]):
+        self.caches = caches
+
+    @property
+    def prefix_len(self) -> list[int]:
+        return [0 if c is None else len(c) for c in self.caches]
+
+    def layer(self, i: int) -> list[KV | None]:
+        return [None if c is None else c.kv[i] for c in self.caches]
+
+    @staticmethod
+    def fill(backbone: nn.Module, caches: list[PrefixCache]) -> None:
+        """Run every cache's ids as one packed forward and keep each one's keys and values (the last layer's
+        queries and MLP only at one row per prefix: nothing reads them)."""
+        lens = [len(c) for c in caches]
+        starts = [sum(lens[:i]) for i in range(len(lens))]
+        ids = torch.cat([c.ids for c in caches])
+        rows = torch.tensor([s + n - 1 for s, n in zip(starts, lens)], device=ids.device)
+
+        def keep(k: torch.Tensor, v: torch.Tensor) -> None:
+            for c, start in zip(caches, starts):
+                c.keep(k, v, start)
+
+        backbone(ids, lens, rows, on_kv=keep)
 
 
 def _causal_layer(layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
