@@ -11,11 +11,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Write config.json, model.safetensors and the real Qwen3 tokenizer with the Jina "
                                    "marker tokens. The weights are random: the scores mean nothing.")
     p.add_argument("path", help="output folder")
+    from lastrank.model.checkpoint_causal import PRESETS as CAUSAL_PRESETS
     from lastrank.model.checkpoint_xlmr import PRESETS as XLMR_PRESETS
 
-    p.add_argument("--preset", choices=["tiny", "full", *XLMR_PRESETS], default="tiny",
+    p.add_argument("--preset", choices=["tiny", "full", *XLMR_PRESETS, *CAUSAL_PRESETS], default="tiny",
                    help="tiny (hidden 64, 2 layers) or full (Qwen3-0.6B shape); or an XLM-R cross-encoder: "
-                        "bge-reranker-v2-m3[-tiny], jina-reranker-v2[-tiny] (full shape, or hidden 32, 2 layers)")
+                        "bge-reranker-v2-m3[-tiny], jina-reranker-v2[-tiny] (full shape, or hidden 32, 2 layers); "
+                        "or a causal-LM reranker: qwen3-reranker-0.6b, mxbai-rerank-base-v2 (real shapes), "
+                        "qwen3-reranker[-seq-cls]-tiny, mxbai-rerank-v2-tiny")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="storage dtype (the official one is bfloat16)")
     p.add_argument("--model-max-length", type=int, default=131072, help="tokenizer_config.json model_max_length (drives block splitting)")
@@ -26,7 +29,13 @@ def run(args: argparse.Namespace) -> int:
     from lastrank.model.checkpoint import NOTICE, RANDOM_WEIGHTS_FILE, RANDOM_WEIGHTS_KEY, make_checkpoint
     from lastrank.model.checkpoint_xlmr import PRESETS as XLMR_PRESETS, make_xlmr_checkpoint
 
-    if args.preset in XLMR_PRESETS:  # --model-max-length does not apply: the hub repo's tokenizer_config is used
+    from lastrank.model.checkpoint_causal import PRESETS as CAUSAL_PRESETS, make_causal_checkpoint
+
+    if args.preset in CAUSAL_PRESETS:
+        kind, size = CAUSAL_PRESETS[args.preset]
+        out = make_causal_checkpoint(args.path, kind, size, seed=args.seed, dtype=args.dtype,
+                                     model_max_length=args.model_max_length)
+    elif args.preset in XLMR_PRESETS:  # --model-max-length does not apply: the hub repo's tokenizer_config is used
         out = make_xlmr_checkpoint(args.path, preset=args.preset, seed=args.seed, dtype=args.dtype)
     else:
         out = make_checkpoint(args.path, preset=args.preset, seed=args.seed, dtype=args.dtype,

@@ -1,7 +1,8 @@
 """Random-weight checkpoints in the official layouts of the causal-LM rerankers (their scores mean nothing).
 
     make_causal_checkpoint(path, kind="qwen3-reranker" | "qwen3-reranker-seq-cls" | "mxbai-rerank-v2",
-                           preset="tiny" | "0.6b" | "base", seed=0, dtype="bfloat16")
+                           size="tiny" | "0.6b" | "base", seed=0, dtype="bfloat16")
+    `lastrank make-checkpoint --preset` names: PRESETS (e.g. qwen3-reranker-tiny, mxbai-rerank-base-v2)
 
   - "qwen3-reranker": Qwen/Qwen3-Reranker-0.6B's layout: config.json architectures ["Qwen3ForCausalLM"],
     model_type qwen3, tied embeddings (no lm_head.weight in the file), the Qwen3 tokenizer (with <think> and
@@ -12,7 +13,7 @@
   - "mxbai-rerank-v2": mixedbread-ai/mxbai-rerank-base-v2's layout: ["Qwen2ForCausalLM"], model_type qwen2,
     q/k/v biases, tied embeddings, the Qwen2.5 tokenizer: the Qwen3 files without the four added tokens
     Qwen3 introduced (<tool_response>, </tool_response>, <think>, </think>; ids 151665-151668).
-Presets: "tiny" (the test size, real vocabulary), "0.6b" (Qwen3-Reranker-0.6B's shape: 28 layers, hidden
+Sizes: "tiny" (the test size, real vocabulary), "0.6b" (Qwen3-Reranker-0.6B's shape: 28 layers, hidden
 1024, 16/8 heads), "base" (mxbai-rerank-base-v2's: 24 layers, hidden 896, 14/2 heads). vocab_size is
 151936 in all (the Qwen embedding size); nothing here depends on the hub configs' other fields.
 
@@ -34,9 +35,17 @@ KINDS = {
     "mxbai-rerank-v2": ("Qwen2ForCausalLM", "qwen2", "mixedbread-ai/mxbai-rerank-base-v2"),
 }
 QWEN3_ONLY_TOKENS = ("<tool_response>", "</tool_response>", "<think>", "</think>")
+# `lastrank make-checkpoint --preset NAME` -> (kind, size)
+PRESETS = {
+    "qwen3-reranker-0.6b": ("qwen3-reranker", "0.6b"),
+    "qwen3-reranker-tiny": ("qwen3-reranker", "tiny"),
+    "qwen3-reranker-seq-cls-tiny": ("qwen3-reranker-seq-cls", "tiny"),
+    "mxbai-rerank-base-v2": ("mxbai-rerank-v2", "base"),
+    "mxbai-rerank-v2-tiny": ("mxbai-rerank-v2", "tiny"),
+}
 
 
-def presets():
+def sizes():
     from lastrank.model.config import ModelConfig
 
     return {
@@ -68,7 +77,7 @@ def write_qwen_tokenizer(out: Path, qwen2: bool, model_max_length: int = 131072)
         shutil.copyfile(src / name, out / name)
 
 
-def make_causal_checkpoint(path: str | Path, kind: str = "qwen3-reranker", preset: str = "tiny", seed: int = 0,
+def make_causal_checkpoint(path: str | Path, kind: str = "qwen3-reranker", size: str = "tiny", seed: int = 0,
                            dtype: str = "bfloat16", model_max_length: int = 131072, **config_overrides) -> Path:
     import torch
     from safetensors.torch import save_file
@@ -79,11 +88,11 @@ def make_causal_checkpoint(path: str | Path, kind: str = "qwen3-reranker", prese
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose from {sorted(KINDS)}")
     architecture, model_type, name = KINDS[kind]
-    table = presets()
-    if preset not in table:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(table)}")
+    table = sizes()
+    if size not in table:
+        raise ValueError(f"unknown size {size!r}; choose from {sorted(table)}")
     qwen2 = model_type == "qwen2"
-    cfg = replace(table[preset], model_type=model_type, attention_bias=qwen2, torch_dtype=dtype, **config_overrides)
+    cfg = replace(table[size], model_type=model_type, attention_bias=qwen2, torch_dtype=dtype, **config_overrides)
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     with torch.device("meta"):
@@ -117,11 +126,11 @@ def make_causal_checkpoint(path: str | Path, kind: str = "qwen3-reranker", prese
     hf["lastrank_notice"] = NOTICE
     (out / "config.json").write_text(json.dumps(hf, indent=2))
     write_qwen_tokenizer(out, qwen2, model_max_length)
-    (out / "README.md").write_text(f"# Random {name}-shaped checkpoint\n\n{NOTICE}.\nkind={kind} preset={preset} "
+    (out / "README.md").write_text(f"# Random {name}-shaped checkpoint\n\n{NOTICE}.\nkind={kind} size={size} "
                                    f"seed={seed} dtype={dtype}\n")
     (out / RANDOM_WEIGHTS_FILE).write_text(
-        f"RANDOM WEIGHTS: this folder was written by lastrank's make_causal_checkpoint (kind {kind}, preset "
-        f"{preset}, seed {seed}).\nIts weights are random numbers, not a trained model: every score it produces "
+        f"RANDOM WEIGHTS: this folder was written by lastrank's make_causal_checkpoint (kind {kind}, size "
+        f"{size}, seed {seed}).\nIts weights are random numbers, not a trained model: every score it produces "
         f"is meaningless.\n")
     return out
 
