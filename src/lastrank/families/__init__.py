@@ -19,11 +19,21 @@ from pathlib import Path
 from lastrank.errors import ModelNotAvailableError
 
 # Module names under lastrank.families, in detection order (the more specific first).
-FAMILIES: list[str] = ["jina_v3", "cross_encoder", "causal_lm"]
+FAMILIES: list[str] = ["jina_v3", "bi_encoder", "cross_encoder", "causal_lm"]
 
 
 def family_module(name: str):
     return importlib.import_module(f"lastrank.families.{name}")
+
+
+def known_names(family: str) -> tuple[str, ...]:
+    """The public names a family's models are known by (e.g. jina-v3: "jina-reranker-v3"), which clients send
+    in `model`; () for families whose checkpoints have no one name. `family` is Capabilities.family."""
+    for name in FAMILIES:
+        module = family_module(name)
+        if getattr(module, "FAMILY", None) == family:
+            return tuple(getattr(module, "NAMES", ()))
+    return ()
 
 
 def folder_facts(folder: Path) -> tuple[dict, str]:
