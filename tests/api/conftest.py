@@ -6,8 +6,14 @@ import asyncio
 
 import pytest
 
+from lastrank.engine.backend import Capabilities
 from lastrank.errors import OverloadedError
 from lastrank.types import RankedDocument, RerankResult, Usage
+
+# The fake model declares itself a Jina V3 (cosine scores, answers to "jina-reranker-v3").
+FAKE_CAPABILITIES = Capabilities(family="jina-v3", architecture="fake", listwise=True, score="cosine",
+                                 raw_score="cosine", instruction=True, embedding_dim=2, context_length=131072,
+                                 max_doc_length=2048, max_query_length=512)
 
 
 def toy_score(query: str, doc: str) -> float:
@@ -21,6 +27,7 @@ class FakeScheduler:
     """Implements Scheduler.submit with toy scores; can block, fail with overload, and count calls."""
 
     score = staticmethod(toy_score)
+    capabilities = FAKE_CAPABILITIES
 
     def __init__(self):
         self.requests = []
@@ -52,16 +59,24 @@ class FakeScheduler:
             self.queued_requests -= 1
         scores = [toy_score(request.query, d) for d in request.documents]
         order = sorted(range(len(scores)), key=lambda i: -scores[i])
+        if request.score_threshold is not None:
+            order = [i for i in order if scores[i] >= request.score_threshold]
         if request.top_n is not None:
             order = order[: request.top_n]
         results = [RankedDocument(i, scores[i], request.documents[i],
-                                  [0.5, 0.5] if request.return_embeddings else None) for i in order]
-        doc_tokens = [min(len(d.split()) + 1, request.max_doc_length) for d in request.documents]
+                                  [0.5, 0.5] if request.return_embeddings else None, raw_score=scores[i])
+                   for i in order]
+        max_doc = request.max_doc_length or FAKE_CAPABILITIES.max_doc_length
+        doc_tokens = [min(len(d.split()) + 1, max_doc) for d in request.documents]
+        cut = [i for i, d in enumerate(request.documents) if len(d.split()) + 1 > max_doc]
+        if cut and not request.truncate:
+            from lastrank.engine.backend import truncation_refused
+            from lastrank.errors import InvalidRequestError
+
+            raise InvalidRequestError(truncation_refused(cut, False, max_doc, 512))
         usage = Usage(documents=len(request.documents), prompt_tokens=10 + sum(doc_tokens),
-                      blocks=1 if request.documents else 0,
-                      truncated_indices=[i for i, d in enumerate(request.documents)
-                                         if len(d.split()) + 1 > request.max_doc_length],
-                      doc_tokens=doc_tokens)
+                      blocks=1 if request.documents else 0, truncated_indices=cut, doc_tokens=doc_tokens,
+                      max_doc_length=max_doc, max_query_length=request.max_query_length or 512)
         return RerankResult(results, usage, request.request_id)
 
 
@@ -90,7 +105,7 @@ def make_client(store, fake_scheduler):
     clients = []
 
     def make(**overrides):
-        settings = ServerSettings(model_id="/ckpt/tiny", **overrides)
+        settings = ServerSettings(model=("/ckpt/tiny",), **overrides)
         app = create_app(settings, store, scheduler=fake_scheduler)
         client = TestClient(app, raise_server_exceptions=False)
         client.__enter__()

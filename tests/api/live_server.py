@@ -18,7 +18,7 @@ from lastrank.api.settings import ServerSettings
 
 
 class LiveServer:
-    """with LiveServer(settings, store, scheduler=... | engine=...) as srv: srv.url, srv.port, srv.connect()"""
+    """with LiveServer(settings, store, scheduler=... | backend=...) as srv: srv.url, srv.port, srv.connect()"""
 
     def __init__(self, settings: ServerSettings, store, **app_kwargs):
         self.settings = settings

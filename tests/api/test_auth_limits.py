@@ -163,7 +163,7 @@ def test_not_ready_is_503(store):
         gate.wait(10)
         raise RuntimeError("no such checkpoint")
 
-    app = create_app(ServerSettings(), store, load_engine=load)
+    app = create_app(ServerSettings(), store, load_backend=load)
     with TestClient(app, raise_server_exceptions=False) as c:
         assert c.get("/health").status_code == 200
         r = c.get("/ready")
@@ -172,7 +172,7 @@ def test_not_ready_is_503(store):
         assert r.status_code == 503 and r.json()["error"]["type"] == "not_ready_error"
         gate.set()
         for _ in range(100):
-            if app.state.lastrank.load_error:
+            if app.state.lastrank.models.models[0].load_error:
                 break
             time.sleep(0.02)
         r = c.get("/ready")

@@ -41,7 +41,7 @@ def test_jina_top_n_and_no_documents(client):
 def test_huge_top_n_is_all(client, fake_scheduler):
     r = client.post("/v1/rerank", json={"query": Q, "documents": DOCS, "top_n": 10**9})
     assert r.status_code == 200 and len(r.json()["results"]) == 3
-    assert fake_scheduler.requests[-1].top_n is None
+    assert fake_scheduler.requests[-1].top_n == 10**9  # passed through; the ranking rule keeps what exists
 
 
 def test_object_documents_echoed_and_rank_fields(client, fake_scheduler):
@@ -73,7 +73,8 @@ def test_defaults_are_the_reference_ones(client, fake_scheduler):
     client.post("/v2/rerank", json={"model": "jina-reranker-v3", "query": Q, "documents": DOCS,
                                     "top_n": None, "max_tokens_per_doc": None, "priority": None})
     req = fake_scheduler.requests[-1]
-    assert (req.max_doc_length, req.max_query_length, req.top_n, req.instruction) == (2048, 512, None, None)
+    # None: the served family's official defaults (Capabilities: 2048 / 512 for Jina V3), not Cohere's 4096
+    assert (req.max_doc_length, req.max_query_length, req.top_n, req.instruction) == (None, None, None, None)
 
 
 def test_cohere_v2_shape(client, fake_scheduler):
@@ -150,7 +151,7 @@ def test_models_health_ready_metrics_docs(client):
 
 
 def test_served_model_names(make_client):
-    c = make_client(served_model_name="my-reranker", model_aliases=("jina-reranker-v1-base-en",))
+    c = make_client(served_model_name=("my-reranker",), model_alias=("jina-reranker-v1-base-en",))
     for name in ["my-reranker", "jina-reranker-v3", "jinaai/jina-reranker-v3", "/ckpt/tiny",
                  "jina-reranker-v1-base-en", None]:
         r = c.post("/v1/rerank", json={"model": name, "query": Q, "documents": DOCS})

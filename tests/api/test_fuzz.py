@@ -80,7 +80,7 @@ def server(tiny_reranker, tmp_path_factory):
     from lastrank.store import Store
 
     store = Store(tmp_path_factory.mktemp("fuzz") / "ledger.db")
-    with LiveServer(ServerSettings(max_documents=50), store, engine=tiny_reranker.backend) as srv:
+    with LiveServer(ServerSettings(max_documents=50), store, backend=tiny_reranker.backend) as srv:
         with httpx.Client(base_url=srv.url, timeout=30) as client:
             yield client
     store.close()

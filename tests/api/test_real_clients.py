@@ -51,7 +51,7 @@ class ServerProcess:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lastrank", "serve", "--model", str(self.checkpoint), "--port", str(self.port),
-             "--db", str(self.db), "--dtype", "float32", "--no-access-log", "--log-level", "warning", *self.extra],
+             "--db", str(self.db), "--dtype", "float32", "--access-log", "off", "--log-level", "warning", *self.extra],
             stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

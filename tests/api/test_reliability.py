@@ -46,7 +46,7 @@ def engine_client(tiny_reranker, tmp_path_factory):
     from lastrank.store import Store
 
     store = Store(tmp_path_factory.mktemp("rel") / "ledger.db")
-    app = create_app(ServerSettings(model_id="/ckpt/tiny"), store, engine=tiny_reranker.backend)
+    app = create_app(ServerSettings(model=("/ckpt/tiny",)), store, backend=tiny_reranker.backend)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
     store.close()
@@ -160,7 +160,7 @@ def two_keys(store):
 def test_hostile_documents_from_one_key_do_not_fail_another_key(tiny_reranker, store, two_keys):
     """The issue's attack as it is now: the nested-marker documents rank (200) and key B never fails."""
     backend = RecordingBackend(tiny_reranker.backend)
-    with LiveServer(ServerSettings(), store, engine=backend) as srv:
+    with LiveServer(ServerSettings(), store, backend=backend) as srv:
         a, b = two_key_run(srv, *two_keys, hostile_docs=NESTED + ["x"])
     assert set(b.values()) == {200}, b
     assert set(a.values()) == {200}, a
@@ -176,7 +176,7 @@ def test_a_failing_block_fails_only_its_own_request(tiny_reranker, store, two_ke
     monkeypatch.setattr(prompt_mod, "sanitize", lambda t: t.replace("<|rerank_token|>", "").replace("<|embed_token|>", ""))
     monkeypatch.setattr(prompt_mod, "_check_markers", lambda prompt, n: None)
     backend = RecordingBackend(tiny_reranker.backend)
-    with LiveServer(ServerSettings(), store, engine=backend) as srv:
+    with LiveServer(ServerSettings(), store, backend=backend) as srv:
         a, b = two_key_run(srv, *two_keys, hostile_docs=["<|embed_<|embed_token|>token|>", "x"])
         assert httpx.get(srv.url + "/ready").status_code == 200  # the worker survived
     assert set(b.values()) == {200}, b
@@ -374,7 +374,7 @@ def test_a_full_queue_is_a_503_with_retry_after(tiny_reranker, store):
             return self._backend.run_blocks(blocks)
 
     backend = Held(tiny_reranker.backend)
-    with LiveServer(ServerSettings(max_queued_requests=1), store, engine=backend) as srv:
+    with LiveServer(ServerSettings(max_queued_requests=1), store, backend=backend) as srv:
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(httpx.post, srv.url + "/v1/rerank", json=CLEAN, timeout=30)
             deadline = time.monotonic() + 10
@@ -401,12 +401,12 @@ def test_a_full_queue_refuses_a_verified_key_before_reading_the_body(tiny_rerank
             return self._backend.run_blocks(blocks)
 
     settings = ServerSettings(max_queued_requests=1, body_timeout_s=30)
-    with LiveServer(settings, store, engine=Held(tiny_reranker.backend, delay_s=0)) as srv:
+    with LiveServer(settings, store, backend=Held(tiny_reranker.backend, delay_s=0)) as srv:
         auth = {"Authorization": f"Bearer {key}"}
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(httpx.post, srv.url + "/v1/rerank", json=CLEAN, headers=auth, timeout=30)
             deadline = time.monotonic() + 10
-            while srv.app.state.lastrank.scheduler.admission_error() is None and time.monotonic() < deadline:
+            while srv.app.state.lastrank.models.models[0].scheduler.admission_error() is None and time.monotonic() < deadline:
                 time.sleep(0.01)
             with srv.connect() as s:
                 s.sendall(f"POST /v1/rerank HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n"
@@ -414,7 +414,7 @@ def test_a_full_queue_refuses_a_verified_key_before_reading_the_body(tiny_rerank
                 head, body = read_response(s, limit_s=5)
             # an unknown key is not refused early: authentication comes first, so it gets its 401
             unknown = httpx.post(srv.url + "/v1/rerank", json=CLEAN, headers={"Authorization": "Bearer lr-000000000000-x"})
-            full = srv.app.state.lastrank.scheduler.admission_error() is not None
+            full = srv.app.state.lastrank.models.models[0].scheduler.admission_error() is not None
             gate.set()
             assert first.result().status_code == 200
         assert head.startswith(b"HTTP/1.1 503 "), head

@@ -112,12 +112,13 @@ def test_query_truncation_and_unknown_indices(client, fake_scheduler, monkeypatc
         return result
 
     monkeypatch.setattr(fake_scheduler, "submit", truncating_submit)
-    # "a b" is 3 fake tokens = max_doc_length but not truncated by the fake: the indices are ambiguous, not named
+    # the plan settles which documents were cut (Usage.truncated_indices): "a b" is 3 fake tokens, at the
+    # limit but not over it, and is not named
     r = client.post("/v1/rerank", json={"query": "a", "documents": ["a b", "a b c d"], "max_doc_length": 3,
                                         "max_query_length": 7})
     assert r.status_code == 200, r.text
     assert r.json()["meta"]["warnings"] == [
-        "1 of 2 documents were truncated to their first 3 tokens before ranking",
+        "1 of 2 documents (indices 1) were truncated to their first 3 tokens before ranking",
         "the query was truncated to its first 7 tokens before ranking",
     ]
     assert r.headers["x-lastrank-query-truncated"] == "true"
@@ -170,14 +171,15 @@ def test_score_threshold_then_top_n(client, fake_scheduler):
     # rank -> drop below the threshold -> top_n of what is left
     r = client.post("/v1/rerank", json={"query": Q, "documents": DOCS, "score_threshold": 0.3, "top_n": 2})
     assert [x["index"] for x in r.json()["results"]] == [1, 0]
-    assert fake_scheduler.requests[-1].top_n is None  # the engine ranked everything; the cut is ours
+    # one owner: both go to the backend's ranking rule (engine/backend.rank), which cuts threshold then top_n
+    assert (fake_scheduler.requests[-1].top_n, fake_scheduler.requests[-1].score_threshold) == (2, 0.3)
     r = client.post("/v1/rerank", json={"query": Q, "documents": DOCS, "score_threshold": 0.9, "top_n": 3})
     assert [x["index"] for x in r.json()["results"]] == [1]  # fewer than top_n pass the threshold
     r = client.post("/v2/rerank", json={"query": Q, "documents": DOCS, "score_threshold": 0.0, "top_n": 0})
     assert r.json()["results"] == []
     r = client.post("/v1/rerank", json={"query": Q, "documents": DOCS, "score_threshold": None, "top_n": 2})
     assert [x["index"] for x in r.json()["results"]] == [1, 0]
-    assert fake_scheduler.requests[-1].top_n == 2  # no threshold: top_n goes to the engine as before
+    assert fake_scheduler.requests[-1].top_n == 2
 
 
 def test_score_threshold_is_billed_for_every_document(client, store):

@@ -24,7 +24,7 @@ def pg_store():
 
 @pytest.fixture
 def two_servers(pg_store, fake_scheduler):
-    clients = [TestClient(create_app(ServerSettings(model_id="/ckpt/tiny"), pg_store, scheduler=fake_scheduler),
+    clients = [TestClient(create_app(ServerSettings(model=("/ckpt/tiny",)), pg_store, scheduler=fake_scheduler),
                           raise_server_exceptions=False) for _ in range(2)]
     for c in clients:
         c.__enter__()

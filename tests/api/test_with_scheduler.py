@@ -41,7 +41,7 @@ def make(store, engine, **overrides):
     from lastrank.api.app import create_app
     from lastrank.api.settings import ServerSettings
 
-    app = create_app(ServerSettings(**overrides), store, engine=engine)
+    app = create_app(ServerSettings(**overrides), store, backend=engine)
     return TestClient(app, raise_server_exceptions=False)
 
 
@@ -57,7 +57,7 @@ def test_same_as_reranker_and_metrics(store, tiny_reranker):
         metrics = c.get("/metrics").text
     tokens = [line for line in metrics.splitlines() if line.startswith("lastrank_engine_tokens_total")]
     assert tokens and float(tokens[0].split()[-1]) > 0
-    assert "lastrank_queue_requests 0.0" in metrics
+    assert 'lastrank_queue_requests{model="jina-reranker-v3"} 0.0' in metrics
 
 
 def test_queue_full_is_503_and_ledger_counts_only_200s(store, tiny_reranker):

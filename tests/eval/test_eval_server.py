@@ -36,7 +36,7 @@ def served(tiny_checkpoint, tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "lastrank", "serve", "--model", str(tiny_checkpoint), "--port", str(port),
-         "--db", str(tmp / "ledger.db"), "--dtype", "float32", "--no-access-log", "--log-level", "warning"],
+         "--db", str(tmp / "ledger.db"), "--dtype", "float32", "--access-log", "off", "--log-level", "warning"],
         stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:

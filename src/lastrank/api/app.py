@@ -1,9 +1,13 @@
 """`create_app`: the FastAPI app, its middleware and its lifespan.
 
-    create_app(settings, store, scheduler=...)      a ready scheduler (tests: a fake one)
-    create_app(settings, store, engine=...)         an engine: the app builds and starts a Scheduler
-    create_app(settings, store, load_engine=f)      f() -> engine, run in a thread at startup, so /health
-                                                    answers while the model loads and /ready says 503
+    create_app(settings, store, models=[ServedModel(...), ...])   several models (api/models.py), each with
+                                                    a scheduler, a backend, or `load` (a callable run in a
+                                                    thread at start-up, so /health answers while models load
+                                                    and /ready says 503)
+    create_app(settings, store, scheduler=...)      one model with a ready scheduler (tests: a fake one)
+    create_app(settings, store, backend=...)        one model: the app builds and starts its Scheduler
+    create_app(settings, store, load_backend=f)     one model loaded in the background: f() -> Backend
+Each model has its own Scheduler (queue and worker thread), so a slow model never queues another's requests.
 
 Middleware, outermost first:
   RequestContext   request id (X-Request-Id on every response), per-route metrics; an unexpected exception
@@ -37,7 +41,9 @@ from lastrank.api import errors as api_errors
 from lastrank.api.auth import Authenticator
 from lastrank.api.handler import CLIENT_CLOSED_REQUEST, ServerState
 from lastrank.api.limits import RateLimiter
+from lastrank.api.logs import log_access
 from lastrank.api.metrics import Metrics
+from lastrank.api.models import ModelTable, ServedModel, default_served_name
 from lastrank.api.refusals import count_refusal
 from lastrank.api.playground import router as playground_router
 from lastrank.api.routes import router
@@ -68,8 +74,11 @@ class RequestContextMiddleware:
         state = self.state
         if state is None or scope.get("method") != "POST" or scope.get("path") not in RERANK_ROUTES:
             return None
-        admission_error = getattr(state.scheduler, "admission_error", None)
-        if not state.ready or admission_error is None:
+        if len(state.models) != 1:
+            return None  # which model's queue applies is in the body; the ordinary path refuses before tokenizing
+        model = state.models.models[0]
+        admission_error = getattr(model.scheduler, "admission_error", None)
+        if not model.ready or admission_error is None:
             return None
         error = admission_error()
         if error is None:
@@ -116,7 +125,9 @@ class RequestContextMiddleware:
         finally:
             path = scope.get("path", "")
             route = path if path in KNOWN_ROUTES else "other"
-            self.metrics.observe_http(route, status_holder["status"], time.monotonic() - started)
+            seconds = time.monotonic() - started
+            self.metrics.observe_http(route, status_holder["status"], seconds)
+            log_access(scope, status_holder["status"], seconds)  # one JSON line (--access-log json); never raises
             count_refusal(scope, status_holder["status"])  # 4xx/5xx of rerank routes, for `lastrank usage`; never raises
 
 
@@ -189,12 +200,17 @@ def create_app(
     settings: ServerSettings | None = None,
     store: Any = None,
     *,
+    models: list[ServedModel] | None = None,
     scheduler: Any = None,
-    engine: Any = None,
-    load_engine: Callable[[], Any] | None = None,
+    backend: Any = None,
+    load_backend: Callable[[], Any] | None = None,
 ) -> FastAPI:
     settings = settings or ServerSettings()
+    if models is None:
+        models = [single_model(settings, scheduler=scheduler, backend=backend, load=load_backend)]
+    table = ModelTable(models)
     metrics = Metrics()
+    metrics.attach_models(table)
     state = ServerState(
         settings=settings,
         store=store,
@@ -204,59 +220,64 @@ def create_app(
                             default_documents_per_minute=settings.default_documents_per_minute,
                             store=store),  # used only if the store is shared (PostgreSQL): limits across replicas
         metrics=metrics,
+        models=table,
     )
 
-    def make_scheduler(eng):
+    def make_scheduler(model: ServedModel, backend):
         from lastrank.engine.scheduler import Scheduler
 
-        return Scheduler(eng, max_batch_tokens=settings.max_batch_tokens, max_queued_tokens=settings.max_queued_tokens,
-                         max_queued_requests=settings.max_queued_requests, observer=metrics)
+        return Scheduler(backend, max_batch_tokens=settings.max_batch_tokens,
+                         max_queued_tokens=settings.max_queued_tokens,
+                         max_queued_requests=settings.max_queued_requests, observer=metrics.observer(model.name))
 
-    async def start_scheduler(sched) -> None:
-        start = getattr(sched, "start", None)
+    async def start_model(model: ServedModel) -> None:
+        if model.scheduler is None:
+            if model.backend is None:
+                model.backend = await asyncio.to_thread(model.load)
+            model.scheduler = make_scheduler(model, model.backend)
+        start = getattr(model.scheduler, "start", None)
         if start is not None:
             await start()
-        state.scheduler = sched
-        metrics.attach_scheduler(sched)
-        state.ready = True
-        metrics.ready.set(1)
+        model.capabilities = model.capabilities or model.scheduler.capabilities
+        model.random_weights = model.random_weights or bool(getattr(model.backend, "random_weights", False))
+        model.ready = True
+        log.info("model ready: %s%s", model.name, " (RANDOM WEIGHTS: scores mean nothing)" if model.random_weights else "")
 
-    async def load_in_background() -> None:
+    async def start_in_background(model: ServedModel) -> None:
         try:
-            eng = await asyncio.to_thread(load_engine)
-            await start_scheduler(make_scheduler(eng))
-            log.info("model ready: %s", settings.served_model_name)
-        except Exception as e:  # the server stays up, /ready says why
-            log.exception("loading the model failed")
-            state.load_error = f"the model failed to load: {e}"
+            await start_model(model)
+        except Exception as e:  # the server stays up, /ready and /v1/models say why
+            log.exception("loading the model %s failed", model.name)
+            model.load_error = f"the model {model.name!r} failed to load: {e}"
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        loader = None
-        if scheduler is not None:
-            await start_scheduler(scheduler)
-        elif engine is not None:
-            await start_scheduler(make_scheduler(engine))
-        elif load_engine is not None:
-            loader = asyncio.create_task(load_in_background())
+        loaders = []
+        for model in table:
+            if model.load is not None and model.scheduler is None and model.backend is None:
+                loaders.append(asyncio.create_task(start_in_background(model)))
+            else:
+                await start_model(model)
         try:
             yield
         finally:
-            state.ready = False
-            if loader is not None and not loader.done():
-                loader.cancel()
-            sched = state.scheduler
-            stop = getattr(sched, "stop", None)
-            if stop is not None:
-                try:
-                    await stop()
-                except Exception:
-                    log.exception("stopping the scheduler failed")
+            for model in table:
+                model.ready = False
+            for loader in loaders:
+                if not loader.done():
+                    loader.cancel()
+            for model in table:
+                stop = getattr(model.scheduler, "stop", None)
+                if stop is not None:
+                    try:
+                        await stop()
+                    except Exception:
+                        log.exception("stopping the scheduler of %s failed", model.name)
 
     app = FastAPI(
         title="lastrank",
         version=__version__,
-        description="Rerank API for Jina Reranker V3: Jina, Cohere v1/v2 and TEI dialects.",
+        description="A self-hosted rerank API: Jina, Cohere v1/v2 and TEI dialects over every served model.",
         lifespan=lifespan,
         docs_url=None,  # /docs and /redoc come from lastrank.api.docs, with local assets (no CDN)
         redoc_url=None,
@@ -268,8 +289,31 @@ def create_app(
     api_docs.install(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,
                        body_timeout_s=settings.body_timeout_s)
+    if settings.cors_origins:  # opt-in: browser apps on these origins may call the API (keys still apply)
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+                           expose_headers=["X-Request-Id", "X-Lastrank-Truncated-Documents",
+                                           "X-Lastrank-Query-Truncated", "Retry-After"])
     app.add_middleware(RequestContextMiddleware, metrics=metrics, state=state)  # added last: outermost
     return app
+
+
+def single_model(settings: ServerSettings, *, scheduler: Any = None, backend: Any = None,
+                 load: Callable[[], Any] | None = None) -> ServedModel:
+    """The one served model of create_app(scheduler= | backend= | load_backend=), named from the settings:
+    --served-model-name, else the family's public name, else the model id's last part."""
+    from lastrank.families import known_names
+
+    if sum(x is not None for x in (scheduler, backend, load)) != 1:
+        raise ValueError("pass exactly one of scheduler=, backend=, load_backend= (or models=)")
+    model_id = settings.model[0] if settings.model else ""
+    caps = getattr(scheduler, "capabilities", None) or getattr(backend, "capabilities", None)
+    family_names = known_names(caps.family) if caps is not None else ()
+    name = settings.served_model_name[0] if settings.served_model_name else default_served_name(model_id, family_names)
+    return ServedModel(name=name, model_id=model_id, aliases=settings.aliases_for(0, name),
+                       implicit_names=family_names, scheduler=scheduler, backend=backend, load=load, capabilities=caps)
 
 
 # Sent to a connection over --max-connections before closing it: no request was read, so no h11 state.

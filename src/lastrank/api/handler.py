@@ -1,8 +1,9 @@
-"""`handle_rerank`: the one pipeline every rerank route runs, whatever its dialect.
+"""`handle_rerank`: the one pipeline every rerank route runs, whatever its dialect and model.
 
-    auth -> readiness -> parse (dialect schema) -> translate -> validate against server limits
-         -> per-key rate limits -> scheduler.submit (cancelled if the client goes away)
-         -> score_threshold, then top_n -> truncation warnings and headers
+    auth -> parse (dialect schema) -> translate -> validate against server limits -> pick the model
+         (404 unknown, 403 not allowed for this key, 503 still loading) -> per-key rate limits
+         -> the model's scheduler.submit (cancelled if the client goes away; ranking, score_threshold
+            and top_n happen in the backend: engine/backend.rank) -> truncation warnings and headers
          -> dialect response rendered -> ledger row (durable before the response is sent) -> metrics
 
 Validation runs before the rate limiter so a request that can never be served does not spend the
@@ -17,7 +18,7 @@ import logging
 import math
 import time
 from contextlib import suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
@@ -31,21 +32,15 @@ from lastrank.api.dialects import jina, tei
 from lastrank.api.dialects.base import ResponseInfo, Translated
 from lastrank.api.limits import RateLimiter
 from lastrank.api.metrics import Metrics
+from lastrank.api.models import ModelTable, ServedModel
 from lastrank.api.settings import ServerSettings
-from lastrank.errors import (
-    DeadlineExceededError,
-    InvalidRequestError,
-    NotFoundError,
-    PayloadTooLargeError,
-)
+from lastrank.errors import InvalidRequestError, PayloadTooLargeError, PermissionDeniedError
 from lastrank.types import RerankRequest, RerankResult
 
 log = logging.getLogger("lastrank.api")
 
 # How often a waiting request checks whether its client is still connected.
 DISCONNECT_POLL_S = 0.1
-# Extra time past the request deadline before the handler gives up on the scheduler by itself.
-DEADLINE_GRACE_S = 5.0
 # Status logged (and counted) for a request whose client went away; nothing is sent.
 CLIENT_CLOSED_REQUEST = 499
 # Bodies larger than this are parsed and validated in a worker thread.
@@ -66,10 +61,13 @@ class ServerState:
     auth: Authenticator
     limiter: RateLimiter
     metrics: Metrics
-    scheduler: Any = None
-    ready: bool = False
-    load_error: str | None = None
+    models: ModelTable
     started_at: float = field(default_factory=time.time)
+
+    @property
+    def ready(self) -> bool:
+        """Every served model is loaded, warmed up and has a running scheduler."""
+        return all(m.ready and getattr(m.scheduler, "running", True) for m in self.models)
 
 
 class ClientDisconnected(Exception):
@@ -142,8 +140,8 @@ def _check_text(what: str, text: str) -> None:
 
 
 def validate(t: Translated, s: ServerSettings) -> None:
-    if t.model is not None and t.model not in s.accepted_model_names():
-        raise NotFoundError(f"model {t.model!r} is not served here; this server serves {s.served_model_name!r}")
+    """The server's limits (characters, documents, valid Unicode). The request's own shape was checked by the
+    dialect's schema, and RerankRequest checks the rest once when it is built."""
     if not t.query.strip():
         raise InvalidRequestError("query must not be empty")
     if len(t.query) > s.max_query_chars:
@@ -166,23 +164,34 @@ def validate(t: Translated, s: ServerSettings) -> None:
 
 
 def to_request(t: Translated, s: ServerSettings, request_id: str) -> RerankRequest:
-    top_n = t.top_n
-    if top_n is not None and top_n > len(t.documents):
-        top_n = None  # a huge top_n means "all"
-    if t.score_threshold is not None:
-        top_n = None  # the whole ranked list comes back; apply_threshold_and_top_n cuts it
     deadline = None if not s.request_timeout_s else time.monotonic() + s.request_timeout_s
     return RerankRequest(
         query=t.query,
         documents=list(t.documents),
-        top_n=top_n,
+        top_n=t.top_n,  # larger than the documents: all (engine/backend.rank slices)
         return_embeddings=t.return_embeddings,
-        max_doc_length=t.max_doc_length or s.default_max_doc_length,
-        max_query_length=t.max_query_length or s.default_max_query_length,
+        max_doc_length=t.max_doc_length,  # None: the family's official default
+        max_query_length=t.max_query_length,
         instruction=t.instruction,
         request_id=request_id,
         deadline=deadline,
+        score_threshold=t.score_threshold,
+        truncate=t.truncate,
     )
+
+
+def pick_model(state: ServerState, t: Translated, key) -> ServedModel:
+    """The served model the request names (404 unknown / 400 ambiguous), if this key may use it (403)
+    and it is ready (503)."""
+    model = state.models.resolve(t.model)
+    allowed = getattr(key, "models", None)
+    if allowed and model.name not in allowed:
+        raise PermissionDeniedError(f"this API key may not use model {model.name!r}; it may use "
+                                    f"{', '.join(repr(m) for m in allowed)}")
+    if not model.ready or model.scheduler is None:
+        message = model.load_error or f"the model {model.name!r} is loading; retry shortly"
+        raise api_errors.NotReadyError(message, retry_after=2.0)
+    return model
 
 
 def parse_and_validate(raw: bytes, route_dialect, s: ServerSettings):
@@ -200,44 +209,26 @@ def parse_and_validate(raw: bytes, route_dialect, s: ServerSettings):
     return dialect, t
 
 
-def apply_threshold_and_top_n(result: RerankResult, t: Translated) -> RerankResult:
-    """With a score_threshold: the engine ranked every document (top_n was not passed to it); drop the
-    results below the threshold (kept: score >= threshold, so a NaN score is dropped), then keep top_n.
-    Without one, the engine already applied top_n and the result is returned as is."""
-    if t.score_threshold is None:
-        return result
-    kept = [r for r in result.results if r.relevance_score >= t.score_threshold]
-    if t.top_n is not None:
-        kept = kept[: t.top_n]
-    return replace(result, results=kept)
-
-
-def truncation_report(result: RerankResult, rr: RerankRequest) -> tuple[list[str], dict[str, str]]:
-    """-> (warnings for meta.warnings, headers). Indices are named when Usage.doc_tokens shows which
-    documents were cut (the engine flags a document whose token count reached max_doc_length)."""
+def truncation_report(result: RerankResult) -> tuple[list[str], dict[str, str]]:
+    """-> (warnings for meta.warnings, headers), from what the plan settled (Usage.truncated_indices)."""
     u = result.usage
     warnings = []
     n = u.truncated_documents
     if n:
-        which = ""
-        if len(u.doc_tokens) == len(rr.documents):
-            cut = [i for i, k in enumerate(u.doc_tokens) if k >= rr.max_doc_length]
-            if len(cut) == n:
-                shown = ", ".join(str(i) for i in cut[:WARNING_MAX_INDICES])
-                more = f" and {n - WARNING_MAX_INDICES} more" if n > WARNING_MAX_INDICES else ""
-                which = f" (indices {shown}{more})"
-        warnings.append(f"{n} of {len(rr.documents)} documents{which} were truncated to their first "
-                        f"{rr.max_doc_length} tokens before ranking")
+        shown = ", ".join(str(i) for i in u.truncated_indices[:WARNING_MAX_INDICES])
+        more = f" and {n - WARNING_MAX_INDICES} more" if n > WARNING_MAX_INDICES else ""
+        warnings.append(f"{n} of {u.documents} documents (indices {shown}{more}) were truncated to their first "
+                        f"{u.max_doc_length} tokens before ranking")
     if u.query_truncated:
-        warnings.append(f"the query was truncated to its first {rr.max_query_length} tokens before ranking")
+        warnings.append(f"the query was truncated to its first {u.max_query_length} tokens before ranking")
     headers = {TRUNCATED_DOCUMENTS_HEADER: str(n), QUERY_TRUNCATED_HEADER: "true" if u.query_truncated else "false"}
     return warnings, headers
 
 
-async def submit_watching(state: ServerState, request: Request, rr: RerankRequest) -> RerankResult:
-    """scheduler.submit, cancelled when the client disconnects (its pending blocks are dropped)."""
-    task = asyncio.ensure_future(state.scheduler.submit(rr))
-    give_up = None if rr.deadline is None else rr.deadline + DEADLINE_GRACE_S
+async def submit_watching(scheduler, request: Request, rr: RerankRequest) -> RerankResult:
+    """scheduler.submit, cancelled when the client disconnects (its pending blocks are dropped).
+    The deadline is the scheduler's alone (rr.deadline): it answers DeadlineExceededError on time."""
+    task = asyncio.ensure_future(scheduler.submit(rr))
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
@@ -248,25 +239,20 @@ async def submit_watching(state: ServerState, request: Request, rr: RerankReques
                 with suppress(BaseException):
                     await task
                 raise ClientDisconnected()
-            if give_up is not None and time.monotonic() > give_up:
-                task.cancel()
-                with suppress(BaseException):
-                    await task
-                raise DeadlineExceededError("the request did not finish before its deadline", retry_after=1.0)
     except BaseException:
         if not task.done():
             task.cancel()
         raise
 
 
-def _usage_row(state: ServerState, *, request_id: str, key, route: str, dialect: str, result: RerankResult,
-               latency_ms: float):
+def _usage_row(state: ServerState, *, request_id: str, key, model: str, route: str, dialect: str,
+               result: RerankResult, latency_ms: float):
     from lastrank.store.ledger import UsageRow, cost_for
 
     return UsageRow(
         request_id=request_id,
         key_id=None if key is None else key.id,
-        model=state.settings.served_model_name,
+        model=model,
         route=route,
         dialect=dialect,
         documents=result.usage.documents,
@@ -291,8 +277,7 @@ async def handle_rerank(request: Request, route: str, route_dialect=None) -> Res
         key = await run_in_threadpool(state.auth.authenticate, authorization,
                                       other_key_header=other_key_header(request.headers))
     request.state.key_id = None if key is None else key.id  # who a refusal is counted for (api/refusals.py)
-    if not state.ready or state.scheduler is None:
-        raise api_errors.NotReadyError(state.load_error or "the model is loading; retry shortly", retry_after=2.0)
+    request.state.key_name = None if key is None else key.name  # for the access log (never the key itself)
 
     raw = await request.body()
     if len(raw) > OFFLOAD_BODY_BYTES:  # parsing megabytes of JSON must not stall the event loop
@@ -302,6 +287,8 @@ async def handle_rerank(request: Request, route: str, route_dialect=None) -> Res
     if isinstance(parsed, ValidationError):
         return api_errors.validation_response(parsed.errors(), request_id)
     dialect, t = parsed
+    model = pick_model(state, t, key)
+    request.state.model = model.name  # for the access log and refusal counts
     if state.limiter.store is None:
         state.limiter.check(key, len(t.documents))
     else:  # the buckets are in a shared store (PostgreSQL): a database round trip, off the event loop
@@ -309,27 +296,24 @@ async def handle_rerank(request: Request, route: str, route_dialect=None) -> Res
 
     rr = to_request(t, s, request_id)
     try:
-        result = await submit_watching(state, request, rr)
+        result = await submit_watching(model.scheduler, request, rr)
     except ClientDisconnected:
         log.info("request %s: client disconnected; its pending blocks were dropped", request_id)
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    check = getattr(dialect, "check_result", None)
-    if check is not None:
-        check(result, t)
-    result = apply_threshold_and_top_n(result, t)
 
     # Render first (it cannot fail on client input), then bill, then send: a 200 is never unbilled.
-    warnings, truncation_headers = truncation_report(result, rr)
-    info = ResponseInfo(request_id=request_id, model=s.served_model_name, search_units=search_units(len(t.documents)),
-                        warnings=warnings)
+    warnings, truncation_headers = truncation_report(result)
+    info = ResponseInfo(request_id=request_id, model=model.name, search_units=search_units(len(t.documents)),
+                        capabilities=model.capabilities, warnings=warnings)
     content, headers = dialect.from_internal(result, t, info)
     response = RerankJSONResponse(content, headers={**headers, **truncation_headers, "X-Request-Id": request_id})
 
     latency_ms = (time.monotonic() - started) * 1000.0
     if state.store is not None:
-        row = _usage_row(state, request_id=request_id, key=key, route=route, dialect=dialect.NAME, result=result,
-                         latency_ms=latency_ms)
+        row = _usage_row(state, request_id=request_id, key=key, model=model.name, route=route, dialect=dialect.NAME,
+                         result=result, latency_ms=latency_ms)
         # Durable (committed, synchronous=FULL) before a byte of the response is sent.
         await run_in_threadpool(state.store.record_usage, row)
-    state.metrics.observe_usage(result.usage)
+    state.metrics.observe_usage(model.name, result.usage)
+    request.state.usage = result.usage  # for the access log
     return response

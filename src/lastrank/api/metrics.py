@@ -2,15 +2,16 @@
 
     lastrank_requests_total{route,status}                 every HTTP request on a known route
     lastrank_request_duration_seconds{route,status}       its latency (histogram)
-    lastrank_queue_requests / lastrank_queue_tokens       admitted work waiting in the scheduler (read at scrape)
-    lastrank_ready                                        1 when the model is loaded and warmed
-    lastrank_documents_per_request                        histogram, served requests
-    lastrank_tokens_per_document                          histogram of document tokens after truncation
-    lastrank_blocks_per_request                           histogram
-    lastrank_documents_total, lastrank_prompt_tokens_total
-    lastrank_truncated_documents_total, lastrank_truncated_queries_total
-    lastrank_engine_batches_total, lastrank_engine_tokens_total, lastrank_engine_seconds_total
-    lastrank_engine_tokens_per_second                     EWMA throughput of the model worker
+    lastrank_queue_requests{model} / lastrank_queue_tokens{model}
+                                                          admitted work waiting in that model's scheduler (read at scrape)
+    lastrank_ready{model}                                 1 when the model is loaded and warmed
+    lastrank_documents_per_request{model}                 histogram, served requests
+    lastrank_tokens_per_document{model}                   histogram of document tokens after truncation
+    lastrank_blocks_per_request{model}                    histogram
+    lastrank_documents_total{model}, lastrank_prompt_tokens_total{model}
+    lastrank_truncated_documents_total{model}, lastrank_truncated_queries_total{model}
+    lastrank_engine_batches_total{model}, lastrank_engine_tokens_total{model}, lastrank_engine_seconds_total{model}
+    lastrank_engine_tokens_per_second{model}              the scheduler's throughput estimate (its EWMA; read at scrape)
 """
 
 from __future__ import annotations
@@ -24,52 +25,62 @@ _TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 _BLOCK_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 100)
 
 
+class _BatchObserver:
+    """The scheduler's observer for one model (called from its worker thread)."""
+
+    def __init__(self, metrics: "Metrics", model: str):
+        self.metrics, self.model = metrics, model
+
+    def on_batch(self, n_blocks: int, n_tokens: int, seconds: float) -> None:
+        m = self.metrics
+        m.engine_batches.labels(self.model).inc()
+        m.engine_tokens.labels(self.model).inc(n_tokens)
+        if seconds > 0:
+            m.engine_seconds.labels(self.model).inc(seconds)
+
+
 class Metrics:
     def __init__(self):
         self.registry = r = CollectorRegistry(auto_describe=True)
+        M = ["model"]
         self.requests = Counter("lastrank_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
         self.latency = Histogram("lastrank_request_duration_seconds", "HTTP request latency by route and status",
                                  ["route", "status"], buckets=_LATENCY_BUCKETS, registry=r)
         self.queue_requests = Gauge("lastrank_queue_requests", "Requests admitted to the scheduler and not finished",
-                                    registry=r)
-        self.queue_tokens = Gauge("lastrank_queue_tokens", "Tokens of admitted blocks not yet started", registry=r)
-        self.ready = Gauge("lastrank_ready", "1 when the model is loaded and warmed up", registry=r)
-        self.documents_per_request = Histogram("lastrank_documents_per_request", "Documents per served request",
+                                    M, registry=r)
+        self.queue_tokens = Gauge("lastrank_queue_tokens", "Tokens of admitted blocks not yet started", M, registry=r)
+        self.ready = Gauge("lastrank_ready", "1 when the model is loaded and warmed up", M, registry=r)
+        self.documents_per_request = Histogram("lastrank_documents_per_request", "Documents per served request", M,
                                                buckets=_DOC_BUCKETS, registry=r)
         self.tokens_per_document = Histogram("lastrank_tokens_per_document",
-                                             "Tokens per document after truncation", buckets=_TOKEN_BUCKETS,
+                                             "Tokens per document after truncation", M, buckets=_TOKEN_BUCKETS,
                                              registry=r)
-        self.blocks_per_request = Histogram("lastrank_blocks_per_request", "Model blocks per served request",
+        self.blocks_per_request = Histogram("lastrank_blocks_per_request", "Model blocks per served request", M,
                                             buckets=_BLOCK_BUCKETS, registry=r)
-        self.documents = Counter("lastrank_documents", "Documents ranked", registry=r)
-        self.prompt_tokens = Counter("lastrank_prompt_tokens", "Prompt tokens run through the model", registry=r)
+        self.documents = Counter("lastrank_documents", "Documents ranked", M, registry=r)
+        self.prompt_tokens = Counter("lastrank_prompt_tokens", "Prompt tokens run through the model", M, registry=r)
         self.truncated_documents = Counter("lastrank_truncated_documents", "Documents truncated to max_doc_length",
-                                           registry=r)
+                                           M, registry=r)
         self.truncated_queries = Counter("lastrank_truncated_queries", "Queries truncated to max_query_length",
-                                         registry=r)
-        self.engine_batches = Counter("lastrank_engine_batches", "Batches run by the model worker", registry=r)
-        self.engine_tokens = Counter("lastrank_engine_tokens", "Tokens run by the model worker", registry=r)
-        self.engine_seconds = Counter("lastrank_engine_seconds", "Seconds the model worker spent in batches",
+                                         M, registry=r)
+        self.engine_batches = Counter("lastrank_engine_batches", "Batches run by the model worker", M, registry=r)
+        self.engine_tokens = Counter("lastrank_engine_tokens", "Tokens run by the model worker", M, registry=r)
+        self.engine_seconds = Counter("lastrank_engine_seconds", "Seconds the model worker spent in batches", M,
                                       registry=r)
         self.engine_tokens_per_second = Gauge("lastrank_engine_tokens_per_second",
-                                              "Model throughput (EWMA over recent batches)", registry=r)
-        self._scheduler = None
-        self._tps: float | None = None
+                                              "Model throughput (the scheduler's EWMA over recent batches)", M,
+                                              registry=r)
+        self._models: list = []  # ServedModel entries, read at scrape
 
-    # -------------------------------------------------------------------------- scheduler hooks
+    # -------------------------------------------------------------------------- models and schedulers
 
-    def attach_scheduler(self, scheduler) -> None:
-        self._scheduler = scheduler
+    def attach_models(self, models) -> None:
+        self._models = list(models)
+        for m in self._models:
+            self.ready.labels(m.name).set(0)
 
-    def on_batch(self, n_blocks: int, n_tokens: int, seconds: float) -> None:
-        """The scheduler's observer hook (called from its worker thread)."""
-        self.engine_batches.inc()
-        self.engine_tokens.inc(n_tokens)
-        if seconds > 0:
-            self.engine_seconds.inc(seconds)
-            tps = n_tokens / seconds
-            self._tps = tps if self._tps is None else 0.3 * tps + 0.7 * self._tps
-            self.engine_tokens_per_second.set(self._tps)
+    def observer(self, model: str) -> _BatchObserver:
+        return _BatchObserver(self, model)
 
     # -------------------------------------------------------------------------- per request
 
@@ -77,23 +88,27 @@ class Metrics:
         self.requests.labels(route, str(status)).inc()
         self.latency.labels(route, str(status)).observe(seconds)
 
-    def observe_usage(self, usage) -> None:
-        self.documents_per_request.observe(usage.documents)
-        self.blocks_per_request.observe(usage.blocks)
-        self.documents.inc(usage.documents)
-        self.prompt_tokens.inc(usage.prompt_tokens)
-        self.truncated_documents.inc(usage.truncated_documents)
+    def observe_usage(self, model: str, usage) -> None:
+        self.documents_per_request.labels(model).observe(usage.documents)
+        self.blocks_per_request.labels(model).observe(usage.blocks)
+        self.documents.labels(model).inc(usage.documents)
+        self.prompt_tokens.labels(model).inc(usage.prompt_tokens)
+        self.truncated_documents.labels(model).inc(usage.truncated_documents)
         if usage.query_truncated:
-            self.truncated_queries.inc()
+            self.truncated_queries.labels(model).inc()
+        hist = self.tokens_per_document.labels(model)
         for n in usage.doc_tokens or ():
-            self.tokens_per_document.observe(n)
+            hist.observe(n)
 
     def render(self) -> bytes:
-        s = self._scheduler
-        if s is not None:
-            self.queue_requests.set(getattr(s, "queued_requests", 0) or 0)
-            self.queue_tokens.set(getattr(s, "queued_tokens", 0) or 0)
+        for m in self._models:
+            self.ready.labels(m.name).set(1 if m.ready else 0)
+            s = m.scheduler
+            if s is None:
+                continue
+            self.queue_requests.labels(m.name).set(getattr(s, "queued_requests", 0) or 0)
+            self.queue_tokens.labels(m.name).set(getattr(s, "queued_tokens", 0) or 0)
             tps = getattr(s, "tokens_per_second", None)
             if tps is not None:
-                self.engine_tokens_per_second.set(tps)
+                self.engine_tokens_per_second.labels(m.name).set(tps)
         return generate_latest(self.registry)

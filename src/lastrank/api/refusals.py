@@ -44,6 +44,7 @@ def count_refusal(scope, status: int) -> None:
         key_id = scope.get("state", {}).get("key_id")
         if key_id is None and status == 403:
             key_id = _revoked_key_id(scope)
-        store.record_refusal(key_id, scope["path"], status, state.settings.served_model_name)
+        model = scope.get("state", {}).get("model") or ""  # the requested model, once the handler resolved it
+        store.record_refusal(key_id, scope["path"], status, model)
     except Exception:  # counting must never affect an answer
         log.exception("could not count a refused request")

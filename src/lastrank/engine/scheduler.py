@@ -3,8 +3,8 @@
 One worker thread owns the model. `submit` plans a request off the event loop, admits it (or raises
 `OverloadedError`), and waits; the worker takes blocks round-robin across admitted requests (one
 block per request per round, in arrival order, rounds continuing until the token budget is full),
-runs them with one `engine.run_blocks` call, and hands each output back to its request. When a
-request has every output, `submit` calls `engine.finish` in a helper thread, so the worker goes
+runs them with one `backend.run_blocks` call, and hands each output back to its request. When a
+request has every output, `submit` calls `backend.finish` in a helper thread, so the worker goes
 straight on to the next batch.
 
 Isolation: when a batch holding blocks of several requests fails, each request's blocks are rerun on
@@ -86,7 +86,7 @@ class Scheduler:
       `queued_requests`   admitted requests not yet finished (waiting, or with blocks running)
       `queued_tokens`     tokens of admitted blocks not yet started
       `running`           started, not stopped, and the worker thread alive
-      `busy`              a batch is inside `engine.run_blocks` right now
+      `busy`              a batch is inside `backend.run_blocks` right now
       `tokens_per_second` EWMA of model throughput over recent batches (None before the first)
 
     `observer`, if given, hears about each batch that ran successfully, from the worker thread:
@@ -96,7 +96,7 @@ class Scheduler:
 
     def __init__(
         self,
-        engine,
+        backend,
         *,
         max_batch_tokens: int = 16384,
         max_queued_tokens: int = 2_000_000,
@@ -107,7 +107,7 @@ class Scheduler:
                             ("max_queued_requests", max_queued_requests)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        self.engine = engine
+        self.backend = backend  # any engine.backend.Backend (the scheduler sees only plan/run_blocks/finish)
         self.max_batch_tokens = max_batch_tokens
         self.max_queued_tokens = max_queued_tokens
         self.max_queued_requests = max_queued_requests
@@ -127,6 +127,11 @@ class Scheduler:
         self._thread: threading.Thread | None = None
 
     # ----------------------------------------------------------------------------- introspection
+
+    @property
+    def capabilities(self):
+        """The served model's Capabilities (what the API shows and validates against)."""
+        return self.backend.capabilities
 
     @property
     def queued_requests(self) -> int:
@@ -188,7 +193,7 @@ class Scheduler:
     async def submit(self, request: RerankRequest) -> RerankResult:
         """Plan, admit, wait for every block, finish.
 
-        Raises `InvalidRequestError` (from `engine.plan`), `PayloadTooLargeError` (the request alone
+        Raises `InvalidRequestError` (from `backend.plan`), `PayloadTooLargeError` (the request alone
         exceeds `max_queued_tokens`, so it could never be admitted), `OverloadedError` (queue full,
         or the scheduler is not running), `DeadlineExceededError`, `ModelError`.
         """
@@ -199,9 +204,9 @@ class Scheduler:
         self._reserve()
         try:
             # Tokenizing thousands of documents takes a while; the loop must keep serving other requests.
-            plan = await asyncio.to_thread(self.engine.plan, request)
+            plan = await asyncio.to_thread(self.backend.plan, request)
             if not plan.blocks:
-                return await asyncio.to_thread(self.engine.finish, plan, [])
+                return await asyncio.to_thread(self.backend.finish, plan, [])
             entry = self._admit(plan)
         finally:
             with self._cond:
@@ -222,7 +227,7 @@ class Scheduler:
             with self._cond:
                 self._complete_locked(entry, exc=asyncio.CancelledError())
             raise
-        return await asyncio.to_thread(self.engine.finish, entry.plan, outputs)
+        return await asyncio.to_thread(self.backend.finish, entry.plan, outputs)
 
     def admission_error(self) -> OverloadedError | None:
         """The error a new request would be refused with right now, or None. Cheap: the API calls it
@@ -423,7 +428,7 @@ class Scheduler:
                 self._complete_locked(entry, exc=error)
 
     def _run_blocks(self, blocks: list) -> list:
-        outputs = self.engine.run_blocks(blocks)
+        outputs = self.backend.run_blocks(blocks)
         if outputs is None or len(outputs) != len(blocks):
             raise ModelError(
                 f"run_blocks returned {None if outputs is None else len(outputs)} outputs "

@@ -24,6 +24,8 @@ from lastrank.model.tokenizer import RerankTokenizer
 from lastrank.types import RerankRequest, Usage
 
 FAMILY = "jina-v3"
+# What clients of Jina's API send in `model`; a served Jina V3 checkpoint answers to them.
+NAMES = ("jina-reranker-v3", "jinaai/jina-reranker-v3")
 # The official rerank() defaults.
 MAX_DOC_LENGTH = 2048
 MAX_QUERY_LENGTH = 512

@@ -26,6 +26,7 @@ from typing import Annotated, Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from lastrank.engine.backend import Capabilities
 from lastrank.errors import InvalidRequestError
 from lastrank.types import RerankResult
 
@@ -64,6 +65,7 @@ class Translated:
     instruction: str | None = None
     model: str | None = None
     score_threshold: float | None = None  # None: keep every result
+    truncate: bool = True  # False: an input that would be truncated is a 400 (TEI truncate=false), before any work
     options: dict = field(default_factory=dict)  # dialect-only response switches (e.g. TEI raw_scores)
 
 
@@ -74,6 +76,7 @@ class ResponseInfo:
     request_id: str
     model: str  # the served model name
     search_units: int
+    capabilities: Capabilities  # the served model's score definition (unit_score for [0, 1] formats)
     warnings: list[str] = field(default_factory=list)  # shown as meta.warnings where the format has a meta
 
 

@@ -7,9 +7,10 @@ Request: {query, texts: [str], truncate? (null/true: truncate to max_doc_length 
           lastrank extensions: model?, instruction?}
 Response: a bare array, best first: [{index, score, text?}]; accounting in x-compute-* headers.
 
-Scores: the model's relevance score is a cosine in [-1, 1]. `raw_scores: true` returns it as is;
-otherwise it is mapped to [0, 1] as (1 + cosine) / 2 (TEI's non-raw scores are in [0, 1]). The map is
-monotonic, so the order is the same either way.
+Scores: `raw_scores: true` returns the model's raw score (a classifier's logit; the cosine itself for
+cosine models); otherwise the relevance score mapped to [0, 1] by the served model's declared score rule
+(Capabilities.unit_score: sigmoid scores as they are, cosines as (1 + cosine) / 2), as TEI's non-raw scores
+are in [0, 1]. Both are monotonic in the relevance score, so the order is the same either way.
 """
 
 from __future__ import annotations
@@ -45,17 +46,9 @@ def to_internal(body: Request) -> Translated:
         originals=list(body.texts),
         instruction=body.instruction,
         model=body.model,
-        options={"raw_scores": bool(body.raw_scores), "return_text": bool(body.return_text),
-                 "truncate": body.truncate is not False},
+        truncate=body.truncate is not False,
+        options={"raw_scores": bool(body.raw_scores), "return_text": bool(body.return_text)},
     )
-
-
-def check_result(result: RerankResult, t: Translated) -> None:
-    """Called by the handler before billing: TEI's truncate=false refuses over-long inputs."""
-    if not t.options.get("truncate", True) and (result.usage.truncated_documents or result.usage.query_truncated):
-        raise InvalidRequestError(
-            f"{result.usage.truncated_documents} text(s) (or the query) exceed the maximum input length; "
-            "send truncate=true to truncate them")
 
 
 def from_internal(result: RerankResult, t: Translated, info: ResponseInfo) -> tuple[Any, dict]:
@@ -65,7 +58,10 @@ def from_internal(result: RerankResult, t: Translated, info: ResponseInfo) -> tu
         item: dict[str, Any] = {"index": r.index}
         if t.options.get("return_text"):
             item["text"] = t.originals[r.index]
-        item["score"] = r.relevance_score if raw else (1.0 + r.relevance_score) / 2.0
+        if raw:
+            item["score"] = r.raw_score if r.raw_score is not None else r.relevance_score
+        else:
+            item["score"] = info.capabilities.unit_score(r.relevance_score)
         items.append(item)
     headers = {
         "x-compute-type": "lastrank",

@@ -1,0 +1,103 @@
+"""The models one server serves: each with its names, its backend, and its own scheduler (queue and worker).
+
+A request names its model in the `model` field of any dialect. With one model the field may be omitted;
+with several it is required (400 naming the served names). An unknown name is a 404 listing them.
+
+Names a model answers to: its served name (--served-model-name, else a default from the model id), the
+--model value as given, its --model-alias values, and the names its family is known by (e.g.
+"jina-reranker-v3" for a Jina V3 checkpoint, which clients of Jina's API send). An implicit name claimed by
+two models is dropped from both (only explicit names are guaranteed); two models with the same explicit
+name are a start-up error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import PurePath
+from typing import Any, Callable
+
+from lastrank.engine.backend import Capabilities
+from lastrank.errors import InvalidRequestError, NotFoundError
+
+
+@dataclass
+class ServedModel:
+    name: str  # shown in responses, /v1/models, the ledger and metrics
+    model_id: str = ""  # what --model said (hub id, short name or folder)
+    aliases: tuple[str, ...] = ()  # explicit extra names (--model-alias)
+    implicit_names: tuple[str, ...] = ()  # names its family is known by; dropped when two models claim one
+    load: Callable[[], Any] | None = None  # -> a Backend; run in a thread at start-up
+    backend: Any = None
+    scheduler: Any = None
+    capabilities: Capabilities | None = None
+    random_weights: bool = False
+    ready: bool = False
+    load_error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def explicit_names(self) -> set[str]:
+        return {n for n in (self.name, self.model_id, *self.aliases) if n}
+
+    def describe(self) -> dict:
+        """/v1/models' entry (without the list envelope)."""
+        caps = self.capabilities.as_dict() if self.capabilities is not None else {}
+        return {"id": self.name, "object": "model", "owned_by": "lastrank", "root": self.model_id or self.name,
+                "ready": self.ready, "random_weights": self.random_weights, **caps,
+                **({"load_error": self.load_error} if self.load_error else {})}
+
+
+def default_served_name(model_id: str, family_names: tuple[str, ...] = ()) -> str:
+    """The family's public name if it has one (jina-reranker-v3), else the last part of the id or folder."""
+    if family_names:
+        return family_names[0]
+    return PurePath(model_id.rstrip("/\\")).name or model_id
+
+
+class ModelTable:
+    def __init__(self, models: list[ServedModel]):
+        if not models:
+            raise ValueError("a server needs at least one model")
+        self.models = list(models)
+        owners: dict[str, ServedModel] = {}
+        for m in self.models:
+            for n in m.explicit_names():
+                other = owners.get(n)
+                if other is not None and other is not m:
+                    raise ValueError(f"the name {n!r} is given to two served models ({other.name!r} and {m.name!r}); "
+                                     "give each a distinct --served-model-name")
+                owners[n] = m
+        claims: dict[str, list[ServedModel]] = {}
+        for m in self.models:
+            for n in m.implicit_names:
+                if n not in owners:
+                    claims.setdefault(n, []).append(m)
+        self._by_name = dict(owners)
+        for n, claimants in claims.items():
+            if len(claimants) == 1:
+                self._by_name[n] = claimants[0]
+
+    def __iter__(self):
+        return iter(self.models)
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def names_of(self, model: ServedModel) -> list[str]:
+        return sorted(n for n, m in self._by_name.items() if m is model)
+
+    def served_names(self) -> str:
+        return ", ".join(repr(m.name) for m in self.models)
+
+    def resolve(self, requested: str | None) -> ServedModel:
+        if requested is None:
+            if len(self.models) == 1:
+                return self.models[0]
+            raise InvalidRequestError(f"`model` is required: this server serves {self.served_names()}")
+        model = self._by_name.get(requested)
+        if model is None:
+            raise NotFoundError(f"model {requested!r} is not served here; this server serves {self.served_names()}")
+        return model
+
+    @property
+    def all_ready(self) -> bool:
+        return all(m.ready for m in self.models)
