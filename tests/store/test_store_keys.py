@@ -215,3 +215,15 @@ def test_verify_from_many_threads(store):
     assert not errors
     assert len(results) == 8 * 50 * 2
     assert all(want == got if want != "bad" else got is None for want, got in results)
+
+
+def test_a_key_may_be_limited_to_some_models(store):
+    record, plaintext = store.create_key("team-a", models=["minilm", "jina-reranker-v3", "minilm"])
+    assert record.models == ("minilm", "jina-reranker-v3")  # order kept, duplicates dropped
+    assert store.verify_key(plaintext).models == ("minilm", "jina-reranker-v3")
+    everything, plaintext = store.create_key("team-b")
+    assert everything.models is None and store.verify_key(plaintext).models is None
+    assert store.list_keys()[0].to_dict()["models"] == ["minilm", "jina-reranker-v3"]
+    for bad in ([], ["a,b"], [" "]):
+        with pytest.raises(InvalidRequestError, match="models must be served model names"):
+            store.create_key(f"bad-{len(bad)}", models=bad)

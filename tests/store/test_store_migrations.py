@@ -58,26 +58,30 @@ def test_one_definition_renders_for_both():
             for dialect_type, common in [("BIGINT", "INTEGER"), ("DOUBLE PRECISION", "REAL"), ("BYTEA", "BLOB")]:
                 b = b.replace(dialect_type, common)
             assert a == b, number
-    assert SCHEMA_VERSION == len(schema.MIGRATIONS) == 2
+    assert SCHEMA_VERSION == len(schema.MIGRATIONS) == 3
 
 
 def test_version_1_file_is_upgraded_keeping_its_data(tmp_path):
-    """A file made by lastrank 0.1 (schema 1) gains the refusal and rate-limit tables on open."""
+    """A file made by lastrank 0.1 (schema 1) gains the refusal and rate-limit tables and the keys' model
+    list on open; its keys may use every model."""
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
     for statement in schema.render(schema.MIGRATIONS[0], "sqlite"):
         conn.execute(statement)
     conn.execute("INSERT INTO usage VALUES ('old', NULL, 'm', '/v1/rerank', 'jina', 3, 30, 1, 200, 1.0, 24000,"
                  " '2026-11-01T10:00:00.000000Z')")
+    conn.execute("INSERT INTO api_keys VALUES ('0123456789ab', 'old-key', x'00', '2026-11-01T10:00:00.000000Z',"
+                 " NULL, NULL, NULL)")
     conn.execute("PRAGMA user_version=1")
     conn.commit()
     conn.close()
     with Store(path) as store:
-        assert store.schema_version() == 2
+        assert store.schema_version() == 3
         assert store.get_usage("old").documents == 3
+        assert [(k.name, k.models) for k in store.list_keys()] == [("old-key", None)]
         store.record_refusals({("2026-11-01", "", "/v1/rerank", 401, "m"): 2})
         assert store.usage_summary()[0]["requests"] == 3  # the ledger row and two refusals
-    assert _user_version(path) == 2
+    assert _user_version(path) == 3
 
 
 def test_next_migration_runs_once_and_keeps_data(tmp_path, monkeypatch):

@@ -51,6 +51,8 @@ def register(subparsers) -> None:
     create.add_argument("--name", required=True, help="a unique name among active keys, e.g. the customer")
     create.add_argument("--requests-per-minute", type=positive_int, default=None, metavar="R", help="default: no limit")
     create.add_argument("--documents-per-minute", type=positive_int, default=None, metavar="D", help="default: no limit")
+    create.add_argument("--models", default=None, metavar="NAME[,NAME...]",
+                        help="served model names this key may use (403 for others); default: every model")
     add_db_argument(create)
     create.set_defaults(func=_create)
 
@@ -71,7 +73,8 @@ def _limit(value: int | None) -> str:
 
 def _create(args: argparse.Namespace) -> int:
     with open_store(args) as store:
-        record, plaintext = store.create_key(args.name, args.requests_per_minute, args.documents_per_minute)
+        models = None if args.models is None else args.models.split(",")
+        record, plaintext = store.create_key(args.name, args.requests_per_minute, args.documents_per_minute, models)
         where = store.location
     # The key alone goes to stdout (so `lastrank keys create ... > file` captures just it); the rest to stderr.
     print(f"Created key {record.name!r} (id {record.id}) in {where}", file=sys.stderr)
@@ -107,10 +110,12 @@ def _list(args: argparse.Namespace) -> int:
             "active" if r.active else "revoked " + r.revoked_at.strftime("%Y-%m-%d %H:%M"),
             _limit(r.requests_per_minute),
             _limit(r.documents_per_minute),
+            "all" if r.models is None else ",".join(r.models),
         ]
         for r in records
     ]
-    print(format_table(["ID", "NAME", "KEY", "CREATED (UTC)", "STATUS", "REQ/MIN", "DOCS/MIN"], rows, right={5, 6}))
+    print(format_table(["ID", "NAME", "KEY", "CREATED (UTC)", "STATUS", "REQ/MIN", "DOCS/MIN", "MODELS"], rows,
+                       right={5, 6}))
     return 0
 
 

@@ -92,14 +92,17 @@ class BaseStore:
     # ---- keys ------------------------------------------------------------------------------------
 
     def create_key(
-        self, name: str, requests_per_minute: int | None = None, documents_per_minute: int | None = None
+        self, name: str, requests_per_minute: int | None = None, documents_per_minute: int | None = None,
+        models: list[str] | tuple[str, ...] | None = None,
     ) -> tuple[KeyRecord, str]:
-        """A new key. Returns its record and the plaintext, which is not stored and cannot be shown again."""
+        """A new key. Returns its record and the plaintext, which is not stored and cannot be shown again.
+        models: the served model names it may use (None: every model)."""
         name = _keys.check_name(name)
         rpm = _keys.check_limit("requests_per_minute", requests_per_minute)
         dpm = _keys.check_limit("documents_per_minute", documents_per_minute)
+        models = _keys.check_models(models)
         with self._write(lock="api_keys") as conn:
-            return _keys.create_key(conn, name, rpm, dpm)
+            return _keys.create_key(conn, name, rpm, dpm, models)
 
     def verify_key(self, plaintext: str) -> KeyRecord | None:
         """The active key this plaintext belongs to; None for unknown, malformed or revoked keys."""

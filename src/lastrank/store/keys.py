@@ -41,6 +41,7 @@ class KeyRecord:
     revoked_at: datetime | None
     requests_per_minute: int | None  # None: no limit
     documents_per_minute: int | None
+    models: tuple[str, ...] | None = None  # served model names this key may use; None: every model
 
     @property
     def active(self) -> bool:
@@ -56,6 +57,7 @@ class KeyRecord:
             "active": self.active,
             "requests_per_minute": self.requests_per_minute,
             "documents_per_minute": self.documents_per_minute,
+            "models": None if self.models is None else list(self.models),
         }
 
 
@@ -89,11 +91,23 @@ def check_limit(what: str, value: object) -> int | None:
     return value
 
 
-_COLUMNS = "id, name, created_at, revoked_at, requests_per_minute, documents_per_minute"
+_COLUMNS = "id, name, created_at, revoked_at, requests_per_minute, documents_per_minute, models"
+
+
+def check_models(models) -> tuple[str, ...] | None:
+    """None (every model) or a non-empty tuple of served model names (no commas: stored comma-separated)."""
+    if models is None:
+        return None
+    if isinstance(models, str):
+        models = [models]
+    names = tuple(dict.fromkeys(m.strip() for m in models if isinstance(m, str) and m.strip()))
+    if not names or any("," in n for n in names):
+        raise InvalidRequestError(f"models must be served model names without commas, got {models!r}")
+    return names
 
 
 def _record(row: tuple) -> KeyRecord:
-    key_id, name, created_at, revoked_at, rpm, dpm = row
+    key_id, name, created_at, revoked_at, rpm, dpm, models = row
     return KeyRecord(
         id=key_id,
         name=name,
@@ -102,10 +116,12 @@ def _record(row: tuple) -> KeyRecord:
         revoked_at=None if revoked_at is None else parse_ts(revoked_at),
         requests_per_minute=rpm,
         documents_per_minute=dpm,
+        models=None if models is None else tuple(models.split(",")),
     )
 
 
-def create_key(conn, name: str, rpm: int | None, dpm: int | None) -> tuple[KeyRecord, str]:
+def create_key(conn, name: str, rpm: int | None, dpm: int | None,
+               models: tuple[str, ...] | None = None) -> tuple[KeyRecord, str]:
     """Insert a key; the caller holds a write transaction that keeps other key writers out (so the name
     check cannot race)."""
     if conn.execute("SELECT 1 FROM api_keys WHERE name = ? AND revoked_at IS NULL", (name,)).fetchone():
@@ -117,8 +133,8 @@ def create_key(conn, name: str, rpm: int | None, dpm: int | None) -> tuple[KeyRe
         # ON CONFLICT, not catching the integrity error: in PostgreSQL an error aborts the transaction
         cur = conn.execute(
             "INSERT INTO api_keys (id, name, secret_hash, created_at, revoked_at, requests_per_minute,"
-            " documents_per_minute) VALUES (?, ?, ?, ?, NULL, ?, ?) ON CONFLICT (id) DO NOTHING",
-            (key_id, name, _hash(plaintext), created_at, rpm, dpm),
+            " documents_per_minute, models) VALUES (?, ?, ?, ?, NULL, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            (key_id, name, _hash(plaintext), created_at, rpm, dpm, None if models is None else ",".join(models)),
         )
         if cur.rowcount != 1:
             continue  # 48-bit id collision: astronomically rare, draw another

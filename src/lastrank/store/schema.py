@@ -76,6 +76,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (key_id, kind)
     );
     """,
+    # 3: a key may be limited to some served models
+    """
+    ALTER TABLE api_keys ADD COLUMN models TEXT;  -- comma-separated served model names; NULL: every model
+    """,
 ]
 
 
