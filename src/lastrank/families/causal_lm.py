@@ -32,6 +32,9 @@ without an error. So the name decides, and only together with the architecture:
   - Qwen2ForCausalLM and "mxbai-rerank" in the same -> mxbai-rerank-v2.
 A local copy in a folder of another name is served once the folder is renamed (or `_name_or_path` set).
 
+Chunk mode (engine/chunking.py) works: `token_offsets` gives a document's tokens as the prompt holds them
+and `chunk_window` what is left of max_length for them after the template and the query of the request.
+
 Fast: every pair of a request starts with the same tokens (the system turn, and for Qwen3-Reranker the
 instruction and query; for mxbai the query): `encode_pairs` measures that shared prefix on the token ids
 (PairBlock.prefix_len), and `score_sequences` computes every distinct prefix of the batch once (one packed
@@ -167,6 +170,14 @@ class CausalLMBackend(PairwiseBackend):
         query = request.max_query_length if request.max_query_length is not None else self.default_query_limit(max_length)
         return max_length, query
 
+    def token_offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        """Chunk mode (engine/chunking.py): a document's own tokens as the prompt holds them. Both templates put
+        the document right after ": " (`<Document>: `, `document: `), where the pre-tokenizer starts a new piece
+        (the piece before ends at the colon), so they are the tokens of " " + document; spans in the document
+        itself (the space's share dropped: a token that is only that space has the empty span (0, 0))."""
+        return [[(max(0, a - 1), max(0, b - 1)) for a, b in e.offsets]
+                for e in self.tokenizer.encode_batch([" " + t for t in texts], add_special_tokens=False)]
+
     def plan(self, request: RerankRequest) -> RerankPlan:
         plan = super().plan(request)
         if request.documents:  # report the limits the pairs were really built with
@@ -195,7 +206,8 @@ class Qwen3RerankerBackend(CausalLMBackend):
         super().__init__(model, tokenizer, device, **kw)
         self.prefix, self.suffix = self.encode(QWEN3_PREFIX), self.encode(QWEN3_SUFFIX)
 
-    def encode_pairs(self, request: RerankRequest, max_doc_length: int, max_query_length: int) -> EncodedPairs:
+    def query_part(self, request: RerankRequest) -> tuple[int, str, str, list[int], bool]:
+        """-> (body budget, instruction, query, the body's tokens before the document's own, query cut)."""
         max_length, query_limit = self.limits(request)
         budget = max_length - len(self.prefix) - len(self.suffix)
         if budget < 1:
@@ -209,6 +221,14 @@ class Qwen3RerankerBackend(CausalLMBackend):
                 query, query_truncated = self.tokenizer.decode(q[:query_limit], skip_special_tokens=False), True
         # The tokens before the document's own: the body with an empty document, without its last space.
         head = self.encode(QWEN3_BODY.format(instruction=instruction, query=query, doc="")[:-1])
+        return budget, instruction, query, head, query_truncated
+
+    def chunk_window(self, request: RerankRequest) -> int:
+        budget, _, _, head, _ = self.query_part(request)
+        return max(1, budget - len(head))
+
+    def encode_pairs(self, request: RerankRequest, max_doc_length: int, max_query_length: int) -> EncodedPairs:
+        budget, instruction, query, head, query_truncated = self.query_part(request)
         bodies = [QWEN3_BODY.format(instruction=instruction, query=query, doc=d) for d in request.documents]
         sequences, doc_tokens, truncated = [], [], []
         for i, e in enumerate(self.tokenizer.encode_batch(bodies, add_special_tokens=False)):
@@ -247,7 +267,8 @@ class MxbaiRerankV2Backend(CausalLMBackend):
         # the package's only_second truncation can always make the pair fit (it logs an error otherwise).
         return max_length, min(query, max_length - len(self.sep))
 
-    def encode_pairs(self, request: RerankRequest, max_doc_length: int, max_query_length: int) -> EncodedPairs:
+    def query_part(self, request: RerankRequest) -> tuple[int, list[int], int, bool]:
+        """-> (max_length, the query piece's tokens, the document piece's limit, query cut)."""
         max_length, query_limit = self.limits(request)
         query_text = f"query: {request.query}"
         if request.instruction:  # the package: `if instruction` (an empty instruction adds nothing)
@@ -255,6 +276,15 @@ class MxbaiRerankV2Backend(CausalLMBackend):
         query_full = self.encode(query_text)
         query = query_full[:query_limit]
         doc_limit = max(0, min(self.context_length - len(query) - self.template_len, max_length))
+        return max_length, query, doc_limit, len(query) < len(query_full)
+
+    def chunk_window(self, request: RerankRequest) -> int:
+        max_length, query, doc_limit, _ = self.query_part(request)
+        label = len(self.encode("document:"))  # the document piece is "document: {d}"
+        return max(1, min(doc_limit, max_length - len(query) - len(self.sep)) - label)
+
+    def encode_pairs(self, request: RerankRequest, max_doc_length: int, max_query_length: int) -> EncodedPairs:
+        max_length, query, doc_limit, query_truncated = self.query_part(request)
         docs = self.tokenizer.encode_batch([f"document: {d}" for d in request.documents], add_special_tokens=False)
         sequences, doc_tokens, truncated = [], [], []
         for i, e in enumerate(docs):
@@ -267,7 +297,7 @@ class MxbaiRerankV2Backend(CausalLMBackend):
                 truncated.append(i)
             doc_tokens.append(kept)  # with the "document: " label, as the package counts them
             sequences.append(self.prefix + query + second + self.sep + self.task + self.suffix)
-        return EncodedPairs(sequences, doc_tokens, truncated, len(query) < len(query_full), shared_prefix_len(sequences))
+        return EncodedPairs(sequences, doc_tokens, truncated, query_truncated, shared_prefix_len(sequences))
 
 
 def score_token_ids(kind: str, tokenizer) -> tuple[int, int]:
