@@ -7,14 +7,16 @@ raw_score = the logit, relevance_score = sigmoid(logit) (the "sigmoid" rule of e
 
 Lengths and truncation follow each model's official code. For both, `max_doc_length` is the official
 `max_length`: the longest model input, special tokens included, that a (query, document) pair may become.
-  - bge-reranker-v2-m3 (FlagEmbedding's FlagReranker.compute_score, encoder_only/base.py): max_length 512,
+  - bge-reranker-v2-m3 (FlagEmbedding >= 1.3's FlagReranker.compute_score, encoder_only/base.py): max_length 512,
     query_max_length = max_length * 3 // 4 (384) unless given. The query is tokenised without special
     tokens and cut to query_max_length, the document likewise to max_length, then the pair is built with
     `prepare_for_model(q, d, truncation="only_second", max_length)`: only the document is cut further, from
     the right, until the pair fits. Where even an empty document cannot make it fit (only with a
     max_query_length >= max_length - 4) transformers 4 logs an error and sends the pair over max_length,
     transformers 5 empties the document and still sends it over; lastrank empties the document and cuts the
-    query to max_length - 4, so max_length is never exceeded.
+    query to max_length - 4, so max_length is never exceeded. (FlagEmbedding 1.2's FlagReranker tokenised the
+    pairs in one call with longest_first instead, like jina below; the two give the same ids whenever the
+    query has at most (max_length - 4) / 2 tokens, 254 at 512: for every ordinary query.)
   - jina-reranker-v2 (its remote code's `compute_score`): max_length = the tokenizer's model_max_length (1024),
     `tokenizer(pairs, truncation=True, max_length)`, i.e. the fast tokenizer's "longest_first": tokens come off
     the longer of query and document until the pair fits (both to about half when both are long). There is no
