@@ -1,11 +1,13 @@
 """families/bi_encoder.py against sentence-transformers (the independent reference) in float32: tiny random BERT
-bi-encoders in the sentence-transformers layout (real BERT tokenizer) and the real all-MiniLM-L6-v2.
+bi-encoders in the sentence-transformers layout (real BERT tokenizer), tiny random Qwen2 / Qwen3 last-token
+bi-encoders (real Qwen tokenizer, jina-code-embeddings' task prompts) and the real all-MiniLM-L6-v2.
 
 Parity means: relevance scores within 1e-5 of sentence-transformers' similarity(encode_query, encode_document),
 the identical order, and return_embeddings equal to encode_document's vectors (to 1e-5)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 
@@ -51,6 +53,34 @@ VARIANTS = {
 }
 
 
+# jina-code-embeddings-0.5b's task prompts (its config_sentence_transformers.json; no plain query/document prompt)
+JINA_CODE_PROMPTS = {
+    "nl2code_query": "Find the most relevant code snippet given the following query:\n",
+    "nl2code_document": "Candidate code snippet:\n",
+    "qa_query": "Find the most relevant answer given the following question:\n",
+    "qa_document": "Candidate answer:\n",
+    "code2code_query": "Find an equivalent code snippet given the following code snippet:\n",
+    "code2code_document": "Candidate code snippet:\n",
+    "code2nl_query": "Find the most relevant comment given the following code snippet:\n",
+    "code2nl_document": "Candidate comment:\n",
+    "code2completion_query": "Find the most relevant completion given the following start of code snippet:\n",
+    "code2completion_document": "Candidate completion:\n",
+}
+# Decoder bi-encoders: Qwen2 (jina-code-embeddings' shape: last token, normalised, task prompts) and Qwen3.
+DECODER_VARIANTS = {
+    "qwen2-lasttoken-eos": dict(backbone="qwen2", pooling="lasttoken", prompts=JINA_CODE_PROMPTS, append_eos=True),
+    "qwen2-lasttoken": dict(backbone="qwen2", pooling="lasttoken", prompts=JINA_CODE_PROMPTS),
+    "qwen3-lasttoken-eos": dict(backbone="qwen3", pooling="lasttoken", append_eos=True, normalize=False),
+    "qwen2-mean-prompt-excluded": dict(backbone="qwen2", pooling="mean", prompts=PROMPTS, include_prompt=False),
+}
+
+
+@pytest.fixture(scope="module")
+def decoder_folders(tmp_path_factory):
+    return {name: make_st_checkpoint(tmp_path_factory.mktemp(name), seed=10 + i, max_seq_length=40, **kw)
+            for i, (name, kw) in enumerate(DECODER_VARIANTS.items())}
+
+
 @pytest.fixture(scope="module")
 def st_folders(tmp_path_factory):
     return {name: make_st_checkpoint(tmp_path_factory.mktemp(name), seed=i, **kw)
@@ -62,11 +92,16 @@ def minilm_reranker():
     return Reranker(MINILM, device="cpu", dtype="float32")
 
 
-def _st_reference(folder, query, docs, task=None):
-    """(scores, document embeddings) from sentence-transformers itself."""
+@functools.lru_cache(maxsize=4)
+def _sentence_transformer(folder: str):
     from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(str(folder), device="cpu")
+    return SentenceTransformer(folder, device="cpu")
+
+
+def _st_reference(folder, query, docs, task=None):
+    """(scores, document embeddings) from sentence-transformers itself."""
+    st = _sentence_transformer(str(folder))
     kq = {"prompt_name": f"{task}_query"} if task else {}
     kd = {"prompt_name": f"{task}_document"} if task else {}
     q = st.encode_query([query], convert_to_tensor=True, **kq)
@@ -105,6 +140,47 @@ def test_parity_with_sentence_transformers_tiny(variant, st_folders):
     if "prompts" in VARIANTS[variant]:
         _assert_parity(r, folder, "sort a list in python", DOCS, task="nl2code")
         _assert_parity(r, folder, QUERY, DOCS, task="qa")
+
+
+CODE_DOCS = ["def add(a, b):\n    return a + b", "print('hello world')", "", "x = [0] * 5  # " + "pad " * 60,
+             "SELECT * FROM users WHERE id = 1;", "Fleas live about a year. 🐕"]
+
+
+@pytest.mark.parametrize("variant", list(DECODER_VARIANTS))
+def test_parity_with_sentence_transformers_tiny_decoders(variant, decoder_folders):
+    folder = decoder_folders[variant]
+    r = Reranker(str(folder), device="cpu", dtype="float32")
+    assert r.capabilities.architecture.startswith(("Qwen2Model", "Qwen3Model"))
+    _assert_parity(r, folder, "sum two numbers", CODE_DOCS)
+    if DECODER_VARIANTS[variant].get("prompts") is JINA_CODE_PROMPTS:
+        for task in ("nl2code", "qa", "code2code", "code2nl", "code2completion"):
+            _assert_parity(r, folder, "sum two numbers", CODE_DOCS, task=task)
+    elif "prompts" in DECODER_VARIANTS[variant]:
+        _assert_parity(r, folder, "sum two numbers", CODE_DOCS, task="qa")
+
+
+def test_decoder_truncation_keeps_the_appended_eos(decoder_folders):
+    from transformers import AutoTokenizer
+
+    folder = decoder_folders["qwen2-lasttoken-eos"]
+    backend = load_backend(folder, dtype="float32")
+    plan = backend.plan(RerankRequest("q", CODE_DOCS, instruction="nl2code"))
+    assert plan.usage.truncated_indices == [3] and plan.usage.doc_tokens[3] == 40
+    hf = AutoTokenizer.from_pretrained(str(folder))
+    expected = hf(JINA_CODE_PROMPTS["nl2code_document"] + CODE_DOCS[3], truncation="longest_first", max_length=40)
+    assert plan.blocks[0].sequences[3] == expected["input_ids"] and expected["input_ids"][-1] == 151643
+    with pytest.raises(InvalidRequestError, match="exceed 40 tokens"):
+        backend.plan(RerankRequest("q", CODE_DOCS, instruction="nl2code", truncate=False))
+
+
+def test_decoder_causal_lm_layout_loads_the_same(tmp_path_factory):
+    kw = dict(backbone="qwen2", pooling="lasttoken", seed=7)
+    bare = make_st_checkpoint(tmp_path_factory.mktemp("bare"), **kw)
+    prefixed = make_st_checkpoint(tmp_path_factory.mktemp("prefixed"), model_prefix=True, **kw)
+    assert detect_family(prefixed) == "bi_encoder"
+    a = Reranker(str(bare), dtype="float32").rerank("sum two numbers", CODE_DOCS)
+    b = Reranker(str(prefixed), dtype="float32").rerank("sum two numbers", CODE_DOCS)
+    assert a == b
 
 
 def test_do_lower_case_lowercases_a_cased_tokenizer(st_folders):
@@ -146,10 +222,11 @@ def test_short_name_resolves_to_the_packaged_model(minilm_reranker):
     assert load_backend("minilm", dtype="float32").path == minilm_reranker.path
 
 
-def test_registry_detects_the_family(st_folders, minilm_reranker, tiny_checkpoint):
+def test_registry_detects_the_family(st_folders, decoder_folders, minilm_reranker, tiny_checkpoint):
     assert detect_family(minilm_reranker.path) == "bi_encoder"
     for folder in st_folders.values():
         assert detect_family(folder) == "bi_encoder"
+    assert detect_family(decoder_folders["qwen2-lasttoken"]) == "bi_encoder"
     assert detect_family(tiny_checkpoint) == "jina_v3"
 
 
@@ -223,6 +300,8 @@ def test_instruction_convention(st_folders, minilm_reranker):
     assert r.capabilities.instruction is True
     with pytest.raises(InvalidRequestError, match="nl2code, qa"):
         r.rerank(QUERY, DOCS, instruction="code2code")
+    with pytest.raises(InvalidRequestError, match="got 'nl2code_query'"):
+        r.rerank(QUERY, DOCS, instruction="nl2code_query")  # a task, not a prompt name
     # the task changes the scores (a prompt really went in)
     plain = {x["index"]: x["relevance_score"] for x in r.rerank(QUERY, DOCS)}
     qa = {x["index"]: x["relevance_score"] for x in r.rerank(QUERY, DOCS, instruction="qa")}

@@ -6,20 +6,21 @@ the same cosine). `return_embeddings` returns the document vectors `encode` retu
 pipeline ends with Normalize). The query is embedded once per request, in the request's first block.
 
 What is read from the folder (nothing from sentence-transformers at run time):
-  - modules.json: a Transformer module (BERT encoder: model_type "bert"), then Pooling, then optionally
-    Normalize. Any other module (Dense, LayerNorm, Router, ...) is refused at load with a clear error.
+  - modules.json: a Transformer module (a BERT encoder, model_type "bert", or a Qwen2 / Qwen3 decoder,
+    model_type "qwen2" / "qwen3", e.g. jina-code-embeddings-0.5b), then Pooling, then optionally Normalize. Any other module (Dense, LayerNorm, Router, ...) is refused at load with a clear error.
   - 1_Pooling/config.json (the Pooling module's path): "mean", "cls" or "lasttoken" pooling, in the legacy
     `pooling_mode_*_tokens` booleans or the newer `pooling_mode`; `include_prompt` (false: prompt tokens are
     left out of the pooling, as sentence-transformers does).
-  - sentence_bert_config.json: max_seq_length (the default token limit) and do_lower_case.
+  - sentence_bert_config.json: max_seq_length (the default token limit; without one, tokenizer_config.json's
+    model_max_length capped at the model's positions, as sentence-transformers does) and do_lower_case.
   - config_sentence_transformers.json: `prompts` (named prompt strings prepended to the text).
   - tokenizer.json, through the `tokenizers` library, with sentence-transformers' truncation: the prompt and
     the text are tokenised together, special tokens added, and the whole input cut to at most the limit.
 
 Token limits. `max_doc_length` / `max_query_length` count the whole model input (special tokens and prompt
 included), as sentence-transformers' max_seq_length does; their default is the folder's max_seq_length
-(256 for all-MiniLM-L6-v2), and a larger request is capped at the model's context length (BERT: its
-max_position_embeddings, 512). A cut input is reported (Usage.truncated_indices, query_truncated), and a
+(256 for all-MiniLM-L6-v2), and a larger request is capped at the model's context length (its
+max_position_embeddings: 512 for BERT). A cut input is reported (Usage.truncated_indices, query_truncated), and a
 request with truncate=False that would need a cut is refused at plan time.
 
 Task prompts and `instruction` (the documented convention of this family):
@@ -32,7 +33,8 @@ Task prompts and `instruction` (the documented convention of this family):
     the error an unknown task gets, and Capabilities.instruction is True when the folder defines any.
   - Any other instruction is an InvalidRequestError (400): a bi-encoder has no free-text instruction slot,
     and silently ignoring one would return scores the caller did not ask for.
-The backbone runs the sequences of a batch packed, without padding (model/bert.py).
+The backbone runs the sequences of a batch packed, without padding (model/bert.py, model/fast.py); with
+last-token pooling on a decoder, its last layer runs at the last rows only.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ from lastrank.types import RerankRequest, Usage
 
 FAMILY = "bi-encoder"
 SUPPORTS = ("sentence-transformers folders (modules.json: Transformer -> Pooling [-> Normalize]) over a BERT "
-            "encoder (config.json model_type \"bert\"), e.g. sentence-transformers/all-MiniLM-L6-v2")
+            "encoder or a Qwen2/Qwen3 decoder (config.json model_type \"bert\", \"qwen2\" or \"qwen3\"), e.g. "
+            "sentence-transformers/all-MiniLM-L6-v2, jinaai/jina-code-embeddings-0.5b")
 
 ST_MODULE = "sentence_transformers.models."
 POOLING_MODES = ("mean", "cls", "lasttoken")
@@ -60,7 +63,9 @@ LEGACY_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens
                        "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
                        "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
 DOCUMENT_PROMPTS = ("document", "passage", "corpus")
-BACKBONES = {"bert": "BertModel"}  # model_type -> what Capabilities.architecture calls it
+# model_type -> what Capabilities.architecture calls it. BERT: model/bert.py; Qwen2/Qwen3: the shared decoder
+# (model/decoder.py) through model/decoder_encoder.py.
+BACKBONES = {"bert": "BertModel", "qwen2": "Qwen2Model", "qwen3": "Qwen3Model"}
 
 
 def _read_json(path: Path, what: str):
@@ -227,6 +232,13 @@ class PromptTokenizer:
             steps = [normalizers.Lowercase()] + ([self.tok.normalizer] if self.tok.normalizer is not None else [])
             self.tok.normalizer = normalizers.Sequence(steps)
         self.n_special = self.tok.num_special_tokens_to_add(is_pair=False)
+        # tokenizer_config.json's model_max_length: the fallback limit when sentence_bert_config.json sets none
+        # (transformers writes a huge number for "no limit")
+        try:
+            limit = json.loads((path.parent / "tokenizer_config.json").read_text(encoding="utf-8")).get("model_max_length")
+        except (OSError, ValueError, AttributeError):
+            limit = None
+        self.model_max_length: int | None = limit if isinstance(limit, int) and 0 < limit < 10**12 else None
         self.special_ids = {i for i, t in self.tok.get_added_tokens_decoder().items() if t.special}
 
     def prompt_length(self, prompt: str) -> int:
@@ -277,25 +289,37 @@ class BlockOutput:
     doc_embeddings: np.ndarray  # float32 [n, dim]
 
 
-def pool(states: torch.Tensor, seq_lens: list[int], prompt_lens: list[int], mode: str) -> torch.Tensor:
-    """Packed token states [T, hidden] -> one vector per sequence [n, hidden], in float32.
+def pooled_rows(seq_lens: list[int], prompt_lens: list[int], mode: str) -> list[int | None]:
+    """For "cls" / "lasttoken": the packed row each sequence's vector is ("cls": its first token after the
+    prompt_len excluded ones; "lasttoken": its last token); None where no token is left (cut inside the
+    prompt), which pools to zeros, as in sentence-transformers."""
+    starts = np.cumsum([0] + seq_lens[:-1]).tolist()
+    return [None if p >= n else (start + n - 1 if mode == "lasttoken" else start + p)
+            for start, n, p in zip(starts, seq_lens, prompt_lens)]
 
-    As sentence-transformers' Pooling: "mean" averages the sequence's tokens after its first prompt_len
-    (all of them when the prompt is included), "cls" takes the first such token, "lasttoken" the last token.
-    A sequence with no token left (cut inside its prompt) pools to zeros, as there.
-    """
+
+def pool(states: torch.Tensor, seq_lens: list[int], prompt_lens: list[int], mode: str) -> torch.Tensor:
+    """Packed token states [T, hidden] -> one vector per sequence [n, hidden], in float32, as
+    sentence-transformers' Pooling: "mean" averages the sequence's tokens after its first prompt_len (all of
+    them when the prompt is included), "cls" / "lasttoken" take one row (`pooled_rows`)."""
+    if mode != "mean":
+        return _gather(states, pooled_rows(seq_lens, prompt_lens, mode))
     starts = np.cumsum([0] + seq_lens[:-1]).tolist()
     rows = []
     for start, n, p in zip(starts, seq_lens, prompt_lens):
         if p >= n:
             rows.append(states.new_zeros(states.shape[1], dtype=torch.float32))
-        elif mode == "lasttoken":
-            rows.append(states[start + n - 1].float())
-        elif mode == "cls":
-            rows.append(states[start + p].float())
-        else:  # mean, accumulated in float32 as sentence-transformers does for half precision
+        else:  # accumulated in float32, as sentence-transformers does for half precision
             rows.append(states[start + p:start + n].sum(0, dtype=torch.float32) / (n - p))
     return torch.stack(rows)
+
+
+def _gather(states: torch.Tensor, rows: list[int | None]) -> torch.Tensor:
+    out = states.new_zeros(len(rows), states.shape[1], dtype=torch.float32)
+    keep = [i for i, r in enumerate(rows) if r is not None]
+    if keep:
+        out[keep] = states[[rows[i] for i in keep]].float()
+    return out
 
 
 class BiEncoderBackend(Backend):
@@ -316,7 +340,7 @@ class BiEncoderBackend(Backend):
         self.model_id = model_id
         self.path = path
         self.random_weights = random_weights
-        default = min(pipeline.max_seq_length or context_length, context_length)
+        default = min(pipeline.max_seq_length or tokenizer.model_max_length or context_length, context_length)
         self.capabilities = Capabilities(
             family=FAMILY,
             architecture=f"{architecture} ({pipeline.pooling} pooling{', normalised' if pipeline.normalize else ''})",
@@ -341,10 +365,11 @@ class BiEncoderBackend(Backend):
             from lastrank.model.bert import load_bert
 
             model = load_bert(tdir, device, dtype)
-            cfg = model.config
-            context, hidden = cfg.max_position_embeddings, cfg.hidden_size
-        else:  # Pipeline.read admits only BACKBONES
-            raise ModelNotAvailableError(f"no backbone for model_type {pipeline.model_type!r}. This is a bug.")
+        else:  # qwen2 / qwen3 (Pipeline.read admits only BACKBONES)
+            from lastrank.model.decoder_encoder import load_decoder_encoder
+
+            model = load_decoder_encoder(tdir, device, dtype)
+        context, hidden = model.config.max_position_embeddings, model.config.hidden_size
         return cls(model, pipeline, tokenizer, device, context, hidden, BACKBONES[pipeline.model_type],
                    model_id=model_id, path=path, random_weights=random_weights, **options)
 
@@ -390,8 +415,16 @@ class BiEncoderBackend(Backend):
             ids = torch.tensor([t for s in chunk for t in s], dtype=torch.long, device=self.device)
             lens = [len(s) for s in chunk]
             with torch.inference_mode():
-                states = self.model(ids, lens)
-                vectors = pool(states, lens, prompt_lens[i:j], self.pipeline.pooling)
+                if self.pipeline.pooling == "lasttoken" and self.pipeline.model_type != "bert":
+                    # causal: a sequence's last row sees everything before it, so the decoder's last layer and
+                    # final norm run at those rows only (DecoderModel's `rows`)
+                    rows = pooled_rows(lens, prompt_lens[i:j], "lasttoken")
+                    kept = [r for r in rows if r is not None]
+                    states = self.model(ids, lens, rows=torch.tensor(kept, dtype=torch.long, device=self.device))
+                    at = iter(range(len(kept)))
+                    vectors = _gather(states, [None if r is None else next(at) for r in rows])
+                else:
+                    vectors = pool(self.model(ids, lens), lens, prompt_lens[i:j], self.pipeline.pooling)
                 if self.pipeline.normalize:
                     vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
             out.append(vectors.cpu().numpy())

@@ -1,0 +1,77 @@
+"""A Qwen2 / Qwen3 decoder used as a sentence encoder (the backbone of last-token-pooling bi-encoders such as
+jinaai/jina-code-embeddings-0.5b): the shared decoder of model/decoder.py, no head, loaded strictly.
+
+    load_decoder_encoder(folder, device, dtype) -> DecoderEncoder
+    DecoderEncoder(input_ids [T], seq_lens, rows=None) -> final hidden states [T or len(rows), hidden]
+
+Checkpoint layouts: transformers' Qwen2Model / Qwen3Model names (`embed_tokens.weight`, `layers.{i}...`,
+`norm.weight`; what a sentence-transformers folder saved from the bare model holds) or the *ForCausalLM names
+(`model.` prefix; `lm_head.weight`, if present, is never read). Everything else must match exactly.
+Packing, the rows-only last layer and fused projections are model/fast.py's (one implementation for every
+decoder family).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lastrank.errors import ModelNotAvailableError
+from lastrank.model.config import ModelConfig
+from lastrank.model.decoder import DecoderModel
+
+
+class DecoderEncoder(nn.Module):
+    """`model`: the backbone under the name fast.fuse_projections / fast.enable_compile expect."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = DecoderModel(cfg)
+
+    def forward(self, input_ids: torch.Tensor, seq_lens: list[int] | None = None,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Packed causal sequences -> final hidden states (after the final norm), at `rows` only when given
+        (the last layer then runs at those rows only: what last-token pooling reads)."""
+        if seq_lens is None and rows is None:
+            return self.model(input_ids)
+        return self.model(input_ids, seq_lens=seq_lens, rows=rows)
+
+
+def load_decoder_encoder(folder: Path, device: torch.device, dtype: torch.dtype, fuse: bool = True) -> DecoderEncoder:
+    from safetensors import safe_open
+
+    from lastrank.model.causal_lm import checkpoint_files
+    from lastrank.model.fast import fuse_projections
+    from lastrank.model.loading import _to_device, fused_groups, read_safetensors
+
+    try:
+        cfg = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    except (OSError, TypeError, ValueError) as e:
+        raise ModelNotAvailableError(f"{folder / 'config.json'} is not a usable Qwen2/Qwen3 config: {e}") from e
+    files = checkpoint_files(folder)
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        with safe_open(str(file), "pt") as f:
+            names = list(f.keys())
+        # the *ForCausalLM layout has the backbone under `model.`; the bare backbone has no prefix
+        prefix = "model." if any(n.startswith("model.") for n in names) else ""
+        groups = [[prefix + n.removeprefix("model.") for n in g] for g in fused_groups(cfg)] if fuse else ()
+        part = read_safetensors(file, dtype, groups, skip=("lm_head.weight",))
+        state.update({"model." + k.removeprefix(prefix): v for k, v in part.items()})
+    if device.type != "cpu":
+        state = _to_device(state, device)
+    with torch.device("meta"):
+        model = DecoderEncoder(cfg)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        raise ModelNotAvailableError(f"{folder}: the weights do not match a {cfg.model_type} decoder of config.json: {e}") from e
+    del state
+    model = model.eval().requires_grad_(False)
+    if fuse:
+        fuse_projections(model)
+    return model
