@@ -205,6 +205,13 @@ def check_against_api(page, server, sent: dict, received: dict, documents: list[
     assert [r["index"] for r in shown] == order
     assert [r["score"] for r in shown] == [f"score {r['relevance_score']:.4f}" for r in api["results"]]
     assert [r["text"] for r in shown] == [documents[i] for i in order]
+    # the bars: the score on [0, 1] by the model's score kind in /v1/models (cosine: (1 + cosine) / 2)
+    kinds = {m["id"]: m.get("score") for m in httpx.get(
+        url + "/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["data"]}
+    units = [(1 + s) / 2 if kinds.get(api["model"]) == "cosine" else s
+             for s in (r["relevance_score"] for r in api["results"])]
+    widths = [float(r["width"].removesuffix("%")) for r in shown]
+    assert widths == pytest.approx([100 * min(1, max(0, u)) for u in units], abs=0.05 + 1e-9)  # shown to 0.1 %
     assert page.inner_text("#stat-tokens") == str(api["usage"]["total_tokens"])
     assert page.inner_text("#stat-units") == str(api["meta"]["billed_units"]["search_units"])
     assert page.inner_text("#stat-model") == api["model"]
@@ -317,6 +324,34 @@ def test_random_weights_banner(open_page, server):
     assert "random weights: scores mean nothing" in page.inner_text("#summary")
     page.select_option("#model", "a-real-one")
     assert not banner.is_visible()
+    p.assert_only_this_server()
+
+
+def test_a_model_still_loading_is_shown_until_ready(open_page, server):
+    """/v1/models says ready: false (the server's answer, altered for its first two calls): the page says
+    so and asks again until the model is ready."""
+    _, key = server
+    calls = []
+
+    def loading_then_ready(route):
+        response = route.fetch()
+        if response.status != 200:
+            return route.fulfill(response=response)
+        calls.append(route.request.url)
+        body = response.json()
+        if len(calls) <= 2:
+            body["data"] = [{**m, "ready": False} for m in body["data"]]
+        route.fulfill(json=body)
+
+    p = open_page()
+    p.page.route("**/v1/models", loading_then_ready)
+    page = p.open()
+    page.locator("#api-key").wait_for(state="visible")
+    page.fill("#api-key", key)
+    page.press("#api-key", "Enter")
+    page.locator("#model-info").filter(has_text="still loading").wait_for()
+    page.locator("#model-info").filter(has_text="ready").filter(has_not_text="loading").wait_for(timeout=15_000)
+    assert len(calls) == 3
     p.assert_only_this_server()
 
 
