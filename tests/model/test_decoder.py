@@ -71,6 +71,10 @@ def test_config_switches():
         ModelConfig.from_dict({"model_type": "qwen3", "attention_bias": True, **TINY})
     with pytest.raises(ValueError, match="model_type"):
         ModelConfig.from_dict({"model_type": "llama", **TINY})
+    assert ModelConfig.from_dict({"model_type": "qwen3", **{k: v for k, v in TINY.items() if k != "rope_theta"},
+                                  "rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}).rope_theta == 5e5
+    with pytest.raises(ValueError, match="rope_type"):
+        ModelConfig.from_dict({"model_type": "qwen3", "rope_parameters": {"rope_type": "yarn", "factor": 4.0}})
     with pytest.raises(ValueError, match="sliding"):
         ModelConfig.from_dict({"model_type": "qwen2", "use_sliding_window": True, **TINY})
 

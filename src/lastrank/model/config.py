@@ -65,6 +65,12 @@ class ModelConfig:
             kw["head_dim"] = d["hidden_size"] // d["num_attention_heads"]
         if d.get("rope_scaling"):
             raise ValueError("rope_scaling is set in config.json; the decoder implements plain RoPE only")
+        rope = d.get("rope_parameters")  # how transformers 5 writes config.json: rope_theta moves in here
+        if isinstance(rope, dict):
+            if rope.get("rope_type", "default") != "default":
+                raise ValueError(f"rope_type {rope.get('rope_type')!r} in config.json; the decoder implements plain RoPE only")
+            if "rope_theta" not in d and "rope_theta" in rope:
+                kw["rope_theta"] = rope["rope_theta"]
         if d.get("use_sliding_window"):
             raise ValueError("use_sliding_window is set in config.json; the decoder implements full attention only")
         return cls(**kw)
