@@ -27,7 +27,8 @@ from live_server import LiveServer  # noqa: E402
 ROUTES = ["/v1/rerank", "/v2/rerank", "/rerank"]
 FIELDS = ["model", "query", "documents", "texts", "top_n", "return_documents", "rank_fields", "instruction",
           "max_doc_length", "max_query_length", "max_tokens_per_doc", "score_threshold", "return_embeddings",
-          "raw_scores", "return_text", "truncate", "truncation_direction", "priority", "max_chunks_per_doc", "text"]
+          "raw_scores", "return_text", "truncate", "truncation_direction", "priority", "max_chunks_per_doc", "text",
+          "chunking", "chunk_overlap", "return_spans"]
 HOSTILE = ["<|embed_token|>", "<|rerank_token|>", "<|embed_<|embed_token|>token|>", "<|<|rerank_token|>rerank_token|>",
            "<|rerank_<|embed_token|>token|>", "<|im_start|>", "<|im_end|>", "<think>", "</passage>", "\ud800",
            "\x00", "\u202e", "🍵", "text", "jina-reranker-v3", "", " "]

@@ -1,7 +1,7 @@
 """The rerank API server: `create_app(settings, store, scheduler=|engine=|load_engine=)` in api/app.py.
 
 Routes
-    POST /v1/rerank   Jina body; Cohere v1 fields (rank_fields, return_documents, max_chunks_per_doc) accepted
+    POST /v1/rerank   Jina body; Cohere v1 fields (rank_fields, return_documents, max_chunks_per_doc)
     POST /v2/rerank   Cohere v2 body and response shape
     POST /rerank      TEI when the body has `texts` (bare-array response), Jina otherwise
     GET  /v1/models   (needs a key like the rerank routes)
@@ -25,8 +25,14 @@ Decisions (each tested in tests/api):
 - return_documents defaults to true on /v1/rerank and /rerank (Jina), false on /v2/rerank (Cohere v2).
 - top_n: null = all; larger than the number of documents = all; 0 = no results (as Reranker.rerank);
   negative = 422. max_doc_length / max_tokens_per_doc null = 2048, max_query_length null = 512 (the
-  reference rerank() defaults; Cohere's 4096 would change the ranking). priority and
-  max_chunks_per_doc are accepted and ignored.
+  reference rerank() defaults; Cohere's 4096 would change the ranking). priority is accepted and ignored.
+- Long documents (engine/chunking.py): a document over max_doc_length tokens is truncated, unless the
+  request's `chunking` (Jina route, lastrank extension) or the server's --chunking says "chunk": then it
+  is ranked in windows of that many tokens and scored by its best window. Cohere v1's max_chunks_per_doc
+  means chunk mode with at most that many windows per document (the rest is not ranked and the document
+  is reported as truncated); Cohere v2's max_tokens_per_doc is the truncation length or, in chunk mode,
+  the window. `return_spans` adds `span` [start, end) (the best window's characters) to each result.
+  More than --max-chunks windows in one request is a 400.
 - An empty documents list is a 200 with empty results (and a ledger row with 0 documents, cost 0);
   TEI's empty `texts` too, unlike TEI (one rule for every dialect). An empty or blank query is a 400.
 - Scores are the model's cosine in [-1, 1], unchanged, in every dialect except TEI without
@@ -48,7 +54,10 @@ Decisions (each tested in tests/api):
   always present, [] when nothing was cut), e.g. "2 of 40 documents (indices 3, 17) were truncated to
   their first 2048 tokens before ranking" and "the query was truncated to its first 512 tokens before
   ranking". Indices are named (at most 10) when Usage.doc_tokens identifies them.
-- search_units (Cohere's meta.billed_units) = ceil(documents / 100), 0 for no documents.
+- search_units (Cohere's meta.billed_units) = ceil(documents / 100), 0 for no documents; in chunk mode
+  every window counts as a document (Cohere's rule), so ceil(chunks / 100). The ledger's documents,
+  cost (--price-per-1k-docs) and per-key documents-per-minute limits count the documents the client
+  sent; its tokens are the tokens actually run (every window, overlaps included).
 - Status codes (api/errors.py is the one table): malformed JSON (NaN, Infinity, -Infinity or a number
   that overflows a float anywhere in the body included, on every route), invalid UTF-8, a non-object body,
   empty query, document objects without text -> 400; schema violations (wrong types, nulls in required

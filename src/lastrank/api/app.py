@@ -226,6 +226,10 @@ def create_app(
     def make_scheduler(model: ServedModel, backend):
         from lastrank.engine.scheduler import Scheduler
 
+        from lastrank.engine.chunking import ChunkingBackend
+
+        # chunk mode for every family (a backend already wrapped, e.g. Reranker's, gets this server's cap)
+        backend = ChunkingBackend(backend, max_chunks=settings.max_chunks)
         return Scheduler(backend, max_batch_tokens=settings.max_batch_tokens,
                          max_queued_tokens=settings.max_queued_tokens,
                          max_queued_requests=settings.max_queued_requests, observer=metrics.observer(model.name))

@@ -86,7 +86,8 @@ class RerankJSONResponse(JSONResponse):
 
 
 def search_units(documents: int) -> int:
-    """Cohere bills one search unit per query with up to 100 documents."""
+    """Cohere bills one search unit per query with up to 100 documents, each chunk of a chunked document
+    counting as one (called with the chunks ranked in chunk mode, else the documents)."""
     return math.ceil(documents / 100) if documents else 0
 
 
@@ -177,6 +178,10 @@ def to_request(t: Translated, s: ServerSettings, request_id: str) -> RerankReque
         deadline=deadline,
         score_threshold=t.score_threshold,
         truncate=t.truncate,
+        chunking=t.chunking or s.chunking,
+        chunk_overlap=t.chunk_overlap,
+        max_chunks_per_doc=t.max_chunks_per_doc,
+        return_spans=t.return_spans,
     )
 
 
@@ -217,8 +222,12 @@ def truncation_report(result: RerankResult) -> tuple[list[str], dict[str, str]]:
     if n:
         shown = ", ".join(str(i) for i in u.truncated_indices[:WARNING_MAX_INDICES])
         more = f" and {n - WARNING_MAX_INDICES} more" if n > WARNING_MAX_INDICES else ""
-        warnings.append(f"{n} of {u.documents} documents (indices {shown}{more}) were truncated to their first "
-                        f"{u.max_doc_length} tokens before ranking")
+        if u.chunks:  # chunk mode: only max_chunks_per_doc windows of these were ranked
+            warnings.append(f"{n} of {u.documents} documents (indices {shown}{more}) were ranked on their first "
+                            f"chunks only (max_chunks_per_doc)")
+        else:
+            warnings.append(f"{n} of {u.documents} documents (indices {shown}{more}) were truncated to their first "
+                            f"{u.max_doc_length} tokens before ranking")
     if u.query_truncated:
         warnings.append(f"the query was truncated to its first {u.max_query_length} tokens before ranking")
     headers = {TRUNCATED_DOCUMENTS_HEADER: str(n), QUERY_TRUNCATED_HEADER: "true" if u.query_truncated else "false"}
@@ -303,7 +312,8 @@ async def handle_rerank(request: Request, route: str, route_dialect=None) -> Res
 
     # Render first (it cannot fail on client input), then bill, then send: a 200 is never unbilled.
     warnings, truncation_headers = truncation_report(result)
-    info = ResponseInfo(request_id=request_id, model=model.name, search_units=search_units(len(t.documents)),
+    info = ResponseInfo(request_id=request_id, model=model.name,
+                        search_units=search_units(result.usage.chunks or len(t.documents)),
                         capabilities=model.capabilities, warnings=warnings)
     content, headers = dialect.from_internal(result, t, info)
     response = RerankJSONResponse(content, headers={**headers, **truncation_headers, "X-Request-Id": request_id})

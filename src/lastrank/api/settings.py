@@ -57,6 +57,12 @@ class ServerSettings:
     max_documents: int = setting(10_000, "documents per request (413)", kind="positive_int", group="limits")
     max_document_chars: int = setting(200_000, "characters per document (413)", kind="positive_int", group="limits")
     max_query_chars: int = setting(20_000, "characters of the query (413)", kind="positive_int", group="limits")
+    # long documents (engine/chunking.py)
+    chunking: str = setting("truncate", "long documents when a request does not say: truncate (at the model's "
+                            "document limit) or chunk (rank every window of that many tokens, score a document by "
+                            "its best)", choices=("truncate", "chunk"), group="models")
+    max_chunks: int = setting(10_000, "chunks one request may make in chunk mode (400 past it)", kind="positive_int",
+                              group="limits")
     # admission (scheduler) and deadline
     request_timeout_s: float | None = setting(120.0, "per-request deadline; 0 disables (504)", kind="nonneg_float",
                                               group="limits", zero_is_none=True)

@@ -66,6 +66,10 @@ class Translated:
     model: str | None = None
     score_threshold: float | None = None  # None: keep every result
     truncate: bool = True  # False: an input that would be truncated is a 400 (TEI truncate=false), before any work
+    chunking: str | None = None  # "truncate" | "chunk" (engine/chunking.py); None: the server's --chunking
+    chunk_overlap: int | None = None
+    max_chunks_per_doc: int | None = None
+    return_spans: bool = False  # chunk mode: each result's best window as `span` [start, end) characters
     options: dict = field(default_factory=dict)  # dialect-only response switches (e.g. TEI raw_scores)
 
 
@@ -138,5 +142,7 @@ def result_items(result: RerankResult, t: Translated) -> list[dict[str, Any]]:
             item["document"] = echo_document(t.originals[r.index])
         if t.return_embeddings:
             item["embedding"] = r.embedding
+        if r.span is not None:  # asked for (return_spans) and chunk mode
+            item["span"] = list(r.span)
         items.append(item)
     return items

@@ -1,8 +1,9 @@
 """Cohere v2 `POST /v2/rerank`. (Cohere v1 shares `/v1/rerank` with Jina: see jina.py.)
 
 Request: {model?, query, documents: [str] (objects accepted too, with `text` or rank_fields),
-          top_n?, max_tokens_per_doc? (-> max_doc_length; null: the server default, 2048, which is the
-          model's own; Cohere's 4096 would change the ranking), priority? (accepted, ignored),
+          top_n?, max_tokens_per_doc? (-> max_doc_length: where a long document is truncated, as Cohere v2
+          does, or the chunk window when the server's --chunking is chunk; null: the model's own default;
+          Cohere's 4096 would change the ranking), priority? (accepted, ignored),
           return_documents? (default false; dropped from the v2 SDK but gateways still send it),
           rank_fields?, instruction?, max_query_length?, score_threshold? (lastrank extension)}
 Response (Cohere v2 shape): {id, results [{index, relevance_score, document?}], meta {api_version

@@ -3,12 +3,15 @@
 Request: {model?, query: str | {"text": str} (Jina's object form; an object with an `image`, without a string
           `text`, or any other type is a 422), documents: [str | object], top_n?,
           return_documents? (default true, as Jina),
-          rank_fields? and max_chunks_per_doc? (Cohere v1; max_chunks_per_doc is accepted and ignored:
-          long documents are truncated to max_doc_length tokens instead of chunked),
+          rank_fields? and max_chunks_per_doc? (Cohere v1; max_chunks_per_doc: long documents are ranked in
+          chunks of max_doc_length tokens, at most this many per document, as Cohere v1 does: it implies
+          chunking "chunk" unless chunking says otherwise),
           lastrank extensions: instruction?, return_embeddings?, max_doc_length?, max_query_length?,
-          score_threshold?}
+          score_threshold?, chunking? ("truncate" | "chunk"; null: the server's --chunking),
+          chunk_overlap?, return_spans?}
 Response: {id, object: "list", model, usage {prompt_tokens, total_tokens},
-           results [{index, relevance_score, document? {"text": ...} or the object as sent, embedding?}],
+           results [{index, relevance_score, document? {"text": ...} or the object as sent, embedding?,
+                     span? [start, end): with return_spans in chunk mode, the best chunk's characters}],
            meta {api_version, billed_units {search_units}, tokens, warnings [str]}}
 One body serves Jina clients (which read `results`, `model`, `usage`) and cohere.Client v1 (which reads
 `id`, `results`, `meta` and ignores the rest).
@@ -16,9 +19,9 @@ One body serves Jina clients (which read `results`, `model`, `usage`) and cohere
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BeforeValidator, Field, StrictBool, StrictInt, StrictStr, WithJsonSchema
+from pydantic import BeforeValidator, Field, StrictBool, StrictStr, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from lastrank.api.dialects.base import (
@@ -77,12 +80,23 @@ class Request(WireModel):
     top_n: Optional[NonNegativeInt] = Field(None, description="results to return; null: all")
     return_documents: Optional[StrictBool] = Field(None, description="echo documents; null: true")
     rank_fields: Optional[list[StrictStr]] = Field(None, description="object fields to rank on (Cohere v1)")
-    max_chunks_per_doc: Optional[StrictInt] = Field(None, description="accepted and ignored (Cohere v1)")
+    max_chunks_per_doc: Optional[PositiveInt] = Field(
+        None, description="Cohere v1: rank long documents in chunks, at most this many per document (implies "
+                          "chunking \"chunk\" unless chunking is given)")
     instruction: Optional[StrictStr] = Field(None, description="a ranking instruction passed to the model")
     return_embeddings: Optional[StrictBool] = Field(None, description="return each document's embedding")
     max_doc_length: Optional[PositiveInt] = Field(None, description="tokens per document; null: 2048")
     max_query_length: Optional[PositiveInt] = Field(None, description="tokens of the query; null: 512")
     score_threshold: ScoreThreshold = Field(None, description=SCORE_THRESHOLD_DESCRIPTION)
+    chunking: Optional[Literal["truncate", "chunk"]] = Field(
+        None, description="lastrank extension: a document longer than max_doc_length tokens is cut there "
+                          "(truncate) or ranked by its best window of that many tokens (chunk); null: the server "
+                          "default")
+    chunk_overlap: Optional[NonNegativeInt] = Field(
+        None, description="lastrank extension, chunk mode: tokens shared by consecutive windows; null: a window / 8")
+    return_spans: Optional[StrictBool] = Field(
+        None, description="lastrank extension, chunk mode: each result's `span` [start, end) is its best window's "
+                          "character offsets in the document")
 
 
 def to_internal(body: Request) -> Translated:
@@ -98,6 +112,10 @@ def to_internal(body: Request) -> Translated:
         instruction=body.instruction,
         model=body.model,
         score_threshold=body.score_threshold,
+        chunking=body.chunking or ("chunk" if body.max_chunks_per_doc is not None else None),
+        chunk_overlap=body.chunk_overlap,
+        max_chunks_per_doc=body.max_chunks_per_doc,
+        return_spans=bool(body.return_spans),
     )
 
 

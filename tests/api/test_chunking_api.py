@@ -1,0 +1,138 @@
+"""Long documents through the API: chunk mode (engine/chunking.py) on the tiny checkpoint, float32.
+
+Jina route `chunking` / `chunk_overlap` / `return_spans`, Cohere v1 `max_chunks_per_doc` through the real
+cohere.Client, Cohere v2 `max_tokens_per_doc` through cohere.ClientV2 with the server's --chunking chunk,
+search units, ledger and limits, and the 4xx answers."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from lastrank.types import RerankRequest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from live_server import LiveServer  # noqa: E402
+
+MODEL = "jina-reranker-v3"
+QUERY = "how long do fleas live"
+LONG = ("Fleas are small insects that live on mammals. They can jump far. " * 6
+        + "\n\nParis is the capital of France; it has museums. " * 5 + "A flea lives about a year. " * 3)
+DOCS = ["Paris is in France.", LONG, "Fleas live about a year.", LONG[::-1]]
+
+
+def expected(tiny_reranker, **kw):
+    return tiny_reranker.backend.rerank(RerankRequest(query=QUERY, documents=DOCS, **kw))
+
+
+def make(store, backend, **settings):
+    from fastapi.testclient import TestClient
+
+    from lastrank.api.app import create_app
+    from lastrank.api.settings import ServerSettings
+
+    return TestClient(create_app(ServerSettings(**settings), store, backend=backend), raise_server_exceptions=False)
+
+
+def test_jina_route_chunk_mode_with_spans(store, tiny_reranker):
+    want = expected(tiny_reranker, max_doc_length=24, chunking="chunk", chunk_overlap=4, return_spans=True)
+    with make(store, tiny_reranker.backend) as c:
+        r = c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS, "max_doc_length": 24, "chunking": "chunk",
+                                       "chunk_overlap": 4, "return_spans": True, "return_documents": False})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [(x["index"], x["relevance_score"], tuple(x["span"])) for x in body["results"]] == \
+            [(x.index, x.relevance_score, x.span) for x in want.results]
+        assert body["usage"]["prompt_tokens"] == want.usage.prompt_tokens
+        assert body["meta"]["billed_units"]["search_units"] == math.ceil(want.usage.chunks / 100) == 1
+        assert body["meta"]["warnings"] == [] and r.headers["X-Lastrank-Truncated-Documents"] == "0"
+        # without return_spans: no span field; the default (truncate) is today's behaviour
+        r = c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS, "max_doc_length": 24, "chunking": "chunk"})
+        assert all("span" not in x for x in r.json()["results"])
+        r = c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS, "max_doc_length": 24})
+        truncated = expected(tiny_reranker, max_doc_length=24)
+        assert [x["relevance_score"] for x in r.json()["results"]] == [x.relevance_score for x in truncated.results]
+        assert r.headers["X-Lastrank-Truncated-Documents"] == "2"
+    rows = store.usage_summary()
+    assert sum(row["documents"] for row in rows) == 3 * len(DOCS)  # documents sent, never chunks
+
+
+def test_many_chunks_count_as_search_units(store, tiny_reranker):
+    with make(store, tiny_reranker.backend) as c:
+        r = c.post("/v1/rerank", json={"query": QUERY, "documents": [LONG] * 12, "max_doc_length": 8,
+                                       "chunking": "chunk", "chunk_overlap": 0})
+        assert r.status_code == 200, r.text
+    chunks = tiny_reranker.backend.plan(RerankRequest(query=QUERY, documents=[LONG] * 12, max_doc_length=8,
+                                                      chunking="chunk", chunk_overlap=0)).usage.chunks
+    assert chunks > 100 and r.json()["meta"]["billed_units"]["search_units"] == math.ceil(chunks / 100)
+
+
+@pytest.mark.parametrize("body,status,text", [
+    ({"chunking": "split"}, 422, "chunking"),
+    ({"chunking": "chunk", "chunk_overlap": -1}, 422, "chunk_overlap"),
+    ({"max_chunks_per_doc": 0}, 422, "max_chunks_per_doc"),
+    ({"chunking": "chunk", "max_doc_length": 8, "chunk_overlap": 8}, 400, "must be smaller than the chunk window"),
+    ({"chunking": "chunk", "max_doc_length": 4}, 400, "over the limit of 20 chunks per request"),
+    ({"return_spans": "yes"}, 422, "return_spans"),
+])
+def test_bad_chunk_settings_are_4xx(store, tiny_reranker, body, status, text):
+    with make(store, tiny_reranker.backend, max_chunks=20) as c:
+        r = c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS, **body})
+    assert r.status_code == status, r.text
+    assert text in r.text
+
+
+def live(store, backend, **settings):
+    from lastrank.api.settings import ServerSettings
+
+    return LiveServer(ServerSettings(**settings), store, backend=backend)
+
+
+def test_cohere_v1_client_max_chunks_per_doc(store, tiny_reranker):
+    """cohere.Client (v1) sends max_chunks_per_doc: chunk mode, at most that many windows per document."""
+    import cohere
+
+    _, key = store.create_key("co")
+    want = expected(tiny_reranker, chunking="chunk", max_chunks_per_doc=2, max_doc_length=24)
+    assert want.usage.truncated_indices == [1, 3]  # the long documents have more than 2 windows
+    with live(store, tiny_reranker.backend) as srv:
+        co = cohere.Client(api_key=key, base_url=srv.url)
+        got = co.rerank(model=MODEL, query=QUERY, documents=DOCS, max_chunks_per_doc=2)
+        # the v1 SDK sends no max_doc_length: the server's default window (2048) keeps every document whole
+        whole = expected(tiny_reranker, chunking="chunk", max_chunks_per_doc=2)
+        assert [(x.index, x.relevance_score) for x in got.results] == \
+            [(x.index, x.relevance_score) for x in whole.results]
+        # with the Jina route's max_doc_length the cap bites, and is reported
+        import httpx
+
+        r = httpx.post(srv.url + "/v1/rerank", headers={"Authorization": f"Bearer {key}"},
+                       json={"query": QUERY, "documents": DOCS, "max_chunks_per_doc": 2, "max_doc_length": 24})
+        assert [(x["index"], x["relevance_score"]) for x in r.json()["results"]] == \
+            [(x.index, x.relevance_score) for x in want.results]
+        assert r.headers["X-Lastrank-Truncated-Documents"] == "2"
+        assert "ranked on their first chunks only (max_chunks_per_doc)" in r.json()["meta"]["warnings"][0]
+
+
+def test_cohere_v2_client_max_tokens_per_doc_is_the_window_with_server_chunking(store, tiny_reranker):
+    import cohere
+
+    _, key = store.create_key("co2")
+    want = expected(tiny_reranker, chunking="chunk", max_doc_length=16)
+    with live(store, tiny_reranker.backend, chunking="chunk") as srv:
+        got = cohere.ClientV2(api_key=key, base_url=srv.url).rerank(model=MODEL, query=QUERY, documents=DOCS,
+                                                                      max_tokens_per_doc=16)
+    assert [(x.index, x.relevance_score) for x in got.results] == [(x.index, x.relevance_score) for x in want.results]
+    assert got.meta.billed_units.search_units == 1
+
+
+def test_a_family_without_token_offsets_answers_chunk_mode_with_a_400(store):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from keyword_backend import KeywordBackend
+
+    with make(store, KeywordBackend(offsets=False)) as c:
+        r = c.post("/v1/rerank", json={"query": "q", "documents": ["a b", "c"], "chunking": "chunk"})
+        assert r.status_code == 400 and "chunking is not available for this model" in r.json()["detail"], r.text
+        assert c.post("/v1/rerank", json={"query": "q", "documents": ["a b", "c"]}).status_code == 200
