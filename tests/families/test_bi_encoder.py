@@ -173,6 +173,16 @@ def test_decoder_truncation_keeps_the_appended_eos(decoder_folders):
         backend.plan(RerankRequest("q", CODE_DOCS, instruction="nl2code", truncate=False))
 
 
+def test_empty_input_embeds_to_zeros_without_a_forward(decoder_folders):
+    # Qwen's tokenizer adds no special token: with no prompt an empty document has no token at all;
+    # sentence-transformers pools it to a zero vector (cosine 0), and so does lastrank (parity above)
+    r = Reranker(str(decoder_folders["qwen2-lasttoken"]), device="cpu", dtype="float32")
+    plan = r.backend.plan(RerankRequest("sum two numbers", ["", "x = 1"]))
+    assert plan.blocks[0].sequences[0] == []
+    results = {x["index"]: x for x in r.rerank("sum two numbers", ["", "x = 1"], return_embeddings=True)}
+    assert results[0]["relevance_score"] == 0.0 and not any(results[0]["embedding"])
+
+
 def test_decoder_causal_lm_layout_loads_the_same(tmp_path_factory):
     kw = dict(backbone="qwen2", pooling="lasttoken", seed=7)
     bare = make_st_checkpoint(tmp_path_factory.mktemp("bare"), **kw)

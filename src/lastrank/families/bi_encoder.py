@@ -68,13 +68,17 @@ DOCUMENT_PROMPTS = ("document", "passage", "corpus")
 BACKBONES = {"bert": "BertModel", "qwen2": "Qwen2Model", "qwen3": "Qwen3Model"}
 
 
-def _read_json(path: Path, what: str):
+def _read_json(path: Path, what: str) -> dict:
+    """A JSON object from the folder, or one clear error naming the file."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise ModelNotAvailableError(f"{path} ({what}) cannot be read: {e}") from e
     except ValueError as e:
         raise ModelNotAvailableError(f"{path} ({what}) is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise ModelNotAvailableError(f"{path} ({what}) is not a JSON object")
+    return value
 
 
 def _modules(folder: Path) -> list[dict] | None:
@@ -143,11 +147,8 @@ class Pipeline:
         pooling_file = folder / modules[1].get("path", "") / "config.json"
         pooling_cfg = _read_json(pooling_file, "the Pooling module's config")
         pooling = _pooling_mode(pooling_cfg, pooling_file)
-        st_cfg = {}
-        for name in ("sentence_bert_config.json", "sentence_xlnet_config.json"):
-            if (transformer_dir / name).is_file():
-                st_cfg = _read_json(transformer_dir / name, "the Transformer module's config")
-                break
+        st_file = transformer_dir / "sentence_bert_config.json"
+        st_cfg = _read_json(st_file, "the Transformer module's config") if st_file.is_file() else {}
         prompts = {}
         if (folder / "config_sentence_transformers.json").is_file():
             prompts = _read_json(folder / "config_sentence_transformers.json", "sentence-transformers' config").get("prompts") or {}
@@ -402,34 +403,40 @@ class BiEncoderBackend(Backend):
         return RerankPlan(request, blocks, usage)
 
     def embed(self, sequences: list[list[int]], prompt_lens: list[int]) -> np.ndarray:
-        """The pipeline's sentence embeddings, float32 [n, dim]: packed forwards of at most max_forward_tokens,
-        pooling, and (when the folder says so) L2 normalisation, as torch.nn.functional.normalize does it."""
-        out = []
-        i = 0
-        while i < len(sequences):
-            j, total = i, 0
-            while j < len(sequences) and (j == i or total + len(sequences[j]) <= self.max_forward_tokens):
-                total += len(sequences[j])
-                j += 1
-            chunk = sequences[i:j]
-            ids = torch.tensor([t for s in chunk for t in s], dtype=torch.long, device=self.device)
-            lens = [len(s) for s in chunk]
-            with torch.inference_mode():
-                if self.pipeline.pooling == "lasttoken" and self.pipeline.model_type != "bert":
-                    # causal: a sequence's last row sees everything before it, so the decoder's last layer and
-                    # final norm run at those rows only (DecoderModel's `rows`)
-                    rows = pooled_rows(lens, prompt_lens[i:j], "lasttoken")
-                    kept = [r for r in rows if r is not None]
-                    states = self.model(ids, lens, rows=torch.tensor(kept, dtype=torch.long, device=self.device))
-                    at = iter(range(len(kept)))
-                    vectors = _gather(states, [None if r is None else next(at) for r in rows])
-                else:
-                    vectors = pool(self.model(ids, lens), lens, prompt_lens[i:j], self.pipeline.pooling)
-                if self.pipeline.normalize:
-                    vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
-            out.append(vectors.cpu().numpy())
-            i = j
-        return np.concatenate(out, axis=0)
+        """The pipeline's sentence embeddings, float32 [n, dim]: packed forwards of at most max_forward_tokens
+        (a longer sequence runs alone; none is split), pooling, and (when the folder says so) L2 normalisation
+        as torch.nn.functional.normalize does it. An input without tokens (an empty text, with a tokenizer
+        that adds none) is a zero vector, as in sentence-transformers, and takes no forward."""
+        out = np.zeros((len(sequences), self.capabilities.embedding_dim), dtype=np.float32)
+        chunk: list[int] = []
+        tokens = 0
+        for i in [i for i, s in enumerate(sequences) if s] + [None]:
+            if chunk and (i is None or tokens + len(sequences[i]) > self.max_forward_tokens):
+                out[chunk] = self._embed_packed([sequences[c] for c in chunk], [prompt_lens[c] for c in chunk])
+                chunk, tokens = [], 0
+            if i is not None:
+                chunk.append(i)
+                tokens += len(sequences[i])
+        return out
+
+    @torch.inference_mode()
+    def _embed_packed(self, sequences: list[list[int]], prompt_lens: list[int]) -> np.ndarray:
+        ids = torch.tensor([t for s in sequences for t in s], dtype=torch.long, device=self.device)
+        lens = [len(s) for s in sequences]
+        if self.pipeline.pooling == "lasttoken" and self.pipeline.model_type != "bert":
+            # causal: a sequence's last row has seen all of it, so the decoder's last layer and final norm run
+            # at those rows only (DecoderModel's `rows`)
+            rows = pooled_rows(lens, prompt_lens, "lasttoken")
+            kept = [i for i, r in enumerate(rows) if r is not None]
+            vectors = torch.zeros(len(sequences), self.capabilities.embedding_dim, device=self.device)
+            if kept:
+                at = torch.tensor([rows[i] for i in kept], dtype=torch.long, device=self.device)
+                vectors[kept] = self.model(ids, lens, rows=at).float()
+        else:
+            vectors = pool(self.model(ids, lens), lens, prompt_lens, self.pipeline.pooling)
+        if self.pipeline.normalize:
+            vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+        return vectors.cpu().numpy()
 
     def run_blocks(self, blocks: list[EmbedBlock]) -> list[BlockOutput]:
         """One output per block, in order; every sequence of the batch goes through `embed` together."""
