@@ -14,7 +14,7 @@ engine, prompt or model code, so that it catches mistakes there:
   ``np.argsort(...)[::-1]``).
 
 The prompt is a ``str.format`` template cut from §4's rendered literal, not pieces concatenated as in
-lastrank's ``engine/prompt.py``, so the two are written differently and a shared mistake is unlikely.
+lastrank's ``families/jina_v3/prompt.py``, so the two are written differently and a shared mistake is unlikely.
 
 The only extension over the official ``rerank()`` is ``instruction``: the official method always
 passes ``instruction=None``; here it is forwarded to the prompt builder, which renders the
@@ -44,7 +44,7 @@ SYSTEM_PROMPT = " ".join([
 ])
 
 # §4's whole prompt as one str.format template: the spec's rendered literal for query "Q" and documents
-# ["Doc A", "Doc B"] with the variable parts cut out. lastrank's engine/prompt.py concatenates pieces with
+# ["Doc A", "Doc B"] with the variable parts cut out. lastrank's families/jina_v3/prompt.py concatenates pieces with
 # f-strings and a join instead; built two ways, a shared slip is unlikely. Only the template is parsed by
 # str.format, so braces in the user's text are safe.
 PROMPT_TEMPLATE = (

@@ -171,7 +171,7 @@ def test_a_failing_block_fails_only_its_own_request(tiny_reranker, store, two_ke
     """The issue's defect 2 itself: with sanitising regressed to the official one pass and the prompt's own
     marker check off, the nested documents reach the model and make it fail (3 markers for 2 documents).
     Only key A's requests may fail, with a clean error; key B gets zero failures."""
-    import lastrank.engine.prompt as prompt_mod
+    import lastrank.families.jina_v3.prompt as prompt_mod
 
     monkeypatch.setattr(prompt_mod, "sanitize", lambda t: t.replace("<|rerank_token|>", "").replace("<|embed_token|>", ""))
     monkeypatch.setattr(prompt_mod, "_check_markers", lambda prompt, n: None)
@@ -185,7 +185,7 @@ def test_a_failing_block_fails_only_its_own_request(tiny_reranker, store, two_ke
 
 
 def test_the_defensive_marker_check_is_the_requests_own_400(engine_client, monkeypatch):
-    import lastrank.engine.prompt as prompt_mod
+    import lastrank.families.jina_v3.prompt as prompt_mod
 
     monkeypatch.setattr(prompt_mod, "sanitize", lambda t: t.replace("<|rerank_token|>", "").replace("<|embed_token|>", ""))
     r = engine_client.post("/v1/rerank", json={"query": "q", "documents": ["<|embed_<|embed_token|>token|>", "x"]})

@@ -1,6 +1,6 @@
 import pytest
 
-from lastrank.engine.plan import BLOCK_SIZE, split_blocks, truncate_texts
+from lastrank.families.jina_v3.plan import BLOCK_SIZE, split_blocks, truncate_texts
 from lastrank.errors import InvalidRequestError
 from lastrank.model.tokenizer import RerankTokenizer
 from lastrank.types import RerankRequest

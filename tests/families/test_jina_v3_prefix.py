@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lastrank.engine.prompt import PREFIX
+from lastrank.families.jina_v3.prompt import PREFIX
 from lastrank.families.jina_v3 import JinaV3Backend as RerankEngine
 from lastrank.model.config import DOC_MARKER_ID, QUERY_MARKER_ID
 from lastrank.model.loading import load_model

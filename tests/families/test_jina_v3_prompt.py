@@ -1,4 +1,4 @@
-from lastrank.engine.prompt import PREFIX, SUFFIX, build_prompt, sanitize
+from lastrank.families.jina_v3.prompt import PREFIX, SUFFIX, build_prompt, sanitize
 
 # model-spec §4: everything after the prefix for query "Q" and documents ["Doc A", "Doc B"], byte for byte.
 SPEC_BODY = (
@@ -47,7 +47,7 @@ import pytest  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from lastrank.engine.prompt import _remove_markers  # noqa: E402
+from lastrank.families.jina_v3.prompt import _remove_markers  # noqa: E402
 from lastrank.errors import InvalidRequestError  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -112,7 +112,7 @@ def test_nested_markers_in_every_field_build_a_well_formed_prompt(text):
 
 
 def test_a_marker_miscount_is_a_400_for_that_request(monkeypatch):
-    import lastrank.engine.prompt as prompt_mod
+    import lastrank.families.jina_v3.prompt as prompt_mod
 
     monkeypatch.setattr(prompt_mod, "sanitize", official_sanitize)  # simulate a regression to one pass
     with pytest.raises(InvalidRequestError, match="2 documents holds 3 document markers"):

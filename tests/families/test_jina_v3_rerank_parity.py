@@ -453,6 +453,6 @@ def test_reference_prompt_equals_lastrank_prompt(query, docs, instruction):
     token ids; this compares the strings, including where tokenization could hide a difference)."""
     from reference_impl import render_prompt
 
-    from lastrank.engine.prompt import build_prompt
+    from lastrank.families.jina_v3.prompt import build_prompt
 
     assert render_prompt(query, docs, instruction) == build_prompt(query, docs, instruction)

@@ -195,7 +195,7 @@ def compare_with_reference(backend, plan, ref_outputs, ours: list[dict]) -> dict
     how far apart the two forwards are, per document."""
     import numpy as np
 
-    from lastrank.families.jina_v3 import BlockOutput
+    from lastrank.families.jina_v3.backend import BlockOutput
 
     outputs = []
     for q, d, s in ref_outputs:

@@ -8,7 +8,7 @@
   - `fuse_projections`: q/k/v and gate/up weights as one matrix each, aliasing the loaded storage;
   - `enable_compile`: opt-in torch.compile of the one-sequence layer.
 Every one of them is tested equal to the plain forward in float32 (tests/model/test_fast_path.py,
-tests/engine/test_packing.py, tests/engine/test_prefix.py); numbers in docs/benchmarks.md.
+tests/families/test_jina_v3_packing.py, tests/families/test_jina_v3_prefix.py); numbers in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ class PrefixCache:
     Attention is causal, so those tokens' keys and values never depend on what follows: they are kept from
     one forward (`keep`, as the on_kv callback of a forward whose first sequence starts with `ids`), and
     later forwards run only the tokens after them, with attention reading the cached rows. For Jina V3 the
-    prefix is the 90-token system turn of every block prompt (`engine.prompt.PREFIX`): 4% of a 2K block,
+    prefix is the 90-token system turn of every block prompt (`families.jina_v3.prompt.PREFIX`): 4% of a 2K block,
     most of a small request (docs/benchmarks.md).
     """
 

@@ -1,7 +1,7 @@
 """Jina Reranker V3 (jinaai/jina-reranker-v3): the listwise family. plan -> run blocks -> merge -> order.
 
 The official rerank() algorithm: truncation by decode round-trip, 125-document / token-budget blocks
-(engine/plan.py), the exact prompt bytes (engine/prompt.py), one forward per block reading the hidden state
+(families/jina_v3/plan.py), the exact prompt bytes (families/jina_v3/prompt.py), one forward per block reading the hidden state
 at a marker after each document and after the query (model/jina.py on model/decoder.py), and the block-weighted query
 merge in float32 numpy (`scores`). relevance_score is the cosine exactly as the official code returns it.
 """
@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from lastrank.engine.backend import Backend, Block, Capabilities, RerankPlan, Scores, truncation_refused
-from lastrank.engine.plan import split_blocks, truncate_texts
-from lastrank.engine.prompt import PREFIX, build_prompt
+from lastrank.families.jina_v3.plan import split_blocks, truncate_texts
+from lastrank.families.jina_v3.prompt import PREFIX, build_prompt
 from lastrank.errors import InvalidRequestError, ModelError
 from lastrank.model.fast import PrefixCache
 from lastrank.model.jina import JinaForRanking
@@ -59,12 +59,12 @@ class JinaV3Backend(Backend):
     """pack_blocks: run the blocks of one run_blocks call in shared packed forwards (True), one forward per
     block (False), or decide by device (None: pack on CUDA, one by one on CPU, where packing 4 blocks of
     ~600 tokens measured 0.93x of one-by-one; docs/benchmarks.md; the GPU side is not measured). Packed or
-    not, every block's outputs are the same (to 1e-5 in float32; tests/engine/test_packing.py).
+    not, every block's outputs are the same (to 1e-5 in float32; tests/families/test_jina_v3_packing.py).
     max_pack_tokens caps the tokens of one packed forward (a block larger than the cap runs alone).
     packed_attention: "segments" or "mask" (fast.Packing).
     reuse_prefix: keep the keys and values of the fixed system turn every prompt starts with from the first
     forward, and run only the tokens after it in every later one (fast.PrefixCache; same scores to 1e-5
-    in float32, tests/engine/test_prefix.py). Kept from a real request rather than computed at start-up, so
+    in float32, tests/families/test_jina_v3_prefix.py). Kept from a real request rather than computed at start-up, so
     the cold start to the first result pays nothing for it.
     """
 
