@@ -53,7 +53,7 @@ from lastrank.types import new_request_id
 log = logging.getLogger("lastrank.api")
 
 KNOWN_ROUTES = {"/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/health", "/ready", "/metrics", "/",
-                "/docs", "/redoc", "/openapi.json"}
+                "/docs", "/redoc", "/openapi.json", "/playground"}
 
 
 RERANK_ROUTES = frozenset({"/v1/rerank", "/v2/rerank", "/rerank"})
@@ -258,7 +258,9 @@ def create_app(
     async def lifespan(app: FastAPI):
         loaders = []
         for model in table:
-            if model.load is not None and model.scheduler is None and model.backend is None:
+            if model.load is None and model.scheduler is None and model.backend is None:
+                model.load_error = f"no backend was given for the model {model.name!r}"  # create_app() bare: docs only
+            elif model.load is not None and model.scheduler is None and model.backend is None:
                 loaders.append(asyncio.create_task(start_in_background(model)))
             else:
                 await start_model(model)
@@ -310,8 +312,8 @@ def single_model(settings: ServerSettings, *, scheduler: Any = None, backend: An
     --served-model-name, else the family's public name, else the model id's last part."""
     from lastrank.families import known_names
 
-    if sum(x is not None for x in (scheduler, backend, load)) != 1:
-        raise ValueError("pass exactly one of scheduler=, backend=, load_backend= (or models=)")
+    if sum(x is not None for x in (scheduler, backend, load)) > 1:
+        raise ValueError("pass at most one of scheduler=, backend=, load_backend= (or models=)")
     model_id = settings.model[0] if settings.model else ""
     caps = getattr(scheduler, "capabilities", None) or getattr(backend, "capabilities", None)
     family_names = known_names(caps.family) if caps is not None else ()
