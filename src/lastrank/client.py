@@ -112,8 +112,11 @@ class Client:
             return resp
 
     def rerank(self, query: str, documents: list[str], top_n: int | None = None, return_embeddings: bool = False,
-               max_doc_length: int = 2048, max_query_length: int = 512, instruction: str | None = None) -> list[dict]:
-        """Documents best first: [{"index", "relevance_score", "document", "embedding"}], as Reranker.rerank."""
+               max_doc_length: int = 2048, max_query_length: int = 512, instruction: str | None = None,
+               chunking: str | None = None, chunk_overlap: int | None = None, max_chunks_per_doc: int | None = None,
+               return_spans: bool = False) -> list[dict]:
+        """Documents best first: [{"index", "relevance_score", "document", "embedding"}], as Reranker.rerank
+        (plus "span" with return_spans in chunk mode). chunking None: the server's default (serve --chunking)."""
         documents = list(documents)
         body: dict[str, Any] = {
             "query": query,
@@ -124,6 +127,10 @@ class Client:
             "max_doc_length": max_doc_length,
             "max_query_length": max_query_length,
             "instruction": instruction,
+            "chunking": chunking,
+            "chunk_overlap": chunk_overlap,
+            "max_chunks_per_doc": max_chunks_per_doc,
+            "return_spans": return_spans,
         }
         resp = self._post("/v1/rerank", body)
         if resp.status_code != 200:
@@ -134,6 +141,7 @@ class Client:
                 "relevance_score": r["relevance_score"],
                 "document": documents[r["index"]],
                 "embedding": r.get("embedding") if return_embeddings else None,
+                **({"span": r["span"]} if "span" in r else {}),
             }
             for r in resp.json()["results"]
         ]

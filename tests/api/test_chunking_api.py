@@ -128,6 +128,23 @@ def test_cohere_v2_client_max_tokens_per_doc_is_the_window_with_server_chunking(
     assert got.meta.billed_units.search_units == 1
 
 
+def test_lastrank_client_chunk_mode_matches_reranker(store, tiny_reranker):
+    from lastrank.client import Client
+
+    _, key = store.create_key("py")
+    want = tiny_reranker.rerank(QUERY, DOCS, max_doc_length=24, chunking="chunk", chunk_overlap=4, return_spans=True)
+    with live(store, tiny_reranker.backend) as srv:
+        client = Client(srv.url, key)
+        try:
+            got = client.rerank(QUERY, DOCS, max_doc_length=24, chunking="chunk", chunk_overlap=4, return_spans=True)
+            plain = client.rerank(QUERY, DOCS, max_doc_length=24)
+        finally:
+            client.close()
+    assert [(r["index"], r["relevance_score"], list(r["span"])) for r in got] == \
+        [(r["index"], r["relevance_score"], list(r["span"])) for r in want]
+    assert all("span" not in r for r in plain)
+
+
 def test_a_family_without_token_offsets_answers_chunk_mode_with_a_400(store):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from keyword_backend import KeywordBackend

@@ -92,6 +92,6 @@ def test_cli_eval_chunk_mode_on_the_long_set(tiny_checkpoint, tmp_path, capsys):
     cached = [json.loads(line) for line in (out / "cache.jsonl").read_text().splitlines()]
     assert cached[0]["params"]["chunking"] == "chunk" and cached[0]["params"]["chunk_overlap"] == 8
     capsys.readouterr()
-    assert main(["eval", "--server", "http://127.0.0.1:9", "--api-key", "k", "--data", "trec-dl-2019-long",
-                 "--chunking", "chunk", "--out", str(tmp_path / "s")]) == 2
-    assert "in process only" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tiny_checkpoint), "--data", "trec-dl-2019-long", "--chunk-overlap", "8",
+                 "--out", str(tmp_path / "s")]) == 2
+    assert "--chunk-overlap needs --chunking chunk" in capsys.readouterr().err

@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-query-length", type=int, default=None, help="passed to rerank() (default: the family's, 512 for jina-v3)")
     p.add_argument("--chunking", choices=["truncate", "chunk"], default="truncate",
                    help="long documents: cut at max-doc-length (truncate, default) or rank every window of it and "
-                        "score a document by its best (chunk; in-process only)")
+                        "score a document by its best (chunk)")
     p.add_argument("--chunk-overlap", type=int, default=None, metavar="TOKENS",
                    help="with --chunking chunk: tokens shared by consecutive windows (default: window // 8)")
     p.add_argument("--out", help="output folder (default: ./runs/eval-<dataset>-<UTC timestamp>, or the newest "
@@ -194,9 +194,6 @@ def _check_args(args: argparse.Namespace) -> None:
     """Combinations argparse cannot refuse (InvalidRequestError: exit status 2 with the message)."""
     if args.server and not args.api_key:
         raise InvalidRequestError("--server needs --api-key")
-    if args.server and args.chunking != "truncate":
-        raise InvalidRequestError("--chunking chunk runs in process only (--model): lastrank.Client does not send "
-                                  "it yet")
     if args.chunk_overlap is not None and args.chunking != "chunk":
         raise InvalidRequestError("--chunk-overlap needs --chunking chunk")
     for flag, value in (("--top-k", args.top_k), ("--queries", args.queries), ("--permutations", args.permutations or 1)):
@@ -265,8 +262,8 @@ def _rerank(args: argparse.Namespace, dataset, reranker, config: dict, cache, qu
                                 ("dtype", None if args.server else args.dtype),
                                 ("chunking", "chunk" if chunk else None),
                                 ("chunk_overlap", args.chunk_overlap)) if v is not None}
-    rerank_kwargs = {k: params[k] for k in ("max_doc_length", "max_query_length", "chunking", "chunk_overlap")
-                     if k in params}
+    rerank_kwargs = {k: params[k] for k in ("max_doc_length", "max_query_length", "chunk_overlap") if k in params}
+    rerank_kwargs["chunking"] = args.chunking  # always said, so a server's own --chunking default never applies
     progress = not args.no_progress
     if args.permutations:
         from lastrank.eval.permutation import run_permutations
