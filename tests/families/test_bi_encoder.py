@@ -303,6 +303,22 @@ def test_query_is_embedded_once_and_blocks_do_not_change_scores(st_folders):
     assert a.keys() == b.keys() and all(abs(a[i] - b[i]) < 1e-6 for i in a)
 
 
+def test_blocks_of_several_requests_share_one_run(st_folders):
+    """The scheduler hands run_blocks blocks of several requests at once: each request's result is unchanged."""
+    backend = load_backend(st_folders["prompts"], dtype="float32")
+    backend.max_block_tokens = 50
+    requests = [RerankRequest(QUERY, DOCS), RerankRequest("sort a list", DOCS[::-1], instruction="nl2code")]
+    alone = [backend.rerank(r) for r in requests]
+    plans = [backend.plan(r) for r in requests]
+    mixed = [b for pair in zip(plans[0].blocks, plans[1].blocks) for b in pair]
+    mixed += plans[0].blocks[len(plans[1].blocks):] + plans[1].blocks[len(plans[0].blocks):]
+    outputs = dict(zip(map(id, mixed), backend.run_blocks(mixed)))
+    for plan, expected in zip(plans, alone):
+        got = backend.finish(plan, [outputs[id(b)] for b in plan.blocks])
+        assert [(x.index, round(x.relevance_score, 6)) for x in got.results] == \
+            [(x.index, round(x.relevance_score, 6)) for x in expected.results]
+
+
 def test_instruction_convention(st_folders, minilm_reranker):
     with pytest.raises(InvalidRequestError, match="no task prompts"):
         minilm_reranker.rerank(QUERY, DOCS, instruction="Given a web search query")

@@ -4,6 +4,8 @@ The query and every document are embedded on their own, exactly as sentence-tran
 and relevance_score = cosine(query embedding, document embedding) (Capabilities.score "cosine"; raw_score is
 the same cosine). `return_embeddings` returns the document vectors `encode` returns (unit length when the
 pipeline ends with Normalize). The query is embedded once per request, in the request's first block.
+relevance_score is the cosine even where config_sentence_transformers.json names another similarity_fn_name
+(lastrank's one score rule, engine/backend.py); for a normalising pipeline dot product and cosine agree.
 
 What is read from the folder (nothing from sentence-transformers at run time):
   - modules.json: a Transformer module (a BERT encoder, model_type "bert", or a Qwen2 / Qwen3 decoder,
