@@ -144,7 +144,8 @@ def served_models(settings) -> list:
 
     models = []
     for i, (model_id, path) in enumerate(zip(settings.model, paths)):
-        family = family_module(detect_family(path))
+        family_name = detect_family(path)
+        family = family_module(family_name)
         implicit = list(getattr(family, "NAMES", ()))
         canonical = canonical_id(model_id)
         if canonical in PACKAGED_MODELS:  # e.g. all-MiniLM-L6-v2, minilm -> sentence-transformers/all-MiniLM-L6-v2
@@ -153,15 +154,15 @@ def served_models(settings) -> list:
                 else default_served_name(canonical, tuple(getattr(family, "NAMES", ()))))
         models.append(ServedModel(name=name, model_id=model_id, aliases=settings.aliases_for(i, name),
                                   implicit_names=tuple(n for n in implicit if n != name),
-                                  load=_loader(model_id, name, settings)))
+                                  load=_loader(model_id, path, family_name, name, settings)))
     return models
 
 
-def _loader(model_id: str, name: str, settings):
+def _loader(model_id: str, path, family: str, name: str, settings):
     def load():
         from lastrank.families import load_backend
 
-        backend = load_backend(model_id, device=settings.device, dtype=settings.dtype)
+        backend = load_backend(model_id, device=settings.device, dtype=settings.dtype, path=path, family=family)
         backend.warmup()
         note = " -- RANDOM WEIGHTS (a make-checkpoint folder): its scores mean nothing" if backend.random_weights else ""
         print(f"lastrank: model {name} ({backend.capabilities.family}, {model_id}) loaded and warmed up "
@@ -193,6 +194,11 @@ def run(args: argparse.Namespace) -> int:
                 f"Create a key (lastrank keys create --name NAME --store {store.location}), listen on 127.0.0.1, "
                 "or pass --allow-unauthenticated")
         models = served_models(settings)
+        if settings.ray:  # the same app in Ray Serve replicas (serve_ray.py); Ray's proxy takes the port
+            sock.close()
+            from lastrank.serve_ray import run as run_on_ray
+
+            return run_on_ray(settings, store, models)
         app = create_app(settings, store, models=models)
         shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
         if keys:

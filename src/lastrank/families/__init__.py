@@ -61,13 +61,15 @@ def detect_family(folder: Path) -> str:
 
 
 def load_backend(model: str | Path, device: str | None = "cpu", dtype: str = "bfloat16", revision: str | None = None,
-                 cache_dir: str | None = None, **options):
-    """Resolve `model` (hub id, short name or folder), detect its family, load it. `options` go to the family's
-    load (e.g. pack_blocks, compile for jina-v3); a family ignores none silently: unknown ones are a TypeError."""
+                 cache_dir: str | None = None, *, path: Path | None = None, family: str | None = None, **options):
+    """Resolve `model` (hub id, short name or folder), detect its family, load it. `path` / `family`: already
+    resolved / detected by the caller (lastrank serve does both before loading), so neither happens twice.
+    `options` go to the family's load (e.g. pack_blocks, compile for jina-v3); unknown ones are a TypeError."""
     from lastrank.model.checkpoint import is_random_checkpoint
     from lastrank.model.loading import parse_dtype, resolve_checkpoint, resolve_device
 
-    path = resolve_checkpoint(model, revision=revision, cache_dir=cache_dir)
-    family = family_module(detect_family(path))
-    return family.load(path, resolve_device(device), parse_dtype(dtype), model_id=str(model),
+    if path is None:
+        path = resolve_checkpoint(model, revision=revision, cache_dir=cache_dir)
+    module = family_module(family or detect_family(path))
+    return module.load(path, resolve_device(device), parse_dtype(dtype), model_id=str(model),
                        random_weights=is_random_checkpoint(path), **options)
