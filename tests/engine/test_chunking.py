@@ -285,3 +285,14 @@ def test_a_family_that_spends_part_of_the_limit_gets_smaller_windows():
     assert plan.inner.usage.truncated_indices and plan.usage.truncated_indices == [0]
     with pytest.raises(InvalidRequestError, match="leaves no room"):
         backend.plan(RerankRequest(query="q", documents=[doc], chunking="chunk", max_doc_length=2))
+
+
+def test_exact_limits_on_the_real_tokenizer(tiny_reranker):
+    backend = tiny_reranker.backend
+    n = len(backend.token_offsets([LONG])[0])
+    at = chunk_plan(backend, [LONG], n, chunk_overlap=0)
+    assert [(c.start, c.end, c.tokens) for c in at.chunks] == [(0, len(LONG), n)]
+    over = chunk_plan(backend, [LONG], n - 1, chunk_overlap=0)
+    assert len(over.chunks) == 2 and over.chunks[0].start == 0 and over.chunks[1].end == len(LONG)
+    assert over.chunks[0].end == over.chunks[1].start  # no overlap asked: the windows meet
+    assert sum(c.tokens for c in over.chunks) == n
