@@ -127,8 +127,6 @@ class CausalLMBackend(PairwiseBackend):
 
     family: str
     raw_description: str
-    positive: str
-    negative: str
 
     def __init__(self, model: CausalLMForRanking, tokenizer, device: torch.device, *, max_forward_tokens: int = 16384,
                  reuse_prefix: bool = True, model_id: str = "", path: Path | None = None, random_weights: bool = False):
