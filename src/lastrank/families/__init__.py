@@ -60,7 +60,16 @@ def detect_family(folder: Path) -> str:
     raise ModelNotAvailableError(f"{folder} is not a model lastrank can serve: found {found}. Supported: {supported}")
 
 
-def load_backend(model: str | Path, device: str | None = "cpu", dtype: str = "bfloat16", revision: str | None = None,
+def checkpoint_dtype(folder: Path) -> str:
+    """dtype "auto": what the checkpoint says it was saved in (config.json `torch_dtype`, or `dtype` in newer
+    transformers), so Jina V3 runs in bfloat16 as released and all-MiniLM-L6-v2, whose config names none
+    (float32 weights), in float32; float32 when the config names something else or nothing."""
+    config, _ = folder_facts(folder)
+    value = str(config.get("torch_dtype") or config.get("dtype") or "float32").lower()
+    return value if value in ("bfloat16", "float32") else "float32"
+
+
+def load_backend(model: str | Path, device: str | None = "cpu", dtype: str | None = "auto", revision: str | None = None,
                  cache_dir: str | None = None, *, path: Path | None = None, family: str | None = None, **options):
     """Resolve `model` (hub id, short name or folder), detect its family, load it. `path` / `family`: already
     resolved / detected by the caller (lastrank serve does both before loading), so neither happens twice.
@@ -71,5 +80,7 @@ def load_backend(model: str | Path, device: str | None = "cpu", dtype: str = "bf
     if path is None:
         path = resolve_checkpoint(model, revision=revision, cache_dir=cache_dir)
     module = family_module(family or detect_family(path))
+    if dtype is None or str(dtype).lower() == "auto":
+        dtype = checkpoint_dtype(path)
     return module.load(path, resolve_device(device), parse_dtype(dtype), model_id=str(model),
                        random_weights=is_random_checkpoint(path), **options)
