@@ -49,7 +49,8 @@ SUPPORTS = ('XLM-RoBERTa cross-encoders: BAAI/bge-reranker-v2-m3 (config.json ar
             '["XLMRobertaForSequenceClassification"], model.safetensors) and jinaai/jina-reranker-v2-base-multilingual '
             '(the same architectures, auto_map to Jina\'s XLMRobertaFlashConfig, pytorch_model.bin); tokenizer.json')
 
-# The official default max_length of each truncation rule.
+# The official default max_length of each truncation rule: FlagReranker's argument default; compute_score's is
+# the tokenizer's model_max_length (tokenizer_config.json, 1024 in jina-reranker-v2), read at load.
 FLAG_RERANKER, COMPUTE_SCORE = "flag-reranker", "jina-compute-score"
 DEFAULT_MAX_LENGTH = {FLAG_RERANKER: 512, COMPUTE_SCORE: 1024}
 
@@ -85,7 +86,7 @@ def longest_first_lengths(n_query: int, n_doc: int, max_length: int, n_special: 
     budget = max_length - n_special
     if n_query + n_doc <= budget:
         return n_query, n_doc
-    short, long_ = sorted((n_query, n_doc))
+    short = min(n_query, n_doc)
     keep_long = max(short, budget - short) if short <= budget else short
     keep_short = short
     if keep_short + keep_long > budget:
@@ -97,12 +98,13 @@ def longest_first_lengths(n_query: int, n_doc: int, max_length: int, n_special: 
 
 
 class CrossEncoderBackend(PairwiseBackend):
-    """max_forward_tokens: the most tokens one packed forward holds (bounds activation memory); a
-    `score_sequences` call with more runs several forwards."""
+    """rule: FLAG_RERANKER or COMPUTE_SCORE (module docstring); max_length: its default pair length (None: the
+    rule's DEFAULT_MAX_LENGTH). max_forward_tokens: the most tokens one packed forward holds (bounds activation
+    memory); a `score_sequences` call with more runs several forwards."""
 
     def __init__(self, model: XLMRobertaForSequenceClassification, tokenizer, rule: str, layout: str,
-                 device: torch.device, *, max_forward_tokens: int = 16384, model_id: str = "",
-                 path: Path | None = None, random_weights: bool = False):
+                 device: torch.device, *, max_length: int | None = None, max_forward_tokens: int = 16384,
+                 model_id: str = "", path: Path | None = None, random_weights: bool = False):
         cfg = model.config
         if cfg.num_labels != 1:
             raise ModelNotAvailableError(f"{path}: a reranker has one output logit; this classifier has "
@@ -118,7 +120,7 @@ class CrossEncoderBackend(PairwiseBackend):
         self.random_weights = random_weights
         self.prefix, self.middle, self.suffix = self._template(tokenizer)
         self.n_special = len(self.prefix) + len(self.middle) + len(self.suffix)
-        max_length = min(DEFAULT_MAX_LENGTH[rule], cfg.max_tokens)
+        max_length = min(max_length or DEFAULT_MAX_LENGTH[rule], cfg.max_tokens)
         self.capabilities = Capabilities(
             family=FAMILY,
             architecture=f"{ARCHITECTURE} ({'Jina flash' if layout == 'flash' else 'transformers'} layout, "
@@ -209,5 +211,13 @@ def load(path: Path, device: torch.device, dtype: torch.dtype, *, model_id: str 
     tokenizer.no_padding()
     model, layout = load_xlmr(path, device, dtype)
     rule = COMPUTE_SCORE if is_jina_flash(config) else FLAG_RERANKER
-    return CrossEncoderBackend(model, tokenizer, rule, layout, device, model_id=model_id, path=path,
-                               random_weights=random_weights, **options)
+    max_length = None
+    if rule == COMPUTE_SCORE:  # compute_score(max_length=None): the tokenizer's model_max_length
+        try:
+            max_length = json.loads((path / "tokenizer_config.json").read_text()).get("model_max_length")
+        except (OSError, ValueError):
+            pass
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+            max_length = None
+    return CrossEncoderBackend(model, tokenizer, rule, layout, device, max_length=max_length, model_id=model_id,
+                               path=path, random_weights=random_weights, **options)
