@@ -1,0 +1,405 @@
+"""`lastrank serve --ray`: the documented command, run as a real process that starts a local Ray cluster, two
+replicas of the real all-MiniLM-L6-v2 behind the same FastAPI app, a real PostgreSQL store (tests/postgres_server).
+
+One server for the module (Ray's start-up dominates). The module checks: the answers equal the in-process
+Reranker's; domain errors raised in a replica keep their status across the hop; both replicas serve;
+back-pressure is a 503 with Retry-After; a replica SIGKILLed under load is replaced, the requests it held
+answer 503 (never a hang), and every 200 has exactly one ledger row. The first tests need no cluster: the
+client's deadline hop and its error mapping, against Ray's own exception classes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+import postgres_server
+from lastrank.errors import DeadlineExceededError, InvalidRequestError, ModelError, OverloadedError
+from lastrank.serve_ray import ModelClient, ModelReplica, ReplicaFailedError, _domain_error, deployment_name
+from lastrank.types import RerankRequest, RerankResult, Usage
+
+# A local Ray cluster has token auth on (the token in ~/.ray/auth_token); this process joins it to find and kill
+# replicas. Ray reads the mode once, when it is first imported: set here, before any test imports it.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+QUERY = "how long do fleas live"
+DOCS = ["Paris is the capital of France.", "Adult fleas live for two to three months.",
+        "A flea's life cycle: egg, larva, pupa, adult.", "Tea grows on shrubs.",
+        "Fleas can survive a year without a blood meal.", "The Eiffel Tower is 330 metres tall."]
+MAX_ONGOING, MAX_QUEUED = 2, 2  # per model replica / per ingress: 2 x 2 + 2 requests at once, then 503
+
+
+# ---------------------------------------------------------------------------- no cluster: the client alone
+
+class _Response:
+    def __init__(self, outcome):
+        self.outcome, self.cancelled = outcome, False
+
+    def __await__(self):
+        yield from asyncio.sleep(0).__await__()
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class _Handle:
+    """A DeploymentHandle's shape: handle.submit.remote(request, budget_s) -> awaitable response."""
+
+    def __init__(self, outcome):
+        self.outcome, self.calls, self.responses = outcome, [], []
+        self.submit = self
+
+    def remote(self, *args):
+        self.calls.append(args)
+        self.responses.append(_Response(self.outcome(*args) if callable(self.outcome) else self.outcome))
+        return self.responses[-1]
+
+
+def test_deadline_crosses_as_a_budget_and_back_to_the_replicas_clock():
+    result = RerankResult([], Usage(), "r1")
+    handle = _Handle(result)
+    request = RerankRequest(query="q", documents=["d"], request_id="r1", deadline=time.monotonic() + 30.0)
+    assert asyncio.run(ModelClient(handle).submit(request)) is result
+    (wire, budget_s), = handle.calls
+    assert wire.deadline is None and wire.request_id == "r1" and request.deadline is not None
+    assert 29.0 < budget_s <= 30.0
+    pickle.loads(pickle.dumps(wire))  # what Ray sends: a plain dataclass
+
+    class Scheduler:  # the replica side: its deadline is on its own clock
+        async def submit(self, r):
+            self.deadline = r.deadline
+            return result
+
+    replica = object.__new__(ModelReplica)
+    replica.scheduler, replica.submitted = Scheduler(), 0
+    before = time.monotonic()
+    asyncio.run(replica.submit(wire, 12.5))
+    assert before + 12.5 <= replica.scheduler.deadline <= time.monotonic() + 12.5
+
+    expired = RerankRequest(query="q", documents=["d"], deadline=time.monotonic() - 1)
+    with pytest.raises(DeadlineExceededError):
+        asyncio.run(ModelClient(handle).submit(expired))
+    assert len(handle.calls) == 1  # never sent
+
+    no_deadline = RerankRequest(query="q", documents=["d"])
+    asyncio.run(ModelClient(handle).submit(no_deadline))
+    assert handle.calls[-1][1] is None
+
+
+def test_a_replica_that_never_answers_is_a_504_not_a_hang(monkeypatch):
+    import lastrank.serve_ray as serve_ray
+
+    class Never(_Response):
+        def __await__(self):
+            yield from asyncio.sleep(3600).__await__()
+
+    handle = _Handle(None)
+    handle.remote = lambda *args: handle.responses.append(Never(None)) or handle.responses[-1]
+    monkeypatch.setattr(serve_ray, "DEADLINE_GRACE_S", 0.05)
+    request = RerankRequest(query="q", documents=["d"], deadline=time.monotonic() + 0.05)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceededError):
+        asyncio.run(ModelClient(handle).submit(request))
+    assert time.monotonic() - started < 2
+    assert handle.responses[0].cancelled
+
+
+def test_errors_from_ray_become_the_apis_errors():
+    from ray.exceptions import ActorDiedError, RayTaskError
+    from ray.serve.exceptions import BackPressureError
+
+    def wrapped(cause):  # what awaiting a replica's failed call raises
+        return RayTaskError("submit", "Traceback: ...", pickle.loads(pickle.dumps(cause))).as_instanceof_cause()
+
+    bad = _domain_error(wrapped(InvalidRequestError("documents[3] exceeds 256 tokens")))
+    assert type(bad) is InvalidRequestError and bad.message == "documents[3] exceeds 256 tokens"
+    busy = _domain_error(wrapped(OverloadedError("too many tokens queued", retry_after=7.0)))
+    assert type(busy) is OverloadedError and busy.retry_after == 7.0  # the replica's own hint survives
+    assert type(_domain_error(wrapped(DeadlineExceededError("late")))) is DeadlineExceededError
+    assert type(_domain_error(wrapped(RuntimeError("boom")))) is ModelError
+
+    full = _domain_error(BackPressureError(num_queued_requests=2, max_queued_requests=2))
+    assert type(full) is OverloadedError and full.retry_after >= 1
+    died = _domain_error(ActorDiedError())
+    assert isinstance(died, ReplicaFailedError) and isinstance(died, OverloadedError)
+    assert "replica" in died.message and died.retry_after == 1.0
+
+    from lastrank.api.errors import status_for
+
+    assert [status_for(e) for e in (bad, busy, full, died)] == [400, 503, 503, 503]
+
+    async def cancelled():  # a client gone: the call to the replica is cancelled too
+        handle = _Handle(lambda *_: None)
+
+        class Slow(_Response):
+            def __await__(self):
+                yield from asyncio.sleep(3600).__await__()
+
+        handle.remote = lambda *args: handle.responses.append(Slow(None)) or handle.responses[-1]
+        task = asyncio.ensure_future(ModelClient(handle).submit(RerankRequest(query="q", documents=["d"])))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return handle.responses[0].cancelled
+
+    assert asyncio.run(cancelled())
+    assert deployment_name(0, "org/model#1") == "model0-org_model_1"
+
+
+# ---------------------------------------------------------------------------- the real thing
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RayServer:
+    def __init__(self, store_url: str, log_path):
+        self.store_url, self.log_path = store_url, log_path
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 240.0) -> None:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        self._log = open(self.log_path, "ab")
+        # Its own session: Ray's processes are its children; the test stops the CLI only, and it stops them.
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lastrank", "serve", "--ray", "--replicas", "2", "--store", self.store_url,
+             "--model", MODEL, "--port", str(self.port), "--dtype", "float32", "--log-level", "warning",
+             "--max-ongoing-requests", str(MAX_ONGOING), "--max-queued-requests", str(MAX_QUEUED)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"lastrank serve --ray exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"not ready after {timeout} s:\n{self.log()}")
+
+    @property
+    def gcs_address(self) -> str:
+        return re.search(r"\(gcs (\S+)\)", self.log()).group(1)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)  # the CLI takes Serve and the local cluster down
+        try:
+            self.proc.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def ray_server(tmp_path_factory):
+    import ray
+
+    from lastrank.store import open_store
+
+    with postgres_server.database() as url:
+        with open_store(url) as store:
+            _, key = store.create_key("ray-tests")
+        server = RayServer(url, tmp_path_factory.mktemp("ray") / "serve.log")
+        try:
+            server.start()
+            ray.init(address=server.gcs_address, log_to_driver=False)
+            server.key, server.store_url = key, url
+            yield server
+        finally:
+            ray.shutdown()
+            server.stop()
+
+
+def _post(server, docs=DOCS, timeout=60.0, **fields):
+    return httpx.post(server.url + "/v1/rerank", json={"query": QUERY, "documents": docs, **fields},
+                      headers={"Authorization": f"Bearer {server.key}"}, timeout=timeout)
+
+
+def _model_handle():
+    from ray import serve
+
+    from lastrank.serve_ray import APP_NAME
+
+    return serve.get_deployment_handle(deployment_name(0, "all-MiniLM-L6-v2"), app_name=APP_NAME)
+
+
+def _replica_stats() -> dict[str, dict]:
+    """{replica id: its stats}, asking the deployment until two replicas answered (calls are spread at random)."""
+    handle, seen = _model_handle(), {}
+    for _ in range(40):
+        s = handle.stats.remote().result(timeout_s=30)
+        seen[s["replica"]] = s
+        if len(seen) >= 2:
+            break
+    return seen
+
+
+def test_answers_equal_the_in_process_reranker(ray_server):
+    from lastrank import Reranker
+
+    expected = Reranker(MODEL, device="cpu", dtype="float32").rerank(QUERY, DOCS)
+    r = _post(ray_server)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "all-MiniLM-L6-v2"
+    assert [x["index"] for x in body["results"]] == [x["index"] for x in expected]
+    for got, want in zip(body["results"], expected):
+        assert got["relevance_score"] == pytest.approx(want["relevance_score"], abs=1e-5)
+    assert r.headers.get_list("x-request-id") == [body["id"]]  # one id: the app's (the ledger's key)
+
+    ready = httpx.get(ray_server.url + "/ready", timeout=10)
+    assert ready.status_code == 200 and ready.json()["models"] == {"all-MiniLM-L6-v2": "ready"}
+    models = httpx.get(ray_server.url + "/v1/models", headers={"Authorization": f"Bearer {ray_server.key}"},
+                       timeout=10).json()["data"]
+    assert [(m["id"], m["family"], m["random_weights"]) for m in models] == [("all-MiniLM-L6-v2", "bi-encoder", False)]
+    assert httpx.post(ray_server.url + "/v1/rerank", json={"query": QUERY, "documents": DOCS},
+                      timeout=10).status_code == 401  # the same auth as plain serve
+
+
+def test_a_replicas_domain_error_keeps_its_status(ray_server):
+    long_doc = "fleas " * 600  # over MiniLM's 256 tokens: the replica's plan refuses it without truncation
+    r = httpx.post(ray_server.url + "/rerank", json={"query": QUERY, "texts": ["short", long_doc], "truncate": False},
+                   headers={"Authorization": f"Bearer {ray_server.key}"}, timeout=60)
+    assert r.status_code == 400, r.text
+    assert "exceed" in r.json()["error"]["message"] and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_both_replicas_serve(ray_server):
+    with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {ray_server.key}"}) as http:
+        def one(i):
+            return http.post(ray_server.url + "/v1/rerank",
+                             json={"query": QUERY, "documents": [f"{d} ({i})" for d in DOCS]}).status_code
+
+        statuses = []
+        threads = [threading.Thread(target=lambda i=i: statuses.extend(one(i) for _ in range(4))) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert statuses == [200] * 12
+    stats = _replica_stats()
+    assert len(stats) == 2, stats
+    assert all(s["submitted"] > 0 for s in stats.values()), stats
+    assert len({s["pid"] for s in stats.values()}) == 2
+
+
+def test_back_pressure_is_a_503_with_retry_after(ray_server):
+    docs = [f"{d} {i}" for i in range(20) for d in DOCS]  # 120 documents: each request holds a replica a while
+    results: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def one():
+        r = _post(ray_server, docs=docs)
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=one) for _ in range(16)]  # capacity: 2 x 2 running + 2 queued
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    refused = [r for r in results if r.status_code == 503]
+    served = [r for r in results if r.status_code == 200]
+    assert len(refused) + len(served) == 16, [r.status_code for r in results]
+    assert refused and served
+    for r in refused:
+        assert int(r.headers["retry-after"]) >= 1
+        assert r.json()["error"]["type"] == "overloaded_error", r.text
+    _assert_ledger_exact([r.json()["id"] for r in served], [r.headers["x-request-id"] for r in refused], ray_server)
+
+
+def _assert_ledger_exact(answered: list[str], refused: list[str], server) -> None:
+    from lastrank.store import open_store
+
+    with open_store(server.store_url) as store:
+        ids = [row.request_id for row in store.list_usage(key="ray-tests", limit=100_000)]
+    assert len(ids) == len(set(ids)), "a request was billed twice"
+    assert set(answered) <= set(ids), "an answered request is not in the ledger"
+    assert not set(refused) & set(ids), "a refused request was billed"
+
+
+def test_a_replica_killed_under_load_is_replaced_and_billing_stays_exact(ray_server):
+    from ray import serve
+
+    before = _replica_stats()
+    assert len(before) == 2
+    victim = next(iter(before.values()))
+    docs = [f"{d} {i}" for i in range(8) for d in DOCS]  # 48 documents: a replica is busy while requests run
+    answered, failed, other = [], [], []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def worker(n: int) -> None:
+        with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {ray_server.key}"}) as http:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                r = http.post(ray_server.url + "/v1/rerank", json={"query": QUERY, "documents": [f"{d} ({n}-{i})" for d in docs]})
+                with lock:
+                    if r.status_code == 200:
+                        answered.append(r.json()["id"])
+                    elif r.status_code == 503 and r.json()["error"]["type"] == "replica_failed_error":
+                        failed.append(r.headers["x-request-id"])
+                    else:
+                        other.append((r.status_code, r.text[:200]))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(3)]  # under capacity: no back-pressure
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(answered) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(victim["pid"], signal.SIGKILL)  # the replica's process, as the OOM killer would
+        killed_at = len(answered)
+        while len(answered) < killed_at + 6 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the other replica keeps answering
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(90)
+    assert not any(t.is_alive() for t in threads), "a request hung"
+    assert not other, other
+    assert len(answered) >= 12, ray_server.log()
+
+    # Ray starts a replacement: two RUNNING replicas again, one of them new.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        app = serve.status().applications["lastrank"]
+        states = app.deployments[deployment_name(0, "all-MiniLM-L6-v2")].replica_states
+        if states.get("RUNNING", 0) == 2:
+            break
+        time.sleep(0.5)
+    after = _replica_stats()
+    assert len(after) == 2 and victim["replica"] not in after, (before, after)
+    assert _post(ray_server).status_code == 200
+    assert httpx.get(ray_server.url + "/ready", timeout=10).status_code == 200
+
+    _assert_ledger_exact(answered, failed, ray_server)
