@@ -296,3 +296,24 @@ def test_exact_limits_on_the_real_tokenizer(tiny_reranker):
     assert len(over.chunks) == 2 and over.chunks[0].start == 0 and over.chunks[1].end == len(LONG)
     assert over.chunks[0].end == over.chunks[1].start  # no overlap asked: the windows meet
     assert sum(c.tokens for c in over.chunks) == n
+
+
+def test_a_pointwise_family_scores_a_chunked_document_as_its_best_chunk_ranked_alone(tmp_path_factory):
+    """float32, a real pointwise family (Qwen3-Reranker layout, tiny random weights): the document's score
+    is, to 1e-5, the score of the text at its span ranked on its own."""
+    from lastrank.families import load_backend
+    from lastrank.model.checkpoint_causal import make_causal_checkpoint
+
+    path = make_causal_checkpoint(tmp_path_factory.mktemp("causal") / "q", kind="qwen3-reranker", dtype="float32",
+                                  seed=3)
+    backend = ChunkingBackend(load_backend(str(path), device="cpu", dtype="float32"))
+    docs = [LONG, "Fleas live about a year.", page(30, "Cat fleas usually live for about a year.")]
+    request = RerankRequest(query="how long do fleas live", documents=docs, max_doc_length=120, chunking="chunk",
+                            return_spans=True)
+    result = backend.rerank(request)
+    assert result.usage.chunks > 4 and result.usage.truncated_indices == []
+    for r in result.results:
+        alone = backend.inner.rerank(RerankRequest(query=request.query, documents=[docs[r.index][slice(*r.span)]],
+                                                   max_doc_length=120)).results[0]
+        assert abs(alone.raw_score - r.raw_score) <= 1e-5
+        assert abs(alone.relevance_score - r.relevance_score) <= 1e-5
