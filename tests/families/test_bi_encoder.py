@@ -378,3 +378,21 @@ def test_real_minilm_quality_on_trec_dl_2019(minilm_reranker, tmp_path):
           f"sentence-transformers MiniLM {st_ndcg:.4f}")
     assert abs(lastrank_ndcg - st_ndcg) <= 0.005
     assert lastrank_ndcg > bm25 + 0.05
+
+
+def test_chunk_mode_on_the_real_minilm_finds_the_passage_at_the_end_of_a_long_page():
+    """Chunk mode (engine/chunking.py) on the real model: a relevant sentence after 400 words of filler is
+    cut off by truncation (MiniLM keeps 256 tokens) and found by the best window, whose span points at it."""
+    from lastrank import Reranker
+
+    r = Reranker("minilm", dtype="float32")
+    filler = " ".join(["The committee reviewed the quarterly budget and the minutes of the previous meeting."] * 30)
+    answer = "Adult fleas usually live for two to three months on a host."
+    docs = [filler + " " + answer, "Paris is the capital of France. " * 3]
+    truncated = r.rerank("how long do fleas live", docs)
+    chunked = r.rerank("how long do fleas live", docs, chunking="chunk", return_spans=True)
+    assert chunked[0]["index"] == 0 and chunked[0]["relevance_score"] > truncated[0]["relevance_score"] + 0.2
+    start, end = chunked[0]["span"]
+    assert answer in docs[0][start:end]
+    window = r.backend.chunk_window(RerankRequest(query="q", documents=["x"]))
+    assert window == 256 - 2  # [CLS] and [SEP]

@@ -376,6 +376,20 @@ class BiEncoderBackend(Backend):
         return cls(model, pipeline, tokenizer, device, context, hidden, BACKBONES[pipeline.model_type],
                    model_id=model_id, path=path, random_weights=random_weights, **options)
 
+    def token_offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        """Chunk mode (engine/chunking.py): each text's own tokens and their character spans. The text is
+        encoded after its prompt, which ends at a word boundary in every prompt a sentence-transformers folder
+        defines ("...:\n", "passage: "), so the text's tokens are those it has alone."""
+        return [list(e.offsets) for e in self.tokenizer.tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def chunk_window(self, request: RerankRequest) -> int:
+        """A document's own tokens that fit: the limit less the special tokens and the document prompt."""
+        caps = self.capabilities
+        limit = min(request.max_doc_length or caps.max_doc_length, caps.context_length)
+        _, doc_prompt = self.pipeline.prompts_for(request.instruction)
+        prompt = len(self.tokenizer.tok.encode(doc_prompt, add_special_tokens=False).ids) if doc_prompt else 0
+        return max(1, limit - self.tokenizer.n_special - prompt)
+
     def plan(self, request: RerankRequest) -> RerankPlan:
         caps = self.capabilities
         max_doc = min(request.max_doc_length or caps.max_doc_length, caps.context_length)
