@@ -113,7 +113,8 @@ class ModelReplica:
                                    max_queued_tokens=settings.max_queued_tokens,
                                    max_queued_requests=settings.max_queued_requests)
         await self.scheduler.start()
-        self.submitted = 0
+        self.submitted = 0  # requests given to this replica
+        self.ongoing_documents = 0  # documents of the requests it holds now
         log.info("model replica ready: %s (%s)", model_id, backend.capabilities.family)
 
     async def submit(self, request: RerankRequest, budget_s: float | None) -> RerankResult:
@@ -121,18 +122,23 @@ class ModelReplica:
         self.submitted += 1
         if budget_s is not None:
             request.deadline = time.monotonic() + budget_s  # `request` is this call's own unpickled copy
-        return await self.scheduler.submit(request)
+        self.ongoing_documents += len(request.documents)
+        try:
+            return await self.scheduler.submit(request)
+        finally:
+            self.ongoing_documents -= len(request.documents)
 
     async def info(self) -> dict:
         """What the ingress shows for this model (Capabilities is a frozen dataclass: picklable)."""
         return {"capabilities": self.scheduler.capabilities, "random_weights": self.random_weights}
 
-    async def stats(self) -> dict:
-        """This replica's id (its Ray actor's name) and how many requests it was given."""
+    async def record_routing_stats(self) -> dict:
+        """Serve's per-replica stats hook (also readable from the replica's actor directly, as the tests do):
+        this replica's id (its Ray actor's name), process, requests given and documents it holds now."""
         from ray import serve
 
         return {"replica": serve.get_replica_context().replica_id.to_full_id_str(), "pid": os.getpid(),
-                "submitted": self.submitted}
+                "submitted": self.submitted, "ongoing_documents": self.ongoing_documents}
 
     async def check_health(self) -> None:
         # Ray Serve calls this periodically; raising makes it replace the replica.

@@ -84,10 +84,11 @@ def test_deadline_crosses_as_a_budget_and_back_to_the_replicas_clock():
             self.deadline = r.deadline
             return result
 
-    replica = object.__new__(ModelReplica)
-    replica.scheduler, replica.submitted = Scheduler(), 0
+    from types import SimpleNamespace
+
+    replica = SimpleNamespace(scheduler=Scheduler(), submitted=0, ongoing_documents=0)
     before = time.monotonic()
-    asyncio.run(replica.submit(wire, 12.5))
+    asyncio.run(ModelReplica.submit(replica, wire, 12.5))
     assert before + 12.5 <= replica.scheduler.deadline <= time.monotonic() + 12.5
 
     expired = RerankRequest(query="q", documents=["d"], deadline=time.monotonic() - 1)
@@ -159,6 +160,66 @@ def test_errors_from_ray_become_the_apis_errors():
 
     assert asyncio.run(cancelled())
     assert deployment_name(0, "org/model#1") == "model0-org_model_1"
+
+
+def test_the_app_over_a_model_client_ready_and_errors(monkeypatch):
+    """create_app with a ModelClient as the model's scheduler (as the ingress builds it): /ready follows the
+    running replicas, and the errors a model deployment call raises get their statuses through HTTP."""
+    from fastapi.testclient import TestClient
+    from ray.exceptions import RayTaskError
+    from ray.serve.exceptions import BackPressureError
+
+    import lastrank.serve_ray as serve_ray
+    from lastrank.api.app import create_app
+    from lastrank.api.models import ServedModel
+    from lastrank.engine.backend import Capabilities
+    from lastrank.types import RankedDocument
+
+    caps = Capabilities(family="bi-encoder", architecture="fake", listwise=False, score="cosine", raw_score="cosine",
+                        instruction=False, embedding_dim=None, context_length=512, max_doc_length=256,
+                        max_query_length=256)
+
+    def answer(request, budget_s):
+        if request.query == "bad":
+            return RayTaskError("submit", "...", InvalidRequestError("documents[0] is bad")).as_instanceof_cause()
+        if request.query == "busy":
+            return BackPressureError(num_queued_requests=2, max_queued_requests=2)
+        return RerankResult([RankedDocument(0, 0.5, request.documents[0])], Usage(documents=1, prompt_tokens=3, blocks=1),
+                            request.request_id)
+
+    handle = _Handle(answer)
+    handle.deployment_name, handle.app_name = "model0-m", "lastrank"
+
+    class Info:
+        @staticmethod
+        def remote():
+            return _Response({"capabilities": caps, "random_weights": True})
+
+    handle.info = Info
+    running = [2]
+    monkeypatch.setattr(serve_ray, "POLL_S", 0.01)
+    monkeypatch.setattr(ModelClient, "_count_running", lambda self: running[0])
+    model = ServedModel(name="m")
+    model.scheduler = ModelClient(handle, served=model)
+    with TestClient(create_app(models=[model])) as http:
+        assert http.get("/ready").status_code == 200
+        assert http.get("/v1/models").json()["data"][0]["random_weights"] is True  # told by the replica
+        r = http.post("/v1/rerank", json={"query": "q", "documents": ["d"]})
+        assert r.status_code == 200 and r.json()["results"][0]["relevance_score"] == 0.5
+        assert handle.calls[-1][0].deadline is None and handle.calls[-1][1] > 0  # the deadline went as a budget
+        r = http.post("/v1/rerank", json={"query": "bad", "documents": ["d"]})
+        assert (r.status_code, r.json()["error"]["message"]) == (400, "documents[0] is bad")
+        r = http.post("/v1/rerank", json={"query": "busy", "documents": ["d"]})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        running[0] = 0  # no replica running: not ready
+        deadline = time.monotonic() + 5
+        while http.get("/ready").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert http.get("/ready").status_code == 503
+        running[0] = 1
+        while http.get("/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert http.get("/ready").status_code == 200
 
 
 # ---------------------------------------------------------------------------- the real thing
@@ -242,23 +303,21 @@ def _post(server, docs=DOCS, timeout=60.0, **fields):
                       headers={"Authorization": f"Bearer {server.key}"}, timeout=timeout)
 
 
-def _model_handle():
-    from ray import serve
-
-    from lastrank.serve_ray import APP_NAME
-
-    return serve.get_deployment_handle(deployment_name(0, "all-MiniLM-L6-v2"), app_name=APP_NAME)
-
-
 def _replica_stats() -> dict[str, dict]:
-    """{replica id: its stats}, asking the deployment until two replicas answered (calls are spread at random)."""
-    handle, seen = _model_handle(), {}
-    for _ in range(40):
-        s = handle.stats.remote().result(timeout_s=30)
-        seen[s["replica"]] = s
-        if len(seen) >= 2:
-            break
-    return seen
+    """{replica id: its stats} for every live replica of the model, asked of each replica's actor directly
+    (ModelReplica.record_routing_stats), so a busy replica answers too."""
+    import ray
+
+    prefix = f"SERVE_REPLICA::lastrank#{deployment_name(0, 'all-MiniLM-L6-v2')}#"
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
+    stats = {}
+    for name in names:
+        try:
+            s = ray.get(ray.get_actor(name, namespace="serve").record_routing_stats.remote(), timeout=30)
+        except (ValueError, ray.exceptions.RayError):
+            continue  # gone meanwhile, or still starting (its model not loaded yet)
+        stats[s["replica"]] = s
+    return stats
 
 
 def test_answers_equal_the_in_process_reranker(ray_server):
@@ -311,6 +370,7 @@ def test_both_replicas_serve(ray_server):
 
 
 def test_back_pressure_is_a_503_with_retry_after(ray_server):
+    before = _ledger_ids(ray_server)
     docs = [f"{d} {i}" for i in range(20) for d in DOCS]  # 120 documents: each request holds a replica a while
     results: list[httpx.Response] = []
     lock = threading.Lock()
@@ -332,17 +392,38 @@ def test_back_pressure_is_a_503_with_retry_after(ray_server):
     for r in refused:
         assert int(r.headers["retry-after"]) >= 1
         assert r.json()["error"]["type"] == "overloaded_error", r.text
-    _assert_ledger_exact([r.json()["id"] for r in served], [r.headers["x-request-id"] for r in refused], ray_server)
+    _assert_ledger_exact(before, [r.json()["id"] for r in served], [r.headers["x-request-id"] for r in refused],
+                         ray_server)
 
 
-def _assert_ledger_exact(answered: list[str], refused: list[str], server) -> None:
+def _ledger_ids(server) -> list[str]:
     from lastrank.store import open_store
 
     with open_store(server.store_url) as store:
-        ids = [row.request_id for row in store.list_usage(key="ray-tests", limit=100_000)]
+        return [row.request_id for row in store.list_usage(key="ray-tests")]
+
+
+def _assert_ledger_exact(before: list[str], answered: list[str], refused: list[str], server) -> None:
+    """The rows written since `before` are exactly the 200s the clients saw: one each, none for a 5xx."""
+    ids = _ledger_ids(server)
     assert len(ids) == len(set(ids)), "a request was billed twice"
-    assert set(answered) <= set(ids), "an answered request is not in the ledger"
-    assert not set(refused) & set(ids), "a refused request was billed"
+    new = set(ids) - set(before)
+    assert not set(answered) - new, "an answered request is not in the ledger"
+    assert not set(refused) & new, "a refused request was billed"
+    assert new == set(answered), "a row without a 200 the clients saw"
+
+
+def _replica_holding(documents: int, deadline: float) -> dict:
+    """The stats of the replica holding a request of at least `documents` documents, once one does."""
+    while time.monotonic() < deadline:
+        for s in _replica_stats().values():
+            if s["ongoing_documents"] >= documents:
+                return s
+        time.sleep(0.02)
+    raise AssertionError(f"no replica took the {documents}-document request")
+
+
+LONG = 3000  # documents of the request that is in flight when its replica is killed (seconds of work)
 
 
 def test_a_replica_killed_under_load_is_replaced_and_billing_stays_exact(ray_server):
@@ -350,7 +431,7 @@ def test_a_replica_killed_under_load_is_replaced_and_billing_stays_exact(ray_ser
 
     before = _replica_stats()
     assert len(before) == 2
-    victim = next(iter(before.values()))
+    billed_before = _ledger_ids(ray_server)
     docs = [f"{d} {i}" for i in range(8) for d in DOCS]  # 48 documents: a replica is busy while requests run
     answered, failed, other = [], [], []
     lock = threading.Lock()
@@ -361,7 +442,13 @@ def test_a_replica_killed_under_load_is_replaced_and_billing_stays_exact(ray_ser
             i = 0
             while not stop.is_set():
                 i += 1
-                r = http.post(ray_server.url + "/v1/rerank", json={"query": QUERY, "documents": [f"{d} ({n}-{i})" for d in docs]})
+                try:
+                    r = http.post(ray_server.url + "/v1/rerank",
+                                  json={"query": QUERY, "documents": [f"{d} ({n}-{i})" for d in docs]})
+                except httpx.HTTPError as e:  # a timeout (a hang) or a dropped connection: neither may happen
+                    with lock:
+                        other.append(("no answer", repr(e)))
+                    continue
                 with lock:
                     if r.status_code == 200:
                         answered.append(r.json()["id"])
@@ -370,13 +457,22 @@ def test_a_replica_killed_under_load_is_replaced_and_billing_stays_exact(ray_ser
                     else:
                         other.append((r.status_code, r.text[:200]))
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(3)]  # under capacity: no back-pressure
+    long_docs = [f"{DOCS[i % len(DOCS)]} [{i}]" for i in range(LONG)]
+    long_answer: list[httpx.Response] = []
+
+    def long_request() -> None:  # certainly in flight on the replica that is killed
+        long_answer.append(_post(ray_server, docs=long_docs, timeout=120))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(3)]  # 3 + 1: under capacity, no 503
     for t in threads:
         t.start()
     try:
         deadline = time.monotonic() + 60
         while len(answered) < 6 and time.monotonic() < deadline:
             time.sleep(0.05)
+        threads.append(threading.Thread(target=long_request))
+        threads[-1].start()
+        victim = _replica_holding(LONG, deadline)
         os.kill(victim["pid"], signal.SIGKILL)  # the replica's process, as the OOM killer would
         killed_at = len(answered)
         while len(answered) < killed_at + 6 and time.monotonic() < deadline:
@@ -388,18 +484,21 @@ def test_a_replica_killed_under_load_is_replaced_and_billing_stays_exact(ray_ser
     assert not any(t.is_alive() for t in threads), "a request hung"
     assert not other, other
     assert len(answered) >= 12, ray_server.log()
+    (cut,) = long_answer
+    assert cut.status_code == 503 and cut.json()["error"]["type"] == "replica_failed_error", cut.text
+    assert "replica" in cut.json()["error"]["message"] and cut.headers["retry-after"] == "1"
+    failed.append(cut.headers["x-request-id"])
+    print(f"kill under load: {len(answered)} answered, {len(failed)} failed with the replica")
+    _assert_ledger_exact(billed_before, answered, failed, ray_server)
 
-    # Ray starts a replacement: two RUNNING replicas again, one of them new.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        app = serve.status().applications["lastrank"]
-        states = app.deployments[deployment_name(0, "all-MiniLM-L6-v2")].replica_states
-        if states.get("RUNNING", 0) == 2:
-            break
-        time.sleep(0.5)
+    # Ray starts a replacement: two live replicas again, one of them new.
+    deadline = time.monotonic() + 90
     after = _replica_stats()
+    while not (len(after) == 2 and victim["replica"] not in after) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        after = _replica_stats()
     assert len(after) == 2 and victim["replica"] not in after, (before, after)
+    states = serve.status().applications["lastrank"].deployments[deployment_name(0, "all-MiniLM-L6-v2")].replica_states
+    assert states.get("RUNNING") == 2, states
     assert _post(ray_server).status_code == 200
     assert httpx.get(ray_server.url + "/ready", timeout=10).status_code == 200
-
-    _assert_ledger_exact(answered, failed, ray_server)
