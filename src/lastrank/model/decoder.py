@@ -48,11 +48,23 @@ class RMSNorm(nn.Module):
 
 
 def rope_cos_sin(
-    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype,
+    mrope_section: tuple[int, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables [T, head_dim] for neox-style RoPE, computed in float32 and then cast (as HF does)."""
+    """cos/sin tables [T, head_dim] for neox-style RoPE, computed in float32 and then cast (as HF does).
+
+    Multimodal RoPE (Qwen2-VL's M-RoPE, `mrope_section` set): positions is [3, T], one stream each for
+    time, height and width (text tokens carry the same position in all three). The head_dim/2 frequencies
+    are cut into consecutive sections of mrope_section's sizes (summing to head_dim/2); section i reads its
+    angles from stream i % 3. With three equal streams this is plain RoPE."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim))
-    freqs = positions.float()[:, None] * inv_freq[None, :]  # [T, head_dim/2]
+    if mrope_section is None:
+        freqs = positions.float()[:, None] * inv_freq[None, :]  # [T, head_dim/2]
+    else:
+        if positions.dim() != 2 or positions.shape[0] != 3 or sum(mrope_section) != head_dim // 2:
+            raise ValueError("M-RoPE takes positions [3, T] and mrope_section summing to head_dim / 2")
+        streams = positions.float()[:, :, None] * inv_freq  # [3, T, head_dim/2]
+        freqs = torch.cat([part[i % 3] for i, part in enumerate(streams.split(list(mrope_section), dim=-1))], dim=-1)
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -196,10 +208,15 @@ class DecoderModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.compiled_layer = None  # set by fast.enable_compile (opt-in)
+        # Qwen2-VL's multimodal RoPE sections, e.g. (16, 24, 24) (rope_cos_sin); None: plain RoPE. Set by the
+        # multimodal model that owns this backbone (model/jina_m0.py), not part of ModelConfig: no text
+        # checkpoint has it.
+        self.mrope_section: tuple[int, ...] | None = None
 
-    def forward(self, input_ids: torch.Tensor, seq_lens: list[int] | None = None, rows: torch.Tensor | None = None,
+    def forward(self, input_ids: torch.Tensor | None, seq_lens: list[int] | None = None, rows: torch.Tensor | None = None,
                 attention: str = "segments", prefix: PrefixCache | PrefixCaches | None = None,
-                on_kv: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+                on_kv: Callable[[torch.Tensor, torch.Tensor], None] | None = None, *,
+                inputs_embeds: torch.Tensor | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [T] -> final hidden states after `norm`, [T, hidden].
 
         Called with input_ids alone, one causal sequence: HF's forward. The options are fast.py's:
@@ -211,19 +228,31 @@ class DecoderModel(nn.Module):
         prefix: every sequence is the cached prefix's tokens followed by its tokens in input_ids (PrefixCaches:
         one prefix per sequence).
         on_kv: called with each layer's attention keys and values, in layer order (how a PrefixCache fills).
+        inputs_embeds / positions (multimodal models, one plain sequence only): the input vectors [T, hidden]
+        instead of input_ids (copied: the layers add into their input in place), and the positions, [T] or,
+        with self.mrope_section set, M-RoPE's [3, T]; default: 0..T-1.
         """
-        T = input_ids.shape[0]
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        T = (input_ids if inputs_embeds is None else inputs_embeds).shape[0]
+        device = (input_ids if inputs_embeds is None else inputs_embeds).device
         packing = None
         if seq_lens is not None or rows is not None or prefix is not None or on_kv is not None or attention != "segments":
             from lastrank.model.fast import Packing  # fast.py builds on this file: imported here, not above
 
+            if positions is not None or inputs_embeds is not None:
+                raise ValueError("inputs_embeds / positions take one plain sequence (no fast.py options)")
             P = 0 if prefix is None else prefix.prefix_len
-            packing = Packing(seq_lens or [T], input_ids.device, attention, prefix_len=P)
+            packing = Packing(seq_lens or [T], device, attention, prefix_len=P)
             if packing.total != T:
                 raise ValueError(f"seq_lens sum to {packing.total}, input_ids has {T} tokens")
-        positions = torch.arange(T, device=input_ids.device) if packing is None else packing.positions
-        x = self.embed_tokens(input_ids)
-        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        if positions is None:
+            positions = torch.arange(T, device=device) if packing is None else packing.positions
+            if self.mrope_section is not None:
+                positions = positions[None].expand(3, -1)  # text only: the three streams agree
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.clone()
+        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype,
+                                self.mrope_section)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             layer_prefix = None if prefix is None else prefix.layer(i)
