@@ -60,6 +60,12 @@ class RerankRequest:
     chunk_overlap: int | None = None
     max_chunks_per_doc: int | None = None
     return_spans: bool = False
+    # Images (multimodal families only: Capabilities.images; any other family refuses a request that has
+    # them, engine/backend.check_images). Keys: "query" and/or document indices; that input is then the image,
+    # and its text in `query` / `documents` is only a label (returned as the result's `document`; may be "").
+    # Values: PIL.Image.Image, encoded image bytes or a path (os.PathLike); all become checked PIL images here
+    # (lastrank/images.py: size, pixel count, decompression bombs). None or {}: a text-only request.
+    images: dict | None = None
 
     def __post_init__(self):
         if not isinstance(self.query, str):
@@ -92,6 +98,26 @@ class RerankRequest:
             self.max_chunks_per_doc = _check_int("max_chunks_per_doc", self.max_chunks_per_doc, 1)
         if not isinstance(self.return_spans, bool):
             raise InvalidRequestError(f"return_spans must be true or false, got {type(self.return_spans).__name__}")
+        if self.images is not None:
+            self.images = _check_images(self.images, len(self.documents)) or None
+
+
+def _check_images(images, n_documents: int) -> dict:
+    from lastrank.images import image_input
+
+    if not isinstance(images, dict):
+        raise InvalidRequestError(f"images must be a mapping of 'query' / document index to image, got "
+                                  f"{type(images).__name__}")
+    out = {}
+    for key, value in images.items():
+        if key != "query":
+            if isinstance(key, bool) or not isinstance(key, numbers.Integral) or not 0 <= key < n_documents:
+                raise InvalidRequestError(f"images keys must be 'query' or a document index in [0, {n_documents}), "
+                                          f"got {key!r}")
+            key = int(key)
+        where = "query" if key == "query" else f"documents[{key}]"
+        out[key] = image_input(value, where)
+    return out
 
 
 @dataclass

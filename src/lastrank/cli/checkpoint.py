@@ -12,13 +12,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "marker tokens. The weights are random: the scores mean nothing.")
     p.add_argument("path", help="output folder")
     from lastrank.model.checkpoint_causal import PRESETS as CAUSAL_PRESETS
+    from lastrank.model.checkpoint_m0 import PRESETS as M0_PRESETS
     from lastrank.model.checkpoint_xlmr import PRESETS as XLMR_PRESETS
 
-    p.add_argument("--preset", choices=["tiny", "full", *XLMR_PRESETS, *CAUSAL_PRESETS], default="tiny",
+    p.add_argument("--preset", choices=["tiny", "full", *XLMR_PRESETS, *CAUSAL_PRESETS, *M0_PRESETS], default="tiny",
                    help="tiny (hidden 64, 2 layers) or full (Qwen3-0.6B shape); or an XLM-R cross-encoder: "
                         "bge-reranker-v2-m3[-tiny], jina-reranker-v2[-tiny] (full shape, or hidden 32, 2 layers); "
                         "or a causal-LM reranker: qwen3-reranker-0.6b, mxbai-rerank-base-v2 (real shapes), "
-                        "qwen3-reranker[-seq-cls]-tiny, mxbai-rerank-v2-tiny")
+                        "qwen3-reranker[-seq-cls]-tiny, mxbai-rerank-v2-tiny; or jina-reranker-m0[-tiny] "
+                        "(multimodal: the real 2.4B shape, or hidden 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="storage dtype (the official one is bfloat16)")
     p.add_argument("--model-max-length", type=int, default=131072, help="tokenizer_config.json model_max_length (drives block splitting)")
@@ -31,7 +33,11 @@ def run(args: argparse.Namespace) -> int:
 
     from lastrank.model.checkpoint_causal import PRESETS as CAUSAL_PRESETS, make_causal_checkpoint
 
-    if args.preset in CAUSAL_PRESETS:
+    from lastrank.model.checkpoint_m0 import PRESETS as M0_PRESETS, make_m0_checkpoint
+
+    if args.preset in M0_PRESETS:  # --model-max-length does not apply: m0's limit is its own (10,240)
+        out = make_m0_checkpoint(args.path, M0_PRESETS[args.preset], seed=args.seed, dtype=args.dtype)
+    elif args.preset in CAUSAL_PRESETS:
         kind, size = CAUSAL_PRESETS[args.preset]
         out = make_causal_checkpoint(args.path, kind, size, seed=args.seed, dtype=args.dtype,
                                      model_max_length=args.model_max_length)

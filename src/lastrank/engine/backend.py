@@ -48,6 +48,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lastrank.errors import InvalidRequestError
 from lastrank.types import RankedDocument, RerankRequest, RerankResult, Usage
 
 ScoreKind = Literal["cosine", "sigmoid"]
@@ -67,6 +68,7 @@ class Capabilities:
     context_length: int  # tokens one model input may hold
     max_doc_length: int  # default per-document token limit (the official default)
     max_query_length: int  # default query token limit (the official default)
+    images: bool = False  # the query and documents may be images (RerankRequest.images)
 
     def unit_score(self, relevance: float) -> float:
         """relevance_score mapped to [0, 1] (see the module docstring)."""
@@ -78,6 +80,7 @@ class Capabilities:
             "score": self.score, "raw_score": self.raw_score, "instruction": self.instruction,
             "embedding_dim": self.embedding_dim, "context_length": self.context_length,
             "max_doc_length": self.max_doc_length, "max_query_length": self.max_query_length,
+            "images": self.images,
         }
 
 
@@ -188,6 +191,12 @@ class Backend(ABC):
     def describe(self) -> dict:
         """/v1/models' entry beyond the name."""
         return {**self.capabilities.as_dict(), "random_weights": self.random_weights}
+
+
+def check_images(request: RerankRequest, capabilities: Capabilities) -> None:
+    """A request with images to a text-only model is a clear 400, never images silently ignored."""
+    if request.images and not capabilities.images:
+        raise InvalidRequestError(f"this model ({capabilities.family}) ranks text only; the request has images")
 
 
 def truncation_refused(cut: list[int], query_cut: bool, max_doc: int, max_query: int) -> str:

@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from lastrank.engine.backend import Backend, Block, Capabilities, RerankPlan, Scores
+from lastrank.engine.backend import Backend, Block, Capabilities, RerankPlan, Scores, check_images
 from lastrank.errors import InvalidRequestError
 from lastrank.types import RerankRequest, RerankResult, Usage
 
@@ -225,8 +225,11 @@ class ChunkingBackend(Backend):
     # -- plan ------------------------------------------------------------------------------------
 
     def plan(self, request: RerankRequest) -> RerankPlan:
+        check_images(request, self.inner.capabilities)  # every served / Python-API backend passes here
         if request.chunking != "chunk" or not request.documents:
             return self.inner.plan(request)
+        if request.images:
+            raise InvalidRequestError("chunking is not available for requests with images")
         window = self._window(request)
         overlap = request.chunk_overlap if request.chunk_overlap is not None else window // OVERLAP_FRACTION
         if overlap >= window:

@@ -49,11 +49,15 @@ class Reranker:
         chunking="chunk": a document over max_doc_length tokens is split into windows (chunk_overlap tokens
         shared, at most max_chunks_per_doc of them) and scored by its best window; with return_spans, each
         result also has "span": [start, end), that window's character offsets in the document
-        (engine/chunking.py)."""
+        (engine/chunking.py). Multimodal models (capabilities.images): the query and any document may be an image
+        (PIL.Image.Image, encoded bytes or a pathlib.Path); its result's "document" is the path, or ""."""
+        from lastrank.images import split_images
+
+        query, documents, images = split_images(query, documents)
         request = RerankRequest(query=query, documents=documents, top_n=top_n, return_embeddings=return_embeddings,
                                 max_doc_length=max_doc_length, max_query_length=max_query_length,
                                 instruction=instruction, chunking=chunking, chunk_overlap=chunk_overlap,
-                                max_chunks_per_doc=max_chunks_per_doc, return_spans=return_spans)
+                                max_chunks_per_doc=max_chunks_per_doc, return_spans=return_spans, images=images)
         return [r.as_dict() for r in self.backend.rerank(request).results]
 
     def rerank_request(self, request: RerankRequest) -> RerankResult:

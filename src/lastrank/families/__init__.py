@@ -19,7 +19,7 @@ from pathlib import Path
 from lastrank.errors import ModelNotAvailableError
 
 # Module names under lastrank.families, in detection order (the more specific first).
-FAMILIES: list[str] = ["jina_v3", "bi_encoder", "cross_encoder", "causal_lm"]
+FAMILIES: list[str] = ["jina_v3", "jina_m0", "bi_encoder", "cross_encoder", "causal_lm"]
 
 
 def family_module(name: str):

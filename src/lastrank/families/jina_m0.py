@@ -1,0 +1,214 @@
+"""jina-reranker-m0: multimodal pointwise reranker (Qwen2-VL-2B + score head); query and documents may be images.
+
+Everything below follows the official modeling.py (`JinaVLForRanking.compute_score`, `formatting_prompts_func`):
+  - prompt: `**Document**:\\n{document}\\n**Query**:\\n{query}`, where an image query or document is
+    `<|vision_start|><|image_pad|><|vision_end|>`; the processor expands <|image_pad|> to one token per merged
+    patch of the image's grid (t*h*w / 4); the prompt is tokenised as one string (no special tokens added);
+    token id 100 is appended (the official score token), and the score is read there (model/jina_m0.py);
+  - images: preprocessed as the official processor with compute_score's min_pixels=3136, max_pixels=602112
+    (model/qwen2_vl.py), so an image is 4 to 768 tokens;
+  - truncation: max_length 10,240; max_query_length (default 512) only sets the default document limit
+    max_doc_length = max(max_length - max_query_length, max_query_length), and their sum must not pass
+    max_length (the official assert: a 400 here). A text document of max_doc_length tokens or more is cut to
+    max_doc_length tokens and decoded back to text (the official "TEMP FIX"); then the whole prompt is cut
+    from the right to max_length - 1 tokens (the processor's truncation) before the score token. That last
+    cut can only reach the query (it comes last); a cut that would reach an image's tokens is refused (400)
+    instead of feeding the model a broken image.
+  - score: raw_score = logit - 2.65, relevance_score = sigmoid(raw) = the official score (one sigmoid, the
+    engine's "sigmoid" rule).
+Differences from the official batched forward: none in the math; each pair runs unpadded (text-only pairs
+packed into one forward, pairs with images one forward each), which in float32 matches the official
+left-padded batch to rounding (tests/families/test_jina_m0.py checks against transformers).
+Not done: chunk mode for requests with images (refused), image URLs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lastrank.engine.backend import Capabilities, RerankPlan, truncation_refused
+from lastrank.engine.pairs import PairBlock, PairwiseBackend, cut_blocks
+from lastrank.errors import InvalidRequestError, ModelNotAvailableError
+from lastrank.model.jina_m0 import IMAGE_TOKEN_ID, SCORE_TOKEN_ID, JinaM0ForRanking
+from lastrank.model.qwen2_vl import ImageLimits, preprocess_image
+from lastrank.types import RerankRequest, Usage
+
+FAMILY = "jina-m0"
+NAMES = ("jina-reranker-m0", "jinaai/jina-reranker-m0")
+SUPPORTS = ('jinaai/jina-reranker-m0 (config.json architectures ["JinaVLForRanking"], model_type qwen2_vl; '
+            'model.safetensors, tokenizer.json): text and image queries and documents')
+MAX_LENGTH = 10240  # compute_score's max_length
+MAX_QUERY_LENGTH = 512  # compute_score's max_query_length
+IMAGE_PROMPT = "<|vision_start|><|image_pad|><|vision_end|>"
+IMAGE_PAD = "<|image_pad|>"
+
+
+def prompt(query: str, doc: str) -> str:
+    """formatting_prompts_func: document first, then the query; an image is IMAGE_PROMPT (expanded later)."""
+    return f"**Document**:\n{doc}\n**Query**:\n{query}"
+
+
+def detect(config: dict, folder: Path) -> bool:
+    return "JinaVLForRanking" in (config.get("architectures") or [])
+
+
+Prepared = tuple[np.ndarray, tuple[int, int, int]]  # pixel_values, grid_thw
+
+
+@dataclass
+class M0Block(PairBlock):
+    # per sequence: its images in prompt order (document's, then query's)
+    images: list[list[Prepared]] = field(default_factory=list)
+
+
+class JinaM0Backend(PairwiseBackend):
+    def __init__(self, model: JinaM0ForRanking, tokenizer, device: torch.device, *, max_forward_tokens: int = 16384,
+                 model_id: str = "", path: Path | None = None, random_weights: bool = False):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.max_forward_tokens = max_forward_tokens
+        self.model_id = model_id
+        self.path = path
+        self.random_weights = random_weights
+        v = model.vision_config
+        self.limits = ImageLimits(patch_size=v.patch_size, merge_size=v.spatial_merge_size,
+                                  temporal_patch_size=v.temporal_patch_size)
+        cfg = model.config
+        self.capabilities = Capabilities(
+            family=FAMILY,
+            architecture=f"JinaVLForRanking: Qwen2-VL vision ({v.depth} blocks, {v.embed_dim}) + Qwen2 decoder "
+                         f"({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, M-RoPE), score MLP",
+            listwise=False, score="sigmoid", raw_score="score head logit at the last token - 2.65",
+            instruction=False, embedding_dim=None, context_length=MAX_LENGTH,
+            max_doc_length=max(MAX_LENGTH - MAX_QUERY_LENGTH, MAX_QUERY_LENGTH), max_query_length=MAX_QUERY_LENGTH,
+            images=True,
+        )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def token_offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        """Chunk mode, text documents: each text's own tokens (the document follows "\\n" in the prompt, where
+        the pre-tokenizer starts a new piece)."""
+        return [list(e.offsets) for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def limits_for(self, request: RerankRequest) -> tuple[int, int]:
+        """(max_doc_length, max_query_length) as compute_score derives them."""
+        max_query = request.max_query_length or MAX_QUERY_LENGTH
+        max_doc = request.max_doc_length or max(MAX_LENGTH - max_query, max_query)
+        if max_doc + max_query > MAX_LENGTH:
+            raise InvalidRequestError(f"max_doc_length ({max_doc}) + max_query_length ({max_query}) must be at most "
+                                      f"{MAX_LENGTH} for this model")
+        return max_doc, max_query
+
+    def prepare(self, image) -> tuple[Prepared, str]:
+        """-> (pixels and grid, the prompt text of this image with its <|image_pad|> run expanded)."""
+        try:
+            pixels, grid = preprocess_image(image, self.limits)
+        except ValueError as e:  # smart_resize's aspect-ratio limit
+            raise InvalidRequestError(f"image: {e}") from None
+        n = grid[0] * grid[1] * grid[2] // self.limits.merge_size ** 2
+        return (pixels, grid), IMAGE_PROMPT.replace(IMAGE_PAD, IMAGE_PAD * n)
+
+    def encode_pairs(self, request: RerankRequest, max_doc_length: int, max_query_length: int):
+        raise NotImplementedError("jina-m0 plans its own blocks (images ride along): see plan")
+
+    def plan(self, request: RerankRequest) -> RerankPlan:
+        max_doc, max_query = self.limits_for(request)
+        usage = Usage(documents=len(request.documents), max_doc_length=max_doc, max_query_length=max_query)
+        if not request.documents:
+            return RerankPlan(request, [], usage)
+        images = request.images or {}
+        query_images: list[Prepared] = []
+        query_text = request.query
+        if "query" in images:
+            prepared, query_text = self.prepare(images["query"])
+            query_images = [prepared]
+        sequences, doc_tokens, truncated, seq_images = [], [], [], []
+        query_truncated = False
+        for i, doc in enumerate(request.documents):
+            doc_images: list[Prepared] = []
+            if i in images:
+                prepared, doc = self.prepare(images[i])
+                doc_images = [prepared]
+            else:
+                ids = self.tokenizer.encode(doc, add_special_tokens=False).ids
+                if len(ids) > max_doc:
+                    truncated.append(i)
+                if len(ids) >= max_doc:  # the official `>=`: cut, decoded back to text
+                    doc = self.tokenizer.decode(ids[:max_doc], skip_special_tokens=False)
+            ids = self.tokenizer.encode(prompt(query_text, doc), add_special_tokens=False).ids
+            if len(ids) > MAX_LENGTH - 1:
+                kept = ids[:MAX_LENGTH - 1]
+                n_images = sum(g[0] * g[1] * g[2] for _, g in doc_images + query_images) // self.limits.merge_size ** 2
+                if kept.count(IMAGE_TOKEN_ID) != n_images:
+                    raise InvalidRequestError(f"documents[{i}]: the prompt is {len(ids)} tokens, over {MAX_LENGTH - 1}, "
+                                              f"and truncating it would cut an image")
+                ids = kept
+                query_truncated = True
+            sequences.append(ids + [SCORE_TOKEN_ID])
+            seq_images.append(doc_images + query_images)
+            doc_tokens.append(len(self.tokenizer.encode(doc, add_special_tokens=False).ids))
+        if not request.truncate and (truncated or query_truncated):
+            raise InvalidRequestError(truncation_refused(truncated, query_truncated, max_doc, max_query))
+        groups = cut_blocks([len(s) for s in sequences], self.max_block_tokens)
+        blocks = [M0Block(request.request_id, b, g, [sequences[i] for i in g], 0, [seq_images[i] for i in g])
+                  for b, g in enumerate(groups)]
+        usage.prompt_tokens = sum(b.n_tokens for b in blocks)  # image tokens included
+        usage.blocks = len(blocks)
+        usage.truncated_indices = truncated
+        usage.query_truncated = query_truncated
+        usage.doc_tokens = doc_tokens
+        return RerankPlan(request, blocks, usage)
+
+    def run_blocks(self, blocks: list[M0Block]) -> list[np.ndarray]:
+        """Text-only pairs of every block packed together; each pair with images in its own forward."""
+        items = [(s, imgs) for b in blocks for s, imgs in zip(b.sequences, b.images)]
+        raw = np.empty(len(items), dtype=np.float64)
+        text = [i for i, (_, imgs) in enumerate(items) if not imgs]
+        if text:
+            raw[text] = self.model.score_texts([items[i][0] for i in text], self.max_forward_tokens).cpu().numpy()
+        for i, (ids, imgs) in enumerate(items):
+            if imgs:
+                pixels = torch.from_numpy(np.concatenate([p for p, _ in imgs])).to(self.dtype)
+                raw[i] = self.model.score_one(ids, pixels, [g for _, g in imgs])
+        out, start = [], 0
+        for b in blocks:
+            out.append(raw[start:start + len(b.sequences)])
+            start += len(b.sequences)
+        return out
+
+    def score_sequences(self, sequences, prefix_lens):  # pragma: no cover - run_blocks is overridden
+        raise NotImplementedError
+
+    def warmup(self) -> None:
+        from PIL import Image
+
+        super().warmup()
+        self.rerank(RerankRequest(query="warm up", documents=["an image"],
+                                  images={0: Image.new("RGB", (56, 56), (128, 128, 128))}))
+
+
+def load(path: Path, device: torch.device, dtype: torch.dtype, *, model_id: str = "", random_weights: bool = False,
+         **options) -> JinaM0Backend:
+    from tokenizers import Tokenizer
+
+    from lastrank.model.jina_m0 import load_jina_m0
+    from lastrank.model.loading import check_files
+
+    check_files(path, ("config.json", "tokenizer.json"), "jina-reranker-m0")
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    for token in ("<|vision_start|>", IMAGE_PAD, "<|vision_end|>"):
+        if tokenizer.token_to_id(token) is None:
+            raise ModelNotAvailableError(f"{path}: the tokenizer has no {token} token; not a Qwen2-VL tokenizer")
+    model = load_jina_m0(path, device, dtype)
+    return JinaM0Backend(model, tokenizer, device, model_id=model_id, path=path, random_weights=random_weights,
+                         **options)

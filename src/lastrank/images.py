@@ -1,0 +1,132 @@
+"""Images as request inputs (multimodal models): turning what a caller sends into a checked PIL image.
+
+    image_input(value, where)  PIL.Image.Image | bytes | os.PathLike  -> PIL image (RGB-convertible, loaded)
+    open_image(data, where)    encoded bytes -> PIL image, with the limits below
+    decode_base64(text, where) base64 or a `data:image/...;base64,` URI -> bytes (for the HTTP dialects)
+
+Every failure is an InvalidRequestError (a 4xx at the API) that says which input and why: not base64, not an
+image PIL can read, more than MAX_IMAGE_BYTES encoded bytes (PayloadTooLargeError), more than
+MAX_IMAGE_PIXELS pixels (a decompression bomb: refused from the header, before any pixel is decoded), a
+truncated or corrupt file. Paths are read only in the Python API (a RerankRequest built from HTTP never holds
+one: the dialects pass bytes).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+import re
+import warnings
+
+from lastrank.errors import InvalidRequestError, PayloadTooLargeError
+
+MAX_IMAGE_BYTES = 20 << 20  # encoded size of one image
+# Decoded pixels of one image. Below PIL's own warning threshold (89.5M): the model never needs more (the
+# processor scales every image down to at most 602,112 pixels), and a 40M-pixel RGB image is 120 MB decoded.
+MAX_IMAGE_PIXELS = 40_000_000
+_DATA_URI = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.IGNORECASE)
+
+
+def decode_base64(text: str, where: str) -> bytes:
+    """Standard base64 (whitespace allowed), optionally as a data URI; strict: any other character is an error."""
+    if not isinstance(text, str):
+        raise InvalidRequestError(f"{where}: an image must be a base64 string, got {type(text).__name__}")
+    if text[:8].lower().startswith(("http://", "https://")):
+        raise InvalidRequestError(f"{where}: image URLs are not supported by this server; send the image as "
+                                  f"base64 or a data URI")
+    if text.startswith("data:"):
+        match = _DATA_URI.match(text)
+        if not match:
+            raise InvalidRequestError(f"{where}: a data URI image must look like data:image/<type>;base64,<data>")
+        text = text[match.end():]
+    if len(text) > MAX_IMAGE_BYTES * 4 // 3 + 16:
+        raise PayloadTooLargeError(f"{where}: the image is larger than {MAX_IMAGE_BYTES} bytes")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequestError(f"{where}: the image is not valid base64") from None
+
+
+def open_image(data: bytes, where: str):
+    """Encoded image bytes -> a loaded PIL image (the limits in the module docstring)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if len(data) > MAX_IMAGE_BYTES:
+        raise PayloadTooLargeError(f"{where}: the image is larger than {MAX_IMAGE_BYTES} bytes")
+    if not data:
+        raise InvalidRequestError(f"{where}: the image is empty")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise InvalidRequestError(f"{where}: the image has {width}x{height} pixels, more than "
+                                          f"{MAX_IMAGE_PIXELS} (a decompression bomb or simply too large)")
+            image.load()
+        except InvalidRequestError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InvalidRequestError(f"{where}: the image has more than {MAX_IMAGE_PIXELS} pixels "
+                                      f"(a decompression bomb)") from None
+        except UnidentifiedImageError:
+            raise InvalidRequestError(f"{where}: not an image in a format lastrank can read") from None
+        except (OSError, SyntaxError, ValueError) as e:
+            raise InvalidRequestError(f"{where}: the image could not be decoded ({e})") from None
+    return image
+
+
+def image_input(value, where: str):
+    """What the Python API and RerankRequest accept as an image -> a PIL image."""
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        width, height = value.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise InvalidRequestError(f"{where}: the image has {width}x{height} pixels, more than {MAX_IMAGE_PIXELS}")
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return open_image(bytes(value), where)
+    if isinstance(value, os.PathLike):
+        try:
+            size = os.path.getsize(value)
+            if size > MAX_IMAGE_BYTES:
+                raise PayloadTooLargeError(f"{where}: {os.fspath(value)} is larger than {MAX_IMAGE_BYTES} bytes")
+            with open(value, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise InvalidRequestError(f"{where}: cannot read {os.fspath(value)}: {e.strerror or e}") from None
+        return open_image(data, where)
+    raise InvalidRequestError(f"{where}: an image must be a PIL.Image.Image, bytes or a path (pathlib.Path), "
+                              f"got {type(value).__name__}")
+
+
+def is_image_input(value) -> bool:
+    """True for what the Python API takes as an image among documents (a str is always text)."""
+    if isinstance(value, (bytes, bytearray, memoryview, os.PathLike)):
+        return True
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow is a dependency
+        return False
+    return isinstance(value, Image.Image)
+
+
+def split_images(query, documents) -> tuple[str, list, dict | None]:
+    """The Python API's mixed inputs -> RerankRequest's (query, documents, images): an image query or document
+    (PIL image, bytes, path) moves to `images` and leaves a label in its place (a path's name, else "")."""
+    if not isinstance(documents, (list, tuple)):
+        return query, documents, None  # RerankRequest says what is wrong with it
+    images = {}
+    labels = []
+    for i, doc in enumerate(documents):
+        if is_image_input(doc):
+            images[i] = doc
+            doc = os.fspath(doc) if isinstance(doc, os.PathLike) else ""
+        labels.append(doc)
+    if is_image_input(query):
+        images["query"] = query
+        query = os.fspath(query) if isinstance(query, os.PathLike) else ""
+    return query, labels, images or None

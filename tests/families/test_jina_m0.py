@@ -1,0 +1,248 @@
+"""jina-reranker-m0 (families/jina_m0.py) against the official compute_score, on a tiny random checkpoint.
+
+The reference is the official modeling.py's compute_score, step by step, on transformers: the prompt of
+formatting_prompts_func, the text-document "TEMP FIX" truncation, the processor's steps (transformers'
+Qwen2TokenizerFast from the folder, left padding, truncation to max_length - 1, each <|image_pad|> expanded
+to grid.prod() / 4 tokens, Qwen2VLImageProcessorPil with min_pixels=3136, max_pixels=602112; the
+Qwen2VLProcessor itself needs torchvision for its video half, which is not installed), token 100 appended,
+Qwen2VLForConditionalGeneration's last hidden state at the last position, the head, sigmoid(logit - 2.65).
+One batch per (query type, document type), left-padded as the official code runs it. lastrank must give the
+same relevance scores within 1e-5 and the same order.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lastrank.engine.reranker import Reranker
+from lastrank.errors import InvalidRequestError
+from lastrank.model.checkpoint_m0 import make_m0_checkpoint
+from lastrank.types import RerankRequest
+
+PIL = pytest.importorskip("PIL.Image")
+ATOL = 1e-5
+LOGIT_BIAS = 2.65  # the official modeling.py's constant, restated: the test does not read lastrank's
+
+
+def image(w, h, seed):
+    return PIL.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_m0_checkpoint(tmp_path_factory.mktemp("m0"), "tiny", seed=5, dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def reranker(folder):
+    return Reranker(str(folder), dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def official(folder):
+    """compute_score(pairs, query_type, doc_type, max_doc_length) -> scores, as the official code computes them."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    config = json.loads((folder / "config.json").read_text())
+    hf_config = Qwen2VLConfig(**{k: v for k, v in config.items() if not k.startswith("lastrank")})
+    hf_config._attn_implementation = "eager"  # with a padding mask: the plain softmax path
+    model = Qwen2VLForConditionalGeneration(hf_config).eval()
+    state = load_file(str(folder / "model.safetensors"))
+    model.load_state_dict({("model.language_model." + k[6:] if k.startswith("model.") else "model." + k): v
+                           for k, v in state.items() if not k.startswith("score.")}, strict=False)
+    hidden = config["hidden_size"]
+    head = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+    head.load_state_dict({k[len("score."):]: v for k, v in state.items() if k.startswith("score.")})
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer.padding_side = "left"  # JinaVLForRanking.padding_side
+    processor = Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=602112)
+
+    def fmt(query, doc, query_type, doc_type):  # formatting_prompts_func
+        q = "**Query**:\n<|vision_start|><|image_pad|><|vision_end|>" if query_type == "image" else f"**Query**:\n{query}"
+        d = "**Document**:\n<|vision_start|><|image_pad|><|vision_end|>" if doc_type == "image" else f"**Document**:\n{doc}"
+        return d + "\n" + q
+
+    def compute_score(pairs, query_type="text", doc_type="text", max_length=10240, max_query_length=512,
+                      max_doc_length=None):
+        if max_doc_length is None:
+            max_doc_length = max(max_length - max_query_length, max_query_length)
+        texts, images = [], []
+        for q, d in pairs:
+            if doc_type == "text":
+                ids = tokenizer(d, truncation=True, max_length=max_doc_length)["input_ids"]
+                if len(ids) >= max_doc_length:
+                    d = tokenizer.decode(ids)
+            texts.append(fmt(q, d, query_type, doc_type))
+            images.append(([d] if doc_type == "image" else []) + ([q] if query_type == "image" else []))
+        flat = [im for ims in images for im in ims]
+        pixel = processor(images=flat, return_tensors="pt") if flat else None
+        # the processor's placeholder expansion: one <|image_pad|> per merged patch, images in order
+        grids = iter(pixel["image_grid_thw"].tolist() if flat else [])
+        expanded = []
+        for t in texts:
+            parts = t.split("<|image_pad|>")
+            out = parts[0]
+            for p in parts[1:]:
+                n = int(np.prod(next(grids))) // 4
+                out += "<|image_pad|>" * n + p
+            expanded.append(out)
+        batch = tokenizer(expanded, return_tensors="pt", padding=True, truncation=True, max_length=max_length - 1)
+        n = batch["input_ids"].shape[0]
+        ids = torch.cat([batch["input_ids"], torch.full((n, 1), 100)], dim=1)
+        mask = torch.cat([batch["attention_mask"], torch.ones(n, 1, dtype=batch["attention_mask"].dtype)], dim=1)
+        kw = dict(pixel_values=pixel["pixel_values"], image_grid_thw=pixel["image_grid_thw"]) if flat else {}
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, mm_token_type_ids=(ids == config["image_token_id"]).int(),
+                        output_hidden_states=True, use_cache=False, **kw)
+            logits = head(out.hidden_states[-1][:, -1]).squeeze(-1)
+            return torch.sigmoid(logits - LOGIT_BIAS).tolist()
+
+    return compute_score
+
+
+QUERY = "what does the chart of green tea sales show"
+DOCS = ["Green tea sales doubled in 2024, the chart shows a steady rise.", "Basketball is popular.",
+        "绿茶富含儿茶素", "Le thé vert est riche en antioxydants et peut améliorer la fonction cérébrale. " * 3]
+IMAGES = [image(90, 60, 1), image(30, 200, 2), image(300, 300, 3), image(160, 120, 4)]
+
+
+def ours(reranker, request: RerankRequest) -> list[float]:
+    result = reranker.rerank_request(request)
+    scores = [0.0] * len(request.documents)
+    for r in result.results:
+        scores[r.index] = r.relevance_score
+    return scores, [r.index for r in result.results]
+
+
+def check(scores, order, reference):
+    np.testing.assert_allclose(scores, reference, rtol=0, atol=ATOL)
+    assert order == list(np.argsort(reference)[::-1])
+    assert max(reference) - min(reference) > 100 * ATOL  # the inputs really score differently
+
+
+def test_registry_and_capabilities(folder, reranker):
+    from lastrank.families import detect_family
+
+    assert detect_family(folder) == "jina_m0"
+    caps = reranker.capabilities
+    assert caps.family == "jina-m0" and caps.images and caps.score == "sigmoid"
+    assert caps.context_length == 10240 and caps.max_doc_length == 9728 and caps.max_query_length == 512
+
+
+def test_text_query_text_documents(reranker, official):
+    scores, order = ours(reranker, RerankRequest(query=QUERY, documents=DOCS))
+    check(scores, order, official([(QUERY, d) for d in DOCS]))
+
+
+def test_text_query_image_documents(reranker, official):
+    scores, order = ours(reranker, RerankRequest(query=QUERY, documents=[""] * 4, images=dict(enumerate(IMAGES))))
+    check(scores, order, official([(QUERY, im) for im in IMAGES], doc_type="image"))
+
+
+def test_image_query_text_documents(reranker, official):
+    query = image(120, 45, 9)
+    scores, order = ours(reranker, RerankRequest(query="", documents=DOCS, images={"query": query}))
+    check(scores, order, official([(query, d) for d in DOCS], query_type="image"))
+
+
+def test_image_query_image_documents(reranker, official):
+    query = image(64, 64, 8)
+    scores, order = ours(reranker, RerankRequest(query="", documents=[""] * 3,
+                                                 images={"query": query, **dict(enumerate(IMAGES[:3]))}))
+    check(scores, order, official([(query, im) for im in IMAGES[:3]], query_type="image", doc_type="image"))
+
+
+def test_mixed_documents_score_as_the_official_per_type_calls(reranker, official):
+    """The official code takes one document type per call; a mixed request scores each document as its call."""
+    docs = [DOCS[0], "", DOCS[1], ""]
+    scores, _ = ours(reranker, RerankRequest(query=QUERY, documents=docs, images={1: IMAGES[0], 3: IMAGES[1]}))
+    text = official([(QUERY, DOCS[0]), (QUERY, DOCS[1])])
+    imgs = official([(QUERY, IMAGES[0]), (QUERY, IMAGES[1])], doc_type="image")
+    np.testing.assert_allclose(scores, [text[0], imgs[0], text[1], imgs[1]], rtol=0, atol=ATOL)
+
+
+def test_document_truncation_as_official(reranker, official):
+    long = "green tea " * 40
+    request = RerankRequest(query=QUERY, documents=[long, DOCS[1]], max_doc_length=16)
+    result = reranker.rerank_request(request)
+    assert result.usage.truncated_indices == [0]
+    scores, order = ours(reranker, request)
+    np.testing.assert_allclose(scores, official([(QUERY, long), (QUERY, DOCS[1])], max_doc_length=16), rtol=0, atol=ATOL)
+    with pytest.raises(InvalidRequestError):
+        reranker.rerank_request(RerankRequest(query=QUERY, documents=[long], max_doc_length=16, truncate=False))
+    with pytest.raises(InvalidRequestError, match="at most 10240"):
+        reranker.rerank_request(RerankRequest(query=QUERY, documents=["x"], max_doc_length=10000))
+
+
+def test_usage_counts_image_tokens(reranker):
+    result = reranker.rerank_request(RerankRequest(query="q", documents=["", "text"], images={0: image(56, 56, 0)}))
+    # a 56x56 image is a 4x4 patch grid = 4 image tokens, plus <|vision_start|> and <|vision_end|>
+    assert result.usage.doc_tokens[0] == 6
+    assert result.usage.prompt_tokens > 6
+
+
+def test_python_api_takes_pil_bytes_and_paths(reranker, tmp_path):
+    im = image(90, 60, 1)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    path = tmp_path / "page.png"
+    path.write_bytes(buf.getvalue())
+    results = reranker.rerank("tea", [im, buf.getvalue(), path, "text"])
+    by_index = {r["index"]: r for r in results}
+    assert by_index[2]["document"] == str(path) and by_index[0]["document"] == "" and by_index[3]["document"] == "text"
+    # the same pixels (PNG is lossless) score the same whichever way they came
+    assert abs(by_index[0]["relevance_score"] - by_index[1]["relevance_score"]) < 1e-9
+    assert abs(by_index[0]["relevance_score"] - by_index[2]["relevance_score"]) < 1e-9
+
+
+@pytest.mark.parametrize("value,message", [
+    (b"not an image at all", "not an image"),
+    (b"", "empty"),
+    ("a string", "must be a PIL"),
+])
+def test_bad_images_are_invalid_requests(value, message):
+    with pytest.raises(InvalidRequestError, match=message):
+        RerankRequest(query="q", documents=["d"], images={0: value})
+
+
+def test_decompression_bomb_refused_from_the_header():
+    from lastrank.images import MAX_IMAGE_PIXELS
+
+    side = int(MAX_IMAGE_PIXELS ** 0.5) + 10
+    buf = io.BytesIO()
+    PIL.new("1", (side, side)).save(buf, format="PNG")  # 1-bit, compresses to a few KB
+    assert len(buf.getvalue()) < 1 << 20
+    with pytest.raises(InvalidRequestError, match="pixels"):
+        RerankRequest(query="q", documents=["d"], images={0: buf.getvalue()})
+
+
+def test_bad_image_keys():
+    with pytest.raises(InvalidRequestError, match="document index"):
+        RerankRequest(query="q", documents=["d"], images={1: image(10, 10, 0)})
+
+
+def test_text_only_family_refuses_images():
+    import sys
+    from pathlib import Path
+
+    from lastrank.engine.chunking import ChunkingBackend
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from keyword_backend import KeywordBackend
+
+    backend = ChunkingBackend(KeywordBackend())
+    with pytest.raises(InvalidRequestError, match="text only"):
+        backend.plan(RerankRequest(query="q", documents=["d"], images={0: image(10, 10, 0)}))
+
+
+def test_chunk_mode_with_images_refused(reranker):
+    with pytest.raises(InvalidRequestError, match="chunking"):
+        reranker.rerank_request(RerankRequest(query="q", documents=["d"], images={0: image(10, 10, 0)},
+                                              chunking="chunk"))
