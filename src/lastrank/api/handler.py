@@ -143,7 +143,7 @@ def _check_text(what: str, text: str) -> None:
 def validate(t: Translated, s: ServerSettings) -> None:
     """The server's limits (characters, documents, valid Unicode). The request's own shape was checked by the
     dialect's schema, and RerankRequest checks the rest once when it is built."""
-    if not t.query.strip():
+    if not t.query.strip() and not (t.images and "query" in t.images):  # an image query has no text
         raise InvalidRequestError("query must not be empty")
     if len(t.query) > s.max_query_chars:
         raise PayloadTooLargeError(f"the query has {len(t.query)} characters; this server accepts at most {s.max_query_chars}")
@@ -182,7 +182,26 @@ def to_request(t: Translated, s: ServerSettings, request_id: str) -> RerankReque
         chunk_overlap=t.chunk_overlap,
         max_chunks_per_doc=t.max_chunks_per_doc,
         return_spans=t.return_spans,
+        images=_decode_images(t.images),
     )
+
+
+def _decode_images(images: dict | None) -> dict | None:
+    """The wire's base64 / data-URI strings -> bytes; RerankRequest opens and checks them (lastrank/images.py)."""
+    if not images:
+        return None
+    from lastrank.images import decode_base64
+
+    return {k: decode_base64(v, "query" if k == "query" else f"documents[{k}]") for k, v in images.items()}
+
+
+def image_refusal(t: Translated) -> list[dict]:
+    """Validation errors (a 422, as for any input the wire format cannot carry) for images sent to a text model."""
+    if "query" in t.images:
+        return [{"loc": ["body", "query"], "msg": jina.IMAGE_UNSUPPORTED, "type": "query_image"}]
+    i = min(k for k in t.images if k != "query")
+    return [{"loc": ["body", "documents", str(i)], "msg": "image documents are not supported (this model ranks "
+             "text only)", "type": "document_image"}]
 
 
 def pick_model(state: ServerState, t: Translated, key) -> ServedModel:
@@ -298,12 +317,15 @@ async def handle_rerank(request: Request, route: str, route_dialect=None) -> Res
     dialect, t = parsed
     model = pick_model(state, t, key)
     request.state.model = model.name  # for the access log and refusal counts
+    if t.images and not model.capabilities.images:
+        return api_errors.validation_response(image_refusal(t), request_id)
     if state.limiter.store is None:
         state.limiter.check(key, len(t.documents))
     else:  # the buckets are in a shared store (PostgreSQL): a database round trip, off the event loop
         await run_in_threadpool(state.limiter.check, key, len(t.documents))
 
-    rr = to_request(t, s, request_id)
+    # decoding images (base64, PIL's header and pixels) is CPU work: off the event loop
+    rr = await run_in_threadpool(to_request, t, s, request_id) if t.images else to_request(t, s, request_id)
     try:
         result = await submit_watching(model.scheduler, request, rr)
     except ClientDisconnected:

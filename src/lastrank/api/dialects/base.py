@@ -71,6 +71,9 @@ class Translated:
     max_chunks_per_doc: int | None = None
     return_spans: bool = False  # chunk mode: each result's best window as `span` [start, end) characters
     options: dict = field(default_factory=dict)  # dialect-only response switches (e.g. TEI raw_scores)
+    # image query / documents (Jina's {"image": ...} objects): "query" / document index -> base64 or data URI
+    # string as sent; their `documents` entries (and query) are "". Decoded and checked in handler.to_request.
+    images: dict | None = None
 
 
 @dataclass

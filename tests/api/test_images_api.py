@@ -1,0 +1,105 @@
+"""Images over HTTP (Jina /v1/rerank with {"image": base64 | data URI} query and documents), against a tiny
+random jina-reranker-m0 in-process: the same scores as the Python API, usage counting image tokens, and a
+clear 4xx for every image that cannot be used. Text-only models keep refusing images with a 422 (covered
+with the fake model in test_request_options.py / test_bad_inputs.py)."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+
+from lastrank.model.checkpoint_m0 import make_m0_checkpoint
+from lastrank.types import RerankRequest
+
+PIL = pytest.importorskip("PIL.Image")
+
+
+def png(w, h, seed) -> bytes:
+    buf = io.BytesIO()
+    PIL.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    from lastrank.families import load_backend
+
+    folder = make_m0_checkpoint(tmp_path_factory.mktemp("m0"), "tiny", seed=5, dtype="float32")
+    return load_backend(str(folder), device="cpu", dtype="float32")
+
+
+@pytest.fixture
+def client(store, backend):
+    from fastapi.testclient import TestClient
+
+    from lastrank.api.app import create_app
+    from lastrank.api.settings import ServerSettings
+
+    with TestClient(create_app(ServerSettings(), store, backend=backend), raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_image_documents_and_query_rank_as_the_engine(client, backend):
+    a, b = png(90, 60, 1), png(30, 200, 2)
+    expected = backend.rerank(RerankRequest(query="tea", documents=["", "text doc", ""], images={0: a, 2: b}))
+    r = client.post("/v1/rerank", json={"query": "tea", "documents": [
+        {"image": b64(a)}, "text doc", {"image": "data:image/png;base64," + b64(b)}]})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert [x["index"] for x in got["results"]] == [x.index for x in expected.results]
+    for g, e in zip(got["results"], expected.results):
+        assert g["relevance_score"] == pytest.approx(e.relevance_score, abs=1e-6)
+    assert got["usage"]["total_tokens"] == expected.usage.prompt_tokens  # image tokens counted
+    assert got["results"][[x["index"] for x in got["results"]].index(0)]["document"] == {"image": b64(a)}
+    q = client.post("/v1/rerank", json={"query": {"image": b64(a)}, "documents": ["x", "y"]})
+    assert q.status_code == 200, q.text
+    models = client.get("/v1/models").json()
+    assert "'images': True" in str(models) or '"images": true' in str(models).lower()
+
+
+def bomb() -> str:
+    from lastrank.images import MAX_IMAGE_PIXELS
+
+    side = int(MAX_IMAGE_PIXELS ** 0.5) + 10
+    buf = io.BytesIO()
+    PIL.new("1", (side, side)).save(buf, format="PNG")
+    return b64(buf.getvalue())
+
+
+@pytest.mark.parametrize("image,status,needle", [
+    ("not base64 !!!", 400, "not valid base64"),
+    (b64(b"hello, not an image"), 400, "not an image"),
+    ("data:text/plain;base64,aGVsbG8=", 400, "data URI"),
+    ("https://example.com/cat.png", 400, "image URLs are not supported"),
+    (b64(png(90, 60, 0)[:200]), 400, "could not be decoded"),
+    ("BOMB", 400, "pixels"),
+    (b64(png(10, 2100, 0)), 400, "aspect ratio"),
+    ("", 400, "empty"),
+])
+def test_bad_images_are_4xx(client, image, status, needle):
+    image = bomb() if image == "BOMB" else image
+    for body in ({"query": "q", "documents": [{"image": image}]}, {"query": {"image": image}, "documents": ["d"]}):
+        r = client.post("/v1/rerank", json=body)
+        assert r.status_code == status, r.text
+        assert needle in r.json()["detail"]
+
+
+def test_too_large_image_is_413(client, monkeypatch):
+    import lastrank.images as images
+
+    monkeypatch.setattr(images, "MAX_IMAGE_BYTES", 1000)
+    r = client.post("/v1/rerank", json={"query": "q", "documents": [{"image": b64(png(90, 60, 0))}]})
+    assert r.status_code == 413, r.text
+
+
+def test_non_string_image_is_4xx(client):
+    for body in ({"query": "q", "documents": [{"image": 5}]}, {"query": {"image": 5}, "documents": ["d"]}):
+        r = client.post("/v1/rerank", json=body)
+        assert 400 <= r.status_code < 500, r.text
