@@ -3,6 +3,7 @@
     image_input(value, where)  PIL.Image.Image | bytes | os.PathLike  -> PIL image (RGB-convertible, loaded)
     open_image(data, where)    encoded bytes -> PIL image, with the limits below
     decode_base64(text, where) base64 or a `data:image/...;base64,` URI -> bytes (for the HTTP dialects)
+    fetch_image_url(url, policy, where)  an http(s) URL the server's UrlPolicy allows -> bytes (off by default)
 
 Every failure is an InvalidRequestError (a 4xx at the API) that says which input and why: not base64, not an
 image PIL can read, more than MAX_IMAGE_BYTES encoded bytes (PayloadTooLargeError), more than
@@ -16,9 +17,11 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import ipaddress
 import os
 import re
 import warnings
+from dataclasses import dataclass
 
 from lastrank.errors import InvalidRequestError, PayloadTooLargeError
 
@@ -33,9 +36,9 @@ def decode_base64(text: str, where: str) -> bytes:
     """Standard base64 (whitespace allowed), optionally as a data URI; strict: any other character is an error."""
     if not isinstance(text, str):
         raise InvalidRequestError(f"{where}: an image must be a base64 string, got {type(text).__name__}")
-    if text[:8].lower().startswith(("http://", "https://")):
-        raise InvalidRequestError(f"{where}: image URLs are not supported by this server; send the image as "
-                                  f"base64 or a data URI")
+    if is_url(text):
+        raise InvalidRequestError(f"{where}: image URLs are not enabled on this server (lastrank serve "
+                                  f"--allow-image-urls HOST); send the image as base64 or a data URI")
     if text.startswith("data:"):
         match = _DATA_URI.match(text)
         if not match:
@@ -47,6 +50,89 @@ def decode_base64(text: str, where: str) -> bytes:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequestError(f"{where}: the image is not valid base64") from None
+
+
+def is_url(text: str) -> bool:
+    return text[:8].lower().startswith(("http://", "https://"))
+
+
+URL_TIMEOUT_S = 10.0  # connect, every read, and the whole download of one image URL
+
+
+@dataclass(frozen=True)
+class UrlPolicy:
+    """Which image URLs a server fetches (lastrank serve --allow-image-urls / --allow-private-image-urls)."""
+
+    hosts: tuple[str, ...]  # exact host names, or "*.example.com" for its subdomains
+    allow_private: bool = False  # may an allowed host resolve to a private / loopback / link-local address
+    timeout_s: float = URL_TIMEOUT_S
+
+    def host_allowed(self, host: str) -> bool:
+        host = host.lower().rstrip(".")
+        for pattern in self.hosts:
+            pattern = pattern.lower().rstrip(".")
+            if host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:])):
+                return True
+        return False
+
+
+def _public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if ip.version == 6 and ip.ipv4_mapped is not None:  # ::ffff:127.0.0.1 is loopback
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def fetch_image_url(url: str, policy: UrlPolicy, where: str) -> bytes:
+    """GET one image URL under `policy`: http(s) only, no credentials in the URL, an allowed host, every address
+    the host resolves to public unless allow_private, no redirects followed, at most MAX_IMAGE_BYTES and
+    policy.timeout_s. Every refusal or failure is an InvalidRequestError (PayloadTooLargeError for size).
+    Known gap: the name is resolved here and again by the HTTP client, so a DNS answer that changes in between
+    (rebinding) is not caught; allow only hosts whose DNS you trust."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    import httpx
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError:
+        raise InvalidRequestError(f"{where}: not a valid image URL") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise InvalidRequestError(f"{where}: an image URL must be http(s)://host/...")
+    if parts.username or parts.password:
+        raise InvalidRequestError(f"{where}: image URLs with credentials are not fetched")
+    host = parts.hostname
+    if not policy.host_allowed(host):
+        raise InvalidRequestError(f"{where}: image host {host!r} is not allowed on this server")
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+    except (OSError, UnicodeError):
+        raise InvalidRequestError(f"{where}: the image host {host!r} could not be resolved") from None
+    if not policy.allow_private and not all(_public(a) for a in addresses):
+        raise InvalidRequestError(f"{where}: the image host {host!r} resolves to a private, loopback or link-local "
+                                  f"address; not fetched")
+    start = time.monotonic()
+    try:
+        with httpx.Client(follow_redirects=False, timeout=policy.timeout_s, trust_env=False) as client:
+            with client.stream("GET", url, headers={"Accept": "image/*"}) as response:
+                if response.is_redirect:
+                    raise InvalidRequestError(f"{where}: the image URL redirects ({response.status_code}); "
+                                              f"redirects are not followed")
+                if response.status_code != 200:
+                    raise InvalidRequestError(f"{where}: the image URL answered HTTP {response.status_code}")
+                data = bytearray()
+                for chunk in response.iter_bytes():
+                    data += chunk
+                    if len(data) > MAX_IMAGE_BYTES:
+                        raise PayloadTooLargeError(f"{where}: the image is larger than {MAX_IMAGE_BYTES} bytes")
+                    if time.monotonic() - start > policy.timeout_s:
+                        raise InvalidRequestError(f"{where}: the image URL took over {policy.timeout_s:g} s")
+    except httpx.HTTPError as e:
+        raise InvalidRequestError(f"{where}: the image URL could not be fetched ({type(e).__name__})") from None
+    return bytes(data)
 
 
 def open_image(data: bytes, where: str):

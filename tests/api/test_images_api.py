@@ -77,7 +77,7 @@ def bomb() -> str:
     ("not base64 !!!", 400, "not valid base64"),
     (b64(b"hello, not an image"), 400, "not an image"),
     ("data:text/plain;base64,aGVsbG8=", 400, "data URI"),
-    ("https://example.com/cat.png", 400, "image URLs are not supported"),
+    ("https://example.com/cat.png", 400, "image URLs are not enabled"),
     (b64(png(90, 60, 0)[:200]), 400, "could not be decoded"),
     ("BOMB", 400, "pixels"),
     (b64(png(10, 2100, 0)), 400, "aspect ratio"),
@@ -103,3 +103,83 @@ def test_non_string_image_is_4xx(client):
     for body in ({"query": "q", "documents": [{"image": 5}]}, {"query": {"image": 5}, "documents": ["d"]}):
         r = client.post("/v1/rerank", json=body)
         assert 400 <= r.status_code < 500, r.text
+
+
+@pytest.fixture(scope="module")
+def image_server():
+    """A loopback HTTP server: /img.png (an image), /redirect (302 to it), /missing (404)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = png(90, 60, 1)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/img.png":
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            elif self.path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", "/img.png")
+                self.end_headers()
+            else:
+                self.send_response(404)
+                self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", body
+    server.shutdown()
+    server.server_close()
+
+
+def url_client(store, backend, **settings):
+    from fastapi.testclient import TestClient
+
+    from lastrank.api.app import create_app
+    from lastrank.api.settings import ServerSettings
+
+    return TestClient(create_app(ServerSettings(**settings), store, backend=backend), raise_server_exceptions=False)
+
+
+def test_image_url_fetched_only_when_allowed(store, backend, image_server, client):
+    base, body = image_server
+    docs = [{"image": f"{base}/img.png"}, "text"]
+    refused = client.post("/v1/rerank", json={"query": "tea", "documents": docs})  # default: no URLs
+    assert refused.status_code == 400 and "not enabled" in refused.json()["detail"]
+    with url_client(store, backend, allow_image_urls=("127.0.0.1",)) as c:  # allowed host, but loopback
+        r = c.post("/v1/rerank", json={"query": "tea", "documents": docs})
+        assert r.status_code == 400 and "loopback" in r.json()["detail"]
+    with url_client(store, backend, allow_image_urls=("example.com",), allow_private_image_urls=True) as c:
+        r = c.post("/v1/rerank", json={"query": "tea", "documents": docs})
+        assert r.status_code == 400 and "not allowed" in r.json()["detail"]
+    with url_client(store, backend, allow_image_urls=("127.0.0.1",), allow_private_image_urls=True) as c:
+        r = c.post("/v1/rerank", json={"query": "tea", "documents": docs})
+        assert r.status_code == 200, r.text
+        same = c.post("/v1/rerank", json={"query": "tea", "documents": [{"image": b64(body)}, "text"]})
+        assert [x["relevance_score"] for x in r.json()["results"]] == \
+            [x["relevance_score"] for x in same.json()["results"]]
+        for path, needle in (("/redirect", "redirects are not followed"), ("/missing", "HTTP 404")):
+            bad = c.post("/v1/rerank", json={"query": "tea", "documents": [{"image": base + path}]})
+            assert bad.status_code == 400 and needle in bad.json()["detail"], bad.text
+        closed = c.post("/v1/rerank", json={"query": "tea", "documents": [{"image": "http://127.0.0.1:9/x.png"}]})
+        assert closed.status_code == 400 and "could not be fetched" in closed.json()["detail"]
+
+
+def test_url_policy_addresses():
+    from lastrank.images import UrlPolicy, _public
+
+    for address in ("127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "::1", "fe80::1", "::ffff:127.0.0.1",
+                    "100.64.0.1", "0.0.0.0"):
+        assert not _public(address), address
+    assert _public("93.184.216.34") and _public("2606:2800:220:1:248:1893:25c8:1946")
+    policy = UrlPolicy(("*.example.com", "images.test"))
+    assert policy.host_allowed("a.example.com") and policy.host_allowed("IMAGES.test")
+    assert not policy.host_allowed("example.com.evil.org") and not policy.host_allowed("evilexample.com")

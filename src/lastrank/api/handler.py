@@ -182,17 +182,23 @@ def to_request(t: Translated, s: ServerSettings, request_id: str) -> RerankReque
         chunk_overlap=t.chunk_overlap,
         max_chunks_per_doc=t.max_chunks_per_doc,
         return_spans=t.return_spans,
-        images=_decode_images(t.images),
+        images=_decode_images(t.images, s),
     )
 
 
-def _decode_images(images: dict | None) -> dict | None:
-    """The wire's base64 / data-URI strings -> bytes; RerankRequest opens and checks them (lastrank/images.py)."""
+def _decode_images(images: dict | None, s: ServerSettings) -> dict | None:
+    """The wire's base64 / data-URI strings -> bytes, and image URLs fetched when the server allows their host
+    (--allow-image-urls); RerankRequest opens and checks the bytes (lastrank/images.py)."""
     if not images:
         return None
-    from lastrank.images import decode_base64
+    from lastrank.images import UrlPolicy, decode_base64, fetch_image_url, is_url
 
-    return {k: decode_base64(v, "query" if k == "query" else f"documents[{k}]") for k, v in images.items()}
+    policy = UrlPolicy(tuple(s.allow_image_urls), s.allow_private_image_urls)
+    out = {}
+    for k, v in images.items():
+        where = "query" if k == "query" else f"documents[{k}]"
+        out[k] = fetch_image_url(v, policy, where) if policy.hosts and is_url(v) else decode_base64(v, where)
+    return out
 
 
 def image_refusal(t: Translated) -> list[dict]:

@@ -59,6 +59,12 @@ class ServerSettings:
     max_documents: int = setting(10_000, "documents per request (413)", kind="positive_int", group="limits")
     max_document_chars: int = setting(200_000, "characters per document (413)", kind="positive_int", group="limits")
     max_query_chars: int = setting(20_000, "characters of the query (413)", kind="positive_int", group="limits")
+    # image URLs (multimodal models, lastrank/images.py): off unless hosts are named
+    allow_image_urls: tuple[str, ...] = setting((), "fetch http(s) image URLs from this host (repeatable; "
+                                                "*.example.com: its subdomains); default: none, image URLs are a 400",
+                                                kind="list", group="limits", metavar="HOST")
+    allow_private_image_urls: bool = setting(False, "let allowed image-URL hosts resolve to private, loopback or "
+                                             "link-local addresses (default: refused)", kind="bool", group="limits")
     # long documents (engine/chunking.py)
     chunking: str = setting("truncate", "long documents when a request does not say: truncate (at the model's "
                             "document limit) or chunk (rank every window of that many tokens, score a document by "
