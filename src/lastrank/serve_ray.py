@@ -396,15 +396,18 @@ def store_target_of(store) -> str:
 
 def build(args: dict):
     """Serve config file entry point (`import_path: lastrank.serve_ray:build`): `args` holds the store
-    (`store`: a postgresql:// URL or a SQLite path) and any `lastrank serve` setting by its field name
-    (e.g. `model: [minilm]`, `replicas: 2`, `dtype: float32`). Deployment options in the config file
+    (`store`: a postgresql:// URL or a SQLite path; default $LASTRANK_STORE where the app is built, so a
+    password can come from a secret) and any `lastrank serve` setting by its field name (e.g.
+    `model: [minilm]`, `replicas: 2`, `dtype: float32`). Deployment options in the config file
     (num_replicas, ray_actor_options, ...) override what these settings give."""
+    from lastrank.cli.keys import STORE_ENV
     from lastrank.cli.serve import served_models
 
     args = dict(args)
-    store_target = args.pop("store", None)
+    store_target = args.pop("store", None) or os.environ.get(STORE_ENV)
     if not store_target:
-        raise LastrankError("the Serve config's args need `store` (a postgresql:// URL or a SQLite path)")
+        raise LastrankError(f"the Serve config's args need `store` (a postgresql:// URL or a SQLite path), "
+                            f"or ${STORE_ENV} where the application is built")
     settings = ServerSettings(**args)
     return application(settings, str(store_target), specs_from_models(served_models(settings)))
 
