@@ -278,3 +278,22 @@ def test_cli_make_checkpoint_and_rerank(tmp_path, capsys):
     expected = Reranker(folder, dtype="float32").rerank(QUERY, ["Green tea has catechins.", "Paris is in France."])
     assert [d["index"] for d in out] == [d["index"] for d in expected]
     assert [d["relevance_score"] for d in out] == pytest.approx([d["relevance_score"] for d in expected], abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["bge", "jina"])
+def test_chunk_mode_scores_a_document_as_its_best_chunk_ranked_alone(rerankers, name):
+    """Long documents in chunk mode (engine/chunking.py): no chunk is truncated, and a document's score is,
+    to 1e-5, that of the text at its span ranked on its own."""
+    from lastrank.engine.chunking import ChunkingBackend
+
+    backend = ChunkingBackend(rerankers[name].backend)
+    long_doc = " ".join(DOCUMENTS[11:61])
+    docs = [long_doc, DOCUMENTS[0], "Green tea. " * 200]
+    request = RerankRequest(query=QUERY, documents=docs, max_doc_length=64, chunking="chunk", return_spans=True)
+    result = backend.rerank(request)
+    assert result.usage.chunks > 4 and result.usage.truncated_indices == []
+    for r in result.results:
+        alone = backend.inner.rerank(RerankRequest(query=QUERY, documents=[docs[r.index][slice(*r.span)]],
+                                                   max_doc_length=64)).results[0]
+        assert abs(alone.raw_score - r.raw_score) <= ATOL
+        assert alone.relevance_score == pytest.approx(r.relevance_score, abs=ATOL)

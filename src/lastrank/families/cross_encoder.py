@@ -28,6 +28,8 @@ Both limits are capped at what the model's position table holds (8192 / 1024 tok
 
 Every `score_sequences` call (the pairs of one or many requests) is one packed forward per up to
 `max_forward_tokens` tokens: no padding, attention confined to each pair (model/xlmr.py).
+
+Chunk mode (engine/chunking.py) works: `token_offsets` and `chunk_window` below.
 """
 
 from __future__ import annotations
@@ -175,6 +177,18 @@ class CrossEncoderBackend(PairwiseBackend):
         if not request.truncate and (truncated or query_truncated):
             raise InvalidRequestError(truncation_refused(truncated, query_truncated, max_length, query_limit))
         return EncodedPairs(sequences, doc_tokens, truncated, query_truncated)
+
+    def token_offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        """Chunk mode (engine/chunking.py): a document is tokenised on its own (the pair template only puts
+        special tokens around it), so its tokens' spans are those of the text encoded alone."""
+        return [list(e.offsets) for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+    def chunk_window(self, request: RerankRequest) -> int:
+        """Own tokens a document keeps uncut beside this request's query: max_length less the pair's special
+        tokens and the (cut) query. Under both rules a document that short is never truncated."""
+        max_length, query_limit = self.limits(request)
+        n_query = min(len(self.tokenizer.encode(request.query, add_special_tokens=False).ids), query_limit)
+        return max(1, max_length - self.n_special - n_query)
 
     def plan(self, request: RerankRequest) -> RerankPlan:
         plan = super().plan(request)
