@@ -87,8 +87,9 @@ def fetch_image_url(url: str, policy: UrlPolicy, where: str) -> bytes:
     """GET one image URL under `policy`: http(s) only, no credentials in the URL, an allowed host, every address
     the host resolves to public unless allow_private, no redirects followed, at most MAX_IMAGE_BYTES and
     policy.timeout_s. Every refusal or failure is an InvalidRequestError (PayloadTooLargeError for size).
-    Known gap: the name is resolved here and again by the HTTP client, so a DNS answer that changes in between
-    (rebinding) is not caught; allow only hosts whose DNS you trust."""
+    The connection goes to the address checked here (the Host header and, for https, the TLS server name and
+    certificate check keep the URL's host), so a DNS answer that changes after the check (rebinding) is not
+    used."""
     import socket
     import time
     from urllib.parse import urlsplit
@@ -116,8 +117,11 @@ def fetch_image_url(url: str, policy: UrlPolicy, where: str) -> bytes:
                                   f"address; not fetched")
     start = time.monotonic()
     try:
+        target = httpx.URL(url)
+        pinned = target.copy_with(host=sorted(addresses)[0].split("%")[0])
+        headers = {"Accept": "image/*", "Host": target.netloc.decode("ascii")}
         with httpx.Client(follow_redirects=False, timeout=policy.timeout_s, trust_env=False) as client:
-            with client.stream("GET", url, headers={"Accept": "image/*"}) as response:
+            with client.stream("GET", pinned, headers=headers, extensions={"sni_hostname": host}) as response:
                 if response.is_redirect:
                     raise InvalidRequestError(f"{where}: the image URL redirects ({response.status_code}); "
                                               f"redirects are not followed")
