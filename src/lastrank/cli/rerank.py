@@ -15,8 +15,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2",
                    help="hub id, short name (minilm) or local model folder (default: %(default)s, real weights "
                         "that ship offline)")
-    p.add_argument("--query", required=True)
-    p.add_argument("--documents", required=True,
+    p.add_argument("--query", default=None, help="the query text (required unless --query-image)")
+    p.add_argument("--query-image", default=None, metavar="PATH",
+                   help="multimodal models (jina-reranker-m0): the query is this image file")
+    p.add_argument("--image", action="append", default=[], metavar="PATH",
+                   help="multimodal models: an image document (repeatable), ranked with the --documents ones; its "
+                        "[index] follows theirs")
+    p.add_argument("--documents", default=None,
                    help="a .txt file or - for standard input (one document per line; [index] is the 0-based line "
                         "number, so a blank line inside the file is an empty document and blank lines at the end "
                         "are ignored), a .jsonl file (one JSON string, or object with a 'text' field, per line; "
@@ -100,7 +105,11 @@ def read_documents(source: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from lastrank.model.resolve import resolve_checkpoint
 
-    documents = read_documents(args.documents)
+    if (args.query is None) == (args.query_image is None):
+        raise InvalidRequestError("give the query as --query TEXT or --query-image PATH (one of them)")
+    if args.documents is None and not args.image:
+        raise InvalidRequestError("give documents: --documents FILE and/or --image PATH")
+    documents = read_documents(args.documents) if args.documents is not None else []
     resolve_checkpoint(args.model)  # a missing folder or an offline hub id fails here, before torch is imported
     from lastrank import Reranker
     from lastrank.model.checkpoint import NOTICE, is_random_checkpoint
@@ -114,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
     if blank and not args.documents.endswith((".json", ".jsonl")):
         print(f"lastrank: note: {blank} blank line(s) ranked as empty documents, so that [index] stays the "
               f"0-based line number", file=sys.stderr)
-    results = reranker.rerank(args.query, documents, top_n=args.top_n, instruction=args.instruction,
+    documents = documents + [Path(p) for p in args.image]  # Reranker.rerank: a Path is an image
+    query = Path(args.query_image) if args.query_image is not None else args.query
+    results = reranker.rerank(query, documents, top_n=args.top_n, instruction=args.instruction,
                               max_doc_length=args.max_doc_length, max_query_length=args.max_query_length,
                               chunking=args.chunking, chunk_overlap=args.chunk_overlap,
                               max_chunks_per_doc=args.max_chunks_per_doc, return_spans=args.spans)
