@@ -228,6 +228,11 @@ def test_bad_image_keys():
         RerankRequest(query="q", documents=["d"], images={1: image(10, 10, 0)})
 
 
+def test_image_token_text_is_refused(reranker):
+    with pytest.raises(InvalidRequestError, match="only images may use"):
+        reranker.rerank_request(RerankRequest(query="q", documents=["a <|image_pad|> b"]))
+
+
 def test_text_only_family_refuses_images():
     import sys
     from pathlib import Path

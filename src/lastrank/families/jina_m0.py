@@ -144,9 +144,12 @@ class JinaM0Backend(PairwiseBackend):
                 if len(ids) >= max_doc:  # the official `>=`: cut, decoded back to text
                     doc = self.tokenizer.decode(ids[:max_doc], skip_special_tokens=False)
             ids = self.tokenizer.encode(prompt(query_text, doc), add_special_tokens=False).ids
+            n_images = sum(g[0] * g[1] * g[2] for _, g in doc_images + query_images) // self.limits.merge_size ** 2
+            if ids.count(IMAGE_TOKEN_ID) != n_images:  # the official processor fails on this too
+                raise InvalidRequestError(f"documents[{i}] or the query holds the text {IMAGE_PAD}, which only "
+                                          f"images may use")
             if len(ids) > MAX_LENGTH - 1:
                 kept = ids[:MAX_LENGTH - 1]
-                n_images = sum(g[0] * g[1] * g[2] for _, g in doc_images + query_images) // self.limits.merge_size ** 2
                 if kept.count(IMAGE_TOKEN_ID) != n_images:
                     raise InvalidRequestError(f"documents[{i}]: the prompt is {len(ids)} tokens, over {MAX_LENGTH - 1}, "
                                               f"and truncating it would cut an image")
@@ -210,5 +213,8 @@ def load(path: Path, device: torch.device, dtype: torch.dtype, *, model_id: str 
         if tokenizer.token_to_id(token) is None:
             raise ModelNotAvailableError(f"{path}: the tokenizer has no {token} token; not a Qwen2-VL tokenizer")
     model = load_jina_m0(path, device, dtype)
+    if tokenizer.token_to_id(IMAGE_PAD) != model.image_token_id:
+        raise ModelNotAvailableError(f"{path}: the tokenizer's {IMAGE_PAD} is id {tokenizer.token_to_id(IMAGE_PAD)}, "
+                                     f"config.json's image_token_id is {model.image_token_id}")
     return JinaM0Backend(model, tokenizer, device, model_id=model_id, path=path, random_weights=random_weights,
                          **options)
