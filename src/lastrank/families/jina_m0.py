@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lastrank.engine.backend import Capabilities, RerankPlan, truncation_refused
-from lastrank.engine.pairs import PairBlock, PairwiseBackend, cut_blocks
+from lastrank.engine.backend import Backend, Capabilities, RerankPlan, Scores, sigmoid, truncation_refused
+from lastrank.engine.pairs import PairBlock, cut_blocks
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.model.jina_m0 import IMAGE_TOKEN_ID, SCORE_TOKEN_ID, JinaM0ForRanking
 from lastrank.model.qwen2_vl import ImageLimits, preprocess_image
@@ -65,7 +65,12 @@ class M0Block(PairBlock):
     images: list[list[Prepared]] = field(default_factory=list)
 
 
-class JinaM0Backend(PairwiseBackend):
+class JinaM0Backend(Backend):
+    """Pointwise like engine/pairs.py's families (its blocks and block cutting), but a pair carries images, so
+    planning and running are this family's own."""
+
+    max_block_tokens: int = 8192
+
     def __init__(self, model: JinaM0ForRanking, tokenizer, device: torch.device, *, max_forward_tokens: int = 16384,
                  model_id: str = "", path: Path | None = None, random_weights: bool = False):
         self.model = model
@@ -115,9 +120,6 @@ class JinaM0Backend(PairwiseBackend):
             raise InvalidRequestError(f"image: {e}") from None
         n = grid[0] * grid[1] * grid[2] // self.limits.merge_size ** 2
         return (pixels, grid), IMAGE_PROMPT.replace(IMAGE_PAD, IMAGE_PAD * n)
-
-    def encode_pairs(self, request: RerankRequest, max_doc_length: int, max_query_length: int):
-        raise NotImplementedError("jina-m0 plans its own blocks (images ride along): see plan")
 
     def plan(self, request: RerankRequest) -> RerankPlan:
         max_doc, max_query = self.limits_for(request)
@@ -187,8 +189,11 @@ class JinaM0Backend(PairwiseBackend):
             start += len(b.sequences)
         return out
 
-    def score_sequences(self, sequences, prefix_lens):  # pragma: no cover - run_blocks is overridden
-        raise NotImplementedError
+    def scores(self, plan: RerankPlan, outputs: list[np.ndarray]) -> Scores:
+        raw = np.empty(len(plan.request.documents), dtype=np.float64)
+        for block, out in zip(plan.blocks, outputs):
+            raw[block.doc_indices] = out
+        return Scores(relevance=sigmoid(raw), raw=raw)
 
     def warmup(self) -> None:
         from PIL import Image
