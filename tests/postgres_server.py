@@ -20,7 +20,6 @@ import os
 import pwd
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -28,6 +27,8 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from server_process import free_port
 
 URL_ENV = "LASTRANK_TEST_POSTGRES_URL"
 BINDIR_ENV = "LASTRANK_TEST_PG_BINDIR"
@@ -55,12 +56,6 @@ def _bindir() -> Path:
     raise PostgresUnavailable(_HOW_TO_INSTALL)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LocalPostgres:
     """A cluster in a temporary folder, run by this test process."""
 
@@ -86,7 +81,7 @@ class LocalPostgres:
         self._run(["initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8",
                    "--locale=C"])
         for _ in range(5):  # a free port can be taken between the check and the start: retry
-            self.port = _free_port()
+            self.port = free_port()
             options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
                        "-c full_page_writes=off -c max_connections=200")
             done = self._run(["pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options,

@@ -7,17 +7,14 @@ sides. Also: keys over the wire, the ledger, and SIGKILL under load.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
+from server_process import ServerProcess, create_key, free_port
 
 MODEL = "jina-reranker-v3"
 QUERY = "how do solar panels turn light into electricity"
@@ -31,63 +28,6 @@ DOCS = [
     "Electric cars need charging stations along highways.",
     "Light is made of photons that can knock electrons loose in a material.",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    def __init__(self, checkpoint: Path, db: Path, log: Path, extra: list[str] = ()):
-        self.checkpoint, self.db, self.log_path, self.extra = checkpoint, db, log, list(extra)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 120.0) -> None:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lastrank", "serve", "--model", str(self.checkpoint), "--port", str(self.port),
-             "--db", str(self.db), "--dtype", "float32", "--access-log", "off", "--log-level", "warning", *self.extra],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server not ready after {timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        if getattr(self, "_log", None):
-            self._log.close()
-
-
-def create_key(db: Path, name: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "lastrank", "keys", "create", "--name", name, "--db", str(db)],
-                         capture_output=True, text=True, check=True, timeout=60)
-    return out.stdout.strip()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import httpx
 
 import postgres_server
 from lastrank.store import open_store
-from test_real_clients import DOCS, QUERY, ServerProcess, create_key
+from server_process import ServerProcess, create_key
+from test_real_clients import DOCS, QUERY
 
 
 def test_two_servers_one_ledger_one_allowance(tiny_checkpoint, tmp_path):

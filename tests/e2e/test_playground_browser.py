@@ -17,14 +17,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from server_process import ServerProcess
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 CHROMIUM = "/usr/bin/chromium"
@@ -43,12 +41,6 @@ DOCS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """-> (url, key): `lastrank serve` on a free loopback port, with one API key, so auth is on."""
@@ -59,37 +51,12 @@ def server(tmp_path_factory):
     store = Store(db)
     _, key = store.create_key("playground")
     store.close()
-    port = _free_port()
-    log_path = tmp / "server.log"
-    log = open(log_path, "wb")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lastrank", "serve", "--model", MODEL, "--port", str(port),
-         "--db", str(db), "--dtype", "float32", "--access-log", "off", "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
+    srv = ServerProcess(MODEL, db, tmp / "server.log")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"lastrank serve exited {proc.returncode}: {log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"lastrank serve not ready after 120 s: {log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
-        yield url, key
+        srv.start()
+        yield srv.url, key
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
-        log.close()
+        srv.stop()
 
 
 @pytest.fixture(scope="module")

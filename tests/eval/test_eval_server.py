@@ -4,63 +4,27 @@ results (same tiny checkpoint, float32, one block per query)."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
+from server_process import ServerProcess
 
 from lastrank.cli import main
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tiny_checkpoint, tmp_path_factory):
-    import httpx
-
     from lastrank.store import Store
 
     tmp = tmp_path_factory.mktemp("eval-serve")
     store = Store(tmp / "ledger.db")
     _, key = store.create_key("eval")
     store.close()
-    port = _free_port()
-    log = open(tmp / "server.log", "wb")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lastrank", "serve", "--model", str(tiny_checkpoint), "--port", str(port),
-         "--db", str(tmp / "ledger.db"), "--dtype", "float32", "--access-log", "off", "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
+    srv = ServerProcess(tiny_checkpoint, tmp / "ledger.db", tmp / "server.log")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"lastrank serve exited: {(tmp / 'server.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"lastrank serve not ready: {(tmp / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.2)
-        yield url, key
+        srv.start()
+        yield srv.url, key
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
-        log.close()
+        srv.stop()
 
 
 def test_server_mode_equals_in_process(served, data_root, tiny_checkpoint, tmp_path):
