@@ -145,8 +145,8 @@ class ModelReplica:
         if not self.scheduler.running:
             raise RuntimeError("the scheduler's worker is not running")
 
-    async def __del__(self):
-        await self.scheduler.stop(timeout=5.0)
+    # No __del__: Serve drains a replica's requests before stopping it, and the scheduler's worker is a daemon
+    # thread that ends with the process.
 
 
 # ------------------------------------------------------------------------------------------ the client
@@ -207,19 +207,19 @@ class ModelClient:
                 raise DeadlineExceededError("the request's deadline passed before it reached a model replica")
         wire = dataclasses.replace(request, deadline=None)  # an absolute monotonic time means nothing there
         response = self.handle.submit.remote(wire, budget_s)
+        call = asyncio.ensure_future(_wait(response))
         try:
-            if budget_s is None:
-                return await response
-            try:
-                return await asyncio.wait_for(_wait(response), budget_s + DEADLINE_GRACE_S)
-            except TimeoutError:
-                response.cancel()
-                raise DeadlineExceededError("no model replica answered within the request's deadline") from None
+            done, _ = await asyncio.wait({call}, timeout=None if budget_s is None else budget_s + DEADLINE_GRACE_S)
         except asyncio.CancelledError:
+            call.cancel()
             response.cancel()  # the client went away: the replica drops the request's pending blocks
             raise
-        except DeadlineExceededError:
-            raise
+        if not done:
+            call.cancel()
+            response.cancel()
+            raise DeadlineExceededError("no model replica answered within the request's deadline")
+        try:
+            return call.result()
         except Exception as e:
             raise _domain_error(e) from e
 

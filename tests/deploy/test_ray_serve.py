@@ -222,6 +222,22 @@ def test_the_app_over_a_model_client_ready_and_errors(monkeypatch):
         assert http.get("/ready").status_code == 200
 
 
+def test_settings_ray_mode_refuses():
+    from lastrank.api.settings import ServerSettings
+    from lastrank.errors import LastrankError
+    from lastrank.serve_ray import check
+
+    check(ServerSettings(ingress_replicas=2), "postgresql://u@db/lastrank")
+    check(ServerSettings(replicas=2, max_replicas=4), "/tmp/ledger.db")
+    for settings, store, why in [
+        (ServerSettings(ingress_replicas=2), "/tmp/ledger.db", "PostgreSQL"),  # rate limits would not be shared
+        (ServerSettings(replicas=3, max_replicas=2), "/tmp/ledger.db", "below"),
+        (ServerSettings(device="cuda"), "/tmp/ledger.db", "--replica-gpus"),
+    ]:
+        with pytest.raises(LastrankError, match=why):
+            check(settings, store)
+
+
 # ---------------------------------------------------------------------------- the real thing
 
 def _free_port() -> int:
