@@ -28,8 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "blank lines skipped) or a .json file (an array of strings or of objects with 'text')")
     p.add_argument("--top-n", type=int, default=None)
     p.add_argument("--instruction", default=None)
-    p.add_argument("--max-doc-length", type=int, default=2048)
-    p.add_argument("--max-query-length", type=int, default=512)
+    p.add_argument("--max-doc-length", type=int, default=None,
+                   help="token limit per document (default: the family's official one, e.g. 2048 for jina-v3)")
+    p.add_argument("--max-query-length", type=int, default=None,
+                   help="token limit of the query (default: the family's official one, e.g. 512 for jina-v3)")
     p.add_argument("--chunking", choices=["truncate", "chunk"], default="truncate",
                    help="a document over --max-doc-length tokens: cut it there (truncate, default) or rank every "
                         "window of that many tokens and score it by its best (chunk)")
