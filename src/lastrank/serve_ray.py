@@ -14,9 +14,11 @@ local Scheduler. What crosses the hop, and how it comes back:
     absolute time.monotonic(), meaningless in another process: the client sends the remaining seconds
     (`budget_s`) and the replica turns them back into a deadline on its own clock. The client also stops
     waiting at the deadline plus a grace (a replica that never answers cannot hang a request).
-  - A domain error raised in a replica (InvalidRequestError, OverloadedError, DeadlineExceededError,
-    ModelError, ...) arrives wrapped in Ray's RayTaskError; the client re-raises the original `cause`, so
-    a 400 stays a 400 and a replica's own 503 keeps its Retry-After.
+  - A domain error in a replica (InvalidRequestError, OverloadedError, DeadlineExceededError, ModelError,
+    ...) comes back as the answer's value (raised, Serve would log each as a failed request with a
+    traceback) and the client raises it, so a 400 stays a 400 and a replica's own 503 keeps its Retry-After.
+    Anything raised in a replica arrives wrapped in Ray's RayTaskError; the client re-raises the original
+    `cause` if it is a domain error, else a ModelError (500).
   - Back-pressure: a model replica takes --max-ongoing-requests at once (its scheduler batches them);
     more wait in Ray's queue up to --max-queued-requests per ingress replica; past that Ray raises
     BackPressureError, answered as the API's 503 + Retry-After (OverloadedError).
@@ -115,7 +117,9 @@ class ModelReplica:
         await self.scheduler.start()
         self.submitted = 0  # requests given to this replica
         self.ongoing_documents = 0  # documents of the requests it holds now
-        log.info("model replica ready: %s (%s)", model_id, backend.capabilities.family)
+        note = " -- RANDOM WEIGHTS: its scores mean nothing" if self.random_weights else ""
+        print(f"lastrank: model replica of {model_id} ({backend.capabilities.family}) loaded and warmed up "
+              f"({settings.device}, {settings.dtype}); ready{note}", file=sys.stderr, flush=True)
 
     async def submit(self, request: RerankRequest, budget_s: float | None) -> RerankResult:
         """The local Scheduler's submit, with the deadline rebuilt on this process's monotonic clock."""
@@ -125,6 +129,10 @@ class ModelReplica:
         self.ongoing_documents += len(request.documents)
         try:
             return await self.scheduler.submit(request)
+        except LastrankError as e:
+            # An expected answer (a 400, the replica's own 503, a 504), returned rather than raised: Serve logs
+            # every raised exception as a failed request with its traceback. The client raises it.
+            return e
         finally:
             self.ongoing_documents -= len(request.documents)
 
@@ -219,9 +227,12 @@ class ModelClient:
             response.cancel()
             raise DeadlineExceededError("no model replica answered within the request's deadline")
         try:
-            return call.result()
+            result = call.result()
         except Exception as e:
             raise _domain_error(e) from e
+        if isinstance(result, LastrankError):
+            raise result  # the replica's domain error (ModelReplica.submit), as it was raised there
+        return result
 
 
 async def _wait(response):
@@ -417,9 +428,12 @@ def deploy(settings: ServerSettings, store_target: str, models):
     Returns the ingress handle once every replica is up."""
     from ray import serve
 
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+    # lastrank's own access log (--access-log) and errors come from the replicas' stderr; Serve's per-call
+    # lines would repeat each request
+    logging_config = {"enable_access_log": False, "log_level": "DEBUG" if settings.log_level == "debug" else "WARNING"}
+    serve.start(http_options={"host": settings.host, "port": settings.port}, logging_config=logging_config)
     return serve.run(application(settings, store_target, specs_from_models(models)), name=APP_NAME,
-                     route_prefix="/")
+                     route_prefix="/", logging_config=logging_config)
 
 
 def run(settings: ServerSettings, store, models) -> int:
@@ -434,8 +448,10 @@ def run(settings: ServerSettings, store, models) -> int:
     store_target = store_target_of(store)
     check(settings, store_target)
     env_vars = {PROXY_CALLBACK_ENV: os.environ.get(PROXY_CALLBACK_ENV, f"{__name__}.proxy_middlewares")}
+    # log_to_driver: the replicas' output (lastrank's JSON access log, errors, model loading) shows here, each
+    # line prefixed by Ray with the replica's name
     context = ray.init(address=settings.ray_address, include_dashboard=None if settings.ray_address else False,
-                       log_to_driver=settings.log_level == "debug", runtime_env={"env_vars": env_vars})
+                       log_to_driver=True, runtime_env={"env_vars": env_vars})
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs handlers of its own
         signal.signal(sig, lambda *_: stop.set())

@@ -1,6 +1,6 @@
 """Two real `lastrank serve` processes on one PostgreSQL store (as replicas behind a load balancer would be):
 a SIGKILL of one under load loses no billed request and bills none twice, and a key's rate limit is
-counted once across both. (Ray Serve is not implemented; these are plain server processes.)"""
+counted once across both. (These are plain server processes; Ray Serve replicas: tests/deploy/test_ray_serve.py.)"""
 
 from __future__ import annotations
 

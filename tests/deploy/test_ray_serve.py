@@ -42,12 +42,21 @@ MAX_ONGOING, MAX_QUEUED = 2, 2  # per model replica / per ingress: 2 x 2 + 2 req
 
 # ---------------------------------------------------------------------------- no cluster: the client alone
 
+class _Value:
+    """An outcome the fake replica returns as it is, even an exception (as ModelReplica.submit does)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
 class _Response:
     def __init__(self, outcome):
         self.outcome, self.cancelled = outcome, False
 
     def __await__(self):
         yield from asyncio.sleep(0).__await__()
+        if isinstance(self.outcome, _Value):
+            return self.outcome.value
         if isinstance(self.outcome, BaseException):
             raise self.outcome
         return self.outcome
@@ -67,6 +76,10 @@ class _Handle:
         self.calls.append(args)
         self.responses.append(_Response(self.outcome(*args) if callable(self.outcome) else self.outcome))
         return self.responses[-1]
+
+
+def no_deadline_request() -> RerankRequest:
+    return RerankRequest(query="q", documents=["d"])
 
 
 def test_deadline_crosses_as_a_budget_and_back_to_the_replicas_clock():
@@ -90,6 +103,16 @@ def test_deadline_crosses_as_a_budget_and_back_to_the_replicas_clock():
     before = time.monotonic()
     asyncio.run(ModelReplica.submit(replica, wire, 12.5))
     assert before + 12.5 <= replica.scheduler.deadline <= time.monotonic() + 12.5
+
+    class Full:  # a domain error is the replica's answer, not an exception Serve would log as a failure
+        async def submit(self, r):
+            raise OverloadedError("too many tokens queued", retry_after=4.0)
+
+    replica.scheduler = Full()
+    answer = asyncio.run(ModelReplica.submit(replica, wire, None))
+    assert isinstance(answer, OverloadedError) and answer.retry_after == 4.0 and replica.ongoing_documents == 0
+    with pytest.raises(OverloadedError):
+        asyncio.run(ModelClient(_Handle(_Value(answer))).submit(no_deadline_request()))
 
     expired = RerankRequest(query="q", documents=["d"], deadline=time.monotonic() - 1)
     with pytest.raises(DeadlineExceededError):
@@ -182,6 +205,8 @@ def test_the_app_over_a_model_client_ready_and_errors(monkeypatch):
     def answer(request, budget_s):
         if request.query == "bad":
             return RayTaskError("submit", "...", InvalidRequestError("documents[0] is bad")).as_instanceof_cause()
+        if request.query == "late":  # a domain error the replica answers with (ModelReplica.submit)
+            return _Value(pickle.loads(pickle.dumps(DeadlineExceededError("the deadline passed with 2 of 3 blocks not run"))))
         if request.query == "busy":
             return BackPressureError(num_queued_requests=2, max_queued_requests=2)
         return RerankResult([RankedDocument(0, 0.5, request.documents[0])], Usage(documents=1, prompt_tokens=3, blocks=1),
@@ -209,6 +234,8 @@ def test_the_app_over_a_model_client_ready_and_errors(monkeypatch):
         assert handle.calls[-1][0].deadline is None and handle.calls[-1][1] > 0  # the deadline went as a budget
         r = http.post("/v1/rerank", json={"query": "bad", "documents": ["d"]})
         assert (r.status_code, r.json()["error"]["message"]) == (400, "documents[0] is bad")
+        r = http.post("/v1/rerank", json={"query": "late", "documents": ["d"]})
+        assert r.status_code == 504 and "2 of 3 blocks" in r.json()["error"]["message"]
         r = http.post("/v1/rerank", json={"query": "busy", "documents": ["d"]})
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         running[0] = 0  # no replica running: not ready
