@@ -98,8 +98,7 @@ class ModelReplica:
     """One replica of one served model: the backend and the local Scheduler, in a Ray Serve replica."""
 
     async def __init__(self, model_id: str, settings: ServerSettings):
-        from lastrank.engine.chunking import ChunkingBackend
-        from lastrank.engine.scheduler import Scheduler
+        from lastrank.api.app import make_scheduler
         from lastrank.families import load_backend
 
         def load():
@@ -109,11 +108,7 @@ class ModelReplica:
 
         backend = await asyncio.to_thread(load)
         self.random_weights = bool(backend.random_weights)
-        # As create_app builds a model's scheduler (api/app.py): chunk mode for every family, the same limits.
-        self.scheduler = Scheduler(ChunkingBackend(backend, max_chunks=settings.max_chunks),
-                                   max_batch_tokens=settings.max_batch_tokens,
-                                   max_queued_tokens=settings.max_queued_tokens,
-                                   max_queued_requests=settings.max_queued_requests)
+        self.scheduler = make_scheduler(backend, settings)  # as create_app builds a model's scheduler
         await self.scheduler.start()
         self.submitted = 0  # requests given to this replica
         self.ongoing_documents = 0  # documents of the requests it holds now

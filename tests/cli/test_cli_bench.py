@@ -76,3 +76,19 @@ def test_reference_path_missing_file_or_transformers_is_a_clear_note(tmp_path, m
     monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now fails as if not installed
     cls, why = load_reference_path(str(CHECKOUT_REFERENCE))
     assert cls is None and "transformers" in why and "not installed" in why and ".[test]" in why
+
+
+def test_family_cases_run_the_benchmarks_script(tmp_path, monkeypatch):
+    """`lastrank bench --family cross-encoder` runs benchmarks/bench_cross_encoder.py from the checkout with the
+    preset and dtype asked for (the case itself is measured by the script; here only the dispatch)."""
+    import subprocess
+
+    from lastrank.cli import bench, build_parser
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: calls.append(argv) or subprocess.CompletedProcess(argv, 0))
+    args = build_parser().parse_args(["bench", "--family", "cross-encoder", "--preset", "jina-reranker-v2-tiny",
+                                      "--dtype", "float32"])
+    assert bench.run(args) == 0
+    assert calls[0][1].endswith("benchmarks/bench_cross_encoder.py")
+    assert calls[0][2:] == ["--dtype", "float32", "--preset", "jina-reranker-v2-tiny"]

@@ -223,22 +223,11 @@ def create_app(
         models=table,
     )
 
-    def make_scheduler(model: ServedModel, backend):
-        from lastrank.engine.scheduler import Scheduler
-
-        from lastrank.engine.chunking import ChunkingBackend
-
-        # chunk mode for every family (a backend already wrapped, e.g. Reranker's, gets this server's cap)
-        backend = ChunkingBackend(backend, max_chunks=settings.max_chunks)
-        return Scheduler(backend, max_batch_tokens=settings.max_batch_tokens,
-                         max_queued_tokens=settings.max_queued_tokens,
-                         max_queued_requests=settings.max_queued_requests, observer=metrics.observer(model.name))
-
     async def start_model(model: ServedModel) -> None:
         if model.scheduler is None:
             if model.backend is None:
                 model.backend = await asyncio.to_thread(model.load)
-            model.scheduler = make_scheduler(model, model.backend)
+            model.scheduler = make_scheduler(model.backend, settings, observer=metrics.observer(model.name))
         start = getattr(model.scheduler, "start", None)
         if start is not None:
             await start()
@@ -304,6 +293,17 @@ def create_app(
                                            "X-Lastrank-Query-Truncated", "Retry-After"])
     app.add_middleware(RequestContextMiddleware, metrics=metrics, state=state)  # added last: outermost
     return app
+
+
+def make_scheduler(backend, settings: ServerSettings, observer=None):
+    """A served model's Scheduler: chunk mode for every family (a backend already wrapped, e.g. Reranker's,
+    gets this server's cap) and the server's admission limits. Also what each Ray replica runs (serve_ray.py)."""
+    from lastrank.engine.chunking import ChunkingBackend
+    from lastrank.engine.scheduler import Scheduler
+
+    return Scheduler(ChunkingBackend(backend, max_chunks=settings.max_chunks), max_batch_tokens=settings.max_batch_tokens,
+                     max_queued_tokens=settings.max_queued_tokens, max_queued_requests=settings.max_queued_requests,
+                     observer=observer)
 
 
 def single_model(settings: ServerSettings, *, scheduler: Any = None, backend: Any = None,

@@ -67,6 +67,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the reference path's file (default: benchmarks/reference_path.py of the source checkout "
                         "lastrank is installed from, else of the working directory)")
     p.add_argument("--no-subprocess", action="store_true", help="skip cold start and peak RSS (fresh processes)")
+    p.add_argument("--family", default="jina-v3", choices=["jina-v3", *FAMILY_BENCHES],
+                   help="jina-v3: the cases below; causal-lm / cross-encoder: benchmarks/bench_<family>.py "
+                        "(lastrank vs the official padded path, 100 TREC-DL passages, real shape, random weights)")
+    p.add_argument("--preset", default=None,
+                   help="with --family: the make-checkpoint preset (e.g. qwen3-reranker-0.6b, mxbai-rerank-base-v2, "
+                        "bge-reranker-v2-m3, jina-reranker-v2)")
     p.add_argument("--pack-blocks", choices=["auto", "on", "off"], default="auto",
                    help="the backend's pack_blocks option (auto: on CUDA only)")
     p.add_argument("--no-prefix-reuse", action="store_true",
@@ -144,16 +150,35 @@ def block_request(backend, query: str, pool: list[str], target_tokens: int) -> t
 REFERENCE_FILE = Path("benchmarks") / "reference_path.py"
 
 
-def find_reference_file(explicit: str | None = None) -> Path | None:
-    """benchmarks/reference_path.py: `explicit` (--reference FILE; an error when missing), else the source
-    checkout this package is installed from (an editable install), else ./benchmarks/; None when none is."""
+def find_reference_file(explicit: str | None = None, name: Path = REFERENCE_FILE) -> Path | None:
+    """benchmarks/reference_path.py (or another file of benchmarks/): `explicit` (--reference FILE; an error
+    when missing), else the source checkout this package is installed from (an editable install), else
+    ./benchmarks/; None when none is."""
     if explicit:
         if not Path(explicit).is_file():
             raise SystemExit(f"lastrank bench: --reference {explicit}: no such file")
         return Path(explicit)
     # src/lastrank/cli/bench.py -> the checkout's root; then the working directory
-    candidates = [Path(__file__).resolve().parents[3] / REFERENCE_FILE, Path.cwd() / REFERENCE_FILE]
+    candidates = [Path(__file__).resolve().parents[3] / name, Path.cwd() / name]
     return next((c for c in candidates if c.is_file()), None)
+
+
+# The pointwise families' cases: benchmarks/bench_<family>.py (lastrank vs the official padded path on one
+# TREC-DL query and its 100 passages, at the real shape), run by `lastrank bench --family` as they are.
+FAMILY_BENCHES = {"causal-lm": "bench_causal_lm.py", "cross-encoder": "bench_cross_encoder.py"}
+
+
+def run_family_bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    path = find_reference_file(name=Path("benchmarks") / FAMILY_BENCHES[args.family])
+    if path is None:
+        raise SystemExit(f"lastrank bench --family {args.family}: benchmarks/{FAMILY_BENCHES[args.family]} is not "
+                         "here; run it from a source checkout")
+    argv = [sys.executable, str(path), "--dtype", args.dtype]
+    if args.preset:
+        argv += ["--preset", args.preset]
+    return subprocess.run(argv).returncode
 
 
 def load_reference_path(explicit: str | None = None) -> tuple[type | None, str]:
@@ -316,6 +341,8 @@ PACK_BLOCKS = {"auto": None, "on": True, "off": False}
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.family != "jina-v3":
+        return run_family_bench(args)
     results = bench(args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
