@@ -1,22 +1,26 @@
-"""BERT encoder (no head): the backbone of BERT-based sentence-transformers models (all-MiniLM-L6-v2).
+"""BERT-style post-norm encoder: the backbone of BERT sentence-transformers models (all-MiniLM-L6-v2) and,
+with XLMRConfig's switches, of the XLM-R cross-encoders (model/xlmr.py adds only XLM-R's config, head and
+checkpoint layouts).
 
 Module attributes mirror the checkpoint's tensor names as transformers' `BertModel` saves them
 (`embeddings.word_embeddings`, `encoder.layer.{i}.attention.self.query`, `...attention.output.LayerNorm`,
 `...intermediate.dense`, `...output.dense`), so model.safetensors loads strictly with no rename table
 (`load_bert`). The math follows transformers' `modeling_bert.py` (post-LayerNorm residual blocks, absolute
-learned positions, bidirectional attention).
+learned positions, bidirectional attention); XLM-R (`modeling_xlm_roberta.py`) is the same network with
+other position ids (`BertConfig.position_rule`).
 
 No padding waste: a batch of sequences runs as one packed forward. Their tokens are concatenated ([T] rows
-in all), positions restart at 0 for each, every projection / LayerNorm / MLP runs on all T rows at once,
-and attention is confined to each sequence by one SDPA call per sequence on its slice of rows
-(`segment_attention`). In float32 this equals the padded batch with an attention mask to rounding
-(tests/model/test_bert.py).
+in all), positions restart for each, every projection / LayerNorm / MLP runs on all T rows at once, and
+attention is confined to each sequence (`Packing`: one SDPA call per group of equal-length sequences). In
+float32 this equals the padded batch with an attention mask to rounding (tests/model/test_bert.py,
+tests/model/test_xlmr.py).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
+from typing import ClassVar
 from pathlib import Path
 
 import torch
@@ -29,6 +33,7 @@ from lastrank.errors import ModelNotAvailableError
 ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
 }
@@ -41,7 +46,17 @@ UNUSED_TENSORS = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dens
 
 @dataclass
 class BertConfig:
-    """The fields of config.json the math needs, in config.json's spelling."""
+    """The fields of config.json the math needs, in config.json's spelling, and the two things an encoder of
+    this architecture does differently (class switches, not config.json fields; XLMRConfig sets both):
+      - position_rule "bert": positions 0.. per sequence; "roberta": transformers'
+        create_position_ids_from_input_ids (`Packing.positions`);
+      - fused_qkv: q/k/v as one Linear `attention.self.qkv` (rows [query; key; value]) instead of three.
+        One [T, h] x [h, 3h] product instead of three; BERT keeps three so that its module names are exactly
+        the checkpoint's and it loads with no name map.
+    """
+
+    position_rule: ClassVar[str] = "bert"
+    fused_qkv: ClassVar[bool] = False
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -67,6 +82,13 @@ class BertConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def max_tokens(self) -> int:
+        """Longest sequence the position table holds (XLM-R's positions run from pad_token_id + 1)."""
+        if self.position_rule == "roberta":
+            return self.max_position_embeddings - self.pad_token_id - 1
+        return self.max_position_embeddings
+
     @classmethod
     def from_dict(cls, d: dict) -> "BertConfig":
         known = {f.name for f in fields(cls)}
@@ -85,36 +107,72 @@ class BertConfig:
 
 
 class Packing:
-    """The sequences of one packed forward: their lengths, where each starts, and per-row positions."""
+    """Where each sequence sits in the packed token axis, and the attention confined to each.
 
-    def __init__(self, seq_lens: list[int], device: torch.device):
-        if not seq_lens or min(seq_lens) < 1:
-            raise ValueError(f"every packed sequence needs at least one token, got lengths {seq_lens}")
-        self.seq_lens = list(seq_lens)
-        self.starts = [0]
-        for n in self.seq_lens[:-1]:
-            self.starts.append(self.starts[-1] + n)
-        self.total = sum(self.seq_lens)
-        # positions restart for every sequence: each sees its position embeddings exactly as if it ran alone
-        self.positions = torch.cat([torch.arange(n, device=device) for n in self.seq_lens])
-
-    def slices(self):
-        return (slice(s, s + n) for s, n in zip(self.starts, self.seq_lens))
-
-
-def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing) -> torch.Tensor:
-    """Bidirectional attention within each sequence: q, k, v [heads, T, d] -> [heads, T, d].
-
-    One SDPA call per sequence on its rows: no [T, T] mask, no work on pairs of different sequences. (Padding
-    the batch instead would spend the projections and MLP on pad rows; for a rerank request whose documents
-    range from 20 to 250 tokens that is most of the compute.)
+    Sequences of equal length are attended together in one batched SDPA call (no padding, no [T, T] mask, no
+    work on pairs of different sequences); a group is cut so one call's score matrix stays under `max_scores`
+    elements. (Padding the batch instead would spend the projections and MLP on pad rows; for a rerank request
+    whose documents range from 20 to 250 tokens that is most of the compute.)
     """
-    if len(packing.seq_lens) == 1:
-        return F.scaled_dot_product_attention(q, k, v)
-    out = torch.empty_like(q)
-    for s in packing.slices():
-        out[:, s] = F.scaled_dot_product_attention(q[:, s], k[:, s], v[:, s])
-    return out
+
+    def __init__(self, lengths: list[int], device: torch.device, num_heads: int, max_scores: int = 1 << 26):
+        if not lengths or min(lengths) < 1:
+            raise ValueError(f"every packed sequence needs at least one token, got lengths {lengths}")
+        self.lengths = list(lengths)
+        starts, at = [], 0
+        for n in self.lengths:
+            starts.append(at)
+            at += n
+        self.total = at
+        self.starts = torch.tensor(starts, dtype=torch.long, device=device)  # first row of each sequence
+        by_length: dict[int, list[int]] = {}
+        for s, n in zip(starts, self.lengths):
+            by_length.setdefault(n, []).append(s)
+        self.groups: list[tuple[int, int, torch.Tensor | None]] = []  # (n sequences, length, their rows [n * length])
+        for n, group_starts in sorted(by_length.items()):
+            per_call = max(1, max_scores // max(1, num_heads * n * n))
+            for i in range(0, len(group_starts), per_call):
+                chunk = torch.tensor(group_starts[i:i + per_call], dtype=torch.long, device=device)
+                rows = (chunk[:, None] + torch.arange(n, device=device)[None, :]).reshape(-1)
+                self.groups.append((len(chunk), n, rows))
+        if len(self.groups) == 1:  # one call covers rows 0..T-1 in order (one sequence, or all of one length)
+            n, length, _ = self.groups[0]
+            self.groups[0] = (n, length, None)
+
+    def attention(self, qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
+        """qkv [T, 3 * hidden] (rows [q; k; v] per token) -> context [T, hidden], each sequence on its own."""
+        q, k, v = qkv.chunk(3, dim=1)
+        return self.attend(q, k, v, num_heads)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
+        """q, k, v [T, hidden] (three projections, or views of one fused qkv) -> context [T, hidden]."""
+        T, hidden = q.shape
+        head_dim = hidden // num_heads
+        out = q.new_empty(T, num_heads, head_dim)
+        for n, length, rows in self.groups:
+            def split(t: torch.Tensor) -> torch.Tensor:  # [T, hidden] -> the group's [n, heads, length, head_dim]
+                t = t if rows is None else t.index_select(0, rows)
+                return t.reshape(n, length, num_heads, head_dim).transpose(1, 2)
+
+            ctx = F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2)
+            if rows is None:  # the only group: its rows are all rows, in order
+                return ctx.reshape(T, hidden)
+            out.index_copy_(0, rows, ctx.reshape(n * length, num_heads, head_dim))
+        return out.view(T, hidden)
+
+    def positions(self, input_ids: torch.Tensor, rule: str, padding_idx: int) -> torch.Tensor:
+        """Position id of every packed row, restarting for each sequence (each sees its position embeddings
+        exactly as if it ran alone).
+          - "bert": 0, 1, 2, ... per sequence;
+          - "roberta": transformers' create_position_ids_from_input_ids per sequence: padding_idx + running
+            count of non-pad tokens, and padding_idx itself at a pad token (a `<pad>` typed inside a text)."""
+        lengths = torch.tensor(self.lengths, device=input_ids.device)
+        if rule == "bert":
+            return torch.arange(self.total, device=input_ids.device) - torch.repeat_interleave(self.starts, lengths)
+        mask = (input_ids != padding_idx).long()
+        count = mask.cumsum(0)
+        before = torch.repeat_interleave(count[self.starts] - mask[self.starts], lengths)
+        return (count - before) * mask + padding_idx
 
 
 class BertEmbeddings(nn.Module):
@@ -126,49 +184,56 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
-        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
+        # transformers' order: word + token type + position
         if token_type_ids is None:
-            # single-segment input (all sentence-transformers encode calls): every row is type 0
-            x = x + self.token_type_embeddings.weight[0]
+            # single-segment input (sentence-transformers encode calls; XLM-R tokenizers return no
+            # token_type_ids): every row is type 0
+            x = self.word_embeddings(input_ids) + self.token_type_embeddings.weight[0]
         else:
-            x = x + self.token_type_embeddings(token_type_ids)
-        return self.LayerNorm(x)
+            x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        return self.LayerNorm(x + self.position_embeddings(positions))
 
 
 class BertSelfAttention(nn.Module):
+    """q, k, v as the checkpoint has them: three Linears (`query`, `key`, `value`), or with
+    `cfg.fused_qkv` one Linear `qkv` whose rows are [query; key; value] (Jina's flash layout stores them so;
+    model/xlmr.py concatenates the transformers layout's three at load)."""
+
     def __init__(self, cfg: BertConfig):
         super().__init__()
         self.num_heads = cfg.num_attention_heads
-        self.head_dim = cfg.head_dim
-        self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.fused = cfg.fused_qkv
+        if self.fused:
+            self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
+        else:
+            self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+            self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+            self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
     def forward(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
-        T = x.shape[0]
-
-        def heads(t: torch.Tensor) -> torch.Tensor:  # [T, hidden] -> [heads, T, d]
-            return t.view(T, self.num_heads, self.head_dim).transpose(0, 1)
-
-        out = segment_attention(heads(self.query(x)), heads(self.key(x)), heads(self.value(x)), packing)
-        return out.transpose(0, 1).reshape(T, self.num_heads * self.head_dim)
+        if self.fused:
+            return packing.attention(self.qkv(x), self.num_heads)
+        return packing.attend(self.query(x), self.key(x), self.value(x), self.num_heads)
 
 
-class BertSelfOutput(nn.Module):
-    def __init__(self, cfg: BertConfig):
+class BertOutput(nn.Module):
+    """dense, residual, LayerNorm: both `attention.output` (in_features = hidden; Jina: mixer.out_proj,
+    norm1) and the layer's `output` (in_features = intermediate; Jina: mlp.fc2, norm2)."""
+
+    def __init__(self, cfg: BertConfig, in_features: int):
         super().__init__()
-        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.dense = nn.Linear(in_features, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
-    def forward(self, attended: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(attended) + residual)  # post-norm: BERT normalises after the residual
+    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dense(h) + residual)  # post-norm: normalised after the residual
 
 
 class BertAttention(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
         self.self = BertSelfAttention(cfg)  # "self" is the checkpoint's name (attention.self.query, ...)
-        self.output = BertSelfOutput(cfg)
+        self.output = BertOutput(cfg, cfg.hidden_size)
 
     def forward(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
         return self.output(self.self(x, packing), x)
@@ -177,29 +242,21 @@ class BertAttention(nn.Module):
 class BertIntermediate(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)  # Jina: mlp.fc1
         self.act = ACTIVATIONS[cfg.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.dense(x))
 
 
-class BertOutput(nn.Module):
-    def __init__(self, cfg: BertConfig):
-        super().__init__()
-        self.dense = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
-        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-
-    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(h) + residual)
-
-
 class BertLayer(nn.Module):
+    """Post-norm transformer layer (BERT's, XLM-R's, Jina's Block(prenorm=False))."""
+
     def __init__(self, cfg: BertConfig):
         super().__init__()
         self.attention = BertAttention(cfg)
         self.intermediate = BertIntermediate(cfg)
-        self.output = BertOutput(cfg)
+        self.output = BertOutput(cfg, cfg.intermediate_size)
 
     def forward(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
         x = self.attention(x, packing)
@@ -213,7 +270,8 @@ class BertEncoder(nn.Module):
 
 
 class BertModel(nn.Module):
-    """Token states of packed sequences: forward(input_ids [T], seq_lens) -> [T, hidden]."""
+    """Token states of packed sequences: forward(input_ids [T], seq_lens) -> [T, hidden]. Also XLM-R's
+    encoder (`roberta.` in model/xlmr.py), with that config's position rule and fused q/k/v."""
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
@@ -222,14 +280,19 @@ class BertModel(nn.Module):
         self.encoder = BertEncoder(cfg)
 
     def forward(self, input_ids: torch.Tensor, seq_lens: list[int] | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        packing = Packing(seq_lens if seq_lens is not None else [input_ids.shape[0]], input_ids.device)
+                token_type_ids: torch.Tensor | None = None, packing: Packing | None = None) -> torch.Tensor:
+        """packing: the Packing of seq_lens when the caller already made one (it reads its `starts`)."""
+        cfg = self.config
+        if packing is None:
+            packing = Packing(seq_lens if seq_lens is not None else [input_ids.shape[0]], input_ids.device,
+                              cfg.num_attention_heads)
         if packing.total != input_ids.shape[0]:
             raise ValueError(f"seq_lens add up to {packing.total} but input_ids has {input_ids.shape[0]} tokens")
-        if max(packing.seq_lens) > self.config.max_position_embeddings:
-            raise ValueError(f"a sequence of {max(packing.seq_lens)} tokens exceeds max_position_embeddings "
-                             f"({self.config.max_position_embeddings})")
-        x = self.embeddings(input_ids, packing.positions, token_type_ids)
+        if max(packing.lengths) > cfg.max_tokens:
+            raise ValueError(f"a sequence of {max(packing.lengths)} tokens exceeds the {cfg.max_tokens} that "
+                             f"max_position_embeddings ({cfg.max_position_embeddings}) allows")
+        positions = packing.positions(input_ids, cfg.position_rule, cfg.pad_token_id)
+        x = self.embeddings(input_ids, positions, token_type_ids)
         for layer in self.encoder.layer:
             x = layer(x, packing)
         return x

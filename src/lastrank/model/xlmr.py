@@ -10,10 +10,13 @@ One implementation, two checkpoint layouts:
     `roberta.encoder.layers.N.mixer.Wqkv`, `mixer.out_proj`, `norm1`, `mlp.fc1`, `mlp.fc2`, `norm2`,
     `classifier.*`.
 
-The modules below carry the transformers names (the ones TEI and vLLM also use), with one exception: q, k and v
-are one Linear, `attention.self.qkv`, whose rows are [query; key; value] (exactly Jina's `Wqkv`; the
-transformers layout's three matrices are concatenated at load). `checkpoint_names` maps every module tensor
-to the checkpoint tensor(s) it comes from, for both layouts.
+The encoder is model/bert.py's `BertModel` (XLM-R is BERT's network with other position ids), under
+`roberta.`; this file holds only what is XLM-R's: its config (XLMRConfig: the position rule "roberta", fused
+q/k/v), the classification head, the two checkpoint layouts and their loading. The modules carry the
+transformers names (the ones TEI and vLLM also use), with one exception: q, k and v are one Linear,
+`attention.self.qkv`, whose rows are [query; key; value] (exactly Jina's `Wqkv`; the transformers layout's
+three matrices are concatenated at load). `checkpoint_names` maps every module tensor to the checkpoint
+tensor(s) it comes from, for both layouts.
 
 What Jina's flash code does, checked against its source (modeling_xlm_roberta.py, embedding.py, block.py,
 mha.py, mlp.py of the hub repo), and how it compares with plain XLM-R (transformers):
@@ -38,205 +41,50 @@ So after the name mapping the two layouts are the same network; tests/model/test
 against transformers' XLMRobertaForSequenceClassification, and the flash layout also against a test-side
 port of the official block structure.
 
-Packed forward: the pairs of a call are concatenated into one [tokens, hidden] matrix (no padding); every
-linear layer runs on all tokens at once and attention runs per pair (`Packing`), so no token ever
-attends to another pair's tokens and no compute is spent on padding.
+Packed forward (model/bert.py's `Packing`): the pairs of a call are concatenated into one [tokens, hidden]
+matrix (no padding); every linear layer runs on all tokens at once and attention runs per pair, so no token
+ever attends to another pair's tokens and no compute is spent on padding.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lastrank.errors import ModelNotAvailableError
+from lastrank.model.bert import BertConfig, BertModel, Packing
 
 LAYOUTS = ("transformers", "flash")
-_GELU = {"gelu": "none", "gelu_new": "tanh", "gelu_fast": "tanh", "gelu_pytorch_tanh": "tanh"}
 
 
 @dataclass
-class XLMRConfig:
-    """The config.json fields the math needs, in config.json's spelling."""
+class XLMRConfig(BertConfig):
+    """BertConfig with XLM-R's defaults, its position ids (padding_idx + 1 + running count of non-pad
+    tokens), q/k/v fused (`attention.self.qkv`, Jina's Wqkv) and the head's num_labels."""
+
+    position_rule: ClassVar[str] = "roberta"
+    fused_qkv: ClassVar[bool] = True
 
     vocab_size: int = 250002
     hidden_size: int = 1024
     num_hidden_layers: int = 24
     num_attention_heads: int = 16
     intermediate_size: int = 4096
-    hidden_act: str = "gelu"
     max_position_embeddings: int = 8194
     type_vocab_size: int = 1
     layer_norm_eps: float = 1e-5
     pad_token_id: int = 1
     num_labels: int = 1
-    position_embedding_type: str = "absolute"
-
-    def __post_init__(self):
-        if self.hidden_act not in _GELU:
-            raise ValueError(f"unsupported hidden_act {self.hidden_act!r} (XLM-R cross-encoders use gelu)")
-        if self.position_embedding_type != "absolute":
-            raise ValueError(f"unsupported position_embedding_type {self.position_embedding_type!r} "
-                             "(bge-reranker-v2-m3 and jina-reranker-v2 use absolute positions)")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError("hidden_size must be a multiple of num_attention_heads")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
-    def max_tokens(self) -> int:
-        """Longest input the position table holds: positions run from pad_token_id + 1."""
-        return self.max_position_embeddings - self.pad_token_id - 1
 
     @classmethod
     def from_dict(cls, d: dict) -> "XLMRConfig":
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known and v is not None}
         if "num_labels" not in d and isinstance(d.get("id2label"), dict):
-            kw["num_labels"] = len(d["id2label"])  # transformers derives num_labels from id2label
-        return cls(**kw)
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> "XLMRConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-
-# ----------------------------------------------------------------------------------------------- packing
-
-class Packing:
-    """Where each sequence sits in the packed token axis, and the per-pair attention over it.
-
-    Sequences of equal length are attended together in one batched call (no padding); a group is cut
-    so one call's score matrix stays under `max_scores` elements."""
-
-    def __init__(self, lengths: list[int], device: torch.device, num_heads: int, max_scores: int = 1 << 26):
-        self.lengths = lengths
-        starts, at = [], 0
-        for n in lengths:
-            starts.append(at)
-            at += n
-        self.total = at
-        self.starts = torch.tensor(starts, dtype=torch.long, device=device)  # row of each sequence's <s>
-        by_length: dict[int, list[int]] = {}
-        for s, n in zip(starts, lengths):
-            by_length.setdefault(n, []).append(s)
-        self.groups: list[tuple[int, int, torch.Tensor]] = []  # (n sequences, length, token rows [n * length])
-        for n, group_starts in sorted(by_length.items()):
-            per_call = max(1, max_scores // max(1, num_heads * n * n))
-            for i in range(0, len(group_starts), per_call):
-                chunk = torch.tensor(group_starts[i:i + per_call], dtype=torch.long, device=device)
-                rows = (chunk[:, None] + torch.arange(n, device=device)[None, :]).reshape(-1)
-                self.groups.append((len(chunk), n, rows))
-
-    def attention(self, qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
-        """qkv [T, 3 * hidden] (rows [q; k; v] per token) -> context [T, hidden], each pair on its own."""
-        T = qkv.shape[0]
-        head_dim = qkv.shape[1] // (3 * num_heads)
-        qkv = qkv.view(T, 3, num_heads, head_dim)
-        out = qkv.new_empty(T, num_heads, head_dim)
-        for n, length, rows in self.groups:
-            x = qkv.index_select(0, rows).view(n, length, 3, num_heads, head_dim)
-            q, k, v = (x[:, :, i].transpose(1, 2) for i in range(3))  # [n, heads, length, head_dim]
-            ctx = F.scaled_dot_product_attention(q, k, v)
-            out.index_copy_(0, rows, ctx.transpose(1, 2).reshape(n * length, num_heads, head_dim))
-        return out.view(T, num_heads * head_dim)
-
-
-def position_ids(input_ids: torch.Tensor, packing: Packing, padding_idx: int) -> torch.Tensor:
-    """transformers' create_position_ids_from_input_ids, per packed sequence: padding_idx + running count of
-    non-pad tokens, and padding_idx itself at a pad token (a `<pad>` typed inside a text is such a token)."""
-    mask = (input_ids != padding_idx).long()
-    count = mask.cumsum(0)
-    before = torch.repeat_interleave(count[packing.starts] - mask[packing.starts],
-                                     torch.tensor(packing.lengths, device=input_ids.device))
-    return (count - before) * mask + padding_idx
-
-
-# ----------------------------------------------------------------------------------------------- modules
-
-class XLMRobertaEmbeddings(nn.Module):
-    def __init__(self, cfg: XLMRConfig):
-        super().__init__()
-        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
-        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        # token type 0 everywhere: XLM-R tokenizers return no token_type_ids, so both official codes use row 0
-        x = self.word_embeddings(input_ids) + self.token_type_embeddings.weight[0] + self.position_embeddings(positions)
-        return self.LayerNorm(x)
-
-
-class XLMRobertaSelfAttention(nn.Module):
-    def __init__(self, cfg: XLMRConfig):
-        super().__init__()
-        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)  # rows [query; key; value] (Jina's Wqkv)
-
-
-class XLMRobertaSelfOutput(nn.Module):
-    def __init__(self, cfg: XLMRConfig):
-        super().__init__()
-        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)  # Jina: mixer.out_proj
-        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)  # Jina: norm1
-
-
-class XLMRobertaAttention(nn.Module):
-    def __init__(self, cfg: XLMRConfig):
-        super().__init__()
-        self.self = XLMRobertaSelfAttention(cfg)
-        self.output = XLMRobertaSelfOutput(cfg)
-
-
-class XLMRobertaIntermediate(nn.Module):
-    def __init__(self, cfg: XLMRConfig):
-        super().__init__()
-        self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)  # Jina: mlp.fc1
-
-
-class XLMRobertaOutput(nn.Module):
-    def __init__(self, cfg: XLMRConfig):
-        super().__init__()
-        self.dense = nn.Linear(cfg.intermediate_size, cfg.hidden_size)  # Jina: mlp.fc2
-        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)  # Jina: norm2
-
-
-class XLMRobertaLayer(nn.Module):
-    """Post-norm transformer layer (BERT's; Jina's Block(prenorm=False))."""
-
-    def __init__(self, cfg: XLMRConfig):
-        super().__init__()
-        self.num_heads = cfg.num_attention_heads
-        self.gelu = _GELU[cfg.hidden_act]
-        self.attention = XLMRobertaAttention(cfg)
-        self.intermediate = XLMRobertaIntermediate(cfg)
-        self.output = XLMRobertaOutput(cfg)
-
-    def forward(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
-        attn = self.attention
-        ctx = packing.attention(attn.self.qkv(x), self.num_heads)
-        x = attn.output.LayerNorm(x + attn.output.dense(ctx))
-        h = F.gelu(self.intermediate.dense(x), approximate=self.gelu)
-        return self.output.LayerNorm(x + self.output.dense(h))
-
-
-class XLMRobertaEncoder(nn.Module):
-    def __init__(self, cfg: XLMRConfig):
-        super().__init__()
-        self.layer = nn.ModuleList(XLMRobertaLayer(cfg) for _ in range(cfg.num_hidden_layers))
-
-
-class XLMRobertaModel(nn.Module):
-    def __init__(self, cfg: XLMRConfig):
-        super().__init__()
-        self.embeddings = XLMRobertaEmbeddings(cfg)
-        self.encoder = XLMRobertaEncoder(cfg)
+            d = {**d, "num_labels": len(d["id2label"])}  # transformers derives num_labels from id2label
+        return super().from_dict(d)
 
 
 class XLMRobertaClassificationHead(nn.Module):
@@ -253,20 +101,15 @@ class XLMRobertaForSequenceClassification(nn.Module):
     def __init__(self, cfg: XLMRConfig):
         super().__init__()
         self.config = cfg
-        self.roberta = XLMRobertaModel(cfg)
+        self.roberta = BertModel(cfg)
         self.classifier = XLMRobertaClassificationHead(cfg)
 
     def forward(self, sequences: list[list[int]]) -> torch.Tensor:
         """Logits [len(sequences), num_labels] of every (already encoded) pair, in one packed forward."""
         device = self.classifier.dense.weight.device
-        lengths = [len(s) for s in sequences]
-        if min(lengths) < 1 or max(lengths) > self.config.max_tokens:
-            raise ValueError(f"sequence lengths must be within 1..{self.config.max_tokens}, got {min(lengths)}..{max(lengths)}")
-        packing = Packing(lengths, device, self.config.num_attention_heads)
+        packing = Packing([len(s) for s in sequences], device, self.config.num_attention_heads)
         ids = torch.tensor([t for s in sequences for t in s], dtype=torch.long, device=device)
-        x = self.roberta.embeddings(ids, position_ids(ids, packing, self.config.pad_token_id))
-        for layer in self.roberta.encoder.layer:
-            x = layer(x, packing)
+        x = self.roberta(ids, packing=packing)
         # the head reads only each pair's <s> row
         return self.classifier(x.index_select(0, packing.starts))
 
