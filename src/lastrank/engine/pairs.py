@@ -71,9 +71,15 @@ class PairwiseBackend(Backend):
         """Raw scores (logits), one per sequence, float. `prefix_lens[i]`: leading tokens sequence i shares
         with the others of its block (PairBlock.prefix_len), for families that compute them once."""
 
+    def limits(self, request: RerankRequest) -> tuple[int, int]:
+        """(max_doc_length, max_query_length) the pairs of this request are built with, as its usage reports
+        them: the request's, else the family's official defaults. A family whose official limits are derived
+        differently (capped at the position table, a query share of the pair) overrides this."""
+        return (request.max_doc_length or self.capabilities.max_doc_length,
+                request.max_query_length or self.capabilities.max_query_length)
+
     def plan(self, request: RerankRequest) -> RerankPlan:
-        max_doc = request.max_doc_length or self.capabilities.max_doc_length
-        max_query = request.max_query_length or self.capabilities.max_query_length
+        max_doc, max_query = self.limits(request)
         usage = Usage(documents=len(request.documents), max_doc_length=max_doc, max_query_length=max_query)
         if not request.documents:
             return RerankPlan(request, [], usage)

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lastrank.engine.backend import Capabilities, RerankPlan
+from lastrank.engine.backend import Capabilities
 from lastrank.engine.pairs import EncodedPairs, PairwiseBackend
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.model.causal_lm import CausalLMForRanking, load_causal_lm
@@ -175,12 +175,6 @@ class CausalLMBackend(PairwiseBackend):
         itself (the space's share dropped: a token that is only that space has the empty span (0, 0))."""
         return [[(max(0, a - 1), max(0, b - 1)) for a, b in e.offsets]
                 for e in self.tokenizer.encode_batch([" " + t for t in texts], add_special_tokens=False)]
-
-    def plan(self, request: RerankRequest) -> RerankPlan:
-        plan = super().plan(request)
-        if request.documents:  # report the limits the pairs were really built with
-            plan.usage.max_doc_length, plan.usage.max_query_length = self.limits(request)
-        return plan
 
     def score_sequences(self, sequences: list[list[int]], prefix_lens: list[int]) -> np.ndarray:
         """All pairs of the batch (one or many requests) through model.score_last: each distinct shared prefix

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lastrank.engine.backend import Capabilities, RerankPlan, truncation_refused
+from lastrank.engine.backend import Capabilities, truncation_refused
 from lastrank.engine.pairs import EncodedPairs, PairwiseBackend
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.model.xlmr import XLMRobertaForSequenceClassification, load_xlmr
@@ -189,12 +189,6 @@ class CrossEncoderBackend(PairwiseBackend):
         max_length, query_limit = self.limits(request)
         n_query = min(len(self.tokenizer.encode(request.query, add_special_tokens=False).ids), query_limit)
         return max(1, max_length - self.n_special - n_query)
-
-    def plan(self, request: RerankRequest) -> RerankPlan:
-        plan = super().plan(request)
-        if request.documents:  # report the limits the pairs were really built with
-            plan.usage.max_doc_length, plan.usage.max_query_length = self.limits(request)
-        return plan
 
     def score_sequences(self, sequences: list[list[int]], prefix_lens: list[int]) -> np.ndarray:
         logits = [np.zeros(0, dtype=np.float32)]  # no sequences (a request without documents): no forward
