@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lastrank.errors import ModelNotAvailableError
-from lastrank.model.loading import load_model, parse_dtype, resolve_checkpoint
+from lastrank.model.loading import load_model, parse_dtype
+from lastrank.model.resolve import resolve_checkpoint
 
 
 def test_folder_resolves_and_loads_in_requested_dtype(tiny_checkpoint):

@@ -75,7 +75,8 @@ def load_backend(model: str | Path, device: str | None = "cpu", dtype: str | Non
     resolved / detected by the caller (lastrank serve does both before loading), so neither happens twice.
     `options` go to the family's load (e.g. pack_blocks, compile for jina-v3); unknown ones are a TypeError."""
     from lastrank.model.checkpoint import is_random_checkpoint
-    from lastrank.model.loading import parse_dtype, resolve_checkpoint, resolve_device
+    from lastrank.model.loading import parse_dtype, resolve_device
+    from lastrank.model.resolve import resolve_checkpoint
 
     if path is None:
         path = resolve_checkpoint(model, revision=revision, cache_dir=cache_dir)

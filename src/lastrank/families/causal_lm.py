@@ -312,7 +312,7 @@ def load(path: Path, device: torch.device, dtype: torch.dtype, *, model_id: str 
 
     from tokenizers import Tokenizer
 
-    from lastrank.model.loading import check_files
+    from lastrank.model.resolve import check_files
 
     check_files(path, ("config.json", "tokenizer.json"), "Qwen3-Reranker / mxbai-rerank-v2")
     config = json.loads((path / "config.json").read_text())

@@ -210,7 +210,7 @@ def load(path: Path, device: torch.device, dtype: torch.dtype, *, model_id: str 
 
     from tokenizers import Tokenizer
 
-    from lastrank.model.loading import check_files
+    from lastrank.model.resolve import check_files
 
     check_files(path, ("config.json", "tokenizer.json"), "XLM-R cross-encoder")
     config = json.loads((path / "config.json").read_text())

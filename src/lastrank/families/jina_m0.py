@@ -208,7 +208,7 @@ def load(path: Path, device: torch.device, dtype: torch.dtype, *, model_id: str 
     from tokenizers import Tokenizer
 
     from lastrank.model.jina_m0 import load_jina_m0
-    from lastrank.model.loading import check_files
+    from lastrank.model.resolve import check_files
 
     check_files(path, ("config.json", "tokenizer.json"), "jina-reranker-m0")
     tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))

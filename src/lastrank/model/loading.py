@@ -17,16 +17,6 @@ from lastrank.errors import ModelNotAvailableError
 from lastrank.model.config import ModelConfig
 from lastrank.model.fast import enable_compile, fuse_projections
 from lastrank.model.jina import JinaForRanking
-# re-exported: resolution lives in resolve.py so that it runs without importing torch
-from lastrank.model.resolve import (  # noqa: F401
-    HUB_PATTERNS,
-    REQUIRED_FILES,
-    _check_folder,
-    _hub_reachable,
-    _looks_like_path,
-    check_files,
-    resolve_checkpoint,
-)
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
           "float16": torch.float16, "fp16": torch.float16}

@@ -99,7 +99,8 @@ class JinaV3Backend(Backend):
     def load(cls, path: Path, device: torch.device, dtype: torch.dtype, *, model_id: str = "",
              random_weights: bool = False, compile: bool | None = None, pack_blocks: bool | None = None,
              **options) -> "JinaV3Backend":
-        from lastrank.model.loading import REQUIRED_FILES, check_files, load_model
+        from lastrank.model.loading import load_model
+        from lastrank.model.resolve import REQUIRED_FILES, check_files
 
         check_files(path, REQUIRED_FILES, "jina-reranker-v3")
         tokenizer = RerankTokenizer.from_dir(path)
