@@ -103,14 +103,24 @@ class PairwiseBackend(Backend):
         raw = np.asarray(self.score_sequences(sequences, prefix_lens))
         if raw.shape != (len(sequences),):
             raise RuntimeError(f"score_sequences returned shape {raw.shape} for {len(sequences)} sequences. This is a bug.")
-        out, start = [], 0
-        for b in blocks:
-            out.append(raw[start:start + len(b.sequences)])
-            start += len(b.sequences)
-        return out
+        return per_block(raw, blocks)
 
     def scores(self, plan: RerankPlan, outputs: list[np.ndarray]) -> Scores:
-        raw = np.empty(len(plan.request.documents), dtype=np.float64)
-        for block, out in zip(plan.blocks, outputs):
-            raw[block.doc_indices] = out
-        return Scores(relevance=sigmoid(raw), raw=raw)
+        return sigmoid_scores(plan, outputs)
+
+
+def per_block(raw: np.ndarray, blocks: list[PairBlock]) -> list[np.ndarray]:
+    """Raw scores of every sequence of a batch, in block order, split back into one array per block."""
+    out, start = [], 0
+    for b in blocks:
+        out.append(raw[start:start + len(b.sequences)])
+        start += len(b.sequences)
+    return out
+
+
+def sigmoid_scores(plan: RerankPlan, outputs: list[np.ndarray]) -> Scores:
+    """Each block's raw scores put back in document order; relevance = the one sigmoid of the score rule."""
+    raw = np.empty(len(plan.request.documents), dtype=np.float64)
+    for block, out in zip(plan.blocks, outputs):
+        raw[block.doc_indices] = out
+    return Scores(relevance=sigmoid(raw), raw=raw)

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lastrank.engine.backend import Backend, Capabilities, RerankPlan, Scores, sigmoid, truncation_refused
-from lastrank.engine.pairs import PairBlock, cut_blocks
+from lastrank.engine.backend import Backend, Capabilities, RerankPlan, Scores, truncation_refused
+from lastrank.engine.pairs import PairBlock, cut_blocks, per_block, sigmoid_scores
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.model.jina_m0 import IMAGE_TOKEN_ID, SCORE_TOKEN_ID, JinaM0ForRanking
 from lastrank.model.qwen2_vl import ImageLimits, preprocess_image
@@ -183,17 +183,10 @@ class JinaM0Backend(Backend):
             if imgs:
                 pixels = torch.from_numpy(np.concatenate([p for p, _ in imgs])).to(self.dtype)
                 raw[i] = self.model.score_one(ids, pixels, [g for _, g in imgs])
-        out, start = [], 0
-        for b in blocks:
-            out.append(raw[start:start + len(b.sequences)])
-            start += len(b.sequences)
-        return out
+        return per_block(raw, blocks)
 
     def scores(self, plan: RerankPlan, outputs: list[np.ndarray]) -> Scores:
-        raw = np.empty(len(plan.request.documents), dtype=np.float64)
-        for block, out in zip(plan.blocks, outputs):
-            raw[block.doc_indices] = out
-        return Scores(relevance=sigmoid(raw), raw=raw)
+        return sigmoid_scores(plan, outputs)
 
     def warmup(self) -> None:
         from PIL import Image
