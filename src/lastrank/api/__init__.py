@@ -1,22 +1,26 @@
-"""The rerank API server: `create_app(settings, store, scheduler=|engine=|load_engine=)` in api/app.py.
+"""The rerank API server: `create_app(settings, store, models=[...] | scheduler= | backend= | load_backend=)`
+in api/app.py; one or several served models (api/models.py), each with its own scheduler.
 
 Routes
     POST /v1/rerank   Jina body; Cohere v1 fields (rank_fields, return_documents, max_chunks_per_doc)
     POST /v2/rerank   Cohere v2 body and response shape
     POST /rerank      TEI when the body has `texts` (bare-array response), Jina otherwise
-    GET  /v1/models   (needs a key like the rerank routes)
+    GET  /v1/models   every served model with its capabilities (needs a key like the rerank routes)
     GET  /health      liveness, always open
-    GET  /ready       503 + Retry-After until the model is loaded and warmed, then 200; open
+    GET  /ready       503 + Retry-After until every model is loaded and warmed, then 200; open
     GET  /metrics     Prometheus text, open
-    /docs, /openapi.json
+    /docs, /redoc, /openapi.json, /playground
 
 Decisions (each tested in tests/api):
-- Model names: `model` may be omitted/null, or name the served model (--served-model-name, default
-  "jina-reranker-v3"), "jina-reranker-v3", "jinaai/jina-reranker-v3", the --model value, or a
-  --model-alias. Anything else is 404. Responses always carry the served name.
+- Model names: `model` names a served model by its served name (--served-model-name, else the family's
+  public name such as "jina-reranker-v3", else the id's last part), its --model value, a --model-alias, or
+  a name its family is known by ("jinaai/jina-reranker-v3", "all-MiniLM-L6-v2"). With one model it may be
+  omitted/null; with several it is required (400 listing them). Anything else is 404 listing the served
+  names. A key limited to other models gets 403. Responses always carry the served name.
 - The query is a string. On the Jina dialect (/v1/rerank, and /rerank without `texts`) it may also be
   Jina's object form {"text": "..."} (its multimodal TextDoc shape), ranked as its text; other fields
-  of the object are ignored, an `image` is a 422 (text-only model), and an object without a string
+  of the object are ignored, an `image` is a 422 unless the model takes images (Capabilities.images:
+  jina-reranker-m0), and an object without a string
   `text`, a number, a list, a bool or null are 422s naming both accepted forms. Cohere v2 and TEI take
   strings only. A blank text is the empty-query 400.
 - Documents are strings or objects. Objects are ranked on `text`, or on `rank_fields` (one field: its
@@ -24,8 +28,9 @@ Decisions (each tested in tests/api):
   Returned documents are objects: {"text": ...} for a string document.
 - return_documents defaults to true on /v1/rerank and /rerank (Jina), false on /v2/rerank (Cohere v2).
 - top_n: null = all; larger than the number of documents = all; 0 = no results (as Reranker.rerank);
-  negative = 422. max_doc_length / max_tokens_per_doc null = 2048, max_query_length null = 512 (the
-  reference rerank() defaults; Cohere's 4096 would change the ranking). priority is accepted and ignored.
+  negative = 422. max_doc_length / max_tokens_per_doc / max_query_length null = the served family's
+  official defaults (jina-v3: 2048 / 512; Cohere's 4096 would change the ranking). priority is accepted
+  and ignored.
 - Long documents (engine/chunking.py): a document over max_doc_length tokens is truncated, unless the
   request's `chunking` (Jina route, lastrank extension) or the server's --chunking says "chunk": then it
   is ranked in windows of that many tokens and scored by its best window. Cohere v1's max_chunks_per_doc
@@ -35,25 +40,28 @@ Decisions (each tested in tests/api):
   More than --max-chunks windows in one request is a 400.
 - An empty documents list is a 200 with empty results (and a ledger row with 0 documents, cost 0);
   TEI's empty `texts` too, unlike TEI (one rule for every dialect). An empty or blank query is a 400.
-- Scores are the model's cosine in [-1, 1], unchanged, in every dialect except TEI without
-  raw_scores, where they are mapped to [0, 1] as (1 + s) / 2 (monotonic: same order).
+- Scores follow the served model's declared rule (engine/backend.py), unchanged in every dialect:
+  a cosine in [-1, 1] (jina-v3, bi-encoders) or sigmoid(raw logit) in [0, 1] (cross-encoders, causal-LM
+  rerankers, m0). TEI without raw_scores maps them to [0, 1] by Capabilities.unit_score ((1 + s) / 2 for
+  a cosine, unchanged for a sigmoid); TEI raw_scores returns the raw score (the logit, or the cosine).
 - score_threshold (lastrank extension, Jina/Cohere v1 and Cohere v2; TEI ignores it as an unknown
   field): a finite JSON number (a string, a bool or an integer too large for a float is a 422; NaN,
   Infinity and 1e999 are not JSON and are refused with the body, below), null = none. Order: rank every document, drop results with relevance_score < threshold (equal
   is kept, on the same scale as the returned scores), then top_n: a threshold that leaves fewer than
-  top_n results returns fewer. With a threshold the engine is asked for the whole ranked list and the
-  handler cuts it. Billing is unchanged: every document sent was ranked.
-- Ties: the order is the engine's, and every dialect keeps it (the API never re-sorts; tested: the same
+  top_n results returns fewer. Both go to the backend's one ranking rule (engine/backend.rank), the only
+  place that cuts. Billing is unchanged: every document sent was ranked.
+- Ties: the order is the backend's ranking rule's, and every dialect keeps it (the API never re-sorts; tested: the same
   request sent twice gives identical scores and order, and the same order in every dialect). Two
   identical documents need not tie: the model reads a block's documents in one causal prompt, so a
   later copy is scored in a different context (with the fake scorer, which ties them, the tie order
   survives every dialect).
-- Truncation is reported, never an error (except TEI truncate=false, a 400): every 200 carries
+- Truncation is reported, never an error (except TEI truncate=false, a 400 decided when the request is
+  planned, before any model work): every 200 carries
   `X-Lastrank-Truncated-Documents: N` and `X-Lastrank-Query-Truncated: true|false` (TEI's bare array
   included), and Jina and Cohere bodies carry `meta.warnings` (Cohere's ApiMeta.warnings, list[str];
   always present, [] when nothing was cut), e.g. "2 of 40 documents (indices 3, 17) were truncated to
   their first 2048 tokens before ranking" and "the query was truncated to its first 512 tokens before
-  ranking". Indices are named (at most 10) when Usage.doc_tokens identifies them.
+  ranking". Indices (at most 10) come from the plan (Usage.truncated_indices).
 - search_units (Cohere's meta.billed_units) = ceil(documents / 100), 0 for no documents; in chunk mode
   every window counts as a document (Cohere's rule), so ceil(chunks / 100). The ledger's documents,
   cost (--price-per-1k-docs) and per-key documents-per-minute limits count the documents the client
@@ -64,7 +72,7 @@ Decisions (each tested in tests/api):
   fields, negative numbers, a query object without text) -> 422; too
   many documents, too long a document or query, a body over --max-body-bytes (bytes counted as they
   arrive), a request bigger than the queue -> 413; unknown model or route -> 404; missing/wrong key ->
-  401; revoked key -> 403; per-key rate limit -> 429 + Retry-After; queue full, model loading -> 503 +
+  401; revoked key, or a key limited to other models -> 403; per-key rate limit -> 429 + Retry-After; queue full, model loading -> 503 +
   Retry-After; deadline (--request-timeout-s) -> 504 + Retry-After; client gone -> the scheduler task
   is cancelled (logged as 499, nothing sent); a model failure -> 500 (model_error). Unknown fields are
   ignored; every optional field accepts null.
