@@ -541,7 +541,14 @@ def test_a_replica_killed_under_load_is_replaced_and_billing_stays_exact(ray_ser
         time.sleep(0.5)
         after = _replica_stats()
     assert len(after) == 2 and victim["replica"] not in after, (before, after)
-    states = serve.status().applications["lastrank"].deployments[deployment_name(0, "all-MiniLM-L6-v2")].replica_states
-    assert states.get("RUNNING") == 2, states
+
+    def states():
+        app = serve.status().applications["lastrank"]
+        return app.deployments[deployment_name(0, "all-MiniLM-L6-v2")].replica_states
+
+    # Serve's own status follows the controller's health checks, a little after the replica answers
+    while states().get("RUNNING") != 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert states().get("RUNNING") == 2, states()
     assert _post(ray_server).status_code == 200
     assert httpx.get(ray_server.url + "/ready", timeout=10).status_code == 200

@@ -150,7 +150,7 @@ def block_request(backend, query: str, pool: list[str], target_tokens: int) -> t
 REFERENCE_FILE = Path("benchmarks") / "reference_path.py"
 
 
-def find_reference_file(explicit: str | None = None, name: Path = REFERENCE_FILE) -> Path | None:
+def find_reference_file(explicit: str | None = None, name: Path | None = None) -> Path | None:
     """benchmarks/reference_path.py (or another file of benchmarks/): `explicit` (--reference FILE; an error
     when missing), else the source checkout this package is installed from (an editable install), else
     ./benchmarks/; None when none is."""
@@ -158,6 +158,7 @@ def find_reference_file(explicit: str | None = None, name: Path = REFERENCE_FILE
         if not Path(explicit).is_file():
             raise SystemExit(f"lastrank bench: --reference {explicit}: no such file")
         return Path(explicit)
+    name = name or REFERENCE_FILE  # read at call time (tests point it elsewhere)
     # src/lastrank/cli/bench.py -> the checkout's root; then the working directory
     candidates = [Path(__file__).resolve().parents[3] / name, Path.cwd() / name]
     return next((c for c in candidates if c.is_file()), None)
