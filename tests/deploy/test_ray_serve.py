@@ -467,6 +467,7 @@ def _replica_holding(documents: int, deadline: float) -> dict:
 
 
 LONG = 3000  # documents of the request that is in flight when its replica is killed (seconds of work)
+REFUSALS = ("replica_failed_error", "overloaded_error")
 
 
 def test_a_replica_killed_under_load_is_replaced_and_billing_stays_exact(ray_server):
@@ -495,7 +496,9 @@ def test_a_replica_killed_under_load_is_replaced_and_billing_stays_exact(ray_ser
                 with lock:
                     if r.status_code == 200:
                         answered.append(r.json()["id"])
-                    elif r.status_code == 503 and r.json()["error"]["type"] == "replica_failed_error":
+                    elif r.status_code == 503 and r.json()["error"]["type"] in REFUSALS and "retry-after" in r.headers:
+                        # the killed replica's own requests; and, while one replica carries the load, Ray's
+                        # back-pressure (its queue is full): both are answered properly and never billed
                         failed.append(r.headers["x-request-id"])
                     else:
                         other.append((r.status_code, r.text[:200]))
@@ -506,7 +509,7 @@ def test_a_replica_killed_under_load_is_replaced_and_billing_stays_exact(ray_ser
     def long_request() -> None:  # certainly in flight on the replica that is killed
         long_answer.append(_post(ray_server, docs=long_docs, timeout=120))
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(3)]  # 3 + 1: under capacity, no 503
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(3)]  # 3 + 1: under two replicas' capacity
     for t in threads:
         t.start()
     try:
