@@ -34,6 +34,7 @@ from lastrank.api.limits import RateLimiter
 from lastrank.api.metrics import Metrics
 from lastrank.api.models import ModelTable, ServedModel
 from lastrank.api.settings import ServerSettings
+from lastrank.engine.backend import name_indices
 from lastrank.errors import InvalidRequestError, PayloadTooLargeError, PermissionDeniedError
 from lastrank.types import RerankRequest, RerankResult
 
@@ -245,13 +246,12 @@ def truncation_report(result: RerankResult) -> tuple[list[str], dict[str, str]]:
     warnings = []
     n = u.truncated_documents
     if n:
-        shown = ", ".join(str(i) for i in u.truncated_indices[:WARNING_MAX_INDICES])
-        more = f" and {n - WARNING_MAX_INDICES} more" if n > WARNING_MAX_INDICES else ""
+        which = name_indices(u.truncated_indices, WARNING_MAX_INDICES)
         if u.chunks:  # chunk mode: only max_chunks_per_doc windows of these were ranked
-            warnings.append(f"{n} of {u.documents} documents (indices {shown}{more}) were ranked on their first "
+            warnings.append(f"{n} of {u.documents} documents (indices {which}) were ranked on their first "
                             f"chunks only (max_chunks_per_doc)")
         else:
-            warnings.append(f"{n} of {u.documents} documents (indices {shown}{more}) were truncated to their first "
+            warnings.append(f"{n} of {u.documents} documents (indices {which}) were truncated to their first "
                             f"{u.max_doc_length} tokens before ranking")
     if u.query_truncated:
         warnings.append(f"the query was truncated to its first {u.max_query_length} tokens before ranking")

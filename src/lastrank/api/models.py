@@ -12,7 +12,7 @@ name are a start-up error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any, Callable
 
@@ -33,7 +33,6 @@ class ServedModel:
     random_weights: bool = False
     ready: bool = False
     load_error: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def explicit_names(self) -> set[str]:
         return {n for n in (self.name, self.model_id, *self.aliases) if n}
@@ -97,7 +96,3 @@ class ModelTable:
         if model is None:
             raise NotFoundError(f"model {requested!r} is not served here; this server serves {self.served_names()}")
         return model
-
-    @property
-    def all_ready(self) -> bool:
-        return all(m.ready for m in self.models)

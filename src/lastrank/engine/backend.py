@@ -188,10 +188,6 @@ class Backend(ABC):
         """One small request through every code path, so the first client does not pay for lazy set-up."""
         self.rerank(RerankRequest(query="warm up", documents=["a short passage", "another passage"]))
 
-    def describe(self) -> dict:
-        """/v1/models' entry beyond the name."""
-        return {**self.capabilities.as_dict(), "random_weights": self.random_weights}
-
 
 def check_images(request: RerankRequest, capabilities: Capabilities) -> None:
     """A request with images to a text-only model is a clear 400, never images silently ignored."""
@@ -199,12 +195,17 @@ def check_images(request: RerankRequest, capabilities: Capabilities) -> None:
         raise InvalidRequestError(f"this model ({capabilities.family}) ranks text only; the request has images")
 
 
+def name_indices(indices: list[int], most: int = 10) -> str:
+    """"3, 17" or "0, 1, ..., 9 and 5 more": document indices as messages name them (at most `most`)."""
+    shown = ", ".join(str(i) for i in indices[:most])
+    return shown + (f" and {len(indices) - most} more" if len(indices) > most else "")
+
+
 def truncation_refused(cut: list[int], query_cut: bool, max_doc: int, max_query: int) -> str:
     """The message of a request with truncate=False that would need truncation (every family's plan uses it)."""
     parts = []
     if cut:
-        shown = ", ".join(str(i) for i in cut[:10]) + (f" and {len(cut) - 10} more" if len(cut) > 10 else "")
-        parts.append(f"{len(cut)} document(s) (indices {shown}) exceed {max_doc} tokens")
+        parts.append(f"{len(cut)} document(s) (indices {name_indices(cut)}) exceed {max_doc} tokens")
     if query_cut:
         parts.append(f"the query exceeds {max_query} tokens")
     return "; ".join(parts) + "; send truncate=true (or shorter inputs) to have them truncated"

@@ -216,9 +216,6 @@ class ChunkingBackend(Backend):
     def warmup(self) -> None:
         self.inner.warmup()
 
-    def describe(self) -> dict:
-        return self.inner.describe()
-
     def run_blocks(self, blocks: list[Block]) -> list[Any]:
         return self.inner.run_blocks(blocks)
 
