@@ -158,6 +158,12 @@ class Backend(ABC):
     path: Path | None = None  # the resolved checkpoint folder
     random_weights: bool = False  # a `lastrank make-checkpoint` folder: scores mean nothing
 
+    def __init__(self, *, model_id: str = "", path: Path | None = None, random_weights: bool = False):
+        """What every family's loader passes on (families.load_backend)."""
+        self.model_id = model_id
+        self.path = path
+        self.random_weights = random_weights
+
     @abstractmethod
     def plan(self, request: RerankRequest) -> RerankPlan: ...
 

@@ -340,9 +340,7 @@ class BiEncoderBackend(Backend):
         self.tokenizer = tokenizer
         self.device = device
         self.max_forward_tokens = max_forward_tokens
-        self.model_id = model_id
-        self.path = path
-        self.random_weights = random_weights
+        super().__init__(model_id=model_id, path=path, random_weights=random_weights)
         default = min(pipeline.max_seq_length or tokenizer.model_max_length or context_length, context_length)
         self.capabilities = Capabilities(
             family=FAMILY,

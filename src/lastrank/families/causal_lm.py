@@ -135,9 +135,7 @@ class CausalLMBackend(PairwiseBackend):
         self.device = device
         self.max_forward_tokens = max_forward_tokens
         self.reuse_prefix = reuse_prefix
-        self.model_id = model_id
-        self.path = path
-        self.random_weights = random_weights
+        super().__init__(model_id=model_id, path=path, random_weights=random_weights)
         cfg = model.config
         self.context_length = cfg.max_position_embeddings
         head = "score head (Qwen3ForSequenceClassification)" if model.head.shape[0] == 1 else "two LM-head rows"

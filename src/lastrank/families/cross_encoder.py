@@ -117,9 +117,7 @@ class CrossEncoderBackend(PairwiseBackend):
         self.layout = layout
         self.device = device
         self.max_forward_tokens = max_forward_tokens
-        self.model_id = model_id
-        self.path = path
-        self.random_weights = random_weights
+        super().__init__(model_id=model_id, path=path, random_weights=random_weights)
         self.prefix, self.middle, self.suffix = self._template(tokenizer)
         self.n_special = len(self.prefix) + len(self.middle) + len(self.suffix)
         max_length = min(max_length or DEFAULT_MAX_LENGTH[rule], cfg.max_tokens)

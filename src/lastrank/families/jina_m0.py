@@ -77,9 +77,7 @@ class JinaM0Backend(Backend):
         self.tokenizer = tokenizer
         self.device = device
         self.max_forward_tokens = max_forward_tokens
-        self.model_id = model_id
-        self.path = path
-        self.random_weights = random_weights
+        super().__init__(model_id=model_id, path=path, random_weights=random_weights)
         v = model.vision_config
         self.limits = ImageLimits(patch_size=v.patch_size, merge_size=v.spatial_merge_size,
                                   temporal_patch_size=v.temporal_patch_size)

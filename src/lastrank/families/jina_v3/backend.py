@@ -73,9 +73,7 @@ class JinaV3Backend(Backend):
                  reuse_prefix: bool = True, *, model_id: str = "", path: Path | None = None,
                  random_weights: bool = False):
         self.model = model
-        self.model_id = model_id
-        self.path = path
-        self.random_weights = random_weights
+        super().__init__(model_id=model_id, path=path, random_weights=random_weights)
         self.capabilities = Capabilities(
             family=FAMILY, architecture="JinaForRanking (Qwen3 decoder + MLP projector)", listwise=True,
             score="cosine", raw_score="cosine (the same value)", instruction=True,
