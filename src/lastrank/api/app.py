@@ -43,7 +43,7 @@ from lastrank.api.handler import CLIENT_CLOSED_REQUEST, ServerState
 from lastrank.api.limits import RateLimiter
 from lastrank.api.logs import log_access
 from lastrank.api.metrics import Metrics
-from lastrank.api.models import ModelTable, ServedModel, default_served_name
+from lastrank.api.models import ModelTable, ServedModel, served_model
 from lastrank.api.refusals import count_refusal
 from lastrank.api.playground import router as playground_router
 from lastrank.api.routes import router
@@ -314,12 +314,9 @@ def single_model(settings: ServerSettings, *, scheduler: Any = None, backend: An
 
     if sum(x is not None for x in (scheduler, backend, load)) > 1:
         raise ValueError("pass at most one of scheduler=, backend=, load_backend= (or models=)")
-    model_id = settings.model[0] if settings.model else ""
     caps = getattr(scheduler, "capabilities", None) or getattr(backend, "capabilities", None)
     family_names = known_names(caps.family) if caps is not None else ()
-    name = settings.served_model_name[0] if settings.served_model_name else default_served_name(model_id, family_names)
-    return ServedModel(name=name, model_id=model_id, aliases=settings.aliases_for(0, name),
-                       implicit_names=family_names, scheduler=scheduler, backend=backend, load=load, capabilities=caps)
+    return served_model(settings, 0, family_names, scheduler=scheduler, backend=backend, load=load, capabilities=caps)
 
 
 # Sent to a connection over --max-connections before closing it: no request was read, so no h11 state.

@@ -52,6 +52,23 @@ def default_served_name(model_id: str, family_names: tuple[str, ...] = ()) -> st
     return PurePath(model_id.rstrip("/\\")).name or model_id
 
 
+def served_model(settings, index: int, family_names: tuple[str, ...] = (), **sources) -> ServedModel:
+    """The index-th --model of `settings` as a ServedModel, the one naming rule: --served-model-name, else
+    the family's public name, else the id's last part; answering also to its --model-alias values, its
+    family's names and, for a model shipped in a package, its hub id and short names. `sources`: the
+    ServedModel's scheduler / backend / load (and capabilities when known)."""
+    from lastrank.model.packaged import canonical_id, packaged_names
+
+    model_id = settings.model[index] if index < len(settings.model) else ""
+    if index < len(settings.served_model_name):
+        name = settings.served_model_name[index]
+    else:
+        name = default_served_name(canonical_id(model_id), family_names)
+    implicit = [n for n in (*family_names, *packaged_names(model_id)) if n != name]
+    return ServedModel(name=name, model_id=model_id, aliases=settings.aliases_for(index, name),
+                       implicit_names=tuple(dict.fromkeys(implicit)), **sources)
+
+
 class ModelTable:
     def __init__(self, models: list[ServedModel]):
         if not models:

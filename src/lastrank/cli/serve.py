@@ -132,29 +132,21 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def served_models(settings) -> list:
     """One ServedModel per --model: resolved (a missing folder or offline hub id fails here, before torch
     is imported), its family detected from the folder, named, with a loader that runs in the background."""
-    from lastrank.model.packaged import PACKAGED_MODELS, SHORT_NAMES, canonical_id
     from lastrank.model.resolve import resolve_checkpoint
 
     paths = [resolve_checkpoint(m) for m in settings.model]
     if len(settings.served_model_name) > len(settings.model):
         raise LastrankError(f"{len(settings.served_model_name)} --served-model-name for {len(settings.model)} --model")
 
-    from lastrank.api.models import ServedModel, default_served_name
+    from lastrank.api.models import served_model
     from lastrank.families import detect_family, family_module
 
     models = []
     for i, (model_id, path) in enumerate(zip(settings.model, paths)):
-        family_name = detect_family(path)
-        family = family_module(family_name)
-        implicit = list(getattr(family, "NAMES", ()))
-        canonical = canonical_id(model_id)
-        if canonical in PACKAGED_MODELS:  # e.g. all-MiniLM-L6-v2, minilm -> sentence-transformers/all-MiniLM-L6-v2
-            implicit += [canonical, *(s for s, c in SHORT_NAMES.items() if c == canonical)]
-        name = (settings.served_model_name[i] if i < len(settings.served_model_name)
-                else default_served_name(canonical, tuple(getattr(family, "NAMES", ()))))
-        models.append(ServedModel(name=name, model_id=model_id, aliases=settings.aliases_for(i, name),
-                                  implicit_names=tuple(n for n in implicit if n != name),
-                                  load=_loader(model_id, path, family_name, name, settings)))
+        family = detect_family(path)
+        model = served_model(settings, i, tuple(getattr(family_module(family), "NAMES", ())))
+        model.load = _loader(model_id, path, family, model.name, settings)
+        models.append(model)
     return models
 
 

@@ -22,6 +22,14 @@ def canonical_id(model: str) -> str:
     return SHORT_NAMES.get(model, model)
 
 
+def packaged_names(model: str) -> list[str]:
+    """The names a packaged model is known by (its hub id and short names), or [] for any other model."""
+    canonical = canonical_id(model)
+    if canonical not in PACKAGED_MODELS:
+        return []
+    return [canonical, *(short for short, target in SHORT_NAMES.items() if target == canonical)]
+
+
 def packaged_folder(model: str) -> Path | None:
     """The installed package's model folder for `model` (an id or short name), or None. find_spec locates the
     package without running its code."""
