@@ -31,6 +31,21 @@ default) goes straight to the wrapped backend: same plan, same outputs, same res
    document (`RankedDocument.span`). Ordering, score_threshold and top_n then follow the one rule of
    engine/backend.py `rank`, over documents (never over chunks).
 
+Images (multimodal families, `Capabilities.images`; a text-only family refuses a request with images
+before anything else, engine/backend.py `check_images`):
+  - an image document is one chunk: the image itself, never cut, never tokenized here (its text in
+    `documents` is only a label). Its relevance_score and raw_score are that one chunk's, so they equal the
+    unchunked request's. With `return_spans` its span is None (absent from the API's JSON): a span is a
+    range of characters of a text the model read, and the model read no text of an image document; the
+    label was not ranked, and [0, len(label)) would claim it was. A client that reads spans must treat a
+    missing span as "the whole input" (as the CLI and lastrank.client already do).
+  - an image query goes unchanged into the inner request, so the wrapped backend pairs it with every chunk
+    as it pairs it with every document in truncate mode;
+  - the inner request's `images` are re-indexed to chunk indices: an image document d becomes chunk
+    doc_chunks[d][0] (chunks of a document are consecutive), "query" stays "query".
+  Usage counts an image document's tokens as the family's plan does (its image tokens, in doc_tokens and in
+  prompt_tokens); an image document is one of `chunks`, never truncated, and counts against `max_chunks`.
+
 Limits: `max_chunks_per_doc` keeps a document's first N chunks (the rest of the document is not ranked,
 and the document is reported as truncated; with truncate=False it is a 400, as any truncation is); the
 wrapper's `max_chunks` caps the chunks of one request (a 400 past it), so one request cannot explode.
@@ -162,7 +177,8 @@ class Chunk:
     doc: int  # position in request.documents
     start: int  # character offsets of the chunk in that document: text == document[start:end]
     end: int
-    tokens: int  # its token count as the family reads it (the family's tokenizer on the chunk alone)
+    tokens: int  # its token count as the family reads it (the family's tokenizer on the chunk alone); 0: an image
+    image: bool = False  # an image document, whole (start, end: its label, which the family does not read)
 
 
 @dataclass
@@ -225,15 +241,18 @@ class ChunkingBackend(Backend):
         check_images(request, self.inner.capabilities)  # every served / Python-API backend passes here
         if request.chunking != "chunk" or not request.documents:
             return self.inner.plan(request)
-        if request.images:
-            raise InvalidRequestError("chunking is not available for requests with images")
+        images = request.images or {}
         window = self._window(request)
         overlap = request.chunk_overlap if request.chunk_overlap is not None else window // OVERLAP_FRACTION
         if overlap >= window:
             raise InvalidRequestError(f"chunk_overlap ({overlap} tokens) must be smaller than the chunk window "
                                       f"({window} tokens of a document under max_doc_length)")
         docs = list(request.documents)
-        offsets = self._offsets(docs)
+        # An image document is never cut (module docstring, "Images"): no offsets, one range of no tokens.
+        text_docs = [d for d in range(len(docs)) if d not in images]
+        offsets: list[Offsets] = [[] for _ in docs]
+        for d, offs in zip(text_docs, self._offsets([docs[d] for d in text_docs])):
+            offsets[d] = offs
 
         chunks: list[Chunk] = []
         doc_chunks: list[tuple[int, int]] = []
@@ -241,6 +260,10 @@ class ChunkingBackend(Backend):
         ranges = [split_windows(text, offs, window, overlap) for text, offs in zip(docs, offsets)]
         ranges, counts = self._fit(docs, offsets, ranges, window, overlap)
         for d, (text, offs, rs) in enumerate(zip(docs, offsets, ranges)):
+            if d in images:
+                doc_chunks.append((len(chunks), len(chunks) + 1))
+                chunks.append(Chunk(d, 0, len(text), 0, image=True))
+                continue
             tokens = counts.get(d) or [e - s for s, e in rs]
             if request.max_chunks_per_doc is not None and len(rs) > request.max_chunks_per_doc:
                 rs = rs[: request.max_chunks_per_doc]
@@ -270,6 +293,7 @@ class ChunkingBackend(Backend):
             instruction=request.instruction,
             request_id=request.request_id, deadline=request.deadline,
             truncate=True,  # chunks fit the window; a query that does not is refused below for truncate=False
+            images=self._chunk_images(images, chunks),
         )
         inner = self.inner.plan(inner_request)
         iu = inner.usage
@@ -279,7 +303,8 @@ class ChunkingBackend(Backend):
         # A chunk the family still cut loses text: one character over the window (or no smaller window
         # fitted), or a family whose chunk_window overstates what it keeps (flagged under the window).
         flagged = set(iu.truncated_indices)
-        lost = {c.doc for i, c in enumerate(chunks) if c.tokens > window or (i in flagged and c.tokens < window)}
+        lost = {c.doc for i, c in enumerate(chunks)
+                if not c.image and (c.tokens > window or (i in flagged and c.tokens < window))}
         tokens_run = iu.doc_tokens if len(iu.doc_tokens) == len(chunks) else [c.tokens for c in chunks]
         usage = Usage(
             documents=len(docs),
@@ -293,6 +318,14 @@ class ChunkingBackend(Backend):
             chunks=len(chunks),
         )
         return ChunkPlan(request, inner.blocks, usage, inner=inner, chunks=chunks, doc_chunks=doc_chunks)
+
+    @staticmethod
+    def _chunk_images(images: dict, chunks: list[Chunk]) -> dict | None:
+        """The request's images keyed for the inner request: "query" as is, an image document by its one chunk."""
+        out = {i: images[c.doc] for i, c in enumerate(chunks) if c.image}
+        if "query" in images:
+            out["query"] = images["query"]
+        return out or None
 
     def _window(self, request: RerankRequest) -> int:
         try:
@@ -367,7 +400,7 @@ class ChunkingBackend(Backend):
             relevance=np.asarray(s.relevance)[best],
             raw=np.asarray(s.raw)[best],
             embeddings=None if s.embeddings is None else s.embeddings[best],
-            spans=[(plan.chunks[c].start, plan.chunks[c].end) for c in best],
+            spans=[None if plan.chunks[c].image else (plan.chunks[c].start, plan.chunks[c].end) for c in best],
         )
 
     def finish(self, plan: RerankPlan, outputs: list[Any]) -> RerankResult:
