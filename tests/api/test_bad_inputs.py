@@ -26,7 +26,7 @@ TABLE = [
     ("query is a number", "/v1/rerank", j({"query": 123, "documents": D}), 422),
     ("query object without text", "/v1/rerank", j({"query": {"title": Q}, "documents": D}), 422),
     ("image query", "/rerank", j({"query": {"image": "https://x/y.png"}, "documents": D}), 422),
-    ("query object on v2", "/v2/rerank", j({"query": {"text": Q}, "documents": D}), 422),
+    ("query object without text on v2", "/v2/rerank", j({"query": {"title": Q}, "documents": D}), 422),
     ("score_threshold is a string", "/v1/rerank", j({"query": Q, "documents": D, "score_threshold": "0.5"}), 422),
     ("score_threshold is NaN (not JSON: refused by the parser)", "/v2/rerank",
      b'{"query": "q", "documents": ["a"], "score_threshold": NaN}', 400),

@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from lastrank.api import errors as api_errors
 from lastrank.api.auth import Authenticator, other_key_header
 from lastrank.api.dialects import jina, tei
-from lastrank.api.dialects.base import ResponseInfo, Translated
+from lastrank.api.dialects.base import IMAGE_UNSUPPORTED, ResponseInfo, Translated
 from lastrank.api.limits import RateLimiter
 from lastrank.api.metrics import Metrics
 from lastrank.api.models import ModelTable, ServedModel
@@ -202,12 +202,13 @@ def _decode_images(images: dict | None, s: ServerSettings) -> dict | None:
     return out
 
 
-def image_refusal(t: Translated) -> list[dict]:
-    """Validation errors (a 422, as for any input the wire format cannot carry) for images sent to a text model."""
+def image_refusal(t: Translated, documents_field: str = "documents") -> list[dict]:
+    """Validation errors (a 422, as for any input the wire format cannot carry) for images sent to a text model;
+    `documents_field`: the wire name of the documents (TEI's `texts`)."""
     if "query" in t.images:
-        return [{"loc": ["body", "query"], "msg": jina.IMAGE_UNSUPPORTED, "type": "query_image"}]
+        return [{"loc": ["body", "query"], "msg": IMAGE_UNSUPPORTED, "type": "query_image"}]
     i = min(k for k in t.images if k != "query")
-    return [{"loc": ["body", "documents", str(i)], "msg": "image documents are not supported (this model ranks "
+    return [{"loc": ["body", documents_field, str(i)], "msg": "image documents are not supported (this model ranks "
              "text only)", "type": "document_image"}]
 
 
@@ -324,7 +325,8 @@ async def handle_rerank(request: Request, route: str, route_dialect=None) -> Res
     model = pick_model(state, t, key)
     request.state.model = model.name  # for the access log and refusal counts
     if t.images and not model.capabilities.images:
-        return api_errors.validation_response(image_refusal(t), request_id)
+        return api_errors.validation_response(image_refusal(t, "texts" if dialect is tei else "documents"),
+                                              request_id)
     if state.limiter.store is None:
         state.limiter.check(key, len(t.documents))
     else:  # the buckets are in a shared store (PostgreSQL): a database round trip, off the event loop

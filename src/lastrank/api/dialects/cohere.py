@@ -1,6 +1,9 @@
 """Cohere v2 `POST /v2/rerank`. (Cohere v1 shares `/v1/rerank` with Jina: see jina.py.)
 
 Request: {model?, query, documents: [str] (objects accepted too, with `text` or rank_fields),
+          lastrank extension: the query and documents may also be images (multimodal models, e.g.
+          jina-reranker-m0) in the input forms of base.py ({"image": base64 | data URI | URL} or vLLM's
+          {"content": [{"type": "image_url", ...}]}); Cohere's SDK sends strings, raw HTTP clients send these,
           top_n?, max_tokens_per_doc? (-> max_doc_length: where a long document is truncated, as Cohere v2
           does, or the chunk window when the server's --chunking is chunk; null: the model's own default;
           Cohere's 4096 would change the ranking), priority? (accepted, ignored),
@@ -22,13 +25,14 @@ from lastrank.api.dialects.base import (
     Document,
     NonNegativeInt,
     PositiveInt,
+    Query,
     ResponseInfo,
     ScoreThreshold,
     Translated,
     WireModel,
-    document_texts,
     meta_block,
     result_items,
+    split_inputs,
     usage_block,
 )
 from lastrank.types import RerankResult
@@ -38,7 +42,7 @@ NAME = "cohere_v2"
 
 class Request(WireModel):
     model: Optional[StrictStr] = None
-    query: StrictStr
+    query: Query
     documents: list[Document]
     top_n: Optional[NonNegativeInt] = None
     max_tokens_per_doc: Optional[PositiveInt] = Field(None, description="tokens per document; null: 2048")
@@ -51,9 +55,11 @@ class Request(WireModel):
 
 
 def to_internal(body: Request) -> Translated:
+    query, texts, images = split_inputs(body.query, body.documents, body.rank_fields)
     return Translated(
-        query=body.query,
-        documents=document_texts(body.documents, body.rank_fields),
+        query=query,
+        documents=texts,
+        images=images or None,
         originals=body.documents,
         top_n=body.top_n,
         return_documents=bool(body.return_documents),

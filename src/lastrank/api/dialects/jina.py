@@ -1,9 +1,10 @@
 """Jina `POST /v1/rerank` (and `/rerank` without `texts`), with Cohere v1's fields accepted on the same route.
 
-Request: {model?, query: str | {"text": str} | {"image": str} (Jina's object forms; an image is base64 or a
-          data URI, for models whose capabilities say `images` (jina-reranker-m0): to any other model an image
-          query or document is a 422; an object without a string `text` or `image`, or any other type, is a
-          422), documents: [str | object; {"image": str} an image document, as the query], top_n?,
+Request: {model?, query: str | {"text": str} | {"image": str} | vLLM's {"content": [part]} (the input forms of
+          base.py; an image is base64, a data URI or an allowed URL, for models whose capabilities say `images`
+          (jina-reranker-m0): to any other model an image query or document is a 422; a query object in none of
+          the forms, or any other type, is a 422), documents: [str | object; an image document in the same
+          forms as the query; a bad document object is a 400], top_n?,
           return_documents? (default true, as Jina),
           rank_fields? and max_chunks_per_doc? (Cohere v1; max_chunks_per_doc: long documents are ranked in
           chunks of max_doc_length tokens, at most this many per document, as Cohere v1 does: it implies
@@ -21,83 +22,32 @@ One body serves Jina clients (which read `results`, `model`, `usage`) and cohere
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
-from pydantic import BeforeValidator, Field, StrictBool, StrictStr, WithJsonSchema
-from pydantic_core import PydanticCustomError
+from pydantic import Field, StrictBool, StrictStr
 
 from lastrank.api.dialects.base import (
     SCORE_THRESHOLD_DESCRIPTION,
     Document,
     NonNegativeInt,
     PositiveInt,
+    Query,
     ResponseInfo,
     ScoreThreshold,
     Translated,
     WireModel,
-    document_texts,
     meta_block,
     result_items,
+    split_inputs,
     usage_block,
 )
-from lastrank.errors import InvalidRequestError
 from lastrank.types import RerankResult
 
 NAME = "jina"
 
-QUERY_FORMS = 'a string or an object {"text": "..."}'
-IMAGE_UNSUPPORTED = "image queries are not supported (this model ranks text only); send " + QUERY_FORMS
-
-
-def _query_text(value: Any) -> Any:
-    """Jina's query is a string, a TextDoc object {"text": ...} (ranks the text) or an ImageDoc {"image": ...}
-    (kept as {"image": str}: whether the model takes images is the handler's check, per model). Other fields of
-    the object are ignored."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        if value.get("image") is not None:
-            if not isinstance(value["image"], str):
-                raise PydanticCustomError("query_image", "a query image must be a base64 string or data URI", {})
-            return {"image": value["image"]}
-        text = value.get("text")
-        if isinstance(text, str):
-            return text
-        raise PydanticCustomError("query_object", "a query object needs a string 'text' field; send {forms}",
-                                  {"forms": QUERY_FORMS})
-    raise PydanticCustomError("query_type", "query must be {forms}, got {got}",
-                              {"forms": QUERY_FORMS, "got": "null" if value is None else type(value).__name__})
-
-
-JinaQuery = Annotated[
-    Union[StrictStr, dict[str, StrictStr]],
-    BeforeValidator(_query_text),
-    WithJsonSchema({"anyOf": [{"type": "string"},
-                              {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
-                              {"type": "object", "properties": {"image": {"type": "string"}}, "required": ["image"]}],
-                    "description": "the query: a string, or Jina's object forms {\"text\": ...} / {\"image\": "
-                                   "base64 or data URI} (images: multimodal models only)"}),
-]
-
-
-def split_images(query: Any, documents: list) -> tuple[str, list, dict]:
-    """-> (query text, documents with image documents as "", {"query" / index: the image string}).
-    A document object with a non-null `image` is an image document (its other fields are echoed, not ranked)."""
-    images: dict = {}
-    if isinstance(query, dict):
-        images["query"] = query["image"]
-        query = ""
-    for i, doc in enumerate(documents):
-        if isinstance(doc, dict) and doc.get("image") is not None:
-            if not isinstance(doc["image"], str):
-                raise InvalidRequestError(f"documents[{i}]: an image must be a base64 string or data URI")
-            images[i] = doc["image"]
-    return query, documents, images
-
-
 class Request(WireModel):
     model: Optional[StrictStr] = None
-    query: JinaQuery
+    query: Query
     documents: list[Document]
     top_n: Optional[NonNegativeInt] = Field(None, description="results to return; null: all")
     return_documents: Optional[StrictBool] = Field(None, description="echo documents; null: true")
@@ -122,11 +72,10 @@ class Request(WireModel):
 
 
 def to_internal(body: Request) -> Translated:
-    query, _, images = split_images(body.query, body.documents)
-    texts = iter(document_texts([d for i, d in enumerate(body.documents) if i not in images], body.rank_fields))
+    query, texts, images = split_inputs(body.query, body.documents, body.rank_fields)
     return Translated(
         query=query,
-        documents=["" if i in images else next(texts) for i in range(len(body.documents))],
+        documents=texts,
         images=images or None,
         originals=body.documents,
         top_n=body.top_n,

@@ -4,8 +4,15 @@ Request: {query, texts: [str], truncate? (null/true: truncate to max_doc_length 
           --auto-truncate default; false: a text that would be truncated is a 400),
           truncation_direction? ("right"/"Right"; "left" is refused: the model's reference truncation
           keeps the start), raw_scores? (default false), return_text? (default false),
-          lastrank extensions: model?, instruction?}
+          lastrank extensions: model?, instruction?, and images: the query and each entry of `texts` may be
+          any input form of base.py (a string, {"text": ...}, {"image": base64 | data URI | URL}, vLLM's
+          {"content": [part]}), images for multimodal models (jina-reranker-m0) only}
 Response: a bare array, best first: [{index, score, text?}]; accounting in x-compute-* headers.
+`return_text` gives the text ranked (a string, as TEI's `text` always is); an image entry has no `text`.
+
+Why images here too: `/rerank` is one route for the TEI and Jina bodies (as llama.cpp), and one set of input
+forms on every route is simpler to use and to document than a list of which route takes what. TEI's own clients
+send strings, so nothing changes for them.
 
 Scores: `raw_scores: true` returns the model's raw score (a classifier's logit; the cosine itself for
 cosine models); otherwise the relevance score mapped to [0, 1] by the served model's declared score rule
@@ -19,7 +26,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, StrictBool, StrictStr
 
-from lastrank.api.dialects.base import ResponseInfo, Translated, WireModel
+from lastrank.api.dialects.base import Document, Query, ResponseInfo, Translated, WireModel, split_inputs
 from lastrank.errors import InvalidRequestError
 from lastrank.types import RerankResult
 
@@ -27,8 +34,8 @@ NAME = "tei"
 
 
 class Request(WireModel):
-    query: StrictStr
-    texts: list[StrictStr]
+    query: Query
+    texts: list[Document]
     truncate: Optional[StrictBool] = None
     truncation_direction: Optional[Literal["right", "Right", "left", "Left"]] = None
     raw_scores: Optional[StrictBool] = None
@@ -40,9 +47,11 @@ class Request(WireModel):
 def to_internal(body: Request) -> Translated:
     if (body.truncation_direction or "right").lower() == "left":
         raise InvalidRequestError("truncation_direction 'left' is not supported; this model truncates on the right")
+    query, texts, images = split_inputs(body.query, body.texts)
     return Translated(
-        query=body.query,
-        documents=list(body.texts),
+        query=query,
+        documents=texts,
+        images=images or None,
         originals=list(body.texts),
         instruction=body.instruction,
         model=body.model,
@@ -56,8 +65,8 @@ def from_internal(result: RerankResult, t: Translated, info: ResponseInfo) -> tu
     items = []
     for r in result.results:
         item: dict[str, Any] = {"index": r.index}
-        if t.options.get("return_text"):
-            item["text"] = t.originals[r.index]
+        if t.options.get("return_text") and r.index not in (t.images or {}):
+            item["text"] = t.documents[r.index]
         if raw:
             item["score"] = r.raw_score if r.raw_score is not None else r.relevance_score
         else:
