@@ -247,7 +247,23 @@ def test_text_only_family_refuses_images():
         backend.plan(RerankRequest(query="q", documents=["d"], images={0: image(10, 10, 0)}))
 
 
-def test_chunk_mode_with_images_refused(reranker):
-    with pytest.raises(InvalidRequestError, match="chunking"):
-        reranker.rerank_request(RerankRequest(query="q", documents=["d"], images={0: image(10, 10, 0)},
-                                              chunking="chunk"))
+def test_chunk_mode_with_images_scores_as_official(reranker, official):
+    """Chunk mode with images (engine/chunking.py): each image document is one chunk, scored as the official
+    pair; a long text document scores as the best of its windows, each scored by the official code alone;
+    the image query is in every pair."""
+    query = image(120, 45, 9)
+    request = RerankRequest(query="", documents=["", DOCS[3], ""], max_doc_length=16, chunking="chunk",
+                            return_spans=True, images={"query": query, 0: IMAGES[0], 2: IMAGES[1]})
+    plan = reranker.backend.plan(request)
+    a, b = plan.doc_chunks[1]
+    windows = [DOCS[3][c.start:c.end] for c in plan.chunks[a:b]]
+    assert len(windows) >= 3 and plan.doc_chunks[2] == (b, b + 1)
+    result = {r.index: r for r in reranker.rerank_request(request).results}
+    imgs = official([(query, IMAGES[0]), (query, IMAGES[1])], query_type="image", doc_type="image")
+    np.testing.assert_allclose([result[0].relevance_score, result[2].relevance_score], imgs, rtol=0, atol=ATOL)
+    assert result[0].span is None and result[2].span is None  # an image is ranked whole: no character span
+    text = np.array(official([(query, w) for w in windows], query_type="image", max_doc_length=16))
+    best = int(np.argmax(text))
+    assert np.sort(text)[-1] - np.sort(text)[-2] > 10 * ATOL  # the best window is clear
+    assert result[1].relevance_score == pytest.approx(text[best], abs=ATOL)
+    assert result[1].span == (plan.chunks[a + best].start, plan.chunks[a + best].end)
