@@ -142,7 +142,7 @@ def test_model_matches_transformers(models, case):
     ref_last, ref_raw = reference(hf, head, ids, images)
     prepared = [preprocess_image(im) for im in images]
     pixels = torch.from_numpy(np.concatenate([p for p, _ in prepared])) if prepared else None
-    raw = ours.score_one(ids, pixels, [g for _, g in prepared])
+    raw = float(ours.score_prompts([ids], [prepared])[0])
     assert abs(raw - ref_raw) < ATOL
     # the hidden state itself, so a small head cannot hide a difference
     device_ids = torch.tensor(ids)
@@ -160,14 +160,19 @@ def test_images_change_the_score(models):
     raws = []
     for seed in (0, 1):
         image = random_image(90, 60, seed=seed)
-        pixels, grid = preprocess_image(image)
-        raws.append(ours.score_one(prompt([[334, 7524], "image", [80]], [image]), torch.from_numpy(pixels), [grid]))
+        raws.append(float(ours.score_prompts([prompt([[334, 7524], "image", [80]], [image])], [[preprocess_image(image)]])[0]))
     assert abs(raws[0] - raws[1]) > 100 * ATOL
 
 
-def test_packed_text_equals_one_by_one(models):
+def test_packed_equals_one_by_one(models):
+    """Prompts of every kind in one forward (text only, an image, two images of different grids) score as each
+    alone: attention, M-RoPE positions and vision attention stay within each prompt and image."""
     ours, _, _ = models
-    seqs = [[334, 7524, 334, 510, 14990, SCORE_TOKEN_ID], [198, 80, SCORE_TOKEN_ID], [5, 6, 7, 8, 9, 10, 11, 100]]
-    packed = ours.score_texts(seqs, max_tokens=10)
-    alone = [ours.score_one(s) for s in seqs]
+    images = [random_image(90, 60, seed=7), random_image(30, 200, seed=8), random_image(64, 64, seed=9)]
+    seqs = [[334, 7524, 334, 510, 14990, SCORE_TOKEN_ID], prompt([[334, 7524], "image", [198, 80]], images[:1]),
+            [198, 80, SCORE_TOKEN_ID], prompt([[334], "image", [198], "image", [510]], images[1:])]
+    seq_images = [[], [preprocess_image(images[0])], [], [preprocess_image(im) for im in images[1:]]]
+    packed = ours.score_prompts(seqs, seq_images)
+    alone = [float(ours.score_prompts([s], [ims])[0]) for s, ims in zip(seqs, seq_images)]
     np.testing.assert_allclose(packed.numpy(), alone, rtol=0, atol=ATOL)
+    assert np.ptp(alone) > 100 * ATOL  # the prompts really score differently

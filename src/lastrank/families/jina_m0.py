@@ -16,10 +16,11 @@ Everything below follows the official modeling.py (`JinaVLForRanking.compute_sco
     instead of feeding the model a broken image.
   - score: raw_score = logit - 2.65, relevance_score = sigmoid(raw) = the official score (one sigmoid, the
     engine's "sigmoid" rule).
-Differences from the official batched forward: none in the math; each pair runs unpadded (text-only pairs
-packed into one forward, pairs with images one forward each), which in float32 matches the official
-left-padded batch to rounding (tests/families/test_jina_m0.py checks against transformers).
-Not done: chunk mode for requests with images (refused), image URLs.
+Differences from the official batched forward: none in the math; pairs run unpadded, packed into forwards
+of up to max_forward_tokens tokens whatever their types (the official code runs one (query type, document
+type) at a time, left-padded, batches of 8), with every image of a forward in one vision-encoder call; in
+float32 this matches the official left-padded batch to rounding (tests/families/test_jina_m0.py checks
+against transformers; benchmarks/bench_m0.py times both at the real shape).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 from lastrank.engine.backend import Backend, Capabilities, RerankPlan, Scores, truncation_refused
 from lastrank.engine.pairs import PairBlock, cut_blocks, per_block, sigmoid_scores
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
-from lastrank.model.jina_m0 import IMAGE_TOKEN_ID, SCORE_TOKEN_ID, JinaM0ForRanking
+from lastrank.model.jina_m0 import IMAGE_TOKEN_ID, SCORE_TOKEN_ID, Image, JinaM0ForRanking
 from lastrank.model.qwen2_vl import ImageLimits, preprocess_image
 from lastrank.types import RerankRequest, Usage
 
@@ -56,13 +57,10 @@ def detect(config: dict, folder: Path) -> bool:
     return "JinaVLForRanking" in (config.get("architectures") or [])
 
 
-Prepared = tuple[np.ndarray, tuple[int, int, int]]  # pixel_values, grid_thw
-
-
 @dataclass
 class M0Block(PairBlock):
     # per sequence: its images in prompt order (document's, then query's)
-    images: list[list[Prepared]] = field(default_factory=list)
+    images: list[list[Image]] = field(default_factory=list)
 
 
 class JinaM0Backend(Backend):
@@ -110,7 +108,7 @@ class JinaM0Backend(Backend):
                                       f"{MAX_LENGTH} for this model")
         return max_doc, max_query
 
-    def prepare(self, image) -> tuple[Prepared, str]:
+    def prepare(self, image) -> tuple[Image, str]:
         """-> (pixels and grid, the prompt text of this image with its <|image_pad|> run expanded)."""
         try:
             pixels, grid = preprocess_image(image, self.limits)
@@ -125,7 +123,7 @@ class JinaM0Backend(Backend):
         if not request.documents:
             return RerankPlan(request, [], usage)
         images = request.images or {}
-        query_images: list[Prepared] = []
+        query_images: list[Image] = []
         query_text = request.query
         if "query" in images:
             prepared, query_text = self.prepare(images["query"])
@@ -133,7 +131,7 @@ class JinaM0Backend(Backend):
         sequences, doc_tokens, truncated, seq_images = [], [], [], []
         query_truncated = False
         for i, doc in enumerate(request.documents):
-            doc_images: list[Prepared] = []
+            doc_images: list[Image] = []
             if i in images:
                 prepared, doc = self.prepare(images[i])
                 doc_images = [prepared]
@@ -171,27 +169,23 @@ class JinaM0Backend(Backend):
         return RerankPlan(request, blocks, usage)
 
     def run_blocks(self, blocks: list[M0Block]) -> list[np.ndarray]:
-        """Text-only pairs of every block packed together; each pair with images in its own forward."""
+        """The pairs of every block, packed into forwards of up to max_forward_tokens tokens (image tokens
+        included; a longer pair alone), images and text alike (JinaM0ForRanking.score_prompts)."""
         items = [(s, imgs) for b in blocks for s, imgs in zip(b.sequences, b.images)]
         raw = np.empty(len(items), dtype=np.float64)
-        text = [i for i, (_, imgs) in enumerate(items) if not imgs]
-        if text:
-            raw[text] = self.model.score_texts([items[i][0] for i in text], self.max_forward_tokens).cpu().numpy()
-        for i, (ids, imgs) in enumerate(items):
-            if imgs:
-                pixels = torch.from_numpy(np.concatenate([p for p, _ in imgs])).to(self.dtype)
-                raw[i] = self.model.score_one(ids, pixels, [g for _, g in imgs])
+        for group in cut_blocks([len(s) for s, _ in items], self.max_forward_tokens):
+            raw[group] = self.model.score_prompts([items[i][0] for i in group], [items[i][1] for i in group]).cpu().numpy()
         return per_block(raw, blocks)
 
     def scores(self, plan: RerankPlan, outputs: list[np.ndarray]) -> Scores:
         return sigmoid_scores(plan, outputs)
 
     def warmup(self) -> None:
-        from PIL import Image
+        import PIL.Image
 
         super().warmup()
         self.rerank(RerankRequest(query="warm up", documents=["an image"],
-                                  images={0: Image.new("RGB", (56, 56), (128, 128, 128))}))
+                                  images={0: PIL.Image.new("RGB", (56, 56), (128, 128, 128))}))
 
 
 def load(path: Path, device: torch.device, dtype: torch.dtype, *, model_id: str = "", random_weights: bool = False,

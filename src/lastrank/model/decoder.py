@@ -228,9 +228,10 @@ class DecoderModel(nn.Module):
         prefix: every sequence is the cached prefix's tokens followed by its tokens in input_ids (PrefixCaches:
         one prefix per sequence).
         on_kv: called with each layer's attention keys and values, in layer order (how a PrefixCache fills).
-        inputs_embeds / positions (multimodal models, one plain sequence only): the input vectors [T, hidden]
-        instead of input_ids (copied: the layers add into their input in place), and the positions, [T] or,
-        with self.mrope_section set, M-RoPE's [3, T]; default: 0..T-1.
+        inputs_embeds / positions (multimodal models): the input vectors [T, hidden] instead of input_ids
+        (copied: the layers add into their input in place), and the positions, [T] or, with self.mrope_section
+        set, M-RoPE's [3, T]; default: 0..T-1 for each sequence. Given positions replace packing's (each
+        packed sequence's own, restarting at 0); with a cached prefix they are not taken.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -240,8 +241,8 @@ class DecoderModel(nn.Module):
         if seq_lens is not None or rows is not None or prefix is not None or on_kv is not None or attention != "segments":
             from lastrank.model.fast import Packing  # fast.py builds on this file: imported here, not above
 
-            if positions is not None or inputs_embeds is not None:
-                raise ValueError("inputs_embeds / positions take one plain sequence (no fast.py options)")
+            if positions is not None and prefix is not None:
+                raise ValueError("positions cannot be given with a cached prefix (its positions are the packing's)")
             P = 0 if prefix is None else prefix.prefix_len
             packing = Packing(seq_lens or [T], device, attention, prefix_len=P)
             if packing.total != T:
@@ -250,6 +251,8 @@ class DecoderModel(nn.Module):
             positions = torch.arange(T, device=device) if packing is None else packing.positions
             if self.mrope_section is not None:
                 positions = positions[None].expand(3, -1)  # text only: the three streams agree
+        elif positions.shape[-1] != T:
+            raise ValueError(f"positions cover {positions.shape[-1]} tokens, the input has {T}")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.clone()
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype,
                                 self.mrope_section)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,6 +37,9 @@ IMAGE_TOKEN_ID = 151655  # <|image_pad|>
 VISION_START_ID = 151652  # <|vision_start|>
 VISION_END_ID = 151653  # <|vision_end|>
 MROPE_SECTION = (16, 24, 24)  # Qwen2-VL's default (rope_scaling.mrope_section)
+
+# One image, preprocessed (model/qwen2_vl.py preprocess_image): pixel_values [patches, C*T*P*P] and its grid (t, h, w)
+Image = tuple[torch.Tensor | np.ndarray, tuple[int, int, int]]
 
 
 def mrope_positions(ids: list[int], grids: list[tuple[int, int, int]], merge: int,
@@ -98,44 +102,36 @@ class JinaM0ForRanking(nn.Module):
         return self.score(last_hidden).float()[:, 0] - LOGIT_BIAS
 
     @torch.inference_mode()
-    def score_one(self, ids: list[int], pixel_values: torch.Tensor | None = None,
-                  grids: list[tuple[int, int, int]] = ()) -> float:
-        """One prompt (ending with the score token) and its images in prompt order -> logit - LOGIT_BIAS."""
+    def score_prompts(self, sequences: list[list[int]], images: list[list[Image]] | None = None) -> torch.Tensor:
+        """Prompts (each ending with the score token) and each prompt's images in prompt order -> logit -
+        LOGIT_BIAS per prompt, [n] float32, in one forward: the prompts packed without padding (attention
+        within each, each with its own M-RoPE positions, the last layer at each last row only), every image
+        of every prompt through one vision-encoder call (attention within each image), its vectors put at
+        its <|image_pad|> tokens. How many prompts share a forward is the caller's choice
+        (families/jina_m0.py), so memory stays bounded."""
+        images = images if images is not None else [[] for _ in sequences]
+        if len(images) != len(sequences):
+            raise ValueError(f"{len(images)} image lists for {len(sequences)} prompts")
         device = self.device
-        input_ids = torch.tensor(ids, dtype=torch.long, device=device)
+        merge = self.vision_config.spatial_merge_size
+        input_ids = torch.tensor([t for s in sequences for t in s], dtype=torch.long, device=device)
         embeds = self.model.embed_tokens(input_ids)
-        if grids:
-            features = self.visual(pixel_values.to(device), grids).to(embeds.dtype)
-            mask = input_ids == self.image_token_id
+        mask = input_ids == self.image_token_id
+        flat = [im for ims in images for im in ims]
+        if flat:
+            pixels = torch.cat([torch.as_tensor(p) for p, _ in flat]).to(device=device, dtype=self.dtype)
+            features = self.visual(pixels, [g for _, g in flat]).to(embeds.dtype)
             if int(mask.sum()) != features.shape[0]:
                 raise ValueError(f"{int(mask.sum())} image tokens but {features.shape[0]} image vectors")
             embeds[mask] = features
-        elif (input_ids == self.image_token_id).any():
+        elif bool(mask.any()):
             raise ValueError("image tokens in a prompt without images")
-        positions = mrope_positions(ids, list(grids), self.vision_config.spatial_merge_size,
-                                    self.image_token_id).to(device)
-        hidden = self.model(None, inputs_embeds=embeds, positions=positions)
-        return float(self.raw_score(hidden[-1:])[0])
-
-    @torch.inference_mode()
-    def score_texts(self, sequences: list[list[int]], max_tokens: int = 16384) -> torch.Tensor:
-        """Text-only prompts, packed without padding (fast.Packing; text positions are plain RoPE's, equal in
-        the three streams) into forwards of up to max_tokens, last layer at each last row only."""
-        out = []
-        start = 0
-        while start < len(sequences):
-            end, total = start, 0
-            while end < len(sequences) and (end == start or total + len(sequences[end]) <= max_tokens):
-                total += len(sequences[end])
-                end += 1
-            batch = sequences[start:end]
-            ids = torch.tensor([t for s in batch for t in s], dtype=torch.long, device=self.device)
-            lens = [len(s) for s in batch]
-            rows = torch.tensor(lens, device=self.device).cumsum(0) - 1
-            hidden = self.model(ids, seq_lens=lens, rows=rows)
-            out.append(self.raw_score(hidden))
-            start = end
-        return torch.cat(out) if out else torch.empty(0)
+        positions = torch.cat([mrope_positions(s, [g for _, g in ims], merge, self.image_token_id)
+                               for s, ims in zip(sequences, images)], dim=1).to(device)
+        lens = [len(s) for s in sequences]
+        rows = torch.tensor(lens, device=device).cumsum(0) - 1
+        hidden = self.model(None, inputs_embeds=embeds, positions=positions, seq_lens=lens, rows=rows)
+        return self.raw_score(hidden)
 
 
 def m0_configs(config: dict) -> tuple[ModelConfig, VisionConfig, tuple[int, ...]]:
