@@ -2,14 +2,18 @@
 
 Jina route `chunking` / `chunk_overlap` / `return_spans`, Cohere v1 `max_chunks_per_doc` through the real
 cohere.Client, Cohere v2 `max_tokens_per_doc` through cohere.ClientV2 with the server's --chunking chunk,
-search units, ledger and limits, and the 4xx answers."""
+search units, ledger and limits, and the 4xx answers; jina-reranker-m0 in chunk mode with images on the Jina
+route."""
 
 from __future__ import annotations
 
+import base64
+import io
 import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lastrank.types import RerankRequest
@@ -153,3 +157,49 @@ def test_a_family_without_token_offsets_answers_chunk_mode_with_a_400(store):
         r = c.post("/v1/rerank", json={"query": "q", "documents": ["a b", "c"], "chunking": "chunk"})
         assert r.status_code == 400 and "chunking is not available for this model" in r.json()["detail"], r.text
         assert c.post("/v1/rerank", json={"query": "q", "documents": ["a b", "c"]}).status_code == 200
+
+
+def png(w, h, seed) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def m0_backend(tmp_path_factory):
+    from lastrank.families import load_backend
+    from lastrank.model.checkpoint_m0 import make_m0_checkpoint
+
+    folder = make_m0_checkpoint(tmp_path_factory.mktemp("m0"), "tiny", seed=5, dtype="float32")
+    return load_backend(str(folder), device="cpu", dtype="float32")
+
+
+def test_jina_route_chunk_mode_with_an_image_query_and_image_documents(store, m0_backend):
+    """jina-reranker-m0 in chunk mode through the real app: the engine's ranking; the image document is one
+    chunk with no span (absent from its result), the long text document carries its best window's span."""
+    from lastrank.engine.chunking import ChunkingBackend
+
+    page, query = png(200, 140, 1), png(64, 64, 3)
+    docs = ["", LONG, "Paris is in France."]
+    want = ChunkingBackend(m0_backend).rerank(RerankRequest(
+        query="", documents=docs, images={0: page, "query": query}, max_doc_length=24, chunking="chunk",
+        return_spans=True))
+    assert want.usage.chunks > len(docs)  # LONG really is cut
+    image_doc = {"image": base64.b64encode(page).decode()}
+    with make(store, m0_backend) as c:
+        r = c.post("/v1/rerank", json={"query": {"image": base64.b64encode(query).decode()},
+                                       "documents": [image_doc, LONG, docs[2]], "max_doc_length": 24,
+                                       "chunking": "chunk", "return_spans": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [x["index"] for x in body["results"]] == [x.index for x in want.results]
+    got = {x["index"]: x for x in body["results"]}
+    for x in want.results:
+        assert got[x.index]["relevance_score"] == pytest.approx(x.relevance_score, abs=1e-6)
+    assert "span" not in got[0] and got[0]["document"] == image_doc
+    assert tuple(got[1]["span"]) == next(x.span for x in want.results if x.index == 1)
+    assert got[2]["span"] == [0, len(docs[2])]
+    assert body["usage"]["total_tokens"] == want.usage.prompt_tokens  # image tokens and every window
+    assert body["meta"]["billed_units"]["search_units"] == 1 and r.headers["X-Lastrank-Truncated-Documents"] == "0"
