@@ -122,13 +122,14 @@ def _make_reranker(args: argparse.Namespace):
                 raise
             raise InvalidRequestError("server mode needs lastrank.client, which this install lacks") from None
         return Client(args.server, args.api_key), {"server": args.server,
-                                                   "random_weights": _server_random_weights(args.server, args.api_key)}
+                                                   **_server_model_info(args.server, args.api_key)}
     from lastrank import Reranker
     from lastrank.model.checkpoint import is_random_checkpoint
 
     reranker = Reranker(args.model, device=args.device, dtype=args.dtype)
     info = {"model_id": reranker.model_id, "path": str(reranker.path), "device": str(reranker.device),
-            "dtype": str(reranker.dtype).removeprefix("torch."), "random_weights": is_random_checkpoint(reranker.path)}
+            "dtype": str(reranker.dtype).removeprefix("torch."), "random_weights": is_random_checkpoint(reranker.path),
+            **_family_info(reranker.capabilities.as_dict())}
     cfg = Path(reranker.path) / "config.json"
     if cfg.exists():
         c = json.loads(cfg.read_text(encoding="utf-8"))
@@ -136,18 +137,31 @@ def _make_reranker(args: argparse.Namespace):
     return reranker, info
 
 
-def _server_random_weights(server: str, api_key: str | None) -> bool | None:
-    """Whether the server says its model has random weights (a `random_weights` field of a /v1/models
-    entry); None when it does not say or cannot be asked."""
+# what the report says about the model's family and score rule (engine/backend.py's Capabilities fields)
+FAMILY_FIELDS = ("family", "architecture", "score", "raw_score")
+
+
+def _family_info(capabilities: dict) -> dict:
+    return {k: capabilities[k] for k in FAMILY_FIELDS if capabilities.get(k) is not None}
+
+
+def _server_model_info(server: str, api_key: str | None) -> dict:
+    """What the server's /v1/models says about the model eval's requests reach: `random_weights` (None when
+    it does not say or cannot be asked) and, when it serves exactly one model (the one a request without
+    `model` gets), that model's family and score rule."""
     import httpx
 
     try:
         resp = httpx.get(f"{server.rstrip('/')}/v1/models", headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
         entries = resp.json().get("data", []) if resp.status_code == 200 else []
     except (httpx.HTTPError, ValueError, AttributeError):
-        return None
-    flags = [e.get("random_weights") for e in entries if isinstance(e, dict) and "random_weights" in e]
-    return any(flags) if flags else None
+        return {"random_weights": None}
+    entries = [e for e in entries if isinstance(e, dict)]
+    flags = [e.get("random_weights") for e in entries if "random_weights" in e]
+    info = {"random_weights": any(flags) if flags else None}
+    if len(entries) == 1:
+        info.update(served_model=entries[0].get("id"), **_family_info(entries[0]))
+    return info
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
 
         resolve_checkpoint(args.model)
     from lastrank.eval.measures import METRICS
-    from lastrank.eval.report import RANDOM_WEIGHTS_WARNING, build_report, write_report
+    from lastrank.eval.report import RANDOM_WEIGHTS_WARNING, build_report, model_description, write_report
     from lastrank.eval.run import OrderEval, ResultCache, evaluate_first_stage
 
     _check_args(args)
@@ -177,6 +191,8 @@ def run(args: argparse.Namespace) -> int:
     reranker, model_info = _make_reranker(args)
     if model_info.get("random_weights"):
         print(f"lastrank: warning: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
+    if model_description(model_info):
+        print(f"model: {model_description(model_info)}", file=sys.stderr)
     try:
         orders_result, perm_result = _rerank(args, dataset, reranker, config, cache, query_ids, rel_min, perm_qid)
     finally:
@@ -262,8 +278,11 @@ def _rerank(args: argparse.Namespace, dataset, reranker, config: dict, cache, qu
                                 ("dtype", None if args.server else args.dtype),
                                 ("chunking", "chunk" if chunk else None),
                                 ("chunk_overlap", args.chunk_overlap)) if v is not None}
-    rerank_kwargs = {k: params[k] for k in ("max_doc_length", "max_query_length", "chunk_overlap") if k in params}
-    rerank_kwargs["chunking"] = args.chunking  # always said, so a server's own --chunking default never applies
+    # every setting always said, None meaning the family's own default: left out, the HTTP client's defaults
+    # (2048 / 512 tokens, jina-v3's) would replace a served family's (jina-m0: 9728 / 512), and the server's
+    # --chunking default would replace truncate
+    rerank_kwargs = {"max_doc_length": args.max_doc_length, "max_query_length": args.max_query_length,
+                     "chunking": args.chunking, "chunk_overlap": args.chunk_overlap}
     progress = not args.no_progress
     if args.permutations:
         from lastrank.eval.permutation import run_permutations

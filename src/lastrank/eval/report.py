@@ -19,6 +19,19 @@ def random_weights_warning(report: dict) -> str | None:
     return RANDOM_WEIGHTS_WARNING if report.get("model", {}).get("random_weights") else None
 
 
+def model_description(model: dict) -> str | None:
+    """The family and its score rule in words, from the Capabilities fields the report's "model" holds
+    (None when it holds none: a server that does not say, or a fake in tests). Only the order of the scores
+    enters the measures; the rule says what the scores in "rankings" are."""
+    family = model.get("family")
+    if not family:
+        return None
+    rule = {"sigmoid": "relevance_score = sigmoid(raw_score) in [0, 1]",
+            "cosine": "relevance_score = cosine in [-1, 1]"}.get(model.get("score"), f"score {model.get('score')}")
+    raw = f", raw_score = {model['raw_score']}" if model.get("raw_score") else ""
+    return f"family {family}; {rule}{raw}"
+
+
 def _clean(per_query: dict) -> dict:
     return {q: {k: round(v, 6) for k, v in m.items()} for q, m in per_query.items()}
 
@@ -119,6 +132,8 @@ def render_markdown(report: dict) -> str:
         f"- model: `{c['model']}`"
         + (f" via server {c['server']}" if c.get("server") else f" ({c.get('device')}, {c.get('dtype')})")
     )
+    if model_description(report.get("model", {})):
+        out.append(f"- {model_description(report['model'])}")
     out.append(f"- data: `{c['data']}` ({c['layout']} layout), run `{c['run']}`, top-k {c['top_k']}")
     out.append(f"- passage text: {c['text_convention']}")
     if c.get("chunking"):
@@ -224,9 +239,12 @@ def plot(report: dict, path: Path) -> None:
             ax.set_ylabel("share of permutations with the modal document")
             ax.set_ylim(0, 1)
             ax.set_title("per-rank stability")
+    described = model_description(report.get("model", {}))
     if random_weights_warning(report):
-        fig.suptitle("RANDOM WEIGHTS (make-checkpoint): reranked scores are meaningless", color="tab:red",
-                     fontweight="bold")
+        fig.suptitle("RANDOM WEIGHTS (make-checkpoint): reranked scores are meaningless"
+                     + (f"\n{described}" if described else ""), color="tab:red", fontweight="bold")
+    elif described:
+        fig.suptitle(described)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
