@@ -1,19 +1,15 @@
 """jina-reranker-m0 (families/jina_m0.py) against the official compute_score, on a tiny random checkpoint.
 
-The reference is the official modeling.py's compute_score, step by step, on transformers: the prompt of
-formatting_prompts_func, the text-document "TEMP FIX" truncation, the processor's steps (transformers'
-Qwen2TokenizerFast from the folder, left padding, truncation to max_length - 1, each <|image_pad|> expanded
-to grid.prod() / 4 tokens, Qwen2VLImageProcessorPil with min_pixels=3136, max_pixels=602112; the
-Qwen2VLProcessor itself needs torchvision for its video half, which is not installed), token 100 appended,
-Qwen2VLForConditionalGeneration's last hidden state at the last position, the head, sigmoid(logit - 2.65).
-One batch per (query type, document type), left-padded as the official code runs it. lastrank must give the
-same relevance scores within 1e-5 and the same order.
+The reference is the official modeling.py's compute_score, step by step, on transformers (tests/reference_m0.py:
+its prompt, truncation, processor steps, left-padded batches of one (query type, document type), the head and
+sigmoid(logit - 2.65)). lastrank must give the same relevance scores within 1e-5 and the same order.
 """
 
 from __future__ import annotations
 
 import io
-import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,9 +20,12 @@ from lastrank.errors import InvalidRequestError
 from lastrank.model.checkpoint_m0 import make_m0_checkpoint
 from lastrank.types import RerankRequest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from keyword_backend import KeywordBackend  # noqa: E402
+from reference_m0 import official_compute_score  # noqa: E402
+
 PIL = pytest.importorskip("PIL.Image")
 ATOL = 1e-5
-LOGIT_BIAS = 2.65  # the official modeling.py's constant, restated: the test does not read lastrank's
 
 
 def image(w, h, seed):
@@ -46,65 +45,7 @@ def reranker(folder):
 @pytest.fixture(scope="module")
 def official(folder):
     """compute_score(pairs, query_type, doc_type, max_doc_length) -> scores, as the official code computes them."""
-    from safetensors.torch import load_file
-    from transformers import AutoTokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    config = json.loads((folder / "config.json").read_text())
-    hf_config = Qwen2VLConfig(**{k: v for k, v in config.items() if not k.startswith("lastrank")})
-    hf_config._attn_implementation = "eager"  # with a padding mask: the plain softmax path
-    model = Qwen2VLForConditionalGeneration(hf_config).eval()
-    state = load_file(str(folder / "model.safetensors"))
-    model.load_state_dict({("model.language_model." + k[6:] if k.startswith("model.") else "model." + k): v
-                           for k, v in state.items() if not k.startswith("score.")}, strict=False)
-    hidden = config["hidden_size"]
-    head = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
-    head.load_state_dict({k[len("score."):]: v for k, v in state.items() if k.startswith("score.")})
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    tokenizer.padding_side = "left"  # JinaVLForRanking.padding_side
-    processor = Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=602112)
-
-    def fmt(query, doc, query_type, doc_type):  # formatting_prompts_func
-        q = "**Query**:\n<|vision_start|><|image_pad|><|vision_end|>" if query_type == "image" else f"**Query**:\n{query}"
-        d = "**Document**:\n<|vision_start|><|image_pad|><|vision_end|>" if doc_type == "image" else f"**Document**:\n{doc}"
-        return d + "\n" + q
-
-    def compute_score(pairs, query_type="text", doc_type="text", max_length=10240, max_query_length=512,
-                      max_doc_length=None):
-        if max_doc_length is None:
-            max_doc_length = max(max_length - max_query_length, max_query_length)
-        texts, images = [], []
-        for q, d in pairs:
-            if doc_type == "text":
-                ids = tokenizer(d, truncation=True, max_length=max_doc_length)["input_ids"]
-                if len(ids) >= max_doc_length:
-                    d = tokenizer.decode(ids)
-            texts.append(fmt(q, d, query_type, doc_type))
-            images.append(([d] if doc_type == "image" else []) + ([q] if query_type == "image" else []))
-        flat = [im for ims in images for im in ims]
-        pixel = processor(images=flat, return_tensors="pt") if flat else None
-        # the processor's placeholder expansion: one <|image_pad|> per merged patch, images in order
-        grids = iter(pixel["image_grid_thw"].tolist() if flat else [])
-        expanded = []
-        for t in texts:
-            parts = t.split("<|image_pad|>")
-            out = parts[0]
-            for p in parts[1:]:
-                n = int(np.prod(next(grids))) // 4
-                out += "<|image_pad|>" * n + p
-            expanded.append(out)
-        batch = tokenizer(expanded, return_tensors="pt", padding=True, truncation=True, max_length=max_length - 1)
-        n = batch["input_ids"].shape[0]
-        ids = torch.cat([batch["input_ids"], torch.full((n, 1), 100)], dim=1)
-        mask = torch.cat([batch["attention_mask"], torch.ones(n, 1, dtype=batch["attention_mask"].dtype)], dim=1)
-        kw = dict(pixel_values=pixel["pixel_values"], image_grid_thw=pixel["image_grid_thw"]) if flat else {}
-        with torch.no_grad():
-            out = model(input_ids=ids, attention_mask=mask, mm_token_type_ids=(ids == config["image_token_id"]).int(),
-                        output_hidden_states=True, use_cache=False, **kw)
-            logits = head(out.hidden_states[-1][:, -1]).squeeze(-1)
-            return torch.sigmoid(logits - LOGIT_BIAS).tolist()
-
-    return compute_score
+    return official_compute_score(folder)
 
 
 QUERY = "what does the chart of green tea sales show"
@@ -234,13 +175,7 @@ def test_image_token_text_is_refused(reranker):
 
 
 def test_text_only_family_refuses_images():
-    import sys
-    from pathlib import Path
-
     from lastrank.engine.chunking import ChunkingBackend
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from keyword_backend import KeywordBackend
 
     backend = ChunkingBackend(KeywordBackend())
     with pytest.raises(InvalidRequestError, match="text only"):
