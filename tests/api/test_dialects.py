@@ -175,3 +175,57 @@ def test_ledger_one_row_per_200(client, store):
     assert (row.documents, row.status, row.route, row.dialect, row.key_id) == (3, 200, "/v1/rerank", "jina", None)
     assert row.cost_usd == pytest.approx(3 * 0.008 / 1000)
     assert row.prompt_tokens > 0 and row.blocks == 1 and row.latency_ms >= 0
+
+
+# -- One set of input forms on every route (dialects/base.split_inputs), here with a text-only model ----------
+
+ROUTES = [("/v1/rerank", "documents"), ("/v2/rerank", "documents"), ("/rerank", "texts")]
+
+
+@pytest.mark.parametrize("route,field", ROUTES)
+def test_vllm_text_content_ranks_as_the_string(client, fake_scheduler, route, field):
+    docs = [{"content": [{"type": "text", "text": d}]} for d in DOCS]
+    r = client.post(route, json={"query": {"content": [{"type": "text", "text": Q}]}, field: docs})
+    assert r.status_code == 200, r.text
+    req = fake_scheduler.requests[-1]
+    assert (req.query, req.documents, req.images) == (Q, DOCS, None)
+    results = r.json() if route == "/rerank" else r.json()["results"]
+    assert [x["index"] for x in results] == expected_order()
+
+
+@pytest.mark.parametrize("route,field", ROUTES)
+def test_text_model_refuses_images_on_every_route(client, fake_scheduler, route, field):
+    n = len(fake_scheduler.requests)
+    for doc in ({"image": "aGk="}, {"content": [{"type": "image_url", "image_url": {"url": "aGk="}}]}):
+        r = client.post(route, json={"query": Q, field: ["a", doc]})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["details"][0]["loc"] == [field, "1"]
+        assert "image documents are not supported (this model ranks text only)" in r.json()["detail"]
+        r = client.post(route, json={"query": doc, field: ["a"]})
+        assert r.status_code == 422 and "image queries are not supported" in r.json()["detail"], r.text
+    assert len(fake_scheduler.requests) == n  # nothing reached the model
+
+
+def test_objects_that_were_text_stay_text(client, fake_scheduler):
+    # a field named `content` is metadata when the object has `text` or rank_fields are given
+    docs = [{"text": DOCS[0], "content": ["tag"]}, {"body": DOCS[1], "content": [{"type": "text", "text": "no"}]}]
+    r = client.post("/v2/rerank", json={"query": Q, "documents": docs[:1]})
+    assert r.status_code == 200 and fake_scheduler.requests[-1].documents == [DOCS[0]], r.text
+    r = client.post("/v1/rerank", json={"query": Q, "documents": docs, "rank_fields": ["body", "text"]})
+    assert r.status_code == 200 and fake_scheduler.requests[-1].documents == ["text: " + DOCS[0], "body: " + DOCS[1]]
+
+
+def test_document_errors_name_the_right_input(client):
+    # an image document before the bad one does not shift the index; TEI names its `texts`
+    r = client.post("/v1/rerank", json={"query": Q, "documents": [{"image": "aGk="}, {"a": 1}], "rank_fields": ["b"]})
+    assert r.status_code == 400 and "documents[1] has none of the rank_fields" in r.json()["detail"], r.text
+    r = client.post("/rerank", json={"query": Q, "texts": ["a", {"title": "x"}]})
+    assert r.status_code == 400 and r.json()["detail"].startswith("texts[1] is an object without"), r.text
+
+
+def test_openapi_shows_the_input_forms_on_every_route(client):
+    schema = client.get("/openapi.json").json()
+    for route in ("/v1/rerank", "/v2/rerank"):
+        body = schema["paths"][route]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        forms = body["properties"]["query"]["anyOf"]
+        assert {"type": "string"} in forms and any("content" in f.get("properties", {}) for f in forms)

@@ -183,3 +183,138 @@ def test_url_policy_addresses():
     policy = UrlPolicy(("*.example.com", "images.test"))
     assert policy.host_allowed("a.example.com") and policy.host_allowed("IMAGES.test")
     assert not policy.host_allowed("example.com.evil.org") and not policy.host_allowed("evilexample.com")
+
+
+# -- The same images on every route: Cohere v1 fields, Cohere v2, TEI, and vLLM's content form --------------
+
+def vllm_image(source: str) -> dict:
+    return {"content": [{"type": "image_url", "image_url": {"url": source}}]}
+
+
+def test_every_route_and_form_scores_as_the_jina_route(client):
+    a, b = png(90, 60, 1), png(30, 200, 2)
+    docs = [{"image": b64(a)}, "text doc", {"image": "data:image/png;base64," + b64(b)}]
+    jina = client.post("/v1/rerank", json={"query": "tea", "documents": docs})
+    assert jina.status_code == 200, jina.text
+    want = [(x["index"], x["relevance_score"]) for x in jina.json()["results"]]
+    tokens = jina.json()["usage"]["total_tokens"]
+    units = jina.json()["meta"]["billed_units"]
+    vllm_docs = [vllm_image(b64(a)), {"content": [{"type": "text", "text": "text doc"}]},
+                 vllm_image("data:image/png;base64," + b64(b))]
+    for route, documents in (("/v2/rerank", docs), ("/v2/rerank", vllm_docs), ("/v1/rerank", vllm_docs)):
+        r = client.post(route, json={"query": "tea", "documents": documents})
+        assert r.status_code == 200, (route, r.text)
+        body = r.json()
+        assert [(x["index"], x["relevance_score"]) for x in body["results"]] == want, route  # exactly equal
+        assert body["meta"]["tokens"]["input_tokens"] == tokens and body["meta"]["billed_units"] == units
+    tei = client.post("/rerank", json={"query": "tea", "texts": docs})
+    assert tei.status_code == 200, tei.text
+    # m0's scores are sigmoids already: TEI's [0, 1] score is the relevance score itself
+    assert [(x["index"], x["score"]) for x in tei.json()] == want
+    assert int(tei.headers["x-compute-tokens"]) == tokens
+    assert client.post("/rerank", json={"query": "tea", "texts": vllm_docs}).json() == tei.json()
+
+
+def test_image_query_on_every_route(client):
+    a = png(64, 64, 3)
+    docs = ["a cat", "a dog", "tea"]
+    jina = client.post("/v1/rerank", json={"query": {"image": b64(a)}, "documents": docs})
+    assert jina.status_code == 200, jina.text
+    want = [(x["index"], x["relevance_score"]) for x in jina.json()["results"]]
+    for query in ({"image": b64(a)}, vllm_image(b64(a))):
+        for route, body in (("/v2/rerank", {"documents": docs}), ("/v1/rerank", {"documents": docs})):
+            r = client.post(route, json={"query": query, **body})
+            assert r.status_code == 200, (route, r.text)
+            assert [(x["index"], x["relevance_score"]) for x in r.json()["results"]] == want
+        tei = client.post("/rerank", json={"query": query, "texts": docs})
+        assert tei.status_code == 200, tei.text
+        assert [(x["index"], x["score"]) for x in tei.json()] == want
+
+
+def test_cohere_v1_objects_with_images_and_rank_fields(client):
+    a = png(90, 60, 1)
+    docs = [{"image": b64(a), "title": "a photo", "id": "p1"}, {"title": "green tea", "body": "leaves", "id": "t1"}]
+    r = client.post("/v1/rerank", json={"query": "tea", "documents": docs, "rank_fields": ["title", "body"],
+                                        "return_documents": True})
+    assert r.status_code == 200, r.text
+    by_index = {x["index"]: x for x in r.json()["results"]}
+    assert by_index[0]["document"] == docs[0] and by_index[1]["document"] == docs[1]  # echoed as sent
+    # the image document is its image (its fields are not ranked); the text one is ranked on its rank_fields
+    same = client.post("/v1/rerank", json={"query": "tea", "documents": [{"image": b64(a)}, "title: green tea\nbody: "
+                                                                                            "leaves"]})
+    assert {x["index"]: x["relevance_score"] for x in same.json()["results"]} == \
+        {i: x["relevance_score"] for i, x in by_index.items()}
+
+
+def test_tei_return_text_omits_images(client):
+    a = png(90, 60, 1)
+    texts = [{"image": b64(a)}, "plain text", {"text": "object text", "id": 3},
+             {"content": [{"type": "text", "text": "vllm text"}]}]
+    r = client.post("/rerank", json={"query": "tea", "texts": texts, "return_text": True, "raw_scores": True})
+    assert r.status_code == 200, r.text
+    by_index = {x["index"]: x for x in r.json()}
+    assert "text" not in by_index[0]
+    assert [by_index[i]["text"] for i in (1, 2, 3)] == ["plain text", "object text", "vllm text"]
+    assert int(r.headers["x-compute-characters"]) == len("plain text object text vllm text tea") - 3
+
+
+@pytest.mark.parametrize("image,status,needle", [
+    ("not base64 !!!", 400, "not valid base64"),
+    (b64(b"hello, not an image"), 400, "not an image"),
+    ("https://example.com/cat.png", 400, "image URLs are not enabled"),
+    ("BOMB", 400, "pixels"),
+])
+def test_bad_images_are_4xx_on_every_route(client, image, status, needle):
+    image = bomb() if image == "BOMB" else image
+    for form in ({"image": image}, vllm_image(image)):
+        for route, docs_field in (("/v2/rerank", "documents"), ("/rerank", "texts"), ("/v1/rerank", "documents")):
+            for body in ({"query": "q", docs_field: [form]}, {"query": form, docs_field: ["d"]}):
+                r = client.post(route, json=body)
+                assert r.status_code == status, (route, body, r.text)
+                assert needle in r.json()["detail"]
+
+
+@pytest.mark.parametrize("content,needle", [
+    ([], "holds 0 parts"),
+    ([{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "aGk="}}], "holds 2 parts"),
+    (["just a string"], "must be an object"),
+    ([{"type": "video_url", "video_url": {"url": "https://x/v.mp4"}}], "'video_url' is not supported"),
+    ([{"image_url": {"url": "aGk="}}], "type None is not supported"),
+    ([{"type": "image_url", "image_url": "aGk="}], "needs \"image_url\": {\"url\""),
+    ([{"type": "image_url", "image_url": {"url": 5}}], "needs \"image_url\": {\"url\""),
+    ([{"type": "text", "text": None}], "needs a string \"text\""),
+])
+def test_bad_vllm_content_is_4xx(client, content, needle):
+    for route, docs_field in (("/v2/rerank", "documents"), ("/rerank", "texts"), ("/v1/rerank", "documents")):
+        doc = client.post(route, json={"query": "q", docs_field: ["d", {"content": content}]})
+        assert doc.status_code == 400, (route, doc.text)
+        assert doc.json()["detail"].startswith(f"{docs_field}[1].content") and needle in doc.json()["detail"]
+        query = client.post(route, json={"query": {"content": content}, docs_field: ["d"]})
+        assert query.status_code == 422, (route, query.text)
+        assert query.json()["detail"].startswith("invalid request: query: content") and needle in query.json()["detail"]
+
+
+def test_non_string_image_is_4xx_on_every_route(client):
+    for route, docs_field in (("/v2/rerank", "documents"), ("/rerank", "texts")):
+        r = client.post(route, json={"query": "q", docs_field: ["d", {"image": 5}]})
+        assert r.status_code == 400 and f"{docs_field}[1].image: an image must be" in r.json()["detail"], r.text
+        r = client.post(route, json={"query": {"image": ["x"]}, docs_field: ["d"]})
+        assert r.status_code == 422 and "query: image: an image must be" in r.json()["detail"], r.text
+
+
+def test_image_urls_keep_the_guard_on_every_route(store, backend, image_server):
+    base, body = image_server
+    url = f"{base}/img.png"
+    with url_client(store, backend, allow_image_urls=("127.0.0.1",)) as c:  # allowed host, but loopback
+        for route, docs_field in (("/v2/rerank", "documents"), ("/rerank", "texts")):
+            for form in ({"image": url}, vllm_image(url)):
+                r = c.post(route, json={"query": "tea", docs_field: [form, "text"]})
+                assert r.status_code == 400 and "loopback" in r.json()["detail"], r.text
+    with url_client(store, backend, allow_image_urls=("127.0.0.1",), allow_private_image_urls=True) as c:
+        want = c.post("/v1/rerank", json={"query": "tea", "documents": [{"image": b64(body)}, "text"]}).json()
+        want = [(x["index"], x["relevance_score"]) for x in want["results"]]
+        r = c.post("/v2/rerank", json={"query": "tea", "documents": [vllm_image(url), "text"]})
+        assert r.status_code == 200, r.text
+        assert [(x["index"], x["relevance_score"]) for x in r.json()["results"]] == want
+        r = c.post("/rerank", json={"query": "tea", "texts": [{"image": url}, "text"]})
+        assert [(x["index"], x["score"]) for x in r.json()] == want

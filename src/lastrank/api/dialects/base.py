@@ -197,31 +197,33 @@ Query = Annotated[
 ]
 
 
-def document_text(i: int, doc: Any, fields: list[str] | None) -> str:
-    """The text ranked for a text document: a string itself, an object's `text` or its rank_fields."""
+def document_text(where: str, doc: Any, fields: list[str] | None) -> str:
+    """The text ranked for a text document (`where`: "documents[3]"): a string itself, an object's `text` or its
+    rank_fields."""
     if isinstance(doc, str):
         return doc
     if not isinstance(doc, dict):  # the schema already refuses this; kept for direct callers
-        raise InvalidRequestError(f"documents[{i}] must be a string or an object")
+        raise InvalidRequestError(f"{where} must be a string or an object")
     if fields is None:
         text = doc.get("text")
         if not isinstance(text, str):
             raise InvalidRequestError(
-                f"documents[{i}] is an object without a string 'text' field; add one or pass rank_fields")
+                f"{where} is an object without a string 'text' field; add one or pass rank_fields")
         return text
     present = [f for f in fields if f in doc and doc[f] is not None]
     if not present:
-        raise InvalidRequestError(f"documents[{i}] has none of the rank_fields {fields}")
+        raise InvalidRequestError(f"{where} has none of the rank_fields {fields}")
     values = [doc[f] if isinstance(doc[f], str) else json.dumps(doc[f], ensure_ascii=False) for f in present]
     if len(fields) == 1:
         return values[0]
     return "\n".join(f"{f}: {v}" for f, v in zip(present, values))
 
 
-def split_inputs(query: Any, documents: list, rank_fields: list[str] | None = None) -> tuple[str, list[str], dict]:
+def split_inputs(query: Any, documents: list, rank_fields: list[str] | None = None,
+                 field_name: str = "documents") -> tuple[str, list[str], dict]:
     """-> (query text, the text ranked for each document, images {"query" / index: source as sent}).
     `query` is what the Query validator returned; an image input's text is "". Bad document objects are 400s
-    naming the document (and where inside it)."""
+    naming the document as the wire does (`field_name`: TEI's "texts") and where inside it."""
     fields = [f for f in (rank_fields or []) if isinstance(f, str)] or None
     images: dict = {}
     if isinstance(query, dict):
@@ -234,12 +236,12 @@ def split_inputs(query: Any, documents: list, rank_fields: list[str] | None = No
             try:
                 form = object_input(doc, rank_fields=fields is not None)
             except InputFormError as e:
-                raise InvalidRequestError(f"documents[{i}]{e.path}: {e.message}") from None
+                raise InvalidRequestError(f"{field_name}[{i}]{e.path}: {e.message}") from None
         if form is not None and form[0] == "image":
             images[i] = form[1]
             texts.append("")
         else:
-            texts.append(form[1] if form is not None else document_text(i, doc, fields))
+            texts.append(form[1] if form is not None else document_text(f"{field_name}[{i}]", doc, fields))
     return query, texts, images
 
 

@@ -47,7 +47,7 @@ class Request(WireModel):
 def to_internal(body: Request) -> Translated:
     if (body.truncation_direction or "right").lower() == "left":
         raise InvalidRequestError("truncation_direction 'left' is not supported; this model truncates on the right")
-    query, texts, images = split_inputs(body.query, body.texts)
+    query, texts, images = split_inputs(body.query, body.texts, field_name="texts")
     return Translated(
         query=query,
         documents=texts,
