@@ -92,3 +92,22 @@ def test_family_cases_run_the_benchmarks_script(tmp_path, monkeypatch):
     assert bench.run(args) == 0
     assert calls[0][1].endswith("benchmarks/bench_cross_encoder.py")
     assert calls[0][2:] == ["--dtype", "float32", "--preset", "jina-reranker-v2-tiny"]
+
+
+def test_m0_bench_runs_a_mixed_request_exactly(tmp_path):
+    """benchmarks/bench_m0.py (what `lastrank bench --family jina-m0` runs) on the tiny preset in float32: a mixed
+    request (image and text documents) where both paths give the same relevance scores, and the reference's
+    padded token count is at least lastrank's unpadded one."""
+    import json
+    import subprocess
+
+    out = tmp_path / "m0.json"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_m0.py"
+    subprocess.run([sys.executable, str(script), "--preset", "jina-reranker-m0-tiny", "--dtype", "float32",
+                    "--images", "3", "--size", "120x90", "--text-docs", "9", "--json", str(out)],
+                   check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert result["documents"] == {"images": 3, "image_size": "120x90", "texts": 9}
+    assert result["image_tokens_each"] == 12  # 120x90 -> 112x84 pixels -> 8x6 patches -> 12 merged tokens
+    assert result["max_abs_relevance_diff"] < 1e-5
+    assert result["paths"]["reference"]["tokens"] >= result["paths"]["lastrank"]["tokens"] > 3 * 12

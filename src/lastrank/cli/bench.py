@@ -68,11 +68,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "lastrank is installed from, else of the working directory)")
     p.add_argument("--no-subprocess", action="store_true", help="skip cold start and peak RSS (fresh processes)")
     p.add_argument("--family", default="jina-v3", choices=["jina-v3", *FAMILY_BENCHES],
-                   help="jina-v3: the cases below; causal-lm / cross-encoder: benchmarks/bench_<family>.py "
-                        "(lastrank vs the official padded path, 100 TREC-DL passages, real shape, random weights)")
+                   help="jina-v3: the cases below; causal-lm / cross-encoder / jina-m0: benchmarks/bench_<family>.py "
+                        "(lastrank vs the official padded path at the real shape, random weights: 100 TREC-DL "
+                        "passages; jina-m0: 20 image documents)")
     p.add_argument("--preset", default=None,
                    help="with --family: the make-checkpoint preset (e.g. qwen3-reranker-0.6b, mxbai-rerank-base-v2, "
-                        "bge-reranker-v2-m3, jina-reranker-v2)")
+                        "bge-reranker-v2-m3, jina-reranker-v2, jina-reranker-m0)")
     p.add_argument("--pack-blocks", choices=["auto", "on", "off"], default="auto",
                    help="the backend's pack_blocks option (auto: on CUDA only)")
     p.add_argument("--no-prefix-reuse", action="store_true",
@@ -164,9 +165,10 @@ def find_reference_file(explicit: str | None = None, name: Path | None = None) -
     return next((c for c in candidates if c.is_file()), None)
 
 
-# The pointwise families' cases: benchmarks/bench_<family>.py (lastrank vs the official padded path on one
-# TREC-DL query and its 100 passages, at the real shape), run by `lastrank bench --family` as they are.
-FAMILY_BENCHES = {"causal-lm": "bench_causal_lm.py", "cross-encoder": "bench_cross_encoder.py"}
+# The pointwise families' cases: benchmarks/bench_<family>.py (lastrank vs the official padded path at the real
+# shape: one TREC-DL query and its 100 passages; for jina-m0 one query and 20 image documents), run by
+# `lastrank bench --family` as they are.
+FAMILY_BENCHES = {"causal-lm": "bench_causal_lm.py", "cross-encoder": "bench_cross_encoder.py", "jina-m0": "bench_m0.py"}
 
 
 def run_family_bench(args: argparse.Namespace) -> int:
@@ -179,6 +181,8 @@ def run_family_bench(args: argparse.Namespace) -> int:
     argv = [sys.executable, str(path), "--dtype", args.dtype]
     if args.preset:
         argv += ["--preset", args.preset]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
     return subprocess.run(argv).returncode
 
 
