@@ -202,3 +202,14 @@ def test_chunk_mode_with_images_scores_as_official(reranker, official):
     assert np.sort(text)[-1] - np.sort(text)[-2] > 10 * ATOL  # the best window is clear
     assert result[1].relevance_score == pytest.approx(text[best], abs=ATOL)
     assert result[1].span == (plan.chunks[a + best].start, plan.chunks[a + best].end)
+
+
+def test_chunk_window_is_the_official_document_limit(reranker):
+    """compute_score's max_doc_length = max(max_length - max_query_length, max_query_length) unless given: chunk
+    mode cuts windows of exactly that, so a smaller max_query_length gives longer windows."""
+    backend = reranker.backend.inner
+    assert backend.chunk_window(RerankRequest(query="q", documents=["d"])) == 10240 - 512
+    assert backend.chunk_window(RerankRequest(query="q", documents=["d"], max_query_length=128)) == 10240 - 128
+    assert backend.chunk_window(RerankRequest(query="q", documents=["d"], max_doc_length=300)) == 300
+    with pytest.raises(InvalidRequestError, match="must be at most"):
+        backend.chunk_window(RerankRequest(query="q", documents=["d"], max_doc_length=10000, max_query_length=512))

@@ -108,6 +108,10 @@ class JinaM0Backend(Backend):
                                       f"{MAX_LENGTH} for this model")
         return max_doc, max_query
 
+    def chunk_window(self, request: RerankRequest) -> int:
+        """Chunk mode: a window is the document limit compute_score derives (from max_query_length too)."""
+        return self.limits_for(request)[0]
+
     def prepare(self, image) -> tuple[Image, str]:
         """-> (pixels and grid, the prompt text of this image with its <|image_pad|> run expanded)."""
         try:
