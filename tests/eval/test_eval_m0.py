@@ -175,3 +175,28 @@ def test_served_m0_cuts_a_long_document_at_its_own_default_not_the_clients(serve
     local = dict(json.loads((tmp_path / "local" / "report.json").read_text())["rankings"]["given"]["q1"]["ranking"])
     assert srv["long"] == pytest.approx(local["long"], abs=1e-5)
     assert srv == pytest.approx(local, abs=1e-5)
+
+
+def test_eval_chunk_mode_with_m0_scores_pages_as_the_python_api(m0_checkpoint, tmp_path):
+    """--chunking chunk on the long-page variant (pages of about 700 tokens, 128-token windows): eval passes
+    the chunk settings to m0 exactly as a Python caller would."""
+    from lastrank import Reranker
+    from lastrank.eval.data import load_dataset
+
+    out = tmp_path / "chunk"
+    assert main(["eval", "--model", str(m0_checkpoint), "--dtype", "float32", "--data", "trec-dl-2019-long",
+                 "--queries", "1", "--top-k", "3", "--chunking", "chunk", "--max-doc-length", "128",
+                 "--chunk-overlap", "40", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["chunking"] == "chunk" and report["model"]["family"] == "jina-m0"
+    ds = load_dataset("trec-dl-2019-long", top_k=3)  # the pages eval built (their filler depends on top-k)
+    (qid,) = report["queries"]
+    pages = report["rankings"]["given"][qid]["input"]
+    results = Reranker(m0_checkpoint, dtype="float32").rerank(
+        ds.queries[qid], [ds.corpus[p] for p in pages], max_doc_length=128, chunking="chunk", chunk_overlap=40)
+    assert max(len(ds.corpus[p]) for p in pages) > 2000  # long pages: several windows each
+    expected = {pages[r["index"]]: r["relevance_score"] for r in results}
+    assert dict(report["rankings"]["given"][qid]["ranking"]) == pytest.approx(expected, abs=1e-6)
+    truncated = Reranker(m0_checkpoint, dtype="float32").rerank(ds.queries[qid], [ds.corpus[p] for p in pages],
+                                                                 max_doc_length=128)
+    assert {pages[r["index"]]: r["relevance_score"] for r in truncated} != pytest.approx(expected, abs=1e-6)
