@@ -11,7 +11,10 @@ Construction (deterministic; nothing is downloaded and no text is edited):
 * Unrelated passages are drawn from the data set's own corpus, excluding every candidate of q (the whole
   run list, not only the top-k) and every passage judged for q, so a page holds no other passage the
   first stage or the assessors tied to q. The draw is `random.Random(f"{seed}:{q}:{d}").sample` over the
-  sorted pool, so a page is the same on every machine and every run.
+  sorted pool, so a page is the same on every machine and every run with the same top-k. The corpus is
+  what load_dataset kept, the passages among any query's top-k candidates, so the pool, and with it a
+  page's filler, differs between `--top-k` values (top 10 and top 20 give different pages for the same
+  candidate): compare truncate and chunk at one top-k.
 * `position="random"` puts d at a slot drawn uniformly from 0 .. passages_per_page-1 by the same seeded
   generator (so about 1 page in passages_per_page starts with it); `position="end"` always puts it last,
   past any limit shorter than the page, so truncation never sees it.
