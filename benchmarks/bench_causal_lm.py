@@ -134,13 +134,18 @@ def main() -> int:
         "speedup_from_prefix_cpu": round(rows["lastrank_no_prefix"]["cpu_seconds"] / rows["lastrank"]["cpu_seconds"], 2),
         "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__},
     }
+    report(rows, result, args.json)
+    return 0
+
+
+def report(rows: dict, result: dict, json_path: Path | None) -> None:
+    """The paths as a Markdown table (for docs/benchmarks.md), then the whole result as JSON (to --json too)."""
     print("| path | tokens run | wall s | CPU s |\n|---|---|---|---|")
     for name, row in rows.items():
         print(f"| {name} | {row['tokens']} | {row['seconds']} | {row['cpu_seconds']} |")
     print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    return 0
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ float32 parity suite's, tests/families/test_jina_m0.py). Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -62,7 +61,7 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    from bench_causal_lm import best_of
+    from bench_causal_lm import best_of, report
     from bench_cross_encoder import trec_query
     from reference_m0 import official_compute_score
 
@@ -128,12 +127,7 @@ def main() -> int:
     }
     print(f"{args.preset}: one query, {len(pictures)} image documents {result['documents']['image_size']}"
           f" + {len(texts)} text documents ({n} in all), {args.dtype}, {args.threads} thread(s)")
-    print("| path | tokens run | wall s | CPU s |\n|---|---|---|---|")
-    for name, row in rows.items():
-        print(f"| {name} | {row['tokens']} | {row['seconds']} | {row['cpu_seconds']} |")
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    report(rows, result, args.json)
     return 0
 
 
