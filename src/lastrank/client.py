@@ -7,7 +7,8 @@
     -> [{"index", "relevance_score", "document", "embedding"}], best first, as Reranker.rerank
 
 It posts the Jina dialect (plus lastrank's extension fields) to `/v1/rerank`, asks for no document
-echo (the documents are already here) and rebuilds the same dicts. Server errors are raised as the
+echo (the documents are already here) and rebuilds the same dicts. Images (multimodal models) are taken as
+Reranker.rerank takes them (PIL image, encoded bytes, a path) and sent as {"image": base64}. Server errors are raised as the
 matching `lastrank.errors` class (from the body's `error.type`, else the status), with the server's
 message and `retry_after` from Retry-After.
 """
@@ -69,6 +70,13 @@ def _error_from_response(resp: httpx.Response) -> E.LastrankError:
     return cls(message, retry_after=retry_after)
 
 
+def _wire_input(value, where: str):
+    """A text stays itself; an image (images.is_image_input) becomes Jina's {"image": base64} object."""
+    from lastrank.images import encode_image, is_image_input
+
+    return {"image": encode_image(value, where)} if is_image_input(value) else value
+
+
 class Client:
     def __init__(self, base_url: str = "http://127.0.0.1:8080", api_key: str | None = None, timeout: float = 300.0,
                  max_retries: int = 0):
@@ -111,16 +119,18 @@ class Client:
                 continue
             return resp
 
-    def rerank(self, query: str, documents: list[str], top_n: int | None = None, return_embeddings: bool = False,
+    def rerank(self, query, documents: list, top_n: int | None = None, return_embeddings: bool = False,
                max_doc_length: int = 2048, max_query_length: int = 512, instruction: str | None = None,
                chunking: str | None = None, chunk_overlap: int | None = None, max_chunks_per_doc: int | None = None,
                return_spans: bool = False) -> list[dict]:
         """Documents best first: [{"index", "relevance_score", "document", "embedding"}], as Reranker.rerank
-        (plus "span" with return_spans in chunk mode). chunking None: the server's default (serve --chunking)."""
+        (plus "span" with return_spans in chunk mode). chunking None: the server's default (serve --chunking).
+        As in Reranker.rerank, the query and any document may be an image (PIL.Image, encoded bytes, a path) for
+        a multimodal model: it is sent as {"image": base64}, and "document" gives back the object passed."""
         documents = list(documents)
         body: dict[str, Any] = {
-            "query": query,
-            "documents": documents,
+            "query": _wire_input(query, "query"),
+            "documents": [_wire_input(d, f"documents[{i}]") for i, d in enumerate(documents)],
             "top_n": top_n,
             "return_documents": False,
             "return_embeddings": return_embeddings,

@@ -3,6 +3,7 @@
     image_input(value, where)  PIL.Image.Image | bytes | os.PathLike  -> PIL image (RGB-convertible, loaded)
     open_image(data, where)    encoded bytes -> PIL image, with the limits below
     decode_base64(text, where) base64 or a `data:image/...;base64,` URI -> bytes (for the HTTP dialects)
+    encode_image(value, where) the Python API's image -> base64 (what lastrank.Client sends)
     fetch_image_url(url, policy, where)  an http(s) URL the server's UrlPolicy allows -> bytes (off by default)
 
 Every failure is an InvalidRequestError (a 4xx at the API) that says which input and why: not base64, not an
@@ -180,17 +181,35 @@ def image_input(value, where: str):
     if isinstance(value, (bytes, bytearray, memoryview)):
         return open_image(bytes(value), where)
     if isinstance(value, os.PathLike):
-        try:
-            size = os.path.getsize(value)
-            if size > MAX_IMAGE_BYTES:
-                raise PayloadTooLargeError(f"{where}: {os.fspath(value)} is larger than {MAX_IMAGE_BYTES} bytes")
-            with open(value, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise InvalidRequestError(f"{where}: cannot read {os.fspath(value)}: {e.strerror or e}") from None
-        return open_image(data, where)
+        return open_image(read_image_file(value, where), where)
     raise InvalidRequestError(f"{where}: an image must be a PIL.Image.Image, bytes or a path (pathlib.Path), "
                               f"got {type(value).__name__}")
+
+
+def read_image_file(path: os.PathLike, where: str) -> bytes:
+    try:
+        if os.path.getsize(path) > MAX_IMAGE_BYTES:
+            raise PayloadTooLargeError(f"{where}: {os.fspath(path)} is larger than {MAX_IMAGE_BYTES} bytes")
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise InvalidRequestError(f"{where}: cannot read {os.fspath(path)}: {e.strerror or e}") from None
+
+
+def encode_image(value, where: str) -> str:
+    """A Python API image (PIL image, encoded bytes, path) -> the base64 text the HTTP API takes (lastrank.Client):
+    a file's or bytes' encoded bytes as they are (the server checks them), a PIL image as PNG (lossless)."""
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        buffer = io.BytesIO()
+        image_input(value, where).save(buffer, format="PNG")
+        data = buffer.getvalue()
+    elif isinstance(value, os.PathLike):
+        data = read_image_file(value, where)
+    else:
+        data = bytes(value)
+    return base64.b64encode(data).decode("ascii")
 
 
 def is_image_input(value) -> bool:

@@ -318,3 +318,23 @@ def test_image_urls_keep_the_guard_on_every_route(store, backend, image_server):
         assert [(x["index"], x["relevance_score"]) for x in r.json()["results"]] == want
         r = c.post("/rerank", json={"query": "tea", "texts": [{"image": url}, "text"]})
         assert [(x["index"], x["score"]) for x in r.json()] == want
+
+
+def test_python_client_sends_pil_bytes_and_paths(client, backend, tmp_path):
+    """lastrank.Client.rerank takes images as Reranker.rerank does (PIL image, bytes, path; query too): the
+    server ranks them exactly as the engine ranks the same images, and "document" gives back what was passed."""
+    from lastrank import Client
+
+    a, b, q = png(90, 60, 1), png(30, 200, 2), png(64, 64, 3)
+    path = tmp_path / "b.png"
+    path.write_bytes(b)
+    pil = PIL.open(io.BytesIO(a))
+    expected = backend.rerank(RerankRequest(query="", documents=["", "text doc", ""], images={0: a, 2: b, "query": q}))
+    http = Client("http://testserver")
+    http._http = client  # the in-process app (a TestClient is an httpx.Client)
+    got = http.rerank(PIL.open(io.BytesIO(q)), [pil, "text doc", path])
+    assert [r["index"] for r in got] == [r.index for r in expected.results]
+    for g, e in zip(got, expected.results):
+        assert g["relevance_score"] == pytest.approx(e.relevance_score, abs=1e-6)
+    assert got[[r["index"] for r in got].index(2)]["document"] is path
+    assert got[[r["index"] for r in got].index(0)]["document"] is pil
