@@ -2,8 +2,8 @@
 
     from lastrank import Client
     client = Client("http://127.0.0.1:8080", api_key="lr-...")
-    client.rerank(query, documents, top_n=None, return_embeddings=False, max_doc_length=2048,
-                  max_query_length=512, instruction=None)
+    client.rerank(query, documents, top_n=None, return_embeddings=False, max_doc_length=None,
+                  max_query_length=None, instruction=None, model=None)
     -> [{"index", "relevance_score", "document", "embedding"}], best first, as Reranker.rerank
 
 It posts the Jina dialect (plus lastrank's extension fields) to `/v1/rerank`, asks for no document
@@ -120,15 +120,18 @@ class Client:
             return resp
 
     def rerank(self, query, documents: list, top_n: int | None = None, return_embeddings: bool = False,
-               max_doc_length: int = 2048, max_query_length: int = 512, instruction: str | None = None,
+               max_doc_length: int | None = None, max_query_length: int | None = None, instruction: str | None = None,
                chunking: str | None = None, chunk_overlap: int | None = None, max_chunks_per_doc: int | None = None,
-               return_spans: bool = False) -> list[dict]:
+               return_spans: bool = False, model: str | None = None) -> list[dict]:
         """Documents best first: [{"index", "relevance_score", "document", "embedding"}], as Reranker.rerank
-        (plus "span" with return_spans in chunk mode). chunking None: the server's default (serve --chunking).
+        (plus "span" with return_spans in chunk mode). None leaves a setting to the server: max_doc_length /
+        max_query_length the model's own limits (its Capabilities), chunking serve's --chunking, model the
+        server's only model (a server with several needs `model`: one of its /v1/models ids).
         As in Reranker.rerank, the query and any document may be an image (PIL.Image, encoded bytes, a path) for
         a multimodal model: it is sent as {"image": base64}, and "document" gives back the object passed."""
         documents = list(documents)
         body: dict[str, Any] = {
+            "model": model,
             "query": _wire_input(query, "query"),
             "documents": [_wire_input(d, f"documents[{i}]") for i, d in enumerate(documents)],
             "top_n": top_n,

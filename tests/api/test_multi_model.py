@@ -114,3 +114,22 @@ def test_two_models_with_one_explicit_name_refuse_to_start(tiny_reranker, minilm
                         ServedModel(name="b", implicit_names=("jina-reranker-v3",))])
     with pytest.raises(Exception, match="not served here"):
         table.resolve("jina-reranker-v3")
+
+
+def test_python_client_picks_the_model_and_leaves_limits_to_it(server, tiny_reranker, minilm):
+    """lastrank.Client.rerank(model=...) routes on a server of several models; with no limits given, each model
+    keeps its own (MiniLM's 256-token window, not another family's default)."""
+    from lastrank import Client
+    from lastrank.errors import InvalidRequestError
+
+    http = Client("http://testserver")
+    http._http = server  # the in-process app (a TestClient is an httpx.Client)
+    long = "fleas " * 400  # ~400 tokens: cut at MiniLM's own limit
+    for name, reranker in (("jina-tiny", tiny_reranker), ("minilm", minilm)):
+        got = http.rerank(QUERY, DOCS + [long], model=name)
+        expected = reranker.rerank_request(RerankRequest(query=QUERY, documents=DOCS + [long])).results
+        assert [g["index"] for g in got] == [e.index for e in expected], name
+        for g, e in zip(got, expected):
+            assert g["relevance_score"] == pytest.approx(e.relevance_score, abs=1e-5)
+    with pytest.raises(InvalidRequestError, match="`model` is required"):
+        http.rerank(QUERY, DOCS)

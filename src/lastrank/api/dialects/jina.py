@@ -57,8 +57,10 @@ class Request(WireModel):
                           "chunking \"chunk\" unless chunking is given)")
     instruction: Optional[StrictStr] = Field(None, description="a ranking instruction passed to the model")
     return_embeddings: Optional[StrictBool] = Field(None, description="return each document's embedding")
-    max_doc_length: Optional[PositiveInt] = Field(None, description="tokens per document; null: 2048")
-    max_query_length: Optional[PositiveInt] = Field(None, description="tokens of the query; null: 512")
+    max_doc_length: Optional[PositiveInt] = Field(
+        None, description="tokens per document; null: the model's own limit (/v1/models max_doc_length)")
+    max_query_length: Optional[PositiveInt] = Field(
+        None, description="tokens of the query; null: the model's own limit (/v1/models max_query_length)")
     score_threshold: ScoreThreshold = Field(None, description=SCORE_THRESHOLD_DESCRIPTION)
     chunking: Optional[Literal["truncate", "chunk"]] = Field(
         None, description="lastrank extension: a document longer than max_doc_length tokens is cut there "
