@@ -58,7 +58,25 @@ def test_content_security_policy_allows_only_the_pages_own_blocks(client):
     assert csp["style-src"] == _sha256(styles[0])
     assert csp["script-src"] == _sha256(scripts[0])
     assert csp["connect-src"] == "'self'"
+    # images: only data: URIs (the thumbnails of images read in the browser), no blob:, no server, no other
+    assert csp["img-src"] == "data:"
     assert "unsafe-inline" not in resp.headers["content-security-policy"]
+    # no inline event handler attribute (the CSP would block it): every handler is added by the script
+    assert re.findall(r"<[^>]*\son[a-z]+\s*=", html, re.I) == []
+
+
+def test_page_carries_the_servers_image_size_limit(client):
+    """The page refuses an image file larger than the server's limit before uploading it: it reads the
+    limit from the page, written there from lastrank.images (one definition of it)."""
+    from lastrank.images import MAX_IMAGE_BYTES
+
+    html = client.get("/playground").text
+    assert f'<body data-max-image-bytes="{MAX_IMAGE_BYTES}">' in html
+    assert "__MAX_IMAGE_BYTES__" not in html
+    # image controls are there, hidden until the chosen model's /v1/models entry says "images": true
+    for row in ('<div id="query-image-row" hidden>', '<div id="images-row" hidden>'):
+        assert row in html
+    assert 'accept="image/*"' in html and "{ image: " in html
 
 
 def test_page_is_read_as_package_resource():
