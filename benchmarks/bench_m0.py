@@ -16,7 +16,7 @@ Prints the tokens each path runs (the reference's padded), wall and process CPU 
 shared machine), the speed-up and the largest |relevance difference| (bfloat16 numbers; exactness is the
 float32 parity suite's, tests/families/test_jina_m0.py). Usage:
   python benchmarks/bench_m0.py [--preset jina-reranker-m0 | jina-reranker-m0-tiny] [--images 20]
-      [--size 448x448] [--text-docs 0] [--threads 1] [--json out.json]
+      [--sizes 448x448[,WxH...]] [--text-docs 0] [--threads 1] [--json out.json]
 """
 
 from __future__ import annotations
@@ -34,17 +34,19 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def size(text: str) -> tuple[int, int]:
-    w, h = text.lower().split("x")
-    return int(w), int(h)
+def sizes(text: str) -> list[tuple[int, int]]:
+    """"448x448,1280x720" -> [(448, 448), (1280, 720)]."""
+    return [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",")]
 
 
-def images(n: int, width: int, height: int, seed: int = 0):
-    """n RGB images of width x height: noise (the time does not depend on what an image shows)."""
+def images(n: int, sizes: list[tuple[int, int]], seed: int = 0):
+    """n RGB images, their (width, height) cycling through `sizes`: noise (the time does not depend on what an
+    image shows)."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)) for _ in range(n)]
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            for w, h in (sizes[i % len(sizes)] for i in range(n))]
 
 
 def main() -> int:
@@ -53,7 +55,8 @@ def main() -> int:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: process CPU time is the measure)")
     p.add_argument("--images", type=int, default=20, help="image documents")
-    p.add_argument("--size", type=size, default=(448, 448), help="their width x height (default 448x448)")
+    p.add_argument("--sizes", type=sizes, default=[(448, 448)],
+                   help="their width x height, cycled (default 448x448; e.g. 448x448,1280x720,595x842,320x240)")
     p.add_argument("--text-docs", type=int, default=0, help="text documents (BM25 passages) after the images")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--checkpoint", type=Path, help="an existing folder (default: a fresh random one)")
@@ -74,12 +77,12 @@ def main() -> int:
     folder = args.checkpoint or make_m0_checkpoint(Path(tempfile.mkdtemp()) / args.preset, PRESETS[args.preset],
                                                    dtype=args.dtype)
     query, passages = trec_query(k=max(args.text_docs, 1))
-    pictures = images(args.images, *args.size)
+    pictures = images(args.images, args.sizes)
     texts = passages[:args.text_docs]
     n = len(pictures) + len(texts)
     request = RerankRequest(query=query, documents=[""] * len(pictures) + texts,
                             images=dict(enumerate(pictures)) or None)
-    warm_request = RerankRequest(query=query, documents=[""], images={0: images(1, 56, 56, seed=1)[0]})
+    warm_request = RerankRequest(query=query, documents=[""], images={0: images(1, [(56, 56)], seed=1)[0]})
 
     ours = Reranker(str(folder), device="cpu", dtype=args.dtype)
     official = official_compute_score(folder, dtype=dtype, attn_implementation="sdpa")
@@ -118,14 +121,14 @@ def main() -> int:
     cap = ours.capabilities
     result = {
         "preset": args.preset, "architecture": cap.architecture, "dtype": args.dtype, "threads": args.threads,
-        "documents": {"images": len(pictures), "image_size": "x".join(map(str, args.size)), "texts": len(texts)},
-        "image_tokens_each": int(np.prod(image_grid(*args.size))) // 4,
+        "documents": {"images": len(pictures), "image_sizes": [f"{w}x{h}" for w, h in args.sizes], "texts": len(texts)},
+        "image_tokens_each": [int(np.prod(image_grid(w, h))) // 4 for w, h in args.sizes],
         "paths": rows, "max_abs_relevance_diff": diff,
         "speedup_vs_reference_cpu": round(rows["reference"]["cpu_seconds"] / rows["lastrank"]["cpu_seconds"], 2),
         "speedup_vs_reference_wall": round(rows["reference"]["seconds"] / rows["lastrank"]["seconds"], 2),
         "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__},
     }
-    print(f"{args.preset}: one query, {len(pictures)} image documents {result['documents']['image_size']}"
+    print(f"{args.preset}: one query, {len(pictures)} image documents {','.join(result['documents']['image_sizes'])}"
           f" + {len(texts)} text documents ({n} in all), {args.dtype}, {args.threads} thread(s)")
     report(rows, result, args.json)
     return 0
