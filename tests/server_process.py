@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -72,3 +73,19 @@ def create_key(db: Path, name: str) -> str:
     out = subprocess.run([sys.executable, "-m", "lastrank", "keys", "create", "--name", name, "--db", str(db)],
                          capture_output=True, text=True, check=True, timeout=60)
     return out.stdout.strip()
+
+
+@contextmanager
+def served_with_key(checkpoint: Path, tmp: Path):
+    """A real `lastrank serve` of `checkpoint` (ledger, log in `tmp`) and one API key: yields (url, key)."""
+    from lastrank.store import Store
+
+    store = Store(tmp / "ledger.db")
+    _, key = store.create_key("test")
+    store.close()
+    srv = ServerProcess(checkpoint, tmp / "ledger.db", tmp / "server.log")
+    try:
+        srv.start()
+        yield srv.url, key
+    finally:
+        srv.stop()

@@ -48,3 +48,4 @@ class PositionReranker(RecordingReranker):
 def fakes():
     """The fake reranker classes (fixtures, since test modules cannot import a conftest by name)."""
     return SimpleNamespace(Recording=RecordingReranker, Position=PositionReranker)
+

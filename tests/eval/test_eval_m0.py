@@ -11,7 +11,7 @@ import json
 import ir_measures
 import pytest
 from ir_measures import nDCG
-from server_process import ServerProcess
+from server_process import served_with_key
 
 from lastrank.cli import main
 
@@ -51,18 +51,8 @@ def local_report(m0_checkpoint, tmp_path_factory, plot_titles):
 
 @pytest.fixture(scope="module")
 def served_m0(m0_checkpoint, tmp_path_factory):
-    from lastrank.store import Store
-
-    tmp = tmp_path_factory.mktemp("m0-serve")
-    store = Store(tmp / "ledger.db")
-    _, key = store.create_key("eval-m0")
-    store.close()
-    srv = ServerProcess(m0_checkpoint, tmp / "ledger.db", tmp / "server.log")
-    try:
-        srv.start()
-        yield srv.url, key
-    finally:
-        srv.stop()
+    with served_with_key(m0_checkpoint, tmp_path_factory.mktemp("m0-serve")) as served:
+        yield served
 
 
 def _read_bundled(data_root, name: str):

@@ -6,25 +6,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from server_process import ServerProcess
+from server_process import served_with_key
 
 from lastrank.cli import main
 
 
 @pytest.fixture(scope="module")
 def served(tiny_checkpoint, tmp_path_factory):
-    from lastrank.store import Store
-
-    tmp = tmp_path_factory.mktemp("eval-serve")
-    store = Store(tmp / "ledger.db")
-    _, key = store.create_key("eval")
-    store.close()
-    srv = ServerProcess(tiny_checkpoint, tmp / "ledger.db", tmp / "server.log")
-    try:
-        srv.start()
-        yield srv.url, key
-    finally:
-        srv.stop()
+    with served_with_key(tiny_checkpoint, tmp_path_factory.mktemp("eval-serve")) as served:
+        yield served
 
 
 def test_server_mode_equals_in_process(served, data_root, tiny_checkpoint, tmp_path):
