@@ -45,7 +45,8 @@ class Request(WireModel):
     query: Query
     documents: list[Document]
     top_n: Optional[NonNegativeInt] = None
-    max_tokens_per_doc: Optional[PositiveInt] = Field(None, description="tokens per document; null: 2048")
+    max_tokens_per_doc: Optional[PositiveInt] = Field(
+        None, description="tokens per document; null: the model's own limit (/v1/models max_doc_length)")
     priority: Optional[StrictInt] = Field(None, description="accepted and ignored")
     return_documents: Optional[StrictBool] = Field(None, description="echo documents; null: false")
     rank_fields: Optional[list[StrictStr]] = None
