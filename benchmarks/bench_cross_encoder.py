@@ -60,7 +60,10 @@ def main() -> int:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--checkpoint", type=Path, help="an existing folder (default: a fresh random one)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from reference_xlmr import padded_logits, transformers_model
     from test_cross_encoder import compute_score_inputs, flag_reranker_inputs, official_tokenizer

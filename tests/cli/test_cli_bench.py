@@ -92,6 +92,10 @@ def test_family_cases_run_the_benchmarks_script(tmp_path, monkeypatch):
     assert bench.run(args) == 0
     assert calls[0][1].endswith("benchmarks/bench_cross_encoder.py")
     assert calls[0][2:] == ["--dtype", "float32", "--preset", "jina-reranker-v2-tiny"]
+    args = build_parser().parse_args(["bench", "--family", "jina-m0", "--threads", "2"])
+    assert bench.run(args) == 0
+    assert calls[1][1].endswith("benchmarks/bench_m0.py")
+    assert calls[1][2:] == ["--dtype", "bfloat16", "--threads", "2"]
 
 
 def test_m0_bench_runs_a_mixed_request_exactly(tmp_path):
