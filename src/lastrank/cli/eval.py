@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--model", help="hub id or local checkpoint folder (runs in this process)")
     src.add_argument("--server", metavar="URL", help="base URL of a running `lastrank serve`")
     p.add_argument("--api-key", help="API key for --server")
+    p.add_argument("--served-model", metavar="NAME",
+                   help="with --server: which of the server's models (an id of its /v1/models; needed when it "
+                        "serves several)")
     p.add_argument("--data", required=True,
                    help="a bundled data set by name (trec-dl-2019, trec-dl-2020, noveleval-2306), its long-page "
                         "variant (trec-dl-2019-long: each candidate among 7 unrelated passages at a random place; "
@@ -86,7 +89,7 @@ def _fingerprint(args: argparse.Namespace, dataset, rel_min: int) -> dict:
 
 def _model_label(args: argparse.Namespace) -> str:
     if args.server:
-        return f"server:{args.server.rstrip('/')}"
+        return f"server:{args.server.rstrip('/')}" + (f"#{args.served_model}" if args.served_model else "")
     path = Path(args.model)
     return str(path.resolve()) if path.exists() else args.model
 
@@ -122,7 +125,7 @@ def _make_reranker(args: argparse.Namespace):
                 raise
             raise InvalidRequestError("server mode needs lastrank.client, which this install lacks") from None
         return Client(args.server, args.api_key), {"server": args.server,
-                                                   **_server_model_info(args.server, args.api_key)}
+                                                   **_server_model_info(args.server, args.api_key, args.served_model)}
     from lastrank import Reranker
     from lastrank.model.checkpoint import is_random_checkpoint
 
@@ -145,10 +148,10 @@ def _family_info(capabilities: dict) -> dict:
     return {k: capabilities[k] for k in FAMILY_FIELDS if capabilities.get(k) is not None}
 
 
-def _server_model_info(server: str, api_key: str | None) -> dict:
-    """What the server's /v1/models says about the model eval's requests reach: `random_weights` (None when
-    it does not say or cannot be asked) and, when it serves exactly one model (the one a request without
-    `model` gets), that model's family and score rule."""
+def _server_model_info(server: str, api_key: str | None, served_model: str | None = None) -> dict:
+    """What the server's /v1/models says about the model eval's requests reach (`served_model`, else the only
+    one, the one a request without `model` gets): `random_weights` (None when it does not say or cannot be
+    asked; with no model named, whether any served model has them) and that model's family and score rule."""
     import httpx
 
     try:
@@ -157,6 +160,8 @@ def _server_model_info(server: str, api_key: str | None) -> dict:
     except (httpx.HTTPError, ValueError, AttributeError):
         return {"random_weights": None}
     entries = [e for e in entries if isinstance(e, dict)]
+    if served_model is not None:
+        entries = [e for e in entries if e.get("id") == served_model]
     flags = [e.get("random_weights") for e in entries if "random_weights" in e]
     info = {"random_weights": any(flags) if flags else None}
     if len(entries) == 1:
@@ -165,6 +170,7 @@ def _server_model_info(server: str, api_key: str | None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    _check_args(args)
     if args.model:  # a missing folder or an offline hub id fails here, before torch is imported
         from lastrank.model.resolve import resolve_checkpoint
 
@@ -173,7 +179,6 @@ def run(args: argparse.Namespace) -> int:
     from lastrank.eval.report import RANDOM_WEIGHTS_WARNING, build_report, model_description, write_report
     from lastrank.eval.run import OrderEval, ResultCache, evaluate_first_stage
 
-    _check_args(args)
     started = time.time()
     dataset, query_ids, rel_min, perm_qid = _select_queries(args)
     fingerprint = _fingerprint(args, dataset, rel_min)
@@ -210,6 +215,8 @@ def _check_args(args: argparse.Namespace) -> None:
     """Combinations argparse cannot refuse (InvalidRequestError: exit status 2 with the message)."""
     if args.server and not args.api_key:
         raise InvalidRequestError("--server needs --api-key")
+    if args.served_model and not args.server:
+        raise InvalidRequestError("--served-model needs --server (with --model the model is the one loaded)")
     if args.chunk_overlap is not None and args.chunking != "chunk":
         raise InvalidRequestError("--chunk-overlap needs --chunking chunk")
     for flag, value in (("--top-k", args.top_k), ("--queries", args.queries), ("--permutations", args.permutations or 1)):
@@ -282,7 +289,8 @@ def _rerank(args: argparse.Namespace, dataset, reranker, config: dict, cache, qu
     # (2048 / 512 tokens, jina-v3's) would replace a served family's (jina-m0: 9728 / 512), and the server's
     # --chunking default would replace truncate
     rerank_kwargs = {"max_doc_length": args.max_doc_length, "max_query_length": args.max_query_length,
-                     "chunking": args.chunking, "chunk_overlap": args.chunk_overlap}
+                     "chunking": args.chunking, "chunk_overlap": args.chunk_overlap,
+                     **({"model": args.served_model} if args.served_model else {})}
     progress = not args.no_progress
     if args.permutations:
         from lastrank.eval.permutation import run_permutations
