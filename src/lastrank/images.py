@@ -196,14 +196,20 @@ def read_image_file(path: os.PathLike, where: str) -> bytes:
         raise InvalidRequestError(f"{where}: cannot read {os.fspath(path)}: {e.strerror or e}") from None
 
 
+_PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})  # what PIL writes as PNG unchanged
+
+
 def encode_image(value, where: str) -> str:
     """A Python API image (PIL image, encoded bytes, path) -> the base64 text the HTTP API takes (lastrank.Client):
     a file's or bytes' encoded bytes as they are (the server checks them), a PIL image as PNG (lossless)."""
     from PIL import Image
 
     if isinstance(value, Image.Image):
+        image = image_input(value, where)
+        if image.mode not in _PNG_MODES:  # CMYK, YCbCr, LAB, HSV, F, ...: the model reads RGB anyway (to_rgb)
+            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
         buffer = io.BytesIO()
-        image_input(value, where).save(buffer, format="PNG")
+        image.save(buffer, format="PNG")
         data = buffer.getvalue()
     elif isinstance(value, os.PathLike):
         data = read_image_file(value, where)

@@ -268,10 +268,12 @@ def test_bad_images_are_4xx_on_every_route(client, image, status, needle):
     image = bomb() if image == "BOMB" else image
     for form in ({"image": image}, vllm_image(image)):
         for route, docs_field in (("/v2/rerank", "documents"), ("/rerank", "texts"), ("/v1/rerank", "documents")):
-            for body in ({"query": "q", docs_field: [form]}, {"query": form, docs_field: ["d"]}):
+            for body, where in (({"query": "q", docs_field: ["d", form]}, f"{docs_field}[1]: "),
+                                ({"query": form, docs_field: ["d"]}, "query: ")):
                 r = client.post(route, json=body)
                 assert r.status_code == status, (route, body, r.text)
-                assert needle in r.json()["detail"]
+                detail = r.json()["detail"]
+                assert needle in detail and detail.startswith(where), (route, detail)  # named as the wire names it
 
 
 @pytest.mark.parametrize("content,needle", [
@@ -338,3 +340,9 @@ def test_python_client_sends_pil_bytes_and_paths(client, backend, tmp_path):
         assert g["relevance_score"] == pytest.approx(e.relevance_score, abs=1e-6)
     assert got[[r["index"] for r in got].index(2)]["document"] is path
     assert got[[r["index"] for r in got].index(0)]["document"] is pil
+    # modes PNG cannot hold are sent as the RGB the model reads: the same scores as the engine on the original
+    cmyk, ycc = PIL.open(io.BytesIO(a)).convert("CMYK"), PIL.open(io.BytesIO(b)).convert("YCbCr")
+    expected = backend.rerank(RerankRequest(query="tea", documents=["", ""], images={0: cmyk, 1: ycc}))
+    got = http.rerank("tea", [cmyk, ycc])
+    assert [(g["index"], pytest.approx(g["relevance_score"], abs=1e-6)) for g in got] == \
+        [(e.index, e.relevance_score) for e in expected.results]

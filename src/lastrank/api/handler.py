@@ -154,10 +154,10 @@ def validate(t: Translated, s: ServerSettings) -> None:
     for i, doc in enumerate(t.documents):
         if len(doc) > s.max_document_chars:
             raise PayloadTooLargeError(
-                f"documents[{i}] has {len(doc)} characters; this server accepts at most {s.max_document_chars}")
+                f"{t.documents_field}[{i}] has {len(doc)} characters; this server accepts at most {s.max_document_chars}")
     _check_text("query", t.query)
     for i, doc in enumerate(t.documents):
-        _check_text(f"documents[{i}]", doc)
+        _check_text(f"{t.documents_field}[{i}]", doc)
     if t.instruction is not None:
         if len(t.instruction) > s.max_query_chars:
             raise PayloadTooLargeError(
@@ -183,32 +183,33 @@ def to_request(t: Translated, s: ServerSettings, request_id: str) -> RerankReque
         chunk_overlap=t.chunk_overlap,
         max_chunks_per_doc=t.max_chunks_per_doc,
         return_spans=t.return_spans,
-        images=_decode_images(t.images, s),
+        images=_decode_images(t.images, s, t.documents_field),
     )
 
 
-def _decode_images(images: dict | None, s: ServerSettings) -> dict | None:
+def _decode_images(images: dict | None, s: ServerSettings, documents_field: str = "documents") -> dict | None:
     """The wire's base64 / data-URI strings -> bytes, and image URLs fetched when the server allows their host
-    (--allow-image-urls); RerankRequest opens and checks the bytes (lastrank/images.py)."""
+    (--allow-image-urls), opened and checked (lastrank/images.py); every error names the input as the wire
+    does (`documents_field`: TEI's "texts")."""
     if not images:
         return None
-    from lastrank.images import UrlPolicy, decode_base64, fetch_image_url, is_url
+    from lastrank.images import UrlPolicy, decode_base64, fetch_image_url, image_input, is_url
 
     policy = UrlPolicy(tuple(s.allow_image_urls), s.allow_private_image_urls)
     out = {}
     for k, v in images.items():
-        where = "query" if k == "query" else f"documents[{k}]"
-        out[k] = fetch_image_url(v, policy, where) if policy.hosts and is_url(v) else decode_base64(v, where)
+        where = "query" if k == "query" else f"{documents_field}[{k}]"
+        data = fetch_image_url(v, policy, where) if policy.hosts and is_url(v) else decode_base64(v, where)
+        out[k] = image_input(data, where)
     return out
 
 
-def image_refusal(t: Translated, documents_field: str = "documents") -> list[dict]:
-    """Validation errors (a 422, as for any input the wire format cannot carry) for images sent to a text model;
-    `documents_field`: the wire name of the documents (TEI's `texts`)."""
+def image_refusal(t: Translated) -> list[dict]:
+    """Validation errors (a 422, as for any input the wire format cannot carry) for images sent to a text model."""
     if "query" in t.images:
         return [{"loc": ["body", "query"], "msg": IMAGE_UNSUPPORTED, "type": "query_image"}]
     i = min(k for k in t.images if k != "query")
-    return [{"loc": ["body", documents_field, str(i)], "msg": "image documents are not supported (this model ranks "
+    return [{"loc": ["body", t.documents_field, str(i)], "msg": "image documents are not supported (this model ranks "
              "text only)", "type": "document_image"}]
 
 
@@ -325,7 +326,7 @@ async def handle_rerank(request: Request, route: str, route_dialect=None) -> Res
     model = pick_model(state, t, key)
     request.state.model = model.name  # for the access log and refusal counts
     if t.images and not model.capabilities.images:
-        return api_errors.validation_response(image_refusal(t, "texts" if dialect is tei else "documents"),
+        return api_errors.validation_response(image_refusal(t),
                                               request_id)
     if state.limiter.store is None:
         state.limiter.check(key, len(t.documents))

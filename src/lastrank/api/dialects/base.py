@@ -89,6 +89,7 @@ class Translated:
     # the base64, data URI or URL string as sent; their `documents` entries (and query) are "". Decoded, fetched
     # (where allowed) and checked in handler.to_request.
     images: dict | None = None
+    documents_field: str = "documents"  # the wire's name for the documents (TEI: "texts"), for error messages
 
 
 @dataclass
@@ -202,9 +203,7 @@ def document_text(where: str, doc: Any, fields: list[str] | None) -> str:
     rank_fields."""
     if isinstance(doc, str):
         return doc
-    if not isinstance(doc, dict):  # the schema already refuses this; kept for direct callers
-        raise InvalidRequestError(f"{where} must be a string or an object")
-    if fields is None:
+    if fields is None:  # an object (the schema's Document)
         text = doc.get("text")
         if not isinstance(text, str):
             raise InvalidRequestError(

@@ -52,6 +52,7 @@ def to_internal(body: Request) -> Translated:
         query=query,
         documents=texts,
         images=images or None,
+        documents_field="texts",
         originals=list(body.texts),
         instruction=body.instruction,
         model=body.model,
