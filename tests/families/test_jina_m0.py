@@ -213,3 +213,18 @@ def test_chunk_window_is_the_official_document_limit(reranker):
     assert backend.chunk_window(RerankRequest(query="q", documents=["d"], max_doc_length=300)) == 300
     with pytest.raises(InvalidRequestError, match="must be at most"):
         backend.chunk_window(RerankRequest(query="q", documents=["d"], max_doc_length=10000, max_query_length=512))
+
+
+def test_forwards_cut_by_vision_patches_score_the_same(folder, reranker):
+    """max_forward_patches bounds the vision encoder's rows per forward: a small one splits the pairs into many
+    forwards, with the same scores (packing never changes a pair's result)."""
+    from lastrank.families import load_backend
+
+    small = load_backend(str(folder), device="cpu", dtype="float32", max_forward_patches=40)
+    request = RerankRequest(query=QUERY, documents=["", DOCS[0], "", DOCS[1]], images={0: IMAGES[0], 2: IMAGES[2]})
+    plan = small.plan(request)
+    a = small.finish(plan, small.run_blocks(plan.blocks))
+    b = reranker.rerank_request(request)
+    assert [r.index for r in a.results] == [r.index for r in b.results]
+    np.testing.assert_allclose([r.relevance_score for r in a.results], [r.relevance_score for r in b.results],
+                               rtol=0, atol=1e-6)

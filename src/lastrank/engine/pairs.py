@@ -43,17 +43,21 @@ class EncodedPairs:
     prefix_len: int = 0  # leading tokens shared by every sequence (see PairBlock.prefix_len)
 
 
-def cut_blocks(lengths: list[int], max_tokens: int) -> list[list[int]]:
-    """Consecutive indices grouped so each group's lengths sum to at most max_tokens (a longer item alone)."""
+def cut_blocks(sizes: list[int] | list[tuple[int, ...]], limits: int | tuple[int, ...]) -> list[list[int]]:
+    """Consecutive indices grouped so each group's sizes sum to at most the limit (a larger item alone). Sizes
+    may be tuples of several measures (e.g. tokens and image patches), each summed against its own limit."""
+    as_tuple = (lambda v: v) if isinstance(limits, tuple) else (lambda v: (v,))
+    limits = as_tuple(limits)
     groups: list[list[int]] = []
-    total = 0
-    for i, n in enumerate(lengths):
-        if groups and total + n <= max_tokens:
+    total = (0,) * len(limits)
+    for i, size in enumerate(map(as_tuple, sizes)):
+        grown = tuple(t + n for t, n in zip(total, size))
+        if groups and all(g <= m for g, m in zip(grown, limits)):
             groups[-1].append(i)
-            total += n
+            total = grown
         else:
             groups.append([i])
-            total = n
+            total = size
     return groups
 
 

@@ -70,11 +70,15 @@ class JinaM0Backend(Backend):
     max_block_tokens: int = 8192
 
     def __init__(self, model: JinaM0ForRanking, tokenizer, device: torch.device, *, max_forward_tokens: int = 16384,
-                 model_id: str = "", path: Path | None = None, random_weights: bool = False):
+                 max_forward_patches: int = 32768, model_id: str = "", path: Path | None = None,
+                 random_weights: bool = False):
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
         self.max_forward_tokens = max_forward_tokens
+        # 32,768 patches: about 40 images of 448x448 or 10 of the largest (3,072 patches); the vision MLP's
+        # widest activation is then 32,768 x 5,120 values (0.7 GB in float32)
+        self.max_forward_patches = max_forward_patches
         super().__init__(model_id=model_id, path=path, random_weights=random_weights)
         v = model.vision_config
         self.limits = ImageLimits(patch_size=v.patch_size, merge_size=v.spatial_merge_size,
@@ -173,11 +177,13 @@ class JinaM0Backend(Backend):
         return RerankPlan(request, blocks, usage)
 
     def run_blocks(self, blocks: list[M0Block]) -> list[np.ndarray]:
-        """The pairs of every block, packed into forwards of up to max_forward_tokens tokens (image tokens
-        included; a longer pair alone), images and text alike (JinaM0ForRanking.score_prompts)."""
+        """The pairs of every block, packed into forwards of up to max_forward_tokens decoder tokens (image
+        tokens included) and max_forward_patches vision-encoder rows (4 per image token: what bounds the
+        vision encoder's memory), a larger pair alone; images and text alike (JinaM0ForRanking.score_prompts)."""
         items = [(s, imgs) for b in blocks for s, imgs in zip(b.sequences, b.images)]
         raw = np.empty(len(items), dtype=np.float64)
-        for group in cut_blocks([len(s) for s, _ in items], self.max_forward_tokens):
+        sizes = [(len(s), sum(t * h * w for _, (t, h, w) in imgs)) for s, imgs in items]
+        for group in cut_blocks(sizes, (self.max_forward_tokens, self.max_forward_patches)):
             raw[group] = self.model.score_prompts([items[i][0] for i in group], [items[i][1] for i in group]).cpu().numpy()
         return per_block(raw, blocks)
 
