@@ -17,7 +17,7 @@ Everything below follows the official modeling.py (`JinaVLForRanking.compute_sco
   - score: raw_score = logit - 2.65, relevance_score = sigmoid(raw) = the official score (one sigmoid, the
     engine's "sigmoid" rule).
 Differences from the official batched forward: none in the math; pairs run unpadded, packed into forwards
-of up to max_forward_tokens tokens whatever their types (the official code runs one (query type, document
+of up to max_forward_tokens tokens and max_forward_patches vision patches whatever their types (the official code runs one (query type, document
 type) at a time, left-padded, batches of 8), with every image of a forward in one vision-encoder call; in
 float32 this matches the official left-padded batch to rounding (tests/families/test_jina_m0.py checks
 against transformers; benchmarks/bench_m0.py times both at the real shape).
@@ -140,6 +140,7 @@ class JinaM0Backend(Backend):
         query_truncated = False
         for i, doc in enumerate(request.documents):
             doc_images: list[Image] = []
+            n_doc = None  # the document's own tokens, when known without encoding it again
             if i in images:
                 prepared, doc = self.prepare(images[i])
                 doc_images = [prepared]
@@ -149,6 +150,8 @@ class JinaM0Backend(Backend):
                     truncated.append(i)
                 if len(ids) >= max_doc:  # the official `>=`: cut, decoded back to text
                     doc = self.tokenizer.decode(ids[:max_doc], skip_special_tokens=False)
+                else:
+                    n_doc = len(ids)
             ids = self.tokenizer.encode(prompt(query_text, doc), add_special_tokens=False).ids
             n_images = sum(g[0] * g[1] * g[2] for _, g in doc_images + query_images) // self.limits.merge_size ** 2
             if ids.count(IMAGE_TOKEN_ID) != n_images:  # the official processor fails on this too
@@ -163,7 +166,7 @@ class JinaM0Backend(Backend):
                 query_truncated = True
             sequences.append(ids + [SCORE_TOKEN_ID])
             seq_images.append(doc_images + query_images)
-            doc_tokens.append(len(self.tokenizer.encode(doc, add_special_tokens=False).ids))
+            doc_tokens.append(n_doc if n_doc is not None else len(self.tokenizer.encode(doc, add_special_tokens=False).ids))
         if not request.truncate and (truncated or query_truncated):
             raise InvalidRequestError(truncation_refused(truncated, query_truncated, max_doc, max_query))
         groups = cut_blocks([len(s) for s in sequences], self.max_block_tokens)
