@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from lastrank.engine.reranker import Reranker
 from lastrank.errors import InvalidRequestError

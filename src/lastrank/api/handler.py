@@ -326,8 +326,7 @@ async def handle_rerank(request: Request, route: str, route_dialect=None) -> Res
     model = pick_model(state, t, key)
     request.state.model = model.name  # for the access log and refusal counts
     if t.images and not model.capabilities.images:
-        return api_errors.validation_response(image_refusal(t),
-                                              request_id)
+        return api_errors.validation_response(image_refusal(t), request_id)
     if state.limiter.store is None:
         state.limiter.check(key, len(t.documents))
     else:  # the buckets are in a shared store (PostgreSQL): a database round trip, off the event loop

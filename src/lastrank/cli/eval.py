@@ -196,8 +196,8 @@ def run(args: argparse.Namespace) -> int:
     reranker, model_info = _make_reranker(args)
     if model_info.get("random_weights"):
         print(f"lastrank: warning: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
-    if model_description(model_info):
-        print(f"model: {model_description(model_info)}", file=sys.stderr)
+    if described := model_description(model_info):
+        print(f"model: {described}", file=sys.stderr)
     try:
         orders_result, perm_result = _rerank(args, dataset, reranker, config, cache, query_ids, rel_min, perm_qid)
     finally:

@@ -132,8 +132,8 @@ def render_markdown(report: dict) -> str:
         f"- model: `{c['model']}`"
         + (f" via server {c['server']}" if c.get("server") else f" ({c.get('device')}, {c.get('dtype')})")
     )
-    if model_description(report.get("model", {})):
-        out.append(f"- {model_description(report['model'])}")
+    if described := model_description(report.get("model", {})):
+        out.append(f"- {described}")
     out.append(f"- data: `{c['data']}` ({c['layout']} layout), run `{c['run']}`, top-k {c['top_k']}")
     out.append(f"- passage text: {c['text_convention']}")
     if c.get("chunking"):
