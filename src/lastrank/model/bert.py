@@ -178,9 +178,16 @@ class Packing:
 class BertEmbeddings(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
-        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        # Explicit, uninitialised weights (every weight comes from the checkpoint): nn.Embedding's own normal_()
+        # init on the meta device, where load_bert builds the model, imports torch._dynamo (1.8 s of CPU, most
+        # of MiniLM's cold start; decoder.py has the same note).
+        empty = lambda rows: torch.empty(rows, cfg.hidden_size)  # noqa: E731
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id,
+                                            _weight=empty(cfg.vocab_size))
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size,
+                                                _weight=empty(cfg.max_position_embeddings))
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size,
+                                                  _weight=empty(cfg.type_vocab_size))
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
