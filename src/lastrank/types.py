@@ -23,6 +23,19 @@ def _check_int(name: str, value, minimum: int) -> int:
     return int(value)
 
 
+def check_unicode(name: str, text: str) -> None:
+    """A str that UTF-8 cannot encode holds an unpaired surrogate (e.g. "caf\\udce9": a file decoded with
+    surrogateescape, or a JSON \\ud800 escape). No tokenizer takes one, so it is refused here, naming the
+    input, before any model work (the HTTP API says the same in api/handler.py)."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidRequestError(f"{name} is not valid Unicode: it holds an unpaired surrogate "
+                                  f"(U+{ord(text[e.start]):04X} at character {e.start})") from None
+
+
 CHUNKING_MODES = ("truncate", "chunk")
 
 
@@ -70,12 +83,14 @@ class RerankRequest:
     def __post_init__(self):
         if not isinstance(self.query, str):
             raise InvalidRequestError(f"query must be a string, got {type(self.query).__name__}")
+        check_unicode("query", self.query)
         if not isinstance(self.documents, (list, tuple)):
             raise InvalidRequestError(
                 f"documents must be a list of strings, got {type(self.documents).__name__}")
         for i, doc in enumerate(self.documents):
             if not isinstance(doc, str):
                 raise InvalidRequestError(f"documents[{i}] must be a string, got {type(doc).__name__}")
+            check_unicode(f"documents[{i}]", doc)
         if self.top_n is not None:
             self.top_n = _check_int("top_n", self.top_n, 0)
         if self.max_doc_length is not None:
@@ -85,6 +100,8 @@ class RerankRequest:
         if self.instruction is not None and not isinstance(self.instruction, str):
             raise InvalidRequestError(
                 f"instruction must be a string or None, got {type(self.instruction).__name__}")
+        if self.instruction is not None:
+            check_unicode("instruction", self.instruction)
         if self.score_threshold is not None:
             if isinstance(self.score_threshold, bool) or not isinstance(self.score_threshold, numbers.Real) \
                     or not math.isfinite(self.score_threshold):

@@ -114,3 +114,83 @@ def test_random_checkpoint_is_flagged_and_a_real_looking_one_is_not(tiny_checkpo
     (plain / "config.json").write_text(json.dumps(cfg))
     assert main(["rerank", "--model", str(plain), "--query", "q", "--documents", str(docs)]) == 0
     assert "random weights" not in capsys.readouterr().err
+
+
+# Bad input at the edges: one `lastrank: error:` line each, never a traceback, and before the model loads.
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lastrank: error: "), err
+    return err[0]
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fails the test if a model is loaded: these errors must come before it."""
+    import lastrank.families
+
+    def refuse(*a, **kw):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(lastrank.families, "load_backend", refuse)
+
+
+def test_a_documents_file_that_is_not_utf8_is_one_line(tiny_checkpoint, tmp_path, capsys, no_model_load):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("ok\ncafé au lait\n".encode("latin-1"))
+    assert main(["rerank", "--model", str(tiny_checkpoint), "--query", "q", "--documents", str(path)]) == 2
+    line = one_error_line(capsys)
+    assert "latin1.txt: not UTF-8 text (byte 0xe9 on line 2)" in line
+
+
+def test_stdin_that_is_not_utf8_is_one_line_whatever_the_locale(tiny_checkpoint, capsys, monkeypatch, no_model_load):
+    # a C locale reads such bytes as lone surrogates (surrogateescape), which no tokenizer takes
+    stdin = io.TextIOWrapper(io.BytesIO("ok\ncafé\n".encode("latin-1")), encoding="utf-8", errors="surrogateescape")
+    monkeypatch.setattr("sys.stdin", stdin)
+    assert main(["rerank", "--model", str(tiny_checkpoint), "--query", "q", "--documents", "-"]) == 2
+    assert "standard input: not UTF-8 text (byte 0xe9 on line 2)" in one_error_line(capsys)
+
+
+def test_lone_surrogates_in_json_or_argv_are_one_line(tiny_checkpoint, tmp_path, capsys, no_model_load):
+    path = tmp_path / "docs.jsonl"
+    path.write_text('"fine"\n{"text": "caf\\udce9"}\n')  # a JSON escape that is no character
+    assert main(["rerank", "--model", str(tiny_checkpoint), "--query", "q", "--documents", str(path)]) == 2
+    assert "docs.jsonl:2 is not valid Unicode" in one_error_line(capsys)
+    path = tmp_path / "docs.txt"
+    path.write_text("fine\n")
+    assert main(["rerank", "--model", str(tiny_checkpoint), "--query", "caf\udce9", "--documents", str(path)]) == 2
+    assert "--query is not valid Unicode" in one_error_line(capsys)
+
+
+def test_an_unknown_device_is_one_line_before_the_model_loads(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    from lastrank.model import loading
+
+    path = tmp_path / "docs.txt"
+    path.write_text("fine\n")
+    loads = []  # the weights are read only after the device is checked
+    original = loading.read_safetensors
+    monkeypatch.setattr(loading, "read_safetensors", lambda *a, **kw: loads.append(1) or original(*a, **kw))
+    assert main(["rerank", "--model", str(tiny_checkpoint), "--query", "q", "--documents", str(path),
+                 "--device", "gpu"]) == 2
+    assert "unknown device 'gpu'" in one_error_line(capsys)
+    assert loads == []
+
+
+def test_a_bad_lastrank_environment_variable_is_one_line_not_a_traceback(capsys, monkeypatch):
+    monkeypatch.setenv("LASTRANK_MAX_DOCUMENTS", "lots")
+    for argv in (["--version"], ["keys", "list"], ["serve"]):
+        assert main(argv) == 2
+        assert "$LASTRANK_MAX_DOCUMENTS" in one_error_line(capsys)
+
+
+def test_python_api_refuses_lone_surrogates_naming_the_item(tiny_reranker):
+    from lastrank.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match=r"documents\[1\] is not valid Unicode.*U\+DCE9 at character 3"):
+        tiny_reranker.rerank("q", ["fine", "caf\udce9"])
+    with pytest.raises(InvalidRequestError, match="query is not valid Unicode"):
+        tiny_reranker.rerank("\ud800", ["fine"])
+    with pytest.raises(InvalidRequestError, match="instruction is not valid Unicode"):
+        tiny_reranker.rerank("q", ["fine"], instruction="x\udfff")
+    assert tiny_reranker.rerank("café ❤️", ["fine"])  # real non-ASCII text is fine

@@ -34,7 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        # building the parser reads the LASTRANK_* environment (serve's flag defaults): a bad value is one
+        # line here, for every command (even --version), rather than a traceback
+        parser = build_parser()
+    except LastrankError as e:
+        print(f"lastrank: error: {e.message}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

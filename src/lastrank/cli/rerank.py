@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from lastrank.errors import InvalidRequestError
+from lastrank.types import check_unicode
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +53,7 @@ def _text_item(item, where: str) -> str:
         item = item.get("text")
     if not isinstance(item, str):
         raise InvalidRequestError(f"{where}: expected a JSON string or an object with a string 'text'")
+    check_unicode(where, item)  # a JSON "\udce9" escape: named by its line here, before the model loads
     return item
 
 
@@ -64,19 +66,31 @@ def _lines(text: str) -> list[str]:
     return lines
 
 
+def _utf8(data: bytes, where: str) -> str:
+    """A file's or standard input's bytes as UTF-8 text, whatever the locale: other bytes are one clear error,
+    before any model is loaded (never a UnicodeDecodeError, nor lone surrogates that fail in the tokenizer)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise InvalidRequestError(f"{where}: not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); "
+                                  f"convert it to UTF-8, e.g. with iconv") from None
+
+
 def read_documents(source: str) -> list[str]:
-    """The documents of a .txt / .jsonl / .json file or of standard input (-), in order.
+    """The documents of a .txt / .jsonl / .json file or of standard input (-), in order, read as UTF-8.
 
     Nothing is dropped silently: an empty source, a .json that is not an array, or an item without text is
     an InvalidRequestError naming the place."""
     if source == "-":
-        docs = _lines(sys.stdin.read())
+        stdin = getattr(sys.stdin, "buffer", None)  # None: already text (a StringIO put in its place)
+        docs = _lines(_utf8(stdin.read(), "standard input") if stdin is not None else sys.stdin.read())
         where = "standard input"
     else:
         path = Path(source)
         if not path.is_file():
             raise InvalidRequestError(f"documents file {source!r} not found")
-        text = path.read_text(encoding="utf-8")
+        text = _utf8(path.read_bytes(), source)
         where = source
         if path.suffix == ".json":
             try:
@@ -111,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidRequestError("give the query as --query TEXT or --query-image PATH (one of them)")
     if args.documents is None and not args.image:
         raise InvalidRequestError("give documents: --documents FILE and/or --image PATH")
+    for flag, text in (("--query", args.query), ("--instruction", args.instruction)):
+        if text is not None:
+            check_unicode(flag, text)  # argv bytes that are not UTF-8 arrive as lone surrogates
     documents = read_documents(args.documents) if args.documents is not None else []
     resolve_checkpoint(args.model)  # a missing folder or an offline hub id fails here, before torch is imported
     from lastrank import Reranker

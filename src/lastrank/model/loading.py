@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from lastrank.errors import ModelNotAvailableError
+from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.model.config import ModelConfig
 from lastrank.model.fast import enable_compile, fuse_projections
 from lastrank.model.jina import JinaForRanking
@@ -32,11 +32,25 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """"auto" / None: cuda when there is one, else cpu. Checked before any weight is read: a device torch
+    does not know (e.g. "gpu") is an InvalidRequestError, one lastrank cannot use here a ModelNotAvailableError."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelNotAvailableError(f"device {device!r} requested but CUDA is not available here")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InvalidRequestError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelNotAvailableError(f"device {device!r} requested but CUDA is not available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelNotAvailableError(f"device {device!r} requested but this machine has "
+                                         f"{torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ModelNotAvailableError(f"device {device!r} requested but MPS is not available here")
+    elif dev.type != "cpu":
+        raise InvalidRequestError(f"device {device!r} is not one lastrank runs on; use cpu, cuda, cuda:N or auto")
     return dev
 
 
