@@ -222,11 +222,12 @@ def is_image_input(value) -> bool:
     """True for what the Python API takes as an image among documents (a str is always text)."""
     if isinstance(value, (bytes, bytearray, memoryview, os.PathLike)):
         return True
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - Pillow is a dependency
-        return False
-    return isinstance(value, Image.Image)
+    # A PIL image exists only once Pillow is imported, so text-only callers never pay for importing it
+    # (`lastrank rerank` on a text model: tests/cli/test_cold_start.py).
+    import sys
+
+    image = sys.modules.get("PIL.Image")
+    return image is not None and isinstance(value, image.Image)
 
 
 def split_images(query, documents) -> tuple[str, list, dict | None]:
