@@ -84,13 +84,13 @@ def test_unknown_layout_names_what_was_found_and_what_is_supported(tmp_path):
     with pytest.raises(ModelNotAvailableError) as e:
         detect_family(tmp_path)
     assert "architectures=['GPT2LMHeadModel']" in e.value.message and "model_type='gpt2'" in e.value.message
-    assert "jina_v3: jinaai/jina-reranker-v3" in e.value.message
+    assert "jina-v3: jinaai/jina-reranker-v3" in e.value.message
 
 
 def test_registry_detects_jina_v3_and_truncate_false_fails_at_plan_time(tiny_reranker):
     from lastrank.families import detect_family
 
-    assert detect_family(tiny_reranker.path) == "jina_v3"
+    assert detect_family(tiny_reranker.path) == "jina-v3"
     assert tiny_reranker.capabilities.family == "jina-v3" and tiny_reranker.capabilities.score == "cosine"
     backend = tiny_reranker.backend
     long_doc = "word " * 50

@@ -17,8 +17,7 @@ import pytest
 from lastrank import Reranker
 from lastrank.engine.backend import rank
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
-from lastrank.families import detect_family, load_backend
-from lastrank.families.bi_encoder import SUPPORTS
+from lastrank.families import BI_ENCODER, detect_family, load_backend
 from lastrank.model.checkpoint_st import make_st_checkpoint
 from lastrank.types import RerankRequest
 
@@ -187,7 +186,7 @@ def test_decoder_causal_lm_layout_loads_the_same(tmp_path_factory):
     kw = dict(backbone="qwen2", pooling="lasttoken", seed=7)
     bare = make_st_checkpoint(tmp_path_factory.mktemp("bare"), **kw)
     prefixed = make_st_checkpoint(tmp_path_factory.mktemp("prefixed"), model_prefix=True, **kw)
-    assert detect_family(prefixed) == "bi_encoder"
+    assert detect_family(prefixed) == "bi-encoder"
     a = Reranker(str(bare), dtype="float32").rerank("sum two numbers", CODE_DOCS)
     b = Reranker(str(prefixed), dtype="float32").rerank("sum two numbers", CODE_DOCS)
     assert a == b
@@ -233,11 +232,11 @@ def test_short_name_resolves_to_the_packaged_model(minilm_reranker):
 
 
 def test_registry_detects_the_family(st_folders, decoder_folders, minilm_reranker, tiny_checkpoint):
-    assert detect_family(minilm_reranker.path) == "bi_encoder"
+    assert detect_family(minilm_reranker.path) == "bi-encoder"
     for folder in st_folders.values():
-        assert detect_family(folder) == "bi_encoder"
-    assert detect_family(decoder_folders["qwen2-lasttoken"]) == "bi_encoder"
-    assert detect_family(tiny_checkpoint) == "jina_v3"
+        assert detect_family(folder) == "bi-encoder"
+    assert detect_family(decoder_folders["qwen2-lasttoken"]) == "bi-encoder"
+    assert detect_family(tiny_checkpoint) == "jina-v3"
 
 
 def test_unknown_layout_gets_the_registry_error(st_folders, tmp_path):
@@ -248,17 +247,19 @@ def test_unknown_layout_gets_the_registry_error(st_folders, tmp_path):
     with pytest.raises(ModelNotAvailableError) as e:
         detect_family(folder)
     msg = str(e.value)
-    assert "model_type='t5'" in msg and "modules.json" in msg and SUPPORTS in msg
+    assert "model_type='t5'" in msg and "modules.json" in msg and BI_ENCODER.supports in msg
 
 
-def test_unsupported_module_is_refused_at_load(st_folders, tmp_path):
+def test_unsupported_module_is_refused_at_detection_and_at_load(st_folders, tmp_path):
     folder = tmp_path / "dense"
     shutil.copytree(st_folders["mean-normalize"], folder)
     modules = json.loads((folder / "modules.json").read_text())
     modules.insert(2, {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
     (folder / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ModelNotAvailableError, match="Transformer -> Pooling -> Dense -> Normalize"):
+        load_backend(folder, dtype="float32")  # no family claims it (the registry's error)
     with pytest.raises(ModelNotAvailableError, match="Dense"):
-        load_backend(folder, dtype="float32")
+        load_backend(folder, dtype="float32", family="bi-encoder")  # nor does the family's loader read it
 
 
 def test_truncation_is_reported_and_refusable(minilm_reranker):

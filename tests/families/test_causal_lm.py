@@ -255,7 +255,7 @@ def test_capabilities(backends):
 def test_detection_needs_a_reranker_name(folders, tmp_path):
     """A plain Qwen chat model of the same architecture is not served as a reranker."""
     for kind, path in folders.items():
-        assert detect_family(path) == "causal_lm", kind
+        assert detect_family(path) == "causal-lm", kind
     for arch, name in (("Qwen3ForCausalLM", "Qwen/Qwen3-0.6B"), ("Qwen2ForCausalLM", "Qwen/Qwen2.5-0.5B-Instruct"),
                        ("Qwen2ForCausalLM", "Qwen/Qwen3-Reranker-0.6B")):
         folder = tmp_path / name.replace("/", "--")

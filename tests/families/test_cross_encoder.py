@@ -132,15 +132,15 @@ def assert_parity(result, raw_expected: np.ndarray):
 def test_registry_detects_both_layouts(folders, tmp_path):
     import json
 
-    assert detect_family(folders["bge"]) == "cross_encoder"
-    assert detect_family(folders["jina"]) == "cross_encoder"
+    assert detect_family(folders["bge"]) == "cross-encoder"
+    assert detect_family(folders["jina"]) == "cross-encoder"
     jina_cfg = json.loads((folders["jina"] / "config.json").read_text())
     assert "model_type" not in jina_cfg and jina_cfg["auto_map"]["AutoConfig"].endswith("XLMRobertaFlashConfig")
     # an XLM-R embedding model (bge-m3's XLMRobertaModel) is not a cross-encoder
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["XLMRobertaModel"], "model_type": "xlm-roberta"}))
-    from lastrank.families import family_module
+    from lastrank.families import CROSS_ENCODER
 
-    assert not family_module("cross_encoder").detect(json.loads((tmp_path / "config.json").read_text()), tmp_path)
+    assert not CROSS_ENCODER.detect(json.loads((tmp_path / "config.json").read_text()), tmp_path)
 
 
 def test_capabilities(rerankers):

@@ -70,7 +70,7 @@ def check(scores, order, reference):
 def test_registry_and_capabilities(folder, reranker):
     from lastrank.families import detect_family
 
-    assert detect_family(folder) == "jina_m0"
+    assert detect_family(folder) == "jina-m0"
     caps = reranker.capabilities
     assert caps.family == "jina-m0" and caps.images and caps.score == "sigmoid"
     assert caps.context_length == 10240 and caps.max_doc_length == 9728 and caps.max_query_length == 512

@@ -67,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the reference path's file (default: benchmarks/reference_path.py of the source checkout "
                         "lastrank is installed from, else of the working directory)")
     p.add_argument("--no-subprocess", action="store_true", help="skip cold start and peak RSS (fresh processes)")
-    p.add_argument("--family", default="jina-v3", choices=["jina-v3", *FAMILY_BENCHES],
+    p.add_argument("--family", default=BUILT_IN_FAMILY, choices=[BUILT_IN_FAMILY, *family_benches()],
                    help="jina-v3: the cases below; causal-lm / cross-encoder / jina-m0: benchmarks/bench_<family>.py "
                         "(lastrank vs the official padded path at the real shape, random weights: 100 TREC-DL "
                         "passages; jina-m0: 20 image documents)")
@@ -165,18 +165,26 @@ def find_reference_file(explicit: str | None = None, name: Path | None = None) -
     return next((c for c in candidates if c.is_file()), None)
 
 
-# The pointwise families' cases: benchmarks/bench_<family>.py (lastrank vs the official padded path at the real
-# shape: one TREC-DL query and its 100 passages; for jina-m0 one query and 20 image documents), run by
-# `lastrank bench --family` as they are.
-FAMILY_BENCHES = {"causal-lm": "bench_causal_lm.py", "cross-encoder": "bench_cross_encoder.py", "jina-m0": "bench_m0.py"}
+# The family this module's own cases measure (its block prompts, its merge).
+BUILT_IN_FAMILY = "jina-v3"
+
+
+def family_benches() -> dict[str, str]:
+    """The other families' cases: benchmarks/<FamilySpec.bench_script> (lastrank vs the official padded path at
+    the real shape: one TREC-DL query and its 100 passages; for jina-m0 one query and 20 image documents), run
+    by `lastrank bench --family NAME` as they are."""
+    from lastrank.families import FAMILIES
+
+    return {spec.name: spec.bench_script for spec in FAMILIES if spec.bench_script}
 
 
 def run_family_bench(args: argparse.Namespace) -> int:
     import subprocess
 
-    path = find_reference_file(name=Path("benchmarks") / FAMILY_BENCHES[args.family])
+    script = family_benches()[args.family]
+    path = find_reference_file(name=Path("benchmarks") / script)
     if path is None:
-        raise SystemExit(f"lastrank bench --family {args.family}: benchmarks/{FAMILY_BENCHES[args.family]} is not "
+        raise SystemExit(f"lastrank bench --family {args.family}: benchmarks/{script} is not "
                          "here; run it from a source checkout")
     argv = [sys.executable, str(path), "--dtype", args.dtype]
     if args.preset:
@@ -346,7 +354,7 @@ PACK_BLOCKS = {"auto": None, "on": True, "off": False}
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.family != "jina-v3":
+    if args.family != BUILT_IN_FAMILY:
         return run_family_bench(args)
     results = bench(args)
     if args.json:
@@ -379,8 +387,8 @@ def bench(args: argparse.Namespace, out=None) -> dict:
 
     reranker = Reranker(str(checkpoint), device=args.device, dtype=args.dtype, compile=args.compile or None,
                         pack_blocks=PACK_BLOCKS[args.pack_blocks], reuse_prefix=not args.no_prefix_reuse)
-    if reranker.capabilities.family != "jina-v3":
-        raise SystemExit(f"lastrank bench measures the jina-v3 family; {checkpoint} is {reranker.capabilities.family}")
+    if reranker.capabilities.family != BUILT_IN_FAMILY:
+        raise SystemExit(f"lastrank bench measures the {BUILT_IN_FAMILY} family; {checkpoint} is {reranker.capabilities.family}")
     reference, machine["reference"] = reference_path(args, checkpoint, reranker, say)
     data = _find_data(args.data)
     say(f"data: {data or 'synthetic text (no TREC-DL folder found)'}")

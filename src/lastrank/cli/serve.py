@@ -139,12 +139,12 @@ def served_models(settings) -> list:
         raise LastrankError(f"{len(settings.served_model_name)} --served-model-name for {len(settings.model)} --model")
 
     from lastrank.api.models import served_model
-    from lastrank.families import detect_family, family_module
+    from lastrank.families import detect_family, family_spec
 
     models = []
     for i, (model_id, path) in enumerate(zip(settings.model, paths)):
         family = detect_family(path)
-        model = served_model(settings, i, tuple(getattr(family_module(family), "NAMES", ())))
+        model = served_model(settings, i, family_spec(family).names)
         model.load = _loader(model_id, path, family, model.name, settings)
         models.append(model)
     return models

@@ -51,14 +51,10 @@ import torch
 from lastrank.engine.backend import Backend, Block, Capabilities, RerankPlan, Scores, truncation_refused
 from lastrank.engine.pairs import cut_blocks
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
+from lastrank.families import BI_ENCODER as SPEC, module_kind, st_modules
 from lastrank.types import RerankRequest, Usage
 
-FAMILY = "bi-encoder"
-SUPPORTS = ("sentence-transformers folders (modules.json: Transformer -> Pooling [-> Normalize]) over a BERT "
-            "encoder or a Qwen2/Qwen3 decoder (config.json model_type \"bert\", \"qwen2\" or \"qwen3\"), e.g. "
-            "sentence-transformers/all-MiniLM-L6-v2, jinaai/jina-code-embeddings-0.5b")
-
-ST_MODULE = "sentence_transformers.models."
+FAMILY = SPEC.name  # Capabilities.family
 POOLING_MODES = ("mean", "cls", "lasttoken")
 # The legacy Pooling config booleans, in sentence-transformers' order.
 LEGACY_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
@@ -68,6 +64,8 @@ DOCUMENT_PROMPTS = ("document", "passage", "corpus")
 # model_type -> what Capabilities.architecture calls it. BERT: model/bert.py; Qwen2/Qwen3: the shared decoder
 # (model/decoder.py) through model/decoder_encoder.py.
 BACKBONES = {"bert": "BertModel", "qwen2": "Qwen2Model", "qwen3": "Qwen3Model"}
+# The sentence-transformers pipelines this family runs (modules.json's module kinds, in order).
+MODULE_LISTS = (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"])
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -83,26 +81,12 @@ def _read_json(path: Path, what: str) -> dict:
     return value
 
 
-def _modules(folder: Path) -> list[dict] | None:
-    """modules.json's entries, or None when the folder has none (or it is not a list of modules)."""
-    try:
-        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
-        return None
-    return sorted(modules, key=lambda m: m.get("idx", 0))
-
-
-def _module_kind(module: dict) -> str:
-    # "sentence_transformers.models.Pooling" -> "Pooling" (newer releases also write other module paths)
-    return str(module.get("type", "")).rsplit(".", 1)[-1]
-
-
 def detect(config: dict, folder: Path) -> bool:
-    """A modules.json whose first module is a Transformer over a backbone this family implements."""
-    modules = _modules(folder)
-    if not modules or _module_kind(modules[0]) != "Transformer":
+    """A modules.json listing exactly the modules this family runs (MODULE_LISTS) over a backbone it implements:
+    as strict as `Pipeline.read`, so a folder with a module it cannot run (a Dense projection, as in ColBERT's
+    layout) is not taken for a bi-encoder that then fails to load, and the registry's order does not matter."""
+    modules = st_modules(folder)
+    if not modules or [module_kind(m) for m in modules] not in MODULE_LISTS:
         return False
     backbone = config if not modules[0].get("path") else _backbone_config(folder / modules[0]["path"])
     return backbone.get("model_type") in BACKBONES
@@ -131,11 +115,11 @@ class Pipeline:
 
     @classmethod
     def read(cls, folder: Path) -> "Pipeline":
-        modules = _modules(folder)
+        modules = st_modules(folder)
         if not modules:
             raise ModelNotAvailableError(f"{folder} has no usable modules.json (a sentence-transformers folder has one)")
-        kinds = [_module_kind(m) for m in modules]
-        if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+        kinds = [module_kind(m) for m in modules]
+        if kinds not in MODULE_LISTS:
             raise ModelNotAvailableError(
                 f"{folder}/modules.json lists modules {kinds}; the bi-encoder family supports Transformer -> Pooling "
                 f"[-> Normalize] only")

@@ -53,15 +53,11 @@ import torch
 from lastrank.engine.backend import Capabilities
 from lastrank.engine.pairs import EncodedPairs, PairwiseBackend
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
+from lastrank.families import CAUSAL_LM as SPEC
 from lastrank.model.causal_lm import CausalLMForRanking, load_causal_lm
 from lastrank.types import RerankRequest
 
 QWEN3_RERANKER, MXBAI_RERANK_V2 = "qwen3-reranker", "mxbai-rerank-v2"
-SUPPORTS = ('causal-LM rerankers: Qwen/Qwen3-Reranker-0.6B / -4B (architectures ["Qwen3ForCausalLM"], or the '
-            'converted ["Qwen3ForSequenceClassification"]) and mixedbread-ai/mxbai-rerank-base-v2 / -large-v2 '
-            '(["Qwen2ForCausalLM"]), recognised by "qwen3-reranker" / "mxbai-rerank" in the folder path or '
-            'config.json _name_or_path (a plain Qwen chat model is not a reranker); model.safetensors (or an '
-            'index of shards), tokenizer.json')
 MAX_LENGTH = 8192  # both official codes' default max_length
 
 # Qwen3-Reranker's model card
@@ -316,7 +312,7 @@ def load(path: Path, device: torch.device, dtype: torch.dtype, *, model_id: str 
     config = json.loads((path / "config.json").read_text())
     kind = reranker_kind(config, path)
     if kind is None:
-        raise ModelNotAvailableError(f"{path} is not a causal-LM reranker lastrank knows: {SUPPORTS}")
+        raise ModelNotAvailableError(f"{path} is not a causal-LM reranker lastrank knows: {SPEC.supports}")
     tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
     tokenizer.no_truncation()  # truncation is the family's own (above), never the file's settings
     tokenizer.no_padding()

@@ -42,14 +42,12 @@ import torch
 from lastrank.engine.backend import Capabilities, truncation_refused
 from lastrank.engine.pairs import EncodedPairs, PairwiseBackend
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
+from lastrank.families import CROSS_ENCODER as SPEC
 from lastrank.model.xlmr import XLMRobertaForSequenceClassification, load_xlmr
 from lastrank.types import RerankRequest
 
-FAMILY = "cross-encoder"
+FAMILY = SPEC.name  # Capabilities.family
 ARCHITECTURE = "XLMRobertaForSequenceClassification"
-SUPPORTS = ('XLM-RoBERTa cross-encoders: BAAI/bge-reranker-v2-m3 (config.json architectures '
-            '["XLMRobertaForSequenceClassification"], model.safetensors) and jinaai/jina-reranker-v2-base-multilingual '
-            '(the same architectures, auto_map to Jina\'s XLMRobertaFlashConfig, pytorch_model.bin); tokenizer.json')
 
 # The official default max_length of each truncation rule: FlagReranker's argument default; compute_score's is
 # the tokenizer's model_max_length (tokenizer_config.json, 1024 in jina-reranker-v2), read at load.

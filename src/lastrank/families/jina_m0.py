@@ -34,14 +34,12 @@ import torch
 from lastrank.engine.backend import Backend, Capabilities, RerankPlan, Scores, truncation_refused
 from lastrank.engine.pairs import PairBlock, cut_blocks, per_block, sigmoid_scores
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
+from lastrank.families import JINA_M0 as SPEC
 from lastrank.model.jina_m0 import IMAGE_TOKEN_ID, SCORE_TOKEN_ID, Image, JinaM0ForRanking
 from lastrank.model.qwen2_vl import ImageLimits, preprocess_image
 from lastrank.types import RerankRequest, Usage
 
-FAMILY = "jina-m0"
-NAMES = ("jina-reranker-m0", "jinaai/jina-reranker-m0")
-SUPPORTS = ('jinaai/jina-reranker-m0 (config.json architectures ["JinaVLForRanking"], model_type qwen2_vl; '
-            'model.safetensors, tokenizer.json): text and image queries and documents')
+FAMILY = SPEC.name  # Capabilities.family
 MAX_LENGTH = 10240  # compute_score's max_length
 MAX_QUERY_LENGTH = 512  # compute_score's max_query_length
 IMAGE_PROMPT = "<|vision_start|><|image_pad|><|vision_end|>"

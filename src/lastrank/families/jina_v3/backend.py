@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from lastrank.engine.backend import Backend, Block, Capabilities, RerankPlan, Scores, truncation_refused
+from lastrank.families import JINA_V3 as SPEC
 from lastrank.families.jina_v3.plan import split_blocks, truncate_texts
 from lastrank.families.jina_v3.prompt import PREFIX, build_prompt
 from lastrank.errors import InvalidRequestError, ModelError
@@ -23,15 +24,10 @@ from lastrank.model.jina import JinaForRanking
 from lastrank.model.tokenizer import RerankTokenizer
 from lastrank.types import RerankRequest, Usage
 
-FAMILY = "jina-v3"
-# What clients of Jina's API send in `model`; a served Jina V3 checkpoint answers to them.
-NAMES = ("jina-reranker-v3", "jinaai/jina-reranker-v3")
+FAMILY = SPEC.name  # Capabilities.family
 # The official rerank() defaults.
 MAX_DOC_LENGTH = 2048
 MAX_QUERY_LENGTH = 512
-
-
-SUPPORTS = "jinaai/jina-reranker-v3 (config.json architectures [\"JinaForRanking\"], model.safetensors, tokenizer.json)"
 
 
 def detect(config: dict, folder: Path) -> bool:
