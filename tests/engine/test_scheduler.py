@@ -564,6 +564,47 @@ def test_stop_resolves_every_pending_request():
     run(main)
 
 
+def test_drain_answers_the_queue_at_once_and_lets_running_requests_finish():
+    """SIGTERM's first step (api/lifecycle.py): a request with a block in the model finishes; one with no block
+    started, and any that arrives after, hears "shutting down" (503) at once; stop() at the drain's deadline
+    does not wait for a worker still inside the model."""
+    engine = FakeEngine()
+
+    async def main():
+        sched = Scheduler(engine)
+        await sched.start()
+        hold_first_call(engine)
+        running = asyncio.create_task(sched.submit(req("a", 1)))
+        await until(lambda: len(engine.calls) == 1, "a running")
+        queued = asyncio.create_task(sched.submit(req("b", 2)))
+        await until(lambda: sched.queued_requests == 2, "b admitted")
+        assert sched.drain(deadline=time.monotonic() + 60) == 1
+        with pytest.raises(OverloadedError, match="shutting down") as refused:
+            await queued
+        assert refused.value.retry_after == 1.0 and not running.done()
+        with pytest.raises(OverloadedError, match="shutting down"):
+            await sched.submit(req("c", 1))
+        assert sched.refused_draining == 2 and not sched.running
+        engine.gate.set()
+        assert (await running).request_id == "a"  # finished, not failed
+        assert engine.calls == [[("a", 0)]]  # b never ran
+
+        hold_first_call(engine)  # a second scheduler, whose running request outlasts the drain
+        sched = Scheduler(engine)
+        await sched.start()
+        late = asyncio.create_task(sched.submit(req("d", 1)))
+        await until(lambda: len(engine.calls) == 2, "d running")
+        sched.drain(deadline=time.monotonic())
+        started = time.monotonic()
+        await sched.stop()  # the deadline has passed: answers d, waits for nothing
+        assert time.monotonic() - started < GUARD_S / 2 and sched.busy
+        with pytest.raises(OverloadedError, match="shutting down"):
+            await late
+        engine.gate.set()
+
+    run(main)
+
+
 def test_submit_before_start_is_refused():
     engine = FakeEngine()
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, fields
 def setting(default, help: str, *, flag: str | None = None, kind: str | None = None, group: str = "server",
             metavar: str | None = None, choices: tuple | None = None, zero_is_none: bool = False):
     """A dataclass field carrying its CLI facts. kind: the argparse value type ("positive_int", "nonneg_float",
-    "str", "int", "bool" (a switch), "list" (repeatable)); None: inferred from the default.
+    "str", "int", "port" (0-65535), "device" (cli/argtypes.py), "bool" (a switch), "list" (repeatable)); None:
+    inferred from the default.
     zero_is_none: 0 on the command line means "off" (stored as None)."""
     return field(default=default, metadata={"help": help, "flag": flag, "kind": kind, "group": group,
                                             "metavar": metavar, "choices": choices, "zero_is_none": zero_is_none})
@@ -37,13 +38,17 @@ class ServerSettings:
     model_alias: tuple[str, ...] = setting((), "another name to accept: ALIAS (with one model) or SERVED=ALIAS "
                                            "(repeatable), e.g. a client's hard-coded default",
                                            kind="list", group="models", metavar="[SERVED=]ALIAS")
-    device: str = setting("cpu", "cpu, cuda or auto", group="models")
+    device: str = setting("cpu", "cpu, cuda, cuda:N, mps or auto", kind="device", group="models")
     dtype: str = setting("auto", "model dtype; auto: what each checkpoint was saved in (bfloat16 for "
                                  "jina-reranker-v3, float32 for all-MiniLM-L6-v2)",
                          choices=("auto", "bfloat16", "float32"), group="models")
     # where to listen
     host: str = setting("127.0.0.1", "address to listen on")
-    port: int = setting(8080, "port to listen on", kind="int")
+    port: int = setting(8080, "port to listen on, 0-65535 (0: a free port, printed at start)", kind="port")
+    shutdown_timeout_s: float = setting(25.0, "on SIGTERM/SIGINT: stop accepting, answer queued requests 503 at "
+                                              "once, give running ones this many seconds to finish (then 503), "
+                                              "exit 0 (25: under Kubernetes' default 30 s grace period)",
+                                        kind="nonneg_float")
     # auth: with no active key the server is open, which only a loopback host (or this flag) allows
     allow_unauthenticated: bool = setting(False, "run without API keys on a non-loopback address", kind="bool")
     key_cache_ttl_s: float = setting(5.0, "reuse a verified API key this long; a revoked key works until it ends; "

@@ -3,7 +3,9 @@
 Every flag comes from the one definition of each setting in api/settings.py (ServerSettings), and every
 flag can be set from the environment as LASTRANK_<NAME> (the flag wins). The port is bound before anything
 is loaded, so a port in use is one clear line at once. Models load in the background after the port
-opens: /health answers at once, /ready says 503 until every model is loaded and warmed up, then 200.
+opens: /health answers at once, /ready says 503 until every model is loaded and warmed up, then 200; a
+model that fails to load ends the process (non-zero, its reason on one line). SIGTERM/SIGINT drain: see
+api/lifecycle.py.
 
 Auth: when the store holds an active API key, every inference route needs `Authorization: Bearer`.
 With no key the server runs open, which is allowed only on a loopback host unless
@@ -18,11 +20,12 @@ import os
 import socket
 import sys
 
-from lastrank.cli.argtypes import nonneg_float, positive_int
+from lastrank.cli.argtypes import device, nonneg_float, port, positive_int
 from lastrank.errors import LastrankError
 
 ENV_PREFIX = "LASTRANK_"
-_KINDS = {"positive_int": positive_int, "nonneg_float": nonneg_float, "int": int, "str": str}
+_KINDS = {"positive_int": positive_int, "nonneg_float": nonneg_float, "port": port, "device": device, "int": int,
+          "str": str}
 
 
 def env_name(field_name: str) -> str:
@@ -111,7 +114,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind (and listen) now, before any model is loaded, so a port in use is one clear error at once."""
+    """Bind (and listen) now, before any model is loaded, so a port in use is one clear error at once.
+    Port 0: the system picks a free one (sock.getsockname() says which)."""
+    if not 0 <= port <= 65535:  # getaddrinfo would take 99999 modulo 65536 and bind that
+        raise LastrankError(f"port {port} is not a TCP port (0-65535; 0: a free port)")
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -164,15 +170,31 @@ def _loader(model_id: str, path, family: str, name: str, settings):
     return load
 
 
+def check_device(settings) -> None:
+    """--device checked before the port is bound: a device this machine lacks (cuda without CUDA) is one
+    error line at once, not a server whose model never loads. Not with --ray: the replicas may run on other
+    nodes. torch is imported only for a device other than cpu."""
+    if settings.device != "cpu" and not settings.ray:
+        from lastrank.model.loading import resolve_device
+
+        resolve_device(settings.device)
+
+
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import uvicorn
 
     from lastrank.api.app import create_app, http_protocol
+    from lastrank.api.lifecycle import Server
     from lastrank.api.logs import configure_logging
     from lastrank.cli.keys import open_store
 
     settings = settings_from_args(args)
+    check_device(settings)
     sock = bind_socket(settings.host, settings.port)
+    # --port 0: the port the system picked, for the lines below (and Ray's proxy)
+    settings = dataclasses.replace(settings, port=sock.getsockname()[1])
     try:
         store = open_store(args)
     except BaseException:
@@ -208,10 +230,19 @@ def run(args: argparse.Namespace) -> int:
               flush=True)
         configure_logging(settings)
         config = uvicorn.Config(app, log_level=settings.log_level, http=http_protocol(settings),
-                                access_log=settings.access_log == "text", timeout_graceful_shutdown=30,
-                                log_config=None)
-        uvicorn.Server(config).run(sockets=[sock])
+                                access_log=settings.access_log == "text", log_config=None)
+        server = Server(config, app.state.lastrank, settings.shutdown_timeout_s)  # api/lifecycle.py: how it ends
+        server.run(sockets=[sock])
+        if server.failed:  # no supervisor or operator is helped by a server whose /ready says 503 forever
+            raise LastrankError(f"{server.failed}; exiting")
     finally:
         sock.close()
         store.close()
+    if server.model_busy:
+        # The drain's deadline cut a batch that is still inside the model (a model call cannot be interrupted),
+        # in a daemon thread: the interpreter's exit would tear torch down under it ("terminate called without
+        # an active exception", SIGABRT). Every request is answered and the ledger is closed: leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0

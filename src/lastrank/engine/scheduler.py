@@ -13,8 +13,12 @@ another's request). Admission happens before tokenizing: a full queue refuses a 
 request being planned holds its queue slot, so refusals under overload cost next to nothing.
 
 Invariant: every admitted request leaves the queue exactly once, through `_complete_locked`, which
-resolves its future. Model failures, deadlines, cancellation, `stop()` and scheduler bugs all go
-through it, so no caller can wait forever (Infinity's worker dies with futures pending; ours may not).
+resolves its future. Model failures, deadlines, cancellation, `drain()`, `stop()` and scheduler bugs all
+go through it, so no caller can wait forever (Infinity's worker dies with futures pending; ours may not).
+
+Graceful stop (SIGTERM, api/lifecycle.py): `drain()` admits nothing more and answers the requests whose
+blocks have not started with a 503 "shutting down" at once; those already running go on; `stop()` at the
+drain's deadline answers what is left with the same 503.
 """
 
 from __future__ import annotations
@@ -35,9 +39,14 @@ from lastrank.errors import (
     OverloadedError,
     PayloadTooLargeError,
 )
+from lastrank.engine.runner import ModelRunner
 from lastrank.types import RerankRequest, RerankResult
 
 log = logging.getLogger(__name__)
+
+# What a request hears when the server stops before its blocks run (a 503 with Retry-After: the client retries,
+# on another replica or once this one is back).
+SHUTTING_DOWN = "the server is shutting down; retry"
 
 # Weight of the newest batch in the tokens/s estimate: recent enough to follow a change of load,
 # smooth enough that one odd batch does not swing `retry_after`.
@@ -75,12 +84,15 @@ def _set_future(fut: asyncio.Future, result: Any, exc: BaseException | None) -> 
         fut.cancel()
     elif exc is not None:
         fut.set_exception(exc)
+        # Marked retrieved: when its caller was cancelled meanwhile, nobody will read it, and asyncio would
+        # print "Future exception was never retrieved" at exit for an error that was never anyone's.
+        fut.exception()
     else:
         fut.set_result(result)
 
 
-class Scheduler:
-    """Admission, round-robin packing and the worker thread that owns the model.
+class Scheduler(ModelRunner):
+    """Admission, round-robin packing and the worker thread that owns the model: the local ModelRunner.
 
     Read by metrics and health checks (all cheap, safe from any thread):
       `queued_requests`   admitted requests not yet finished (waiting, or with blocks running)
@@ -124,6 +136,8 @@ class Scheduler:
         self._busy = False
         self._accepting = False
         self._stopping = False
+        self._drain_deadline: float | None = None  # set by drain(): stop() waits for the worker until then only
+        self.refused_draining = 0  # requests answered SHUTTING_DOWN by drain(), or refused after it
         self._thread: threading.Thread | None = None
 
     # ----------------------------------------------------------------------------- introspection
@@ -164,28 +178,49 @@ class Scheduler:
                     raise RuntimeError("the previous worker is still running a batch; cannot restart yet")
                 return
             self._stopping = False
+            self._drain_deadline = None
             self._accepting = True
             self._thread = threading.Thread(target=self._worker, name="lastrank-scheduler", daemon=True)
             self._thread.start()
+
+    def drain(self, deadline: float | None = None) -> int:
+        """The start of a graceful stop: admit nothing more, and answer every admitted request none of whose
+        blocks has started with `OverloadedError` (SHUTTING_DOWN: a 503 + Retry-After) at once. Requests with
+        blocks started go on running; `stop()` answers whatever is left. `deadline` (a time.monotonic()) is
+        the drain's end: a later `stop()` waits for the worker no longer than that. Returns how many
+        requests were answered."""
+        with self._cond:
+            self._accepting = False
+            self._drain_deadline = deadline
+            queued = [entry for entry in self._entries if entry.next_block == 0]
+            for entry in queued:
+                self._complete_locked(entry, exc=OverloadedError(SHUTTING_DOWN, retry_after=1.0))
+            self.refused_draining += len(queued)
+            return len(queued)
 
     async def stop(self, timeout: float | None = 30.0) -> None:
         """Fail everything admitted with `OverloadedError` ("shutting down"), then wait for the worker.
 
         Requests are failed at once, even those whose blocks are running: the current batch is
         allowed to end (a model call cannot be interrupted) but its outputs are dropped. Waits at
-        most `timeout` seconds for that batch; the thread is a daemon, so a hung model cannot
-        keep the process alive. Idempotent.
+        most `timeout` seconds for that batch (after `drain()`, at most until its deadline); the
+        thread is a daemon, so a hung model cannot keep the process alive. Idempotent.
         """
         with self._cond:
             self._accepting = False
             self._stopping = True
             for entry in list(self._entries):
-                self._complete_locked(entry, exc=OverloadedError("the scheduler is shutting down", retry_after=1.0))
+                self._complete_locked(entry, exc=OverloadedError(SHUTTING_DOWN, retry_after=1.0))
             self._cond.notify_all()
             thread = self._thread
+            drain_deadline = self._drain_deadline
+        if drain_deadline is not None:
+            left = max(0.0, drain_deadline - time.monotonic())
+            timeout = left if timeout is None else min(timeout, left)
         if thread is not None and thread is not threading.current_thread():
-            await asyncio.to_thread(thread.join, timeout)
-            if thread.is_alive():
+            if timeout is None or timeout > 0:
+                await asyncio.to_thread(thread.join, timeout)
+            if thread.is_alive() and drain_deadline is None:  # (a drain reports its own end)
                 log.warning("scheduler worker still inside run_blocks after %.1fs; leaving it (daemon)", timeout)
 
     # ----------------------------------------------------------------------------- submit
@@ -198,7 +233,7 @@ class Scheduler:
         or the scheduler is not running), `DeadlineExceededError`, `ModelError`.
         """
         if not self.running:
-            raise OverloadedError("the scheduler is not running", retry_after=1.0)
+            raise self._not_accepting()
         # Refuse before tokenizing: under overload a refusal must cost next to nothing, or refused
         # requests eat the CPU the admitted ones need. A request being planned holds a queue slot.
         self._reserve()
@@ -265,7 +300,7 @@ class Scheduler:
         entry = _Entry(plan, asyncio.get_running_loop())
         with self._cond:
             if not self._accepting:
-                raise OverloadedError("the scheduler is not running", retry_after=1.0)
+                raise self._not_accepting()
             # This request's own planning slot is still counted in _planning, hence the 1.
             if len(self._entries) + self._planning - 1 >= self.max_queued_requests:
                 raise OverloadedError(
@@ -283,6 +318,13 @@ class Scheduler:
             self._queued_tokens += tokens
             self._cond.notify()
         return entry
+
+    def _not_accepting(self) -> OverloadedError:
+        if self._stopping or self._drain_deadline is not None:
+            if self._drain_deadline is not None:
+                self.refused_draining += 1  # (an int += under the GIL; a count for the drain's line only)
+            return OverloadedError(SHUTTING_DOWN, retry_after=1.0)
+        return OverloadedError("the scheduler is not running", retry_after=1.0)
 
     def _retry_after_locked(self) -> float:
         # Time to drain what is queued now at the observed rate; at least 1 s, 1 s before any data.
@@ -345,7 +387,7 @@ class Scheduler:
                 self._busy = False
                 self._accepting = False
                 for entry in list(self._entries):
-                    self._complete_locked(entry, exc=OverloadedError("the scheduler is shutting down", retry_after=1.0))
+                    self._complete_locked(entry, exc=OverloadedError(SHUTTING_DOWN, retry_after=1.0))
 
     def _take_batch_locked(self, now: float) -> list[tuple[_Entry, int, Any]]:
         """Pop blocks round-robin until the next one would exceed the token budget (at least one)."""

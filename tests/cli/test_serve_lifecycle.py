@@ -1,0 +1,241 @@
+"""How a real `lastrank serve` process starts and ends (api/lifecycle.py, cli/serve.py): --port and --device
+checked before anything is bound or loaded, --port 0 printing the port it got, a model that cannot load
+ending the process with its reason, and SIGTERM draining: the request running finishes (200), the one queued
+behind it is answered a JSON 503 + Retry-After at once, one line, exit 0 within --shutdown-timeout-s."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from lastrank.cli import serve
+from lastrank.errors import LastrankError
+from server_process import free_port
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # the packaged real model (offline)
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+       "PYTHONUNBUFFERED": "1"}
+
+
+def lastrank_serve(*args: str, db, stderr) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lastrank", "serve", "--db", str(db), *args],
+                            stdout=subprocess.DEVNULL, stderr=stderr, env=ENV)
+
+
+def parse(argv, environ=None):
+    parser = argparse.ArgumentParser()
+    serve.add_setting_arguments(parser, environ=environ or {})
+    return serve.settings_from_args(parser.parse_args(argv))
+
+
+# ------------------------------------------------------------------------------------------ --port, --device
+
+def test_port_must_be_a_tcp_port(capsys):
+    assert parse(["--port", "0"]).port == 0 and parse(["--port", "65535"]).port == 65535
+    for bad in ("99999", "-1", "65536"):
+        with pytest.raises(SystemExit):
+            parse(["--port", bad])
+        assert "argument --port: must be 0-65535" in capsys.readouterr().err
+    with pytest.raises(LastrankError, match="LASTRANK_PORT: must be 0-65535"):
+        parse([], {"LASTRANK_PORT": "99999"})
+    with pytest.raises(LastrankError, match="not a TCP port"):  # embedders calling bind_socket directly
+        serve.bind_socket("127.0.0.1", 99999)  # (getaddrinfo would bind 99999 % 65536 = 34463)
+
+
+def test_device_is_checked_before_the_port_is_bound(tmp_path, capsys):
+    assert [parse(["--device", d]).device for d in ("cpu", "auto", "cuda", "CUDA:1")] == ["cpu", "auto", "cuda",
+                                                                                          "cuda:1"]
+    for bad in ("gpu", "cuda:x", "tpu"):
+        with pytest.raises(SystemExit):
+            parse(["--device", bad])
+        assert f"argument --device: not a device: '{bad}'" in capsys.readouterr().err
+    import torch
+
+    if torch.cuda.is_available():
+        return  # the rest is about a machine without CUDA
+    # A busy port: an error about the port would mean the device was checked after binding it.
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "lastrank", "serve", "--device", "cuda", "--port", str(port),
+                              "--db", str(tmp_path / "x.db")], capture_output=True, text=True, timeout=120, env=ENV)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == ["lastrank: error: device 'cuda' requested but CUDA is not "
+                                               "available here"]
+
+
+# ------------------------------------------------------------------------------------------ real processes
+
+def wait_for(predicate, timeout: float, proc: subprocess.Popen, log) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+def test_port_0_serves_on_the_port_it_prints_and_sigterm_exits_0(tmp_path):
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as err:
+        proc = lastrank_serve("--model", MODEL, "--port", "0", db=tmp_path / "x.db", stderr=err)
+    try:
+        listening = re.compile(r"listening on http://127\.0\.0\.1:(\d+) ")
+        wait_for(lambda: listening.search(log.read_text()), 120, proc, log)
+        port = int(listening.search(log.read_text()).group(1))
+        assert port != 0
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json() == {"status": "ok"}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert "lastrank: SIGTERM: stopped in" in log.read_text()
+
+
+def test_a_model_that_cannot_load_ends_the_server_with_its_reason(tmp_path):
+    """A corrupt folder (its family is detected, its weights do not load): before, the server stayed up with
+    /ready 503 forever; now it exits non-zero with the reason."""
+    from lastrank.model.resolve import resolve_checkpoint
+
+    folder = tmp_path / "corrupt"
+    shutil.copytree(resolve_checkpoint(MODEL), folder)
+    (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as err:
+        proc = lastrank_serve("--model", str(folder), "--port", str(free_port()), db=tmp_path / "x.db", stderr=err)
+    try:
+        rc = proc.wait(120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(30)
+        raise AssertionError(f"the server kept running with no model it could serve:\n{log.read_text()[-3000:]}")
+    text = log.read_text()
+    assert rc == 2, text
+    assert text.strip().splitlines()[-1].startswith("lastrank: error: the model 'corrupt' failed to load: "), text
+    assert text.strip().endswith("; exiting")
+
+
+LONG_DOCS = 300  # ~20k tokens of MiniLM: one batch of several seconds on a 2-core machine (about 14 s, loaded)
+
+
+def test_sigterm_drains_running_work_answers_the_queue_503_and_exits_0(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as err:
+        # One batch holds the whole long request (--max-batch-tokens), so the short request sent while it runs
+        # waits in the queue, none of its blocks started, until the signal.
+        proc = lastrank_serve("--model", MODEL, "--port", str(port), "--dtype", "float32", "--access-log", "off",
+                              "--max-batch-tokens", "65536", "--request-timeout-s", "0",
+                              "--shutdown-timeout-s", "120", db=tmp_path / "x.db", stderr=err)
+    answers: dict[str, httpx.Response] = {}
+
+    def post(name: str, documents: list[str]) -> None:
+        answers[name] = httpx.post(url + "/v1/rerank", json={"query": "how long do fleas live",
+                                                            "documents": documents}, timeout=300)
+
+    threads = []
+    try:
+        wait_for(lambda: _status(url + "/ready") == 200, 180, proc, log)
+        long_docs = [f"document {i}: adult fleas live two to three months in the carpet of a house " * 4
+                     for i in range(LONG_DOCS)]
+        threads.append(threading.Thread(target=post, args=("long", long_docs)))
+        threads[-1].start()
+        # running: admitted, and no token of it left waiting (its one batch is in the model)
+        wait_for(lambda: metric(url, "lastrank_queue_requests") == 1 and metric(url, "lastrank_queue_tokens") == 0, 60,
+                 proc, log)
+        threads.append(threading.Thread(target=post, args=("queued", ["fleas", "tea", "Paris"])))
+        threads[-1].start()
+        wait_for(lambda: metric(url, "lastrank_queue_requests") == 2 and metric(url, "lastrank_queue_tokens") > 0, 60,
+                 proc, log)
+        before = len(log.read_text())
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(150)
+        stopped_after = time.monotonic() - signalled
+        for t in threads:
+            t.join(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    text = log.read_text()
+    assert rc == 0, text
+    assert stopped_after < 120, text  # within --shutdown-timeout-s
+    long, queued = answers["long"], answers["queued"]
+    assert long.status_code == 200 and len(long.json()["results"]) == LONG_DOCS, long.text[:300]
+    assert queued.status_code == 503 and queued.headers["retry-after"] == "1", queued.text
+    assert queued.json()["error"] == {"message": "the server is shutting down; retry", "type": "overloaded_error",
+                                      "code": 503}
+    after = text[before:].strip().splitlines()
+    assert len(after) == 1 and after[0].startswith("lastrank: SIGTERM: stopped in "), after
+    assert "1 running request(s) finished, 1 queued or arriving answered 503, 0 cut" in after[0]
+    for noise in ("Traceback", "CancelledError", "never retrieved", "Internal Server Error"):
+        assert noise not in text, text
+
+
+def test_sigterm_cuts_what_outlasts_the_shutdown_timeout_with_a_503(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as err:
+        proc = lastrank_serve("--model", MODEL, "--port", str(port), "--dtype", "float32", "--access-log", "off",
+                              "--max-batch-tokens", "65536", "--request-timeout-s", "0",
+                              "--shutdown-timeout-s", "1", db=tmp_path / "x.db", stderr=err)
+    answers: list[httpx.Response] = []
+    try:
+        wait_for(lambda: _status(url + "/ready") == 200, 180, proc, log)
+        docs = [f"document {i}: adult fleas live two to three months in the carpet of a house " * 4
+                for i in range(LONG_DOCS)]
+        thread = threading.Thread(target=lambda: answers.append(httpx.post(
+            url + "/v1/rerank", json={"query": "fleas", "documents": docs}, timeout=300)))
+        thread.start()
+        wait_for(lambda: metric(url, "lastrank_queue_requests") == 1 and metric(url, "lastrank_queue_tokens") == 0, 60,
+                 proc, log)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(60)
+        stopped_after = time.monotonic() - signalled
+        thread.join(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    text = log.read_text()
+    # 0, not the SIGABRT of an interpreter exiting under a batch still inside torch
+    assert rc == 0, text
+    assert stopped_after < 1 + 5, text  # the timeout, plus the process's own exit on a loaded machine
+    (cut,) = answers
+    assert cut.status_code == 503 and cut.headers["retry-after"] == "1", cut.text
+    assert cut.json()["error"]["type"] == "overloaded_error"
+    assert "0 running request(s) finished, 0 queued or arriving answered 503, 1 cut" in text
+    assert "Traceback" not in text and "terminate called" not in text, text
+
+
+def metric(url: str, name: str) -> float:
+    """A model's gauge from /metrics (one model served)."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return float(re.search(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.M).group(1))
+
+
+def _status(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=5).status_code
+    except httpx.TransportError:
+        return None
