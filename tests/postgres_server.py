@@ -82,16 +82,28 @@ class LocalPostgres:
                    "--locale=C"])
         for _ in range(5):  # a free port can be taken between the check and the start: retry
             self.port = free_port()
-            options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                       "-c full_page_writes=off -c max_connections=200")
-            done = self._run(["pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options,
-                              "start"], check=False)
-            if done.returncode == 0:
+            if self._start().returncode == 0:
                 break
         else:
             raise PostgresUnavailable(f"PostgreSQL did not start:\n{self.log.read_text(errors='replace')[-2000:]}")
         self.admin_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self._watch()
+
+    def _start(self) -> subprocess.CompletedProcess:
+        options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+                   "-c full_page_writes=off -c max_connections=200")
+        return self._run(["pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options,
+                          "start"], check=False)
+
+    def halt(self) -> None:
+        """Stop the server as a crash would (`pg_ctl stop -m immediate`), keeping its data for start_again()."""
+        self._run(["pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop"])
+
+    def start_again(self) -> None:
+        """Start a halted server on the same port (crash recovery replays its WAL)."""
+        done = self._start()
+        if done.returncode != 0:
+            raise PostgresUnavailable(f"PostgreSQL did not start again:\n{self.log.read_text(errors='replace')[-2000:]}")
 
     def _watch(self) -> None:
         """Stop the cluster when this process ends however it ends (atexit does not run on SIGTERM or
@@ -152,6 +164,17 @@ def database():
         yield url
     finally:
         drop_database(url)
+
+
+@contextmanager
+def private_server():
+    """A PostgreSQL server of its own for the length of the block (a LocalPostgres: halt() / start_again()),
+    for a test that stops the database server under a running lastrank; the shared instance() stays up."""
+    server = LocalPostgres()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def _create_database(admin_url: str) -> str:

@@ -62,6 +62,19 @@ class DeadlineExceededError(LastrankError):
     type = "timeout_error"
 
 
+class StoreError(LastrankError):
+    """The store (keys, ledger) cannot be opened, or is not one this version understands, or is closed."""
+
+    type = "store_error"
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached or written just now: its database server is down or restarting, or a
+    lock or a disk keeps writes out. Nothing was billed; `retry_after` is a hint."""
+
+    type = "store_unavailable"
+
+
 class ModelError(LastrankError):
     """The model failed while running a block, or cannot be loaded."""
 

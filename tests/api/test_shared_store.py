@@ -3,6 +3,9 @@ rate limits, one set of refusal counts (fake scheduler; a real PostgreSQL server
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -63,3 +66,105 @@ def test_documents_per_minute_shared(two_servers, pg_store):
     assert b.post("/v1/rerank", json=one, headers=auth).status_code == 200  # 4 of 5
     too_many = {"query": "q", "documents": ["d"] * 6}
     assert a.post("/v1/rerank", json=too_many, headers=auth).status_code == 413  # could never pass
+
+
+class _BreakableStore:
+    """Mixed into PostgresStore: the next ledger write loses its connection, as when the database server
+    stops under it. fault "before": the server ends the session before the INSERT (nothing written);
+    "after_commit": the COMMIT is durable but the connection dies before the answer is read (outcome unknown
+    to the server process: the case `pg_ctl stop -m immediate` produced, billed, on `serve --ray`)."""
+
+    fault: str | None = None
+    _armed: tuple[str, int] | None = None
+
+    def record_usage(self, row):
+        import threading
+
+        fault, self.fault = self.fault, None
+        self._armed = None if fault is None else (fault, threading.get_ident())
+        try:
+            return super().record_usage(row)
+        finally:
+            self._armed = None
+
+    def _terminate(self, raw) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (raw.info.backend_pid,))
+
+    @contextmanager
+    def _connection(self):
+        import threading
+
+        armed = self._armed
+        fault = armed[0] if armed and armed[1] == threading.get_ident() else None
+        with super()._connection() as raw:
+            if fault == "before":
+                self._terminate(raw)
+            yield raw
+            if fault == "after_commit":
+                self._terminate(raw)
+                raw.execute("SELECT 1")  # the lost connection shows here, inside the store's error handling
+
+
+@pytest.fixture
+def breakable(fake_scheduler):
+    from lastrank.store import PostgresStore
+
+    class BreakableStore(_BreakableStore, PostgresStore):
+        pass
+
+    with postgres_server.database() as url:
+        store = BreakableStore(url)
+        client = TestClient(create_app(ServerSettings(model=("/ckpt/tiny",)), store, scheduler=fake_scheduler),
+                            raise_server_exceptions=False)
+        with client:
+            yield client, store
+        store.close()
+
+
+def test_a_connection_lost_under_the_ledger_write_is_503_and_never_billed(breakable):
+    # What serve --ray's ingress runs too (the same create_app and handler): tested here at the handler level.
+    client, store = breakable
+    _, key = store.create_key("k")
+    auth = {"Authorization": f"Bearer {key}"}
+    ok = [client.post("/v1/rerank", json=BODY, headers=auth)]
+    assert ok[0].status_code == 200
+
+    store.fault = "before"
+    r = client.post("/v1/rerank", json=BODY, headers=auth)
+    assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1, r.text
+    assert r.json()["error"]["type"] == "store_unavailable"
+    assert store.get_usage(r.headers["x-request-id"]) is None
+
+    store.fault = "after_commit"
+    r = client.post("/v1/rerank", json=BODY, headers=auth)
+    assert r.status_code == 503 and r.json()["error"]["type"] == "store_unavailable", r.text
+    lost = r.headers["x-request-id"]
+    assert store.get_usage(lost) is not None  # the COMMIT did land: the unknown outcome is real
+    ok.append(client.post("/v1/rerank", json=BODY, headers=auth))  # the store answers again: the row goes
+    assert ok[1].status_code == 200
+    assert store.get_usage(lost) is None
+    assert sorted(row.request_id for row in store.list_usage()) == sorted(x.headers["x-request-id"] for x in ok)
+    assert client.get("/ready").status_code == 200
+
+
+def test_a_key_revoked_by_another_process_stops_within_a_second(two_servers, pg_store):
+    """Measured: from `revoke_key` returning in another process (another store object: its own pool and
+    connections) until both servers answer 403. The bound is the key cache's revocation check (0.5 s)."""
+    rec, plaintext = pg_store.create_key("carol")
+    auth = {"Authorization": f"Bearer {plaintext}"}
+    for c in two_servers:
+        assert c.post("/v1/rerank", json=BODY, headers=auth).status_code == 200  # both have it cached
+    with open_store(pg_store.url) as other_process:
+        other_process.revoke_key(rec.id)
+    revoked = time.monotonic()
+    delays = []
+    for c in two_servers:
+        while (status := c.post("/v1/rerank", json=BODY, headers=auth).status_code) == 200:
+            assert time.monotonic() - revoked < 5, "a revoked key still works after 5 s"
+        assert status == 403
+        delays.append(time.monotonic() - revoked)
+    print(f"revocation took effect after {delays[0]:.3f} s and {delays[1]:.3f} s")
+    assert max(delays) < 1.0, delays

@@ -102,6 +102,22 @@ def test_errors_are_reported(capsys, db):
         assert [k.name for k in store.list_keys()] == ["acme"]
 
 
+def test_an_unreachable_postgresql_store_is_one_line_without_the_password():
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run([sys.executable, "-m", "lastrank", "usage", "--store",
+                           f"postgresql://u:pw-s3cret@127.0.0.1:{port}/db"], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("lastrank: error: cannot use the PostgreSQL store "
+                                                                    f"postgresql://u:***@127.0.0.1:{port}/db"), done.stderr
+    assert "s3cret" not in done.stderr
+
+
 def test_db_from_environment(capsys, tmp_path, monkeypatch):
     path = tmp_path / "env" / "from-env.db"
     monkeypatch.setenv("LASTRANK_DB", str(path))

@@ -14,6 +14,7 @@ import time
 import pytest
 
 import lastrank.store.schema as schema
+from lastrank.errors import StoreUnavailableError
 from lastrank.store import SCHEMA_VERSION, PostgresStore, Store, StoreError, UsageRow, default_db_path, open_store
 
 
@@ -296,6 +297,8 @@ def test_pg_unreachable_server_is_one_clear_error():
     message = str(exc.value)
     assert "cannot use the PostgreSQL store" in message and str(port) in message
     assert "s3cret-pw" not in message  # never a password in a message
+    assert "\n" not in message  # libpq's hint joins its line: one line for the CLI's `lastrank: error:`
+    assert isinstance(exc.value, StoreUnavailableError)  # the API's 503, should a server meet it
 
 
 def test_pg_store_is_picked_by_url_and_hides_the_password(pg_url):

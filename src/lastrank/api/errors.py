@@ -35,6 +35,7 @@ from lastrank.errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
     RateLimitedError,
+    StoreUnavailableError,
 )
 
 log = logging.getLogger("lastrank.api")
@@ -57,6 +58,7 @@ STATUS_BY_ERROR: dict[type[LastrankError], int] = {
     OverloadedError: 503,
     NotReadyError: 503,
     ModelNotAvailableError: 503,
+    StoreUnavailableError: 503,  # a store error that is not this one (e.g. a schema too new) is a 500
     DeadlineExceededError: 504,
     ModelError: 500,
     LastrankError: 500,

@@ -6,11 +6,13 @@ import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from lastrank.api.dialects import cohere, jina, tei
 from lastrank.api.errors import NotReadyError, response_for
 from lastrank.api.handler import handle_rerank
 from lastrank.api.metrics import CONTENT_TYPE_LATEST
+from lastrank.errors import StoreUnavailableError
 
 router = APIRouter()
 
@@ -43,8 +45,6 @@ async def models(request: Request) -> dict:
     """Every served model with what it is: family, score definition, context length, embedding size."""
     state = request.app.state.lastrank
     # Listing the models is an inference-adjacent route: it needs a key like the rerank routes.
-    from starlette.concurrency import run_in_threadpool
-
     await run_in_threadpool(state.auth.authenticate, request.headers.get("authorization"))
     data = []
     for m in state.models:
@@ -63,10 +63,17 @@ async def health() -> dict:
 
 @router.get("/ready", tags=["info"])
 async def ready(request: Request) -> Response:
-    """Readiness: the model is loaded and warmed up, the scheduler running."""
+    """Readiness: the model is loaded and warmed up, the scheduler running, and the store (keys, ledger)
+    answers: a server that can neither authenticate nor bill should get no traffic."""
     state = request.app.state.lastrank
     models = {m.name: ("ready" if m.ready else ("failed" if m.load_error else "loading")) for m in state.models}
     if state.ready:
+        check_store = getattr(state.store, "check_available", None)
+        if check_store is not None:
+            try:  # cheap: one `SELECT 1`, or nothing at all while the store is known to be down (store/postgres.py)
+                await run_in_threadpool(check_store)
+            except StoreUnavailableError as e:
+                return response_for(e, getattr(request.state, "request_id", None))
         return JSONResponse({"status": "ready", "models": models})
     waiting = [m for m in state.models if not m.ready]
     message = "; ".join(m.load_error or f"the model {m.name!r} is loading" for m in waiting)

@@ -10,6 +10,10 @@ A backend (db.py: SQLite, postgres.py: PostgreSQL) supplies connections and tran
     _for_update                      the row-locking clause (" FOR UPDATE", or "" where the
                                      transaction already excludes other writers)
     location                         where the data lives, for messages (never a password)
+    check_available()                raises StoreUnavailableError while the store cannot be used (/ready)
+
+A database that cannot be reached or written just now raises StoreUnavailableError (the API: 503 with
+Retry-After); StoreError is for what retrying will not fix (a schema too new, a closed store).
 
 A connection is anything with `execute(sql, params)` returning a cursor (`fetchone`, `fetchall`,
 iteration, `rowcount`) that takes `?` placeholders: sqlite3's own, or postgres.py's thin adapter. The SQL
@@ -18,11 +22,12 @@ in keys.py, ledger.py, refusals.py and ratelimit.py is the subset both databases
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import AbstractContextManager
 from datetime import date, datetime
 
-from lastrank.errors import LastrankError
+from lastrank.errors import StoreError, StoreUnavailableError
 from lastrank.store import keys as _keys
 from lastrank.store import ledger as _ledger
 from lastrank.store import ratelimit as _rate
@@ -31,10 +36,12 @@ from lastrank.store.keys import KeyRecord
 from lastrank.store.ledger import UsageRow
 
 
-class StoreError(LastrankError):
-    """The database cannot be opened or reached, or is not one this version understands."""
+log = logging.getLogger("lastrank.store")
 
-    type = "store_error"
+# At most this many ledger rows of failed requests wait to be deleted (see record_usage); the oldest go first.
+MAX_VOIDS = 100_000
+
+__all__ = ["BaseStore", "StoreError", "StoreUnavailableError"]
 
 
 class BaseStore:
@@ -48,6 +55,12 @@ class BaseStore:
         self._recorder: _refusals.RefusalRecorder | None = None
         self._recorder_lock = threading.Lock()
         self._recording = True  # False once close() began: a late refusal is dropped, not written
+        # Revocations through this object: the API's key cache compares it on every request (free), so a
+        # revocation in this process takes effect on the next request (api/auth.py).
+        self.revocations_here = 0
+        # request ids whose ledger insert may have committed although the caller was told it failed
+        self._voids: dict[str, None] = {}
+        self._voids_lock = threading.Lock()
 
     # ---- provided by the backend -----------------------------------------------------------------
 
@@ -67,6 +80,12 @@ class BaseStore:
 
     def _close_connections(self) -> None:
         raise NotImplementedError
+
+    def check_available(self) -> None:
+        """Raises StoreUnavailableError while the store cannot be reached (for /ready); cheap otherwise."""
+        with self._read() as conn:
+            conn.execute("SELECT 1").fetchone()
+        self._settle_voids()
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -121,7 +140,16 @@ class BaseStore:
     def revoke_key(self, id_or_name: str) -> KeyRecord:
         """Revoke by id, displayed prefix or active name; revoking a revoked key (by id) changes nothing."""
         with self._write(lock="api_keys") as conn:
-            return _keys.revoke_key(conn, id_or_name)
+            record = _keys.revoke_key(conn, id_or_name)
+        self.revocations_here += 1
+        return record
+
+    def revocation_count(self) -> int:
+        """How many keys were ever revoked (it only grows: a key is never un-revoked nor deleted). The API
+        reads it at most every fraction of a second to drop its cache of verified keys when it changes, so
+        a revocation by another process takes effect within that time (api/auth.py)."""
+        with self._read() as conn:
+            return _keys.revocation_count(conn)
 
     def has_active_keys(self) -> bool:
         with self._read() as conn:
@@ -137,8 +165,36 @@ class BaseStore:
         """
         if not isinstance(row, UsageRow):
             raise TypeError(f"record_usage takes a UsageRow, got {type(row).__name__}")
+        self._settle_voids()
+        try:
+            with self._write() as conn:
+                return _ledger.insert(conn, row)
+        except StoreUnavailableError as e:
+            if getattr(e, "may_have_committed", False):
+                # The connection broke during COMMIT (e.g. the database server stopped at that moment): the row
+                # may be on disk, yet the caller answers an error. A request is billed only when its answer
+                # is a success, so the row is deleted once the store answers again (_settle_voids).
+                with self._voids_lock:
+                    self._voids[row.request_id] = None
+                    while len(self._voids) > MAX_VOIDS:
+                        del self._voids[next(iter(self._voids))]
+            raise
+
+    def _settle_voids(self) -> None:
+        """Delete the ledger rows of requests whose insert failed with an unknown outcome (record_usage).
+        Raises StoreUnavailableError if the store still cannot be written; they are kept for the next try."""
+        if not self._voids:  # the common case: no lock, no query
+            return
+        with self._voids_lock:
+            ids = list(self._voids)
         with self._write() as conn:
-            return _ledger.insert(conn, row)
+            for request_id in ids:
+                _ledger.delete(conn, request_id)
+        with self._voids_lock:
+            for request_id in ids:
+                self._voids.pop(request_id, None)
+        log.warning("deleted the ledger rows (if any) of %d request(s) whose insert failed with an "
+                              "unknown outcome and that were answered with an error", len(ids))
 
     def get_usage(self, request_id: str) -> UsageRow | None:
         with self._read() as conn:

@@ -194,6 +194,11 @@ def revoke_key(conn, id_or_name: str) -> KeyRecord:
     return record
 
 
+def revocation_count(conn) -> int:
+    """Keys revoked so far: it only grows (no key is un-revoked or deleted), so a change means a revocation."""
+    return conn.execute("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NOT NULL").fetchone()[0]
+
+
 def has_active_keys(conn) -> bool:
     return conn.execute("SELECT 1 FROM api_keys WHERE revoked_at IS NULL LIMIT 1").fetchone() is not None
 

@@ -135,6 +135,12 @@ def insert(conn, row: UsageRow) -> bool:
     return cur.rowcount == 1
 
 
+def delete(conn, request_id: str) -> None:
+    """Delete a request's row, if any (only for a request whose insert failed with an unknown outcome and that
+    was answered with an error: see BaseStore.record_usage)."""
+    conn.execute("DELETE FROM usage WHERE request_id = ?", (request_id,))
+
+
 def _row(r: tuple) -> UsageRow:
     *head, cost_nano, created_at = r
     return UsageRow(*head, cost_usd=cost_nano / _NANO, created_at=parse_ts(created_at))

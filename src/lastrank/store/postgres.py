@@ -24,18 +24,28 @@ their own schema, or `sslmode=require`.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
 from lastrank.store import schema
-from lastrank.store.base import BaseStore, StoreError
+from lastrank.store.base import BaseStore, StoreError, StoreUnavailableError
+
+log = logging.getLogger("lastrank.store")
 
 DEFAULT_POOL_SIZE = 8  # connections per process; a server's worker threads share them
-DEFAULT_TIMEOUT_S = 30.0  # to connect, and to wait for a free pooled connection
+# To connect, and to wait for a free pooled connection: a server that cannot be reached is a 503 this soon.
+# The URL's own `connect_timeout` (libpq's parameter, whole seconds) overrides it.
+DEFAULT_TIMEOUT_S = 3.0
+# While the server cannot be reached, requests fail at once (no pool wait) and one of them (or /ready)
+# tries a fresh connection this often; the first that succeeds brings the store back.
+PROBE_INTERVAL_S = 0.5
+RETRY_AFTER_S = 2.0
 # pg_advisory_xact_lock key for migrations: b"lastrank" as a big-endian 64-bit integer
 _MIGRATION_LOCK = int.from_bytes(b"lastrank", "big")
 URL_SCHEMES = ("postgresql://", "postgres://")
@@ -88,18 +98,38 @@ class PostgresStore(BaseStore):
     shared_rate_limits = True
     _for_update = " FOR UPDATE"
 
-    def __init__(self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE, timeout_s: float | None = None):
+        """timeout_s: to connect and to wait for a pooled connection; None: the URL's connect_timeout, else
+        DEFAULT_TIMEOUT_S."""
         super().__init__()
         self._psycopg, self._psycopg_pool = _import_psycopg()
         self.url = url
         self.location = redact(url)
         self.path = self.location  # what messages written for the SQLite file show
+        self._password = None
+        try:
+            params = self._psycopg.conninfo.conninfo_to_dict(url)
+        except self._psycopg.Error as e:
+            raise StoreError(f"cannot use the PostgreSQL store {self.location}: {self._one_line(str(e))}") from e
+        self._password = params.get("password") or None
+        if timeout_s is None:
+            timeout_s = DEFAULT_TIMEOUT_S
+            if params.get("connect_timeout"):
+                try:
+                    timeout_s = float(params["connect_timeout"])
+                except ValueError:
+                    raise StoreError(f"the PostgreSQL store {self.location} has connect_timeout="
+                                     f"{params['connect_timeout']!r}; it takes whole seconds") from None
         self.pool_size = int(pool_size)
         self.timeout_s = float(timeout_s)
         self._lock = threading.Lock()
         self._pool = None
         self._pid = os.getpid()
         self._closed = False
+        # Why the server cannot be reached, while it cannot (None: it could at the last try).
+        self._down: str | None = None
+        self._next_probe = 0.0
+        self._probe_lock = threading.Lock()
         self._migrate()
 
     def __repr__(self) -> str:
@@ -107,8 +137,20 @@ class PostgresStore(BaseStore):
 
     # ---- connections -------------------------------------------------------------------------------
 
-    def _connect_error(self, e: Exception) -> StoreError:
-        return StoreError(f"cannot use the PostgreSQL store {self.location}: {str(e).strip()}")
+    def _one_line(self, text: str) -> str:
+        """libpq's message on one line (it puts a hint on a second), without the password, should it echo it."""
+        text = " ".join(str(text).split())
+        if self._password:
+            text = text.replace(self._password, "***")
+        return redact(text)
+
+    def _connect_error(self, e: Exception) -> StoreUnavailableError:
+        return StoreUnavailableError(f"cannot use the PostgreSQL store {self.location}: {self._one_line(str(e))}",
+                                     retry_after=RETRY_AFTER_S)
+
+    @property
+    def _connect_timeout(self) -> int:
+        return max(2, round(self.timeout_s))  # libpq takes whole seconds and treats 1 as 2
 
     def _configure(self, conn) -> None:
         # A ledger row must be on disk when record_usage returns; keep a stricter server setting as it is.
@@ -130,24 +172,85 @@ class PostgresStore(BaseStore):
                     self.url,
                     min_size=1,
                     max_size=self.pool_size,
-                    kwargs={"autocommit": True, "connect_timeout": max(1, round(self.timeout_s))},
+                    kwargs={"autocommit": True, "connect_timeout": self._connect_timeout},
                     configure=self._configure,
                     check=pool_cls.check_connection,  # a server restart must not hand out dead connections
                     timeout=self.timeout_s,
                     open=False,
                     name="lastrank-store",
                 )
-                self._pool.open()
+                self._pool.open(wait=False)
             return self._pool
+
+    # ---- an unreachable server: fail fast, probe, recover ------------------------------------------
+
+    def _probe(self) -> bool:
+        """One fresh connection, outside the pool: does the server answer? Marks the store down if not."""
+        try:
+            self._psycopg.connect(self.url, autocommit=True, connect_timeout=self._connect_timeout).close()
+        except self._psycopg.Error as e:
+            self._mark_down(self._one_line(str(e)))
+            return False
+        return True
+
+    def _mark_down(self, reason: str) -> None:
+        with self._lock:
+            was_down = self._down is not None
+            self._down = f"the PostgreSQL store {self.location} cannot be reached: {reason}"
+            self._next_probe = time.monotonic() + PROBE_INTERVAL_S
+        if not was_down:
+            log.warning("%s; answering 503 until it can", self._down)
+
+    def _recover(self) -> None:
+        """The server answers again: a fresh pool (the old one may be sleeping in its reconnect back-off,
+        which grows to many seconds)."""
+        with self._lock:
+            old, self._pool = self._pool, None
+            self._down = None
+        log.warning("the PostgreSQL store %s answers again", self.location)
+        if old is not None and self._pid == os.getpid():
+            threading.Thread(target=old.close, kwargs={"timeout": 1.0}, name="lastrank-store-close", daemon=True).start()
+
+    def _while_down(self) -> None:
+        """While the server is known to be unreachable: fail at once, except for one caller every
+        PROBE_INTERVAL_S, which tries a fresh connection and, if it works, brings the store back."""
+        down = self._down
+        if down is None:
+            return
+        if time.monotonic() < self._next_probe or not self._probe_lock.acquire(blocking=False):
+            raise StoreUnavailableError(down, retry_after=RETRY_AFTER_S)
+        try:
+            if self._down is None:  # another caller brought it back meanwhile
+                return
+            if not self._probe():
+                raise StoreUnavailableError(self._down, retry_after=RETRY_AFTER_S)
+            self._recover()
+        finally:
+            self._probe_lock.release()
+
+    def check_available(self) -> None:
+        self._while_down()
+        super().check_available()
 
     @contextmanager
     def _connection(self) -> Iterator:
         psycopg, psycopg_pool = self._psycopg, self._psycopg_pool
+        self._while_down()
         try:
             with self._get_pool().connection() as raw:
                 yield raw
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
-            raise self._connect_error(e) from e
+            # No connection within timeout_s, or one that broke in use: if the server does not answer a fresh
+            # connection either, it is down (later callers fail at once); else this was one broken connection
+            # (the pool drops it) or a pool too busy for timeout_s.
+            if self._probe_lock.acquire(blocking=False):
+                try:
+                    self._probe()
+                finally:
+                    self._probe_lock.release()
+            raise StoreUnavailableError(
+                self._down or f"cannot use the PostgreSQL store {self.location}: {self._one_line(str(e))}",
+                retry_after=RETRY_AFTER_S) from e
 
     @contextmanager
     def _read(self) -> Iterator[_Conn]:
@@ -156,15 +259,23 @@ class PostgresStore(BaseStore):
 
     @contextmanager
     def _write(self, *, durable: bool = True, lock: str | None = None) -> Iterator[_Conn]:
-        with self._connection() as raw:
-            with raw.transaction():
-                if not durable:  # counters: losing the last ones in a database crash harms nobody
-                    raw.execute("SET LOCAL synchronous_commit = off")
-                if lock == "api_keys":
-                    raw.execute("LOCK TABLE api_keys IN SHARE ROW EXCLUSIVE MODE")
-                elif lock is not None:
-                    raise ValueError(f"unknown lock {lock!r}")
-                yield _Conn(raw)
+        committing = False
+        try:
+            with self._connection() as raw:
+                with raw.transaction():
+                    if not durable:  # counters: losing the last ones in a database crash harms nobody
+                        raw.execute("SET LOCAL synchronous_commit = off")
+                    if lock == "api_keys":
+                        raw.execute("LOCK TABLE api_keys IN SHARE ROW EXCLUSIVE MODE")
+                    elif lock is not None:
+                        raise ValueError(f"unknown lock {lock!r}")
+                    yield _Conn(raw)
+                    committing = True  # the COMMIT is sent as the block exits
+        except StoreUnavailableError as e:
+            # A connection lost during COMMIT leaves its outcome unknown: the server may have made it durable
+            # and died before saying so (BaseStore.record_usage deletes such a ledger row later).
+            e.may_have_committed = committing
+            raise
 
     def _clock(self, conn: _Conn) -> float:
         return float(conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())").fetchone()[0])
@@ -181,7 +292,7 @@ class PostgresStore(BaseStore):
     def _migrate(self) -> None:
         psycopg = self._psycopg
         try:
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, round(self.timeout_s)))
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=self._connect_timeout)
         except psycopg.Error as e:
             raise self._connect_error(e) from e
         try:

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 
+from lastrank.errors import StoreUnavailableError
 from lastrank.store.ledger import utc_now
 
 log = logging.getLogger("lastrank.store")
 
 NO_KEY = ""  # key_id of refusals that had no valid key
+WARN_EVERY_S = 30.0  # while the store cannot be written, how often the background writer says so
 
 # (day, key_id, route, status, model)
 RefusalKey = tuple[str, str, str, int, str]
@@ -85,6 +88,7 @@ class RefusalRecorder:
         self._wake = threading.Event()
         self._stopped = False
         self._write_lock = threading.Lock()  # flush() and the thread never write the same tally twice
+        self._last_warning = -WARN_EVERY_S
         self._thread = threading.Thread(target=self._run, name="lastrank-refusals", daemon=True)
         self._thread.start()
 
@@ -120,6 +124,11 @@ class RefusalRecorder:
                 break
             try:
                 self.flush()
+            except StoreUnavailableError as e:  # an outage: one line now and then, not a stack per refusal
+                now = time.monotonic()
+                if now - self._last_warning > WARN_EVERY_S:
+                    self._last_warning = now
+                    log.warning("could not write refused-request counts (kept for the next try): %s", e.message)
             except Exception:
                 log.exception("could not write refused-request counts; retrying with the next one")
 
