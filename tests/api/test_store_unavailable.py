@@ -68,3 +68,18 @@ def test_a_deleted_database_folder_is_503_and_not_ready(served, tmp_path):
     _is_503(r)
     assert "deleted, moved or replaced" in r.json()["detail"]
     assert client.get("/health").status_code == 200  # liveness only
+
+
+def test_a_new_thread_after_the_folder_went_is_store_unavailable(tmp_path):
+    # Each worker thread opens its own SQLite connection: one opened after the folder went cannot open the file.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lastrank.errors import StoreUnavailableError
+
+    store = Store(tmp_path / "data" / "lastrank.db")
+    try:
+        shutil.rmtree(tmp_path / "data")
+        with ThreadPoolExecutor(1) as pool, pytest.raises(StoreUnavailableError, match="cannot open"):
+            pool.submit(store.has_active_keys).result()
+    finally:
+        store.close()

@@ -93,6 +93,9 @@ class Store(BaseStore):
             )
             conn.execute("PRAGMA synchronous=FULL")  # per connection: fsync the WAL on every commit
         except sqlite3.Error as e:
+            if _unavailable(e):  # e.g. a new worker thread's first connection after the folder was deleted
+                raise StoreUnavailableError(f"cannot open the database {self.path}: {e}",
+                                            retry_after=RETRY_AFTER_S) from e
             raise StoreError(f"cannot open the database {self.path}: {e}") from e
         return conn
 
