@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 # Nothing in the suite may reach a model hub: fail fast instead of hanging on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# dtype "auto" caches what it measures (engine/dtype_choice.py): the suite's go to a folder of its own, never
+# to the user's cache (and every run measures afresh)
+os.environ.setdefault("LASTRANK_CACHE_DIR", tempfile.mkdtemp(prefix="lastrank-test-cache-"))
 
 
 @pytest.fixture(scope="session")

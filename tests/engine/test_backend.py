@@ -98,12 +98,3 @@ def test_registry_detects_jina_v3_and_truncate_false_fails_at_plan_time(tiny_rer
         backend.plan(RerankRequest(query="q", documents=["short", long_doc], max_doc_length=8, truncate=False))
     plan = backend.plan(RerankRequest(query="q", documents=["short", long_doc], max_doc_length=8))
     assert plan.usage.truncated_indices == [1] and plan.usage.truncated_documents == 1
-
-
-def test_dtype_auto_is_what_the_checkpoint_was_saved_in(make_tiny_checkpoint, tmp_path):
-    from lastrank.families import checkpoint_dtype
-
-    assert checkpoint_dtype(make_tiny_checkpoint()) == "bfloat16"  # as the official Jina V3 release
-    assert checkpoint_dtype(make_tiny_checkpoint(dtype="float32")) == "float32"
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))  # MiniLM names none
-    assert checkpoint_dtype(tmp_path) == "float32"

@@ -257,20 +257,13 @@ def detect_family(folder: Path) -> str:
     raise ModelNotAvailableError(f"{folder} is not a model lastrank can serve: found {found}. Supported: {supported}")
 
 
-def checkpoint_dtype(folder: Path) -> str:
-    """dtype "auto": what the checkpoint says it was saved in (config.json `torch_dtype`, or `dtype` in newer
-    transformers), so Jina V3 runs in bfloat16 as released and all-MiniLM-L6-v2, whose config names none
-    (float32 weights), in float32; float32 when the config names something else or nothing."""
-    config, _ = folder_facts(folder)
-    value = str(config.get("torch_dtype") or config.get("dtype") or "float32").lower()
-    return value if value in ("bfloat16", "float32") else "float32"
-
-
 def load_backend(model: str | Path, device: str | None = "cpu", dtype: str | None = "auto", revision: str | None = None,
                  cache_dir: str | None = None, *, path: Path | None = None, family: str | None = None, **options):
     """Resolve `model` (hub id, short name or folder), detect its family, load it. `path` / `family`: already
     resolved / detected by the caller (lastrank serve does both before loading), so neither happens twice.
-    `options` go to the family's load (e.g. pack_blocks, compile for jina-v3); unknown ones are a TypeError."""
+    `options` go to the family's load (e.g. pack_blocks, compile for jina-v3); unknown ones are a TypeError.
+    dtype "auto" (or None): the fastest type on this machine whose scores stay within a stated bound of
+    float32's, measured once and cached (engine/dtype_choice.py); `backend.dtype_choice` says what and why."""
     from lastrank.model.checkpoint import is_random_checkpoint
     from lastrank.model.loading import parse_dtype, resolve_device
     from lastrank.model.resolve import resolve_checkpoint
@@ -282,7 +275,16 @@ def load_backend(model: str | Path, device: str | None = "cpu", dtype: str | Non
         from lastrank.model.int8 import refuse_unless_int8
 
         refuse_unless_int8(spec.name)
-    if dtype is None or str(dtype).lower() == "auto":
-        dtype = checkpoint_dtype(path)
-    return spec.load(path, resolve_device(device), parse_dtype(dtype), model_id=str(model),
-                     random_weights=is_random_checkpoint(path), **options)
+    device = resolve_device(device)
+
+    def load(dtype):
+        return spec.load(path, device, parse_dtype(dtype), model_id=str(model),
+                         random_weights=is_random_checkpoint(path), **options)
+
+    from lastrank.engine import dtype_choice
+
+    if dtype is None or str(dtype).lower() == "auto":  # measured on this machine: engine/dtype_choice.py
+        return dtype_choice.load_auto(load, path, device)
+    backend = load(dtype)  # an explicit type, float32 included, is never overridden
+    backend.dtype_choice = dtype_choice.explicit(str(dtype).removeprefix("torch.").lower())
+    return backend
