@@ -167,3 +167,18 @@ def test_a_corrupt_cache_file_is_measured_again(folder, monkeypatch):
     load, _ = fake_loader({})
     assert load_auto(load, folder, CPU).dtype_choice.dtype == "bfloat16" and len(calls) == 1
     assert json.loads(dtype_choice.cache_file().read_text())  # rewritten whole
+
+
+def test_lastrank_rerank_says_what_auto_picked(tmp_path, monkeypatch, capsys):
+    from lastrank.cli import main
+
+    monkeypatch.setenv("LASTRANK_CACHE_DIR", str(tmp_path / "cache"))
+    fake_timings(monkeypatch, {"float32": 1.0, "bfloat16": 2.0, "float16": 2.0})  # float32 fastest: no drift to measure
+    docs = tmp_path / "docs.txt"
+    docs.write_text("green tea is healthy\nthe stock market fell\n")
+    assert main(["rerank", "--model", "minilm", "--query", "tea", "--documents", str(docs), "--json"]) == 0
+    out = capsys.readouterr()
+    assert "lastrank: dtype auto -> float32: no type is" in out.err
+    assert len(json.loads(out.out)) == 2  # the JSON on stdout is untouched
+    assert main(["rerank", "--model", "minilm", "--query", "tea", "--documents", str(docs), "--dtype", "float32"]) == 0
+    assert "dtype" not in capsys.readouterr().err  # asked for: nothing to explain

@@ -136,6 +136,9 @@ def run(args: argparse.Namespace) -> int:
     if args.chunking != "chunk" and (args.spans or args.chunk_overlap is not None or args.max_chunks_per_doc is not None):
         raise InvalidRequestError("--spans, --chunk-overlap and --max-chunks-per-doc need --chunking chunk")
     reranker = Reranker(args.model, device=args.device, dtype=args.dtype)
+    choice = getattr(reranker.backend, "dtype_choice", None)
+    if choice is not None and choice.requested == "auto":  # what auto picked on this machine, and why
+        print(f"lastrank: {choice.describe()}", file=sys.stderr)
     if is_random_checkpoint(reranker.path):
         print(f"lastrank: warning: {reranker.path} holds {NOTICE}", file=sys.stderr)
     blank = sum(1 for d in documents if not d.strip())
