@@ -182,3 +182,16 @@ def test_lastrank_rerank_says_what_auto_picked(tmp_path, monkeypatch, capsys):
     assert len(json.loads(out.out)) == 2  # the JSON on stdout is untouched
     assert main(["rerank", "--model", "minilm", "--query", "tea", "--documents", str(docs), "--dtype", "float32"]) == 0
     assert "dtype" not in capsys.readouterr().err  # asked for: nothing to explain
+
+
+def test_lastrank_serve_logs_the_dtype_each_model_runs_in(tmp_path, monkeypatch, capsys):
+    from lastrank.cli.serve import _loader
+    from lastrank.model.resolve import resolve_checkpoint
+
+    monkeypatch.setenv("LASTRANK_CACHE_DIR", str(tmp_path / "cache"))
+    fake_timings(monkeypatch, {"float32": 1.0, "bfloat16": 2.0, "float16": 2.0})
+    path = resolve_checkpoint("minilm")
+    for dtype, said in (("auto", "dtype auto -> float32: no type is"), ("float32", "dtype float32 (as requested)")):
+        settings = SimpleNamespace(device="cpu", dtype=dtype)
+        _loader("minilm", path, "bi-encoder", "minilm", settings)()
+        assert said in capsys.readouterr().err

@@ -163,8 +163,9 @@ def _loader(model_id: str, path, family: str, name: str, settings):
         backend = load_backend(model_id, device=settings.device, dtype=settings.dtype, path=path, family=family)
         backend.warmup()
         note = " -- RANDOM WEIGHTS (a make-checkpoint folder): its scores mean nothing" if backend.random_weights else ""
+        choice = backend.dtype_choice  # "auto": what it picked on this machine and why (engine/dtype_choice.py)
         print(f"lastrank: model {name} ({backend.capabilities.family}, {model_id}) loaded and warmed up "
-              f"({settings.device}, {settings.dtype}); ready{note}", file=sys.stderr, flush=True)
+              f"({settings.device}, {choice.describe()}); ready{note}", file=sys.stderr, flush=True)
         return backend
 
     return load

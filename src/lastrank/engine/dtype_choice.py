@@ -78,7 +78,9 @@ class DtypeChoice:
         return asdict(self)
 
     def describe(self) -> str:
-        return f"dtype {self.requested} -> {self.dtype}: {self.reason}"
+        if self.requested != "auto":
+            return f"dtype {self.dtype} (as requested)"
+        return f"dtype auto -> {self.dtype}: {self.reason}"
 
 
 def explicit(dtype: str) -> DtypeChoice:
