@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from lastrank.api.settings import ServerSettings
+from lastrank.engine.runner import ModelRunner
 from lastrank.errors import DeadlineExceededError, LastrankError, ModelError, OverloadedError
 from lastrank.types import RerankRequest, RerankResult
 
@@ -154,10 +155,14 @@ class ModelReplica:
 
 # ------------------------------------------------------------------------------------------ the client
 
-class ModelClient:
-    """What the ingress's ServedModel holds as its scheduler: submit() through the model deployment's handle.
+class ModelClient(ModelRunner):
+    """What the ingress's ServedModel holds as its scheduler: submit() through the model deployment's handle, a
+    remote ModelRunner (engine/runner.py). The queues are the replicas' own: this side counts the requests it
+    is waiting on, says None for what it cannot see (queued tokens, throughput), and never refuses ahead of
+    submit (Ray's back-pressure refuses there)."""
 
-    Exposes what the API reads from a scheduler: `submit`, `start`/`stop`, `running`, `capabilities`."""
+    queued_tokens = None
+    tokens_per_second = None
 
     def __init__(self, handle, served=None):
         self.handle = handle
@@ -165,11 +170,23 @@ class ModelClient:
         self.capabilities = None
         self._running_replicas: int | None = None
         self._poller: asyncio.Task | None = None
+        self._in_flight = 0  # submits waiting on a replica (read by metrics; only the event loop writes it)
 
     @property
     def running(self) -> bool:
         """At least one replica of the model deployment is RUNNING (as Ray's controller last said)."""
         return bool(self._running_replicas)
+
+    @property
+    def queued_requests(self) -> int:
+        return self._in_flight
+
+    @property
+    def busy(self) -> bool:
+        return self._in_flight > 0
+
+    def admission_error(self) -> OverloadedError | None:
+        return None  # only a replica knows its queue; a full one answers submit with back-pressure
 
     async def start(self) -> None:
         info = await self.handle.info.remote()  # waits for a first replica to be up
@@ -203,6 +220,13 @@ class ModelClient:
         return int({str(getattr(k, "value", k)): v for k, v in deployment.replica_states.items()}.get("RUNNING", 0))
 
     async def submit(self, request: RerankRequest) -> RerankResult:
+        self._in_flight += 1
+        try:
+            return await self._submit(request)
+        finally:
+            self._in_flight -= 1
+
+    async def _submit(self, request: RerankRequest) -> RerankResult:
         budget_s = None
         if request.deadline is not None:
             budget_s = request.deadline - time.monotonic()
@@ -445,8 +469,11 @@ def run(settings: ServerSettings, store, models) -> int:
     env_vars = {PROXY_CALLBACK_ENV: os.environ.get(PROXY_CALLBACK_ENV, f"{__name__}.proxy_middlewares")}
     # log_to_driver: the replicas' output (lastrank's JSON access log, errors, model loading) shows here, each
     # line prefixed by Ray with the replica's name
+    local = {}
+    if not settings.ray_address and settings.loopback:
+        local["_node_ip_address"] = "127.0.0.1"
     context = ray.init(address=settings.ray_address, include_dashboard=None if settings.ray_address else False,
-                       log_to_driver=True, runtime_env={"env_vars": env_vars})
+                       log_to_driver=True, runtime_env={"env_vars": env_vars}, **local)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs handlers of its own
         signal.signal(sig, lambda *_: stop.set())

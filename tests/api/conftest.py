@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from lastrank.engine.backend import Capabilities
+from lastrank.engine.runner import ModelRunner
 from lastrank.errors import OverloadedError
 from lastrank.types import RankedDocument, RerankResult, Usage
 
@@ -23,11 +24,13 @@ def toy_score(query: str, doc: str) -> float:
     return len(q & d) / (len(q) or 1)
 
 
-class FakeScheduler:
+class FakeScheduler(ModelRunner):
     """Implements Scheduler.submit with toy scores; can block, fail with overload, and count calls."""
 
     score = staticmethod(toy_score)
     capabilities = FAKE_CAPABILITIES
+    busy = False
+    tokens_per_second = None
 
     def __init__(self):
         self.requests = []
@@ -43,6 +46,9 @@ class FakeScheduler:
 
     async def stop(self):
         self.running = False
+
+    def admission_error(self):
+        return None  # `overloaded` refuses in submit, after the request was read (Saturable refuses ahead)
 
     async def submit(self, request):
         if self.overloaded:

@@ -51,6 +51,8 @@ def test_each_preset_loads_and_reports_what_its_spec_says(preset_folders, family
     assert backend.capabilities.family in spec.reports
     assert known_names(backend.capabilities.family) == spec.names
     assert backend.random_weights
+    # what Backend declares and Reranker reports: where and in what the model runs
+    assert str(backend.device) == "cpu" and str(backend.dtype) == "torch.float32"
 
 
 def test_a_module_the_bi_encoder_cannot_run_is_no_family(preset_folders, tmp_path):

@@ -228,11 +228,9 @@ def create_app(
             if model.backend is None:
                 model.backend = await asyncio.to_thread(model.load)
             model.scheduler = make_scheduler(model.backend, settings, observer=metrics.observer(model.name))
-        start = getattr(model.scheduler, "start", None)
-        if start is not None:
-            await start()
+        await model.scheduler.start()
         model.capabilities = model.capabilities or model.scheduler.capabilities
-        model.random_weights = model.random_weights or bool(getattr(model.backend, "random_weights", False))
+        model.random_weights = model.random_weights or (model.backend is not None and model.backend.random_weights)
         model.ready = True
         log.info("model ready: %s%s", model.name, " (RANDOM WEIGHTS: scores mean nothing)" if model.random_weights else "")
 
@@ -262,10 +260,9 @@ def create_app(
                 if not loader.done():
                     loader.cancel()
             for model in table:
-                stop = getattr(model.scheduler, "stop", None)
-                if stop is not None:
+                if model.scheduler is not None:
                     try:
-                        await stop()
+                        await model.scheduler.stop()
                     except Exception:
                         log.exception("stopping the scheduler of %s failed", model.name)
 
@@ -314,7 +311,7 @@ def single_model(settings: ServerSettings, *, scheduler: Any = None, backend: An
 
     if sum(x is not None for x in (scheduler, backend, load)) > 1:
         raise ValueError("pass at most one of scheduler=, backend=, load_backend= (or models=)")
-    caps = getattr(scheduler, "capabilities", None) or getattr(backend, "capabilities", None)
+    caps = scheduler.capabilities if scheduler is not None else backend.capabilities if backend is not None else None
     family_names = known_names(caps.family) if caps is not None else ()
     return served_model(settings, 0, family_names, scheduler=scheduler, backend=backend, load=load, capabilities=caps)
 

@@ -68,7 +68,7 @@ class ServerState:
     @property
     def ready(self) -> bool:
         """Every served model is loaded, warmed up and has a running scheduler."""
-        return all(m.ready and getattr(m.scheduler, "running", True) for m in self.models)
+        return all(m.ready and m.scheduler.running for m in self.models)
 
 
 class ClientDisconnected(Exception):

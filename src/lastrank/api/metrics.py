@@ -106,9 +106,9 @@ class Metrics:
             s = m.scheduler
             if s is None:
                 continue
-            self.queue_requests.labels(m.name).set(getattr(s, "queued_requests", 0) or 0)
-            self.queue_tokens.labels(m.name).set(getattr(s, "queued_tokens", 0) or 0)
-            tps = getattr(s, "tokens_per_second", None)
-            if tps is not None:
-                self.engine_tokens_per_second.labels(m.name).set(tps)
+            self.queue_requests.labels(m.name).set(s.queued_requests)
+            if s.queued_tokens is not None:  # None: a remote runner, whose queue is its replicas' own
+                self.queue_tokens.labels(m.name).set(s.queued_tokens)
+            if s.tokens_per_second is not None:
+                self.engine_tokens_per_second.labels(m.name).set(s.tokens_per_second)
         return generate_latest(self.registry)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any, Callable
 
-from lastrank.engine.backend import Capabilities
+from lastrank.engine.backend import Backend, Capabilities
+from lastrank.engine.runner import ModelRunner
 from lastrank.errors import InvalidRequestError, NotFoundError
 
 
@@ -27,8 +28,8 @@ class ServedModel:
     aliases: tuple[str, ...] = ()  # explicit extra names (--model-alias)
     implicit_names: tuple[str, ...] = ()  # names its family is known by; dropped when two models claim one
     load: Callable[[], Any] | None = None  # -> a Backend; run in a thread at start-up
-    backend: Any = None
-    scheduler: Any = None
+    backend: Backend | None = None
+    scheduler: ModelRunner | None = None  # a Scheduler, a Ray ModelClient (serve_ray.py) or a test fake
     capabilities: Capabilities | None = None
     random_weights: bool = False
     ready: bool = False

@@ -154,6 +154,11 @@ class Backend(ABC):
     `run_blocks` and `warmup` are called from one thread at a time (the scheduler's worker owns the model)."""
 
     capabilities: Capabilities
+    # Where and in what the model runs (Reranker reports them): every family sets `device` (a torch.device) at
+    # load and has a `dtype` property (a torch.dtype, read from its weights). Annotations only, so a wrapper
+    # (ChunkingBackend) forwards them and a test fake without a model need not invent them.
+    device: Any
+    dtype: Any
     model_id: str = ""  # what the user asked for (hub id or folder)
     path: Path | None = None  # the resolved checkpoint folder
     random_weights: bool = False  # a `lastrank make-checkpoint` folder: scores mean nothing
