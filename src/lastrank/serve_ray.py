@@ -163,6 +163,7 @@ class ModelClient(ModelRunner):
 
     queued_tokens = None
     tokens_per_second = None
+    refused_draining = 0
 
     def __init__(self, handle, served=None):
         self.handle = handle
@@ -187,6 +188,9 @@ class ModelClient(ModelRunner):
 
     def admission_error(self) -> OverloadedError | None:
         return None  # only a replica knows its queue; a full one answers submit with back-pressure
+
+    def drain(self, deadline: float | None = None) -> int:
+        return 0  # nothing queued here: Ray Serve drains each replica's own queue when it stops it
 
     async def start(self) -> None:
         info = await self.handle.info.remote()  # waits for a first replica to be up

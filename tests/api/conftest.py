@@ -31,6 +31,7 @@ class FakeScheduler(ModelRunner):
     capabilities = FAKE_CAPABILITIES
     busy = False
     tokens_per_second = None
+    refused_draining = 0
 
     def __init__(self):
         self.requests = []
@@ -49,6 +50,9 @@ class FakeScheduler(ModelRunner):
 
     def admission_error(self):
         return None  # `overloaded` refuses in submit, after the request was read (Saturable refuses ahead)
+
+    def drain(self, deadline=None):
+        return 0  # no queue: a request waiting at `gate` is a running one, which a drain lets finish
 
     async def submit(self, request):
         if self.overloaded:

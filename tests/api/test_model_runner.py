@@ -17,8 +17,8 @@ from lastrank.types import RankedDocument, RerankRequest, RerankResult, Usage
 
 from keyword_backend import KeywordBackend  # tests/ is on sys.path (tests/conftest.py)
 
-METHODS = ("start", "stop", "admission_error", "submit")
-DATA = ("capabilities", "running", "busy", "queued_requests", "queued_tokens", "tokens_per_second")
+METHODS = ("start", "stop", "drain", "admission_error", "submit")
+DATA = ("capabilities", "running", "busy", "queued_requests", "queued_tokens", "tokens_per_second", "refused_draining")
 
 
 def test_the_protocol_lists_what_api_reads():
@@ -43,6 +43,7 @@ def test_each_runner_declares_and_satisfies_the_protocol(runner):
     assert isinstance(runner.running, bool) and not runner.running
     assert isinstance(runner.busy, bool) and isinstance(runner.queued_requests, int)
     assert runner.admission_error() is None  # nothing queued: nothing to refuse
+    assert runner.drain() == 0 and runner.refused_draining == 0
     for name in METHODS:
         want = inspect.signature(getattr(ModelRunner, name))
         have = inspect.signature(getattr(type(runner), name))

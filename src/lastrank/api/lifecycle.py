@@ -82,7 +82,7 @@ class Server(uvicorn.Server):
         drain = asyncio.ensure_future(drain_models(self.state.models, started + self.shutdown_timeout_s))
         await super().shutdown(sockets)  # stops accepting, then waits for the open requests to be answered
         refused, finished, cut = await drain
-        self.model_busy = any(getattr(m.scheduler, "busy", False) for m in self.state.models)
+        self.model_busy = any(m.scheduler is not None and m.scheduler.busy for m in self.state.models)
         name = signal.Signals(self._captured_signals[-1]).name if self._captured_signals else "a stop request"
         print(f"lastrank: {name}: stopped in {time.monotonic() - started:.1f} s: {finished} running request(s) "
               f"finished, {refused} queued or arriving answered 503, {cut} cut at --shutdown-timeout-s "
@@ -97,22 +97,18 @@ async def drain_models(models, deadline: float) -> tuple[int, int, int]:
     for model in models:
         model.ready = False  # /ready says 503 from now on (to a connection still open)
     for scheduler in schedulers:
-        drain = getattr(scheduler, "drain", None)  # a Ray ModelClient or a test fake may have none
-        if drain is not None:
-            drain(deadline)
+        scheduler.drain(deadline)
 
     def open_requests() -> int:
-        return sum(getattr(s, "queued_requests", 0) for s in schedulers)
+        return sum(s.queued_requests for s in schedulers)
 
     running = open_requests()
     while open_requests() and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     cut = open_requests()
     for scheduler in schedulers:
-        stop = getattr(scheduler, "stop", None)
-        if stop is not None:
-            await stop()  # answers what is left; waits for the worker no longer than the deadline
-    refused = sum(getattr(s, "refused_draining", 0) for s in schedulers)
+        await scheduler.stop()  # answers what is left; waits for the worker no longer than the deadline
+    refused = sum(s.refused_draining for s in schedulers)
     return refused, running - cut, cut
 
 

@@ -40,8 +40,9 @@ class ServerSettings:
                                            kind="list", group="models", metavar="[SERVED=]ALIAS")
     device: str = setting("cpu", "cpu, cuda, cuda:N, mps or auto", kind="device", group="models")
     dtype: str = setting("auto", "model dtype; auto: what each checkpoint was saved in (bfloat16 for "
-                                 "jina-reranker-v3, float32 for all-MiniLM-L6-v2)",
-                         choices=("auto", "bfloat16", "float32"), group="models")
+                                 "jina-reranker-v3, float32 for all-MiniLM-L6-v2); int8: opt-in, the "
+                                 "bi-encoder and cross-encoder families only (refused at load otherwise)",
+                         choices=("auto", "bfloat16", "float32", "int8"), group="models")
     # where to listen
     host: str = setting("127.0.0.1", "address to listen on")
     port: int = setting(8080, "port to listen on, 0-65535 (0: a free port, printed at start)", kind="port")

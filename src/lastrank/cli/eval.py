@@ -59,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                  "unfinished one made by the same command)")
     p.add_argument("--no-resume", action="store_true", help="with no --out, start a new folder even if an unfinished one matches")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (in-process only)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"], help="in-process only")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "int8"],
+                   help="in-process only; int8: opt-in, encoder families (docs/benchmarks.md, int8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spans", action="store_true",
                    help="with --chunking chunk: show where each document's best window is ([start, end) characters)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "int8"],
+                   help="int8: opt-in, for the bi-encoder and cross-encoder families (docs/benchmarks.md, int8)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 

@@ -4,6 +4,7 @@
     await runner.start(); await runner.stop()
     runner.running                          ready to take requests (the health check reads it)
     runner.admission_error()                the refusal submit() would give right now, without planning
+    runner.drain(deadline)                  a graceful stop's start (then stop()); refused_draining counts
     await runner.submit(request)            -> RerankResult, or a domain error (errors.py)
     runner.busy, queued_requests, queued_tokens, tokens_per_second     cheap reads for metrics and health
 
@@ -13,8 +14,8 @@ Three implementations, each declaring the Protocol as a base so the contract is 
   - `serve_ray.ModelClient`: a remote one, the ingress's handle on a Ray Serve deployment of replicas (each
     replica runs a Scheduler); it sees no queue of its own, so `queued_tokens` is None ("not known here");
   - the API tests' fakes (tests/api/conftest.py `FakeScheduler`).
-`api/` (app.py's lifespan, handler.py's readiness, metrics.py's gauges, models.py's `ServedModel.scheduler`)
-reads these members directly instead of probing with getattr.
+`api/` (app.py's lifespan, lifecycle.py's drain, handler.py's readiness, metrics.py's gauges, models.py's
+`ServedModel.scheduler`) reads these members directly instead of probing with getattr.
 
 The seam for a router (issue #23): a served model as a set of runners, local or remote. A router is itself a
 ModelRunner. Its `capabilities` are its runners' (which must agree); `running` is "any runner is running";
@@ -44,6 +45,7 @@ class ModelRunner(Protocol):
     queued_requests: int  # admitted and not yet answered
     queued_tokens: int | None  # tokens admitted and not yet run; None where the runner cannot see its queue
     tokens_per_second: float | None  # recent model throughput; None before the first batch or when not known
+    refused_draining: int  # requests answered "shutting down" by drain(), or refused after it
 
     @abstractmethod
     async def start(self) -> None:
@@ -52,6 +54,12 @@ class ModelRunner(Protocol):
     @abstractmethod
     async def stop(self) -> None:
         """Answer or fail everything admitted and release what start() took; idempotent."""
+
+    @abstractmethod
+    def drain(self, deadline: float | None = None) -> int:
+        """The start of a graceful stop (api/lifecycle.py): admit nothing more and answer what has not started
+        with OverloadedError("shutting down") at once; `stop()` later answers the rest, waiting no longer
+        than `deadline` (a time.monotonic()). Returns how many requests were answered."""
 
     @abstractmethod
     def admission_error(self) -> OverloadedError | None:

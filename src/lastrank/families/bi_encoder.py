@@ -336,7 +336,10 @@ class BiEncoderBackend(Backend):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        """The model's dtype; torch.int8 for the int8 path (model/int8.py: int8 linear layers, float32 rest)."""
+        from lastrank.model.int8 import is_int8
+
+        return torch.int8 if is_int8(self.model) else next(self.model.parameters()).dtype
 
     @classmethod
     def load(cls, path: Path, device: torch.device, dtype: torch.dtype, *, model_id: str = "",
@@ -349,7 +352,17 @@ class BiEncoderBackend(Backend):
         if pipeline.model_type == "bert":
             from lastrank.model.bert import load_bert
 
-            model = load_bert(tdir, device, dtype)
+            if dtype == torch.int8:  # opt-in: int8 linear layers, quantized from the float32 weights
+                from lastrank.model.int8 import check_int8, quantize_linears
+
+                check_int8(device)
+                model = load_bert(tdir, device, torch.float32)
+                quantize_linears(model.encoder)
+            else:
+                model = load_bert(tdir, device, dtype)
+        elif dtype == torch.int8:
+            raise ModelNotAvailableError(f"dtype int8 is implemented for BERT bi-encoders only; {path} is a "
+                                         f"{pipeline.model_type} one (use bfloat16 or float32)")
         else:  # qwen2 / qwen3 (Pipeline.read admits only BACKBONES)
             from lastrank.model.decoder_encoder import load_decoder_encoder
 

@@ -130,7 +130,10 @@ class CrossEncoderBackend(PairwiseBackend):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.classifier.dense.weight.dtype
+        """The model's dtype; torch.int8 for the int8 path (model/int8.py: int8 linear layers, float32 rest)."""
+        from lastrank.model.int8 import is_int8
+
+        return torch.int8 if is_int8(self.model) else self.model.classifier.dense.weight.dtype
 
     @staticmethod
     def _template(tokenizer) -> tuple[list[int], list[int], list[int]]:
@@ -213,7 +216,14 @@ def load(path: Path, device: torch.device, dtype: torch.dtype, *, model_id: str 
     tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
     tokenizer.no_truncation()  # truncation is the family's own (above), never the file's settings
     tokenizer.no_padding()
-    model, layout = load_xlmr(path, device, dtype)
+    if dtype == torch.int8:  # opt-in: the encoder's linear layers in int8, the head in float32
+        from lastrank.model.int8 import check_int8, quantize_linears
+
+        check_int8(device)
+        model, layout = load_xlmr(path, device, torch.float32)
+        quantize_linears(model.roberta.encoder)
+    else:
+        model, layout = load_xlmr(path, device, dtype)
     rule = COMPUTE_SCORE if is_jina_flash(config) else FLAG_RERANKER
     max_length = None
     if rule == COMPUTE_SCORE:  # compute_score(max_length=None): the tokenizer's model_max_length

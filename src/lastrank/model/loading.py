@@ -19,7 +19,9 @@ from lastrank.model.fast import enable_compile, fuse_projections
 from lastrank.model.jina import JinaForRanking
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
-          "float16": torch.float16, "fp16": torch.float16}
+          "float16": torch.float16, "fp16": torch.float16,
+          # the opt-in int8 path of the encoder families (model/int8.py): int8 linear layers, float32 rest
+          "int8": torch.int8}
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -28,7 +30,7 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     try:
         return DTYPES[str(dtype).lower()]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use bfloat16 or float32") from None
+        raise ValueError(f"unknown dtype {dtype!r}; use bfloat16, float32 or int8") from None
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
