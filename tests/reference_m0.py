@@ -3,7 +3,8 @@ tests/families/test_jina_m0.py (float32 parity) and of benchmarks/bench_m0.py (t
 
 What the official modeling.py (`JinaVLForRanking.compute_score`) runs, restated from it: the prompt of
 formatting_prompts_func (document first, then the query; an image is <|vision_start|><|image_pad|><|vision_end|>),
-the text-document "TEMP FIX" truncation, the processor's steps (transformers' Qwen2TokenizerFast from the folder,
+the text-document "TEMP FIX" truncation, images read by its load_images (PIL as given, any str through
+transformers' load_image), the processor's steps (transformers' Qwen2TokenizerFast from the folder,
 left padding, truncation to max_length - 1, each <|image_pad|> expanded to grid.prod() / 4 tokens,
 Qwen2VLImageProcessorPil with min_pixels=3136, max_pixels=602112; the Qwen2VLProcessor itself needs torchvision
 for its video half, which is not installed), token 100 appended, Qwen2VLForConditionalGeneration with its LM
@@ -21,6 +22,16 @@ import numpy as np
 import torch
 
 LOGIT_BIAS = 2.65  # the official modeling.py's constant, restated: the reference does not read lastrank's
+
+
+def load_images(images):
+    """The official modeling.py's load_images: a PIL image is used as given (the processor converts it), anything
+    else (a path, a URL, base64 or a data URI, as a str) goes through transformers.image_utils.load_image, which
+    applies the EXIF orientation and then .convert("RGB") (transparency dropped, not composited)."""
+    from PIL import Image
+    from transformers.image_utils import load_image
+
+    return [image if isinstance(image, Image.Image) else load_image(image) for image in images]
 
 
 def official_compute_score(folder: Path, dtype: torch.dtype = torch.float32, attn_implementation: str = "eager"):
@@ -67,7 +78,7 @@ def official_compute_score(folder: Path, dtype: torch.dtype = torch.float32, att
                 if len(ids) >= max_doc_length:
                     d = tokenizer.decode(ids)
             texts.append(fmt(q, d, query_type, doc_type))
-            images.append(([d] if doc_type == "image" else []) + ([q] if query_type == "image" else []))
+            images.append(load_images(([d] if doc_type == "image" else []) + ([q] if query_type == "image" else [])))
         flat = [im for ims in images for im in ims]
         pixel = processor(images=flat, return_tensors="pt") if flat else None
         # the processor's placeholder expansion: one <|image_pad|> per merged patch, images in order

@@ -1,7 +1,9 @@
 """Images as request inputs (multimodal models): turning what a caller sends into a checked PIL image.
 
     image_input(value, where)  PIL.Image.Image | bytes | os.PathLike  -> PIL image (RGB-convertible, loaded)
-    open_image(data, where)    encoded bytes -> PIL image, with the limits below
+    open_image(data, where)    encoded bytes -> RGB PIL image, decoded as the official code decodes, with the
+                               limits below
+    to_rgb(image)              a PIL image given as such -> RGB as the model's processor makes it
     decode_base64(text, where) base64 or a `data:image/...;base64,` URI -> bytes (for the HTTP dialects)
     encode_image(value, where) the Python API's image -> base64 (what lastrank.Client sends)
     fetch_image_url(url, policy, where)  an http(s) URL the server's UrlPolicy allows -> bytes (off by default)
@@ -11,6 +13,13 @@ image PIL can read, more than MAX_IMAGE_BYTES encoded bytes (PayloadTooLargeErro
 MAX_IMAGE_PIXELS pixels (a decompression bomb: refused from the header, before any pixel is decoded), a
 truncated or corrupt file. Paths are read only in the Python API (a RerankRequest built from HTTP never holds
 one: the dialects pass bytes).
+
+Decoding follows jina-reranker-m0's official compute_score, whose load_images keeps a PIL image as it is and
+reads anything else (a path, a URL, base64 or a data URI) with transformers.image_utils.load_image, which
+applies the EXIF orientation (PIL.ImageOps.exif_transpose) and then .convert("RGB"): transparency is
+dropped, not composited. So every encoded input here (bytes, a path, base64 over HTTP, a fetched URL) becomes
+exactly that RGB image in open_image, and a PIL image passed by a Python caller stays as given: the model's
+processor converts it (to_rgb: transparency composited onto white, EXIF orientation ignored).
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ MAX_IMAGE_BYTES = 20 << 20  # encoded size of one image
 # processor scales every image down to at most 602,112 pixels), and a 40M-pixel RGB image is 120 MB decoded.
 MAX_IMAGE_PIXELS = 40_000_000
 _DATA_URI = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.IGNORECASE)
+_URL_SCHEME = re.compile(r"^\s*([A-Za-z][A-Za-z0-9+.-]*):")
 
 
 def decode_base64(text: str, where: str) -> bytes:
@@ -40,6 +50,13 @@ def decode_base64(text: str, where: str) -> bytes:
     if is_url(text):
         raise InvalidRequestError(f"{where}: image URLs are not enabled on this server (lastrank serve "
                                   f"--allow-image-urls HOST); send the image as base64 or a data URI")
+    scheme = _URL_SCHEME.match(text)  # ':' is no base64 character: "file:...", "ftp://..." are URLs, not data
+    if scheme and scheme.group(1).lower() != "data":
+        if scheme.group(1).lower() == "file":
+            raise InvalidRequestError(f"{where}: the image is a file: URL; file URLs are never read (the server's "
+                                      f"files are not the client's); send the image as base64 or a data URI")
+        raise InvalidRequestError(f"{where}: the image is a {scheme.group(1)}: URL; only http(s) image URLs are "
+                                  f"fetched, where the server allows them; send the image as base64 or a data URI")
     if text.startswith("data:"):
         match = _DATA_URI.match(text)
         if not match:
@@ -141,8 +158,9 @@ def fetch_image_url(url: str, policy: UrlPolicy, where: str) -> bytes:
 
 
 def open_image(data: bytes, where: str):
-    """Encoded image bytes -> a loaded PIL image (the limits in the module docstring)."""
-    from PIL import Image, UnidentifiedImageError
+    """Encoded image bytes -> a loaded RGB PIL image, as transformers' load_image makes it (the module
+    docstring): EXIF orientation applied, then .convert("RGB"); the limits in the module docstring."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if len(data) > MAX_IMAGE_BYTES:
         raise PayloadTooLargeError(f"{where}: the image is larger than {MAX_IMAGE_BYTES} bytes")
@@ -157,6 +175,7 @@ def open_image(data: bytes, where: str):
                 raise InvalidRequestError(f"{where}: the image has {width}x{height} pixels, more than "
                                           f"{MAX_IMAGE_PIXELS} (a decompression bomb or simply too large)")
             image.load()
+            image = ImageOps.exif_transpose(image).convert("RGB")
         except InvalidRequestError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -196,18 +215,27 @@ def read_image_file(path: os.PathLike, where: str) -> bytes:
         raise InvalidRequestError(f"{where}: cannot read {os.fspath(path)}: {e.strerror or e}") from None
 
 
-_PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})  # what PIL writes as PNG unchanged
+def to_rgb(image):
+    """PIL image -> RGB PIL image; transparency composited onto white (as transformers' convert_to_rgb, which
+    the model's processor applies to the PIL images the official code passes it as given)."""
+    from PIL import Image
+
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def encode_image(value, where: str) -> str:
     """A Python API image (PIL image, encoded bytes, path) -> the base64 text the HTTP API takes (lastrank.Client):
-    a file's or bytes' encoded bytes as they are (the server checks them), a PIL image as PNG (lossless)."""
+    a file's or bytes' encoded bytes as they are (the server checks and decodes them as Reranker does), a PIL
+    image as the RGB PNG the model reads from it locally (to_rgb; lossless): sent with its transparency or its
+    EXIF orientation, the server would decode it as an encoded image (alpha dropped, EXIF applied) and score
+    it differently from Reranker.rerank given the same PIL image."""
     from PIL import Image
 
     if isinstance(value, Image.Image):
-        image = image_input(value, where)
-        if image.mode not in _PNG_MODES:  # CMYK, YCbCr, LAB, HSV, F, ...: the model reads RGB anyway (to_rgb)
-            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+        image = to_rgb(image_input(value, where))  # PNG written without EXIF (Pillow writes it only when asked)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         data = buffer.getvalue()

@@ -346,3 +346,59 @@ def test_python_client_sends_pil_bytes_and_paths(client, backend, tmp_path):
     got = http.rerank("tea", [cmyk, ycc])
     assert [(g["index"], pytest.approx(g["relevance_score"], abs=1e-6)) for g in got] == \
         [(e.index, e.relevance_score) for e in expected.results]
+
+
+# -- Decoding as the official code decodes (lastrank/images.py): alpha dropped and EXIF applied for encoded
+# images, a PIL image used as given; file: and other non-http URLs named as URLs --------------------------
+
+
+def sticker() -> bytes:
+    """RGBA: colour on a transparent background whose hidden colour is black."""
+    pixels = np.zeros((60, 90, 4), dtype=np.uint8)
+    pixels[15:45, 20:70, :3] = np.random.default_rng(11).integers(0, 256, (30, 50, 3))
+    pixels[15:45, 20:70, 3] = 200
+    buf = io.BytesIO()
+    PIL.fromarray(pixels, "RGBA").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def sideways_jpeg() -> bytes:
+    exif = PIL.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise
+    buf = io.BytesIO()
+    PIL.open(io.BytesIO(png(90, 60, 4))).save(buf, format="JPEG", quality=95, exif=exif)
+    return buf.getvalue()
+
+
+def test_base64_images_decode_as_files_do_and_pil_images_as_given(client, backend, tmp_path):
+    """{"image": base64} is the official compute_score given that base64 string: the same RGB as the Python API
+    given the file (tests/families/test_jina_m0.py checks both against the official code); lastrank.Client sends
+    a PIL image so that the server scores it as Reranker does locally (as given, alpha composited, no EXIF)."""
+    from lastrank import Client
+
+    for data in (sticker(), sideways_jpeg()):
+        path = tmp_path / "picture"
+        path.write_bytes(data)
+        local = backend.rerank(RerankRequest(query="tea", documents=["", ""], images={0: path, 1: PIL.open(path)}))
+        local = {r.index: r.relevance_score for r in local.results}
+        assert abs(local[0] - local[1]) > 1e-3  # decoded from bytes vs used as given: really different here
+        r = client.post("/v1/rerank", json={"query": "tea", "documents": [{"image": b64(data)}]})
+        assert r.status_code == 200, r.text
+        assert r.json()["results"][0]["relevance_score"] == pytest.approx(local[0], abs=1e-6)
+        http = Client("http://testserver")
+        http._http = client  # the in-process app (a TestClient is an httpx.Client)
+        got = {g["index"]: g["relevance_score"] for g in http.rerank("tea", [path, PIL.open(path)])}
+        assert got == {0: pytest.approx(local[0], abs=1e-6), 1: pytest.approx(local[1], abs=1e-6)}
+
+
+@pytest.mark.parametrize("image,needle", [
+    ("file:///etc/passwd", "the image is a file: URL; file URLs are never read"),
+    ("FILE:/etc/hostname", "the image is a file: URL; file URLs are never read"),
+    ("ftp://example.com/cat.png", "the image is a ftp: URL; only http(s) image URLs are fetched"),
+])
+def test_non_http_urls_are_named_as_urls_and_never_read(store, backend, client, image, needle):
+    r = client.post("/v1/rerank", json={"query": "q", "documents": [{"image": image}]})
+    assert r.status_code == 400 and needle in r.json()["detail"], r.text
+    with url_client(store, backend, allow_image_urls=("example.com",)) as c:  # URLs on
+        r = c.post("/v1/rerank", json={"query": "q", "documents": [{"image": image}]})
+        assert r.status_code == 400 and needle in r.json()["detail"], r.text

@@ -227,3 +227,57 @@ def test_forwards_cut_by_vision_patches_score_the_same(folder, reranker):
     assert [r.index for r in a.results] == [r.index for r in b.results]
     np.testing.assert_allclose([r.relevance_score for r in a.results], [r.relevance_score for r in b.results],
                                rtol=0, atol=1e-6)
+
+
+# Encoded images are decoded as the official code decodes them: its load_images keeps a PIL image as given and
+# reads a path, base64 or a data URI with transformers' load_image (EXIF orientation, then .convert("RGB"),
+# alpha dropped), so one picture given as a file and as a PIL object can score differently, officially.
+
+
+def rgba_png() -> bytes:
+    """A sticker: a patch of colour on a transparent background whose hidden colour is black (as most are), so
+    .convert("RGB") shows it on black and compositing on white."""
+    rng = np.random.default_rng(11)
+    pixels = np.zeros((60, 90, 4), dtype=np.uint8)
+    pixels[15:45, 20:70, :3] = rng.integers(0, 256, (30, 50, 3))
+    pixels[15:45, 20:70, 3] = rng.integers(128, 256, (30, 50))
+    buf = io.BytesIO()
+    PIL.fromarray(pixels.astype(np.uint8), "RGBA").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def rotated_jpeg() -> bytes:
+    """A JPEG whose EXIF Orientation is 6 (shown rotated 90 degrees clockwise): 90x60 stored, 60x90 shown."""
+    exif = PIL.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    image(90, 60, 12).save(buf, format="JPEG", quality=95, exif=exif)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("make,query", [(rgba_png, "a transparent sticker"), (rotated_jpeg, "a photo taken sideways")])
+def test_encoded_images_decode_as_the_official_load_image(reranker, official, tmp_path, make, query):
+    import base64
+
+    from lastrank.images import decode_base64, image_input
+
+    data = make()
+    path = tmp_path / "picture"
+    path.write_bytes(data)
+    text = base64.b64encode(data).decode()
+    uri = "data:image/png;base64," + text
+    want_path, want_b64, want_uri = official([(query, str(path)), (query, text), (query, uri)], doc_type="image")
+    assert want_path == want_b64 == want_uri
+    # the Python API's path and bytes, and what the HTTP dialects pass on for {"image": base64}
+    http = image_input(decode_base64(text, "documents[2]"), "documents[2]")
+    scores, _ = ours(reranker, RerankRequest(query=query, documents=["", "", ""], images={0: path, 1: data, 2: http}))
+    np.testing.assert_allclose(scores, [want_path] * 3, rtol=0, atol=ATOL)
+    # a PIL image is used as given, officially too (the processor composites alpha onto white, ignores EXIF)
+    pil = PIL.open(io.BytesIO(data))
+    as_given = official([(query, pil)], doc_type="image")[0]
+    assert abs(as_given - want_path) > 100 * ATOL  # the two decodings really differ on this picture
+    scores, _ = ours(reranker, RerankRequest(query=query, documents=[""], images={0: PIL.open(io.BytesIO(data))}))
+    assert scores[0] == pytest.approx(as_given, abs=ATOL)
+    # and as the query
+    scores, _ = ours(reranker, RerankRequest(query="", documents=[DOCS[0]], images={"query": path}))
+    assert scores[0] == pytest.approx(official([(str(path), DOCS[0])], query_type="image")[0], abs=ATOL)

@@ -1,7 +1,8 @@
 """Qwen2-VL's vision side: image preprocessing (the official processor's steps) and the vision encoder.
 
 Preprocessing (`preprocess_image`), as transformers' Qwen2VLImageProcessor (PIL backend) does it, step by step:
-  1. RGB: an image with transparency is composited onto white, anything else converted to RGB;
+  1. RGB: an image with transparency is composited onto white, anything else converted to RGB (an encoded
+     image is RGB already: lastrank/images.py decodes it as the official load_image does);
   2. `smart_resize`: height and width rounded to multiples of patch_size * merge_size (28), then scaled
      (keeping the aspect ratio) into [min_pixels, max_pixels]; PIL bicubic resize to that size;
   3. rescale by 1/255 (in float64, then float32), normalise with the OpenAI CLIP mean/std (float32);
@@ -32,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lastrank.images import to_rgb  # step 1 (torch-free, so lastrank.Client sends what the model reads)
 
 # The OpenAI CLIP normalisation the processor uses.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -106,16 +109,6 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
     return h_bar, w_bar
-
-
-def to_rgb(image):
-    """PIL image -> RGB PIL image; transparency composited onto white (as transformers' convert_to_rgb)."""
-    from PIL import Image
-
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def image_grid(width: int, height: int, limits: ImageLimits = ImageLimits()) -> tuple[int, int, int]:
