@@ -163,6 +163,7 @@ class PostgresStore(BaseStore):
         if os.getpid() != self._pid:
             # a forked child must not use its parent's sockets (nor the pool's threads, which it lacks)
             self._lock = threading.Lock()
+            self._probe_lock = threading.Lock()  # another thread of the parent may have held it at the fork
             self._pool = None
             self._pid = os.getpid()
         with self._lock:
@@ -186,6 +187,7 @@ class PostgresStore(BaseStore):
 
     def _probe(self) -> bool:
         """One fresh connection, outside the pool: does the server answer? Marks the store down if not."""
+        self._next_probe = time.monotonic() + PROBE_INTERVAL_S
         try:
             self._psycopg.connect(self.url, autocommit=True, connect_timeout=self._connect_timeout).close()
         except self._psycopg.Error as e:
@@ -229,12 +231,14 @@ class PostgresStore(BaseStore):
             self._probe_lock.release()
 
     def check_available(self) -> None:
+        self._get_pool()
         self._while_down()
         super().check_available()
 
     @contextmanager
     def _connection(self) -> Iterator:
         psycopg, psycopg_pool = self._psycopg, self._psycopg_pool
+        self._get_pool()  # first: a closed store, a forked child
         self._while_down()
         try:
             with self._get_pool().connection() as raw:
@@ -242,8 +246,8 @@ class PostgresStore(BaseStore):
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
             # No connection within timeout_s, or one that broke in use: if the server does not answer a fresh
             # connection either, it is down (later callers fail at once); else this was one broken connection
-            # (the pool drops it) or a pool too busy for timeout_s.
-            if self._probe_lock.acquire(blocking=False):
+            # (the pool drops it) or a pool too busy for timeout_s. One probe per PROBE_INTERVAL_S at most.
+            if time.monotonic() >= self._next_probe and self._probe_lock.acquire(blocking=False):
                 try:
                     self._probe()
                 finally:
