@@ -141,7 +141,8 @@ def test_an_explicit_dtype_is_never_overridden(monkeypatch):
 
 def test_auto_on_the_real_minilm_measures_its_drift_here(tmp_path, monkeypatch):
     """The real model through load_backend: the speed is injected (bf16 twice float32's), the drift is this
-    machine's own. Whatever it is, the choice follows the bound, shows in the backend, and the reason says it."""
+    machine's own. Whatever it is, the choice follows the bound, shows in the backend and in /v1/models."""
+    from lastrank.api.models import ServedModel
     from lastrank.families import load_backend
 
     monkeypatch.setenv("LASTRANK_CACHE_DIR", str(tmp_path))
@@ -151,6 +152,10 @@ def test_auto_on_the_real_minilm_measures_its_drift_here(tmp_path, monkeypatch):
     assert choice.drift is not None and choice.drift >= 0
     assert choice.dtype == ("bfloat16" if choice.drift <= BOUND else "float32")
     assert backend.dtype == getattr(torch, choice.dtype)
+    entry = ServedModel(name="minilm", backend=backend, ready=True).describe()  # /v1/models
+    assert entry["dtype"] == choice.dtype
+    assert entry["dtype_choice"]["requested"] == "auto" and entry["dtype_choice"]["drift"] == choice.drift
+    assert "dtype" not in ServedModel(name="not loaded yet").describe()
 
 
 def test_the_speed_probe_measures_every_type():

@@ -41,8 +41,11 @@ class ServedModel:
     def describe(self) -> dict:
         """/v1/models' entry (without the list envelope)."""
         caps = self.capabilities.as_dict() if self.capabilities is not None else {}
+        # the type it runs in and, for dtype auto, why (engine/dtype_choice.py); absent until it is loaded
+        choice = getattr(self.backend, "dtype_choice", None)
+        dtype = {"dtype": choice.dtype, "dtype_choice": choice.as_dict()} if choice is not None else {}
         return {"id": self.name, "object": "model", "owned_by": "lastrank", "root": self.model_id or self.name,
-                "ready": self.ready, "random_weights": self.random_weights, **caps,
+                "ready": self.ready, "random_weights": self.random_weights, **caps, **dtype,
                 **({"load_error": self.load_error} if self.load_error else {})}
 
 
