@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lastrank.engine.chunking import ChunkingBackend, ChunkPlan, boundary_rank, char_span, split_windows
+from lastrank.engine.chunking import ChunkingBackend, ChunkPlan, boundary_rank, char_spans, split_windows
 from lastrank.errors import InvalidRequestError
 from lastrank.types import RerankRequest
 
@@ -44,7 +44,7 @@ def words(text):
 def test_a_document_at_the_limit_is_one_chunk_and_one_token_more_is_two():
     text = " ".join(f"w{i}" for i in range(10))
     assert split_windows(text, words(text), 10, 2) == [(0, 10)]
-    assert char_span(text, words(text), 0, 10) == (0, len(text))
+    assert char_spans(text, words(text), [(0, 10)]) == [(0, len(text))]
     text11 = text + " w10"
     ranges = split_windows(text11, words(text11), 10, 2)
     assert len(ranges) == 2 and ranges[0][0] == 0 and ranges[-1][1] == 11
@@ -317,3 +317,79 @@ def test_a_pointwise_family_scores_a_chunked_document_as_its_best_chunk_ranked_a
                                                    max_doc_length=120)).results[0]
         assert abs(alone.raw_score - r.raw_score) <= 1e-5
         assert abs(alone.relevance_score - r.relevance_score) <= 1e-5
+
+
+# ------------------------------------------------------------------------------------------------
+# Grapheme clusters: a window never ends between a letter and its combining mark, an emoji and its variation
+# selector, inside a ZWJ sequence or a flag, or between CR and LF; and every character is in some window, even
+# one that no token covers (BERT's accent stripping drops U+0301 and U+FE0F from its tokens).
+
+TRICKY = ("Le cafe\u0301 du coin. Un \u2764\ufe0f rouge! La famille \U0001F468\u200d\U0001F469\u200d\U0001F467 "
+          "et le drapeau \U0001F1EB\U0001F1F7 ici.\r\nNe\u0301e a\u0300 \u0915\u094d\u0937 fin \U0001F44D\U0001F3FD ")
+
+
+def graphemes_whole(text: str, spans: list[tuple[int, int]]) -> None:
+    """Every span starts and ends on a grapheme boundary, and the spans together hold every character."""
+    import regex
+
+    bounds = {m.start() for m in regex.finditer(r"\X", text)} | {len(text)}
+    covered = bytearray(len(text))
+    for a, b in spans:
+        assert a in bounds and b in bounds, (a, b, text[max(a - 2, 0):b + 2])
+        covered[a:b] = b"\x01" * (b - a)
+    missing = [i for i, c in enumerate(covered) if not c]
+    assert not missing, [hex(ord(text[i])) for i in missing]
+    assert [a for a, _ in spans] == sorted(a for a, _ in spans)
+
+
+def code_points(text):  # a byte-level BPE at its finest: one token per non-space code point
+    return [(i, i + 1) for i, ch in enumerate(text) if not ch.isspace()]
+
+
+def ascii_words(text):  # a tokenizer that drops what it cannot spell: accents, selectors, emoji
+    return [m.span() for m in __import__("re").finditer(r"[A-Za-z.!]+", text)]
+
+
+@pytest.mark.parametrize("tokenize", [code_points, ascii_words])
+@pytest.mark.parametrize("window,overlap", [(5, 0), (5, 2), (6, 1), (7, 3), (9, 0)])  # the ZWJ family is 5 code points
+def test_windows_end_on_grapheme_boundaries_and_hold_every_character(tokenize, window, overlap):
+    text = TRICKY * 3
+    offsets = tokenize(text)
+    ranges = split_windows(text, offsets, window, overlap)
+    assert len(ranges) > 3 and all(e - s <= window for s, e in ranges)
+    spans = char_spans(text, offsets, ranges)
+    graphemes_whole(text, spans)
+    assert spans[0][0] == 0 and spans[-1][1] == len(text)
+    for (s, e), (a, b) in zip(ranges, spans):  # each window still holds exactly its tokens
+        assert a <= offsets[s][0] and offsets[e - 1][1] <= b
+        assert all(not (a <= x < b) for x, _ in offsets[:s]) and all(not (a < y <= b) for _, y in offsets[e:])
+
+
+def test_a_chunk_plan_keeps_graphemes_whole_on_the_real_tokenizer(tiny_reranker):
+    """The real Qwen3 tokenizer gives U+FE0F and the parts of a ZWJ sequence tokens of their own (a cut between
+    them is possible), and after its NFC normalisation no token's offsets cover the U+0301 of "cafe\u0301"."""
+    backend = tiny_reranker.backend
+    doc = TRICKY * 4
+    offsets = backend.token_offsets([doc])[0]
+    assert any(doc[a:b] == "\ufe0f" for a, b in offsets) and any(doc[a:b] == "\u200d" for a, b in offsets)
+    assert not any(a <= doc.index("\u0301") < b for a, b in offsets)
+    for window, overlap in ((8, 0), (9, 2), (12, 3), (16, 0)):  # the ZWJ family alone is 8 tokens
+        plan = chunk_plan(backend, [doc], window, chunk_overlap=overlap)
+        assert len(plan.chunks) > 4 and plan.usage.truncated_indices == []
+        graphemes_whole(doc, [(c.start, c.end) for c in plan.chunks])
+        assert plan.inner.request.documents == [doc[c.start:c.end] for c in plan.chunks]
+
+
+def test_a_chunk_plan_holds_the_accents_a_bert_tokenizer_drops():
+    """all-MiniLM-L6-v2 (real, ships offline): BERT's accent stripping gives U+0301 and U+FE0F no token."""
+    from lastrank import Reranker
+
+    backend = Reranker("minilm", dtype="float32").backend
+    doc = TRICKY * 4
+    offsets = backend.token_offsets([doc])[0]
+    assert not any(a <= doc.index("\u0301") < b for a, b in offsets)  # in no token
+    for window, overlap in ((2, 0), (3, 1), (5, 0)):
+        plan = backend.plan(RerankRequest(query="coin", documents=[doc], max_doc_length=window + 2,
+                                          chunking="chunk", chunk_overlap=overlap))
+        assert len(plan.chunks) > 4
+        graphemes_whole(doc, [(c.start, c.end) for c in plan.chunks])

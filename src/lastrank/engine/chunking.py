@@ -13,11 +13,15 @@ default) goes straight to the wrapped backend: same plan, same outputs, same res
    span of every token). A document of at most `window` tokens is one chunk: the document itself.
 2. A longer document is cut into windows of at most `window` tokens, consecutive windows sharing
    `chunk_overlap` tokens (default window // 8; an overlap >= the window is a 400). A cut is made only
-   between tokens that share no character (so a multi-byte character is never split), and within the
+   between tokens that share no character and have a grapheme boundary between them (so neither a
+   multi-byte character nor a user-perceived one - a letter and its combining accent, an emoji and its
+   variation selector, a ZWJ sequence - is ever split; `grapheme_starts`), and within the
    last quarter of a window the cut goes to the best boundary there: a paragraph break (blank line) over a
    line break or sentence end over a space between words over anything else, the latest of equals. The
    next window starts at the best boundary inside the overlap (the earliest of equals). Each chunk's text
-   is exactly `document[start:end]` (the first token's start to the last token's end); a chunk that the
+   is exactly `document[start:end]` (`char_spans`: from its first token to its last, widened to grapheme
+   boundaries, so the windows together hold every character of the document, even one no token covers,
+   such as an accent a BERT tokenizer strips, or the spaces at a cut); a chunk that the
    tokenizer reads back as more than `window` tokens (a BPE merge across the cut) is cut again with a
    smaller window, so no chunk is truncated by the family. The one exception, possible only with a window
    of a few tokens: a single character that takes more tokens than the window is kept whole in its chunk,
@@ -63,6 +67,7 @@ Usage (what is billed and limited), for a chunked request:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,9 +117,32 @@ def boundary_rank(text: str, pos: int) -> int:
     return 1 if b > a else 0
 
 
-def _clean(offsets: Offsets, j: int) -> bool:
-    """A cut before token j leaves whole characters on both sides (the tokens share no character)."""
-    return offsets[j][0] >= offsets[j - 1][1]
+@functools.cache
+def _grapheme_pattern():
+    import regex  # a dependency (pyproject.toml), imported only once a non-ASCII document is cut
+
+    return regex.compile(r"\X")
+
+
+def grapheme_starts(text: str) -> bytearray:
+    """1 at each position of `text` where a grapheme cluster starts, and at len(text); 0 elsewhere. Clusters are
+    Unicode's extended grapheme clusters (UAX #29) as the `regex` module's \\X finds them: a base character
+    with its combining marks, an emoji with its variation selector, skin tone or ZWJ sequence, a flag's two
+    regional indicators, CR LF."""
+    if text.isascii() and "\r\n" not in text:  # every ASCII character is a cluster of its own, but CR LF
+        return bytearray(b"\x01") * (len(text) + 1)
+    marks = bytearray(len(text) + 1)
+    for m in _grapheme_pattern().finditer(text):
+        marks[m.start()] = 1
+    marks[len(text)] = 1
+    return marks
+
+
+def _clean(offsets: Offsets, j: int, marks: bytearray) -> bool:
+    """A cut before token j leaves whole characters on both sides: the tokens share no character, and a
+    grapheme boundary lies between them (`marks`: grapheme_starts of the text)."""
+    end, start = offsets[j - 1][1], offsets[j][0]
+    return start >= end and any(marks[end:start + 1])
 
 
 def split_windows(text: str, offsets: Offsets, window: int, overlap: int) -> list[tuple[int, int]]:
@@ -125,6 +153,7 @@ def split_windows(text: str, offsets: Offsets, window: int, overlap: int) -> lis
         return [(0, n)]
     if not 0 <= overlap < window:
         raise ValueError(f"overlap {overlap} must be in [0, {window})")
+    marks = grapheme_starts(text)
     ranges: list[tuple[int, int]] = []
     s = 0
     while True:
@@ -136,16 +165,16 @@ def split_windows(text: str, offsets: Offsets, window: int, overlap: int) -> lis
         lo = s + max(1, window - window // SEARCH_FRACTION)
         best_rank, j = -1, None
         for c in range(hard, lo - 1, -1):
-            if _clean(offsets, c):
+            if _clean(offsets, c, marks):
                 r = boundary_rank(text, offsets[c][0])
                 if r > best_rank:
                     best_rank, j = r, c
                     if r == 3:
                         break
         if j is None:  # no clean cut near the end: the latest clean one in the window, else the first after it
-            j = next((c for c in range(lo - 1, s, -1) if _clean(offsets, c)), None)
+            j = next((c for c in range(lo - 1, s, -1) if _clean(offsets, c, marks)), None)
             if j is None:  # one character takes more tokens than the window: keep it whole (module docstring)
-                j = next((c for c in range(hard + 1, n) if _clean(offsets, c)), n)
+                j = next((c for c in range(hard + 1, n) if _clean(offsets, c, marks)), n)
                 if j == n:
                     ranges.append((s, n))
                     return ranges
@@ -154,18 +183,40 @@ def split_windows(text: str, offsets: Offsets, window: int, overlap: int) -> lis
         # (No clean start inside the overlap: the window after the cut starts at the cut.)
         best_rank, k = -1, j
         for c in range(max(j - overlap, s + 1), j):
-            if _clean(offsets, c):
+            if _clean(offsets, c, marks):
                 r = boundary_rank(text, offsets[c][0])
                 if r > best_rank:
                     best_rank, k = r, c
         s = k
 
 
-def char_span(text: str, offsets: Offsets, start: int, end: int) -> tuple[int, int]:
-    """[start, end) in characters of the tokens start..end-1; the whole text for a document kept whole."""
-    if start == 0 and end == len(offsets):
-        return 0, len(text)
-    return offsets[start][0], offsets[end - 1][1]
+def char_spans(text: str, offsets: Offsets, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """[start, end) in characters of each token range of one document (split_windows' ranges, in order, or the
+    first of them); the whole text for a document kept whole. Together the windows hold every character, and
+    each starts and ends on a grapheme boundary: a window ends at the first boundary after its last token (an
+    accent no token covers stays with its letter), starts at the last boundary before its first token, or,
+    when it starts at the previous window's cut (no overlap), where that window ends (the characters between
+    two tokens, spaces or a dropped mark, go to the earlier window); the first starts at 0, the last ends at
+    len(text)."""
+    n = len(offsets)
+    if len(ranges) == 1 and ranges[0] == (0, n):
+        return [(0, len(text))]
+    marks = grapheme_starts(text)
+    spans: list[tuple[int, int]] = []
+    for s, e in ranges:
+        start = 0
+        if spans:
+            start = offsets[s][0]
+            while not marks[start]:
+                start -= 1
+            start = min(start, spans[-1][1])
+        end = len(text)
+        if e < n:
+            end = offsets[e - 1][1]
+            while not marks[end]:
+                end += 1
+        spans.append((start, end))
+    return spans
 
 
 # ------------------------------------------------------------------------------------------------
@@ -269,7 +320,7 @@ class ChunkingBackend(Backend):
                 rs = rs[: request.max_chunks_per_doc]
                 capped.append(d)
             a = len(chunks)
-            chunks.extend(Chunk(d, *char_span(text, offs, s, e), n) for (s, e), n in zip(rs, tokens))
+            chunks.extend(Chunk(d, *span, n) for span, n in zip(char_spans(text, offs, rs), tokens))
             doc_chunks.append((a, len(chunks)))
         if capped and not request.truncate:
             shown = ", ".join(map(str, capped[:10])) + (f" and {len(capped) - 10} more" if len(capped) > 10 else "")
@@ -363,7 +414,7 @@ class ChunkingBackend(Backend):
         for attempt in range(RECUT_TRIES + 1):
             if not todo:
                 break
-            spans = [(d, char_span(docs[d], offsets[d], s, e)) for d in todo for s, e in ranges[d]]
+            spans = [(d, span) for d in todo for span in char_spans(docs[d], offsets[d], ranges[d])]
             found = self._offsets([docs[d][a:b] for d, (a, b) in spans])
             for d in todo:
                 counts[d] = []
