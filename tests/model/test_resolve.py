@@ -20,7 +20,7 @@ print(rc, "torch" in sys.modules, "transformers" in sys.modules)
 
 
 @pytest.mark.parametrize("command", [["rerank", "--query", "q", "--documents", "DOCS"], ["eval", "--data", "noveleval-2306"],
-                                     ["serve", "--db", "DB"]])
+                                     ["serve", "--db", "DB", "--port", "0"]])  # never the default 8080: it may be in use
 @pytest.mark.parametrize(("model", "message"), [("/nonexistent/model-folder", "does not exist"),
                                                 ("jinaai/jina-reranker-v3", "HF_HUB_OFFLINE is set")])
 def test_bad_model_fails_before_importing_torch(tmp_path, command, model, message):
