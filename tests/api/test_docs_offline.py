@@ -43,3 +43,33 @@ def test_only_known_assets_are_served(client):
         assert resp.status_code == 404
         assert "error" in resp.json()  # the API's error shape, not a bare file-system error
     assert client.get("/openapi.json").status_code == 200
+
+
+# What a script or stylesheet would load by itself: an element's src, a CSS url() or @import, a fetch().
+# (A link's href is fetched only when the user clicks it.)
+LOADED_URL = re.compile(r"""src\s*[:=]\s*["'`](https?://[^"'`]+)|url\(\s*["']?(https?://[^)"']+)|"""
+                        r"""@import[^;]*?(https?://[^"');]+)|fetch\(\s*["'`](https?://[^"'`]+)""")
+
+
+def loaded_urls(text: str) -> list[str]:
+    return [next(g for g in m.groups() if g) for m in LOADED_URL.finditer(text)]
+
+
+@pytest.mark.parametrize("name", ["redoc.standalone.js", "swagger-ui-bundle.js", "swagger-ui.css"])
+def test_the_served_assets_load_nothing_from_elsewhere(client, name):
+    """ReDoc's side menu shows Redocly's logo from cdn.redoc.ly (an <img>, behind no option): the script is
+    served with that URL replaced (api/docs.py), so /redoc makes no request to another host."""
+    from lastrank.api.docs import assets_dir
+
+    served = client.get(f"/docs-assets/{name}").text
+    assert loaded_urls(served) == []
+    if name == "redoc.standalone.js":  # the package's own file does load it: the rewrite is what removes it
+        assert loaded_urls((assets_dir() / name).read_text()) == ["https://cdn.redoc.ly/redoc/logo-mini.svg"]
+        assert 'src:"data:,"' in served and "API docs by Redocly" in served  # the link's text stays
+
+
+def test_the_url_finder_finds_what_a_page_would_load():
+    text = ('createElement("img",{src:"https://cdn.x/logo.svg"}) background:url(https://fonts.x/a.woff) '
+            '@import "https://fonts.googleapis.com/css"; fetch("https://api.x/y") {href:"https://redocly.com/"}')
+    assert loaded_urls(text) == ["https://cdn.x/logo.svg", "https://fonts.x/a.woff", "https://fonts.googleapis.com/css",
+                                 "https://api.x/y"]
