@@ -53,8 +53,8 @@ class ServerSettings:
                                         kind="nonneg_float")
     # auth: with no active key the server is open, which only a loopback host (or this flag) allows
     allow_unauthenticated: bool = setting(False, "run without API keys on a non-loopback address", kind="bool")
-    key_cache_ttl_s: float = setting(5.0, "reuse a verified API key this long; a revoked key works until it ends; "
-                                          "0 disables", flag="--key-cache-s", kind="nonneg_float")
+    key_cache_ttl_s: float = setting(5.0, "reuse a verified API key this long (a revocation still takes effect "
+                                          "within 0.5 s); 0 disables", flag="--key-cache-s", kind="nonneg_float")
     cors_origins: tuple[str, ...] = setting((), "allow browser apps from this origin (repeatable, e.g. "
                                                 "https://app.example.com); default: none", flag="--cors-origin",
                                             kind="list", metavar="ORIGIN")
