@@ -61,7 +61,7 @@ def register(subparsers) -> None:
     add_db_argument(lst)
     lst.set_defaults(func=_list)
 
-    revoke = sub.add_parser("revoke", help="revoke a key by id or name; takes effect on the next request")
+    revoke = sub.add_parser("revoke", help="revoke a key by id or name; running servers refuse it within 0.5 s")
     revoke.add_argument("key", metavar="ID_OR_NAME")
     add_db_argument(revoke)
     revoke.set_defaults(func=_revoke)
