@@ -12,8 +12,9 @@ Each model has its own Scheduler (queue and worker thread), so a slow model neve
 Middleware, outermost first:
   RequestContext   request id (X-Request-Id on every response), per-route metrics; an unexpected exception
                    becomes the JSON 500 (with `Connection: close`) here, so the server never has to drop
-                   a keep-alive connection mid-cycle; while the queue is full, a rerank request from a
-                   recently verified key gets its 503 here, before its body is read
+                   a keep-alive connection mid-cycle; while every model's queue is full, a rerank request
+                   from a recently verified key gets its 503 here, before its body is read (api/admission.py;
+                   under `lastrank serve` the protocol below answers it first)
   BodyLimit        counts the body bytes as they arrive (Content-Length is not trusted) and answers
                    413 past --max-body-bytes, 408 when the body takes longer than --body-timeout-s; the
                    body is buffered and replayed to the app
@@ -21,7 +22,8 @@ Middleware, outermost first:
 `http_protocol(settings)` is the HTTP/1.1 protocol `lastrank serve` hands uvicorn: its h11 protocol plus a
 header timeout (--header-timeout-s: a connection that has not sent a complete request head that long
 after opening, or after its last response, is closed) and a connection cap (--max-connections: a
-connection past the cap gets a 503 and is closed at once), so stalled sockets cannot pile up.
+connection past the cap gets a 503 and is closed at once), so stalled sockets cannot pile up. It also
+answers the overload 503 of api/admission.py as soon as a request head is parsed, before any ASGI work.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any, Callable
 from fastapi import FastAPI
 
 from lastrank import __version__
+from lastrank.api import admission
 from lastrank.api import docs as api_docs
 from lastrank.api import errors as api_errors
 from lastrank.api.auth import Authenticator
@@ -56,9 +59,6 @@ KNOWN_ROUTES = {"/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/health", 
                 "/docs", "/redoc", "/openapi.json", "/playground"}
 
 
-RERANK_ROUTES = frozenset({"/v1/rerank", "/v2/rerank", "/rerank"})
-
-
 class RequestContextMiddleware:
     def __init__(self, app, metrics: Metrics, state: ServerState | None = None):
         self.app = app
@@ -66,29 +66,16 @@ class RequestContextMiddleware:
         self.state = state
 
     def _early_refusal(self, scope):
-        """The 503 for a rerank request while the scheduler's queue is full, before its body is read or
-        parsed: under overload most requests end here, and a refusal that costs as much as a parse steals
-        the CPU (and the GIL) the admitted requests need. Only for a key verified moments ago
-        (Authenticator.cached), so a refusal never skips authentication; anything else takes the ordinary
-        path, where scheduler.submit refuses before tokenizing."""
-        state = self.state
-        if state is None or scope.get("method") != "POST" or scope.get("path") not in RERANK_ROUTES:
+        """The 503 for a rerank request while every model's queue is full, before its body is read or
+        parsed (api/admission.py decides; `lastrank serve` answers it earlier still, in http_protocol).
+        Only for a key verified moments ago or an open server, so a refusal never skips authentication;
+        anything else takes the ordinary path, where scheduler.submit refuses before tokenizing."""
+        refusal = admission.early_refusal(self.state, scope.get("method"), scope.get("path"), scope.get("headers", ()))
+        if refusal is None:
             return None
-        if len(state.models) != 1:
-            return None  # which model's queue applies is in the body; the ordinary path refuses before tokenizing
-        model = state.models.models[0]
-        admission_error = getattr(model.scheduler, "admission_error", None)
-        if not model.ready or admission_error is None:
-            return None
-        error = admission_error()
-        if error is None:
-            return None
-        authorization = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), None)
-        key = state.auth.cached(authorization)
-        if key is None:
-            return None
-        scope["state"]["key_id"] = key.id  # who the refusal is counted for (api/refusals.py)
-        return api_errors.response_for(error, scope["state"]["request_id"])
+        scope["state"]["key_id"] = getattr(refusal.key, "id", None)  # who the refusal is counted for (api/refusals.py)
+        scope["state"]["key_name"] = getattr(refusal.key, "name", None)  # for the access log
+        return api_errors.response_for(refusal.error, scope["state"]["request_id"])
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -350,6 +337,7 @@ def http_protocol(settings: ServerSettings) -> type:
             over = max_connections is not None and len(self.connections) >= max_connections
             super().connection_made(transport)
             _no_delay(transport)
+            admission.refuse_in_protocol(self, self.config.app)  # overload: 503s before any ASGI work
             if over:
                 log.warning("connection refused: %d connections open (--max-connections)", len(self.connections) - 1)
                 transport.write(_OVER_CAPACITY)
