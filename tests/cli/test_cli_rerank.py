@@ -173,8 +173,24 @@ def test_an_unknown_device_is_one_line_before_the_model_loads(tiny_checkpoint, t
     monkeypatch.setattr(loading, "read_safetensors", lambda *a, **kw: loads.append(1) or original(*a, **kw))
     assert main(["rerank", "--model", str(tiny_checkpoint), "--query", "q", "--documents", str(path),
                  "--device", "gpu"]) == 2
-    assert "unknown device 'gpu'" in one_error_line(capsys)
+    assert "--device: not a device: 'gpu' (cpu, cuda, cuda:N, mps or auto)" in one_error_line(capsys)
     assert loads == []
+
+
+def test_the_python_api_refuses_an_unknown_device_before_reading_weights(tiny_checkpoint, monkeypatch):
+    import torch
+
+    from lastrank import Reranker
+    from lastrank.errors import InvalidRequestError, ModelNotAvailableError
+    from lastrank.model import loading
+
+    monkeypatch.setattr(loading, "read_safetensors", lambda *a, **kw: pytest.fail("weights read"))
+    for bad in ("gpu", "meta", "cuda:x"):
+        with pytest.raises(InvalidRequestError, match="device"):
+            Reranker(str(tiny_checkpoint), device=bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelNotAvailableError, match="CUDA is not available"):
+            Reranker(str(tiny_checkpoint), device="cuda:0")
 
 
 def test_a_bad_lastrank_environment_variable_is_one_line_not_a_traceback(capsys, monkeypatch):

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from lastrank.cli.argtypes import device
 from lastrank.errors import InvalidRequestError
 from lastrank.types import check_unicode
 
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --chunking chunk: rank only the first N windows of a document")
     p.add_argument("--spans", action="store_true",
                    help="with --chunking chunk: show where each document's best window is ([start, end) characters)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "int8"],
                    help="auto (default): the fastest type on this machine whose scores stay within 0.02 of "
                         "float32's, measured once per machine and model and cached (said on stderr); float32: "
@@ -128,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidRequestError("give the query as --query TEXT or --query-image PATH (one of them)")
     if args.documents is None and not args.image:
         raise InvalidRequestError("give documents: --documents FILE and/or --image PATH")
+    try:  # the spelling now, before anything is read or imported; whether this machine has it: at load
+        args.device = device(args.device)
+    except argparse.ArgumentTypeError as e:
+        raise InvalidRequestError(f"--device: {e}") from None
     for flag, text in (("--query", args.query), ("--instruction", args.instruction)):
         if text is not None:
             check_unicode(flag, text)  # argv bytes that are not UTF-8 arrive as lone surrogates
