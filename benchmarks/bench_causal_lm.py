@@ -57,6 +57,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--checkpoint", type=Path, help="an existing folder (default: a fresh random one)")
     p.add_argument("--json", type=Path)
+    p.add_argument("--device", default="cpu",
+                   help="where lastrank's path runs (cpu, cuda[:N]); the reference path stays on the CPU")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -98,7 +100,7 @@ def main() -> int:
                                                8192)["input_ids"].numel())  # padded batches
                        for i in range(0, len(docs), args.batch))
 
-    ours = Reranker(str(folder), device="cpu", dtype=args.dtype)
+    ours = Reranker(str(folder), device=args.device, dtype=args.dtype)
     backend = ours.backend
     backend = getattr(backend, "inner", backend)  # a chunking wrapper, where the Reranker adds one
 
@@ -129,6 +131,7 @@ def main() -> int:
     rows["lastrank_no_prefix"]["tokens"] = pair_tokens
     result = {
         "preset": args.preset, "dtype": args.dtype, "threads": args.threads, "passages": len(passages),
+        "device": {"lastrank": str(ours.device), "reference": "cpu"},
         "shared_prefix_tokens": shared, "paths": rows,
         "speedup_vs_reference_cpu": round(rows["reference"]["cpu_seconds"] / rows["lastrank"]["cpu_seconds"], 2),
         "speedup_from_prefix_cpu": round(rows["lastrank_no_prefix"]["cpu_seconds"] / rows["lastrank"]["cpu_seconds"], 2),

@@ -61,6 +61,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--checkpoint", type=Path, help="an existing folder (default: a fresh random one)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu",
+                   help="where lastrank's path runs (cpu, cuda[:N]); the reference path stays on the CPU")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,7 +77,7 @@ def main() -> int:
     folder = args.checkpoint or make_xlmr_checkpoint(Path(tempfile.mkdtemp()) / args.preset, args.preset,
                                                      dtype=args.dtype)
     query, passages = trec_query()
-    ours = Reranker(folder, dtype=args.dtype)
+    ours = Reranker(folder, device=args.device, dtype=args.dtype)
     flag = ours.backend.rule == "flag-reranker"
     tok = official_tokenizer(Path(folder))
     ref = transformers_model(Path(folder)).to(dtype)
@@ -108,7 +110,8 @@ def main() -> int:
         padded = sum(max(lengths[i:i + 128]) * len(lengths[i:i + 128]) for i in range(0, len(lengths), 128))
     else:
         padded = sum(max(map(len, seqs[i:i + 32])) * len(seqs[i:i + 32]) for i in range(0, len(seqs), 32))
-    print(f"{args.preset} ({ours.capabilities.architecture}), {args.dtype}, torch threads {torch.get_num_threads()}")
+    print(f"{args.preset} ({ours.capabilities.architecture}), {args.dtype}, torch threads {torch.get_num_threads()}, "
+          f"lastrank on {ours.device}, the reference on cpu")
     print(f"  100 TREC-DL-2019 passages: {sum(map(len, seqs))} tokens (padded reference: {padded})")
     print(f"  lastrank  {t_ours * 1000:9.1f} ms")
     print(f"  reference {t_ref * 1000:9.1f} ms   speed-up {t_ref / t_ours:.2f}x")

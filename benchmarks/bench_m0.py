@@ -61,6 +61,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--checkpoint", type=Path, help="an existing folder (default: a fresh random one)")
     p.add_argument("--json", type=Path)
+    p.add_argument("--device", default="cpu",
+                   help="where lastrank's path runs (cpu, cuda[:N]); the reference path stays on the CPU")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -84,7 +86,7 @@ def main() -> int:
                             images=dict(enumerate(pictures)) or None)
     warm_request = RerankRequest(query=query, documents=[""], images={0: images(1, [(56, 56)], seed=1)[0]})
 
-    ours = Reranker(str(folder), device="cpu", dtype=args.dtype)
+    ours = Reranker(str(folder), device=args.device, dtype=args.dtype)
     official = official_compute_score(folder, dtype=dtype, attn_implementation="sdpa")
 
     def lastrank(r: RerankRequest) -> np.ndarray:
@@ -121,6 +123,7 @@ def main() -> int:
     cap = ours.capabilities
     result = {
         "preset": args.preset, "architecture": cap.architecture, "dtype": args.dtype, "threads": args.threads,
+        "device": {"lastrank": str(ours.device), "reference": "cpu"},
         "documents": {"images": len(pictures), "image_sizes": [f"{w}x{h}" for w, h in args.sizes], "texts": len(texts)},
         "image_tokens_each": [int(np.prod(image_grid(w, h))) // 4 for w, h in args.sizes],
         "paths": rows, "max_abs_relevance_diff": diff,

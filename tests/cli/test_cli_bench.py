@@ -96,6 +96,10 @@ def test_family_cases_run_the_benchmarks_script(tmp_path, monkeypatch):
     assert bench.run(args) == 0
     assert calls[1][1].endswith("benchmarks/bench_m0.py")
     assert calls[1][2:] == ["--dtype", "bfloat16", "--threads", "2"]
+    # --device reaches the script (benchmarks/gpu_run.py runs each family's bench on the GPU this way)
+    args = build_parser().parse_args(["bench", "--family", "causal-lm", "--device", "cuda"])
+    assert bench.run(args) == 0
+    assert calls[2][1].endswith("benchmarks/bench_causal_lm.py") and calls[2][2:] == ["--dtype", "bfloat16", "--device", "cuda"]
 
 
 def test_m0_bench_runs_a_mixed_request_exactly(tmp_path):

@@ -191,6 +191,8 @@ def run_family_bench(args: argparse.Namespace) -> int:
         argv += ["--preset", args.preset]
     if args.threads:
         argv += ["--threads", str(args.threads)]
+    if args.device != "cpu":  # lastrank's path there; these scripts keep their reference path on the CPU
+        argv += ["--device", args.device]
     return subprocess.run(argv).returncode
 
 
