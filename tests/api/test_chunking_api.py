@@ -10,16 +10,13 @@ from __future__ import annotations
 import base64
 import io
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lastrank.types import RerankRequest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from live_server import LiveServer  # noqa: E402
+from live_server import LiveServer
 
 MODEL = "jina-reranker-v3"
 QUERY = "how long do fleas live"
@@ -150,7 +147,6 @@ def test_lastrank_client_chunk_mode_matches_reranker(store, tiny_reranker):
 
 
 def test_a_family_without_token_offsets_answers_chunk_mode_with_a_400(store):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from keyword_backend import KeywordBackend
 
     with make(store, KeywordBackend(offsets=False)) as c:

@@ -11,8 +11,6 @@ reproducible.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,8 +19,7 @@ from hypothesis import strategies as st
 
 from lastrank.api.settings import ServerSettings
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from live_server import LiveServer  # noqa: E402
+from live_server import LiveServer
 
 ROUTES = ["/v1/rerank", "/v2/rerank", "/rerank"]
 FIELDS = ["model", "query", "documents", "texts", "top_n", "return_documents", "rank_fields", "instruction",

@@ -9,19 +9,16 @@ sockets). The fuzz test of the same routes is tests/api/test_fuzz.py.
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 
 from lastrank.api.settings import ServerSettings
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from live_server import LiveServer, read_response, read_until_closed  # noqa: E402
+from live_server import LiveServer, read_response, read_until_closed
 
 # The nested marker strings: the official one-pass removal assembles a new marker from each.
 NESTED = [

@@ -9,8 +9,6 @@ wrong score). Agreement with the official compute_score is tests/families/test_j
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,7 +158,6 @@ def test_caps_count_an_image_as_one_chunk_and_never_cut_it(reranker):
 
 
 def test_a_text_only_family_still_refuses_images_in_chunk_mode():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from keyword_backend import KeywordBackend
 
     with pytest.raises(InvalidRequestError, match="ranks text only; the request has images"):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,8 +13,7 @@ from lastrank.eval.long import long_variant, make_long
 from lastrank.eval.run import ResultCache, evaluate_first_stage, run_orders
 from lastrank.types import RerankRequest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from keyword_backend import KeywordBackend  # noqa: E402
+from keyword_backend import KeywordBackend
 
 
 @pytest.fixture(scope="module")

@@ -40,8 +40,6 @@ def test_markers_in_user_text_do_not_add_markers():
 # ------------------------------------------------------------------------------------------------
 # Nested marker strings (issue 9): the one intended deviation from the official one-pass removal.
 
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
@@ -50,7 +48,6 @@ from hypothesis import strategies as st  # noqa: E402
 from lastrank.families.jina_v3.prompt import _remove_markers  # noqa: E402
 from lastrank.errors import InvalidRequestError  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference_impl import sanitize as official_sanitize  # noqa: E402
 
 DOC, QRY = "<|embed_token|>", "<|rerank_token|>"

@@ -10,16 +10,13 @@ the exact prompt token ids of every block (lastrank's engine.plan vs the referen
 from __future__ import annotations
 
 import random
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reference_impl import BLOCK_SIZE, assert_parity, cached_reference, kendall_tau  # noqa: E402
+from reference_impl import BLOCK_SIZE, assert_parity, cached_reference, kendall_tau
 
 WORDS = (
     "tea green health benefit study cup leaf water hot cold brew drink morning evening science research "

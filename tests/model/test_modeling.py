@@ -9,15 +9,13 @@ rerank parity check against the reference.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reference_impl import assert_parity, cached_reference, load_reference_backbone  # noqa: E402
+from reference_impl import assert_parity, cached_reference, load_reference_backbone
 
 HIDDEN_ATOL = 1e-5
 

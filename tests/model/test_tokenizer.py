@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import unicodedata
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reference_impl import cached_reference  # noqa: E402
+from reference_impl import cached_reference
 
 TEXTS = {
     "ascii": "What are the health benefits of green tea? It's full of antioxidants, isn't it?",

@@ -9,7 +9,6 @@
 """
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,7 @@ from lastrank.errors import ModelNotAvailableError
 from lastrank.model.checkpoint_xlmr import make_xlmr_checkpoint
 from lastrank.model.xlmr import Packing, load_xlmr
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reference_xlmr import flash_state, official_flash_forward, padded, padded_logits, transformers_model  # noqa: E402
+from reference_xlmr import flash_state, official_flash_forward, padded, padded_logits, transformers_model
 
 ATOL = 1e-5
 
