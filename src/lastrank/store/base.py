@@ -161,7 +161,8 @@ class BaseStore:
         """Write one ledger row; committed and durable when this returns.
 
         Returns False (and writes nothing) when a row with this request_id already exists, whichever
-        process or machine wrote it.
+        process or machine wrote it. Raises StoreUnavailableError when the row could not be written; then
+        it is not billed (a row whose COMMIT outcome is unknown is deleted later).
         """
         if not isinstance(row, UsageRow):
             raise TypeError(f"record_usage takes a UsageRow, got {type(row).__name__}")
@@ -194,7 +195,7 @@ class BaseStore:
             for request_id in ids:
                 self._voids.pop(request_id, None)
         log.warning("deleted the ledger rows (if any) of %d request(s) whose insert failed with an "
-                              "unknown outcome and that were answered with an error", len(ids))
+                    "unknown outcome and that were answered with an error", len(ids))
 
     def get_usage(self, request_id: str) -> UsageRow | None:
         with self._read() as conn:
