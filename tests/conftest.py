@@ -13,6 +13,32 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # dtype "auto" caches what it measures (engine/dtype_choice.py): the suite's go to a folder of its own, never
 # to the user's cache (and every run measures afresh)
 os.environ.setdefault("LASTRANK_CACHE_DIR", tempfile.mkdtemp(prefix="lastrank-test-cache-"))
+# The device the suite's models run on (benchmarks/gpu_run.py sets cuda): every model loaded through the registry
+# (Reranker, load_backend) with the default device "cpu" goes there; the official references stay on the CPU,
+# so a parity suite compares lastrank on that device with the reference in float32.
+TEST_DEVICE = os.environ.get("LASTRANK_TEST_DEVICE", "cpu").strip() or "cpu"
+
+
+def use_test_device(device: str):
+    """Every model loaded through the registry that asks for "cpu" (or no device) goes to `device` instead
+    (`resolve_device`, which families.load_backend calls on each load); returns the undo."""
+    from lastrank.model import loading
+
+    original = loading.resolve_device
+
+    def on_test_device(requested):
+        return original(device if requested is None or str(requested) == "cpu" else requested)
+
+    loading.resolve_device = on_test_device
+    return lambda: setattr(loading, "resolve_device", original)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _models_on_the_test_device():
+    undo = use_test_device(TEST_DEVICE) if TEST_DEVICE != "cpu" else None
+    yield
+    if undo is not None:
+        undo()
 
 
 @pytest.fixture(scope="session")
