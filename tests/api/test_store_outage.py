@@ -41,8 +41,9 @@ def test_a_database_outage_is_503_unbilled_then_recovers(tiny_checkpoint, tmp_pa
                     assert r.json()["error"]["type"] == "store_unavailable"
                     assert int(r.headers["retry-after"]) >= 1
                     refused += 1
-                # the first waits for the pool (3 s by default); once the server is known down, none waits
-                assert waits[0] < 10 and max(waits[1:]) < 1.0, waits
+                # the first waits for the pool (3 s by default); once the server is known down, none waits for it
+                # (bound: under the 3 s wait, with room for a loaded 2-core machine; measured within 15 ms)
+                assert waits[0] < 10 and max(waits[1:]) < 2.0, waits
                 r = http.get("/ready")
                 assert r.status_code == 503 and r.headers["retry-after"], r.text
                 assert r.json()["error"]["type"] == "store_unavailable" and "cannot be reached" in r.json()["detail"]
