@@ -42,7 +42,8 @@ no admission_error: the refusal comes from Ray's queue instead), and the per-bat
 model replica's scheduler runs in its own process; /metrics shows the ingress's HTTP and usage metrics).
 
 Started by `lastrank serve --ray ...` (cli/serve.py calls `run`), or from a Serve config file with
-`import_path: lastrank.serve_ray:build` (see docs/deploy.md). Needs `pip install 'lastrank[ray]'`.
+`import_path: lastrank.serve_ray:build` (see docs/deploy.md). Needs Ray Serve:
+`pip install -e '.[ray]'` in a lastrank checkout.
 """
 
 from __future__ import annotations
@@ -466,7 +467,8 @@ def run(settings: ServerSettings, store, models) -> int:
         import ray
         from ray import serve
     except ImportError:
-        raise LastrankError("--ray needs Ray Serve: pip install 'lastrank[ray]'") from None
+        raise LastrankError("--ray needs Ray Serve: pip install 'ray[serve]>=2.60,<3' (in a lastrank checkout: "
+                            "pip install -e '.[ray]')") from None
 
     store_target = store_target_of(store)
     check(settings, store_target)

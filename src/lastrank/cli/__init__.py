@@ -11,6 +11,10 @@ import sys
 
 from lastrank.errors import LastrankError
 
+# `lastrank --help`'s first line: pyproject.toml's one-line summary, word for word (tests/test_docs_hold.py)
+DESCRIPTION = ("A self-hosted rerank engine and API server: open rerankers (Jina v3 and m0, Qwen3-Reranker, mxbai, "
+               "bge, sentence-transformers) behind the Jina, Cohere and TEI rerank APIs")
+
 # module name under lastrank.cli, in the order `--help` lists them
 SUBCOMMAND_MODULES = ["rerank", "checkpoint", "serve", "keys", "usage", "eval", "bench"]
 
@@ -18,7 +22,7 @@ SUBCOMMAND_MODULES = ["rerank", "checkpoint", "serve", "keys", "usage", "eval", 
 def build_parser() -> argparse.ArgumentParser:
     from lastrank import __version__
 
-    parser = argparse.ArgumentParser(prog="lastrank", description="Self-hosted Jina Reranker V3.")
+    parser = argparse.ArgumentParser(prog="lastrank", description=DESCRIPTION + ".")
     parser.add_argument("--version", action="version", version=f"lastrank {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

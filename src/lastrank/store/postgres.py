@@ -86,7 +86,7 @@ def _import_psycopg():
     except ImportError as e:
         raise StoreError(
             f"a postgresql:// store needs psycopg 3 and psycopg-pool ({e}); install them with "
-            "pip install 'lastrank[postgresql]'"
+            "pip install 'psycopg[binary,pool]>=3.2' (in a lastrank checkout: pip install -e '.[postgresql]')"
         ) from e
     return psycopg, psycopg_pool
 
