@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 from lastrank import Reranker
-from lastrank.engine.backend import rank
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.families import BI_ENCODER, detect_family, load_backend
 from lastrank.model.checkpoint_st import make_st_checkpoint
 from lastrank.types import RerankRequest
+
+from ranking_order import assert_order_agrees
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 QUERY = "How long do fleas live?"
@@ -119,16 +120,8 @@ def _assert_parity(reranker, folder, query, docs, task=None):
         emb[r["index"]] = r["embedding"]
     np.testing.assert_allclose(ours, ref_scores, atol=1e-5, rtol=0)
     np.testing.assert_allclose(emb, ref_emb, atol=1e-5, rtol=0)
-    # identical order: the reference's scores put through the one ranking rule
-    expected = [d.index for d in rank(RerankRequest(query, docs), _scores(ref_scores), None).results]
-    assert [r["index"] for r in results] == expected
+    assert_order_agrees([r["index"] for r in results], ref_scores, 1e-5)
     return results
-
-
-def _scores(values):
-    from lastrank.engine.backend import Scores
-
-    return Scores(relevance=values, raw=values)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

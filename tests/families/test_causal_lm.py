@@ -9,7 +9,8 @@ References, sharing no code with lastrank:
     tokenizer that one method back, written from transformers 4's documented only_second truncation. Everything
     else (tokenisation of each piece, the query cap, the document limit, the template, padding, the forward,
     logit("1") - logit("0")) is the package's code.
-float32 on both sides: raw scores and relevance scores within 1e-5, identical order, and the same token ids.
+float32 on both sides: raw scores and relevance scores within 1e-5, the same order wherever the reference's
+scores differ by more than that (tests/ranking_order.py), and the same token ids.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from lastrank.families import detect_family, load_backend
 from lastrank.families.causal_lm import detect
 from lastrank.model.checkpoint_causal import make_causal_checkpoint
 from lastrank.types import RerankRequest
+
+from ranking_order import assert_order_agrees
 
 ATOL = 1e-5
 
@@ -168,7 +171,7 @@ def _check(backend, raw_ref, ref_ids, case):
     print(f"max |raw - reference| = {diff:.2e}")
     assert diff <= ATOL
     np.testing.assert_allclose(rel, sigmoid(raw_ref), atol=ATOL, rtol=0)
-    assert [r.index for r in result.results] == list(np.argsort(sigmoid(raw_ref))[::-1])
+    assert_order_agrees([r.index for r in result.results], sigmoid(raw_ref), ATOL)
     return plan
 
 

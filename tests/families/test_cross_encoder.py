@@ -32,6 +32,7 @@ from lastrank.families.cross_encoder import longest_first_lengths
 from lastrank.model.checkpoint_xlmr import make_xlmr_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ranking_order import assert_order_agrees  # noqa: E402
 from reference_xlmr import padded_logits, transformers_model  # noqa: E402
 
 ATOL = 1e-5
@@ -125,8 +126,7 @@ def assert_parity(result, raw_expected: np.ndarray):
     rel = np.array([r.relevance_score for r in sorted(result.results, key=lambda r: r.index)])
     np.testing.assert_allclose(raw, raw_expected, atol=ATOL, rtol=0)
     np.testing.assert_allclose(rel, 1 / (1 + np.exp(-raw_expected)), atol=ATOL, rtol=0)
-    expected_order = np.argsort(1 / (1 + np.exp(-raw_expected)))[::-1].tolist()
-    assert [r.index for r in result.results] == expected_order
+    assert_order_agrees([r.index for r in result.results], 1 / (1 + np.exp(-raw_expected)), ATOL)
 
 
 def test_registry_detects_both_layouts(folders, tmp_path):
