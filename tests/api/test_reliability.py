@@ -369,6 +369,8 @@ def test_the_key_cache_against_a_clock(tmp_path):
         assert auth.cached(header) is not None  # another process's revocation: not seen within the check interval
         now[0] += 0.5
         assert auth.cached(header) is None
+        # the overload refusal before the body (api/admission.py) grants nothing: it need not wait for the check
+        assert auth.cached(header, refusing=True).id == rec.id
         with pytest.raises(PermissionDeniedError):
             auth.authenticate(header)
     finally:

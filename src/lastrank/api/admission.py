@@ -69,7 +69,7 @@ def early_refusal(state, method: str, path: str, headers) -> Refusal | None:
     if auth.open_now():
         return Refusal(_one_error(errors), None)
     authorization = next((v.decode("latin-1") for k, v in headers if k == b"authorization"), None)
-    key = auth.cached(authorization)
+    key = auth.cached(authorization, refusing=True)  # not due for a revocation check: a refusal grants nothing
     if key is None:
         return None  # authentication comes first for a key not verified moments ago
     return Refusal(_one_error(errors), key)

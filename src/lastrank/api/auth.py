@@ -110,9 +110,11 @@ class Authenticator:
         a key created meanwhile is noticed by the next `auth_required`."""
         return not self._required
 
-    def cached(self, authorization: str | None):
+    def cached(self, authorization: str | None, *, refusing: bool = False):
         """-> the KeyRecord of a key verified less than `cache_ttl_s` ago, else None (then call
-        `authenticate`). Cheap and safe on the event loop: no SQLite, one hash."""
+        `authenticate`). Cheap and safe on the event loop: no SQLite, one hash. None too while the cache is
+        due for its revocation check (REVOCATION_CHECK_S), except when `refusing` (api/admission.py's early
+        503): a refusal grants nothing, so a key revoked moments ago may get the busy 503 before its 403."""
         if not self._required:
             return None
         token = bearer_token(authorization)
@@ -120,7 +122,7 @@ class Authenticator:
             return None
         hit = self._verified.get(_digest(token))
         now = self.clock()
-        if hit is None or hit[1] < now or not self._revocations_fresh(now):
+        if hit is None or hit[1] < now or not (refusing or self._revocations_fresh(now)):
             return None
         return hit[0]
 
