@@ -145,15 +145,17 @@ def _clean(offsets: Offsets, j: int, marks: bytearray) -> bool:
     return start >= end and any(marks[end:start + 1])
 
 
-def split_windows(text: str, offsets: Offsets, window: int, overlap: int) -> list[tuple[int, int]]:
+def split_windows(text: str, offsets: Offsets, window: int, overlap: int,
+                  marks: bytearray | None = None) -> list[tuple[int, int]]:
     """Token ranges [s, e) of the chunks of one document (module docstring, step 2). A document of at most
-    `window` tokens is one range. Requires 0 <= overlap < window."""
+    `window` tokens is one range. Requires 0 <= overlap < window. `marks`: grapheme_starts(text), when the
+    caller has it already."""
     n = len(offsets)
     if n <= window:
         return [(0, n)]
     if not 0 <= overlap < window:
         raise ValueError(f"overlap {overlap} must be in [0, {window})")
-    marks = grapheme_starts(text)
+    marks = grapheme_starts(text) if marks is None else marks
     ranges: list[tuple[int, int]] = []
     s = 0
     while True:
@@ -190,18 +192,19 @@ def split_windows(text: str, offsets: Offsets, window: int, overlap: int) -> lis
         s = k
 
 
-def char_spans(text: str, offsets: Offsets, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def char_spans(text: str, offsets: Offsets, ranges: list[tuple[int, int]],
+               marks: bytearray | None = None) -> list[tuple[int, int]]:
     """[start, end) in characters of each token range of one document (split_windows' ranges, in order, or the
     first of them); the whole text for a document kept whole. Together the windows hold every character, and
     each starts and ends on a grapheme boundary: a window ends at the first boundary after its last token (an
     accent no token covers stays with its letter), starts at the last boundary before its first token, or,
     when it starts at the previous window's cut (no overlap), where that window ends (the characters between
     two tokens, spaces or a dropped mark, go to the earlier window); the first starts at 0, the last ends at
-    len(text)."""
+    len(text). `marks`: as for split_windows."""
     n = len(offsets)
     if len(ranges) == 1 and ranges[0] == (0, n):
         return [(0, len(text))]
-    marks = grapheme_starts(text)
+    marks = grapheme_starts(text) if marks is None else marks
     spans: list[tuple[int, int]] = []
     for s, e in ranges:
         start = 0
@@ -308,8 +311,11 @@ class ChunkingBackend(Backend):
         chunks: list[Chunk] = []
         doc_chunks: list[tuple[int, int]] = []
         capped: list[int] = []
-        ranges = [split_windows(text, offs, window, overlap) for text, offs in zip(docs, offsets)]
-        ranges, counts = self._fit(docs, offsets, ranges, window, overlap)
+        # grapheme boundaries of each document that is cut, found once (a pass over its text)
+        marks = {d: grapheme_starts(docs[d]) for d in text_docs if len(offsets[d]) > window}
+        ranges = [split_windows(text, offs, window, overlap, marks.get(d))
+                  for d, (text, offs) in enumerate(zip(docs, offsets))]
+        ranges, counts = self._fit(docs, offsets, marks, ranges, window, overlap)
         for d, (text, offs, rs) in enumerate(zip(docs, offsets, ranges)):
             if d in images:
                 doc_chunks.append((len(chunks), len(chunks) + 1))
@@ -320,7 +326,7 @@ class ChunkingBackend(Backend):
                 rs = rs[: request.max_chunks_per_doc]
                 capped.append(d)
             a = len(chunks)
-            chunks.extend(Chunk(d, *span, n) for span, n in zip(char_spans(text, offs, rs), tokens))
+            chunks.extend(Chunk(d, *span, n) for span, n in zip(char_spans(text, offs, rs, marks.get(d)), tokens))
             doc_chunks.append((a, len(chunks)))
         if capped and not request.truncate:
             shown = ", ".join(map(str, capped[:10])) + (f" and {len(capped) - 10} more" if len(capped) > 10 else "")
@@ -401,8 +407,9 @@ class ChunkingBackend(Backend):
             raise RuntimeError(f"token_offsets returned {len(offsets)} lists for {len(texts)} texts. This is a bug.")
         return offsets
 
-    def _fit(self, docs: list[str], offsets: list[Offsets], ranges: list[list[tuple[int, int]]], window: int,
-             overlap: int) -> tuple[list[list[tuple[int, int]]], dict[int, list[int]]]:
+    def _fit(self, docs: list[str], offsets: list[Offsets], marks: dict[int, bytearray],
+             ranges: list[list[tuple[int, int]]], window: int, overlap: int
+             ) -> tuple[list[list[tuple[int, int]]], dict[int, list[int]]]:
         """Re-tokenize every cut chunk on its own; a document with a chunk over `window` tokens (a merge
         across the cut) is cut again with a window smaller by the excess, until all fit (RECUT_TRIES).
         -> (ranges, {document: token count of each of its chunks as the family will read it}) for the
@@ -414,7 +421,7 @@ class ChunkingBackend(Backend):
         for attempt in range(RECUT_TRIES + 1):
             if not todo:
                 break
-            spans = [(d, span) for d in todo for span in char_spans(docs[d], offsets[d], ranges[d])]
+            spans = [(d, span) for d in todo for span in char_spans(docs[d], offsets[d], ranges[d], marks[d])]
             found = self._offsets([docs[d][a:b] for d, (a, b) in spans])
             for d in todo:
                 counts[d] = []
@@ -431,7 +438,7 @@ class ChunkingBackend(Backend):
                 w = window - shrink[d]
                 if w < 1:
                     continue  # nothing smaller fits: keep this cut (the family truncates the long chunk)
-                ranges[d] = split_windows(docs[d], offsets[d], w, min(overlap, w - 1))
+                ranges[d] = split_windows(docs[d], offsets[d], w, min(overlap, w - 1), marks[d])
                 again.append(d)
             todo = again
         return ranges, counts
