@@ -47,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help=f"checkpoint folder (default: a random full-size one, made on first use "
                                         f"under {DEFAULT_FULL_CHECKPOINT}; --quick: a tiny one)")
-    p.add_argument("--quick", action="store_true", help="tiny model and small cases: a smoke test in seconds")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny model and small cases: a smoke test, not a measurement (minutes, not seconds: it still "
+                        "runs the reference path and fresh processes for cold start and peak RSS)")
     p.add_argument("--cases", default="2k,8k,trec,small,pack",
                    help="comma-separated: 2k, 8k, trec, small, pack (default: all). 2k, 8k: one block of about "
                         "2,048 / 8,192 prompt tokens (--quick: 512 / 1,024), labelled in the output by its real "
