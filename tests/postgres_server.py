@@ -35,8 +35,8 @@ BINDIR_ENV = "LASTRANK_TEST_PG_BINDIR"
 
 _HOW_TO_INSTALL = (
     "the PostgreSQL store's tests need a PostgreSQL server: install it (Debian/Ubuntu: apt-get install -y "
-    f"postgresql-15; .ci/run does this), point ${BINDIR_ENV} at a folder holding initdb and pg_ctl, or set "
-    f"${URL_ENV} to a server's URL"
+    f"postgresql-15; scripts/test.sh does this as root), point ${BINDIR_ENV} at a folder holding initdb and "
+    f"pg_ctl, or set ${URL_ENV} to a server's URL"
 )
 
 

@@ -24,8 +24,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    # Fails, never skips, when the browser is missing: .ci/run installs it.
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium (see .ci/run)"
+    # Fails, never skips, when the browser is missing: scripts/test.sh installs it (as root).
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium (scripts/test.sh does, as root)"
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

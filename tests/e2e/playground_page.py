@@ -1,7 +1,7 @@
 """Shared by the playground's browser tests (tests/e2e): a `lastrank serve` with keys on, a recorded browser
 page on /playground, and the checks of what the page shows against the API's own answer.
 
-Playwright's own browser download is not used (it is not reachable here): .ci/run installs Debian's
+Playwright's own browser download is not used (it is not reachable here): scripts/test.sh installs Debian's
 chromium. Screenshots go to $LASTRANK_SCREENSHOT_DIR when set (docs/playground.png is one), else tmp.
 """
 
