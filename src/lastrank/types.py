@@ -188,3 +188,4 @@ class RerankResult:
     results: list[RankedDocument]
     usage: Usage
     request_id: str = ""
+    provider: str | None = None  # routed models (lastrank/router): the provider that answered, for the ledger

@@ -38,6 +38,11 @@ class ServerSettings:
     model_alias: tuple[str, ...] = setting((), "another name to accept: ALIAS (with one model) or SERVED=ALIAS "
                                            "(repeatable), e.g. a client's hard-coded default",
                                            kind="list", group="models", metavar="[SERVED=]ALIAS")
+    config: str | None = setting(None, "a router config (TOML, docs/router.md): serve the models it declares, each "
+                                       "backed by local and/or remote providers (other lastrank servers, Jina, "
+                                       "Cohere, TEI, vLLM) with fallback, a circuit breaker and a routing policy; "
+                                       "--model, --served-model-name and --model-alias are then not used",
+                                 kind="str", group="models", metavar="FILE")
     device: str = setting("cpu", "cpu, cuda, cuda:N, mps or auto", kind="device", group="models")
     dtype: str = setting("auto", "model dtype; auto: the fastest type on this machine whose scores stay "
                                  "within 0.02 of float32's, measured once per machine and model and cached "

@@ -156,6 +156,19 @@ def served_models(settings) -> list:
     return models
 
 
+def routed_models(settings) -> list:
+    """--config: the router's served models (lastrank/router), each a RoutedRunner over its providers."""
+    from lastrank.router import load_config
+    from lastrank.router import routed_models as from_config
+
+    if settings.ray:
+        raise LastrankError("--config (the router) does not run under --ray")
+    if settings.served_model_name or settings.model_alias:
+        raise LastrankError("--served-model-name and --model-alias do not apply with --config: name the models "
+                            "and their aliases in the config file")
+    return from_config(settings, load_config(settings.config))
+
+
 def _loader(model_id: str, path, family: str, name: str, settings):
     def load():
         from lastrank.families import load_backend
@@ -208,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
                 f"refusing to serve on {settings.host} without API keys: anyone who can reach it could use it. "
                 f"Create a key (lastrank keys create --name NAME --store {store.location}), listen on 127.0.0.1, "
                 "or pass --allow-unauthenticated")
-        models = served_models(settings)
+        models = served_models(settings) if settings.config is None else routed_models(settings)
         if settings.ray:  # the same app in Ray Serve replicas (serve_ray.py); Ray's proxy takes the port
             sock.close()
             from lastrank.serve_ray import run as run_on_ray

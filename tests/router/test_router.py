@@ -1,0 +1,524 @@
+"""The router's parts with fakes, fast: config errors, the breaker, the policies, failover and what is never
+retried, and each dialect's translation against a real lastrank app (in process) speaking it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from lastrank.engine.backend import Capabilities
+from lastrank.engine.runner import ModelRunner
+from lastrank.errors import DeadlineExceededError, InvalidRequestError, ModelError, OverloadedError
+from lastrank.router import ConfigError, parse_config
+from lastrank.router.breaker import Breaker
+from lastrank.router.config import ModelConfig, ProviderConfig
+from lastrank.router.providers import Provider, ProviderFailed, RemoteProvider, parse_retry_after
+from lastrank.router.router import RoutedRunner
+from lastrank.types import RankedDocument, RerankRequest, RerankResult, Usage
+
+SECRET = "sk-upstream-secret-0123456789"
+
+CAPS = Capabilities(family="toy", architecture="toy", listwise=False, score="cosine", raw_score="cosine",
+                    instruction=False, embedding_dim=2, context_length=512, max_doc_length=256, max_query_length=64)
+
+QUERY = "alpha beta gamma delta"
+DOCS = ["alpha", "alpha beta", "nothing here", "alpha beta gamma"]  # overlap 1, 2, 0, 3 words: no ties
+
+
+def toy(query, doc):
+    return len(set(query.split()) & set(doc.split())) / len(set(query.split()))
+
+
+# -- config ----------------------------------------------------------------------------------------------------
+
+GOOD = """
+[[models]]
+name = "rerank"
+policy = "cheapest"
+[[models.providers]]
+name = "a"
+dialect = "lastrank"
+base_url = "http://127.0.0.1:9000/"
+api_key_env = "A_KEY"
+[[models.providers]]
+name = "b"
+dialect = "tei"
+base_url = "http://127.0.0.1:9001"
+score = "sigmoid"
+cost_per_1k_docs = 0.5
+"""
+
+
+def test_config_reads_a_good_file():
+    c = parse_config(GOOD)
+    m = c.models[0]
+    assert (m.name, m.policy, [p.name for p in m.providers]) == ("rerank", "cheapest", ["a", "b"])
+    assert m.providers[0].base_url == "http://127.0.0.1:9000" and m.providers[0].api_key_env == "A_KEY"
+    assert m.providers[1].cost_per_1k_docs == 0.5 and m.providers[1].score == "sigmoid"
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda t: t.replace('policy = "cheapest"', 'policy = "random"'), "models[0].policy"),
+    (lambda t: t.replace('cost_per_1k_docs = 0.5', 'cost_per_1k_docs = -1'), "models[0].providers[1].cost_per_1k_docs"),
+    (lambda t: t.replace('api_key_env = "A_KEY"', f'api_key = "{SECRET}"'), "models[0].providers[0].api_key"),
+    (lambda t: t.replace('api_key_env = "A_KEY"', f'api_key_env = "{SECRET}-"'), "models[0].providers[0].api_key_env"),
+    (lambda t: t.replace('score = "sigmoid"\n', ''), "models[0].providers[1].score"),
+    (lambda t: t.replace('"http://127.0.0.1:9001"', '"http://user:pw@127.0.0.1:9001"'), "models[0].providers[1].base_url"),
+    (lambda t: t.replace('"http://127.0.0.1:9001"', '"http://127.0.0.1:9001/?key=x"'), "models[0].providers[1].base_url"),
+    (lambda t: t.replace('"http://127.0.0.1:9001"', '"ftp://127.0.0.1"'), "models[0].providers[1].base_url"),
+    (lambda t: t.replace('name = "b"', 'name = "a"'), "models[0].providers[1].name"),
+    (lambda t: t.replace('dialect = "tei"', 'dialect = "soap"'), "models[0].providers[1].dialect"),
+    (lambda t: t + 'colour = "red"\n', "models[0].providers[1].colour"),
+    (lambda t: t.replace('dialect = "lastrank"', 'dialect = "lastrank"\nscore = "cosine"'), "models[0]: its providers declare different score rules"),
+    (lambda t: "models = 3", "models: must be"),
+    (lambda t: "[[models]\n", "not valid TOML"),
+])
+def test_config_errors_name_the_key(edit, named):
+    with pytest.raises(ConfigError) as e:
+        parse_config(edit(GOOD), source="router.toml")
+    assert f"router.toml: {named}" in e.value.message
+    assert SECRET not in e.value.message  # a key pasted in the wrong place is not echoed
+
+
+# -- breaker ---------------------------------------------------------------------------------------------------
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_breaker_opens_after_the_threshold_and_a_probe_closes_it():
+    clock = Clock()
+    b = Breaker(failure_threshold=2, cooldown_s=5.0, clock=clock)
+    assert b.acquire() and b.state == "closed"
+    b.failure()
+    assert b.state == "closed" and b.available()
+    b.success()  # a success resets the count: failures must be in a row
+    b.failure()
+    b.failure()
+    assert b.state == "open" and not b.available() and not b.acquire() and b.opened == 1
+    clock.t += 4.9
+    assert b.state == "open"
+    clock.t += 0.2
+    assert b.state == "half_open" and b.acquire()  # the probe
+    assert not b.available() and not b.acquire()  # one probe at a time
+    b.failure()  # a failed probe opens it again at once
+    assert b.state == "open" and b.opened == 2
+    clock.t += 5.1
+    assert b.acquire()
+    b.success()
+    assert b.state == "closed" and b.closed_again == 1 and b.available()
+
+
+def test_breaker_hold_is_not_a_failure_and_a_released_probe_frees_the_slot():
+    clock = Clock()
+    b = Breaker(failure_threshold=1, cooldown_s=5.0, clock=clock)
+    b.hold(2.0)
+    assert not b.available() and b.state == "closed"
+    clock.t += 2.0
+    assert b.available()
+    b.failure()
+    clock.t += 5.0
+    assert b.acquire() and not b.available()
+    b.release()  # the probe ended with the client's own error: no verdict, the next request probes
+    assert b.acquire()
+
+
+def test_retry_after_forms():
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("0.5") == 0.5
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert parse_retry_after("99999") == 300.0  # capped
+    assert 0 <= parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") <= 0.0 + 1e-9  # a past date: now
+
+
+# -- routing with fake providers ---------------------------------------------------------------------------------
+
+def model(policy="priority", threshold=2, cooldown=5.0, n=3, **kw) -> ModelConfig:
+    providers = tuple(ProviderConfig(name=f"p{i}", dialect="jina", base_url="http://x", score="cosine", **kw)
+                      for i in range(n))
+    return ModelConfig(name="m", providers=providers, policy=policy, failure_threshold=threshold, cooldown_s=cooldown)
+
+
+class FakeProvider(Provider):
+    """Answers with toy scores, or does what `script` says next: an exception to raise, or seconds to sleep."""
+
+    def __init__(self, config, m, clock, script=(), cost=None):
+        super().__init__(config, m, clock)
+        self.script = list(script)
+        self.calls = 0
+        self.timeouts = []
+
+    async def start(self):
+        self.score_rule = "cosine"
+
+    async def stop(self):
+        pass
+
+    async def call(self, request, timeout_s):
+        self.calls += 1
+        self.timeouts.append(timeout_s)
+        step = self.script.pop(0) if self.script else None
+        if isinstance(step, BaseException):
+            raise step
+        if isinstance(step, (int, float)):
+            await asyncio.sleep(step)
+        order = sorted(range(len(request.documents)), key=lambda i: -toy(request.query, request.documents[i]))
+        return RerankResult([RankedDocument(i, toy(request.query, request.documents[i]), request.documents[i])
+                             for i in order], Usage(documents=len(request.documents)), request.request_id)
+
+
+def routed(m: ModelConfig, scripts=None, clock=time.monotonic) -> RoutedRunner:
+    scripts = scripts or {}
+    providers = [FakeProvider(p, m, clock, scripts.get(p.name, ())) for p in m.providers]
+    return RoutedRunner(m, providers, clock=clock)
+
+
+def req(**kw):
+    return RerankRequest(query=QUERY, documents=list(DOCS), **kw)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_the_router_is_a_model_runner():
+    assert isinstance(routed(model()), ModelRunner)
+
+
+def test_priority_falls_back_on_failure_and_names_the_provider_that_answered():
+    r = routed(model(), {"p0": [ProviderFailed("answered 500")], "p1": [ProviderFailed("connection failed")]})
+
+    async def go():
+        await r.start()
+        return await r.submit(req())
+
+    result = run(go())
+    assert result.provider == "p2" and [d.index for d in result.results] == [3, 1, 0, 2]
+    assert [p.calls for p in r.providers] == [1, 1, 1]
+    assert [p.failed for p in r.providers] == [1, 1, 0] and r.providers[2].answered == 1
+
+
+def test_the_breaker_takes_a_failing_provider_out_and_a_probe_brings_it_back():
+    clock = Clock()
+    fail = [ProviderFailed("answered 503") for _ in range(3)]
+    r = routed(model(threshold=2, cooldown=5.0, n=2), {"p0": fail}, clock=clock)
+
+    async def go():
+        await r.start()
+        answers = [(await r.submit(req())).provider for _ in range(4)]
+        assert answers == ["p1"] * 4  # p0 failed twice (opened), then was skipped: no client request failed
+        assert r.providers[0].calls == 2 and r.providers[0].breaker.state == "open"
+        clock.t += 5.0  # cooldown over: the next request probes p0, which fails again: p1 answers
+        assert (await r.submit(req())).provider == "p1"
+        assert r.providers[0].calls == 3 and r.providers[0].breaker.state == "open"
+        clock.t += 5.0  # p0 healthy now: the probe succeeds and closes the breaker
+        assert (await r.submit(req())).provider == "p0"
+        assert r.providers[0].breaker.state == "closed"
+
+    run(go())
+
+
+def test_429_holds_the_provider_for_its_retry_after_without_opening_the_breaker():
+    clock = Clock()
+    r = routed(model(threshold=1, n=2), {"p0": [ProviderFailed("429", retry_after=3.0, hold=True)]}, clock=clock)
+
+    async def go():
+        await r.start()
+        assert (await r.submit(req())).provider == "p1"
+        b = r.providers[0].breaker
+        assert b.state == "closed" and not b.available()
+        assert (await r.submit(req())).provider == "p1" and r.providers[0].calls == 1  # still held
+        clock.t += 3.0
+        assert (await r.submit(req())).provider == "p0"
+
+    run(go())
+
+
+def test_every_provider_out_is_a_503_with_the_soonest_retry_after():
+    clock = Clock()
+    r = routed(model(threshold=1, cooldown=7.0, n=2), {"p0": [ProviderFailed("x")], "p1": [ProviderFailed("y")]},
+               clock=clock)
+
+    async def go():
+        await r.start()
+        with pytest.raises(OverloadedError, match="every provider .* failed: p0: x; p1: y"):
+            await r.submit(req())
+        assert r.admission_error() is not None and r.admission_error().retry_after == 7.0
+        with pytest.raises(OverloadedError) as e:
+            await r.submit(req())
+        assert e.value.retry_after == 7.0
+        assert [p.calls for p in r.providers] == [1, 1]  # nothing sent while both are open
+
+    run(go())
+
+
+@pytest.mark.parametrize("error", [InvalidRequestError("top_n bad"), ModelError("unreadable 200")])
+def test_the_clients_error_and_an_unreadable_200_are_never_retried(error):
+    r = routed(model(), {"p0": [error]})
+
+    async def go():
+        await r.start()
+        with pytest.raises(type(error)):
+            await r.submit(req())
+
+    run(go())
+    assert [p.calls for p in r.providers] == [1, 0, 0]
+    assert r.providers[0].breaker.state == "closed"
+
+
+def test_cheapest_and_latency_policies_order_the_providers():
+    m = model(policy="cheapest")
+    m = ModelConfig(name="m", policy="cheapest", providers=tuple(
+        ProviderConfig(name=n, dialect="jina", base_url="http://x", score="cosine", cost_per_1k_docs=c)
+        for n, c in (("dear", 2.0), ("cheap", 0.1), ("mid", 1.0))))
+    r = routed(m)
+    assert [p.name for p in r.order()] == ["cheap", "mid", "dear"]
+    lat = routed(model(policy="latency"))
+    lat.providers[0].latency_s, lat.providers[1].latency_s = 0.3, 0.1
+    assert [p.name for p in lat.order()] == ["p2", "p1", "p0"]  # unmeasured first, then fastest
+    lat.providers[2].observe(1.0)
+    assert [p.name for p in lat.order()] == ["p1", "p0", "p2"]
+
+
+def test_each_attempt_gets_the_providers_timeout_or_what_is_left_of_the_deadline():
+    r = routed(model(n=2, timeout_s=5.0), {"p0": [ProviderFailed("no answer within 5 s")]})
+
+    async def go():
+        await r.start()
+        await r.submit(req(deadline=time.monotonic() + 60))
+        assert r.providers[0].timeouts == [5.0]
+        r.providers[0].script = [0.3]
+        r.providers[1].script = []
+        with pytest.raises(DeadlineExceededError):
+            await r.submit(req(deadline=time.monotonic() - 0.01))
+
+    run(go())
+
+
+def test_the_concurrency_cap_sends_the_overflow_to_the_next_provider():
+    r = routed(model(n=2, max_concurrency=1), {"p0": [0.2, 0.2]})
+
+    async def go():
+        await r.start()
+        results = await asyncio.gather(r.submit(req()), r.submit(req()), r.submit(req()))
+        return sorted(x.provider for x in results)
+
+    answered = run(go())
+    assert answered.count("p0") >= 1 and answered.count("p1") >= 1
+    assert max(p.in_flight for p in r.providers) == 0
+
+
+def test_drain_refuses_new_requests():
+    r = routed(model())
+
+    async def go():
+        await r.start()
+        r.drain(time.monotonic() + 1)
+        with pytest.raises(OverloadedError, match="shutting down"):
+            await r.submit(req())
+        await r.stop()
+
+    run(go())
+    assert r.refused_draining == 1 and not r.running
+
+
+def test_mixed_score_rules_are_refused_at_start():
+    r = routed(model(n=2))
+    r.providers[1].start = _set_rule(r.providers[1], "sigmoid")
+
+    with pytest.raises(ConfigError, match="mixes score rules"):
+        run(r.start())
+
+
+def _set_rule(p, rule):
+    async def start():
+        p.score_rule = rule
+    return start
+
+
+# -- translation: each dialect against a real lastrank app ------------------------------------------------------------
+
+class ToyScheduler(ModelRunner):
+    capabilities = CAPS
+    busy = False
+    queued_requests = 0
+    queued_tokens = 0
+    tokens_per_second = None
+    refused_draining = 0
+    running = False
+
+    def __init__(self):
+        self.seen = []
+
+    async def start(self):
+        self.running = True
+
+    async def stop(self):
+        self.running = False
+
+    def admission_error(self):
+        return None
+
+    def drain(self, deadline=None):
+        return 0
+
+    async def submit(self, request):
+        self.seen.append(request)
+        scores = [2 * toy(request.query, d) - 1 for d in request.documents]  # a cosine in [-1, 1]
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])
+        if request.score_threshold is not None:
+            order = [i for i in order if scores[i] >= request.score_threshold]
+        if request.top_n is not None:
+            order = order[:request.top_n]
+        return RerankResult([RankedDocument(i, scores[i], request.documents[i], raw_score=scores[i]) for i in order],
+                            Usage(documents=len(request.documents), prompt_tokens=42), request.request_id)
+
+
+@pytest.fixture
+def upstream(tmp_path):
+    """A real lastrank app (toy scores, one API key) in process; yields (TestClient, key, seen headers)."""
+    from fastapi.testclient import TestClient
+
+    from lastrank.api.app import create_app
+    from lastrank.api.settings import ServerSettings
+    from lastrank.store import Store
+
+    store = Store(tmp_path / "upstream.db")
+    _, key = store.create_key("router")
+    app = create_app(ServerSettings(model=("toy",)), store, scheduler=ToyScheduler())
+    with TestClient(app) as client:
+        yield client, key
+    store.close()
+
+
+def bridge(client, log: list):
+    """An httpx transport that hands each request to the in-process upstream (and records its headers)."""
+    def handle(request: httpx.Request) -> httpx.Response:
+        log.append(dict(request.headers))
+        r = client.request(request.method, request.url.path, content=request.content,
+                           headers={k: v for k, v in request.headers.items() if k != "host"})
+        return httpx.Response(r.status_code, headers=r.headers, content=r.content)
+    return httpx.MockTransport(handle)
+
+
+@pytest.mark.parametrize("dialect", ["lastrank", "jina", "cohere_v1", "cohere_v2", "tei"])
+def test_each_dialect_gives_the_upstreams_indices_order_and_scores(upstream, dialect):
+    client, key = upstream
+    direct = client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS},
+                         headers={"authorization": f"Bearer {key}"}).json()["results"]
+    cfg = ProviderConfig(name="u", dialect=dialect, base_url="http://upstream", api_key_env="U_KEY",
+                         score=None if dialect == "lastrank" else "cosine", model="toy")
+    m = ModelConfig(name="m", providers=(cfg,))
+    seen: list = []
+    p = RemoteProvider(cfg, m, environ={"U_KEY": key}, transport=bridge(client, seen))
+
+    async def go():
+        await p.start()
+        try:
+            return await p.call(req(top_n=3), 10.0)
+        finally:
+            await p.stop()
+
+    result = run(go())
+    assert p.score_rule == "cosine"
+    assert [d.index for d in result.results] == [d["index"] for d in direct][:3] == [3, 1, 0]
+    for got, want in zip(result.results, direct):
+        assert got.relevance_score == pytest.approx(want["relevance_score"], abs=1e-12)
+        assert got.document == DOCS[got.index]
+    assert all(h.get("authorization") == f"Bearer {key}" for h in seen)
+
+
+def test_a_provider_without_api_key_env_sends_no_authorization(upstream):
+    client, _ = upstream
+    cfg = ProviderConfig(name="u", dialect="jina", base_url="http://upstream", score="cosine")
+    seen: list = []
+    p = RemoteProvider(cfg, ModelConfig(name="m", providers=(cfg,)), transport=bridge(client, seen))
+
+    async def go():
+        await p.start()
+        try:
+            await p.call(req(), 10.0)
+        finally:
+            await p.stop()
+
+    with pytest.raises(ProviderFailed, match="answered 401"):  # the upstream needs a key: the operator's problem
+        run(go())
+    assert seen and all("authorization" not in h for h in seen)
+
+
+def test_a_missing_key_variable_is_a_start_up_error_naming_the_variable():
+    cfg = ProviderConfig(name="u", dialect="jina", base_url="http://upstream", score="cosine", api_key_env="NOPE_KEY")
+    p = RemoteProvider(cfg, ModelConfig(name="m", providers=(cfg,)), environ={})
+    with pytest.raises(ConfigError, match="NOPE_KEY"):
+        run(p.start())
+
+
+def _scripted(status, body=None, headers=None, raw=None):
+    def handle(request):
+        return httpx.Response(status, json=body, headers=headers) if raw is None else httpx.Response(status, content=raw)
+    return httpx.MockTransport(handle)
+
+
+@pytest.mark.parametrize("status, body, headers, expect", [
+    (500, {"detail": "boom"}, None, ("fail", None)),
+    (503, {"detail": "busy"}, {"retry-after": "4"}, ("fail", 4.0)),
+    (429, {"detail": "slow down"}, {"retry-after": "2"}, ("hold", 2.0)),
+    (429, {"detail": "slow down"}, None, ("hold", 1.0)),
+    (401, {"detail": "bad key"}, None, ("fail", None)),
+    (400, {"detail": "top_n must be >= 0"}, None, InvalidRequestError),
+    (422, {"detail": "bad field"}, None, InvalidRequestError),
+    (200, {"results": [{"index": 9, "relevance_score": 0.1}]}, None, ModelError),
+    (200, {"results": [{"index": 0, "relevance_score": "high"}]}, None, ModelError),
+    (200, {"nothing": []}, None, ModelError),
+])
+def test_upstream_answers_are_classified(status, body, headers, expect):
+    cfg = ProviderConfig(name="u", dialect="jina", base_url="http://upstream", score="sigmoid")
+    p = RemoteProvider(cfg, ModelConfig(name="m", providers=(cfg,)), transport=_scripted(status, body, headers))
+
+    async def go():
+        await p.start()
+        try:
+            await p.call(req(), 5.0)
+        finally:
+            await p.stop()
+
+    if isinstance(expect, tuple):
+        with pytest.raises(ProviderFailed) as e:
+            run(go())
+        assert (("hold" if e.value.hold else "fail"), e.value.retry_after) == expect
+    else:
+        with pytest.raises(expect) as e:
+            run(go())
+        if expect is InvalidRequestError:
+            assert body["detail"] in e.value.message and "'u'" in e.value.message
+
+
+def test_a_connect_error_is_a_provider_failure():
+    cfg = ProviderConfig(name="u", dialect="jina", base_url="http://127.0.0.1:9", score="sigmoid")  # discard port
+    p = RemoteProvider(cfg, ModelConfig(name="m", providers=(cfg,)))
+
+    async def go():
+        await p.start()
+        try:
+            await p.call(req(), 5.0)
+        finally:
+            await p.stop()
+
+    with pytest.raises(ProviderFailed, match="connection failed"):
+        run(go())
+
+
+def test_a_request_a_dialect_cannot_carry_goes_to_one_that_can_or_is_a_400():
+    jina_only = ModelConfig(name="m", providers=(
+        ProviderConfig(name="t", dialect="tei", base_url="http://x", score="cosine"),))
+    r = routed(jina_only)
+    r.providers = [RemoteProvider(p, jina_only) for p in jina_only.providers]
+    with pytest.raises(InvalidRequestError, match="t: the tei dialect has no return_embeddings"):
+        run(r._route(req(return_embeddings=True)))
