@@ -52,10 +52,12 @@ def test_the_readme_set_up_is_two_commands_and_ci_runs_them_as_written():
     assert 'exec python -m pytest "$@"' in script.read_text()
 
 
-# A port number written into a test: bind((host, N)), port=N, or a local URL with a port a server could hold
-# (1024 and up: a URL such as http://127.0.0.1:9, the discard port nothing listens on, is how tests get a
-# refused connection). `lastrank serve --port N` is checked on the parsed argument lists below.
-FIXED_PORT = re.compile(r"(?:localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1\]):(?:[1-9]\d{4}|[1-9]\d{3})\b|"
+# A port number written into a test: bind((host, N)), port=N, or a local URL on the port of a server that may
+# really be running beside the suite: lastrank serve's default 8080 (the README's own server), Ray Serve's
+# 8000, PostgreSQL's 5432, Ray's 6379 and 8265. (Other local URLs in tests are parsed, never called, or are
+# http://127.0.0.1:9, the discard port, for a refused connection.) `lastrank serve --port N` is checked on
+# the parsed argument lists below.
+FIXED_PORT = re.compile(r"(?:localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1\]):(?:8080|8000|5432|6379|8265)\b|"
                         r"\bport\s*=\s*\d*[1-9]|\.bind\(\(\s*[\"'][^\"']*[\"']\s*,\s*\d*[1-9]")
 
 
@@ -92,11 +94,11 @@ def _free_port_given(words: list) -> bool:
 
 
 def test_the_port_checks_find_what_they_look_for():
-    for line in ['httpx.get("http://127.0.0.1:8080/ready")', "f'http://localhost:1234/x'", "serve(port=8000)",
+    for line in ['httpx.get("http://127.0.0.1:8080/ready")', "f'http://localhost:8000/x'", "serve(port=8000)",
                  's.bind(("127.0.0.1", 5432))']:
         assert FIXED_PORT.search(line), line
     for line in ['"http://127.0.0.1:9/x.png"', '"http://127.0.0.1:{port}"', "port=0", "port=free_port()",
-                 's.bind(("127.0.0.1", 0))']:
+                 's.bind(("127.0.0.1", 0))', 'base_url = "http://127.0.0.1:9001"', "http://127.0.0.1:80801"]:
         assert not FIXED_PORT.search(line), line
     found = [words for _, words in _serve_commands(ast.parse(
         'a = ["serve", "--db", "x"]\nb = [sys.executable, "-m", "lastrank", "serve", "--port", str(p)]\n'
@@ -150,3 +152,53 @@ def test_the_readme_check_finds_placeholders():
     assert words == ["lastrank", "rerank", "--model", "m", "--query", "q", "--documents", "d.txt", "[--top-n", "1]"]
     with pytest.raises(SystemExit):
         build_parser().parse_args(words[1:])
+
+
+def test_the_set_up_pasted_twice_names_the_server_already_running(tmp_path):
+    """The README's first command run a second time: `lastrank serve` finds its port held by the first one and
+    says so, with that server's models and playground, instead of only "port in use". The first server is
+    stood in for by the real app's `GET /` answer (create_app, a toy model) served on a free port."""
+    import http.server
+    import subprocess
+    import sys
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from keyword_backend import KeywordBackend
+    from lastrank.api.app import create_app
+    from lastrank.api.settings import ServerSettings
+    from lastrank.store import Store
+
+    store = Store(tmp_path / "first.db")
+    with TestClient(create_app(ServerSettings(), store, backend=KeywordBackend())) as client:
+        root = client.get("/")
+    store.close()
+    assert root.status_code == 200
+
+    class FirstServer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(root.content)
+
+        def log_message(self, *args):
+            pass
+
+    first = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FirstServer)
+    threading.Thread(target=first.serve_forever, daemon=True).start()
+    port = first.server_address[1]
+    try:
+        proc = subprocess.run([sys.executable, "-m", "lastrank", "serve", "--port", str(port),
+                               "--model", str(tmp_path / "missing"), "--db", str(tmp_path / "second.db")],
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        first.shutdown()
+        first.server_close()
+    assert proc.returncode == 2
+    model = root.json()["models"][0]
+    assert proc.stderr.strip() == (
+        f"lastrank: error: port {port} on 127.0.0.1 is already in use by a running lastrank server (models {model}; "
+        f"playground http://127.0.0.1:{port}/playground); use that one, stop it first, or pass --port for a second "
+        "server")

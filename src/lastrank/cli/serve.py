@@ -127,12 +127,37 @@ def bind_socket(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         if e.errno == errno.EADDRINUSE:
+            running = running_lastrank(host, port)
+            if running:  # e.g. the README's set-up command pasted a second time: say where the first one is
+                raise LastrankError(f"port {port} on {host} is already in use by a running lastrank server "
+                                    f"({running}); use that one, stop it first, or pass --port for a second "
+                                    "server") from None
             raise LastrankError(f"port {port} on {host} is already in use (another lastrank serve?); "
                                 "stop that process or pass --port") from None
         raise LastrankError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def running_lastrank(host: str, port: int) -> str | None:
+    """What a lastrank server holding host:port serves ("models a, b; playground http://.../playground"), from
+    its `GET /` (one second at most); None for anything else, or no answer."""
+    import json
+    import urllib.request
+
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    url = f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+    try:
+        # straight to the address, never through an $http_proxy
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url + "/", timeout=1.0) as r:
+            root = json.loads(r.read(65536))
+    except Exception:  # not answering, not HTTP, not JSON: not a lastrank server
+        return None
+    if not isinstance(root, dict) or root.get("name") != "lastrank":
+        return None
+    models = ", ".join(str(m) for m in root.get("models") or []) or "none"
+    return f"models {models}; playground {url}/playground"
 
 
 def served_models(settings) -> list:
