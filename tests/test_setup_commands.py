@@ -4,7 +4,9 @@
   are too (CI runs them apart only to start the server in the background).
 - No test binds a fixed port: the README's own first command holds 8080 while its second runs the suite,
   and other processes may hold any other fixed port. A test that starts `lastrank serve` passes --port
-  (a free port, or 0); no port number is written into a test.
+  (a free port, or 0), and no test binds or calls a port number written into it.
+- Every `lastrank` command in the README parses as written, and the set-up pasted twice says where the
+  running server is.
 """
 
 from __future__ import annotations
