@@ -522,3 +522,51 @@ def test_a_request_a_dialect_cannot_carry_goes_to_one_that_can_or_is_a_400():
     r.providers = [RemoteProvider(p, jina_only) for p in jina_only.providers]
     with pytest.raises(InvalidRequestError, match="t: the tei dialect has no return_embeddings"):
         run(r._route(req(return_embeddings=True)))
+
+
+def test_a_routed_model_behind_the_api_answers_in_the_clients_dialect_and_bills_once_naming_the_provider(
+        upstream, tmp_path):
+    """The router app (create_app with a RoutedRunner) over an in-process lastrank upstream: the first provider
+    answers 500, the second (TEI dialect) answers; the client (Cohere v2) gets its own shape; one ledger row names
+    the provider; the upstream key is in no response, no /v1/models and not in the router's database."""
+    from fastapi.testclient import TestClient
+
+    from lastrank.api.app import create_app
+    from lastrank.api.models import ServedModel
+    from lastrank.api.settings import ServerSettings
+    from lastrank.store import Store
+
+    client, key = upstream
+    m = ModelConfig(name="rerank", failure_threshold=1, cooldown_s=60.0, providers=(
+        ProviderConfig(name="broken", dialect="jina", base_url="http://broken", score="cosine", api_key_env="U_KEY"),
+        ProviderConfig(name="tei-up", dialect="tei", base_url="http://upstream", score="cosine", api_key_env="U_KEY")))
+    seen: list = []
+    env = {"U_KEY": key}
+    providers = [RemoteProvider(m.providers[0], m, environ=env, transport=_scripted(500, {"detail": "down"})),
+                 RemoteProvider(m.providers[1], m, environ=env, transport=bridge(client, seen))]
+    store = Store(tmp_path / "router.db")
+    app = create_app(ServerSettings(model=("x",)), store,
+                     models=[ServedModel(name="rerank", scheduler=RoutedRunner(m, providers))])
+    texts = []
+    with TestClient(app) as router:
+        for _ in range(2):
+            r = router.post("/v2/rerank", json={"model": "rerank", "query": QUERY, "documents": DOCS, "top_n": 2})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert [x["index"] for x in body["results"]] == [3, 1] and body["meta"]["billed_units"]["search_units"] == 1
+            assert body["results"][0]["relevance_score"] == pytest.approx(1.0 - 2.0 / 4.0)  # cosine 2*(3/4)-1
+            texts.append(r.text)
+        listing = router.get("/v1/models")
+        texts.append(listing.text)
+        entry = listing.json()["data"][0]
+        assert entry["score"] == "cosine" and entry["policy"] == "priority"
+        health = {p["name"]: p["health"]["state"] for p in entry["providers"]}
+        assert health == {"broken": "open", "tei-up": "closed"}
+        assert all("url" not in k for p in entry["providers"] for k in p)
+        rows = store.list_usage()
+    assert [(row.model, row.provider, row.documents) for row in rows] == [("rerank", "tei-up", 4)] * 2
+    assert len({row.request_id for row in rows}) == 2
+    store.close()
+    assert not any(key in t for t in texts)
+    db_bytes = b"".join(p.read_bytes() for p in tmp_path.glob("router.db*"))
+    assert key.encode() not in db_bytes

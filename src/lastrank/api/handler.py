@@ -297,6 +297,7 @@ def _usage_row(state: ServerState, *, request_id: str, key, model: str, route: s
         status=200,
         latency_ms=float(latency_ms),
         cost_usd=cost_for(result.usage.documents, state.settings.price_per_1k_docs),
+        provider=result.provider,  # a routed model's provider that answered (lastrank/router); None otherwise
     )
 
 

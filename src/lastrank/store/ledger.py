@@ -78,6 +78,7 @@ class UsageRow:
     latency_ms: float
     cost_usd: float  # computed by the caller, e.g. with cost_for()
     created_at: datetime | None = None  # UTC; None: the time of record_usage
+    provider: str | None = None  # a routed model's provider that answered (lastrank/router); None: a local model
 
     def __post_init__(self):
         _str("request_id", self.request_id)
@@ -97,6 +98,8 @@ class UsageRow:
             if not isinstance(self.created_at, datetime):
                 raise ValueError(f"UsageRow.created_at must be a datetime or None, got {self.created_at!r}")
             format_ts(self.created_at)  # rejects naive datetimes
+        if self.provider is not None:
+            _str("provider", self.provider)
 
     def to_dict(self) -> dict:
         d = {f: getattr(self, f) for f in self.__dataclass_fields__}
@@ -106,7 +109,7 @@ class UsageRow:
 
 _COLUMNS = (
     "request_id, key_id, model, route, dialect, documents, prompt_tokens, blocks, status, latency_ms,"
-    " cost_nano_usd, created_at"
+    " cost_nano_usd, created_at, provider"
 )
 
 
@@ -115,7 +118,7 @@ def insert(conn, row: UsageRow) -> bool:
     created_at = format_ts(row.created_at if row.created_at is not None else utc_now())
     # ON CONFLICT(request_id), not INSERT OR IGNORE: OR IGNORE would also swallow NOT NULL violations
     cur = conn.execute(
-        f"INSERT INTO usage ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        f"INSERT INTO usage ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT(request_id) DO NOTHING",
         (
             row.request_id,
@@ -130,6 +133,7 @@ def insert(conn, row: UsageRow) -> bool:
             float(row.latency_ms),
             round(row.cost_usd * _NANO),
             created_at,
+            row.provider,
         ),
     )
     return cur.rowcount == 1
@@ -142,8 +146,8 @@ def delete(conn, request_id: str) -> None:
 
 
 def _row(r: tuple) -> UsageRow:
-    *head, cost_nano, created_at = r
-    return UsageRow(*head, cost_usd=cost_nano / _NANO, created_at=parse_ts(created_at))
+    *head, cost_nano, created_at, provider = r
+    return UsageRow(*head, cost_usd=cost_nano / _NANO, created_at=parse_ts(created_at), provider=provider)
 
 
 def since_bound(since: date | datetime | str | None) -> str | None:

@@ -80,6 +80,36 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE api_keys ADD COLUMN models TEXT;  -- comma-separated served model names; NULL: every model
     """,
+    # 4: which provider answered a routed model's request (lastrank/router)
+    """
+    ALTER TABLE usage ADD COLUMN provider TEXT;  -- the router's provider that answered; NULL: a local model
+    """,
+    # 5: credit, budgets and held credit (store/credit.py, docs/billing.md); what the answering provider cost
+    """
+    ALTER TABLE api_keys ADD COLUMN balance_nano_usd {int};   -- credit left, nano-USD; NULL: unlimited
+    ALTER TABLE api_keys ADD COLUMN budget_nano_usd {int};    -- spend allowed per budget period; NULL: no budget
+    ALTER TABLE api_keys ADD COLUMN budget_period TEXT;       -- 'day' or 'month' (UTC); NULL with no budget
+    ALTER TABLE usage ADD COLUMN upstream_cost_nano_usd {int};  -- what the provider that answered costs; NULL: unknown
+
+    CREATE TABLE credit_grants (
+        id              TEXT PRIMARY KEY,
+        key_id          TEXT NOT NULL,
+        amount_nano_usd {int} NOT NULL,          -- a grant or top-up (> 0) or an adjustment (< 0)
+        created_at      TEXT NOT NULL,
+        note            TEXT
+    );
+    CREATE INDEX credit_grants_key ON credit_grants(key_id, created_at);
+
+    -- credit held for a request between the check (before model work) and its ledger row
+    CREATE TABLE credit_holds (
+        request_id      TEXT PRIMARY KEY,
+        key_id          TEXT NOT NULL,
+        amount_nano_usd {int} NOT NULL,          -- the request's price: counts toward the key's budget
+        debited_nano_usd {int} NOT NULL,         -- taken from the balance (0 for a key without credit)
+        expires         {float} NOT NULL         -- seconds since the epoch, database clock: swept back after
+    );
+    CREATE INDEX credit_holds_key ON credit_holds(key_id, expires);
+    """,
 ]
 
 
