@@ -59,7 +59,7 @@ def test_one_definition_renders_for_both():
             for dialect_type, common in [("BIGINT", "INTEGER"), ("DOUBLE PRECISION", "REAL"), ("BYTEA", "BLOB")]:
                 b = b.replace(dialect_type, common)
             assert a == b, number
-    assert SCHEMA_VERSION == len(schema.MIGRATIONS) == 4
+    assert SCHEMA_VERSION == len(schema.MIGRATIONS) == 5
 
 
 def test_version_1_file_is_upgraded_keeping_its_data(tmp_path):
@@ -77,13 +77,13 @@ def test_version_1_file_is_upgraded_keeping_its_data(tmp_path):
     conn.commit()
     conn.close()
     with Store(path) as store:
-        assert store.schema_version() == 4
+        assert store.schema_version() == 5
         assert store.get_usage("old").documents == 3
         assert store.get_usage("old").provider is None  # rows from before the router name no provider
         assert [(k.name, k.models) for k in store.list_keys()] == [("old-key", None)]
         store.record_refusals({("2026-11-01", "", "/v1/rerank", 401, "m"): 2})
         assert store.usage_summary()[0]["requests"] == 3  # the ledger row and two refusals
-    assert _user_version(path) == 4
+    assert _user_version(path) == 5
 
 
 def test_next_migration_runs_once_and_keeps_data(tmp_path, monkeypatch):
