@@ -50,6 +50,20 @@ class RateLimitedError(LastrankError):
     type = "rate_limit_error"
 
 
+class InsufficientCreditError(LastrankError):
+    """The key's credit cannot pay for this request (its price is known before any model work: it counts the
+    documents sent). Nothing was run and nothing was billed."""
+
+    type = "insufficient_credit"
+
+
+class BudgetExceededError(InsufficientCreditError):
+    """The key's spend budget for the current period (UTC day or month) would be exceeded; `retry_after` is the
+    time until the period resets."""
+
+    type = "budget_exceeded"
+
+
 class OverloadedError(LastrankError):
     """The admission queue is full; `retry_after` is a hint."""
 

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lastrank.errors import (
     AuthError,
     DeadlineExceededError,
+    InsufficientCreditError,
     InvalidRequestError,
     LastrankError,
     ModelError,
@@ -52,6 +53,7 @@ STATUS_BY_ERROR: dict[type[LastrankError], int] = {
     PayloadTooLargeError: 413,
     InvalidRequestError: 400,
     AuthError: 401,
+    InsufficientCreditError: 402,  # and BudgetExceededError: no credit (or budget) left for this price
     PermissionDeniedError: 403,
     NotFoundError: 404,
     RateLimitedError: 429,

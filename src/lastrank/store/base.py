@@ -27,7 +27,8 @@ import threading
 from contextlib import AbstractContextManager
 from datetime import date, datetime
 
-from lastrank.errors import StoreError, StoreUnavailableError
+from lastrank.errors import InsufficientCreditError, InvalidRequestError, StoreError, StoreUnavailableError
+from lastrank.store import credit as _credit
 from lastrank.store import keys as _keys
 from lastrank.store import ledger as _ledger
 from lastrank.store import ratelimit as _rate
@@ -112,16 +113,78 @@ class BaseStore:
 
     def create_key(
         self, name: str, requests_per_minute: int | None = None, documents_per_minute: int | None = None,
-        models: list[str] | tuple[str, ...] | None = None,
+        models: list[str] | tuple[str, ...] | None = None, *, credit_usd=None, budget: str | None = None,
     ) -> tuple[KeyRecord, str]:
         """A new key. Returns its record and the plaintext, which is not stored and cannot be shown again.
-        models: the served model names it may use (None: every model)."""
+        models: the served model names it may use (None: every model). credit_usd: a first grant of credit
+        (None: unlimited); budget: e.g. "1.00/day" or "20/month" (None: none). See store/credit.py."""
         name = _keys.check_name(name)
         rpm = _keys.check_limit("requests_per_minute", requests_per_minute)
         dpm = _keys.check_limit("documents_per_minute", documents_per_minute)
         models = _keys.check_models(models)
+        credit = None if credit_usd is None else _credit.to_nano(credit_usd, "credit")
+        if credit is not None and credit < 0:
+            raise InvalidRequestError(f"credit must be >= 0 USD, got {credit_usd!r}")
+        spend = None if budget is None else _credit.parse_budget(budget)
         with self._write(lock="api_keys") as conn:
-            return _keys.create_key(conn, name, rpm, dpm, models)
+            record, plaintext = _keys.create_key(conn, name, rpm, dpm, models)
+            if credit is not None:
+                _credit.grant(conn, record.id, credit, "created", self._for_update)
+            if spend is not None:
+                _credit.set_budget(conn, record.id, spend, self._for_update)
+            if credit is not None or spend is not None:
+                record = _keys.get_key(conn, record.id)
+            return record, plaintext
+
+    # ---- credit and budgets (store/credit.py) ----------------------------------------------------
+
+    def grant_credit(self, id_or_name: str, amount_usd, note: str | None = None) -> KeyRecord:
+        """Add credit to a key (negative: an adjustment; the balance never goes below 0). A key without credit
+        (unlimited) starts from 0, so its requests are then paid from this credit."""
+        amount = _credit.to_nano(amount_usd, "the amount")
+        if amount == 0:
+            raise InvalidRequestError("the amount must not be 0")
+        with self._write(lock="api_keys") as conn:
+            key_id = _keys.get_key(conn, id_or_name).id
+            _credit.grant(conn, key_id, amount, note, self._for_update)
+            return _keys.get_key(conn, key_id)
+
+    def set_unlimited(self, id_or_name: str) -> KeyRecord:
+        """Remove a key's credit limit (its balance is forgotten; the grants stay on record)."""
+        with self._write(lock="api_keys") as conn:
+            key_id = _keys.get_key(conn, id_or_name).id
+            _credit.set_unlimited(conn, key_id, self._for_update)
+            return _keys.get_key(conn, key_id)
+
+    def set_budget(self, id_or_name: str, budget: str | None) -> KeyRecord:
+        """Set ("1.00/day", "20/month") or remove (None) a key's spend budget."""
+        spend = None if budget is None else _credit.parse_budget(budget)
+        with self._write(lock="api_keys") as conn:
+            key_id = _keys.get_key(conn, id_or_name).id
+            _credit.set_budget(conn, key_id, spend, self._for_update)
+            return _keys.get_key(conn, key_id)
+
+    def hold_credit(self, key_id: str, request_id: str, amount_nano_usd: int, hold_s: float) -> None:
+        """Before model work: hold the request's price, or raise InsufficientCreditError / BudgetExceededError
+        (a 402). The hold expires `hold_s` seconds from now (database clock) unless settled or released."""
+        with self._write() as conn:
+            clock = self._clock(conn)
+            _credit.hold(conn, key_id, request_id, amount_nano_usd, clock + hold_s, clock, self._for_update)
+
+    def release_credit(self, request_id: str) -> bool:
+        """A held request failed: give its credit back. False: no hold (settled, released or swept already)."""
+        with self._write() as conn:
+            return _credit.release(conn, request_id, self._for_update)
+
+    def sweep_credit_holds(self) -> int:
+        """Give back every expired hold (a server stopped between hold and bill); a server runs it at start."""
+        with self._write() as conn:
+            return _credit.sweep(conn, self._clock(conn))
+
+    def credit_accounts(self, key: str | None = None) -> list[dict]:
+        """Per key: balance, granted, held, spent, budget and spend in its current period (store/credit.py)."""
+        with self._read() as conn:
+            return _credit.accounts(conn, _key_ids(conn, key))
 
     def verify_key(self, plaintext: str) -> KeyRecord | None:
         """The active key this plaintext belongs to; None for unknown, malformed or revoked keys."""
@@ -157,26 +220,41 @@ class BaseStore:
 
     # ---- ledger ----------------------------------------------------------------------------------
 
-    def record_usage(self, row: UsageRow) -> bool:
+    def record_usage(self, row: UsageRow, *, held: bool = False) -> bool:
         """Write one ledger row; committed and durable when this returns.
 
         Returns False (and writes nothing) when a row with this request_id already exists, whichever
         process or machine wrote it. Raises StoreUnavailableError when the row could not be written; then
         it is not billed (a row whose COMMIT outcome is unknown is deleted later).
+
+        held: the request's price was held (hold_credit); in the same transaction the hold becomes the charge
+        (row.cost_usd, at most what was held). If the hold is gone (it expired and was given back) nothing is
+        written and InsufficientCreditError is raised: the request is answered with an error, not billed.
         """
         if not isinstance(row, UsageRow):
             raise TypeError(f"record_usage takes a UsageRow, got {type(row).__name__}")
         self._settle_voids()
         try:
             with self._write() as conn:
+                if held:
+                    cost = round(row.cost_usd * _credit.NANO)
+                    if not _credit.settle(conn, row.request_id, cost, self._for_update):
+                        raise InsufficientCreditError(
+                            "the credit held for this request expired before it was answered; it was not billed")
+                    inserted = _ledger.insert(conn, row)
+                    if not inserted and row.key_id is not None:  # billed already: the new charge goes back
+                        conn.execute("UPDATE api_keys SET balance_nano_usd = balance_nano_usd + ? WHERE id = ?"
+                                     " AND balance_nano_usd IS NOT NULL", (cost, row.key_id))
+                    return inserted
                 return _ledger.insert(conn, row)
         except StoreUnavailableError as e:
             if getattr(e, "may_have_committed", False):
                 # The connection broke during COMMIT (e.g. the database server stopped at that moment): the row
                 # may be on disk, yet the caller answers an error. A request is billed only when its answer
-                # is a success, so the row is deleted once the store answers again (_settle_voids).
+                # is a success, so the row is deleted once the store answers again (_settle_voids), and a
+                # held request's charge goes back to its key's balance with it.
                 with self._voids_lock:
-                    self._voids[row.request_id] = None
+                    self._voids[row.request_id] = held
                     while len(self._voids) > MAX_VOIDS:
                         del self._voids[next(iter(self._voids))]
             raise
@@ -190,6 +268,12 @@ class BaseStore:
             ids = list(self._voids)
         with self._write() as conn:
             for request_id in ids:
+                if self._voids.get(request_id):  # held: a committed charge goes back with its row
+                    found = conn.execute("SELECT key_id, cost_nano_usd FROM usage WHERE request_id = ?",
+                                         (request_id,)).fetchone()
+                    if found is not None and found[0] is not None:
+                        conn.execute("UPDATE api_keys SET balance_nano_usd = balance_nano_usd + ? WHERE id = ?"
+                                     " AND balance_nano_usd IS NOT NULL", (int(found[1]), found[0]))
                 _ledger.delete(conn, request_id)
         with self._voids_lock:
             for request_id in ids:

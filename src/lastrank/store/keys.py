@@ -42,10 +42,20 @@ class KeyRecord:
     requests_per_minute: int | None  # None: no limit
     documents_per_minute: int | None
     models: tuple[str, ...] | None = None  # served model names this key may use; None: every model
+    # money (store/credit.py), nano-dollars as read: the balance moves with every request, so this is a snapshot
+    balance_nano_usd: int | None = None  # credit left; None: unlimited
+    budget_nano_usd: int | None = None  # spend allowed per budget_period; None: no budget
+    budget_period: str | None = None  # "day" or "month" (UTC)
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+    @property
+    def billed_with_credit(self) -> bool:
+        """True when a request must hold its price first (the key has credit or a budget); False: unlimited.
+        Fixed when the key is created or changed by `lastrank keys`, so a cached record answers it."""
+        return self.balance_nano_usd is not None or self.budget_nano_usd is not None
 
     def to_dict(self) -> dict:
         return {
@@ -58,6 +68,9 @@ class KeyRecord:
             "requests_per_minute": self.requests_per_minute,
             "documents_per_minute": self.documents_per_minute,
             "models": None if self.models is None else list(self.models),
+            "balance_usd": None if self.balance_nano_usd is None else self.balance_nano_usd / 1e9,
+            "budget_usd": None if self.budget_nano_usd is None else self.budget_nano_usd / 1e9,
+            "budget_period": self.budget_period,
         }
 
 
@@ -91,7 +104,8 @@ def check_limit(what: str, value: object) -> int | None:
     return value
 
 
-_COLUMNS = "id, name, created_at, revoked_at, requests_per_minute, documents_per_minute, models"
+_COLUMNS = ("id, name, created_at, revoked_at, requests_per_minute, documents_per_minute, models, balance_nano_usd,"
+            " budget_nano_usd, budget_period")
 
 
 def check_models(models) -> tuple[str, ...] | None:
@@ -107,7 +121,7 @@ def check_models(models) -> tuple[str, ...] | None:
 
 
 def _record(row: tuple) -> KeyRecord:
-    key_id, name, created_at, revoked_at, rpm, dpm, models = row
+    key_id, name, created_at, revoked_at, rpm, dpm, models, balance, budget, period = row
     return KeyRecord(
         id=key_id,
         name=name,
@@ -117,6 +131,9 @@ def _record(row: tuple) -> KeyRecord:
         requests_per_minute=rpm,
         documents_per_minute=dpm,
         models=None if models is None else tuple(models.split(",")),
+        balance_nano_usd=None if balance is None else int(balance),
+        budget_nano_usd=None if budget is None else int(budget),
+        budget_period=period,
     )
 
 

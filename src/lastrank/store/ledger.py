@@ -79,6 +79,7 @@ class UsageRow:
     cost_usd: float  # computed by the caller, e.g. with cost_for()
     created_at: datetime | None = None  # UTC; None: the time of record_usage
     provider: str | None = None  # a routed model's provider that answered (lastrank/router); None: a local model
+    upstream_cost_usd: float | None = None  # what that provider costs the operator (its cost_per_1k_docs); None: unknown
 
     def __post_init__(self):
         _str("request_id", self.request_id)
@@ -100,6 +101,8 @@ class UsageRow:
             format_ts(self.created_at)  # rejects naive datetimes
         if self.provider is not None:
             _str("provider", self.provider)
+        if self.upstream_cost_usd is not None:
+            _nonneg_number("upstream_cost_usd", self.upstream_cost_usd)
 
     def to_dict(self) -> dict:
         d = {f: getattr(self, f) for f in self.__dataclass_fields__}
@@ -109,7 +112,7 @@ class UsageRow:
 
 _COLUMNS = (
     "request_id, key_id, model, route, dialect, documents, prompt_tokens, blocks, status, latency_ms,"
-    " cost_nano_usd, created_at, provider"
+    " cost_nano_usd, created_at, provider, upstream_cost_nano_usd"
 )
 
 
@@ -118,7 +121,7 @@ def insert(conn, row: UsageRow) -> bool:
     created_at = format_ts(row.created_at if row.created_at is not None else utc_now())
     # ON CONFLICT(request_id), not INSERT OR IGNORE: OR IGNORE would also swallow NOT NULL violations
     cur = conn.execute(
-        f"INSERT INTO usage ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        f"INSERT INTO usage ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT(request_id) DO NOTHING",
         (
             row.request_id,
@@ -134,6 +137,7 @@ def insert(conn, row: UsageRow) -> bool:
             round(row.cost_usd * _NANO),
             created_at,
             row.provider,
+            None if row.upstream_cost_usd is None else round(row.upstream_cost_usd * _NANO),
         ),
     )
     return cur.rowcount == 1
@@ -146,8 +150,9 @@ def delete(conn, request_id: str) -> None:
 
 
 def _row(r: tuple) -> UsageRow:
-    *head, cost_nano, created_at, provider = r
-    return UsageRow(*head, cost_usd=cost_nano / _NANO, created_at=parse_ts(created_at), provider=provider)
+    *head, cost_nano, created_at, provider, upstream = r
+    return UsageRow(*head, cost_usd=cost_nano / _NANO, created_at=parse_ts(created_at), provider=provider,
+                    upstream_cost_usd=None if upstream is None else upstream / _NANO)
 
 
 def since_bound(since: date | datetime | str | None) -> str | None:
