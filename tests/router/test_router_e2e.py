@@ -1,0 +1,265 @@
+"""The router with real processes: `lastrank serve --config` in front of two `lastrank serve --model minilm`
+upstreams (one spoken to in lastrank's own dialect, one in TEI's) and a small fake upstream (Jina dialect) that
+answers 500s, 429s, or too slowly, on demand. One upstream is killed mid-load.
+
+Checked: while one provider is healthy no client request fails, in any of the client's dialects; the fake's
+breaker opens and a probe closes it again (/v1/models says so); the router's ledger is exact: one row per 200,
+named by its X-Request-Id, naming the provider that answered, none for a request that failed everywhere, and as
+many rows for upstream B as B's own ledger holds (no double charge); no upstream key appears in the router's log,
+its responses, its /v1/models or its database, and the fake sees only its own key (never the client's)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from server_process import ServerProcess, free_port
+
+KEYS = {"A_KEY": "sk-upstream-a-secret-7f3e", "B_KEY": "sk-upstream-b-secret-91c2", "FAKE_KEY": "sk-fake-secret-55d0"}
+QUERY = "how do plants make food from sunlight"
+DOCS = ["Photosynthesis turns light, water and carbon dioxide into sugar in the leaves.",
+        "The stock market closed higher on Friday.",
+        "Chlorophyll absorbs sunlight, the energy plants use to make glucose.",
+        "A recipe for tomato soup."]
+
+
+class FakeUpstream:
+    """A Jina-dialect upstream on a free port: `mode` ok (forwards to upstream B), 500, 429 or slow."""
+
+    def __init__(self, forward_url: str, forward_key: str):
+        self.mode = "ok"
+        self.auth_seen: set[str] = set()
+        self.calls = 0
+        app = FastAPI()
+
+        @app.post("/v1/rerank")
+        async def rerank(request: Request):
+            self.calls += 1
+            self.auth_seen.add(request.headers.get("authorization", ""))
+            if self.mode == "500":
+                return JSONResponse({"detail": "internal error"}, status_code=500)
+            if self.mode == "429":
+                return JSONResponse({"detail": "slow down"}, status_code=429, headers={"retry-after": "2"})
+            if self.mode == "slow":
+                await asyncio.sleep(3.0)
+                return JSONResponse({"detail": "too late"}, status_code=500)
+            async with httpx.AsyncClient() as c:
+                r = await c.post(forward_url + "/v1/rerank", content=await request.body(),
+                                 headers={"authorization": f"Bearer {forward_key}", "content-type": "application/json"},
+                                 timeout=30)
+            return JSONResponse(r.json(), status_code=r.status_code)
+
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def make_key(db):
+    from lastrank.store import Store
+
+    store = Store(db)
+    _, key = store.create_key("router")
+    store.close()
+    return key
+
+
+CONFIG = """
+[[models]]
+name = "rerank"
+policy = "priority"
+failure_threshold = 2
+cooldown_s = 2.0
+
+[[models.providers]]
+name = "fake"
+dialect = "jina"
+base_url = "{fake}"
+api_key_env = "FAKE_KEY"
+score = "cosine"
+timeout_s = 0.8
+
+[[models.providers]]
+name = "a"
+dialect = "lastrank"
+base_url = "{a}"
+api_key_env = "A_KEY"
+timeout_s = 30
+
+[[models.providers]]
+name = "b"
+dialect = "tei"
+base_url = "{b}"
+api_key_env = "B_KEY"
+score = "cosine"
+timeout_s = 30
+"""
+
+BODIES = {  # the client's dialects: route -> body
+    "/v1/rerank": {"model": "rerank", "query": QUERY, "documents": DOCS},
+    "/v2/rerank": {"model": "rerank", "query": QUERY, "documents": DOCS},
+    "/rerank": {"model": "rerank", "query": QUERY, "texts": DOCS},
+}
+
+
+def ranked(route: str, body) -> list[tuple[int, float]]:
+    items = body if route == "/rerank" else body["results"]
+    return [(x["index"], x["score"] if route == "/rerank" else x["relevance_score"]) for x in items]
+
+
+def test_router_over_real_upstreams(tmp_path, monkeypatch):
+    for name, value in KEYS.items():
+        monkeypatch.setenv(name, value)
+    a_db, b_db, router_db = tmp_path / "a.db", tmp_path / "b.db", tmp_path / "router.db"
+    a_key, b_key = make_key(a_db), make_key(b_db)
+    monkeypatch.setenv("A_KEY", a_key)
+    monkeypatch.setenv("B_KEY", b_key)
+    keys = {"A_KEY": a_key, "B_KEY": b_key, "FAKE_KEY": KEYS["FAKE_KEY"]}
+    client_key = make_key(router_db)
+    a = ServerProcess("minilm", a_db, tmp_path / "a.log")
+    b = ServerProcess("minilm", b_db, tmp_path / "b.log")
+    fake = router = None
+    texts: list[str] = []
+    try:
+        with ThreadPoolExecutor(2) as pool:  # both models load at once
+            list(pool.map(lambda s: s.start(), (a, b)))
+        fake = FakeUpstream(b.url, b_key)
+        fake.start()
+        config = tmp_path / "router.toml"
+        config.write_text(CONFIG.format(fake=fake.url, a=a.url, b=b.url))
+        router = ServerProcess("minilm", router_db, tmp_path / "router.log", extra=["--config", str(config)])
+        router.start()
+        local = threading.local()  # one client per thread
+
+        def client() -> httpx.Client:
+            if not hasattr(local, "http"):
+                local.http = httpx.Client(base_url=router.url, headers={"authorization": f"Bearer {client_key}"},
+                                          timeout=60)
+            return local.http
+
+        http = client()
+        answered: list[str] = []  # X-Request-Id of every 200
+
+        def call(route="/v1/rerank"):
+            r = client().post(route, json=BODIES[route])
+            texts.append(r.text)
+            assert r.status_code == 200, (route, r.status_code, r.text)
+            answered.append(r.headers["x-request-id"])
+            return ranked(route, r.json())
+
+        def health() -> dict:
+            r = http.get("/v1/models")
+            texts.append(r.text)
+            return {p["name"]: p["health"] for p in r.json()["data"][0]["providers"]}
+
+        # the reference: upstream A asked directly; every routed answer has its indices, order and scores
+        direct = httpx.post(a.url + "/v1/rerank", json={"query": QUERY, "documents": DOCS},
+                            headers={"authorization": f"Bearer {a_key}"}).json()
+        reference = ranked("/v1/rerank", direct)
+        assert [i for i, _ in reference][:2] in ([0, 2], [2, 0]) and reference[-1][1] < reference[0][1] - 0.1
+
+        def same(got, route):
+            assert [i for i, _ in got] == [i for i, _ in reference], (route, got)
+            unit = route == "/rerank"  # TEI's [0, 1] score of a cosine model: (1 + cosine) / 2
+            for (_, s), (_, want) in zip(got, reference):
+                assert s == pytest.approx((1 + want) / 2 if unit else want, abs=1e-4)
+
+        # 1. the fake answers 500: two failures open its breaker; no client request fails
+        fake.mode = "500"
+        for route in ["/v1/rerank", "/v2/rerank", "/rerank"] * 2:
+            same(call(route), route)
+        assert fake.calls == 2 and health()["fake"]["state"] == "open"
+
+        # 2. healthy again: after the cooldown a request probes it and closes the breaker
+        fake.mode = "ok"
+        time.sleep(2.1)
+        assert health()["fake"]["state"] == "half_open"
+        same(call(), "/v1/rerank")
+        assert health()["fake"]["state"] == "closed" and fake.calls == 3
+
+        # 3. 429 with Retry-After: 2: held (not tried again for 2 s), breaker still closed, no client failure
+        fake.mode = "429"
+        same(call("/v2/rerank"), "/v2/rerank")
+        same(call("/v2/rerank"), "/v2/rerank")
+        h = health()["fake"]
+        assert h["state"] == "closed" and h.get("held_for_s", 0) > 0 and fake.calls == 4
+
+        # 4. slow past its 0.8 s timeout: twice opens it again, each request answered by the next provider
+        time.sleep(2.1)
+        fake.mode = "slow"
+        for _ in range(2):
+            same(call(), "/v1/rerank")
+        assert health()["fake"]["state"] == "open"
+
+        # 5. kill upstream A mid-load (the fake is out): every request is answered by A, then B
+        fake.mode = "500"
+        stop_at = time.monotonic() + 4.0
+        failures: list[str] = []
+
+        def load(route):
+            while time.monotonic() < stop_at:
+                try:
+                    same(call(route), route)
+                except AssertionError as e:
+                    failures.append(str(e)[:300])
+
+        threads = [threading.Thread(target=load, args=(r,)) for r in BODIES]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        a.kill()
+        for t in threads:
+            t.join(30)
+        assert not failures, failures
+        assert health()["a"]["state"] in ("open", "half_open")
+
+        # 6. every provider out: a 503 with Retry-After, and no ledger row for it
+        b.kill()
+        r = http.post("/v1/rerank", json=BODIES["/v1/rerank"])
+        texts.append(r.text)
+        assert r.status_code == 503 and "retry-after" in r.headers
+        failed_id = r.headers["x-request-id"]
+        http.close()
+    finally:
+        for p in (router, a, b):
+            if p is not None:
+                p.stop()
+        if fake is not None:
+            fake.stop()
+
+    from lastrank.store import Store
+
+    with Store(router_db) as store:
+        rows = store.list_usage()
+    assert sorted(r.request_id for r in rows) == sorted(answered)  # one row per 200, exactly
+    assert failed_id not in {r.request_id for r in rows}
+    by_provider = {p: sum(r.provider == p for r in rows) for p in ("fake", "a", "b")}
+    assert by_provider["fake"] == 1 and by_provider["a"] >= 1 and by_provider["b"] >= 1
+    assert sum(by_provider.values()) == len(rows)
+    with Store(b_db) as store:  # B billed exactly what the router got from it (directly, or through the fake)
+        assert store.count_usage() == by_provider["b"] + by_provider["fake"]
+    assert fake.auth_seen == {f"Bearer {keys['FAKE_KEY']}"}  # its own key only; never the client's
+    logs = (tmp_path / "router.log").read_text()
+    assert "provider fake of rerank failed" in logs  # the log does speak of the failures ...
+    assert "provider a of rerank failed (connection failed" in logs  # A was killed under load
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("router.db*"))
+    for secret in keys.values():  # ... but no key is in it, in any response or in the router's database
+        assert secret not in logs and not any(secret in t for t in texts) and secret.encode() not in stored
