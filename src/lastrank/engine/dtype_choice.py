@@ -112,8 +112,8 @@ def fingerprint(device) -> dict:
         import platform
 
         name = platform.processor() or platform.machine()
-    return {"device": "cpu", "cpu": name, "flags": hashlib.sha256(flags.encode()).hexdigest()[:16],
-            "torch": torch.__version__}
+    return {"device": device.type, "cpu": name, "flags": hashlib.sha256(flags.encode()).hexdigest()[:16],
+            "torch": torch.__version__}  # device.type: "cpu", or "mps" (Apple's GPU, named by its chip)
 
 
 def _key(*parts) -> str:
@@ -184,18 +184,19 @@ def measure_speed(hidden: int, inner: int, device, dtypes: tuple[str, ...] = ("f
     base = {"x": torch.randn(PROBE_ROWS, hidden, generator=torch.Generator().manual_seed(0)),
             "qkv": torch.full((3 * hidden, hidden), 0.02), "up": torch.full((inner, hidden), 0.02),
             "down": torch.full((hidden, inner), 0.02)}
-    cuda = device.type == "cuda"
+    gpu = device.type != "cpu"  # a GPU (cuda, mps): wall time after its queue is done; no thread setting
 
     def clock() -> float:
-        if cuda:
+        if device.type == "cuda":
             torch.cuda.synchronize(device)
-            return time.perf_counter()
-        return time.thread_time()
+        elif device.type == "mps":
+            torch.mps.synchronize()
+        return time.perf_counter() if gpu else time.thread_time()
 
     times: dict[str, float] = {}
     with _probe_lock, torch.inference_mode():
         threads = torch.get_num_threads()
-        if not cuda:
+        if not gpu:
             torch.set_num_threads(1)
         try:
             for name in dtypes:
@@ -217,7 +218,7 @@ def measure_speed(hidden: int, inner: int, device, dtypes: tuple[str, ...] = ("f
                         break
                 times[name] = best
         finally:
-            if not cuda:
+            if not gpu:
                 torch.set_num_threads(threads)
     return times
 
