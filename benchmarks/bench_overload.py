@@ -13,7 +13,9 @@ What it does, all on 127.0.0.1:
   3. overload: requests arrive open-loop at --load x r1 per second (a fixed schedule, whatever the
      answers), sent by a bounded pool of --clients threads with keep-alive connections, for --seconds;
      goodput = 200s per second, reported as a ratio to r1, with the 503s, other statuses, latency of the
-     200s, and the server's CPU time per delivered 200 (from /proc; the clients are not counted);
+     200s, and the server's CPU time per delivered 200 (from /proc; the clients are not counted); and,
+     per phase, the CPU-seconds per second the server and the client threads used, with the load average
+     (the clients share the machine's CPUs with the server; remote clients would not);
   4. repeats for --rounds: short single-client and overload phases alternate, so both see the same
      background load on a shared machine; the pooled ratio is all overload 200s per overload second over
      all single-client 200s per single-client second (per-round ratios are printed too).
@@ -131,7 +133,7 @@ class Client:
 def single_client(srv: Server, seconds: float, n_docs: int) -> dict:
     c = Client(srv.port, srv.key)
     ok = other = 0
-    cpu0, t0 = server_cpu_s(srv.proc.pid), time.monotonic()
+    cpu0, client0, t0 = server_cpu_s(srv.proc.pid), time.process_time(), time.monotonic()
     i = 0
     while time.monotonic() - t0 < seconds:
         status = c.post(body(i, n_docs))
@@ -140,7 +142,8 @@ def single_client(srv: Server, seconds: float, n_docs: int) -> dict:
         other += status != 200
     elapsed = time.monotonic() - t0
     cpu = server_cpu_s(srv.proc.pid) - cpu0
-    return {"rate": ok / elapsed, "ok": ok, "other": other, "cpu_ms_per_200": 1000 * cpu / max(ok, 1)}
+    return {"rate": ok / elapsed, "ok": ok, "other": other, "cpu_ms_per_200": 1000 * cpu / max(ok, 1),
+            "client_cpu": (time.process_time() - client0) / elapsed, "server_cpu": cpu / elapsed}
 
 
 def overload(srv: Server, seconds: float, rate: float, n_clients: int, n_docs: int) -> dict:
@@ -168,7 +171,7 @@ def overload(srv: Server, seconds: float, rate: float, n_clients: int, n_docs: i
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(n_clients)]
     for t in threads:
         t.start()
-    cpu0, t0 = server_cpu_s(srv.proc.pid), time.monotonic()
+    cpu0, client0, t0 = server_cpu_s(srv.proc.pid), time.process_time(), time.monotonic()
     n = int(seconds * rate)
     for i in range(n):
         when = t0 + i / rate
@@ -181,7 +184,9 @@ def overload(srv: Server, seconds: float, rate: float, n_clients: int, n_docs: i
     for t in threads:
         t.join(300)
     window_end = t0 + seconds
+    elapsed = time.monotonic() - t0
     cpu = server_cpu_s(srv.proc.pid) - cpu0
+    client_cpu = time.process_time() - client0
     ok_in_window = sum(1 for s, end, _ in results if s == 200 and end <= window_end)
     ok = [lat for s, _, lat in results if s == 200]
     statuses: dict[int, int] = {}
@@ -195,6 +200,8 @@ def overload(srv: Server, seconds: float, rate: float, n_clients: int, n_docs: i
         "p50_ms": 1000 * statistics.median(ok) if ok else None,
         "p99_ms": 1000 * statistics.quantiles(ok, n=100)[98] if len(ok) >= 2 else None,
         "cpu_ms_per_200": 1000 * cpu / max(len(ok), 1),
+        "client_cpu": client_cpu / elapsed,  # CPU-seconds per second of the client threads (this process)
+        "server_cpu": cpu / elapsed,
     }
 
 
@@ -227,13 +234,15 @@ def main() -> int:
                 one = single_client(srv, args.seconds, args.docs)
                 over = overload(srv, args.seconds, args.load * one["rate"], args.clients, args.docs)
                 over["ratio"] = over["goodput"] / one["rate"]
-                rounds.append({"single": one, "overload": over})
+                rounds.append({"single": one, "overload": over, "load": os.getloadavg()[0]})
                 if not args.json:
                     print(f"round {r + 1}: single client {one['rate']:.1f} req/s "
                           f"({one['cpu_ms_per_200']:.1f} ms server CPU per 200) | offered {over['offered_per_s']:.1f}/s: "
                           f"goodput {over['goodput']:.1f}/s = {over['ratio']:.2f}x, statuses {over['statuses']}, "
                           f"p50 {over['p50_ms']:.0f} ms p99 {over['p99_ms']:.0f} ms, "
-                          f"{over['cpu_ms_per_200']:.1f} ms server CPU per 200, {over['late_sends']} late sends",
+                          f"{over['cpu_ms_per_200']:.1f} ms server CPU per 200, {over['late_sends']} late sends; "
+                          f"CPU-s/s server {one['server_cpu']:.2f} -> {over['server_cpu']:.2f}, "
+                          f"clients {one['client_cpu']:.2f} -> {over['client_cpu']:.2f}; load {os.getloadavg()[0]:.1f}",
                           flush=True)
         finally:
             srv.stop()
