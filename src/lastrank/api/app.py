@@ -48,6 +48,8 @@ from lastrank.api.logs import log_access
 from lastrank.api.metrics import Metrics
 from lastrank.api.models import ModelTable, ServedModel, served_model
 from lastrank.api.refusals import count_refusal
+from lastrank.api.catalogue import model_card, read_reports
+from lastrank.api.catalogue import router as catalogue_router
 from lastrank.api.playground import router as playground_router
 from lastrank.api.routes import router
 from lastrank.api.settings import ServerSettings
@@ -218,6 +220,8 @@ def create_app(
         await model.scheduler.start()
         model.capabilities = model.capabilities or model.scheduler.capabilities
         model.random_weights = model.random_weights or (model.backend is not None and model.backend.random_weights)
+        if model.card is None and model.backend is not None:  # for /v1/models and /models: read once, here
+            model.card = await asyncio.to_thread(model_card, model.backend.path)
         model.ready = True
         log.info("model ready: %s%s", model.name, " (RANDOM WEIGHTS: scores mean nothing)" if model.random_weights else "")
 
@@ -262,9 +266,11 @@ def create_app(
         redoc_url=None,
     )
     app.state.lastrank = state
+    app.state.reports = read_reports(settings.reports, table)  # serve --reports, for /models (api/catalogue.py)
     api_errors.install(app)
     app.include_router(router)
     app.include_router(playground_router)
+    app.include_router(catalogue_router)
     api_docs.install(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,
                        body_timeout_s=settings.body_timeout_s)

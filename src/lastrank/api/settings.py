@@ -43,6 +43,11 @@ class ServerSettings:
                                        "Cohere, TEI, vLLM) with fallback, a circuit breaker and a routing policy; "
                                        "--model, --served-model-name and --model-alias are then not used",
                                  kind="str", group="models", metavar="FILE")
+    reports: tuple[str, ...] = setting((), "`lastrank eval` report.json or `lastrank bench --json` files, or folders "
+                                           "of them (repeatable): the benchmark table of the /models page (nDCG@10 "
+                                           "per data set, tokens/s), matched to served models by model name; others "
+                                           "are rows marked not served", kind="list", group="models",
+                                       metavar="FILE_OR_FOLDER")
     device: str = setting("cpu", "cpu, cuda, cuda:N, mps or auto", kind="device", group="models")
     dtype: str = setting("auto", "model dtype; auto: the fastest type on this machine whose scores stay "
                                  "within 0.02 of float32's, measured once per machine and model and cached "
