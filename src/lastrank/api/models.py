@@ -32,6 +32,7 @@ class ServedModel:
     scheduler: ModelRunner | None = None  # a Scheduler, a Ray ModelClient (serve_ray.py) or a test fake
     capabilities: Capabilities | None = None
     random_weights: bool = False
+    card: dict | None = None  # parameters, languages, license as its folder says (api/catalogue.model_card)
     ready: bool = False
     load_error: str | None = None
 
@@ -49,7 +50,8 @@ class ServedModel:
         # a routed model (lastrank/router): its policy and each provider's health and score rule, never a key or URL
         routed = self.scheduler.describe() if isinstance(self.scheduler, RoutedRunner) else {}
         return {"id": self.name, "object": "model", "owned_by": "lastrank", "root": self.model_id or self.name,
-                "ready": self.ready, "random_weights": self.random_weights, **caps, **dtype, **routed,
+                "ready": self.ready, "random_weights": self.random_weights, **caps, **(self.card or {}), **dtype,
+                **routed,
                 **({"load_error": self.load_error} if self.load_error else {})}
 
 

@@ -403,7 +403,10 @@ def bench(args: argparse.Namespace, out=None) -> dict:
     reranker.rerank("warm up", ["a short passage", "another one"])  # first-call allocations (and compile), not timed
     if args.compile:
         say(f"first call with compile (fresh cache, in the bench process): {time.perf_counter() - t:.1f} s")
-    results = {"machine": machine, "matmul_tflops_measured": rates, "cases": {}}
+    # what was measured, so `serve --reports` can put these speeds beside the served model (api/catalogue.py)
+    model = {"id": str(checkpoint), "family": reranker.capabilities.family,
+             "random_weights": bool(reranker.backend.random_weights)}
+    results = {"model": model, "machine": machine, "matmul_tflops_measured": rates, "cases": {}}
     for name, (query, docs) in cases.items():
         row = bench_case(name, query, docs, reranker, reference, args, max(rates), say)
         if not args.no_subprocess:
