@@ -191,7 +191,11 @@ def routed_models(settings) -> list:
     if settings.served_model_name or settings.model_alias:
         raise LastrankError("--served-model-name and --model-alias do not apply with --config: name the models "
                             "and their aliases in the config file")
-    return from_config(settings, load_config(settings.config))
+    from lastrank.router import preflight
+
+    models = from_config(settings, load_config(settings.config))
+    preflight(models)  # a wrong config (mixed score rules, a wrong upstream model name) is one line here
+    return models
 
 
 def _loader(model_id: str, path, family: str, name: str, settings):

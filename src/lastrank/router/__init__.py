@@ -8,6 +8,7 @@ RoutedRunner as its ModelRunner; docs/router.md describes the file, the policies
 
 from __future__ import annotations
 
+import os
 import time
 
 from lastrank.router.config import ConfigError, ModelConfig, ProviderConfig, RouterConfig, load_config, parse_config
@@ -26,6 +27,11 @@ def routed_models(settings, config: RouterConfig) -> list:
     from lastrank.api.models import ServedModel
     from lastrank.router.router import RoutedRunner
 
+    missing = sorted({p.api_key_env for m in config.models for p in m.providers
+                      if p.api_key_env is not None and not os.environ.get(p.api_key_env)})
+    if missing:  # said before anything starts; the message names the variables, never a value
+        raise ConfigError(f"{config.source}: api_key_env names environment variables that are not set or empty: "
+                          f"{', '.join(missing)}")
     out = []
     for m in config.models:
         runner = RoutedRunner(m, [make_provider(p, m, settings) for p in m.providers])
@@ -34,5 +40,33 @@ def routed_models(settings, config: RouterConfig) -> list:
     return out
 
 
+def preflight(models: list) -> None:
+    """Before the server starts: reach every model's remote providers once (lastrank ones say their score rule)
+    and check each model's rules agree, so a wrong config is one error line at the CLI rather than a failed
+    start-up inside the server. A model with a local provider is checked when it loads (its rule comes from the
+    model). Providers that do not answer are only warned about (they may come up later)."""
+    import asyncio
+
+    from lastrank.router.router import RoutedRunner
+
+    async def check(runner: RoutedRunner) -> None:
+        remote = [p for p in runner.providers if p.config.remote]
+        try:
+            await asyncio.gather(*(p.start() for p in remote))
+            if len(remote) == len(runner.providers):
+                runner._capabilities()  # raises ConfigError on mixed or unknown rules
+        finally:
+            await asyncio.gather(*(p.stop() for p in remote), return_exceptions=True)
+            for p in remote:  # start afresh in the server (the breaker state of this check is not kept)
+                p.breaker = type(p.breaker)(p.breaker.failure_threshold, p.breaker.cooldown_s, clock=p.breaker.clock)
+
+    async def check_all() -> None:
+        for m in models:
+            if isinstance(m.scheduler, RoutedRunner):
+                await check(m.scheduler)
+
+    asyncio.run(check_all())
+
+
 __all__ = ["ConfigError", "ModelConfig", "ProviderConfig", "RouterConfig", "load_config", "parse_config",
-           "routed_models"]
+           "preflight", "routed_models"]
