@@ -53,6 +53,7 @@ from lastrank.api.catalogue import router as catalogue_router
 from lastrank.api.playground import router as playground_router
 from lastrank.api.routes import router
 from lastrank.api.settings import ServerSettings
+from lastrank.errors import LastrankError
 from lastrank.types import new_request_id
 
 log = logging.getLogger("lastrank.api")
@@ -198,6 +199,7 @@ def create_app(
     if models is None:
         models = [single_model(settings, scheduler=scheduler, backend=backend, load=load_backend)]
     table = ModelTable(models)
+    prices = model_prices(settings, table)
     metrics = Metrics()
     metrics.attach_models(table)
     state = ServerState(
@@ -210,6 +212,7 @@ def create_app(
                             store=store),  # used only if the store is shared (PostgreSQL): limits across replicas
         metrics=metrics,
         models=table,
+        prices=prices,
     )
 
     async def start_model(model: ServedModel) -> None:
@@ -234,6 +237,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if store is not None and hasattr(store, "sweep_credit_holds"):
+            try:  # credit held by requests a stopped server never finished goes back (store/credit.py)
+                await asyncio.to_thread(store.sweep_credit_holds)
+            except Exception:  # the store may be down at start; each key's next request sweeps its own holds
+                log.warning("could not give back expired credit holds at start", exc_info=True)
         loaders = []
         for model in table:
             if model.load is None and model.scheduler is None and model.backend is None:
@@ -283,6 +291,18 @@ def create_app(
                                            "X-Lastrank-Query-Truncated", "Retry-After"])
     app.add_middleware(RequestContextMiddleware, metrics=metrics, state=state)  # added last: outermost
     return app
+
+
+def model_prices(settings: ServerSettings, table: ModelTable) -> dict[str, float]:
+    """--price by served model name (an alias names its model); ValueError for a malformed or unknown name."""
+    out = {}
+    for name, usd in settings.model_prices().items():
+        try:
+            out[table.resolve(name).name] = usd
+        except LastrankError:
+            raise ValueError(f"--price names the model {name!r}, which is not served here; this server serves "
+                             f"{table.served_names()}") from None
+    return out
 
 
 def make_scheduler(backend, settings: ServerSettings, observer=None):

@@ -13,6 +13,7 @@ key's allowance. Errors are raised as domain errors and rendered by api/errors.p
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -36,6 +37,7 @@ from lastrank.api.models import ModelTable, ServedModel
 from lastrank.api.settings import ServerSettings
 from lastrank.engine.backend import name_indices
 from lastrank.errors import InvalidRequestError, PayloadTooLargeError, PermissionDeniedError
+from lastrank.store.credit import price_nano as credit_price_nano
 from lastrank.types import RerankRequest, RerankResult
 
 log = logging.getLogger("lastrank.api")
@@ -51,6 +53,8 @@ TRUNCATED_DOCUMENTS_HEADER = "X-Lastrank-Truncated-Documents"
 QUERY_TRUNCATED_HEADER = "X-Lastrank-Query-Truncated"
 # At most this many document indices are named in a truncation warning.
 WARNING_MAX_INDICES = 10
+# Held credit expires this long after the request's deadline (hold_seconds).
+CREDIT_HOLD_MARGIN_S = 300.0
 
 
 @dataclass
@@ -64,6 +68,7 @@ class ServerState:
     metrics: Metrics
     models: ModelTable
     started_at: float = field(default_factory=time.time)
+    prices: dict[str, float] = field(default_factory=dict)  # --price: USD per 1,000 documents by served model name
 
     @property
     def ready(self) -> bool:
@@ -281,14 +286,36 @@ async def submit_watching(scheduler, request: Request, rr: RerankRequest) -> Rer
         raise
 
 
-def _usage_row(state: ServerState, *, request_id: str, key, model: str, route: str, dialect: str,
-               result: RerankResult, latency_ms: float):
-    from lastrank.store.ledger import UsageRow, cost_for
+def hold_seconds(s: ServerSettings) -> float:
+    """How long held credit waits for its request before any server may give it back (store/credit.py): well past
+    the request's deadline, so only a request whose server stopped loses its hold."""
+    return (s.request_timeout_s or 3600.0) + CREDIT_HOLD_MARGIN_S
+
+
+async def _release_credit(state: ServerState, request_id: str) -> None:
+    try:
+        await run_in_threadpool(state.store.release_credit, request_id)
+    except Exception:  # e.g. the store is down: the hold expires and is swept back (hold_seconds)
+        log.warning("request %s: could not give its held credit back now; it returns when the hold expires",
+                    request_id, exc_info=True)
+
+
+def _upstream_cost(model: ServedModel, provider: str | None, documents: int) -> float | None:
+    """What the routed model's provider that answered costs the operator (its cost_per_1k_docs), else None."""
+    for p in getattr(model.scheduler, "providers", None) or ():
+        if provider is not None and getattr(p, "name", None) == provider:
+            return credit_price_nano(documents, p.config.cost_per_1k_docs) / 1e9
+    return None
+
+
+def _usage_row(state: ServerState, *, request_id: str, key, model: ServedModel, route: str, dialect: str,
+               result: RerankResult, latency_ms: float, price_nano: int):
+    from lastrank.store.ledger import UsageRow
 
     return UsageRow(
         request_id=request_id,
         key_id=None if key is None else key.id,
-        model=model,
+        model=model.name,
         route=route,
         dialect=dialect,
         documents=result.usage.documents,
@@ -296,8 +323,9 @@ def _usage_row(state: ServerState, *, request_id: str, key, model: str, route: s
         blocks=result.usage.blocks,
         status=200,
         latency_ms=float(latency_ms),
-        cost_usd=cost_for(result.usage.documents, state.settings.price_per_1k_docs),
+        cost_usd=price_nano / 1e9,  # the price held (or quoted) before the work: the documents sent
         provider=result.provider,  # a routed model's provider that answered (lastrank/router); None otherwise
+        upstream_cost_usd=_upstream_cost(model, result.provider, result.usage.documents),
     )
 
 
@@ -333,28 +361,44 @@ async def handle_rerank(request: Request, route: str, route_dialect=None) -> Res
     else:  # the buckets are in a shared store (PostgreSQL): a database round trip, off the event loop
         await run_in_threadpool(state.limiter.check, key, len(t.documents))
 
-    # decoding images (base64, PIL's header and pixels) is CPU work: off the event loop
-    rr = await run_in_threadpool(to_request, t, s, request_id) if t.images else to_request(t, s, request_id)
+    # The price is known now (it counts the documents sent). A key with credit or a budget holds it before
+    # any model work: a 402 if it cannot pay; the hold becomes the charge with the ledger row, or goes back.
+    price_nano = credit_price_nano(len(t.documents), state.prices.get(model.name, s.price_per_1k_docs))
+    held = False
+    if state.store is not None and key is not None and getattr(key, "billed_with_credit", False):
+        await run_in_threadpool(state.store.hold_credit, key.id, request_id, price_nano, hold_seconds(s))
+        held = True
+    settled = False
     try:
-        result = await submit_watching(model.scheduler, request, rr)
-    except ClientDisconnected:
-        log.info("request %s: client disconnected; its pending blocks were dropped", request_id)
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
+        # decoding images (base64, PIL's header and pixels) is CPU work: off the event loop
+        rr = await run_in_threadpool(to_request, t, s, request_id) if t.images else to_request(t, s, request_id)
+        try:
+            result = await submit_watching(model.scheduler, request, rr)
+        except ClientDisconnected:
+            log.info("request %s: client disconnected; its pending blocks were dropped", request_id)
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
 
-    # Render first (it cannot fail on client input), then bill, then send: a 200 is never unbilled.
-    warnings, truncation_headers = truncation_report(result)
-    info = ResponseInfo(request_id=request_id, model=model.name,
-                        search_units=search_units(result.usage.chunks or len(t.documents)),
-                        capabilities=model.capabilities, warnings=warnings)
-    content, headers = dialect.from_internal(result, t, info)
-    response = RerankJSONResponse(content, headers={**headers, **truncation_headers, "X-Request-Id": request_id})
+        # Render first (it cannot fail on client input), then bill, then send: a 200 is never unbilled.
+        warnings, truncation_headers = truncation_report(result)
+        info = ResponseInfo(request_id=request_id, model=model.name,
+                            search_units=search_units(result.usage.chunks or len(t.documents)),
+                            capabilities=model.capabilities, warnings=warnings)
+        content, headers = dialect.from_internal(result, t, info)
+        response = RerankJSONResponse(content, headers={**headers, **truncation_headers, "X-Request-Id": request_id})
 
-    latency_ms = (time.monotonic() - started) * 1000.0
-    if state.store is not None:
-        row = _usage_row(state, request_id=request_id, key=key, model=model.name, route=route, dialect=dialect.NAME,
-                         result=result, latency_ms=latency_ms)
-        # Durable (committed, synchronous=FULL) before a byte of the response is sent.
-        await run_in_threadpool(state.store.record_usage, row)
+        latency_ms = (time.monotonic() - started) * 1000.0
+        if state.store is not None:
+            row = _usage_row(state, request_id=request_id, key=key, model=model, route=route, dialect=dialect.NAME,
+                             result=result, latency_ms=latency_ms, price_nano=price_nano)
+            # Durable (committed, synchronous=FULL) before a byte of the response is sent.
+            if held:  # the hold becomes the charge in the ledger row's transaction
+                await run_in_threadpool(functools.partial(state.store.record_usage, row, held=True))
+            else:
+                await run_in_threadpool(state.store.record_usage, row)
+        settled = True
+    finally:
+        if held and not settled:  # model error, deadline, client gone, store error: nothing billed, credit back
+            await _release_credit(state, request_id)
     state.metrics.observe_usage(model.name, result.usage)
     request.state.usage = result.usage  # for the access log
     return response

@@ -51,6 +51,8 @@ async def models(request: Request) -> dict:
         entry = m.describe()
         entry["created"] = int(state.started_at)
         entry["aliases"] = [n for n in state.models.names_of(m) if n != m.name]
+        # what a request is billed, USD per 1,000 documents (--price, else --price-per-1k-docs; docs/billing.md)
+        entry["price_per_1k_docs"] = state.prices.get(m.name, state.settings.price_per_1k_docs)
         data.append(entry)
     return {"object": "list", "data": data}
 

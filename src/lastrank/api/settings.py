@@ -69,8 +69,11 @@ class ServerSettings:
                                                 "https://app.example.com); default: none", flag="--cors-origin",
                                             kind="list", metavar="ORIGIN")
     # billing
-    price_per_1k_docs: float = setting(0.008, "USD per 1,000 documents, for the ledger's cost column",
-                                       kind="nonneg_float", group="billing")
+    price_per_1k_docs: float = setting(0.008, "USD per 1,000 documents, for the ledger's cost column and keys "
+                                              "with credit (docs/billing.md)", kind="nonneg_float", group="billing")
+    price: tuple[str, ...] = setting((), "the price of one served model, USD per 1,000 documents (repeatable), "
+                                         "e.g. jina-reranker-v3=0.02; others: --price-per-1k-docs",
+                                     kind="list", group="billing", metavar="MODEL=USD")
     # request limits (each gives 413 when exceeded)
     max_body_bytes: int = setting(32 * 1024 * 1024, "request body bytes (413)", kind="positive_int", group="limits")
     max_documents: int = setting(10_000, "documents per request (413)", kind="positive_int", group="limits")
@@ -152,6 +155,24 @@ class ServerSettings:
             elif not sep and len(self.model) == 1:
                 out.append(alias)
         return tuple(out)
+
+    def model_prices(self) -> dict[str, float]:
+        """--price as {served model name: USD per 1,000 documents}; ValueError names a malformed entry."""
+        out = {}
+        for entry in self.price:
+            name, sep, value = entry.rpartition("=")
+            try:
+                usd = float(value)
+            except ValueError:
+                usd = -1.0
+            if not sep or not name.strip() or not (0 <= usd < float("inf")):
+                raise ValueError(f"--price takes MODEL=USD with USD a number >= 0 (per 1,000 documents), got {entry!r}")
+            out[name.strip()] = usd
+        return out
+
+    def price_per_1k_for(self, model_name: str) -> float:
+        """USD per 1,000 documents for a served model: its --price, else --price-per-1k-docs."""
+        return self.model_prices().get(model_name, self.price_per_1k_docs)
 
     @property
     def loopback(self) -> bool:

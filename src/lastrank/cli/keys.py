@@ -1,4 +1,4 @@
-"""`lastrank keys create|list|revoke`: manage API keys in the store."""
+"""`lastrank keys create|list|revoke|credit|budget`: manage API keys, their credit and budgets in the store."""
 
 from __future__ import annotations
 
@@ -53,8 +53,28 @@ def register(subparsers) -> None:
     create.add_argument("--documents-per-minute", type=positive_int, default=None, metavar="D", help="default: no limit")
     create.add_argument("--models", default=None, metavar="NAME[,NAME...]",
                         help="served model names this key may use (403 for others); default: every model")
+    create.add_argument("--credit", default=None, metavar="USD",
+                        help="credit in USD its requests are paid from (402 once spent; docs/billing.md); "
+                             "default: unlimited")
+    create.add_argument("--budget", default=None, metavar="USD/PERIOD",
+                        help="a spend budget per UTC day or month, e.g. 1.00/day or 20/month (402 past it)")
     add_db_argument(create)
     create.set_defaults(func=_create)
+
+    credit = sub.add_parser("credit", help="top up or adjust a key's credit, or make it unlimited")
+    credit.add_argument("key", metavar="ID_OR_NAME")
+    how = credit.add_mutually_exclusive_group(required=True)
+    how.add_argument("--add", metavar="USD", help="add this much credit (negative: take it away; never below 0)")
+    how.add_argument("--unlimited", action="store_true", help="no credit limit (the balance is forgotten)")
+    credit.add_argument("--note", default=None, help="recorded with the grant (e.g. an invoice number)")
+    add_db_argument(credit)
+    credit.set_defaults(func=_credit)
+
+    budget = sub.add_parser("budget", help="set or remove a key's spend budget per UTC day or month")
+    budget.add_argument("key", metavar="ID_OR_NAME")
+    budget.add_argument("budget", metavar="USD/PERIOD|none", help="e.g. 1.00/day or 20/month; none removes it")
+    add_db_argument(budget)
+    budget.set_defaults(func=_budget)
 
     lst = sub.add_parser("list", help="list keys (never their secrets)")
     lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -74,7 +94,8 @@ def _limit(value: int | None) -> str:
 def _create(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         models = None if args.models is None else args.models.split(",")
-        record, plaintext = store.create_key(args.name, args.requests_per_minute, args.documents_per_minute, models)
+        record, plaintext = store.create_key(args.name, args.requests_per_minute, args.documents_per_minute, models,
+                                             credit_usd=args.credit, budget=args.budget)
         where = store.location
     # The key alone goes to stdout (so `lastrank keys create ... > file` captures just it); the rest to stderr.
     print(f"Created key {record.name!r} (id {record.id}) in {where}", file=sys.stderr)
@@ -111,11 +132,13 @@ def _list(args: argparse.Namespace) -> int:
             _limit(r.requests_per_minute),
             _limit(r.documents_per_minute),
             "all" if r.models is None else ",".join(r.models),
+            "unlimited" if r.balance_nano_usd is None else usd(r.balance_nano_usd),
+            "-" if r.budget_nano_usd is None else f"{usd(r.budget_nano_usd)}/{r.budget_period}",
         ]
         for r in records
     ]
-    print(format_table(["ID", "NAME", "KEY", "CREATED (UTC)", "STATUS", "REQ/MIN", "DOCS/MIN", "MODELS"], rows,
-                       right={5, 6}))
+    print(format_table(["ID", "NAME", "KEY", "CREATED (UTC)", "STATUS", "REQ/MIN", "DOCS/MIN", "MODELS",
+                        "CREDIT (USD)", "BUDGET (USD)"], rows, right={5, 6, 8}))
     return 0
 
 
@@ -127,4 +150,34 @@ def _revoke(args: argparse.Namespace) -> int:
         print(f"Revoked key {record.name!r} (id {record.id}).")
     else:
         print(f"Key {record.name!r} (id {record.id}) was already revoked.")
+    return 0
+
+
+def usd(nano: int) -> str:
+    """Exact USD from nano-dollars: at least 2 decimals, more only where the amount has them."""
+    sign = "-" if nano < 0 else ""
+    whole, frac = divmod(abs(nano), 1_000_000_000)
+    digits = f"{frac:09d}".rstrip("0")
+    return f"{sign}{whole}.{digits.ljust(2, '0')}"
+
+
+def _credit(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        if args.unlimited:
+            record = store.set_unlimited(args.key)
+            print(f"Key {record.name!r} (id {record.id}) has no credit limit now.")
+            return 0
+        record = store.grant_credit(args.key, args.add, note=args.note)
+    print(f"Key {record.name!r} (id {record.id}): credit {usd(record.balance_nano_usd)} USD.")
+    return 0
+
+
+def _budget(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        record = store.set_budget(args.key, None if args.budget.strip().lower() == "none" else args.budget)
+    if record.budget_nano_usd is None:
+        print(f"Key {record.name!r} (id {record.id}) has no spend budget now.")
+    else:
+        print(f"Key {record.name!r} (id {record.id}): budget {usd(record.budget_nano_usd)} USD per "
+              f"{record.budget_period} (UTC).")
     return 0

@@ -3,6 +3,7 @@
 REQUESTS counts every request the server answered for a key: the billed ones (ledger rows) and the ones
 it refused (401, 403, 413, 422, 429, 503, ...: counted in the store's refusal counters, never billed).
 ERRORS is the refused part. Requests without a valid key (a 401) show as "(no key)".
+Then, for keys with credit or a budget: granted, spent, held, balance and the budget's current period.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ def _usage(args: argparse.Namespace) -> int:
         return _errors(args)
     with open_store(args) as store:
         rows = store.usage_summary(key=args.key, since=args.since)
+        accounts = store.credit_accounts(key=args.key)  # balances and budgets: now, not since --since
     grand = total(rows)
     if args.json:
-        print(json.dumps({"rows": rows, "total": grand}, indent=2))
+        print(json.dumps({"rows": rows, "total": grand, "accounts": accounts}, indent=2))
         return 0
     if not rows:
         print("No usage recorded" + (f" since {args.since}" if args.since else "") + ".")
+        _print_accounts(accounts)
         return 0
 
     def cells(day: str, key_id: str, name: str, r: dict) -> list[str]:
@@ -56,7 +59,29 @@ def _usage(args: argparse.Namespace) -> int:
     headers = ["DAY (UTC)", "KEY", "NAME", "REQUESTS", "ERRORS", "DOCUMENTS", "TOKENS", "COST (USD)"]
     print(format_table(headers, body, right={3, 4, 5, 6, 7}))
     print("ERRORS: requests refused or failed (4xx, 5xx), counted but not billed; `lastrank usage --errors` lists them.")
+    _print_accounts(accounts)
     return 0
+
+
+def _print_accounts(accounts: list[dict]) -> None:
+    """Balance and budget of the keys with credit or a budget (store/credit.py); nothing when none has."""
+    shown = [a for a in accounts if a["balance_usd"] is not None or a["budget_usd"] is not None
+             or a["granted_usd"] is not None]
+    if not shown:
+        return
+
+    def money(x: float | None) -> str:
+        return "-" if x is None else f"{x:.6f}"
+
+    body = [[a["key_id"], a["key_name"], money(a["granted_usd"]), money(a["spent_usd"]), money(a["held_usd"]),
+             "unlimited" if a["balance_usd"] is None else money(a["balance_usd"]),
+             "-" if a["budget_usd"] is None else f"{money(a['budget_usd'])}/{a['budget_period']}",
+             "-" if a["period_spent_usd"] is None else money(a["period_spent_usd"]),
+             a["period_resets_at"] or "-"] for a in shown]
+    print()
+    print(format_table(["KEY", "NAME", "GRANTED", "SPENT", "HELD", "BALANCE", "BUDGET", "IN PERIOD", "RESETS (UTC)"],
+                       body, right={2, 3, 4, 5, 7}))
+    print("USD. SPENT: every billed request of the key; HELD: requests running now; BALANCE: credit left.")
 
 
 def _errors(args: argparse.Namespace) -> int:

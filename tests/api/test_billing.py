@@ -1,0 +1,159 @@
+"""Credit and budgets through the API (fake scheduler, real SQLite store): a 402 before any model work in every
+dialect, a charge exactly once on success, the credit back on any failure, prices per model in /v1/models."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+NANO = 1_000_000_000
+Q = "q words"
+D = ["q words here", "nothing", "q"]
+# every rerank route and dialect: (path, body)
+ROUTES = [("/v1/rerank", {"query": Q, "documents": D}),                     # Jina
+          ("/v2/rerank", {"query": Q, "documents": D, "model": "jina-reranker-v3"}),    # Cohere v2
+          ("/v1/rerank", {"query": Q, "documents": D, "return_documents": True}),
+          ("/rerank", {"query": Q, "texts": D}),                            # TEI
+          ("/rerank", {"query": Q, "documents": D})]                        # Jina on /rerank
+
+
+def _post(client, path, body, key):
+    return client.post(path, json=body, headers={"Authorization": f"Bearer {key}"})
+
+
+def test_402_before_model_work_in_every_dialect(make_client, fake_scheduler, store):
+    # 3 documents at 0.008 USD / 1,000 cost 24,000 nano-USD; the key holds 20,000
+    record, key = store.create_key("poor", credit_usd="0.00002")
+    c = make_client()
+    for path, body in ROUTES:
+        r = _post(c, path, body, key)
+        assert r.status_code == 402, (path, r.text)
+        j = r.json()
+        assert j["error"]["type"] == "insufficient_credit" and j["error"]["code"] == 402
+        assert "costs 0.000024000 USD" in j["detail"] and "0.000020000 USD left" in j["message"]
+    assert fake_scheduler.requests == []  # no model work at all
+    assert store.list_usage() == [] and store.get_key(record.id).balance_nano_usd == 20_000
+
+
+def test_charged_once_per_success_then_402(make_client, fake_scheduler, store):
+    record, key = store.create_key("acme", credit_usd="0.00005")  # two requests of 24,000 fit, not three
+    c = make_client()
+    assert _post(c, *ROUTES[0], key).status_code == 200
+    assert _post(c, *ROUTES[3], key).status_code == 200
+    r = _post(c, *ROUTES[1], key)
+    assert r.status_code == 402 and len(fake_scheduler.requests) == 2
+    rows = store.list_usage()
+    assert [round(u.cost_usd * NANO) for u in rows] == [24_000, 24_000]
+    assert store.get_key(record.id).balance_nano_usd == 50_000 - 48_000
+    [acct] = store.credit_accounts()
+    assert (acct["held_usd"], acct["spent_usd"]) == (0.0, 48_000 / NANO)
+
+
+def test_per_model_price_and_models_list(make_client, fake_scheduler, store):
+    record, key = store.create_key("acme", credit_usd=1)
+    c = make_client(price=("jina-reranker-v3=2",))  # 2 USD per 1,000 documents: 3 documents cost 0.006
+    models = c.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["data"]
+    assert [m["price_per_1k_docs"] for m in models] == [2.0]
+    assert _post(c, *ROUTES[0], key).status_code == 200
+    assert store.list_usage()[0].cost_usd == 0.006
+    assert store.get_key(record.id).balance_nano_usd == NANO - 6_000_000
+    with pytest.raises(ValueError, match="not served"):
+        make_client(price=("other=1",))
+    with pytest.raises(ValueError, match="MODEL=USD"):
+        make_client(price=("jina-reranker-v3=-1",))
+
+
+def test_a_failed_request_gives_the_credit_back(make_client, fake_scheduler, store):
+    from lastrank.errors import DeadlineExceededError, ModelError
+
+    record, key = store.create_key("acme", credit_usd="0.00003")  # one request's worth
+    c = make_client()
+    for error in (ModelError("CUDA out of memory"), DeadlineExceededError("late")):
+        async def broken(request, error=error):
+            raise error
+
+        fake_scheduler.submit = broken
+        assert _post(c, *ROUTES[0], key).status_code in (500, 504)
+        assert store.get_key(record.id).balance_nano_usd == 30_000  # given back, nothing billed
+    assert store.list_usage() == [] and store.credit_accounts()[0]["held_usd"] == 0.0
+
+
+def test_store_outage_after_the_answer_gives_the_credit_back(make_client, fake_scheduler, store, monkeypatch):
+    from lastrank.errors import StoreUnavailableError
+
+    record, key = store.create_key("acme", credit_usd="0.00003")
+    c = make_client()
+
+    def down(row, held=False):
+        raise StoreUnavailableError("the database is down", retry_after=1.0)
+
+    monkeypatch.setattr(store, "record_usage", down)
+    assert _post(c, *ROUTES[0], key).status_code == 503
+    assert store.get_key(record.id).balance_nano_usd == 30_000 and store.list_usage() == []
+
+
+def test_budget_402_names_the_period_and_reset(make_client, fake_scheduler, store):
+    record, key = store.create_key("acme", budget="0.00005/day")  # no credit limit, 50,000 nano-USD a day
+    c = make_client()
+    assert _post(c, *ROUTES[0], key).status_code == 200
+    assert _post(c, *ROUTES[0], key).status_code == 200
+    r = _post(c, *ROUTES[0], key)
+    assert r.status_code == 402 and r.json()["error"]["type"] == "budget_exceeded"
+    assert "per day" in r.json()["detail"] and "resets at" in r.json()["detail"]
+    assert int(r.headers["retry-after"]) >= 1
+    assert len(fake_scheduler.requests) == 2 and store.get_key(record.id).balance_nano_usd is None
+
+
+def test_unlimited_keys_and_keyless_servers_are_billed_as_before(make_client, fake_scheduler, store):
+    c = make_client()
+    assert c.post("/v1/rerank", json=ROUTES[0][1]).status_code == 200  # loopback, no keys: open
+    record, key = store.create_key("free")
+    assert _post(c, *ROUTES[0], key).status_code == 200
+    assert [u.cost_usd for u in store.list_usage()] == [0.000024, 0.000024]
+    assert store.credit_accounts("free")[0]["balance_usd"] is None
+
+
+def test_a_client_that_goes_away_gets_its_credit_back(store, fake_scheduler):
+    """Through a real ASGI server: the handler cancels the work on disconnect and releases the hold."""
+    import uvicorn
+
+    from lastrank.api.app import create_app
+    from lastrank.api.settings import ServerSettings
+
+    record, key = store.create_key("acme", credit_usd="0.00003")
+    app = create_app(ServerSettings(), store, scheduler=fake_scheduler)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+
+    def run():
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        fake_scheduler.gate = asyncio.Event()  # never set: requests wait until cancelled
+        loop.run_until_complete(server.serve(sockets=[sock]))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.02)
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"http://127.0.0.1:{port}/v1/rerank", json=ROUTES[0][1], timeout=0.5,
+                       headers={"Authorization": f"Bearer {key}"})
+        for _ in range(200):
+            if fake_scheduler.cancelled and store.get_key(record.id).balance_nano_usd == 30_000:
+                break
+            time.sleep(0.02)
+        assert len(fake_scheduler.cancelled) == 1
+        assert store.get_key(record.id).balance_nano_usd == 30_000 and store.list_usage() == []
+    finally:
+        server.should_exit = True
+        t.join(10)
