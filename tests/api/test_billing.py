@@ -157,3 +157,23 @@ def test_a_client_that_goes_away_gets_its_credit_back(store, fake_scheduler):
     finally:
         server.should_exit = True
         t.join(10)
+
+
+def test_the_ledger_shows_the_price_charged_and_the_upstream_cost(make_client, fake_scheduler, store):
+    """A routed model (lastrank/router) names the provider that answered; its cost_per_1k_docs is the upstream cost."""
+    from types import SimpleNamespace
+
+    answer = fake_scheduler.submit
+
+    async def routed(request):
+        result = await answer(request)
+        result.provider = "gpu-b"
+        return result
+
+    fake_scheduler.submit = routed
+    fake_scheduler.providers = [SimpleNamespace(name="gpu-a", config=SimpleNamespace(cost_per_1k_docs=9.0)),
+                                SimpleNamespace(name="gpu-b", config=SimpleNamespace(cost_per_1k_docs=0.5))]
+    c = make_client(price=("jina-reranker-v3=1.5",))
+    assert c.post("/v1/rerank", json=ROUTES[0][1]).status_code == 200
+    [row] = store.list_usage()
+    assert (row.provider, row.cost_usd, row.upstream_cost_usd) == ("gpu-b", 0.0045, 0.0015)

@@ -53,7 +53,7 @@ from lastrank.api.catalogue import router as catalogue_router
 from lastrank.api.playground import router as playground_router
 from lastrank.api.routes import router
 from lastrank.api.settings import ServerSettings
-from lastrank.errors import LastrankError
+from lastrank.errors import InvalidRequestError, LastrankError
 from lastrank.types import new_request_id
 
 log = logging.getLogger("lastrank.api")
@@ -294,14 +294,15 @@ def create_app(
 
 
 def model_prices(settings: ServerSettings, table: ModelTable) -> dict[str, float]:
-    """--price by served model name (an alias names its model); ValueError for a malformed or unknown name."""
+    """--price by served model name (an alias names its model); InvalidRequestError (a ValueError, one
+    `lastrank: error:` line from `lastrank serve`) for a malformed or unknown name."""
     out = {}
     for name, usd in settings.model_prices().items():
         try:
             out[table.resolve(name).name] = usd
         except LastrankError:
-            raise ValueError(f"--price names the model {name!r}, which is not served here; this server serves "
-                             f"{table.served_names()}") from None
+            raise InvalidRequestError(f"--price names the model {name!r}, which is not served here; this server "
+                                      f"serves {table.served_names()}") from None
     return out
 
 

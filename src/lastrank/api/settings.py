@@ -157,7 +157,10 @@ class ServerSettings:
         return tuple(out)
 
     def model_prices(self) -> dict[str, float]:
-        """--price as {served model name: USD per 1,000 documents}; ValueError names a malformed entry."""
+        """--price as {served model name: USD per 1,000 documents}; InvalidRequestError (a ValueError) names a
+        malformed entry, so `lastrank serve` says it in one line."""
+        from lastrank.errors import InvalidRequestError
+
         out = {}
         for entry in self.price:
             name, sep, value = entry.rpartition("=")
@@ -166,7 +169,7 @@ class ServerSettings:
             except ValueError:
                 usd = -1.0
             if not sep or not name.strip() or not (0 <= usd < float("inf")):
-                raise ValueError(f"--price takes MODEL=USD with USD a number >= 0 (per 1,000 documents), got {entry!r}")
+                raise InvalidRequestError(f"--price takes MODEL=USD with USD a number >= 0 (per 1,000 documents), got {entry!r}")
             out[name.strip()] = usd
         return out
 
