@@ -6,6 +6,7 @@ never billed; the connection goes on serving."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import sys
 import time
@@ -162,6 +163,33 @@ def test_connection_close_and_expect_continue_are_honoured(served, saturable):
             data, closed = read_until_closed(s, limit_s=5)
         assert closed and data.startswith(b"HTTP/1.1 503 "), (extra, data)
         assert b"connection: close" in data.lower() and b"overloaded_error" in data
+
+
+def test_refusals_are_in_both_access_logs(served, saturable, caplog):
+    srv, key, _, _, _ = served
+    text_lines = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            text_lines.append(record.getMessage())
+
+    uvicorn_access = logging.getLogger("uvicorn.access")  # --access-log text: uvicorn's own line
+    keep, level = Keep(), uvicorn_access.level
+    uvicorn_access.addHandler(keep)
+    uvicorn_access.setLevel(logging.INFO)
+    saturable.full = True
+    try:
+        with caplog.at_level(logging.INFO, logger="lastrank.access"):  # --access-log json
+            r = httpx.post(srv.url + "/v1/rerank?x=1", content=BODY, headers={"Authorization": f"Bearer {key}"})
+    finally:
+        uvicorn_access.removeHandler(keep)
+        uvicorn_access.setLevel(level)
+    assert r.status_code == 503
+    lines = [json.loads(rec.getMessage()) for rec in caplog.records if rec.name == "lastrank.access"]
+    [line] = [x for x in lines if x["request_id"] == r.headers["x-request-id"]]
+    assert (line["status"], line["path"], line["key"], line["method"]) == (503, "/v1/rerank", "busy-client", "POST")
+    assert any(t.endswith('"POST /v1/rerank?x=1 HTTP/1.1" 503') for t in text_lines), text_lines
+    assert key not in " ".join(text_lines) + json.dumps(lines)
 
 
 def test_who_is_refused_early(served, saturable):

@@ -96,11 +96,13 @@ def refuse_in_protocol(protocol, app) -> None:
         return  # not create_app's app: nothing to judge with
     conn = protocol.conn
     next_event = conn.next_event
+    closed = False
 
     def next_event_refusing():
+        nonlocal closed
         while True:
-            if protocol.transport is not None and protocol.transport.is_closing():
-                return h11.NEED_DATA  # answered with `Connection: close`: nothing more is read
+            if closed:
+                return h11.NEED_DATA  # a refusal closed the connection: nothing more is read
             event = next_event()
             if type(event) is not h11.Request:
                 return event
@@ -114,12 +116,13 @@ def refuse_in_protocol(protocol, app) -> None:
                 refusal = None
             if refusal is None:
                 return event
-            _answer(protocol, conn, state, app, event, target.decode("ascii"), refusal)
+            closed = _answer(protocol, conn, state, app, event, target.decode("ascii"), refusal)
 
     conn.next_event = next_event_refusing
 
 
-def _answer(protocol, conn, state, app, event, path: str, refusal: Refusal) -> None:
+def _answer(protocol, conn, state, app, event, path: str, refusal: Refusal) -> bool:
+    """Send the refusal, count it; -> whether the connection was closed."""
     import h11
 
     started = time.monotonic()
@@ -135,7 +138,8 @@ def _answer(protocol, conn, state, app, event, path: str, refusal: Refusal) -> N
     output += conn.send(h11.Data(data=response.body))
     output += conn.send(h11.EndOfMessage())
     protocol.transport.write(output)  # one write: head and body in one segment
-    if conn.our_state is h11.MUST_CLOSE:  # the client said `Connection: close` (or HTTP/1.0), or see above
+    closed = conn.our_state is h11.MUST_CLOSE  # the client said `Connection: close` (or HTTP/1.0), or see above
+    if closed:
         conn.send(h11.ConnectionClosed())
         protocol.transport.close()
     protocol.on_response_complete()  # keep-alive and header timers, request count: as for any response
@@ -149,8 +153,13 @@ def _answer(protocol, conn, state, app, event, path: str, refusal: Refusal) -> N
         state.metrics.observe_http(path, response.status_code, seconds)
     except Exception:  # counting must never affect an answer
         log.exception("could not count a refused request in the metrics")
-    log_access(scope, response.status_code, seconds)  # never raises
+    log_access(scope, response.status_code, seconds)  # --access-log json; never raises
+    if protocol.access_log:  # --access-log text: uvicorn's own line, as it writes for every other answer
+        client = "%s:%d" % protocol.client if protocol.client else ""
+        protocol.access_logger.info('%s - "%s %s HTTP/%s" %d', client, "POST", event.target.decode("ascii", "replace"),
+                                    event.http_version.decode("ascii", "replace"), response.status_code)
     count_refusal(scope, response.status_code)  # `lastrank usage`'s ERRORS; never raises
+    return closed
 
 
 __all__ = ["RERANK_ROUTES", "Refusal", "early_refusal", "refuse_in_protocol"]
