@@ -177,3 +177,14 @@ def test_the_ledger_shows_the_price_charged_and_the_upstream_cost(make_client, f
     assert c.post("/v1/rerank", json=ROUTES[0][1]).status_code == 200
     [row] = store.list_usage()
     assert (row.provider, row.cost_usd, row.upstream_cost_usd) == ("gpu-b", 0.0045, 0.0015)
+
+
+def test_a_served_model_may_carry_its_own_price(store):
+    """ServedModel.price_per_1k_docs (what a router config can set) prices a model; --price overrides it."""
+    from lastrank.api.app import model_prices
+    from lastrank.api.models import ModelTable, ServedModel
+    from lastrank.api.settings import ServerSettings
+
+    table = ModelTable([ServedModel(name="a", price_per_1k_docs=0.5), ServedModel(name="b")])
+    assert model_prices(ServerSettings(), table) == {"a": 0.5}
+    assert model_prices(ServerSettings(price=("a=0.25", "b=1")), table) == {"a": 0.25, "b": 1.0}

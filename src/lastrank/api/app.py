@@ -294,10 +294,11 @@ def create_app(
 
 
 def model_prices(settings: ServerSettings, table: ModelTable) -> dict[str, float]:
-    """--price by served model name (an alias names its model); InvalidRequestError (a ValueError, one
+    """Prices by served model name: a model's own (ServedModel.price_per_1k_docs, e.g. set from a router config),
+    then --price (an alias names its model); InvalidRequestError (a ValueError, one
     `lastrank: error:` line from `lastrank serve`) for a malformed or unknown name."""
-    out = {}
-    for name, usd in settings.model_prices().items():
+    out = {m.name: m.price_per_1k_docs for m in table if m.price_per_1k_docs is not None}
+    for name, usd in settings.model_prices().items():  # the command line wins over a model's own price
         try:
             out[table.resolve(name).name] = usd
         except LastrankError:

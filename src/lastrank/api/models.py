@@ -35,6 +35,8 @@ class ServedModel:
     card: dict | None = None  # parameters, languages, license as its folder says (api/catalogue.model_card)
     ready: bool = False
     load_error: str | None = None
+    # USD per 1,000 documents for this model (e.g. from a router config); None: --price, else --price-per-1k-docs
+    price_per_1k_docs: float | None = None
 
     def explicit_names(self) -> set[str]:
         return {n for n in (self.name, self.model_id, *self.aliases) if n}
