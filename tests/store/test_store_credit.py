@@ -157,3 +157,26 @@ def test_racing_holds_never_overdraw(target):
         assert a.count_usage("acme") == 10
         assert a.get_key(record.id).balance_nano_usd == 0
         assert sum(round(r.cost_usd * NANO) for r in a.list_usage("acme")) == 100_000
+
+
+def test_racing_holds_never_pass_a_budget(target):
+    """The budget counts ledger + held in one snapshot under the key's lock: racing requests never pass it."""
+    with open_store(target) as a, open_store(target) as b:
+        record, _ = a.create_key("team", budget="0.000055/day")  # 55,000 nano-USD a day: 5 requests of 10,000
+        won = []
+
+        def client(store, i):
+            try:
+                store.hold_credit(record.id, f"r{i}", 10_000, hold_s=60)
+            except BudgetExceededError:
+                return
+            store.record_usage(_row(f"r{i}", record.id, 10_000), held=True)
+            won.append(i)
+
+        threads = [threading.Thread(target=client, args=(a if i % 2 else b, i)) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(won) == 5 and a.count_usage("team") == 5
+        assert a.credit_accounts("team")[0]["period_spent_usd"] == 50_000 / NANO

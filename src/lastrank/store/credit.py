@@ -141,11 +141,14 @@ def set_budget(conn, key_id: str, budget: tuple[int, str] | None, for_update: st
 
 
 def period_spend(conn, key_id: str, start: datetime) -> int:
-    """Billed in the ledger since `start` plus held right now, nano-dollars."""
-    billed = conn.execute("SELECT CAST(COALESCE(SUM(cost_nano_usd), 0) AS BIGINT) FROM usage"
-                          " WHERE key_id = ? AND created_at >= ?", (key_id, format_ts(start))).fetchone()[0]
-    held = conn.execute("SELECT CAST(COALESCE(SUM(amount_nano_usd), 0) AS BIGINT) FROM credit_holds"
-                        " WHERE key_id = ?", (key_id,)).fetchone()[0]
+    """Billed in the ledger since `start` plus held right now, nano-dollars.
+
+    One statement, so one snapshot on PostgreSQL (READ COMMITTED takes one per statement): a hold settled
+    between two separate queries would be counted in neither."""
+    billed, held = conn.execute(
+        "SELECT (SELECT CAST(COALESCE(SUM(cost_nano_usd), 0) AS BIGINT) FROM usage WHERE key_id = ? AND created_at >= ?),"
+        " (SELECT CAST(COALESCE(SUM(amount_nano_usd), 0) AS BIGINT) FROM credit_holds WHERE key_id = ?)",
+        (key_id, format_ts(start), key_id)).fetchone()
     return int(billed) + int(held)
 
 
