@@ -564,6 +564,11 @@ def test_a_routed_model_behind_the_api_answers_in_the_clients_dialect_and_bills_
         assert health == {"broken": "open", "tei-up": "closed"}
         assert all("url" not in k for p in entry["providers"] for k in p)
         rows = store.list_usage()
+        metrics = router.get("/metrics").text
+    assert 'lastrank_router_provider_state{model="rerank",provider="broken"} 2.0' in metrics
+    assert 'lastrank_router_provider_state{model="rerank",provider="tei-up"} 0.0' in metrics
+    assert 'lastrank_router_provider_answered_total{model="rerank",provider="tei-up"} 2.0' in metrics
+    assert 'lastrank_router_provider_failures_total{model="rerank",provider="broken"} 1.0' in metrics
     assert [(row.model, row.provider, row.documents) for row in rows] == [("rerank", "tei-up", 4)] * 2
     assert len({row.request_id for row in rows}) == 2
     store.close()

@@ -71,6 +71,9 @@ class Metrics:
                                               "Model throughput (the scheduler's EWMA over recent batches)", M,
                                               registry=r)
         self._models: list = []  # ServedModel entries, read at scrape
+        from lastrank.router.metrics import RouterCollector
+
+        r.register(RouterCollector(lambda: self._models))  # routed models' providers (lastrank/router); none: nothing
 
     # -------------------------------------------------------------------------- models and schedulers
 
