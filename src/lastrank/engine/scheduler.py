@@ -266,7 +266,7 @@ class Scheduler(ModelRunner):
 
     def admission_error(self) -> OverloadedError | None:
         """The error a new request would be refused with right now, or None. Cheap: the API calls it
-        before reading a request (api/app.py), so a refusal under overload costs almost nothing."""
+        before reading a request (api/admission.py), so a refusal under overload costs almost nothing."""
         with self._cond:
             return self._refusal_locked()
 
