@@ -575,3 +575,74 @@ def test_a_routed_model_behind_the_api_answers_in_the_clients_dialect_and_bills_
     assert not any(key in t for t in texts)
     db_bytes = b"".join(p.read_bytes() for p in tmp_path.glob("router.db*"))
     assert key.encode() not in db_bytes
+
+
+def test_vllm_score_answers_are_read():
+    cfg = ProviderConfig(name="v", dialect="vllm_score", base_url="http://vllm", score="sigmoid", model="bge")
+    sent = []
+
+    def handle(request):
+        sent.append((request.url.path, request.content))
+        return httpx.Response(200, json={"object": "list", "model": "bge", "usage": {"prompt_tokens": 17},
+                                         "data": [{"index": i, "object": "score", "score": s}
+                                                  for i, s in enumerate([0.2, 0.9, 0.1, 0.5])]})
+
+    p = RemoteProvider(cfg, ModelConfig(name="m", providers=(cfg,)), transport=httpx.MockTransport(handle))
+
+    async def go():
+        await p.start()
+        try:
+            return await p.call(req(top_n=2), 5.0)
+        finally:
+            await p.stop()
+
+    result = run(go())
+    assert [(d.index, d.relevance_score) for d in result.results] == [(1, 0.9), (3, 0.5)]
+    assert result.usage.prompt_tokens == 17 and result.usage.documents == 4
+    import json
+    assert sent[0][0] == "/score" and json.loads(sent[0][1]) == {"model": "bge", "text_1": QUERY, "text_2": DOCS}
+
+
+def test_a_local_provider_runs_its_scheduler_and_a_full_queue_is_skipped():
+    from lastrank.router.providers import LocalProvider
+
+    cfg = ProviderConfig(name="here", dialect="local", model="toy")
+    m = ModelConfig(name="m", providers=(cfg,))
+    scheduler = ToyScheduler()
+    p = LocalProvider(cfg, m, settings=None, scheduler=scheduler)
+
+    async def go():
+        await p.start()
+        result = await p.call(req(), None)
+        scheduler.admission_error = lambda: OverloadedError("full", retry_after=1.0)
+        with pytest.raises(ProviderFailed) as e:
+            await p.call(req(), None)
+        await p.stop()
+        return result, e.value
+
+    result, refused = run(go())
+    assert p.score_rule == "cosine" and [d.index for d in result.results] == [3, 1, 0, 2]
+    assert refused.skip and len(scheduler.seen) == 1
+
+
+def test_a_local_provider_loads_the_real_model(tmp_path):
+    """dialect = "local" with the packaged MiniLM: loaded by the provider itself, its answer the model's own."""
+    from lastrank.api.settings import ServerSettings
+    from lastrank.engine.reranker import Reranker
+    from lastrank.router.providers import LocalProvider
+
+    cfg = ProviderConfig(name="here", dialect="local", model="minilm")
+    p = LocalProvider(cfg, ModelConfig(name="m", providers=(cfg,)), settings=ServerSettings(dtype="float32"))
+
+    async def go():
+        await p.start()
+        try:
+            return await p.call(req(), None)
+        finally:
+            await p.stop()
+
+    result = run(go())
+    want = Reranker("minilm", dtype="float32").rerank(QUERY, DOCS)
+    assert p.score_rule == "cosine"
+    assert [(d.index, round(d.relevance_score, 5)) for d in result.results] == \
+        [(d["index"], round(d["relevance_score"], 5)) for d in want]
