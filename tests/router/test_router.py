@@ -472,6 +472,7 @@ def _scripted(status, body=None, headers=None, raw=None):
     (429, {"detail": "slow down"}, {"retry-after": "2"}, ("hold", 2.0)),
     (429, {"detail": "slow down"}, None, ("hold", 1.0)),
     (401, {"detail": "bad key"}, None, ("fail", None)),
+    (302, None, {"location": "http://elsewhere/"}, ("fail", None)),  # a redirect is never followed
     (400, {"detail": "top_n must be >= 0"}, None, InvalidRequestError),
     (422, {"detail": "bad field"}, None, InvalidRequestError),
     (200, {"results": [{"index": 9, "relevance_score": 0.1}]}, None, ModelError),

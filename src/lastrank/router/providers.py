@@ -165,6 +165,8 @@ class RemoteProvider(Provider):
                 raise ConfigError(f"provider {self.name!r}: the environment variable {env} (api_key_env) is not set "
                                   "or empty")
             headers["authorization"] = f"Bearer {key}"
+        # httpx logs every request at INFO, with its URL: one line per routed request under --log-level info
+        logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger("httpx").level))
         cap = self.config.max_concurrency
         self.client = httpx.AsyncClient(headers=headers, transport=self._transport, follow_redirects=False,
                                         limits=httpx.Limits(max_connections=cap, max_keepalive_connections=cap))
@@ -270,8 +272,9 @@ class RemoteProvider(Provider):
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         if status == 429:
             raise ProviderFailed("429 (rate limited)", retry_after=retry_after or DEFAULT_HOLD_S, hold=True)
-        if status >= 500 or status in (401, 403, 404, 408):
-            # 401/403/404: the operator's key or model name is wrong for this provider, not the client's request
+        if status >= 500 or status < 400 or status in (401, 403, 404, 408):
+            # 401/403/404, or a redirect (never followed): the operator's key, URL or model name is wrong for this
+            # provider, not the client's request
             raise ProviderFailed(f"answered {status}", retry_after=retry_after)
         message = f"the provider {self.name!r} refused the request ({status}): {_error_message(response)}"
         if status == 413:
