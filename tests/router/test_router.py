@@ -647,3 +647,14 @@ def test_a_local_provider_loads_the_real_model(tmp_path):
     assert p.score_rule == "cosine"
     assert [(d.index, round(d.relevance_score, 5)) for d in result.results] == \
         [(d["index"], round(d["relevance_score"], 5)) for d in want]
+
+
+@pytest.mark.parametrize("dialect", ["jina", "cohere_v1", "cohere_v2", "tei", "vllm", "vllm_score"])
+def test_chunk_mode_goes_only_to_lastrank_providers(dialect):
+    cfg = ProviderConfig(name="x", dialect=dialect, base_url="http://x", score="cosine")
+    p = RemoteProvider(cfg, ModelConfig(name="m", providers=(cfg,)))
+    assert "chunk mode" in p.unsupported(req(chunking="chunk", max_chunks_per_doc=3))
+    assert p.unsupported(req()) is None
+    lastrank = ProviderConfig(name="l", dialect="lastrank", base_url="http://x")
+    assert RemoteProvider(lastrank, ModelConfig(name="m", providers=(lastrank,))).unsupported(
+        req(chunking="chunk", max_chunks_per_doc=3)) is None

@@ -220,7 +220,7 @@ class RemoteProvider(Provider):
             return None if request.truncate else "truncate=false is not carried to a lastrank provider"
         if request.return_embeddings:
             return f"the {d} dialect has no return_embeddings"
-        if request.chunking == "chunk" and d != "cohere_v1":
+        if request.chunking == "chunk":  # (Cohere v1's max_chunks_per_doc is not the same windows and overlap)
             return f"the {d} dialect has no chunk mode"
         if request.return_spans:
             return f"the {d} dialect has no return_spans"
@@ -246,12 +246,9 @@ class RemoteProvider(Provider):
                                 max_query_length=r.max_query_length, score_threshold=r.score_threshold,
                                 chunking=r.chunking, chunk_overlap=r.chunk_overlap,
                                 max_chunks_per_doc=r.max_chunks_per_doc, return_spans=r.return_spans or None)
-        elif d in ("jina", "vllm"):
+        elif d in ("jina", "vllm", "cohere_v1"):  # one body: Cohere v1's fields are Jina's (api/dialects/jina.py)
             wire = jina.Request(model=model, query=r.query, documents=r.documents, top_n=r.top_n,
                                 return_documents=False)
-        elif d == "cohere_v1":
-            wire = jina.Request(model=model, query=r.query, documents=r.documents, top_n=r.top_n,
-                                return_documents=False, max_chunks_per_doc=r.max_chunks_per_doc)
         elif d == "cohere_v2":
             wire = cohere.Request(model=model, query=r.query, documents=r.documents, top_n=r.top_n,
                                   max_tokens_per_doc=r.max_doc_length)
