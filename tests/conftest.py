@@ -6,6 +6,7 @@ import os
 import tempfile
 
 import pytest
+from device_switch import TEST_DEVICE, use_test_device
 
 # Nothing in the suite may reach a model hub: fail fast instead of hanging on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -13,28 +14,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # dtype "auto" caches what it measures (engine/dtype_choice.py): the suite's go to a folder of its own, never
 # to the user's cache (and every run measures afresh)
 os.environ.setdefault("LASTRANK_CACHE_DIR", tempfile.mkdtemp(prefix="lastrank-test-cache-"))
-# The device the suite's models run on (benchmarks/gpu_run.py sets cuda): every model loaded through the registry
-# (Reranker, load_backend) with the default device "cpu" goes there; the official references stay on the CPU,
-# so a parity suite compares lastrank on that device with the reference in float32.
-TEST_DEVICE = os.environ.get("LASTRANK_TEST_DEVICE", "cpu").strip() or "cpu"
-
-
-def use_test_device(device: str):
-    """Every model loaded through the registry that asks for "cpu" (or no device) goes to `device` instead
-    (`resolve_device`, which families.load_backend calls on each load); returns the undo."""
-    from lastrank.model import loading
-
-    original = loading.resolve_device
-
-    def on_test_device(requested):
-        return original(device if requested is None or str(requested) == "cpu" else requested)
-
-    loading.resolve_device = on_test_device
-    return lambda: setattr(loading, "resolve_device", original)
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _models_on_the_test_device():
+    """LASTRANK_TEST_DEVICE (tests/device_switch.py): the device every model the suite loads runs on."""
     undo = use_test_device(TEST_DEVICE) if TEST_DEVICE != "cpu" else None
     yield
     if undo is not None:
