@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,9 +17,8 @@ from lastrank.api.admission import early_refusal
 from lastrank.api.settings import ServerSettings
 from lastrank.errors import OverloadedError
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import FakeScheduler  # noqa: E402
-from live_server import LiveServer, read_until_closed  # noqa: E402
+from conftest import FakeScheduler
+from live_server import LiveServer, read_until_closed
 
 BODY = json.dumps({"query": "q words", "documents": ["q words here", "nothing"]}).encode()
 

@@ -9,8 +9,6 @@ pair's document part holds), built on engine/pairs.py like the real pointwise fa
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +17,7 @@ from lastrank.engine.chunking import ChunkingBackend, ChunkPlan, boundary_rank, 
 from lastrank.errors import InvalidRequestError
 from lastrank.types import RerankRequest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from keyword_backend import WORD, KeywordBackend  # noqa: E402
+from keyword_backend import WORD, KeywordBackend
 
 FILLER = ["The weather was mild that week.", "Shops opened late on Sundays.", "A river runs through the town.",
           "Trains were often delayed in winter.", "The library holds old maps.", "Bread is baked every morning."]

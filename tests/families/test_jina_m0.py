@@ -8,8 +8,6 @@ sigmoid(logit - 2.65)). lastrank must give the same relevance scores within 1e-5
 from __future__ import annotations
 
 import io
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,10 +17,9 @@ from lastrank.errors import InvalidRequestError
 from lastrank.model.checkpoint_m0 import make_m0_checkpoint
 from lastrank.types import RerankRequest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from keyword_backend import KeywordBackend  # noqa: E402
-from ranking_order import assert_order_agrees  # noqa: E402
-from reference_m0 import official_compute_score  # noqa: E402
+from keyword_backend import KeywordBackend
+from ranking_order import assert_order_agrees
+from reference_m0 import official_compute_score
 
 PIL = pytest.importorskip("PIL.Image")
 ATOL = 1e-5
@@ -208,11 +205,16 @@ def test_chunk_window_is_the_official_document_limit(reranker):
     """compute_score's max_doc_length = max(max_length - max_query_length, max_query_length) unless given: chunk
     mode cuts windows of exactly that, so a smaller max_query_length gives longer windows."""
     backend = reranker.backend.inner
-    assert backend.chunk_window(RerankRequest(query="q", documents=["d"])) == 10240 - 512
-    assert backend.chunk_window(RerankRequest(query="q", documents=["d"], max_query_length=128)) == 10240 - 128
-    assert backend.chunk_window(RerankRequest(query="q", documents=["d"], max_doc_length=300)) == 300
+
+    def window(**kw):
+        request = RerankRequest(query="q", documents=["d"], **kw)
+        return backend.chunk_window(request, backend.limits(request))
+
+    assert window() == 10240 - 512
+    assert window(max_query_length=128) == 10240 - 128
+    assert window(max_doc_length=300) == 300
     with pytest.raises(InvalidRequestError, match="must be at most"):
-        backend.chunk_window(RerankRequest(query="q", documents=["d"], max_doc_length=10000, max_query_length=512))
+        window(max_doc_length=10000, max_query_length=512)
 
 
 def test_forwards_cut_by_vision_patches_score_the_same(folder, reranker):
