@@ -38,6 +38,7 @@ GOOD = """
 [[models]]
 name = "rerank"
 policy = "cheapest"
+price_per_1k_docs = 0.25
 [[models.providers]]
 name = "a"
 dialect = "lastrank"
@@ -58,11 +59,18 @@ def test_config_reads_a_good_file():
     assert (m.name, m.policy, [p.name for p in m.providers]) == ("rerank", "cheapest", ["a", "b"])
     assert m.providers[0].base_url == "http://127.0.0.1:9000" and m.providers[0].api_key_env == "A_KEY"
     assert m.providers[1].cost_per_1k_docs == 0.5 and m.providers[1].score == "sigmoid"
+    assert m.price_per_1k_docs == 0.25  # the client's price; absent, None (--price-per-1k-docs applies)
+    assert parse_config(GOOD.replace("price_per_1k_docs = 0.25\n", "")).models[0].price_per_1k_docs is None
+    assert parse_config(GOOD.replace("price_per_1k_docs = 0.25", "price_per_1k_docs = 0")).models[0].price_per_1k_docs == 0
 
 
 @pytest.mark.parametrize("edit, named", [
     (lambda t: t.replace('policy = "cheapest"', 'policy = "random"'), "models[0].policy"),
     (lambda t: t.replace('cost_per_1k_docs = 0.5', 'cost_per_1k_docs = -1'), "models[0].providers[1].cost_per_1k_docs"),
+    (lambda t: t.replace('price_per_1k_docs = 0.25', 'price_per_1k_docs = -0.01'), "models[0].price_per_1k_docs: must be a number >= 0"),
+    (lambda t: t.replace('price_per_1k_docs = 0.25', 'price_per_1k_docs = "0.25"'), "models[0].price_per_1k_docs: must be a number >= 0"),
+    (lambda t: t.replace('price_per_1k_docs = 0.25', 'price_per_1k_docs = nan'), "models[0].price_per_1k_docs"),
+    (lambda t: t.replace('cost_per_1k_docs = 0.5', 'cost_per_1k_docs = 0.5\nprice_per_1k_docs = 1'), "models[0].providers[1].price_per_1k_docs: unknown key"),
     (lambda t: t.replace('api_key_env = "A_KEY"', f'api_key = "{SECRET}"'), "models[0].providers[0].api_key"),
     (lambda t: t.replace('api_key_env = "A_KEY"', f'api_key_env = "{SECRET}-"'), "models[0].providers[0].api_key_env"),
     (lambda t: t.replace('score = "sigmoid"\n', ''), "models[0].providers[1].score"),
@@ -576,6 +584,63 @@ def test_a_routed_model_behind_the_api_answers_in_the_clients_dialect_and_bills_
     assert not any(key in t for t in texts)
     db_bytes = b"".join(p.read_bytes() for p in tmp_path.glob("router.db*"))
     assert key.encode() not in db_bytes
+
+
+PRICED = """
+[[models]]
+name = "rerank"
+failure_threshold = 1
+cooldown_s = 60.0
+price_per_1k_docs = 2.5
+[[models.providers]]
+name = "broken"
+dialect = "jina"
+base_url = "http://broken"
+score = "cosine"
+api_key_env = "U_KEY"
+cost_per_1k_docs = 9.0
+[[models.providers]]
+name = "tei-up"
+dialect = "tei"
+base_url = "http://upstream"
+score = "cosine"
+api_key_env = "U_KEY"
+cost_per_1k_docs = 0.75
+"""
+
+
+@pytest.mark.parametrize("price_flag, charged", [((), 2.5), (("rerank=0.5",), 0.5)])
+def test_the_configs_price_bills_the_routed_model_and_price_flag_overrides_it(upstream, tmp_path, monkeypatch,
+                                                                             price_flag, charged):
+    """price_per_1k_docs of the router config flows through routed_models into /v1/models and the ledger (the
+    client's price), beside the upstream cost of the provider that answered (its cost_per_1k_docs, not the
+    failed one's); `--price rerank=USD` overrides the config."""
+    from fastapi.testclient import TestClient
+
+    from lastrank.api.app import create_app
+    from lastrank.api.settings import ServerSettings
+    from lastrank.router import routed_models
+    from lastrank.store import Store
+
+    client, key = upstream
+    monkeypatch.setenv("U_KEY", key)
+    settings = ServerSettings(model=("x",), price=price_flag)
+    [served] = routed_models(settings, parse_config(PRICED))
+    assert served.price_per_1k_docs == 2.5
+    broken, up = served.scheduler.providers
+    broken._transport = _scripted(500, {"detail": "down"})
+    up._transport = bridge(client, [])
+    store = Store(tmp_path / "router.db")
+    with TestClient(create_app(settings, store, models=[served])) as router:
+        [entry] = router.get("/v1/models").json()["data"]
+        assert entry["price_per_1k_docs"] == charged
+        r = router.post("/v1/rerank", json={"model": "rerank", "query": QUERY, "documents": DOCS})
+        assert r.status_code == 200, r.text
+    [row] = store.list_usage()
+    store.close()
+    assert row.provider == "tei-up" and row.documents == 4
+    assert row.cost_usd == pytest.approx(4 * charged / 1000, abs=1e-12)  # what the key was charged
+    assert row.upstream_cost_usd == pytest.approx(4 * 0.75 / 1000, abs=1e-12)  # what tei-up cost the operator
 
 
 def test_vllm_score_answers_are_read():

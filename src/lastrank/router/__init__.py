@@ -36,7 +36,8 @@ def routed_models(settings, config: RouterConfig) -> list:
     for m in config.models:
         runner = RoutedRunner(m, [make_provider(p, m, settings) for p in m.providers])
         root = ", ".join(p.name for p in m.providers)
-        out.append(ServedModel(name=m.name, model_id=f"router: {root}", aliases=m.aliases, scheduler=runner))
+        out.append(ServedModel(name=m.name, model_id=f"router: {root}", aliases=m.aliases, scheduler=runner,
+                               price_per_1k_docs=m.price_per_1k_docs))  # --price still overrides it (api/app.py)
     return out
 
 

@@ -6,6 +6,8 @@
     policy = "priority"             # priority (list order) | cheapest | latency
     failure_threshold = 3           # optional: consecutive failures that open a provider's breaker
     cooldown_s = 10.0               # optional: how long an open breaker keeps the provider out before a probe
+    price_per_1k_docs = 0.02        # optional: what a request to this model is billed, USD per 1,000 documents
+                                    # (absent: --price-per-1k-docs; `--price rerank=USD` overrides it)
 
     [[models.providers]]
     name = "gpu-a"                  # shown in /v1/models, logs and the ledger
@@ -73,6 +75,7 @@ class ModelConfig:
     policy: str = "priority"
     failure_threshold: int = 3
     cooldown_s: float = 10.0
+    price_per_1k_docs: float | None = None  # the client's price (billing); None: --price-per-1k-docs
 
 
 @dataclass(frozen=True)
@@ -117,13 +120,15 @@ def parse_config(text: str, source: str = "<config>") -> RouterConfig:
 def _model(r: _Reader, where: str, m) -> ModelConfig:
     if not isinstance(m, dict):
         raise r.error(where, "must be a table")
-    r.keys(where, m, {"name", "aliases", "policy", "failure_threshold", "cooldown_s", "providers"},
-           required={"name", "providers"})
+    r.keys(where, m, {"name", "aliases", "policy", "failure_threshold", "cooldown_s", "price_per_1k_docs",
+                      "providers"}, required={"name", "providers"})
     name = r.string(where, m, "name")
     aliases = r.strings(where, m, "aliases")
     policy = r.choice(where, m, "policy", POLICIES, "priority")
     threshold = r.integer(where, m, "failure_threshold", 3)
     cooldown = r.number(where, m, "cooldown_s", 10.0)
+    # what the client pays (docs/billing.md), distinct from a provider's cost_per_1k_docs (what it costs the operator)
+    price = r.number(where, m, "price_per_1k_docs", None, allow_zero=True) if "price_per_1k_docs" in m else None
     raw = m["providers"]
     if not isinstance(raw, list) or not raw:
         raise r.error(f"{where}.providers", "must be a non-empty array of tables ([[models.providers]])")
@@ -138,7 +143,7 @@ def _model(r: _Reader, where: str, m) -> ModelConfig:
         raise r.error(where, f"its providers declare different score rules ({', '.join(sorted(declared))}); one "
                              "served model has one score rule: serve them under different names")
     return ModelConfig(name=name, providers=providers, aliases=aliases, policy=policy, failure_threshold=threshold,
-                       cooldown_s=cooldown)
+                       cooldown_s=cooldown, price_per_1k_docs=price)
 
 
 def _provider(r: _Reader, where: str, p) -> ProviderConfig:
