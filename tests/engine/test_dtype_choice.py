@@ -200,3 +200,26 @@ def test_lastrank_serve_logs_the_dtype_each_model_runs_in(tmp_path, monkeypatch,
         settings = SimpleNamespace(device="cpu", dtype=dtype)
         _loader("minilm", path, "bi-encoder", "minilm", settings)()
         assert said in capsys.readouterr().err
+
+
+def _first_tiny_presets():
+    from lastrank.families import FAMILIES
+
+    return [(spec.name, next(name for name, p in spec.presets.items() if p.tiny)) for spec in FAMILIES]
+
+
+@pytest.mark.parametrize("family,preset", _first_tiny_presets())
+def test_auto_runs_the_drift_check_through_every_family(tmp_path, monkeypatch, family, preset):
+    """The probe request goes through each family's real backend (jina-v3 listwise, pointwise pairs, causal LMs,
+    m0 with a text-only request, bi-encoders) in float32 and bfloat16; the choice follows the measured drift.
+    The tiny checkpoints are saved in bfloat16, as the official jina-v3 / Qwen3 ones are: still measured."""
+    from lastrank.families import load_backend, preset as find_preset
+
+    monkeypatch.setenv("LASTRANK_CACHE_DIR", str(tmp_path / "cache"))
+    fake_timings(monkeypatch, {"float32": 1.0, "bfloat16": 0.5, "float16": 1.0})
+    folder = find_preset(preset)[1].write(tmp_path / "model", seed=0, dtype="bfloat16")
+    backend = load_backend(str(folder), dtype="auto")
+    choice = backend.dtype_choice
+    assert choice.drift is not None and math.isfinite(choice.drift)
+    assert choice.dtype == ("bfloat16" if choice.drift <= BOUND else "float32")
+    assert backend.dtype == getattr(torch, choice.dtype)
