@@ -116,7 +116,7 @@ class ModelReplica:
         self.ongoing_documents = 0  # documents of the requests it holds now
         note = " -- RANDOM WEIGHTS: its scores mean nothing" if self.random_weights else ""
         print(f"lastrank: model replica of {model_id} ({backend.capabilities.family}) loaded and warmed up "
-              f"({settings.device}, {settings.dtype}); ready{note}", file=sys.stderr, flush=True)
+              f"({settings.device}, {backend.dtype_choice.describe()}); ready{note}", file=sys.stderr, flush=True)
 
     async def submit(self, request: RerankRequest, budget_s: float | None) -> RerankResult:
         """The local Scheduler's submit, with the deadline rebuilt on this process's monotonic clock."""
