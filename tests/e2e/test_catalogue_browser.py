@@ -130,3 +130,69 @@ def test_catalogue_fits_a_phone(new_page, catalogue):
     # wide tables scroll inside their own box; the page itself never scrolls sideways
     assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
     p.assert_only_this_server()
+
+
+ROUTER_CONFIG = """
+[[models]]
+name = "rerank"
+policy = "priority"
+
+[[models.providers]]
+name = "minilm-here"
+dialect = "lastrank"
+base_url = "{up}"
+api_key_env = "CATALOGUE_UPSTREAM_KEY"
+model = "all-MiniLM-L6-v2"
+cost_per_1k_docs = 0.002
+
+[[models.providers]]
+name = "offline"
+dialect = "lastrank"
+base_url = "{down}"
+score = "cosine"
+timeout_s = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def routed(catalogue, tmp_path_factory):
+    """-> (url, key): `lastrank serve --config` with one model over two providers: the MiniLM server above
+    (answering) and a port nothing listens on (its breaker starts open)."""
+    from server_process import free_port
+
+    from lastrank.store import Store
+
+    up_url, up_key, _ = catalogue
+    tmp = tmp_path_factory.mktemp("catalogue-router")
+    config = tmp / "router.toml"
+    config.write_text(ROUTER_CONFIG.format(up=up_url, down=f"http://127.0.0.1:{free_port()}"), encoding="utf-8")
+    store = Store(tmp / "ledger.db")
+    _, key = store.create_key("catalogue-router")
+    store.close()
+    srv = ServerProcess(MODEL, tmp / "ledger.db", tmp / "server.log", extra=["--config", str(config)])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CATALOGUE_UPSTREAM_KEY", up_key)
+        try:
+            srv.start()
+            yield srv.url, key
+        finally:
+            srv.stop()
+
+
+def test_a_routed_models_providers_and_their_health(new_page, routed, tmp_path):
+    url, key = routed
+    p, page = open_catalogue(new_page, url, key, viewport={"width": 1000, "height": 700})
+    api = httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["data"][0]
+    states = {pr["name"]: pr["health"]["state"] for pr in api["providers"]}
+    assert states == {"minilm-here": "closed", "offline": "open"}
+    card = page.locator("#model-rerank")
+    assert "priority" in card.inner_text()
+    rows = card.locator("table.providers tbody tr")
+    shown = {r[0].split(" ")[0]: r for r in rows.evaluate_all("rows => rows.map(r => Array.from(r.children).map(c => c.innerText))")}
+    assert shown["minilm-here"][:5] == ["minilm-here (all-MiniLM-L6-v2)", "lastrank", "healthy", "cosine", "$0.0020"]
+    assert shown["offline"][:5] == ["offline", "lastrank", "down (circuit open)", "cosine", "$0"]
+    # no report and one model: nothing to compare, the page says how to register reports instead
+    assert "--reports FILE_OR_FOLDER" in page.locator("#bench-status").inner_text()
+    assert not page.locator("#compare-actions").is_visible() and not page.locator("#bench").is_visible()
+    screenshot(page, tmp_path, "catalogue-router.png")
+    p.assert_only_this_server()
