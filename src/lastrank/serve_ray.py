@@ -41,6 +41,10 @@ protocol settings: Ray's proxy owns the sockets), the early refusal before the b
 no admission_error: the refusal comes from Ray's queue instead), and the per-batch engine metrics (each
 model replica's scheduler runs in its own process; /metrics shows the ingress's HTTP and usage metrics).
 
+The command itself (`run`): with a loopback --host it keeps every port of the local Ray cluster on loopback
+(LOOPBACK_ENV, keep_replica_grpc_on_loopback; checked with `exposed_ports` and printed), and it exits non-zero
+when Serve's proxy or controller dies (ServeWatchdog), for a supervisor to restart it.
+
 Started by `lastrank serve --ray ...` (cli/serve.py calls `run`), or from a Serve config file with
 `import_path: lastrank.serve_ray:build` (see docs/deploy.md). Needs Ray Serve:
 `pip install -e '.[ray]'` in a lastrank checkout.
@@ -102,6 +106,8 @@ class ModelReplica:
     async def __init__(self, model_id: str, settings: ServerSettings):
         from lastrank.api.app import make_scheduler
         from lastrank.families import load_backend
+
+        keep_replica_grpc_on_loopback()
 
         def load():
             backend = load_backend(model_id, device=settings.device, dtype=settings.dtype)
@@ -307,6 +313,7 @@ class Ingress:
         from lastrank.api.models import ServedModel
         from lastrank.store import open_store
 
+        keep_replica_grpc_on_loopback()
         configure_logging(settings)
         self.store = open_store(store_target)
         models = []
@@ -379,7 +386,7 @@ def check(settings: ServerSettings, store_target: str) -> None:
             "with SQLite each ingress process would keep its own rate limits, and the file is on one node")
     if settings.max_replicas is not None and settings.max_replicas < settings.replicas:
         raise LastrankError(f"--max-replicas {settings.max_replicas} is below --replicas {settings.replicas}")
-    if settings.device == "cuda" and not settings.replica_gpus:
+    if settings.device.startswith("cuda") and not settings.replica_gpus:
         raise LastrankError("--device cuda with --ray needs --replica-gpus (e.g. 1): Ray hides GPUs from a "
                             "replica that reserves none")
 
@@ -460,9 +467,117 @@ def deploy(settings: ServerSettings, store_target: str, models):
                      route_prefix="/", logging_config=logging_config)
 
 
-def run(settings: ServerSettings, store, models) -> int:
-    """`lastrank serve --ray`: connect to (or start) Ray, deploy, wait for SIGINT/SIGTERM, then take the
-    application down (and the local cluster with it, if this process started one)."""
+# Set to 0 before Ray is imported, Ray takes the loopback address as its node's address (what it does on macOS
+# and Windows): the GCS, the raylet, the object manager, every worker's gRPC server, the dashboard and runtime-env
+# agents and the metrics port then listen on 127.0.0.1. Without it they listen on all interfaces or on the
+# machine's routable address, whatever --host says (seen with `ss -ltnp`), and ray.init(_node_ip_address=
+# "127.0.0.1") does not help: Ray replaces a loopback node address by the routable one.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# The driver's watchdog: how often it pings Serve's controller and proxies, and how long one may go unanswered.
+WATCHDOG_S = 2.0
+WATCHDOG_TIMEOUT_S = 30.0
+
+
+def keep_replica_grpc_on_loopback() -> None:
+    """Run in each replica's constructor: on a node whose address is loopback (LOOPBACK_ENV), bind the replica's
+    inter-deployment gRPC server on 127.0.0.1 too. Ray Serve (2.60) binds it on "[::]:0", all interfaces, whatever
+    the node's address (ray/serve/_private/replica.py, `_on_initialized`, which runs after the constructor). This
+    replaces a private name of Ray's: if Ray changes it, nothing happens here, and the driver's check of every
+    listening port (`exposed_ports`, printed at start) says what is exposed."""
+    import ray
+
+    try:
+        from ray.serve._private import replica
+    except ImportError:
+        return
+    original = getattr(replica, "add_port_to_grpc_server", None)
+    if original is None or getattr(original, "lastrank_loopback", False):
+        return
+    if ray.util.get_node_ip_address() not in ("127.0.0.1", "::1"):
+        return
+
+    def on_loopback(server, address: str):
+        if address.startswith("[::]:"):
+            address = "127.0.0.1:" + address.rpartition(":")[2]
+        return original(server, address)
+
+    on_loopback.lastrank_loopback = True
+    replica.add_port_to_grpc_server = on_loopback
+
+
+def exposed_ports() -> list[str]:
+    """The TCP ports that this process and its descendants (a local Ray cluster: GCS, raylet, agents, workers,
+    replicas) listen on beyond loopback, as "name pid address:port"."""
+    import ipaddress
+
+    import psutil  # a dependency of Ray
+
+    exposed = []
+    me = psutil.Process()
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            connections = proc.net_connections(kind="tcp")
+            name = proc.name()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        for c in connections:
+            address = ipaddress.ip_address(c.laddr.ip.split("%")[0])
+            address = getattr(address, "ipv4_mapped", None) or address  # ::ffff:127.0.0.1 is loopback too
+            if c.status == psutil.CONN_LISTEN and not address.is_loopback:
+                exposed.append(f"{name} {proc.pid} {c.laddr.ip}:{c.laddr.port}")
+    return exposed
+
+
+class ServeWatchdog:
+    """Serve's controller and HTTP proxies, pinged from the driver (`lastrank serve --ray`) every WATCHDOG_S.
+
+    Ray's memory monitor kills workers, Serve's proxy among them, on a loaded machine, and Serve did not always
+    come back: the port stayed dead while the driver waited for a signal. A proxy or controller that died (or has
+    not answered for WATCHDOG_TIMEOUT_S) makes `problem()` say so, and `run` exits non-zero, for a supervisor to
+    restart the whole server (a half-recovered Serve is worse than a clean start)."""
+
+    def __init__(self):
+        import ray
+        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        proxies = ray.get(controller.get_proxies.remote(), timeout=WATCHDOG_TIMEOUT_S)  # {node id: actor handle}
+        self.targets = [("Serve's controller", controller, "check_alive")]
+        self.targets += [(f"Serve's HTTP proxy (node {node_id[:8]})", proxy, "pong")
+                         for node_id, proxy in proxies.items()]
+        self.pending: dict[str, tuple[Any, float]] = {}  # name -> (the ping's ObjectRef, when it was sent)
+
+    def problem(self) -> str | None:
+        """None while every target answers; else what died or stopped answering. Never blocks."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        now = time.monotonic()
+        for name, actor, method in self.targets:
+            if name not in self.pending:
+                self.pending[name] = (getattr(actor, method).remote(), now)
+        refs = [ref for ref, _ in self.pending.values()]
+        answered, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        for name, (ref, sent) in list(self.pending.items()):
+            if ref in answered:
+                del self.pending[name]
+                try:
+                    ray.get(ref)
+                except RayActorError as e:
+                    return f"{name} died ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            elif now - sent > WATCHDOG_TIMEOUT_S:
+                return f"{name} has not answered for {now - sent:.0f} s"
+        return None
+
+
+def run(settings: ServerSettings, store, models, held_socket=None) -> int:
+    """`lastrank serve --ray`: connect to (or start) Ray, deploy, wait for SIGINT/SIGTERM (or a dead proxy or
+    controller: ServeWatchdog), then take the application down (and the local cluster with it, if this process
+    started one). `held_socket`: the port, bound by the CLI; closed just before Serve's proxy binds it, so
+    none of Ray's own processes can take it meanwhile."""
+    local_on_loopback = not settings.ray_address and settings.loopback
+    if local_on_loopback:
+        os.environ[LOOPBACK_ENV] = "0"  # read when ray is imported (just below): see LOOPBACK_ENV
     try:
         import ray
         from ray import serve
@@ -475,11 +590,13 @@ def run(settings: ServerSettings, store, models) -> int:
     env_vars = {PROXY_CALLBACK_ENV: os.environ.get(PROXY_CALLBACK_ENV, f"{__name__}.proxy_middlewares")}
     # log_to_driver: the replicas' output (lastrank's JSON access log, errors, model loading) shows here, each
     # line prefixed by Ray with the replica's name
-    local = {}
-    if not settings.ray_address and settings.loopback:
-        local["_node_ip_address"] = "127.0.0.1"
     context = ray.init(address=settings.ray_address, include_dashboard=None if settings.ray_address else False,
-                       log_to_driver=True, runtime_env={"env_vars": env_vars}, **local)
+                       log_to_driver=True, runtime_env={"env_vars": env_vars})
+    node_ip = context.address_info.get("node_ip_address")
+    if local_on_loopback and node_ip not in ("127.0.0.1", "::1"):  # Ray was imported before `run` set the variable
+        ray.shutdown()
+        raise LastrankError(f"--host {settings.host}: the local Ray cluster started on {node_ip}, not on loopback; "
+                            f"set {LOOPBACK_ENV}=0 before Ray is imported")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs handlers of its own
         signal.signal(sig, lambda *_: stop.set())
@@ -488,22 +605,37 @@ def run(settings: ServerSettings, store, models) -> int:
     print(f"lastrank: ray: {where} (gcs {gcs}); deploying {len(models)} model(s) x {settings.replicas} "
           f"replica(s)" + (f" (autoscaling to {settings.max_replicas})" if settings.max_replicas else ""),
           file=sys.stderr, flush=True)
+    failure = None
     try:
+        if held_socket is not None:
+            held_socket.close()
         deploy(settings, store_target, models)
         shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
         print(f"lastrank: ray: serving on http://{shown_host}:{settings.port} (Ray Serve's proxy); "
               f"ledger: {store.location}; Ctrl-C stops", file=sys.stderr, flush=True)
-        while not stop.wait(1.0):
-            pass
+        if local_on_loopback:  # checked, not assumed: every port of the local cluster
+            exposed = exposed_ports()
+            print("lastrank: ray: every port of the local Ray cluster listens on loopback" if not exposed else
+                  f"lastrank: ray: WARNING: these ports of the local Ray cluster listen beyond loopback: "
+                  f"{', '.join(exposed)}", file=sys.stderr, flush=True)
+        watchdog = ServeWatchdog()
+        while not stop.wait(WATCHDOG_S):
+            failure = watchdog.problem()
+            if failure:
+                break
     finally:
-        print("lastrank: ray: stopping", file=sys.stderr, flush=True)
+        print("lastrank: ray: stopping" + (f": {failure}" if failure else ""), file=sys.stderr, flush=True)
         try:
-            if settings.ray_address:
+            if failure:
+                pass  # Serve's own shutdown waits on the controller and proxies; ray.shutdown() ends a local cluster
+            elif settings.ray_address:
                 serve.delete(APP_NAME)  # leave the cluster (and Serve's proxy) to whoever runs it
             else:
                 serve.shutdown()
         finally:
             ray.shutdown()
+    if failure:
+        raise LastrankError(f"ray: {failure}; exiting so that a supervisor restarts the server")
     return 0
 
 

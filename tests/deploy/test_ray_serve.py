@@ -31,6 +31,9 @@ from lastrank.types import RerankRequest, RerankResult, Usage
 # A local Ray cluster has token auth on (the token in ~/.ray/auth_token); this process joins it to find and kill
 # replicas. Ray reads the mode once, when it is first imported: set here, before any test imports it.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# The server keeps its local cluster on loopback (serve_ray.LOOPBACK_ENV); a process joining it needs the same
+# setting, or Ray swaps the 127.0.0.1 of the GCS address for this machine's routable address.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 QUERY = "how long do fleas live"
@@ -284,6 +287,7 @@ class RayServer:
 
     def start(self, timeout: float = 240.0) -> None:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # set above for this process: the server must set it itself
         self._log = open(self.log_path, "ab")
         # Its own session: Ray's processes are its children; the test stops the CLI only, and it stops them.
         self.proc = subprocess.Popen(
@@ -564,3 +568,56 @@ def test_a_replica_killed_under_load_is_replaced_and_billing_stays_exact(ray_ser
     assert states().get("RUNNING") == 2, states()
     assert _post(ray_server).status_code == 200
     assert httpx.get(ray_server.url + "/ready", timeout=10).status_code == 200
+
+
+def _process_tree(pid: int) -> list:
+    import psutil
+
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def test_every_port_of_the_local_cluster_is_on_loopback(ray_server):
+    """`serve --ray` on 127.0.0.1: every TCP port the command and the Ray processes it started listen on is on
+    loopback (before: the GCS, raylet, workers, agents and the replicas' gRPC servers listened on all interfaces
+    or on the machine's routable address)."""
+    import ipaddress
+
+    import psutil
+
+    listening = []
+    for proc in _process_tree(ray_server.proc.pid):
+        try:
+            listening += [(proc.name(), c.laddr) for c in proc.net_connections(kind="tcp")
+                          if c.status == psutil.CONN_LISTEN]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    names = {name for name, _ in listening}
+    assert {"gcs_server", "raylet"} <= names and any("ServeReplica" in n for n in names), names  # all were seen
+
+    def loopback(ip: str) -> bool:
+        address = ipaddress.ip_address(ip.split("%")[0])
+        return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+    assert [(name, addr) for name, addr in listening if not loopback(addr.ip)] == []
+    assert ("127.0.0.1", ray_server.port) in {(a.ip, a.port) for _, a in listening}  # Serve's proxy: --host/--port
+    # printed once serve.run returns, which can be after /ready first said 200
+    deadline = time.monotonic() + 60
+    while "listens on loopback" not in ray_server.log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "lastrank: ray: every port of the local Ray cluster listens on loopback" in ray_server.log_path.read_text()
+
+
+# Keep this test last: it ends the module's server.
+def test_a_dead_proxy_ends_the_server_non_zero(ray_server):
+    """Ray's memory monitor killed Serve's proxy on a loaded machine and the server never recovered, waiting
+    for a signal: the driver's watchdog now notices a dead proxy and exits non-zero, for a supervisor."""
+    (proxy,) = [p for p in _process_tree(ray_server.proc.pid) if p.name().startswith("ray::ProxyActor")]
+    proxy.kill()  # SIGKILL, as the memory monitor does
+    try:
+        rc = ray_server.proc.wait(120)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the server kept running with a dead proxy:\n{ray_server.log()}") from None
+    assert rc == 2, ray_server.log()
+    log = ray_server.log()
+    assert "lastrank: error: ray: Serve's HTTP proxy" in log and "died" in log, log

@@ -121,7 +121,11 @@ class ServerSettings:
                                       "or off", choices=("json", "text", "off"), group="logging")
     # Ray Serve (serve_ray.py): the same app as an ingress deployment, each model a deployment of replicas
     ray: bool = setting(False, "serve through Ray Serve: each model in replicas of its own, --host/--port served by "
-                               "Ray's proxy (needs lastrank[ray]; docs/deploy.md)", kind="bool", group="ray")
+                               "Ray's proxy (needs lastrank[ray]; docs/deploy.md). With a loopback --host and no "
+                               "--ray-address every port of the local Ray cluster listens on loopback (checked "
+                               "and printed at start); otherwise Ray's own ports (GCS, raylet, workers, agents) "
+                               "listen on all interfaces: firewall them. A dead Serve proxy or controller ends "
+                               "the command non-zero", kind="bool", group="ray")
     ray_address: str | None = setting(None, "with --ray: an existing Ray cluster (auto, or ray://head:10001); "
                                             "default: start a local one", group="ray", metavar="ADDR")
     replicas: int = setting(1, "with --ray: replicas of each model", kind="positive_int", group="ray",

@@ -252,10 +252,9 @@ def run(args: argparse.Namespace) -> int:
                 "or pass --allow-unauthenticated")
         models = served_models(settings) if settings.config is None else routed_models(settings)
         if settings.ray:  # the same app in Ray Serve replicas (serve_ray.py); Ray's proxy takes the port
-            sock.close()
             from lastrank.serve_ray import run as run_on_ray
 
-            return run_on_ray(settings, store, models)
+            return run_on_ray(settings, store, models, held_socket=sock)
         app = create_app(settings, store, models=models)
         shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
         if keys:
