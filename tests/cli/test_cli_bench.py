@@ -41,6 +41,8 @@ def test_quick_bench_labels_blocks_by_their_real_token_counts(monkeypatch):
         assert f"[{label}]" in text and f"| {label} | {tokens} |" in text
     assert not re.search(r"\[(2k|8k)\]|\| (2k|8k) \|", text)
     assert res["machine"]["reference"] == "skipped (--no-reference)"
+    # what --json writes names the model measured, for `serve --reports` (api/catalogue.py): a random one here
+    assert res["model"] == {"id": res["machine"]["checkpoint"], "family": "jina-v3", "random_weights": True}
 
 
 def test_packing_study_leaves_the_backend_as_it_was(tiny_reranker):
