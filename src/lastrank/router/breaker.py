@@ -5,9 +5,12 @@
     half_open   exactly one request (the probe) goes through: its success closes the breaker, its failure opens
                 it again for another `cooldown_s`; other requests skip the provider meanwhile
 
-A probe is a real client request: the router tries the provider first in its usual order and, if the probe
+A probe is usually a real client request: the router tries the provider first in its usual order and, if the probe
 fails, goes on to the next provider within the request's deadline, so a probe never costs the client an answer
-(the way LiteLLM's cooldowns behave). Separately from failures, a provider can be *held* until a time it named
+(the way LiteLLM's cooldowns behave). A remote provider may also be probed in the background while its breaker is
+open (providers.py, RemoteProvider.probe: `begin_probe`, then `success` or `probe_failed`), so an idle provider
+comes back without waiting for traffic, and a client request does not wait on a provider that is still down.
+Separately from failures, a provider can be *held* until a time it named
 itself (a 429's or 503's Retry-After): held is not unhealthy, so it does not open the breaker, but nothing is sent
 to it before then.
 
@@ -90,6 +93,22 @@ class Breaker:
         self._state = OPEN
         self.open_until = self.clock() + self.cooldown_s
         self.failures = 0
+        self.probing = False
+
+    def begin_probe(self) -> bool:
+        """A background health probe may go now (True, and it holds the probe slot): the breaker is open or
+        half-open, no probe is in flight and no Retry-After holds the provider. Its answer: `success()` closes
+        the breaker; `probe_failed()` keeps it open."""
+        if self._state == CLOSED or self.probing or self.clock() < self.held_until:
+            return False
+        self.probing = True
+        return True
+
+    def probe_failed(self) -> None:
+        """A background probe found the provider still down: open for another `cooldown_s` from now, so client
+        requests keep skipping it rather than probing it themselves (not counted in `opened`: it never closed)."""
+        self._state = OPEN
+        self.open_until = self.clock() + self.cooldown_s
         self.probing = False
 
     def hold(self, seconds: float) -> None:

@@ -19,6 +19,9 @@
     max_concurrency = 32            # requests in flight to this provider at once
     cost_per_1k_docs = 0.0          # what this provider costs the operator (cheapest policy; /v1/models)
     score = "sigmoid"               # sigmoid | cosine; required except for lastrank (read from its /v1/models) and local
+    probe_interval_s = 5.0          # while its breaker is open, check it this often in the background; 0: never.
+                                    # Default 5 where the check is free (lastrank: GET /v1/models; tei, vllm,
+                                    # vllm_score: GET /health), 0 where it would be a billed rerank (jina, cohere)
 
 Everything is checked when the file is read: an unknown key, a wrong type, a missing required key or a bad value
 is a ConfigError naming the key (e.g. "models[0].providers[1].timeout_s: must be a number > 0, got -1"). A key is
@@ -40,6 +43,11 @@ from lastrank.errors import LastrankError
 DIALECTS = ("local", "lastrank", "jina", "cohere_v1", "cohere_v2", "tei", "vllm", "vllm_score")
 POLICIES = ("priority", "cheapest", "latency")
 SCORE_RULES = ("sigmoid", "cosine")
+# Dialects whose servers have a route that checks them without model work (providers.py, RemoteProvider.probe):
+# their breakers are probed in the background by default. Jina's and Cohere's have none: a probe there is a tiny
+# rerank that the provider bills, so it is off unless probe_interval_s asks for it.
+FREE_PROBE_DIALECTS = ("lastrank", "tei", "vllm", "vllm_score")
+DEFAULT_PROBE_INTERVAL_S = 5.0
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -61,6 +69,7 @@ class ProviderConfig:
     max_concurrency: int = 64
     cost_per_1k_docs: float = 0.0
     score: str | None = None  # None: learned from the provider (lastrank's /v1/models, local's backend)
+    probe_interval_s: float = 0.0  # background health probe of an open breaker; 0: none (config: the dialect's default)
 
     @property
     def remote(self) -> bool:
@@ -150,7 +159,7 @@ def _provider(r: _Reader, where: str, p) -> ProviderConfig:
     if not isinstance(p, dict):
         raise r.error(where, "must be a table")
     r.keys(where, p, {"name", "dialect", "model", "base_url", "path", "api_key_env", "timeout_s", "max_concurrency",
-                      "cost_per_1k_docs", "score"}, required={"name", "dialect"})
+                      "cost_per_1k_docs", "score", "probe_interval_s"}, required={"name", "dialect"})
     name = r.string(where, p, "name")
     dialect = r.choice(where, p, "dialect", DIALECTS, None)
     model = r.string(where, p, "model", required=False)
@@ -158,7 +167,7 @@ def _provider(r: _Reader, where: str, p) -> ProviderConfig:
     if dialect == "local":
         if model is None:
             raise r.error(f"{where}.model", "a local provider needs the model to load (a --model id or folder)")
-        for key in ("base_url", "path", "api_key_env"):
+        for key in ("base_url", "path", "api_key_env", "probe_interval_s"):
             if key in p:
                 raise r.error(f"{where}.{key}", "has no meaning for a local provider")
         base_url = None
@@ -180,6 +189,9 @@ def _provider(r: _Reader, where: str, p) -> ProviderConfig:
         max_concurrency=r.integer(where, p, "max_concurrency", 64),
         cost_per_1k_docs=r.number(where, p, "cost_per_1k_docs", 0.0, allow_zero=True),
         score=score,
+        probe_interval_s=0.0 if dialect == "local" else r.number(
+            where, p, "probe_interval_s", DEFAULT_PROBE_INTERVAL_S if dialect in FREE_PROBE_DIALECTS else 0.0,
+            allow_zero=True),
     )
 
 

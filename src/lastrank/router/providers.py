@@ -23,6 +23,11 @@ Scores: every dialect but TEI returns the model's relevance score as it is. TEI 
 sorts by score (stable, so ties keep the provider's order), then applies score_threshold and top_n itself, so
 a dialect that cannot carry them still gives the client what it asked for.
 
+Health probes: while a remote provider's breaker is open, a background task checks it every probe_interval_s
+(config.py; 0: never) with the cheapest request its dialect has: lastrank's GET /v1/models (which also learns its
+score rule), TEI's and vLLM's GET /health, else a one-document rerank (Jina, Cohere: billed, so off by default).
+An answer closes the breaker; a failure keeps it open for another cooldown. /v1/models shows the last probe.
+
 Keys: `api_key_env` names an environment variable; its value is read once at start() into the client's
 `Authorization: Bearer` header and is never logged, shown or stored. A provider without api_key_env sends no
 Authorization header at all (a client's own key is never forwarded: requests reach here as RerankRequests).
@@ -37,6 +42,8 @@ import logging
 import math
 import os
 import time
+from contextlib import suppress
+from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -56,6 +63,10 @@ from lastrank.types import RankedDocument, RerankRequest, RerankResult, Usage
 
 log = logging.getLogger("lastrank.router")
 
+# The free health route of a dialect's server (probe); the others are probed with a tiny rerank.
+HEALTH_PATHS = {"tei": "/health", "vllm": "/health", "vllm_score": "/health"}
+# A probe's timeout: short, since it asks for no model work; within the provider's own timeout_s.
+PROBE_TIMEOUT_S = 5.0
 PATHS = {"lastrank": "/v1/rerank", "jina": "/v1/rerank", "cohere_v1": "/v1/rerank", "cohere_v2": "/v2/rerank",
          "tei": "/rerank", "vllm": "/v1/rerank", "vllm_score": "/score"}
 # Smoothing of the observed latency (the `latency` policy): the last ~10 answers weigh most.
@@ -153,6 +164,9 @@ class RemoteProvider(Provider):
         self._environ = environ
         self._transport = transport  # tests: an in-process transport
         self.client: httpx.AsyncClient | None = None
+        self._probe_task: asyncio.Task | None = None
+        self.probes = 0  # background probes sent
+        self.last_probe: dict | None = None  # {"at": UTC time, "ok": bool, "error": why not ok}
 
     async def start(self) -> None:
         if self.client is not None:
@@ -177,11 +191,65 @@ class RemoteProvider(Provider):
                 log.warning("provider %s: cannot read its /v1/models at start (%s); it is out until it answers",
                             self.name, e.message)
                 self.breaker.trip()
+        if self.config.probe_interval_s > 0:
+            self._probe_task = asyncio.create_task(self._probe_loop(), name=f"lastrank router probe {self.name}")
 
     async def stop(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._probe_task
+            self._probe_task = None
         if self.client is not None:
             await self.client.aclose()
             self.client = None
+
+    # -- background health probes ---------------------------------------------------------------------------
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.probe_interval_s)
+            try:
+                await self.probe()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a probe must never end the loop (nor take the server down)
+                log.exception("provider %s: the health probe failed unexpectedly", self.name)
+
+    async def probe(self) -> bool | None:
+        """Check an open provider once (module docstring): True if it answered (the breaker closes), False if
+        not (it stays open for another cooldown), None if there was nothing to probe (closed, a probe already
+        in flight, or held by a Retry-After)."""
+        if not self.breaker.begin_probe():
+            return None
+        timeout_s = min(self.config.timeout_s, PROBE_TIMEOUT_S)
+        self.probes += 1
+        error = None
+        try:
+            if self.config.dialect == "lastrank":
+                await self.learn(timeout_s=timeout_s)
+            elif self.config.dialect in HEALTH_PATHS:
+                response = await self._send("GET", self.config.base_url + HEALTH_PATHS[self.config.dialect], None,
+                                            timeout_s)
+                if response.status_code != 200:
+                    error = f"{HEALTH_PATHS[self.config.dialect]} answered {response.status_code}"
+            else:
+                await self.call(RerankRequest(query="health check", documents=["health check"]), timeout_s)
+        except ProviderFailed as e:
+            error = e.message
+        except Exception as e:  # a 4xx to the tiny rerank, an unreadable answer, a changed score rule: not healthy
+            error = getattr(e, "message", None) or type(e).__name__
+        except BaseException:
+            self.breaker.release()  # cancelled (shutting down): no verdict
+            raise
+        self.last_probe = {"at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "ok": error is None}
+        if error is None:
+            self.breaker.success()
+            log.info("provider %s: the health probe got an answer; back in service", self.name)
+            return True
+        self.last_probe["error"] = error
+        self.breaker.probe_failed()
+        return False
 
     # -- lastrank upstreams say what their model is ----------------------------------------------------------
 
@@ -327,7 +395,8 @@ class RemoteProvider(Provider):
         return RerankResult(results=results, usage=usage, request_id=request.request_id)
 
     def describe(self) -> dict:
-        return {**super().describe(), "remote": True}
+        probe = {"interval_s": self.config.probe_interval_s, "sent": self.probes, "last": self.last_probe}
+        return {**super().describe(), "remote": True, "probe": probe}
 
 
 def _items(dialect: str, data: Any, headers) -> tuple[list[dict], int]:
