@@ -181,5 +181,6 @@ def test_models_page_is_self_contained_and_locked_down(client):
     assert csp["script-src"].startswith("'sha256-") and "unsafe" not in resp.headers["content-security-policy"]
 
 
-def test_playground_links_to_the_catalogue(client):
+def test_playground_and_root_link_to_the_catalogue(client):
     assert 'href="models"' in client.get("/playground").text
+    assert client.get("/").json()["catalogue"] == "/models"

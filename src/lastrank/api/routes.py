@@ -91,5 +91,7 @@ async def metrics(request: Request) -> Response:
 async def root(request: Request) -> dict:
     state = request.app.state.lastrank
     return {"name": "lastrank", "models": [m.name for m in state.models], "docs": "/docs", "playground": "/playground",
-            "routes": ["/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/health", "/ready", "/metrics"],
+            "catalogue": "/models",
+            "routes": ["/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/v1/benchmarks", "/health", "/ready",
+                       "/metrics"],
             "time": time.time()}
