@@ -15,6 +15,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 NEVER_ON_THE_TEXT_PATH = (
     "torch._dynamo", "torch._inductor", "sympy",  # compiler machinery: nothing here compiles
     "huggingface_hub.hf_api",  # the hub client: a packaged model has no hub cache folder
@@ -44,8 +46,10 @@ def _modules_after_rerank(tmp_path, dtype: str) -> list[str]:
     return out["modules"]
 
 
-def test_rerank_on_minilm_imports_only_what_the_family_needs(tmp_path):
-    modules = set(_modules_after_rerank(tmp_path, "float32"))
+@pytest.mark.parametrize("dtype", ["float32", "auto"])  # auto: with its speed probe and drift check (empty cache)
+def test_rerank_on_minilm_imports_only_what_the_family_needs(tmp_path, monkeypatch, dtype):
+    monkeypatch.setenv("LASTRANK_CACHE_DIR", str(tmp_path / "cache"))
+    modules = set(_modules_after_rerank(tmp_path, dtype))
     assert "torch" in modules and "lastrank.model.bert" in modules  # it did load and run the model
     loaded = [m for m in NEVER_ON_THE_TEXT_PATH if m in modules]
     assert loaded == [], f"imported on the path to the first result: {loaded}"
