@@ -6,7 +6,12 @@ Checked: while one provider is healthy no client request fails, in any of the cl
 breaker opens and a probe closes it again (/v1/models says so); the router's ledger is exact: one row per 200,
 named by its X-Request-Id, naming the provider that answered, none for a request that failed everywhere, and as
 many rows for upstream B as B's own ledger holds (no double charge); no upstream key appears in the router's log,
-its responses, its /v1/models or its database, and the fake sees only its own key (never the client's)."""
+its responses, its /v1/models or its database, and the fake sees only its own key (never the client's).
+
+Timing: each check that a breaker is still open (or a provider still held) runs within a window that starts when
+it opened; the cooldown (COOLDOWN_S) and the fake's Retry-After (HOLD_S) are far longer than such a window on a
+loaded machine (the window is measured and named if it ever is not), and the steps that need the cooldown or the
+hold over poll /v1/models for the next state instead of sleeping a fixed time."""
 
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from server_process import ServerProcess, free_port
 
+COOLDOWN_S = 10.0  # the breaker's: longer than any "still open" check window (a few requests) under load
+HOLD_S = 10  # the fake's Retry-After on a 429: likewise
 KEYS = {"A_KEY": "sk-upstream-a-secret-7f3e", "B_KEY": "sk-upstream-b-secret-91c2", "FAKE_KEY": "sk-fake-secret-55d0"}
 QUERY = "how do plants make food from sunlight"
 DOCS = ["Photosynthesis turns light, water and carbon dioxide into sugar in the leaves.",
@@ -45,7 +52,7 @@ class FakeUpstream:
             if self.mode == "500":
                 return JSONResponse({"detail": "internal error"}, status_code=500)
             if self.mode == "429":
-                return JSONResponse({"detail": "slow down"}, status_code=429, headers={"retry-after": "2"})
+                return JSONResponse({"detail": "slow down"}, status_code=429, headers={"retry-after": str(HOLD_S)})
             if self.mode == "slow":
                 await asyncio.sleep(3.0)
                 return JSONResponse({"detail": "too late"}, status_code=500)
@@ -87,7 +94,7 @@ CONFIG = """
 name = "rerank"
 policy = "priority"
 failure_threshold = 2
-cooldown_s = 2.0
+cooldown_s = {cooldown}
 
 [[models.providers]]
 name = "fake"
@@ -96,6 +103,7 @@ base_url = "{fake}"
 api_key_env = "FAKE_KEY"
 score = "cosine"
 timeout_s = 0.8
+probe_interval_s = 0  # (the default for jina) this test checks that a client request is the probe
 
 [[models.providers]]
 name = "a"
@@ -144,7 +152,7 @@ def test_router_over_real_upstreams(tmp_path, monkeypatch):
         fake = FakeUpstream(b.url, b_key)
         fake.start()
         config = tmp_path / "router.toml"
-        config.write_text(CONFIG.format(fake=fake.url, a=a.url, b=b.url))
+        config.write_text(CONFIG.format(fake=fake.url, a=a.url, b=b.url, cooldown=COOLDOWN_S))
         router = ServerProcess("minilm", router_db, tmp_path / "router.log", extra=["--config", str(config)])
         router.start()
         local = threading.local()  # one client per thread
@@ -176,38 +184,61 @@ def test_router_over_real_upstreams(tmp_path, monkeypatch):
         reference = ranked("/v1/rerank", direct)
         assert [i for i, _ in reference][:2] in ([0, 2], [2, 0]) and reference[-1][1] < reference[0][1] - 0.1
 
+        def wait_for(name, condition, seconds):
+            """Poll /v1/models until `condition(health of provider name)` holds (a state the clock brings)."""
+            deadline = time.monotonic() + seconds
+            while not condition(h := health()[name]):
+                assert time.monotonic() < deadline, (name, h)
+                time.sleep(0.1)
+            return h
+
+        def within(opened_at: float, limit: float) -> str:
+            took = time.monotonic() - opened_at
+            assert took < limit, f"the check window took {took:.1f} s, not under {limit} s: the machine is too loaded"
+            return f"{took:.1f} s"
+
         def same(got, route):
             assert [i for i, _ in got] == [i for i, _ in reference], (route, got)
             unit = route == "/rerank"  # TEI's [0, 1] score of a cosine model: (1 + cosine) / 2
             for (_, s), (_, want) in zip(got, reference):
                 assert s == pytest.approx((1 + want) / 2 if unit else want, abs=1e-4)
 
-        # 1. the fake answers 500: two failures open its breaker; no client request fails
+        # 1. the fake answers 500: two failures open its breaker; no client request fails, and none goes to the
+        #    fake while it is open (the window from its opening to the check is timed against the cooldown)
         fake.mode = "500"
-        for route in ["/v1/rerank", "/v2/rerank", "/rerank"] * 2:
+        same(call("/v1/rerank"), "/v1/rerank")
+        opened_at = time.monotonic()  # (an upper bound: it opened during the second call)
+        for route in ["/v2/rerank", "/rerank", "/v1/rerank", "/v2/rerank", "/rerank"]:
             same(call(route), route)
-        assert fake.calls == 2 and health()["fake"]["state"] == "open"
+        h = health()["fake"]
+        took = within(opened_at, COOLDOWN_S)
+        assert fake.calls == 2 and h["state"] == "open" and h["opened"] == 1, (took, h)
 
-        # 2. healthy again: after the cooldown a request probes it and closes the breaker
+        # 2. healthy again: once the cooldown is over (half-open) the next request probes it and closes the breaker
         fake.mode = "ok"
-        time.sleep(2.1)
-        assert health()["fake"]["state"] == "half_open"
+        wait_for("fake", lambda h: h["state"] == "half_open", COOLDOWN_S + 30)
+        assert fake.calls == 2  # nothing was sent to it while open
         same(call(), "/v1/rerank")
         assert health()["fake"]["state"] == "closed" and fake.calls == 3
 
-        # 3. 429 with Retry-After: 2: held (not tried again for 2 s), breaker still closed, no client failure
+        # 3. 429 with Retry-After: held (not tried again until then), breaker still closed, no client failure
         fake.mode = "429"
+        held_at = time.monotonic()
         same(call("/v2/rerank"), "/v2/rerank")
         same(call("/v2/rerank"), "/v2/rerank")
         h = health()["fake"]
-        assert h["state"] == "closed" and h.get("held_for_s", 0) > 0 and fake.calls == 4
+        took = within(held_at, HOLD_S)
+        assert h["state"] == "closed" and h.get("held_for_s", 0) > 0 and fake.calls == 4, (took, h)
 
         # 4. slow past its 0.8 s timeout: twice opens it again, each request answered by the next provider
-        time.sleep(2.1)
+        wait_for("fake", lambda h: "held_for_s" not in h, HOLD_S + 30)
         fake.mode = "slow"
-        for _ in range(2):
-            same(call(), "/v1/rerank")
-        assert health()["fake"]["state"] == "open"
+        same(call(), "/v1/rerank")
+        opened_at = time.monotonic()
+        same(call(), "/v1/rerank")
+        h = health()["fake"]
+        took = within(opened_at, COOLDOWN_S)
+        assert h["state"] == "open" and fake.calls == 6, (took, h)
 
         # 5. kill upstream A mid-load (the fake is out): every request is answered by A, then B
         fake.mode = "500"
