@@ -606,23 +606,28 @@ def run(settings: ServerSettings, store, models, held_socket=None) -> int:
           f"replica(s)" + (f" (autoscaling to {settings.max_replicas})" if settings.max_replicas else ""),
           file=sys.stderr, flush=True)
     failure = None
+    not_deployed = None
     try:
         if held_socket is not None:
             held_socket.close()
-        deploy(settings, store_target, models)
-        shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        print(f"lastrank: ray: serving on http://{shown_host}:{settings.port} (Ray Serve's proxy); "
-              f"ledger: {store.location}; Ctrl-C stops", file=sys.stderr, flush=True)
-        if local_on_loopback:  # checked, not assumed: every port of the local cluster
-            exposed = exposed_ports()
-            print("lastrank: ray: every port of the local Ray cluster listens on loopback" if not exposed else
-                  f"lastrank: ray: WARNING: these ports of the local Ray cluster listen beyond loopback: "
-                  f"{', '.join(exposed)}", file=sys.stderr, flush=True)
-        watchdog = ServeWatchdog()
-        while not stop.wait(WATCHDOG_S):
-            failure = watchdog.problem()
-            if failure:
-                break
+        try:
+            deploy(settings, store_target, models)
+        except RuntimeError as e:  # Serve gave up: a deployment's replicas kept failing in their constructor
+            not_deployed = deployment_failures() or str(e).splitlines()[0]  # raised after the cleanup below
+        else:
+            shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
+            print(f"lastrank: ray: serving on http://{shown_host}:{settings.port} (Ray Serve's proxy); "
+                  f"ledger: {store.location}; Ctrl-C stops", file=sys.stderr, flush=True)
+            if local_on_loopback:  # checked, not assumed: every port of the local cluster
+                exposed = exposed_ports()
+                print("lastrank: ray: every port of the local Ray cluster listens on loopback" if not exposed else
+                      f"lastrank: ray: WARNING: these ports of the local Ray cluster listen beyond loopback: "
+                      f"{', '.join(exposed)}", file=sys.stderr, flush=True)
+            watchdog = ServeWatchdog()
+            while not stop.wait(WATCHDOG_S):
+                failure = watchdog.problem()
+                if failure:
+                    break
     finally:
         print("lastrank: ray: stopping" + (f": {failure}" if failure else ""), file=sys.stderr, flush=True)
         try:
@@ -634,9 +639,31 @@ def run(settings: ServerSettings, store, models, held_socket=None) -> int:
                 serve.shutdown()
         finally:
             ray.shutdown()
+    if not_deployed:  # e.g. a model that cannot load: no replica will ever serve it
+        raise LastrankError(f"ray: {not_deployed}; exiting")
     if failure:
         raise LastrankError(f"ray: {failure}; exiting so that a supervisor restarts the server")
     return 0
+
+
+def deployment_failures() -> str | None:
+    """What Serve says of this application's failed deployments (each one's last message line, the
+    replica's exception), or None if it cannot say."""
+    from ray import serve
+
+    try:
+        app = serve.status().applications.get(APP_NAME)
+    except Exception:
+        return None
+    if app is None:
+        return None
+    lines = []
+    for name, deployment in app.deployments.items():
+        status = str(getattr(deployment.status, "value", deployment.status))
+        message = [line.strip() for line in (deployment.message or "").splitlines() if line.strip()]
+        if status not in ("HEALTHY", "UPDATING") and message:
+            lines.append(f"{name}: {message[-1]}")
+    return "; ".join(lines) or None
 
 
 __all__ = ["APP_NAME", "Ingress", "ModelClient", "ModelReplica", "ModelSpec", "ReplicaFailedError", "application",

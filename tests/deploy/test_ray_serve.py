@@ -570,6 +570,27 @@ def test_a_replica_killed_under_load_is_replaced_and_billing_stays_exact(ray_ser
     assert httpx.get(ray_server.url + "/ready", timeout=10).status_code == 200
 
 
+def test_a_model_that_cannot_load_ends_serve_ray_with_its_reason(tmp_path):
+    """A corrupt model folder under --ray: Serve gives up on its replicas, and the command says why in one
+    line and exits 2 (before: exit 1 with Serve's RuntimeError traceback, which named no reason)."""
+    import shutil
+
+    from lastrank.model.resolve import resolve_checkpoint
+
+    folder = tmp_path / "corrupt"
+    shutil.copytree(resolve_checkpoint(MODEL), folder)
+    (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    out = subprocess.run([sys.executable, "-m", "lastrank", "serve", "--ray", "--model", str(folder), "--port",
+                          str(_free_port()), "--db", str(tmp_path / "x.db"), "--log-level", "warning"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 2, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("lastrank: error: ray: model0-corrupt: ") and "JSONDecodeError" in last, last
+    assert "Traceback" not in out.stderr.split("lastrank: ray: stopping")[-1]
+
+
 def _process_tree(pid: int) -> list:
     import psutil
 
