@@ -160,6 +160,16 @@ class RankedDocument:
 
 
 @dataclass
+class TruncationReport:
+    """A provider's own truncation report (router/providers.py): documents cut, whether the query was, and its
+    warnings as it wrote them (its indices are the client's: the router sends the documents in their order)."""
+
+    documents: int = 0
+    query: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Usage:
     documents: int = 0
     prompt_tokens: int = 0  # tokens of every model input actually run (what is billed as tokens)
@@ -189,3 +199,6 @@ class RerankResult:
     usage: Usage
     request_id: str = ""
     provider: str | None = None  # routed models (lastrank/router): the provider that answered, for the ledger
+    # routed models: what the provider that answered said it truncated (a lastrank upstream says it), passed on
+    # to the client in place of the plan's report from `usage`; None: the usual report from `usage`
+    truncation: TruncationReport | None = None

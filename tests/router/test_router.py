@@ -586,6 +586,71 @@ def test_a_routed_model_behind_the_api_answers_in_the_clients_dialect_and_bills_
     assert key.encode() not in db_bytes
 
 
+class CuttingScheduler(ToyScheduler):
+    """The toy, reporting what a real plan would after cutting documents 1 and 3 and the query."""
+
+    async def submit(self, request):
+        result = await super().submit(request)
+        result.usage.truncated_indices, result.usage.max_doc_length = [1, 3], 8
+        result.usage.query_truncated, result.usage.max_query_length = True, 4
+        return result
+
+
+@pytest.mark.parametrize("dialect", ["lastrank", "jina", "tei"])
+def test_a_lastrank_upstreams_truncation_report_is_passed_on(tmp_path, dialect):
+    """The upstream's X-Lastrank-* headers and meta.warnings reach the router's client (its indices are the
+    client's); a TEI answer has no meta, so its headers are said in words. A provider that reports nothing (a
+    scripted Jina answer) leaves the usual report (nothing cut)."""
+    from fastapi.testclient import TestClient
+
+    from lastrank.api.app import create_app
+    from lastrank.api.models import ServedModel
+    from lastrank.api.settings import ServerSettings
+    from lastrank.store import Store
+
+    up_store = Store(tmp_path / "upstream.db")
+    _, key = up_store.create_key("router")
+    upstream_app = create_app(ServerSettings(model=("toy",)), up_store, scheduler=CuttingScheduler())
+    body = {"model": "rerank", "query": QUERY, "documents": DOCS}
+    with TestClient(upstream_app) as upstream:
+        direct = upstream.post("/v1/rerank", json=body | {"model": "toy"}, headers={"authorization": f"Bearer {key}"})
+        said = direct.json()["meta"]["warnings"]
+        assert len(said) == 2 and "indices 1, 3" in said[0] and direct.headers["x-lastrank-truncated-documents"] == "2"
+        cfg = ProviderConfig(name="u", dialect=dialect, base_url="http://upstream", api_key_env="U_KEY", model="toy",
+                             score=None if dialect == "lastrank" else "cosine")
+        m = ModelConfig(name="rerank", providers=(cfg,))
+        provider = RemoteProvider(cfg, m, environ={"U_KEY": key}, transport=bridge(upstream, []))
+        router_store = Store(tmp_path / "router.db")
+        app = create_app(ServerSettings(model=("x",)), router_store,
+                         models=[ServedModel(name="rerank", scheduler=RoutedRunner(m, [provider]))])
+        with TestClient(app) as router:
+            for route, sent in (("/v1/rerank", body), ("/v2/rerank", body),
+                                ("/rerank", {"query": QUERY, "texts": DOCS})):
+                r = router.post(route, json=sent)
+                assert r.status_code == 200, r.text
+                assert r.headers["x-lastrank-truncated-documents"] == "2", route
+                assert r.headers["x-lastrank-query-truncated"] == "true", route
+                if route != "/rerank":
+                    want = said if dialect != "tei" else [
+                        "2 of 4 documents were truncated by the provider before ranking",
+                        "the query was truncated by the provider before ranking"]
+                    assert r.json()["meta"]["warnings"] == want, route
+        router_store.close()
+    up_store.close()
+    quiet = RemoteProvider(ProviderConfig(name="j", dialect="jina", base_url="http://j", score="cosine"), m,
+                           transport=_scripted(200, {"results": [{"index": i, "relevance_score": 0.1 * i}
+                                                                 for i in range(4)]}))
+
+    async def go():
+        await quiet.start()
+        try:
+            return await quiet.call(req(), 5.0)
+        finally:
+            await quiet.stop()
+
+    assert run(go()).truncation is None
+
+
 PRICED = """
 [[models]]
 name = "rerank"

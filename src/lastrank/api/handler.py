@@ -248,7 +248,12 @@ def parse_and_validate(raw: bytes, route_dialect, s: ServerSettings):
 
 
 def truncation_report(result: RerankResult) -> tuple[list[str], dict[str, str]]:
-    """-> (warnings for meta.warnings, headers), from what the plan settled (Usage.truncated_indices)."""
+    """-> (warnings for meta.warnings, headers), from what the plan settled (Usage.truncated_indices), or for a
+    routed model from what the provider that answered reported (RerankResult.truncation)."""
+    reported = result.truncation
+    if reported is not None:
+        return list(reported.warnings), {TRUNCATED_DOCUMENTS_HEADER: str(reported.documents),
+                                         QUERY_TRUNCATED_HEADER: "true" if reported.query else "false"}
     u = result.usage
     warnings = []
     n = u.truncated_documents

@@ -59,7 +59,7 @@ from lastrank.errors import (
 )
 from lastrank.router.breaker import Breaker
 from lastrank.router.config import ConfigError, ModelConfig, ProviderConfig
-from lastrank.types import RankedDocument, RerankRequest, RerankResult, Usage
+from lastrank.types import RankedDocument, RerankRequest, RerankResult, TruncationReport, Usage
 
 log = logging.getLogger("lastrank.router")
 
@@ -392,7 +392,8 @@ class RemoteProvider(Provider):
             results = results[:request.top_n]
         usage = Usage(documents=n, prompt_tokens=tokens, max_doc_length=request.max_doc_length or 0,
                       max_query_length=request.max_query_length or 0)
-        return RerankResult(results=results, usage=usage, request_id=request.request_id)
+        return RerankResult(results=results, usage=usage, request_id=request.request_id,
+                            truncation=_reported_truncation(response.headers, data, n))
 
     def describe(self) -> dict:
         probe = {"interval_s": self.config.probe_interval_s, "sent": self.probes, "last": self.last_probe}
@@ -415,6 +416,33 @@ def _items(dialect: str, data: Any, headers) -> tuple[list[dict], int]:
     meta = data.get("meta") or {}
     tokens = usage.get("prompt_tokens") or usage.get("total_tokens") or (meta.get("tokens") or {}).get("input_tokens")
     return items, int(tokens) if isinstance(tokens, int) and not isinstance(tokens, bool) else 0
+
+
+# A provider's warnings are passed on to the client as they are, within these bounds.
+MAX_WARNINGS, MAX_WARNING_CHARS = 10, 500
+
+
+def _reported_truncation(headers, data: Any, documents: int) -> TruncationReport | None:
+    """A lastrank upstream's own truncation report, in whichever dialect it was spoken to: its
+    X-Lastrank-Truncated-Documents and X-Lastrank-Query-Truncated headers, and its meta.warnings where the answer
+    has them (Jina and Cohere shapes; TEI's bare array has none, so the headers are said in words). None from a
+    server that sends no such header (Jina's, Cohere's, TEI's, vLLM's own do not report truncation)."""
+    count = headers.get("x-lastrank-truncated-documents")
+    if count is None or not count.strip().isdigit():
+        return None
+    cut = min(int(count), documents)
+    query = headers.get("x-lastrank-query-truncated", "").strip().lower() == "true"
+    meta = data.get("meta") if isinstance(data, dict) else None
+    said = meta.get("warnings") if isinstance(meta, dict) else None
+    if isinstance(said, list) and all(isinstance(w, str) for w in said):
+        warnings = [w[:MAX_WARNING_CHARS] for w in said[:MAX_WARNINGS]]
+    else:
+        warnings = []
+        if cut:
+            warnings.append(f"{cut} of {documents} documents were truncated by the provider before ranking")
+        if query:
+            warnings.append("the query was truncated by the provider before ranking")
+    return TruncationReport(documents=cut, query=query, warnings=warnings)
 
 
 def _error_message(response: httpx.Response, limit: int = 300) -> str:
