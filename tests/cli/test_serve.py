@@ -45,7 +45,7 @@ def test_flags_environment_and_precedence():
     with pytest.raises(LastrankError, match="LASTRANK_MAX_DOCUMENTS"):
         parse([], {"LASTRANK_MAX_DOCUMENTS": "many"})
     with pytest.raises(LastrankError, match="LASTRANK_DTYPE must be one of"):
-        parse([], {"LASTRANK_DTYPE": "int8"})
+        parse([], {"LASTRANK_DTYPE": "int4"})
 
 
 def test_aliases_belong_to_their_model():

@@ -108,6 +108,27 @@ def test_port_0_serves_on_the_port_it_prints_and_sigterm_exits_0(tmp_path):
     assert "lastrank: SIGTERM: stopped in" in log.read_text()
 
 
+def test_sigterm_while_the_model_loads_exits_without_waiting_for_the_load(tmp_path):
+    """The loader thread cannot be stopped, and asyncio.run waits for it at exit: before, SIGTERM during start-up
+    took as long as the rest of the load (minutes for a large model). The load takes seconds even here (torch
+    is imported in it); the signal comes within ~0.2 s of its start."""
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as err:
+        proc = lastrank_serve("--model", MODEL, "--port", "0", db=tmp_path / "x.db", stderr=err)
+    try:
+        wait_for(lambda: "Application startup complete" in log.read_text(), 120, proc, log)  # the load has begun
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    text = log.read_text()
+    assert rc == 0, text
+    assert "lastrank: SIGTERM: stopped in" in text and "loaded and warmed up" not in text, text
+    assert "Traceback" not in text and "terminate called" not in text, text
+
+
 def test_a_model_that_cannot_load_ends_the_server_with_its_reason(tmp_path):
     """A corrupt folder (its family is detected, its weights do not load): before, the server stayed up with
     /ready 503 forever; now it exits non-zero with the reason."""

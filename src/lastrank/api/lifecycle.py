@@ -36,16 +36,21 @@ class Server(uvicorn.Server):
     """uvicorn.Server with the drain on SIGTERM/SIGINT and the exit on a failed model (module docstring).
 
     `state` is the app's ServerState (app.state.lastrank): its `models` are drained and watched. After
-    `run()`, `failed` holds the reason the server gave up (None after a signal), and `model_busy` says a
-    model's worker is still inside a batch the drain cut (the caller exits with os._exit: see cli/serve.py)."""
+    `run()`, `failed` holds the reason the server gave up (None after a signal).
 
-    def __init__(self, config: uvicorn.Config, state, shutdown_timeout_s: float):
+    `leave`, if given, is called (and must end the process, e.g. with os._exit) at the end of a drain that
+    leaves model work behind that Python cannot stop: a model still loading (asyncio.run would wait for its
+    loader thread, the rest of the load), or a batch the drain's deadline cut, still inside the model in the
+    worker's daemon thread (the interpreter's exit would tear torch down under it: "terminate called without
+    an active exception", SIGABRT). Every request has been answered by then."""
+
+    def __init__(self, config: uvicorn.Config, state, shutdown_timeout_s: float, leave=None):
         config.timeout_graceful_shutdown = shutdown_timeout_s + WRITE_GRACE_S
         super().__init__(config)
         self.state = state
         self.shutdown_timeout_s = shutdown_timeout_s
+        self.leave = leave
         self.failed: str | None = None
-        self.model_busy = False  # after run(): a batch cut by the drain's deadline is still running
 
     async def on_tick(self, counter: int) -> bool:
         if await super().on_tick(counter):
@@ -82,11 +87,17 @@ class Server(uvicorn.Server):
         drain = asyncio.ensure_future(drain_models(self.state.models, started + self.shutdown_timeout_s))
         await super().shutdown(sockets)  # stops accepting, then waits for the open requests to be answered
         refused, finished, cut = await drain
-        self.model_busy = any(m.scheduler is not None and m.scheduler.busy for m in self.state.models)
         name = signal.Signals(self._captured_signals[-1]).name if self._captured_signals else "a stop request"
         print(f"lastrank: {name}: stopped in {time.monotonic() - started:.1f} s: {finished} running request(s) "
               f"finished, {refused} queued or arriving answered 503, {cut} cut at --shutdown-timeout-s "
               f"{self.shutdown_timeout_s:g} (answered 503)", file=sys.stderr, flush=True)
+        if self.leave is not None and self.model_work_left():
+            self.leave()
+
+    def model_work_left(self) -> bool:
+        """A model still loading, or a worker still inside a batch (see `leave`)."""
+        return any((m.scheduler is None and m.load is not None and m.load_error is None)
+                   or getattr(m.scheduler, "busy", False) for m in self.state.models)
 
 
 async def drain_models(models, deadline: float) -> tuple[int, int, int]:

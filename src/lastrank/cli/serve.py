@@ -273,18 +273,21 @@ def run(args: argparse.Namespace) -> int:
         configure_logging(settings)
         config = uvicorn.Config(app, log_level=settings.log_level, http=http_protocol(settings),
                                 access_log=settings.access_log == "text", log_config=None)
-        server = Server(config, app.state.lastrank, settings.shutdown_timeout_s)  # api/lifecycle.py: how it ends
+
+        def leave() -> None:
+            # SIGTERM left model work Python cannot stop (a load, or a batch inside torch: api/lifecycle.py).
+            # Every request is answered: close what the `finally` below would, and exit without waiting for it.
+            sock.close()
+            store.close()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+
+        server = Server(config, app.state.lastrank, settings.shutdown_timeout_s, leave=leave)  # api/lifecycle.py
         server.run(sockets=[sock])
         if server.failed:  # no supervisor or operator is helped by a server whose /ready says 503 forever
             raise LastrankError(f"{server.failed}; exiting")
     finally:
         sock.close()
         store.close()
-    if server.model_busy:
-        # The drain's deadline cut a batch that is still inside the model (a model call cannot be interrupted),
-        # in a daemon thread: the interpreter's exit would tear torch down under it ("terminate called without
-        # an active exception", SIGABRT). Every request is answered and the ledger is closed: leave now.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
     return 0
