@@ -166,6 +166,14 @@ def test_a_probe_where_the_dialect_has_no_health_route_is_a_one_document_rerank(
 
     asyncio.run(go())
     assert [(m, path) for m, path, _ in sent] == [("POST", "/v1/rerank")] * 2
+    from types import SimpleNamespace
+
+    from lastrank.router.metrics import RouterCollector
+    from lastrank.router.router import RoutedRunner
+
+    served = SimpleNamespace(name="m", scheduler=RoutedRunner(ModelConfig(name="m", providers=(cfg,)), [p]))
+    [family] = [f for f in RouterCollector(lambda: [served]).collect() if f.name == "lastrank_router_provider_probes"]
+    assert {s.labels["result"]: s.value for s in family.samples if s.name.endswith("_total")} == {"ok": 1, "failed": 1}
     import json
 
     assert json.loads(sent[0][2])["documents"] == ["health check"]

@@ -37,6 +37,10 @@ class RouterCollector:
                                      labels=labels)
         opened = CounterMetricFamily("lastrank_router_provider_breaker_opened", "Times the provider's breaker opened",
                                      labels=labels)
+        probes = CounterMetricFamily("lastrank_router_provider_probes",
+                                     "Background health probes of an open remote provider, by result (ok: it "
+                                     "answered and its breaker closed; failed: still down)",
+                                     labels=[*labels, "result"])
         for m in self.models():
             runner = m.scheduler
             if not isinstance(runner, RoutedRunner):
@@ -52,4 +56,7 @@ class RouterCollector:
                 answered.add_metric(values, p.answered)
                 failed.add_metric(values, p.failed)
                 opened.add_metric(values, b.opened)
-        yield from (state, held, in_flight, latency, answered, failed, opened)
+                if getattr(p, "config", None) is not None and p.config.remote and hasattr(p, "probes"):
+                    probes.add_metric([*values, "ok"], p.probes - p.probes_failed)
+                    probes.add_metric([*values, "failed"], p.probes_failed)
+        yield from (state, held, in_flight, latency, answered, failed, opened, probes)

@@ -166,6 +166,7 @@ class RemoteProvider(Provider):
         self.client: httpx.AsyncClient | None = None
         self._probe_task: asyncio.Task | None = None
         self.probes = 0  # background probes sent
+        self.probes_failed = 0  # of which found it still down
         self.last_probe: dict | None = None  # {"at": UTC time, "ok": bool, "error": why not ok}
 
     async def start(self) -> None:
@@ -248,6 +249,7 @@ class RemoteProvider(Provider):
             log.info("provider %s: the health probe got an answer; back in service", self.name)
             return True
         self.last_probe["error"] = error
+        self.probes_failed += 1
         self.breaker.probe_failed()
         return False
 
