@@ -216,8 +216,8 @@ def _loader(model_id: str, path, family: str, name: str, settings):
 def check_device(settings) -> None:
     """--device checked before the port is bound: a device this machine lacks (cuda without CUDA) is one
     error line at once, not a server whose model never loads. Not with --ray: the replicas may run on other
-    nodes. torch is imported only for a device other than cpu."""
-    if settings.device != "cpu" and not settings.ray:
+    nodes. torch is imported only for cuda or mps (cpu and auto always resolve)."""
+    if settings.device not in ("cpu", "auto") and not settings.ray:
         from lastrank.model.loading import resolve_device
 
         resolve_device(settings.device)
