@@ -480,6 +480,7 @@ def _scripted(status, body=None, headers=None, raw=None):
     (429, {"detail": "slow down"}, {"retry-after": "2"}, ("hold", 2.0)),
     (429, {"detail": "slow down"}, None, ("hold", 1.0)),
     (401, {"detail": "bad key"}, None, ("fail", None)),
+    (402, {"detail": "insufficient credit"}, None, ("fail", None)),  # the router's own upstream credit ran out
     (302, None, {"location": "http://elsewhere/"}, ("fail", None)),  # a redirect is never followed
     (400, {"detail": "top_n must be >= 0"}, None, InvalidRequestError),
     (422, {"detail": "bad field"}, None, InvalidRequestError),
@@ -759,7 +760,7 @@ def test_a_local_provider_runs_its_scheduler_and_a_full_queue_is_skipped():
 def test_a_local_provider_loads_the_real_model(tmp_path):
     """dialect = "local" with the packaged MiniLM: loaded by the provider itself, its answer the model's own."""
     from lastrank.api.settings import ServerSettings
-    from lastrank.engine.reranker import Reranker
+    from lastrank.reranker import Reranker
     from lastrank.router.providers import LocalProvider
 
     cfg = ProviderConfig(name="here", dialect="local", model="minilm")
@@ -788,3 +789,41 @@ def test_chunk_mode_goes_only_to_lastrank_providers(dialect):
     lastrank = ProviderConfig(name="l", dialect="lastrank", base_url="http://x")
     assert RemoteProvider(lastrank, ModelConfig(name="m", providers=(lastrank,))).unsupported(
         req(chunking="chunk", max_chunks_per_doc=3)) is None
+
+
+def test_a_lastrank_provider_down_at_start_that_comes_back_with_another_score_rule_stays_out(upstream):
+    """A lastrank provider unreachable at start has no known score rule, so start() could not compare it. When it
+    comes back serving a model of another rule (the toy upstream: cosine), neither a request nor a probe may put it
+    in service: the client would get scores of two scales under one model name. It is a provider failure (the next
+    provider answers), never a 500."""
+    client, key = upstream
+    clock = Clock()
+    m = ModelConfig(name="m", failure_threshold=1, cooldown_s=5.0, providers=(
+        ProviderConfig(name="late", dialect="lastrank", base_url="http://upstream", api_key_env="U_KEY", model="toy"),
+        ProviderConfig(name="sig", dialect="jina", base_url="http://x", score="sigmoid")))
+    up = {"now": False}
+    healthy = bridge(client, [])
+
+    def handle(request):
+        if not up["now"]:
+            raise httpx.ConnectError("refused", request=request)
+        return healthy.handle_request(request)
+
+    late = RemoteProvider(m.providers[0], m, clock=clock, environ={"U_KEY": key}, transport=httpx.MockTransport(handle))
+    sig = FakeProvider(m.providers[1], m, clock)
+    sig.start = _set_rule(sig, "sigmoid")
+    r = RoutedRunner(m, [late, sig], clock=clock)
+
+    async def go():
+        await r.start()
+        assert r.capabilities.score == "sigmoid" and late.breaker.state == "open"
+        up["now"] = True
+        clock.t += 5.0  # cooldown over: the next request tries `late` again
+        assert (await r.submit(req())).provider == "sig"
+        assert late.score_rule is None and late.breaker.state == "open"
+        clock.t += 5.0
+        assert await late.probe() is False and late.breaker.state == "open"  # nor does a health probe close it
+        assert (await r.submit(req())).provider == "sig"
+        await r.stop()
+
+    run(go())

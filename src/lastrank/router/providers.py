@@ -7,8 +7,8 @@
 
 `call(request, timeout_s)` returns a RerankResult or raises:
     ProviderFailed             the provider failed and nothing was billed by it for an answer we hold: connect
-                               error, timeout, 5xx, 429, 408, or 401/403/404 (the operator's configuration, not
-                               the client's request); the router tries the next provider
+                               error, timeout, 5xx, 429, 408, or 401/402/403/404 (the operator's configuration or
+                               credit, not the client's request); the router tries the next provider
     InvalidRequestError, ...   the request itself is wrong (another 4xx): the client's error, never retried
     ModelError                 a 200 whose body cannot be read: the provider answered (and may have billed
                                it), so it is never retried elsewhere
@@ -116,6 +116,9 @@ class Provider:
         self.name = config.name
         self.breaker = Breaker(model.failure_threshold, model.cooldown_s, clock=clock)
         self.score_rule: str | None = config.score
+        # The served model's rule, once the router has settled it at start (RoutedRunner.start): a provider learnt
+        # later (down at start) must match it, or it would mix two scales under one model name.
+        self.model_score: str | None = None
         self.capabilities: Capabilities | None = None  # full capabilities where the provider says them
         self.in_flight = 0
         self.latency_s: float | None = None  # smoothed seconds per successful answer
@@ -277,6 +280,9 @@ class RemoteProvider(Provider):
         if self.config.score is not None and caps.score != self.config.score:
             raise ConfigError(f"provider {self.name!r}: the config says score = {self.config.score!r} but the upstream "
                               f"model's score rule is {caps.score!r}")
+        if self.model_score is not None and caps.score != self.model_score:
+            raise ProviderFailed(f"its model's score rule is {caps.score!r}, not the served model's "
+                                 f"{self.model_score!r}")
         self.capabilities = caps
         self.score_rule = caps.score
 
@@ -331,7 +337,10 @@ class RemoteProvider(Provider):
 
     async def call(self, request: RerankRequest, timeout_s: float | None) -> RerankResult:
         if self.score_rule is None:  # a lastrank provider that was down at start: learn its rule first
-            await self.learn(timeout_s=timeout_s or self.config.timeout_s)
+            try:
+                await self.learn(timeout_s=timeout_s or self.config.timeout_s)
+            except ConfigError as e:  # the operator's config, not the client's request: the next provider
+                raise ProviderFailed(e.message) from None
         response = await self._send("POST", self.url, self.body(request), timeout_s)
         status = response.status_code
         if status == 200:
@@ -339,9 +348,9 @@ class RemoteProvider(Provider):
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         if status == 429:
             raise ProviderFailed("429 (rate limited)", retry_after=retry_after or DEFAULT_HOLD_S, hold=True)
-        if status >= 500 or status < 400 or status in (401, 403, 404, 408):
+        if status >= 500 or status < 400 or status in (401, 402, 403, 404, 408):
             # 401/403/404, or a redirect (never followed): the operator's key, URL or model name is wrong for this
-            # provider, not the client's request
+            # provider, not the client's request; 402: the operator's own credit there ran out
             raise ProviderFailed(f"answered {status}", retry_after=retry_after)
         message = f"the provider {self.name!r} refused the request ({status}): {_error_message(response)}"
         if status == 413:

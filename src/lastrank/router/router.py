@@ -9,7 +9,7 @@ slot under its concurrency cap and whose dialect can carry the request:
     latency     by observed latency (smoothed over recent answers; a provider not yet measured goes first, so
                 every provider gets measured), then config order
 
-On a provider failure (connect error, timeout, 5xx, 429 (its Retry-After honoured), 408, or 401/403/404: see
+On a provider failure (connect error, timeout, 5xx, 429 (its Retry-After honoured), 408, or 401/402/403/404: see
 providers.py) the next provider in that order is tried, each at most once per request, while the request's
 deadline (RerankRequest.deadline, --request-timeout-s) lasts; each attempt gets the provider's timeout_s or
 what is left of the deadline, whichever is less. The client's own errors (another 4xx) are returned at once.
@@ -90,6 +90,8 @@ class RoutedRunner(ModelRunner):
         try:
             await asyncio.gather(*(p.start() for p in self.providers))
             self.capabilities = self._capabilities()
+            for p in self.providers:  # a provider learnt later must speak this rule (RemoteProvider.learn)
+                p.model_score = self.capabilities.score
         except BaseException:
             await asyncio.gather(*(p.stop() for p in self.providers), return_exceptions=True)
             raise
