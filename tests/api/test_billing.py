@@ -118,6 +118,20 @@ def test_unlimited_keys_and_keyless_servers_are_billed_as_before(make_client, fa
     assert store.credit_accounts("free")[0]["balance_usd"] is None
 
 
+def test_credit_granted_to_a_cached_unlimited_key_is_charged_at_once(make_client, fake_scheduler, store):
+    """The API remembers a verified key (--key-cache-s) with what it was then: unlimited. Credit granted to it
+    meanwhile (`lastrank keys credit --add`) must pay for the requests it answers from then on, whichever way the
+    API took them (a hold, or a cached record that still said unlimited): balance = granted - billed since."""
+    record, key = store.create_key("late")  # unlimited
+    c = make_client()
+    assert _post(c, *ROUTES[0], key).status_code == 200  # verified and cached as unlimited
+    store.grant_credit(record.id, "0.00003")
+    assert _post(c, *ROUTES[0], key).status_code == 200
+    assert store.get_key(record.id).balance_nano_usd == 30_000 - 24_000
+    [acct] = store.credit_accounts()
+    assert acct["held_usd"] == 0.0
+
+
 def test_a_client_that_goes_away_gets_its_credit_back(store, fake_scheduler):
     """Through a real ASGI server: the handler cancels the work on disconnect and releases the hold."""
     import uvicorn

@@ -246,7 +246,10 @@ class BaseStore:
                         conn.execute("UPDATE api_keys SET balance_nano_usd = balance_nano_usd + ? WHERE id = ?"
                                      " AND balance_nano_usd IS NOT NULL", (cost, row.key_id))
                     return inserted
-                return _ledger.insert(conn, row)
+                inserted = _ledger.insert(conn, row)
+                if inserted and row.key_id is not None:  # a key granted credit after the API cached it unlimited
+                    _credit.charge_unheld(conn, row.key_id, round(row.cost_usd * _credit.NANO))
+                return inserted
         except StoreUnavailableError as e:
             if getattr(e, "may_have_committed", False):
                 # The connection broke during COMMIT (e.g. the database server stopped at that moment): the row

@@ -206,6 +206,16 @@ def settle(conn, request_id: str, cost_nano: int, for_update: str) -> bool:
     return True
 
 
+def charge_unheld(conn, key_id: str, cost_nano: int) -> None:
+    """Charge an answered request that held nothing to its key's balance, if the key has one now (down to 0 at
+    most). The API decides whether to hold from its cached key record (--key-cache-s), which can predate a grant
+    of credit to a key that was unlimited; without this the requests answered meanwhile were in the ledger but
+    never taken from the credit (balance == grants - billed since would not hold). Unlimited keys: no change."""
+    if cost_nano:
+        conn.execute("UPDATE api_keys SET balance_nano_usd = CASE WHEN balance_nano_usd >= ? THEN balance_nano_usd - ?"
+                     " ELSE 0 END WHERE id = ? AND balance_nano_usd IS NOT NULL", (cost_nano, cost_nano, key_id))
+
+
 def release(conn, request_id: str, for_update: str) -> bool:
     """Give a failed request's hold back. False: there was none (already settled, released or swept)."""
     held = take_hold(conn, request_id, for_update)
