@@ -39,7 +39,6 @@ FLOORS: list[tuple[tuple[str, ...], ...]] = [
 
 # (importer, imported): why it still runs up. Shrink this; never grow it without a reason a reviewer accepts.
 ALLOWED: dict[tuple[str, str], str] = {
-    ("lastrank.engine.reranker", "lastrank.families"): "the Reranker facade loads families: moves to lastrank/reranker.py",
     ("lastrank.model.checkpoint_causal", "lastrank.families.causal_lm"):
         "a checkpoint writer takes the family's label words: the writers move to lastrank/checkpoints/",
     ("lastrank.serve_ray", "lastrank.cli.keys"): "the store target lives in the CLI: moves to store/",
@@ -64,7 +63,7 @@ ALLOWED_CYCLES: dict[frozenset[str], str] = {
 
 # Function-level imports of lastrank's own modules: allowed where torch (or another heavy import) must stay out
 # of a light command or of `import lastrank`. This ceiling is today's count; it may only go down.
-MAX_FUNCTION_LEVEL = 140
+MAX_FUNCTION_LEVEL = 138
 
 
 def module_name(path: Path) -> str:

