@@ -66,6 +66,13 @@ def test_per_model_price_and_models_list(make_client, fake_scheduler, store):
         make_client(price=("other=1",))
     with pytest.raises(ValueError, match="MODEL=USD"):
         make_client(price=("jina-reranker-v3=-1",))
+    # a price the ledger cannot count is refused at start, not a 400 blaming the client on every request
+    with pytest.raises(ValueError, match="more than 9 decimals"):
+        make_client(price=("jina-reranker-v3=0.0000000001",))
+    with pytest.raises(ValueError, match="at most 1000000000 USD"):
+        make_client(price=("jina-reranker-v3=5e9",))
+    with pytest.raises(ValueError, match="--price-per-1k-docs has more than 9 decimals"):
+        make_client(price_per_1k_docs=1e-10)
 
 
 def test_a_failed_request_gives_the_credit_back(make_client, fake_scheduler, store):

@@ -70,6 +70,8 @@ def test_config_reads_a_good_file():
     (lambda t: t.replace('price_per_1k_docs = 0.25', 'price_per_1k_docs = -0.01'), "models[0].price_per_1k_docs: must be a number >= 0"),
     (lambda t: t.replace('price_per_1k_docs = 0.25', 'price_per_1k_docs = "0.25"'), "models[0].price_per_1k_docs: must be a number >= 0"),
     (lambda t: t.replace('price_per_1k_docs = 0.25', 'price_per_1k_docs = nan'), "models[0].price_per_1k_docs"),
+    (lambda t: t.replace('price_per_1k_docs = 0.25', 'price_per_1k_docs = 1e-10'), "models[0].price_per_1k_docs: it has more than 9 decimals"),
+    (lambda t: t.replace('cost_per_1k_docs = 0.5', 'cost_per_1k_docs = 5e9'), "models[0].providers[1].cost_per_1k_docs: it must be at most"),
     (lambda t: t.replace('cost_per_1k_docs = 0.5', 'cost_per_1k_docs = 0.5\nprice_per_1k_docs = 1'), "models[0].providers[1].price_per_1k_docs: unknown key"),
     (lambda t: t.replace('api_key_env = "A_KEY"', f'api_key = "{SECRET}"'), "models[0].providers[0].api_key"),
     (lambda t: t.replace('api_key_env = "A_KEY"', f'api_key_env = "{SECRET}-"'), "models[0].providers[0].api_key_env"),

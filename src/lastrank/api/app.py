@@ -54,6 +54,7 @@ from lastrank.api.playground import router as playground_router
 from lastrank.api.routes import router
 from lastrank.api.settings import ServerSettings
 from lastrank.errors import InvalidRequestError, LastrankError
+from lastrank.store.credit import to_nano
 from lastrank.types import new_request_id
 
 log = logging.getLogger("lastrank.api")
@@ -304,6 +305,11 @@ def model_prices(settings: ServerSettings, table: ModelTable) -> dict[str, float
         except LastrankError:
             raise InvalidRequestError(f"--price names the model {name!r}, which is not served here; this server "
                                       f"serves {table.served_names()}") from None
+    # The ledger counts nano-dollars (store/credit.py): a price it cannot charge (more than 9 decimals, over 1e9) is
+    # refused here, at start, rather than as a 400 blaming the client on every request to that model.
+    to_nano(settings.price_per_1k_docs, "--price-per-1k-docs")
+    for name, usd in out.items():
+        to_nano(usd, f"the price of the model {name!r}")
     return out
 
 

@@ -137,7 +137,7 @@ def _model(r: _Reader, where: str, m) -> ModelConfig:
     threshold = r.integer(where, m, "failure_threshold", 3)
     cooldown = r.number(where, m, "cooldown_s", 10.0)
     # what the client pays (docs/billing.md), distinct from a provider's cost_per_1k_docs (what it costs the operator)
-    price = r.number(where, m, "price_per_1k_docs", None, allow_zero=True) if "price_per_1k_docs" in m else None
+    price = r.money(where, m, "price_per_1k_docs", None) if "price_per_1k_docs" in m else None
     raw = m["providers"]
     if not isinstance(raw, list) or not raw:
         raise r.error(f"{where}.providers", "must be a non-empty array of tables ([[models.providers]])")
@@ -187,7 +187,7 @@ def _provider(r: _Reader, where: str, p) -> ProviderConfig:
         name=name, dialect=dialect, model=model, base_url=base_url, path=path, api_key_env=key_env,
         timeout_s=r.number(where, p, "timeout_s", 30.0),
         max_concurrency=r.integer(where, p, "max_concurrency", 64),
-        cost_per_1k_docs=r.number(where, p, "cost_per_1k_docs", 0.0, allow_zero=True),
+        cost_per_1k_docs=r.money(where, p, "cost_per_1k_docs", 0.0),
         score=score,
         probe_interval_s=0.0 if dialect == "local" else r.number(
             where, p, "probe_interval_s", DEFAULT_PROBE_INTERVAL_S if dialect in FREE_PROBE_DIALECTS else 0.0,
@@ -259,6 +259,19 @@ class _Reader:
         if not ok:
             raise self.error(f"{where}.{key}", f"must be a number {'>= 0' if allow_zero else '> 0'}, got {v!r}")
         return float(v)
+
+    def money(self, where, table, key, default) -> float:
+        """USD (>= 0) that the ledger can count: at most 9 decimals and 1e9 (store/credit.py's nano-dollars), so a
+        price it could not charge is this line at start, not a 400 on every request."""
+        from lastrank.errors import InvalidRequestError
+        from lastrank.store.credit import to_nano
+
+        v = self.number(where, table, key, default, allow_zero=True)
+        try:
+            to_nano(v, "it")
+        except InvalidRequestError as e:
+            raise self.error(f"{where}.{key}", e.message) from None
+        return v
 
     def integer(self, where, table, key, default) -> int:
         v = table.get(key, default)
