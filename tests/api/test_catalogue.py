@@ -184,3 +184,12 @@ def test_models_page_is_self_contained_and_locked_down(client):
 def test_playground_and_root_link_to_the_catalogue(client):
     assert 'href="models"' in client.get("/playground").text
     assert client.get("/").json()["catalogue"] == "/models"
+
+
+def test_the_catalogue_routes_are_counted_under_their_own_names(client):
+    # /metrics names every route this server has; the catalogue's were counted as "other", like a 404 probe
+    client.get("/models")
+    client.get("/v1/benchmarks")
+    metrics = client.get("/metrics").text
+    assert 'lastrank_requests_total{route="/models",status="200"} 1.0' in metrics
+    assert 'lastrank_requests_total{route="/v1/benchmarks",status="200"} 1.0' in metrics

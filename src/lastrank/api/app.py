@@ -60,7 +60,7 @@ from lastrank.types import new_request_id
 log = logging.getLogger("lastrank.api")
 
 KNOWN_ROUTES = {"/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/health", "/ready", "/metrics", "/",
-                "/docs", "/redoc", "/openapi.json", "/playground"}
+                "/docs", "/redoc", "/openapi.json", "/playground", "/models", "/v1/benchmarks"}
 
 
 class RequestContextMiddleware:
