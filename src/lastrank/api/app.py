@@ -256,6 +256,7 @@ def create_app(
         finally:
             for model in table:
                 model.ready = False
+                model.stopping = True
             for loader in loaders:
                 if not loader.done():
                     loader.cancel()

@@ -227,7 +227,8 @@ def pick_model(state: ServerState, t: Translated, key) -> ServedModel:
         raise PermissionDeniedError(f"this API key may not use model {model.name!r}; it may use "
                                     f"{', '.join(repr(m) for m in allowed)}")
     if not model.ready or model.scheduler is None:
-        message = model.load_error or f"the model {model.name!r} is loading; retry shortly"
+        message = model.load_error or (f"the server is shutting down; the model {model.name!r} takes no new requests "
+                                       "here" if model.stopping else f"the model {model.name!r} is loading; retry shortly")
         raise api_errors.NotReadyError(message, retry_after=2.0)
     return model
 

@@ -107,6 +107,7 @@ async def drain_models(models, deadline: float) -> tuple[int, int, int]:
     schedulers = [m.scheduler for m in models if m.scheduler is not None]
     for model in models:
         model.ready = False  # /ready says 503 from now on (to a connection still open)
+        model.stopping = True  # ... and why: not "loading"
     for scheduler in schedulers:
         scheduler.drain(deadline)
 

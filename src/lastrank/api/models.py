@@ -35,6 +35,7 @@ class ServedModel:
     card: dict | None = None  # parameters, languages, license as its folder says (api/catalogue.model_card)
     ready: bool = False
     load_error: str | None = None
+    stopping: bool = False  # the server is draining (SIGTERM) or ending: not ready, and not "loading" either
     # USD per 1,000 documents for this model (e.g. from a router config); None: --price, else --price-per-1k-docs
     price_per_1k_docs: float | None = None
 

@@ -68,7 +68,8 @@ async def ready(request: Request) -> Response:
     """Readiness: the model is loaded and warmed up, the scheduler running, and the store (keys, ledger)
     answers: a server that can neither authenticate nor bill should get no traffic."""
     state = request.app.state.lastrank
-    models = {m.name: ("ready" if m.ready else ("failed" if m.load_error else "loading")) for m in state.models}
+    models = {m.name: ("ready" if m.ready else "failed" if m.load_error else "stopping" if m.stopping else "loading")
+              for m in state.models}
     if state.ready:
         check_store = getattr(state.store, "check_available", None)
         if check_store is not None:
@@ -78,7 +79,8 @@ async def ready(request: Request) -> Response:
                 return response_for(e, getattr(request.state, "request_id", None))
         return JSONResponse({"status": "ready", "models": models})
     waiting = [m for m in state.models if not m.ready]
-    message = "; ".join(m.load_error or f"the model {m.name!r} is loading" for m in waiting)
+    message = "; ".join(m.load_error or (f"the server is shutting down (model {m.name!r})" if m.stopping
+                                         else f"the model {m.name!r} is loading") for m in waiting)
     return response_for(NotReadyError(message, retry_after=2.0), getattr(request.state, "request_id", None))
 
 
