@@ -14,7 +14,7 @@ from lastrank.families.jina_v3.prompt import PREFIX
 from lastrank.families.jina_v3 import JinaV3Backend as RerankEngine
 from lastrank.model.config import DOC_MARKER_ID, QUERY_MARKER_ID
 from lastrank.model.loading import load_model
-from lastrank.model.fast import Packing
+from lastrank.model.attention import Packing
 from lastrank.model.tokenizer import RerankTokenizer
 from lastrank.types import RerankRequest
 

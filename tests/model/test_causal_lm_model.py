@@ -103,7 +103,7 @@ def test_backend_groups_prefixes_and_chunks_forwards(folders):
 @pytest.mark.parametrize("attention", ["segments", "mask"])
 def test_backbone_with_one_prefix_per_sequence_equals_full_forward(folders, attention):
     """fast.PrefixCaches: sequences with different prefixes (and one with none) in one forward, every row."""
-    from lastrank.model.fast import PrefixCache, PrefixCaches
+    from lastrank.model.attention import PrefixCache, PrefixCaches
 
     backbone = _model(folders["mxbai"], MXBAI_RERANK_V2).model
     g = torch.Generator().manual_seed(10)

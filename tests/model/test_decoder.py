@@ -13,7 +13,8 @@ import torch
 
 from lastrank.model.config import ModelConfig
 from lastrank.model.decoder import DecoderModel
-from lastrank.model.fast import PrefixCache, fuse_projections
+from lastrank.model.attention import PrefixCache
+from lastrank.model.fast import fuse_projections
 
 ATOL = 1e-5
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -7,9 +7,9 @@ run at each sequence's last row only. The converted sequence-classification form
 (`Qwen3ForSequenceClassification` with a one-row `score.weight` = W[yes] - W[no]) keeps that one row.
 
 Fast path (tested equal to the plain per-pair forward in float32, tests/model/test_causal_lm.py):
-`score_last` packs many sequences into one forward without padding (fast.Packing), and a prefix all of them
+`score_last` packs many sequences into one forward without padding (attention.Packing), and a prefix all of them
 share (the system turn, and for Qwen3-Reranker the instruction and query) is computed once and read by
-every sequence from a fast.PrefixCache.
+every sequence from an attention.PrefixCache.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from torch import nn
 
 from lastrank.errors import ModelNotAvailableError
 from lastrank.model.config import ModelConfig
+from lastrank.model.attention import PrefixCache, PrefixCaches
 from lastrank.model.decoder import DecoderModel
-from lastrank.model.fast import PrefixCache, PrefixCaches, enable_compile, fuse_projections
+from lastrank.model.fast import enable_compile, fuse_projections
 
 ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen2ForCausalLM", "Qwen3ForSequenceClassification")
 
@@ -62,7 +63,7 @@ class CausalLMForRanking(nn.Module):
         """Raw scores [n] of many sequences, packed without padding, each reading the keys and values of its
         first prefix_lens[i] tokens from a cache computed once per distinct prefix.
 
-        Two kinds of forward: one packed forward of every distinct prefix (fast.PrefixCaches.fill), then the
+        Two kinds of forward: one packed forward of every distinct prefix (attention.PrefixCaches.fill), then the
         sequences' own tokens, packed, up to `max_tokens` per forward, each sequence attending to its own
         prefix's cached rows; the last layer, final norm and head only at each sequence's last row. So the
         pairs of several requests (several prefixes) share forwards. Each sequence must be longer than its

@@ -7,11 +7,12 @@ to rounding. One implementation serves both, switched by the config (model/confi
   - Qwen3: q_norm / k_norm on each head before RoPE, no biases;
   - Qwen2: q/k/v biases, no q/k norms.
 
-What is not textbook math lives beside this file, in model/fast.py, which builds on it: packing several
-sequences into one forward, a cached prefix, computing the last layer at a few rows only, fused projection
-weights and the opt-in torch.compile. This file meets it at two seams only: the backbone's options
-(seq_lens, rows, prefix, on_kv) make a `fast.Packing`, and `Attention.forward` hands everything but "one
-whole sequence" to its `attend`; the projections use fused weights when `fast.fuse_projections` set them.
+What is not textbook math lives beside this file: model/attention.py (RoPE, SDPA, packing several sequences
+into one forward, a cached prefix, computing the last layer at a few rows only) and model/fast.py, which
+builds on this file (fused projection weights, the opt-in torch.compile). This file meets them at two seams
+only: the backbone's options (seq_lens, rows, prefix, on_kv) make an `attention.Packing`, and
+`Attention.forward` hands everything but "one whole sequence" to its `attend`; the projections use fused
+weights when `fast.fuse_projections` set them.
 
 Shapes: one sequence (or several packed ones) without a batch dimension: x is [T, hidden].
 """
@@ -19,18 +20,14 @@ Shapes: one sequence (or several packed ones) without a batch dimension: x is [T
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lastrank.model.attention import KV, Packing, PrefixCache, PrefixCaches, apply_rope, sdpa
 from lastrank.model.config import ModelConfig
 
-if TYPE_CHECKING:
-    from lastrank.model.fast import Packing, PrefixCache, PrefixCaches
-
-KV = tuple[torch.Tensor, torch.Tensor]  # one layer's (keys, values), [kv_heads, T, head_dim] each
 
 
 class RMSNorm(nn.Module):
@@ -69,39 +66,6 @@ def rope_cos_sin(
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """HF's formulation, kept for reference and tests; the forward uses `apply_rope`."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """x * cos + rotate_half(x) * sin, for x [heads, T, head_dim] and cos/sin [T, head_dim], into `out`
-    (a new tensor by default).
-
-    Why not HF's expression: rotate_half builds a negated copy and a concatenation, then two more
-    temporaries. Writing x*cos once and adding the two rotated halves in place with addcmul_ is the same
-    math with three fewer full-size passes and parallel regions: 65 -> 19 ms per call at T=2048 (q, bf16,
-    2 threads on the loaded 2-core machine); for a whole layer with 1 thread it measured neutral (+-1%).
-    In float32 it agrees with HF to rounding (1 ulp).
-    """
-    half = x.shape[-1] // 2
-    out = torch.mul(x, cos, out=out)
-    out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
-    out[..., half:].addcmul_(x[..., :half], sin[..., half:])
-    return out
-
-
-def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw) -> torch.Tensor:
-    """Causal or masked attention of q [heads, Tq, d] over k, v [kv_heads, Tk, d] (grouped-query).
-
-    GQA through SDPA's enable_gqa instead of repeat_interleave: no [heads, T, d] copies of k and v.
-    With a batch dimension of 1: SDPA with enable_gqa on 3-D inputs falls back to the slow "math" kernel on
-    CPU (measured: 2.5 s vs 0.55 s per layer at T=2048); with the batch dimension it takes the flash kernel.
-    """
-    return F.scaled_dot_product_attention(q[None], k[None], v[None], enable_gqa=True, **kw)[0]
-
-
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -137,7 +101,7 @@ class Attention(nn.Module):
         """x: [T, hidden] -> [T, hidden], or [len(rows), hidden] for the given rows only.
 
         packing=None: x is one causal sequence, every row: the textbook path below. Otherwise
-        `packing.attend` does the attention (fast.py): several sequences in x, only the query rows `rows`,
+        `packing.attend` does the attention (attention.py): several sequences in x, only the query rows `rows`,
         this layer's cached keys and values of tokens before x (`prefix`), `on_kv` called with this layer's
         keys and values.
         """
@@ -152,7 +116,7 @@ class Attention(nn.Module):
         v = v.view(T, self.n_kv_heads, self.head_dim).transpose(0, 1)
         if packing is None:
             # RoPE written into fresh (contiguous) tensors: SDPA's CPU flash kernel ran ~11% slower on the
-            # transposed layout (fast.attention_layout says more).
+            # transposed layout (attention.attention_layout says more).
             q = apply_rope(q, cos, sin, out=q.new_empty(q.shape))
             k = apply_rope(k, cos, sin, out=k.new_empty(k.shape))
             out = sdpa(q, k, v.contiguous(), is_causal=True)
@@ -239,8 +203,6 @@ class DecoderModel(nn.Module):
         device = (input_ids if inputs_embeds is None else inputs_embeds).device
         packing = None
         if seq_lens is not None or rows is not None or prefix is not None or on_kv is not None or attention != "segments":
-            from lastrank.model.fast import Packing  # fast.py builds on this file: imported here, not above
-
             if positions is not None and prefix is not None:
                 raise ValueError("positions cannot be given with a cached prefix (its positions are the packing's)")
             P = 0 if prefix is None else prefix.prefix_len

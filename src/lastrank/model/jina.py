@@ -5,8 +5,8 @@ Module attributes mirror the checkpoint's tensor names (`model.layers.{i}...`, `
 
 Speed (issue 5, numbers in docs/benchmarks.md): `JinaForRanking.embed_blocks` computes only what the
 official forward reads (prompt cut after the query marker; last layer, final norm and projector at the
-marker rows only), can skip the fixed system turn whose keys and values are cached (fast.PrefixCache), and
-can pack several blocks into one forward (fast.Packing).
+marker rows only), can skip the fixed system turn whose keys and values are cached (attention.PrefixCache), and
+can pack several blocks into one forward (attention.Packing).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lastrank.model.attention import PrefixCache
 from lastrank.model.config import PROJECTOR_OUT_DIM, ModelConfig
 from lastrank.model.decoder import DecoderModel
-from lastrank.model.fast import PrefixCache
 
 
 def check_config(cfg: ModelConfig) -> None:

@@ -19,7 +19,7 @@ from lastrank.families import JINA_V3 as SPEC
 from lastrank.families.jina_v3.plan import split_blocks, truncate_texts
 from lastrank.families.jina_v3.prompt import PREFIX, build_prompt
 from lastrank.errors import InvalidRequestError, ModelError
-from lastrank.model.fast import PrefixCache
+from lastrank.model.attention import PrefixCache
 from lastrank.model.jina import JinaForRanking
 from lastrank.model.tokenizer import RerankTokenizer
 from lastrank.types import RerankRequest, Usage
@@ -57,9 +57,9 @@ class JinaV3Backend(Backend):
     ~600 tokens measured 0.93x of one-by-one; docs/benchmarks.md; the GPU side is not measured). Packed or
     not, every block's outputs are the same (to 1e-5 in float32; tests/families/test_jina_v3_packing.py).
     max_pack_tokens caps the tokens of one packed forward (a block larger than the cap runs alone).
-    packed_attention: "segments" or "mask" (fast.Packing).
+    packed_attention: "segments" or "mask" (attention.Packing).
     reuse_prefix: keep the keys and values of the fixed system turn every prompt starts with from the first
-    forward, and run only the tokens after it in every later one (fast.PrefixCache; same scores to 1e-5
+    forward, and run only the tokens after it in every later one (attention.PrefixCache; same scores to 1e-5
     in float32, tests/families/test_jina_v3_prefix.py). Kept from a real request rather than computed at start-up, so
     the cold start to the first result pays nothing for it.
     """
