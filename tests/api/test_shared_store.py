@@ -77,13 +77,25 @@ class _BreakableStore:
     fault: str | None = None
     _armed: tuple[str, int] | None = None
 
-    def record_usage(self, row):
+    fault_hold: str | None = None  # the same, for the next credit hold (hold_credit)
+
+    def record_usage(self, row, **kw):
         import threading
 
         fault, self.fault = self.fault, None
         self._armed = None if fault is None else (fault, threading.get_ident())
         try:
-            return super().record_usage(row)
+            return super().record_usage(row, **kw)
+        finally:
+            self._armed = None
+
+    def hold_credit(self, *args):
+        import threading
+
+        fault, self.fault_hold = self.fault_hold, None
+        self._armed = None if fault is None else (fault, threading.get_ident())
+        try:
+            return super().hold_credit(*args)
         finally:
             self._armed = None
 
@@ -148,6 +160,22 @@ def test_a_connection_lost_under_the_ledger_write_is_503_and_never_billed(breaka
     assert store.get_usage(lost) is None
     assert sorted(row.request_id for row in store.list_usage()) == sorted(x.headers["x-request-id"] for x in ok)
     assert client.get("/ready").status_code == 200
+
+
+def test_a_connection_lost_under_a_credit_hold_gives_the_credit_back(breakable):
+    """The hold's COMMIT lands but its connection dies before the answer is read: the request is a 503 and ran
+    nothing, so once the store answers again its hold goes back (it held the key's credit until it expired)."""
+    client, store = breakable
+    record, key = store.create_key("k", credit_usd="0.001")
+    auth = {"Authorization": f"Bearer {key}"}
+    store.fault_hold = "after_commit"
+    r = client.post("/v1/rerank", json=BODY, headers=auth)
+    assert r.status_code == 503 and r.json()["error"]["type"] == "store_unavailable", r.text
+    ok = client.post("/v1/rerank", json=BODY, headers=auth)  # the store answers again
+    assert ok.status_code == 200
+    [acct] = store.credit_accounts()
+    price = round(store.get_usage(ok.headers["x-request-id"]).cost_usd * 1e9)
+    assert (acct["held_usd"], store.get_key(record.id).balance_nano_usd) == (0.0, 1_000_000 - price)
 
 
 def test_a_key_revoked_by_another_process_stops_within_a_second(two_servers, pg_store):

@@ -41,6 +41,7 @@ log = logging.getLogger("lastrank.store")
 
 # At most this many ledger rows of failed requests wait to be deleted (see record_usage); the oldest go first.
 MAX_VOIDS = 100_000
+HOLD = "hold"  # a _voids entry that is a credit hold to give back, not a ledger row to delete
 
 __all__ = ["BaseStore", "StoreError", "StoreUnavailableError"]
 
@@ -59,8 +60,9 @@ class BaseStore:
         # Revocations through this object: the API's key cache compares it on every request (free), so a
         # revocation in this process takes effect on the next request (api/auth.py).
         self.revocations_here = 0
-        # request ids whose ledger insert may have committed although the caller was told it failed
-        self._voids: dict[str, None] = {}
+        # request ids whose ledger insert (value: whether it settled a hold) or credit hold (value: HOLD) may have
+        # committed although the caller was told it failed
+        self._voids: dict[str, bool | str] = {}
         self._voids_lock = threading.Lock()
 
     # ---- provided by the backend -----------------------------------------------------------------
@@ -167,9 +169,17 @@ class BaseStore:
     def hold_credit(self, key_id: str, request_id: str, amount_nano_usd: int, hold_s: float) -> None:
         """Before model work: hold the request's price, or raise InsufficientCreditError / BudgetExceededError
         (a 402). The hold expires `hold_s` seconds from now (database clock) unless settled or released."""
-        with self._write() as conn:
-            clock = self._clock(conn)
-            _credit.hold(conn, key_id, request_id, amount_nano_usd, clock + hold_s, clock, self._for_update)
+        self._settle_voids()
+        try:
+            with self._write() as conn:
+                clock = self._clock(conn)
+                _credit.hold(conn, key_id, request_id, amount_nano_usd, clock + hold_s, clock, self._for_update)
+        except StoreUnavailableError as e:
+            if getattr(e, "may_have_committed", False):
+                # The hold may be on disk, yet the request is answered an error and runs nothing: give it back
+                # once the store answers again (_settle_voids), not only when it expires.
+                self._add_void(request_id, HOLD)
+            raise
 
     def release_credit(self, request_id: str) -> bool:
         """A held request failed: give its credit back. False: no hold (settled, released or swept already)."""
@@ -256,14 +266,18 @@ class BaseStore:
                 # may be on disk, yet the caller answers an error. A request is billed only when its answer
                 # is a success, so the row is deleted once the store answers again (_settle_voids), and a
                 # held request's charge goes back to its key's balance with it.
-                with self._voids_lock:
-                    self._voids[row.request_id] = held
-                    while len(self._voids) > MAX_VOIDS:
-                        del self._voids[next(iter(self._voids))]
+                self._add_void(row.request_id, held)
             raise
 
+    def _add_void(self, request_id: str, kind) -> None:
+        with self._voids_lock:
+            self._voids[request_id] = kind
+            while len(self._voids) > MAX_VOIDS:
+                del self._voids[next(iter(self._voids))]
+
     def _settle_voids(self) -> None:
-        """Delete the ledger rows of requests whose insert failed with an unknown outcome (record_usage).
+        """Delete the ledger rows of requests whose insert failed with an unknown outcome (record_usage), and give
+        back the credit holds whose write did (hold_credit).
         Raises StoreUnavailableError if the store still cannot be written; they are kept for the next try."""
         if not self._voids:  # the common case: no lock, no query
             return
@@ -271,7 +285,11 @@ class BaseStore:
             ids = list(self._voids)
         with self._write() as conn:
             for request_id in ids:
-                if self._voids.get(request_id):  # held: a committed charge goes back with its row
+                kind = self._voids.get(request_id)
+                if kind == HOLD:  # a hold whose COMMIT outcome was unknown (hold_credit): its credit goes back
+                    _credit.release(conn, request_id, self._for_update)
+                    continue
+                if kind:  # held: a committed charge goes back with its row
                     found = conn.execute("SELECT key_id, cost_nano_usd FROM usage WHERE request_id = ?",
                                          (request_id,)).fetchone()
                     if found is not None and found[0] is not None:
@@ -281,8 +299,8 @@ class BaseStore:
         with self._voids_lock:
             for request_id in ids:
                 self._voids.pop(request_id, None)
-        log.warning("deleted the ledger rows (if any) of %d request(s) whose insert failed with an "
-                    "unknown outcome and that were answered with an error", len(ids))
+        log.warning("deleted the ledger rows or gave back the credit holds (if any) of %d request(s) whose write "
+                    "failed with an unknown outcome and that were answered with an error", len(ids))
 
     def get_usage(self, request_id: str) -> UsageRow | None:
         with self._read() as conn:
