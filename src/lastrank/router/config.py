@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from lastrank.errors import LastrankError
+from lastrank.errors import InvalidRequestError, LastrankError
+from lastrank.store.credit import to_nano
 
 DIALECTS = ("local", "lastrank", "jina", "cohere_v1", "cohere_v2", "tei", "vllm", "vllm_score")
 POLICIES = ("priority", "cheapest", "latency")
@@ -263,9 +264,6 @@ class _Reader:
     def money(self, where, table, key, default) -> float:
         """USD (>= 0) that the ledger can count: at most 9 decimals and 1e9 (store/credit.py's nano-dollars), so a
         price it could not charge is this line at start, not a 400 on every request."""
-        from lastrank.errors import InvalidRequestError
-        from lastrank.store.credit import to_nano
-
         v = self.number(where, table, key, default, allow_zero=True)
         try:
             to_nano(v, "it")
