@@ -38,6 +38,31 @@ ACTIVATIONS = {
     "relu": F.relu,
 }
 
+# ACTIVATIONS that oneDNN applies inside the product (`linear`): name -> its GELU algorithm.
+FUSED_ACTIVATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_fast": "tanh", "gelu_pytorch_tanh": "tanh"}
+
+
+def linear(module: nn.Module, x: torch.Tensor, act: str | None = None) -> torch.Tensor:
+    """module(x), then ACTIVATIONS[act] when given. bfloat16 on the CPU: one oneDNN call
+    (`mkldnn._linear_pointwise`) that adds the bias (and applies the GELU) on the float32 accumulator,
+    instead of F.linear, whose CPU bfloat16 path first copies the bias into the output, and a separate GELU
+    pass (docs/benchmarks.md, "Fewer kernels"). The product is the same; the fused GELU rounds once instead of
+    twice. float32 and every other device keep F.linear (the reference path, unchanged); so do the int8
+    layers (model/int8.py), which are not nn.Linear."""
+    if (x.dtype == torch.bfloat16 and x.device.type == "cpu" and type(module) is nn.Linear
+            and torch.backends.mkldnn.is_available()):
+        flat = x.reshape(-1, x.shape[-1])
+        if act in FUSED_ACTIVATIONS:
+            out = torch.ops.mkldnn._linear_pointwise(flat, module.weight, module.bias, "gelu", [],
+                                                     FUSED_ACTIVATIONS[act])
+            return out.reshape(*x.shape[:-1], out.shape[-1])
+        out = torch.ops.mkldnn._linear_pointwise(flat, module.weight, module.bias, "none", [], "")
+        out = out.reshape(*x.shape[:-1], out.shape[-1])
+    else:
+        out = module(x)
+    return ACTIVATIONS[act](out) if act is not None else out
+
+
 # Tensors a BERT checkpoint may hold that the encoder never reads: the position-id buffer older transformers
 # saved (int64, always arange), and BertModel's pooler (tanh over [CLS]), which sentence-transformers' Pooling
 # module does not use. Everything else must match exactly.
@@ -219,8 +244,8 @@ class BertSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
         if self.fused:
-            return packing.attention(self.qkv(x), self.num_heads)
-        return packing.attend(self.query(x), self.key(x), self.value(x), self.num_heads)
+            return packing.attention(linear(self.qkv, x), self.num_heads)
+        return packing.attend(linear(self.query, x), linear(self.key, x), linear(self.value, x), self.num_heads)
 
 
 class BertOutput(nn.Module):
@@ -233,7 +258,7 @@ class BertOutput(nn.Module):
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(h) + residual)  # post-norm: normalised after the residual
+        return self.LayerNorm(linear(self.dense, h) + residual)  # post-norm: normalised after the residual
 
 
 class BertAttention(nn.Module):
@@ -250,10 +275,10 @@ class BertIntermediate(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
         self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)  # Jina: mlp.fc1
-        self.act = ACTIVATIONS[cfg.hidden_act]
+        self.hidden_act = cfg.hidden_act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.dense(x))
+        return linear(self.dense, x, self.hidden_act)
 
 
 class BertLayer(nn.Module):
