@@ -55,13 +55,12 @@ ALLOWED_CYCLES: dict[frozenset[str], str] = {
                "lastrank.router.router"}):
         "api/models.py builds routed models and api/metrics.py reads the router's, while the router's local "
         "provider builds a scheduler through api/app.py and speaks api/dialects: not untangled yet",
-    frozenset({"lastrank.eval.data", "lastrank.eval.long"}): "load_dataset dispatches long variants: moves to long.py",
     frozenset({"lastrank.cli.serve", "lastrank.serve_ray"}): "serve_ray reaches into the CLI (see ALLOWED)",
 }
 
 # Function-level imports of lastrank's own modules: allowed where torch (or another heavy import) must stay out
 # of a light command or of `import lastrank`. This ceiling is today's count; it may only go down.
-MAX_FUNCTION_LEVEL = 137
+MAX_FUNCTION_LEVEL = 136
 
 
 def module_name(path: Path) -> str:

@@ -9,7 +9,7 @@ import pytest
 from lastrank.cli import main
 from lastrank.engine.chunking import ChunkingBackend
 from lastrank.eval.data import load_dataset
-from lastrank.eval.long import long_variant, make_long
+from lastrank.eval.long import load_any_dataset, long_variant, make_long
 from lastrank.eval.run import ResultCache, evaluate_first_stage, run_orders
 from lastrank.types import RerankRequest
 
@@ -28,7 +28,7 @@ def test_variant_names():
 
 
 def test_pages_hold_their_passage_among_unrelated_ones_deterministically(base):
-    long = load_dataset("trec-dl-2019-long", top_k=20)
+    long = load_any_dataset("trec-dl-2019-long", top_k=20)
     assert long.name == "trec-dl-2019-long" and long.query_ids() == base.query_ids()
     assert long.corpus == make_long(base).corpus  # the same pages every time
     end = make_long(base, position="end")
@@ -64,7 +64,7 @@ class ToyReranker:
 def test_chunking_finds_what_truncation_cuts_off_on_long_end_pages(tmp_path):
     """A deterministic word-overlap scorer reading 40 words: with the candidate always last on its page,
     truncation reads only unrelated passages, chunk mode reads the candidate too."""
-    data = load_dataset("trec-dl-2019-long-end", top_k=20)
+    data = load_any_dataset("trec-dl-2019-long-end", top_k=20)
     queries = data.query_ids()[:10]
     reranker = ToyReranker(max_doc_length=40)
     ndcg = {}

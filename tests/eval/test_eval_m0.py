@@ -171,7 +171,7 @@ def test_eval_chunk_mode_with_m0_scores_pages_as_the_python_api(m0_checkpoint, t
     """--chunking chunk on the long-page variant (pages of about 700 tokens, 128-token windows): eval passes
     the chunk settings to m0 exactly as a Python caller would."""
     from lastrank import Reranker
-    from lastrank.eval.data import load_dataset
+    from lastrank.eval.long import load_any_dataset
 
     out = tmp_path / "chunk"
     assert main(["eval", "--model", str(m0_checkpoint), "--dtype", "float32", "--data", "trec-dl-2019-long",
@@ -179,7 +179,7 @@ def test_eval_chunk_mode_with_m0_scores_pages_as_the_python_api(m0_checkpoint, t
                  "--chunk-overlap", "40", "--out", str(out), "--no-progress"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["chunking"] == "chunk" and report["model"]["family"] == "jina-m0"
-    ds = load_dataset("trec-dl-2019-long", top_k=3)  # the pages eval built (their filler depends on top-k)
+    ds = load_any_dataset("trec-dl-2019-long", top_k=3)  # the pages eval built (their filler depends on top-k)
     (qid,) = report["queries"]
     pages = report["rankings"]["given"][qid]["input"]
     results = Reranker(m0_checkpoint, dtype="float32").rerank(

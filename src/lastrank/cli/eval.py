@@ -227,10 +227,10 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _select_queries(args: argparse.Namespace):
     """(dataset, the judged query ids evaluated, rel_min, the --permutations query or None)."""
-    from lastrank.eval.data import load_dataset
+    from lastrank.eval.long import load_any_dataset
     from lastrank.eval.measures import default_rel_min
 
-    dataset = load_dataset(args.data, run=args.run, split=args.split, top_k=args.top_k)
+    dataset = load_any_dataset(args.data, run=args.run, split=args.split, top_k=args.top_k)
     query_ids = dataset.query_ids()
     if not query_ids:
         raise InvalidRequestError(f"{args.data}: no query has both judgments and candidates in {dataset.run_name}")

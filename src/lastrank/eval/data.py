@@ -156,15 +156,8 @@ def resolve_data(name_or_path: str | Path) -> Path:
 def load_dataset(path: str | Path, run: str | Path | None = None, split: str = "test", top_k: int | None = None) -> Dataset:
     """Reads either layout, from a folder or a bundled data set's name (`resolve_data`). The whole run is
     kept (first-stage metrics need it), but only passages among some query's top_k candidates are kept in
-    memory, so a full BEIR corpus streams through once.
-
-    A name that is no folder and ends in -long or -long-end (``trec-dl-2019-long``) is the long-page
-    variant of the data set it names (lastrank/eval/long.py)."""
-    from lastrank.eval.long import long_variant, make_long
-
-    variant = long_variant(str(path)) if not Path(path).expanduser().is_dir() else None
-    if variant is not None:
-        return make_long(load_dataset(variant[0], run=run, split=split, top_k=top_k), position=variant[1])
+    memory, so a full BEIR corpus streams through once. Long-page variants by name (``trec-dl-2019-long``):
+    eval/long.py's load_any_dataset, which builds them on this."""
     folder = resolve_data(path)
     if (folder / "qrels.tsv").exists():
         layout, qrels_path = "lastrank", folder / "qrels.tsv"

@@ -2,7 +2,7 @@
 truncation cuts off.
 
     make_long(dataset, passages_per_page=8, position="random", seed=0) -> Dataset
-    load_dataset("trec-dl-2019-long")       # the same, by name: <data set>-long or <data set>-long-end
+    load_any_dataset("trec-dl-2019-long")   # the same, by name: <data set>-long or <data set>-long-end
 
 Construction (deterministic; nothing is downloaded and no text is edited):
 
@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from pathlib import Path
 
-from lastrank.eval.data import Candidate, Dataset
+from lastrank.eval.data import Candidate, Dataset, load_dataset
 
 PASSAGES_PER_PAGE = 8
 POSITIONS = ("random", "end")
-SUFFIXES = {"-long": "random", "-long-end": "end"}  # the names load_dataset resolves
+SUFFIXES = {"-long": "random", "-long-end": "end"}  # the names load_any_dataset resolves
 
 
 def long_variant(name: str) -> tuple[str, str] | None:
@@ -45,6 +46,17 @@ def long_variant(name: str) -> tuple[str, str] | None:
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)], position
     return None
+
+
+def load_any_dataset(path: str | Path, run: str | Path | None = None, split: str = "test",
+                     top_k: int | None = None) -> Dataset:
+    """data.load_dataset (a folder or a bundled data set's name), and the long-page variants: a name that is
+    no folder and ends in -long or -long-end (``trec-dl-2019-long``) is that variant of the data set it
+    names. What `lastrank eval --data` reads."""
+    variant = long_variant(str(path)) if not Path(path).expanduser().is_dir() else None
+    if variant is not None:
+        return make_long(load_dataset(variant[0], run=run, split=split, top_k=top_k), position=variant[1])
+    return load_dataset(path, run=run, split=split, top_k=top_k)
 
 
 def make_long(dataset: Dataset, passages_per_page: int = PASSAGES_PER_PAGE, position: str = "random",
