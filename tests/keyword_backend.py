@@ -46,10 +46,11 @@ class KeywordBackend(PairwiseBackend):
             return super().token_offsets(texts)
         return [[m.span() for m in WORD.finditer(t)] for t in texts]
 
-    def chunk_window(self, request):
-        return super().chunk_window(request) - (self.overhead if self.subtracts_overhead else 0)
+    def chunk_window(self, request, limits):
+        return super().chunk_window(request, limits) - (self.overhead if self.subtracts_overhead else 0)
 
-    def encode_pairs(self, request, max_doc_length, max_query_length):
+    def encode_pairs(self, request, limits):
+        max_doc_length, max_query_length = limits
         q = self.ids(request.query)[:max_query_length]
         docs = [self.ids(d) for d in request.documents]
         keep = max_doc_length - self.overhead

@@ -388,5 +388,6 @@ def test_chunk_mode_on_the_real_minilm_finds_the_passage_at_the_end_of_a_long_pa
     assert chunked[0]["index"] == 0 and chunked[0]["relevance_score"] > truncated[0]["relevance_score"] + 0.2
     start, end = chunked[0]["span"]
     assert answer in docs[0][start:end]
-    window = r.backend.chunk_window(RerankRequest(query="q", documents=["x"]))
+    request = RerankRequest(query="q", documents=["x"])
+    window = r.backend.chunk_window(request, r.backend.limits(request))
     assert window == 256 - 2  # [CLS] and [SEP]

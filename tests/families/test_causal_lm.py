@@ -297,7 +297,7 @@ def test_chunk_mode(backends, kind):
                             return_spans=True)
     result = chunked.rerank(request)
     assert result.usage.chunks > 3 and result.usage.truncated_indices == []
-    window = backend.chunk_window(request)
+    window = backend.chunk_window(request, backend.limits(request))
     cut = backend.plan(RerankRequest(query=QUERY, documents=[LONG_DOC], max_doc_length=260))
     # what truncation keeps of the document's own tokens is exactly the window (mxbai counts its "document:" label)
     label = len(backend.tokenizer.encode("document:", add_special_tokens=False).ids) if kind == "mxbai-rerank-v2" else 0

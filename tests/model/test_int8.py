@@ -109,7 +109,8 @@ def test_packed_equals_one_at_a_time_within_int8(tiny_bi_encoder, tiny_cross_enc
     assert np.abs(packed - alone).max() < 0.02
 
     ce = Reranker(str(tiny_cross_encoder), dtype="int8").backend.inner
-    pairs = ce.encode_pairs(ce_request(QUERY, DOCS), 512, 384).sequences
+    request = ce_request(QUERY, DOCS)
+    pairs = ce.encode_pairs(request, ce.limits(request)).sequences
     packed = ce.score_sequences(pairs, [0] * len(pairs))
     alone = np.concatenate([ce.score_sequences([p], [0]) for p in pairs])
     # logits of a random tiny model spread over a few units: within 8% of that spread (measured 4%)

@@ -8,8 +8,9 @@ that work on its model, and turns the outputs back into scores:
     run_blocks(blocks)   -> list[outputs]   the model; blocks may come from several requests
     scores(plan, outs)   -> Scores          one relevance score (and raw score, embedding) per document
     finish(plan, outs)   -> RerankResult    scores, then `rank` (ordering, score threshold, top_n)
+    limits(request)      -> Limits          the request's effective max_doc / max_query tokens: the one owner
     token_offsets(texts) -> list[list[(start, end)]]   the family's tokenizer, for chunking (see below)
-    chunk_window(request) -> int                        own tokens a document keeps (default: max_doc_length)
+    chunk_window(request, limits) -> int                own tokens a document keeps (default: limits.max_doc)
 
 Long documents (request.chunking == "chunk") are handled once for every family by the wrapper in
 engine/chunking.py, on top of these methods. What it needs from a family:
@@ -19,9 +20,8 @@ engine/chunking.py, on top of these methods. What it needs from a family:
     share characters (a byte-level token holding part of a multi-byte character); the chunker cuts only
     where they do not. The base class raises NotImplementedError, and a
     chunk-mode request to such a family is a clear 400 ("chunking is not available for this model").
-  - `chunk_window(request)`: how many of those own tokens a document keeps under the request's
-    max_doc_length (else Capabilities.max_doc_length) before the family truncates it. The default is that
-    limit itself (jina-v3, which counts only the document's tokens); a family that spends part of the
+  - `chunk_window(request, limits)`: how many of those own tokens a document keeps under
+    `limits = self.limits(request)` before the family truncates it. The default is `limits.max_doc` (jina-v3, which counts only the document's tokens); a family that spends part of the
     limit on its own tokens (a bi-encoder's [CLS]/[SEP] and document prompt; a cross-encoder's pair
     template) overrides it to subtract them, so no chunk is truncated.
 
@@ -44,7 +44,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -82,6 +82,16 @@ class Capabilities:
             "max_doc_length": self.max_doc_length, "max_query_length": self.max_query_length,
             "images": self.images,
         }
+
+
+class Limits(NamedTuple):
+    """A request's effective token limits: what its documents and query are truncated to and what its usage
+    reports (max_doc_length, max_query_length). `Backend.limits(request)` is their one owner; `plan` and
+    `chunk_window` are handed them. What a limit counts is the family's (module docstrings): a document's own
+    tokens (jina-v3, bi-encoders) or the whole pair (cross-encoders, causal LMs)."""
+
+    max_doc: int
+    max_query: int
 
 
 @dataclass
@@ -182,9 +192,16 @@ class Backend(ABC):
         """Per text, the character span of each of its tokens (module docstring, "Long documents")."""
         raise NotImplementedError(f"{type(self).__name__} does not expose token offsets")
 
-    def chunk_window(self, request: RerankRequest) -> int:
-        """Own tokens a document keeps before truncation (module docstring, "Long documents")."""
-        return request.max_doc_length or self.capabilities.max_doc_length
+    def limits(self, request: RerankRequest) -> Limits:
+        """The request's effective limits (`Limits`): the request's, else the family's official defaults. A
+        family whose official limits are derived differently (capped at the position table, a query share of
+        the pair, a sum that must fit) overrides this; nothing else computes them."""
+        caps = self.capabilities
+        return Limits(request.max_doc_length or caps.max_doc_length, request.max_query_length or caps.max_query_length)
+
+    def chunk_window(self, request: RerankRequest, limits: Limits) -> int:
+        """Own tokens a document keeps before truncation under `limits` (module docstring, "Long documents")."""
+        return limits.max_doc
 
     def finish(self, plan: RerankPlan, outputs: list[Any]) -> RerankResult:
         if not plan.blocks:

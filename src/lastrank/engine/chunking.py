@@ -7,7 +7,8 @@ default) goes straight to the wrapped backend: same plan, same outputs, same res
 `chunking="chunk"`:
 
 1. The window is what the family keeps of a document's own tokens under the request's `max_doc_length`
-   (else its `Capabilities.max_doc_length`): `Backend.chunk_window(request)`, that limit itself unless
+   (else its `Capabilities.max_doc_length`; `Backend.limits(request)` owns it): `Backend.chunk_window(request,
+   limits)`, that limit itself unless
    the family spends part of it on tokens of its own (special tokens, a document prompt). Each
    document's tokens come from the family's own tokenizer (`Backend.token_offsets`, with the character
    span of every token). A document of at most `window` tokens is one chunk: the document itself.
@@ -74,7 +75,7 @@ from typing import Any
 
 import numpy as np
 
-from lastrank.engine.backend import Backend, Block, Capabilities, RerankPlan, Scores, check_images
+from lastrank.engine.backend import Backend, Block, Capabilities, Limits, RerankPlan, Scores, check_images
 from lastrank.errors import InvalidRequestError
 from lastrank.types import RerankRequest, RerankResult, Usage
 
@@ -280,8 +281,11 @@ class ChunkingBackend(Backend):
     def token_offsets(self, texts: list[str]) -> list[Offsets]:
         return self.inner.token_offsets(texts)
 
-    def chunk_window(self, request: RerankRequest) -> int:
-        return self.inner.chunk_window(request)
+    def limits(self, request: RerankRequest) -> Limits:
+        return self.inner.limits(request)
+
+    def chunk_window(self, request: RerankRequest, limits: Limits) -> int:
+        return self.inner.chunk_window(request, limits)
 
     def warmup(self) -> None:
         self.inner.warmup()
@@ -386,7 +390,7 @@ class ChunkingBackend(Backend):
 
     def _window(self, request: RerankRequest) -> int:
         try:
-            window = self.inner.chunk_window(request)
+            window = self.inner.chunk_window(request, self.inner.limits(request))
         except NotImplementedError:
             raise self._unavailable() from None
         if window < 1:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lastrank.engine.backend import Backend, Block, RerankPlan, Scores, sigmoid, truncation_refused
+from lastrank.engine.backend import Backend, Block, Limits, RerankPlan, Scores, sigmoid, truncation_refused
 from lastrank.errors import InvalidRequestError
 from lastrank.types import RerankRequest, Usage
 
@@ -67,27 +67,21 @@ class PairwiseBackend(Backend):
     max_block_tokens: int = 8192
 
     @abstractmethod
-    def encode_pairs(self, request: RerankRequest, max_doc_length: int, max_query_length: int) -> EncodedPairs:
-        """The official template and truncation, for every document of the request."""
+    def encode_pairs(self, request: RerankRequest, limits: Limits) -> EncodedPairs:
+        """The official template and truncation under `limits` (self.limits(request)), for every document."""
 
     @abstractmethod
     def score_sequences(self, sequences: list[list[int]], prefix_lens: list[int]) -> np.ndarray:
         """Raw scores (logits), one per sequence, float. `prefix_lens[i]`: leading tokens sequence i shares
         with the others of its block (PairBlock.prefix_len), for families that compute them once."""
 
-    def limits(self, request: RerankRequest) -> tuple[int, int]:
-        """(max_doc_length, max_query_length) the pairs of this request are built with, as its usage reports
-        them: the request's, else the family's official defaults. A family whose official limits are derived
-        differently (capped at the position table, a query share of the pair) overrides this."""
-        return (request.max_doc_length or self.capabilities.max_doc_length,
-                request.max_query_length or self.capabilities.max_query_length)
-
     def plan(self, request: RerankRequest) -> RerankPlan:
-        max_doc, max_query = self.limits(request)
+        limits = self.limits(request)
+        max_doc, max_query = limits
         usage = Usage(documents=len(request.documents), max_doc_length=max_doc, max_query_length=max_query)
         if not request.documents:
             return RerankPlan(request, [], usage)
-        enc = self.encode_pairs(request, max_doc, max_query)
+        enc = self.encode_pairs(request, limits)
         if not request.truncate and (enc.truncated or enc.query_truncated):
             raise InvalidRequestError(truncation_refused(enc.truncated, enc.query_truncated, max_doc, max_query))
         groups = cut_blocks([len(s) for s in enc.sequences], self.max_block_tokens)

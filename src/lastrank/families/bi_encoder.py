@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lastrank.engine.backend import Backend, Block, Capabilities, RerankPlan, Scores, truncation_refused
+from lastrank.engine.backend import Backend, Block, Capabilities, Limits, RerankPlan, Scores, truncation_refused
 from lastrank.engine.pairs import cut_blocks
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.families import BI_ENCODER as SPEC, module_kind, st_modules
@@ -377,18 +377,20 @@ class BiEncoderBackend(Backend):
         defines ("...:\n", "passage: "), so the text's tokens are those it has alone."""
         return [list(e.offsets) for e in self.tokenizer.tok.encode_batch(list(texts), add_special_tokens=False)]
 
-    def chunk_window(self, request: RerankRequest) -> int:
-        """A document's own tokens that fit: the limit less the special tokens and the document prompt."""
+    def limits(self, request: RerankRequest) -> Limits:
+        """The request's limits, else the pipeline's max_seq_length (Capabilities), capped at the position table."""
         caps = self.capabilities
-        limit = min(request.max_doc_length or caps.max_doc_length, caps.context_length)
+        return Limits(min(request.max_doc_length or caps.max_doc_length, caps.context_length),
+                      min(request.max_query_length or caps.max_query_length, caps.context_length))
+
+    def chunk_window(self, request: RerankRequest, limits: Limits) -> int:
+        """A document's own tokens that fit: the limit less the special tokens and the document prompt."""
         _, doc_prompt = self.pipeline.prompts_for(request.instruction)
         prompt = len(self.tokenizer.tok.encode(doc_prompt, add_special_tokens=False).ids) if doc_prompt else 0
-        return max(1, limit - self.tokenizer.n_special - prompt)
+        return max(1, limits.max_doc - self.tokenizer.n_special - prompt)
 
     def plan(self, request: RerankRequest) -> RerankPlan:
-        caps = self.capabilities
-        max_doc = min(request.max_doc_length or caps.max_doc_length, caps.context_length)
-        max_query = min(request.max_query_length or caps.max_query_length, caps.context_length)
+        max_doc, max_query = self.limits(request)
         usage = Usage(documents=len(request.documents), max_doc_length=max_doc, max_query_length=max_query)
         if not request.documents:
             return RerankPlan(request, [], usage)

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lastrank.engine.backend import Capabilities
+from lastrank.engine.backend import Capabilities, Limits
 from lastrank.engine.pairs import EncodedPairs, PairwiseBackend
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.families import CAUSAL_LM as SPEC
@@ -155,12 +155,12 @@ class CausalLMBackend(PairwiseBackend):
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def limits(self, request: RerankRequest) -> tuple[int, int]:
+    def limits(self, request: RerankRequest) -> Limits:
         """(max_length, query limit) for this request: the official defaults unless the request sets them,
         max_length capped at the position table."""
         max_length = min(request.max_doc_length or MAX_LENGTH, self.context_length)
         query = request.max_query_length if request.max_query_length is not None else self.default_query_limit(max_length)
-        return max_length, query
+        return Limits(max_length, query)
 
     def token_offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
         """Chunk mode (engine/chunking.py): a document's own tokens as the prompt holds them. Both templates put
@@ -192,9 +192,9 @@ class Qwen3RerankerBackend(CausalLMBackend):
         super().__init__(model, tokenizer, device, **kw)
         self.prefix, self.suffix = self.encode(QWEN3_PREFIX), self.encode(QWEN3_SUFFIX)
 
-    def query_part(self, request: RerankRequest) -> tuple[int, str, str, list[int], bool]:
+    def query_part(self, request: RerankRequest, limits: Limits) -> tuple[int, str, str, list[int], bool]:
         """-> (body budget, instruction, query, the body's tokens before the document's own, query cut)."""
-        max_length, query_limit = self.limits(request)
+        max_length, query_limit = limits
         budget = max_length - len(self.prefix) - len(self.suffix)
         if budget < 1:
             raise InvalidRequestError(f"max_doc_length must be more than {len(self.prefix) + len(self.suffix)} for "
@@ -209,12 +209,12 @@ class Qwen3RerankerBackend(CausalLMBackend):
         head = self.encode(QWEN3_BODY.format(instruction=instruction, query=query, doc="")[:-1])
         return budget, instruction, query, head, query_truncated
 
-    def chunk_window(self, request: RerankRequest) -> int:
-        budget, _, _, head, _ = self.query_part(request)
+    def chunk_window(self, request: RerankRequest, limits: Limits) -> int:
+        budget, _, _, head, _ = self.query_part(request, limits)
         return max(1, budget - len(head))
 
-    def encode_pairs(self, request: RerankRequest, max_doc_length: int, max_query_length: int) -> EncodedPairs:
-        budget, instruction, query, head, query_truncated = self.query_part(request)
+    def encode_pairs(self, request: RerankRequest, limits: Limits) -> EncodedPairs:
+        budget, instruction, query, head, query_truncated = self.query_part(request, limits)
         bodies = [QWEN3_BODY.format(instruction=instruction, query=query, doc=d) for d in request.documents]
         sequences, doc_tokens, truncated = [], [], []
         for i, e in enumerate(self.tokenizer.encode_batch(bodies, add_special_tokens=False)):
@@ -242,7 +242,7 @@ class MxbaiRerankV2Backend(CausalLMBackend):
     def default_query_limit(max_length: int) -> int:
         return max_length * 3 // 4
 
-    def limits(self, request: RerankRequest) -> tuple[int, int]:
+    def limits(self, request: RerankRequest) -> Limits:
         # The package lowers max_length so that it plus the template fits the position table, and derives
         # the query limit from the lowered value.
         max_length = min(request.max_doc_length or MAX_LENGTH, self.context_length - self.template_len)
@@ -251,11 +251,11 @@ class MxbaiRerankV2Backend(CausalLMBackend):
         query = request.max_query_length if request.max_query_length is not None else self.default_query_limit(max_length)
         # lastrank's only addition: an explicit query limit leaves the document room for its separator, so
         # the package's only_second truncation can always make the pair fit (it logs an error otherwise).
-        return max_length, min(query, max_length - len(self.sep))
+        return Limits(max_length, min(query, max_length - len(self.sep)))
 
-    def query_part(self, request: RerankRequest) -> tuple[int, list[int], int, bool]:
+    def query_part(self, request: RerankRequest, limits: Limits) -> tuple[int, list[int], int, bool]:
         """-> (max_length, the query piece's tokens, the document piece's limit, query cut)."""
-        max_length, query_limit = self.limits(request)
+        max_length, query_limit = limits
         query_text = f"query: {request.query}"
         if request.instruction:  # the package: `if instruction` (an empty instruction adds nothing)
             query_text = f"instruction: {request.instruction}{MXBAI_SEP}{query_text}"
@@ -264,13 +264,13 @@ class MxbaiRerankV2Backend(CausalLMBackend):
         doc_limit = max(0, min(self.context_length - len(query) - self.template_len, max_length))
         return max_length, query, doc_limit, len(query) < len(query_full)
 
-    def chunk_window(self, request: RerankRequest) -> int:
-        max_length, query, doc_limit, _ = self.query_part(request)
+    def chunk_window(self, request: RerankRequest, limits: Limits) -> int:
+        max_length, query, doc_limit, _ = self.query_part(request, limits)
         label = len(self.encode("document:"))  # the document piece is "document: {d}"
         return max(1, min(doc_limit, max_length - len(query) - len(self.sep)) - label)
 
-    def encode_pairs(self, request: RerankRequest, max_doc_length: int, max_query_length: int) -> EncodedPairs:
-        max_length, query, doc_limit, query_truncated = self.query_part(request)
+    def encode_pairs(self, request: RerankRequest, limits: Limits) -> EncodedPairs:
+        max_length, query, doc_limit, query_truncated = self.query_part(request, limits)
         docs = self.tokenizer.encode_batch([f"document: {d}" for d in request.documents], add_special_tokens=False)
         sequences, doc_tokens, truncated = [], [], []
         for i, e in enumerate(docs):

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lastrank.engine.backend import Capabilities, truncation_refused
+from lastrank.engine.backend import Capabilities, Limits, truncation_refused
 from lastrank.engine.pairs import EncodedPairs, PairwiseBackend
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.families import CROSS_ENCODER as SPEC
@@ -145,7 +145,7 @@ class CrossEncoderBackend(PairwiseBackend):
         ids = full.ids
         return ids[:first[0]], ids[first[-1] + 1:second[0]], ids[second[-1] + 1:]
 
-    def limits(self, request: RerankRequest) -> tuple[int, int]:
+    def limits(self, request: RerankRequest) -> Limits:
         """(pair max_length, query limit) for this request: the official defaults unless the request sets them,
         capped at the position table."""
         max_length = min(request.max_doc_length or self.capabilities.max_doc_length, self.capabilities.context_length)
@@ -153,13 +153,11 @@ class CrossEncoderBackend(PairwiseBackend):
             raise InvalidRequestError(f"max_doc_length must be at least {self.n_special} for this model "
                                       f"(the {self.n_special} special tokens of a pair), got {max_length}")
         if request.max_query_length is not None:
-            return max_length, request.max_query_length
-        return max_length, max_length * 3 // 4 if self.rule == FLAG_RERANKER else max_length
+            return Limits(max_length, request.max_query_length)
+        return Limits(max_length, max_length * 3 // 4 if self.rule == FLAG_RERANKER else max_length)
 
-    def encode_pairs(self, request: RerankRequest, max_doc_length: int, max_query_length: int) -> EncodedPairs:
-        # The plan's max_doc_length / max_query_length are the family defaults or the request's; `limits`
-        # applies this family's rules to them (FlagReranker's 3/4 query default, the position-table cap).
-        max_length, query_limit = self.limits(request)
+    def encode_pairs(self, request: RerankRequest, limits: Limits) -> EncodedPairs:
+        max_length, query_limit = limits
         query = self.tokenizer.encode(request.query, add_special_tokens=False).ids
         docs = [e.ids for e in self.tokenizer.encode_batch(list(request.documents), add_special_tokens=False)]
         sequences, doc_tokens, truncated, query_truncated = [], [], [], False
@@ -182,10 +180,10 @@ class CrossEncoderBackend(PairwiseBackend):
         special tokens around it), so its tokens' spans are those of the text encoded alone."""
         return [list(e.offsets) for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
-    def chunk_window(self, request: RerankRequest) -> int:
+    def chunk_window(self, request: RerankRequest, limits: Limits) -> int:
         """Own tokens a document keeps uncut beside this request's query: max_length less the pair's special
         tokens and the (cut) query. Under both rules a document that short is never truncated."""
-        max_length, query_limit = self.limits(request)
+        max_length, query_limit = limits
         n_query = min(len(self.tokenizer.encode(request.query, add_special_tokens=False).ids), query_limit)
         return max(1, max_length - self.n_special - n_query)
 

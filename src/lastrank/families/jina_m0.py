@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lastrank.engine.backend import Backend, Capabilities, RerankPlan, Scores, truncation_refused
+from lastrank.engine.backend import Backend, Capabilities, Limits, RerankPlan, Scores, truncation_refused
 from lastrank.engine.pairs import PairBlock, cut_blocks, per_block, sigmoid_scores
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.families import JINA_M0 as SPEC
@@ -79,7 +79,7 @@ class JinaM0Backend(Backend):
         self.max_forward_patches = max_forward_patches
         super().__init__(model_id=model_id, path=path, random_weights=random_weights)
         v = model.vision_config
-        self.limits = ImageLimits(patch_size=v.patch_size, merge_size=v.spatial_merge_size,
+        self.image_limits = ImageLimits(patch_size=v.patch_size, merge_size=v.spatial_merge_size,
                                   temporal_patch_size=v.temporal_patch_size)
         cfg = model.config
         self.capabilities = Capabilities(
@@ -101,30 +101,30 @@ class JinaM0Backend(Backend):
         the pre-tokenizer starts a new piece)."""
         return [list(e.offsets) for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
-    def limits_for(self, request: RerankRequest) -> tuple[int, int]:
+    def limits(self, request: RerankRequest) -> Limits:
         """(max_doc_length, max_query_length) as compute_score derives them."""
         max_query = request.max_query_length or MAX_QUERY_LENGTH
         max_doc = request.max_doc_length or max(MAX_LENGTH - max_query, max_query)
         if max_doc + max_query > MAX_LENGTH:
             raise InvalidRequestError(f"max_doc_length ({max_doc}) + max_query_length ({max_query}) must be at most "
                                       f"{MAX_LENGTH} for this model")
-        return max_doc, max_query
+        return Limits(max_doc, max_query)
 
-    def chunk_window(self, request: RerankRequest) -> int:
+    def chunk_window(self, request: RerankRequest, limits: Limits) -> int:
         """Chunk mode: a window is the document limit compute_score derives (from max_query_length too)."""
-        return self.limits_for(request)[0]
+        return limits.max_doc
 
     def prepare(self, image) -> tuple[Image, str]:
         """-> (pixels and grid, the prompt text of this image with its <|image_pad|> run expanded)."""
         try:
-            pixels, grid = preprocess_image(image, self.limits)
+            pixels, grid = preprocess_image(image, self.image_limits)
         except ValueError as e:  # smart_resize's aspect-ratio limit
             raise InvalidRequestError(f"image: {e}") from None
-        n = grid[0] * grid[1] * grid[2] // self.limits.merge_size ** 2
+        n = grid[0] * grid[1] * grid[2] // self.image_limits.merge_size ** 2
         return (pixels, grid), IMAGE_PROMPT.replace(IMAGE_PAD, IMAGE_PAD * n)
 
     def plan(self, request: RerankRequest) -> RerankPlan:
-        max_doc, max_query = self.limits_for(request)
+        max_doc, max_query = self.limits(request)
         usage = Usage(documents=len(request.documents), max_doc_length=max_doc, max_query_length=max_query)
         if not request.documents:
             return RerankPlan(request, [], usage)
@@ -151,7 +151,7 @@ class JinaM0Backend(Backend):
                 else:
                     n_doc = len(ids)
             ids = self.tokenizer.encode(prompt(query_text, doc), add_special_tokens=False).ids
-            n_images = sum(g[0] * g[1] * g[2] for _, g in doc_images + query_images) // self.limits.merge_size ** 2
+            n_images = sum(g[0] * g[1] * g[2] for _, g in doc_images + query_images) // self.image_limits.merge_size ** 2
             if ids.count(IMAGE_TOKEN_ID) != n_images:  # the official processor fails on this too
                 raise InvalidRequestError(f"documents[{i}] or the query holds the text {IMAGE_PAD}, which only "
                                           f"images may use")

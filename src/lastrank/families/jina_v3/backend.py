@@ -103,8 +103,7 @@ class JinaV3Backend(Backend):
                    random_weights=random_weights, **options)
 
     def plan(self, request: RerankRequest) -> RerankPlan:
-        max_doc = request.max_doc_length or self.capabilities.max_doc_length
-        max_query = request.max_query_length or self.capabilities.max_query_length
+        max_doc, max_query = self.limits(request)
         docs = list(request.documents)
         if not docs:
             return RerankPlan(request, [], Usage(max_doc_length=max_doc, max_query_length=max_query))
