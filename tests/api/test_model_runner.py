@@ -11,7 +11,7 @@ import pytest
 
 from lastrank.engine.runner import ModelRunner
 from lastrank.engine.scheduler import Scheduler
-from lastrank.serve_ray import ModelClient
+from lastrank.api.ray import ModelClient
 from lastrank.types import RankedDocument, RerankRequest, RerankResult, Usage
 
 

@@ -25,13 +25,13 @@ import pytest
 
 import postgres_server
 from lastrank.errors import DeadlineExceededError, InvalidRequestError, ModelError, OverloadedError
-from lastrank.serve_ray import ModelClient, ModelReplica, ReplicaFailedError, _domain_error, deployment_name
+from lastrank.api.ray import ModelClient, ModelReplica, ReplicaFailedError, _domain_error, deployment_name
 from lastrank.types import RerankRequest, RerankResult, Usage
 
 # A local Ray cluster has token auth on (the token in ~/.ray/auth_token); this process joins it to find and kill
 # replicas. Ray reads the mode once, when it is first imported: set here, before any test imports it.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
-# The server keeps its local cluster on loopback (serve_ray.LOOPBACK_ENV); a process joining it needs the same
+# The server keeps its local cluster on loopback (api/ray.py's LOOPBACK_ENV); a process joining it needs the same
 # setting, or Ray swaps the 127.0.0.1 of the GCS address for this machine's routable address.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
@@ -128,7 +128,7 @@ def test_deadline_crosses_as_a_budget_and_back_to_the_replicas_clock():
 
 
 def test_a_replica_that_never_answers_is_a_504_not_a_hang(monkeypatch):
-    import lastrank.serve_ray as serve_ray
+    import lastrank.api.ray as serve_ray
 
     class Never(_Response):
         def __await__(self):
@@ -195,7 +195,7 @@ def test_the_app_over_a_model_client_ready_and_errors(monkeypatch):
     from ray.exceptions import RayTaskError
     from ray.serve.exceptions import BackPressureError
 
-    import lastrank.serve_ray as serve_ray
+    import lastrank.api.ray as serve_ray
     from lastrank.api.app import create_app
     from lastrank.api.models import ServedModel
     from lastrank.engine.backend import Capabilities
@@ -255,7 +255,7 @@ def test_the_app_over_a_model_client_ready_and_errors(monkeypatch):
 def test_settings_ray_mode_refuses():
     from lastrank.api.settings import ServerSettings
     from lastrank.errors import LastrankError
-    from lastrank.serve_ray import check
+    from lastrank.api.ray import check
 
     check(ServerSettings(ingress_replicas=2), "postgresql://u@db/lastrank")
     check(ServerSettings(replicas=2, max_replicas=4), "/tmp/ledger.db")

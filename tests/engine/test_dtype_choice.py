@@ -190,7 +190,7 @@ def test_lastrank_rerank_says_what_auto_picked(tmp_path, monkeypatch, capsys):
 
 
 def test_lastrank_serve_logs_the_dtype_each_model_runs_in(tmp_path, monkeypatch, capsys):
-    from lastrank.cli.serve import _loader
+    from lastrank.api.models import loader
     from lastrank.model.resolve import resolve_checkpoint
 
     monkeypatch.setenv("LASTRANK_CACHE_DIR", str(tmp_path / "cache"))
@@ -198,7 +198,7 @@ def test_lastrank_serve_logs_the_dtype_each_model_runs_in(tmp_path, monkeypatch,
     path = resolve_checkpoint("minilm")
     for dtype, said in (("auto", "dtype auto -> float32: no type is"), ("float32", "dtype float32 (as requested)")):
         settings = SimpleNamespace(device="cpu", dtype=dtype)
-        _loader("minilm", path, "bi-encoder", "minilm", settings)()
+        loader("minilm", path, "bi-encoder", "minilm", settings)()
         assert said in capsys.readouterr().err
 
 

@@ -316,7 +316,7 @@ def model_prices(settings: ServerSettings, table: ModelTable) -> dict[str, float
 
 def make_scheduler(backend, settings: ServerSettings, observer=None):
     """A served model's Scheduler: chunk mode for every family (a backend already wrapped, e.g. Reranker's,
-    gets this server's cap) and the server's admission limits. Also what each Ray replica runs (serve_ray.py)."""
+    gets this server's cap) and the server's admission limits. Also what each Ray replica runs (api/ray.py)."""
     from lastrank.engine.chunking import ChunkingBackend
     from lastrank.engine.scheduler import Scheduler
 

@@ -12,13 +12,17 @@ name are a start-up error.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any, Callable
 
 from lastrank.engine.backend import Backend, Capabilities
 from lastrank.engine.runner import ModelRunner
-from lastrank.errors import InvalidRequestError, NotFoundError
+from lastrank.errors import InvalidRequestError, LastrankError, NotFoundError
+from lastrank.families import detect_family, family_spec, load_backend
+from lastrank.model.packaged import canonical_id, packaged_names
+from lastrank.model.resolve import resolve_checkpoint
 
 
 @dataclass
@@ -29,7 +33,7 @@ class ServedModel:
     implicit_names: tuple[str, ...] = ()  # names its family is known by; dropped when two models claim one
     load: Callable[[], Any] | None = None  # -> a Backend; run in a thread at start-up
     backend: Backend | None = None
-    scheduler: ModelRunner | None = None  # a Scheduler, a Ray ModelClient (serve_ray.py) or a test fake
+    scheduler: ModelRunner | None = None  # a Scheduler, a Ray ModelClient (api/ray.py) or a test fake
     capabilities: Capabilities | None = None
     random_weights: bool = False
     card: dict | None = None  # parameters, languages, license as its folder says (api/catalogue.model_card)
@@ -70,8 +74,6 @@ def served_model(settings, index: int, family_names: tuple[str, ...] = (), **sou
     the family's public name, else the id's last part; answering also to its --model-alias values, its
     family's names and, for a model shipped in a package, its hub id and short names. `sources`: the
     ServedModel's scheduler / backend / load (and capabilities when known)."""
-    from lastrank.model.packaged import canonical_id, packaged_names
-
     model_id = settings.model[index] if index < len(settings.model) else ""
     if index < len(settings.served_model_name):
         name = settings.served_model_name[index]
@@ -80,6 +82,36 @@ def served_model(settings, index: int, family_names: tuple[str, ...] = (), **sou
     implicit = [n for n in (*family_names, *packaged_names(model_id)) if n != name]
     return ServedModel(name=name, model_id=model_id, aliases=settings.aliases_for(index, name),
                        implicit_names=tuple(dict.fromkeys(implicit)), **sources)
+
+
+def served_models(settings) -> list[ServedModel]:
+    """One ServedModel per --model: resolved (a missing folder or offline hub id fails here, before torch
+    is imported), its family detected from the folder, named, with a loader that runs in the background.
+    What `lastrank serve` and the Ray Serve deployment (api/ray.py) serve."""
+    paths = [resolve_checkpoint(m) for m in settings.model]
+    if len(settings.served_model_name) > len(settings.model):
+        raise LastrankError(f"{len(settings.served_model_name)} --served-model-name for {len(settings.model)} --model")
+    models = []
+    for i, (model_id, path) in enumerate(zip(settings.model, paths)):
+        family = detect_family(path)
+        model = served_model(settings, i, family_spec(family).names)
+        model.load = loader(model_id, path, family, model.name, settings)
+        models.append(model)
+    return models
+
+
+def loader(model_id: str, path, family: str, name: str, settings) -> Callable[[], Backend]:
+    """The background load of one served model: load, warm up, one line on stderr saying what runs."""
+    def load():
+        backend = load_backend(model_id, device=settings.device, dtype=settings.dtype, path=path, family=family)
+        backend.warmup()
+        note = " -- RANDOM WEIGHTS (a make-checkpoint folder): its scores mean nothing" if backend.random_weights else ""
+        choice = backend.dtype_choice  # "auto": what it picked on this machine and why (engine/dtype_choice.py)
+        print(f"lastrank: model {name} ({backend.capabilities.family}, {model_id}) loaded and warmed up "
+              f"({settings.device}, {choice.describe()}); ready{note}", file=sys.stderr, flush=True)
+        return backend
+
+    return load
 
 
 class ModelTable:

@@ -9,7 +9,18 @@ LASTRANK_ALLOW_UNAUTHENTICATED=1); a flag on the command line wins over the envi
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field, fields
+
+# The store every command and deployment opens (cli/keys.py's --store/--db, serve, the Ray Serve config's build).
+STORE_ENV = "LASTRANK_STORE"
+DB_ENV = "LASTRANK_DB"
+
+
+def store_target(store: str | None = None, db: str | None = None) -> str | None:
+    """A store given, else a SQLite file given, else $LASTRANK_STORE, else $LASTRANK_DB (the environment read
+    now, not at import); None: the default SQLite file."""
+    return store or db or os.environ.get(STORE_ENV) or os.environ.get(DB_ENV) or None
 
 
 def setting(default, help: str, *, flag: str | None = None, kind: str | None = None, group: str = "server",
@@ -119,7 +130,7 @@ class ServerSettings:
     access_log: str = setting("json", "one line per request: json (request id, key name, model, status, "
                                       "documents, tokens, latency; never a key or a document), text (uvicorn's), "
                                       "or off", choices=("json", "text", "off"), group="logging")
-    # Ray Serve (serve_ray.py): the same app as an ingress deployment, each model a deployment of replicas
+    # Ray Serve (api/ray.py): the same app as an ingress deployment, each model a deployment of replicas
     ray: bool = setting(False, "serve through Ray Serve: each model in replicas of its own, --host/--port served by "
                                "Ray's proxy (needs lastrank[ray]; docs/deploy.md). With a loopback --host and no "
                                "--ray-address every port of the local Ray cluster listens on loopback (checked "

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
+from lastrank.api.settings import DB_ENV, STORE_ENV
+from lastrank.api.settings import store_target as resolve_store_target
 from lastrank.cli.argtypes import positive_int
-
-DB_ENV = "LASTRANK_DB"
-STORE_ENV = "LASTRANK_STORE"
 
 
 def add_db_argument(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +25,8 @@ def add_db_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def store_target(args: argparse.Namespace) -> str | None:
-    """--store, else --db, else $LASTRANK_STORE, else $LASTRANK_DB (env read now, not at import); None: default."""
-    return args.store or args.db or os.environ.get(STORE_ENV) or os.environ.get(DB_ENV) or None
+    """--store, else --db, else $LASTRANK_STORE, else $LASTRANK_DB (api/settings.py); None: default."""
+    return resolve_store_target(args.store, args.db)
 
 
 def open_store(args: argparse.Namespace):

@@ -20,7 +20,9 @@ import os
 import socket
 import sys
 
+from lastrank.api.settings import ServerSettings, setting_fields
 from lastrank.cli.argtypes import device, nonneg_float, port, positive_int
+from lastrank.cli.keys import add_db_argument, open_store
 from lastrank.errors import LastrankError
 
 ENV_PREFIX = "LASTRANK_"
@@ -60,8 +62,6 @@ def _env_default(f, environ):
 
 def add_setting_arguments(parser: argparse.ArgumentParser, environ=os.environ) -> None:
     """One flag per ServerSettings field, generated from its metadata (help, kind, group, choices)."""
-    from lastrank.api.settings import setting_fields
-
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in setting_fields():
         m = f.metadata
@@ -86,8 +86,6 @@ def add_setting_arguments(parser: argparse.ArgumentParser, environ=os.environ) -
 def settings_from_args(args: argparse.Namespace):
     """ServerSettings from the parsed flags: a repeated flag replaces its default list; 0 turns off a
     setting whose 0 means "off"."""
-    from lastrank.api.settings import ServerSettings, setting_fields
-
     values = {}
     for f in setting_fields():
         value = getattr(args, f.name)
@@ -100,8 +98,6 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from lastrank.cli.keys import add_db_argument
-
     p = sub.add_parser(
         "serve", help="run the rerank API server",
         description="Serve one or several models over HTTP: Jina and Cohere v1 on /v1/rerank, Cohere v2 on "
@@ -160,27 +156,6 @@ def running_lastrank(host: str, port: int) -> str | None:
     return f"models {models}; playground {url}/playground"
 
 
-def served_models(settings) -> list:
-    """One ServedModel per --model: resolved (a missing folder or offline hub id fails here, before torch
-    is imported), its family detected from the folder, named, with a loader that runs in the background."""
-    from lastrank.model.resolve import resolve_checkpoint
-
-    paths = [resolve_checkpoint(m) for m in settings.model]
-    if len(settings.served_model_name) > len(settings.model):
-        raise LastrankError(f"{len(settings.served_model_name)} --served-model-name for {len(settings.model)} --model")
-
-    from lastrank.api.models import served_model
-    from lastrank.families import detect_family, family_spec
-
-    models = []
-    for i, (model_id, path) in enumerate(zip(settings.model, paths)):
-        family = detect_family(path)
-        model = served_model(settings, i, family_spec(family).names)
-        model.load = _loader(model_id, path, family, model.name, settings)
-        models.append(model)
-    return models
-
-
 def routed_models(settings) -> list:
     """--config: the router's served models (lastrank/router), each a RoutedRunner over its providers."""
     from lastrank.router import load_config
@@ -196,21 +171,6 @@ def routed_models(settings) -> list:
     models = from_config(settings, load_config(settings.config))
     preflight(models)  # a wrong config (mixed score rules, a wrong upstream model name) is one line here
     return models
-
-
-def _loader(model_id: str, path, family: str, name: str, settings):
-    def load():
-        from lastrank.families import load_backend
-
-        backend = load_backend(model_id, device=settings.device, dtype=settings.dtype, path=path, family=family)
-        backend.warmup()
-        note = " -- RANDOM WEIGHTS (a make-checkpoint folder): its scores mean nothing" if backend.random_weights else ""
-        choice = backend.dtype_choice  # "auto": what it picked on this machine and why (engine/dtype_choice.py)
-        print(f"lastrank: model {name} ({backend.capabilities.family}, {model_id}) loaded and warmed up "
-              f"({settings.device}, {choice.describe()}); ready{note}", file=sys.stderr, flush=True)
-        return backend
-
-    return load
 
 
 def check_device(settings) -> None:
@@ -231,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     from lastrank.api.app import create_app, http_protocol
     from lastrank.api.lifecycle import Server
     from lastrank.api.logs import configure_logging
-    from lastrank.cli.keys import open_store
+    from lastrank.api.models import served_models
 
     settings = settings_from_args(args)
     check_device(settings)
@@ -251,8 +211,8 @@ def run(args: argparse.Namespace) -> int:
                 f"Create a key (lastrank keys create --name NAME --store {store.location}), listen on 127.0.0.1, "
                 "or pass --allow-unauthenticated")
         models = served_models(settings) if settings.config is None else routed_models(settings)
-        if settings.ray:  # the same app in Ray Serve replicas (serve_ray.py); Ray's proxy takes the port
-            from lastrank.serve_ray import run as run_on_ray
+        if settings.ray:  # the same app in Ray Serve replicas (api/ray.py); Ray's proxy takes the port
+            from lastrank.api.ray import run as run_on_ray
 
             return run_on_ray(settings, store, models, held_socket=sock)
         app = create_app(settings, store, models=models)

@@ -11,7 +11,7 @@
 Three implementations, each declaring the Protocol as a base so the contract is checked where it is written
 (tests/engine/test_runner.py checks members and signatures):
   - `engine.scheduler.Scheduler`: the local one, a queue and the worker thread that owns a `Backend`;
-  - `serve_ray.ModelClient`: a remote one, the ingress's handle on a Ray Serve deployment of replicas (each
+  - `api.ray.ModelClient`: a remote one, the ingress's handle on a Ray Serve deployment of replicas (each
     replica runs a Scheduler); it sees no queue of its own, so `queued_tokens` is None ("not known here");
   - the API tests' fakes (tests/api/conftest.py `FakeScheduler`).
 `api/` (app.py's lifespan, lifecycle.py's drain, handler.py's readiness, metrics.py's gauges, models.py's
@@ -21,7 +21,7 @@ The seam for a router (issue #23): a served model as a set of runners, local or 
 ModelRunner. Its `capabilities` are its runners' (which must agree); `running` is "any runner is running";
 `admission_error()` is None while any runner would admit; `submit` picks a runner that would admit (least
 `queued_tokens`, or round robin where a remote runner reports None) and, on a refusal before any work began
-(`OverloadedError` from admission, `serve_ray.ReplicaFailedError`), tries the next; the gauges are sums.
+(`OverloadedError` from admission, `api.ray.ReplicaFailedError`), tries the next; the gauges are sums.
 Nothing in `api/` changes for it: a ServedModel holds one ModelRunner, whichever kind it is.
 """
 

@@ -46,7 +46,7 @@ The command itself (`run`): with a loopback --host it keeps every port of the lo
 when Serve's proxy or controller dies (ServeWatchdog), for a supervisor to restart it.
 
 Started by `lastrank serve --ray ...` (cli/serve.py calls `run`), or from a Serve config file with
-`import_path: lastrank.serve_ray:build` (see docs/deploy.md). Needs Ray Serve:
+`import_path: lastrank.api.ray:build` (see docs/deploy.md). Needs Ray Serve:
 `pip install -e '.[ray]'` in a lastrank checkout.
 """
 
@@ -64,9 +64,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lastrank.api.settings import ServerSettings
+from lastrank.api.app import create_app, make_scheduler
+from lastrank.api.logs import configure_logging
+from lastrank.api.models import ServedModel, served_models
+from lastrank.api.settings import STORE_ENV, ServerSettings
 from lastrank.engine.runner import ModelRunner
 from lastrank.errors import DeadlineExceededError, LastrankError, ModelError, OverloadedError
+from lastrank.families import load_backend
+from lastrank.store import is_postgres_url, open_store
 from lastrank.types import RerankRequest, RerankResult
 
 log = logging.getLogger("lastrank.ray")
@@ -104,9 +109,6 @@ class ModelReplica:
     """One replica of one served model: the backend and the local Scheduler, in a Ray Serve replica."""
 
     async def __init__(self, model_id: str, settings: ServerSettings):
-        from lastrank.api.app import make_scheduler
-        from lastrank.families import load_backend
-
         keep_replica_grpc_on_loopback()
 
         def load():
@@ -308,11 +310,6 @@ class Ingress:
     """The HTTP app: create_app over the store, with a ModelClient per model deployment handle."""
 
     def __init__(self, settings: ServerSettings, store_target: str, specs: list[ModelSpec], handles: dict):
-        from lastrank.api.app import create_app
-        from lastrank.api.logs import configure_logging
-        from lastrank.api.models import ServedModel
-        from lastrank.store import open_store
-
         keep_replica_grpc_on_loopback()
         configure_logging(settings)
         self.store = open_store(store_target)
@@ -378,8 +375,6 @@ def deployment_name(index: int, served_name: str) -> str:
 
 def check(settings: ServerSettings, store_target: str) -> None:
     """The settings Ray mode refuses, each with one clear line."""
-    from lastrank.store import is_postgres_url
-
     if settings.ingress_replicas > 1 and not is_postgres_url(store_target):
         raise LastrankError(
             f"--ingress-replicas {settings.ingress_replicas} needs the PostgreSQL store (--store postgresql://...): "
@@ -413,8 +408,6 @@ def application(settings: ServerSettings, store_target: str, specs: list[ModelSp
         )
         handles[spec.name] = deployment.bind(spec.model_id, settings)
 
-    from lastrank.store import is_postgres_url
-
     ingress_options: dict[str, Any] = {"num_cpus": 0}  # async I/O; the model replicas hold the CPUs
     if not is_postgres_url(store_target):
         ingress_options["resources"] = {"node:__internal_head__": 0.001}  # the SQLite file's node
@@ -425,7 +418,7 @@ def application(settings: ServerSettings, store_target: str, specs: list[ModelSp
 
 
 def specs_from_models(models) -> list[ModelSpec]:
-    """ModelSpecs from cli/serve.py's served_models (names, aliases and family names already settled)."""
+    """ModelSpecs from api/models.py's served_models (names, aliases and family names already settled)."""
     return [ModelSpec(name=m.name, model_id=m.model_id, aliases=tuple(m.aliases),
                       implicit_names=tuple(m.implicit_names)) for m in models]
 
@@ -437,14 +430,11 @@ def store_target_of(store) -> str:
 
 
 def build(args: dict):
-    """Serve config file entry point (`import_path: lastrank.serve_ray:build`): `args` holds the store
+    """Serve config file entry point (`import_path: lastrank.api.ray:build`): `args` holds the store
     (`store`: a postgresql:// URL or a SQLite path; default $LASTRANK_STORE where the app is built, so a
     password can come from a secret) and any `lastrank serve` setting by its field name (e.g.
     `model: [minilm]`, `replicas: 2`, `dtype: float32`). Deployment options in the config file
     (num_replicas, ray_actor_options, ...) override what these settings give."""
-    from lastrank.cli.keys import STORE_ENV
-    from lastrank.cli.serve import served_models
-
     args = dict(args)
     store_target = args.pop("store", None) or os.environ.get(STORE_ENV)
     if not store_target:
