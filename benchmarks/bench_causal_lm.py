@@ -66,7 +66,7 @@ def main() -> int:
     from test_causal_lm import Qwen3RerankerCard, mxbai_package
 
     from lastrank import Reranker
-    from lastrank.model.checkpoint_causal import PRESETS, make_causal_checkpoint
+    from lastrank.checkpoints.causal import PRESETS, make_causal_checkpoint
     from lastrank.types import RerankRequest
 
     kind, size = PRESETS[args.preset]

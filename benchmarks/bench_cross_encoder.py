@@ -71,7 +71,7 @@ def main() -> int:
     from test_cross_encoder import compute_score_inputs, flag_reranker_inputs, official_tokenizer
 
     from lastrank import Reranker
-    from lastrank.model.checkpoint_xlmr import make_xlmr_checkpoint
+    from lastrank.checkpoints.xlmr import make_xlmr_checkpoint
 
     dtype = getattr(torch, args.dtype)
     folder = args.checkpoint or make_xlmr_checkpoint(Path(tempfile.mkdtemp()) / args.preset, args.preset,

@@ -71,7 +71,7 @@ def main() -> int:
     from reference_m0 import official_compute_score
 
     from lastrank import Reranker
-    from lastrank.model.checkpoint_m0 import PRESETS, make_m0_checkpoint
+    from lastrank.checkpoints.m0 import PRESETS, make_m0_checkpoint
     from lastrank.model.qwen2_vl import image_grid
     from lastrank.types import RerankRequest
 

@@ -113,7 +113,7 @@ def case_request(case: str, bge_folder: Path) -> tuple[Path, str, list[str]]:
 def bge_checkpoint(workdir: Path) -> Path:
     folder = workdir / "bge-reranker-v2-m3"
     if not (folder / "model.safetensors").is_file():
-        from lastrank.model.checkpoint_xlmr import make_xlmr_checkpoint
+        from lastrank.checkpoints.xlmr import make_xlmr_checkpoint
 
         print(f"making the random bge-reranker-v2-m3-shaped checkpoint in {folder} (once)", file=sys.stderr)
         make_xlmr_checkpoint(folder, "bge-reranker-v2-m3", seed=0, dtype="float32")

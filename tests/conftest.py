@@ -28,7 +28,7 @@ def _models_on_the_test_device():
 @pytest.fixture(scope="session")
 def make_tiny_checkpoint(tmp_path_factory):
     """Factory: make_tiny_checkpoint(seed=0, model_max_length=131072, **config_overrides) -> Path (cached)."""
-    from lastrank.model.checkpoint import make_checkpoint
+    from lastrank.checkpoints.jina_v3 import make_checkpoint
 
     cache: dict = {}
 

@@ -39,15 +39,10 @@ FLOORS: list[tuple[tuple[str, ...], ...]] = [
 
 # (importer, imported): why it still runs up. Shrink this; never grow it without a reason a reviewer accepts.
 ALLOWED: dict[tuple[str, str], str] = {
-    ("lastrank.model.checkpoint_causal", "lastrank.families.causal_lm"):
-        "a checkpoint writer takes the family's label words: the writers move to lastrank/checkpoints/",
 }
 
 # Circles between modules of one package still allowed: {the modules: why}.
 ALLOWED_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"lastrank.families", "lastrank.families.causal_lm", "lastrank.model.checkpoint_causal",
-               "lastrank.model.checkpoint_m0", "lastrank.model.checkpoint_st"}):
-        "the registry's presets call writers that read a family: the writers move to lastrank/checkpoints/",
     frozenset({"lastrank.api.app", "lastrank.api.catalogue", "lastrank.api.handler", "lastrank.api.metrics",
                "lastrank.api.models", "lastrank.api.routes", "lastrank.router.metrics", "lastrank.router.providers",
                "lastrank.router.router"}):
@@ -57,7 +52,7 @@ ALLOWED_CYCLES: dict[frozenset[str], str] = {
 
 # Function-level imports of lastrank's own modules: allowed where torch (or another heavy import) must stay out
 # of a light command or of `import lastrank`. This ceiling is today's count; it may only go down.
-MAX_FUNCTION_LEVEL = 118
+MAX_FUNCTION_LEVEL = 102
 
 
 def module_name(path: Path) -> str:

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from lastrank.model.checkpoint_causal import make_causal_checkpoint
+from lastrank.checkpoints.causal import make_causal_checkpoint
 from lastrank.types import RerankRequest
 
 Q = "which city is the capital of france"

@@ -166,7 +166,7 @@ def png(w, h, seed) -> bytes:
 @pytest.fixture(scope="module")
 def m0_backend(tmp_path_factory):
     from lastrank.families import load_backend
-    from lastrank.model.checkpoint_m0 import make_m0_checkpoint
+    from lastrank.checkpoints.m0 import make_m0_checkpoint
 
     folder = make_m0_checkpoint(tmp_path_factory.mktemp("m0"), "tiny", seed=5, dtype="float32")
     return load_backend(str(folder), device="cpu", dtype="float32")

@@ -11,7 +11,7 @@ import io
 import numpy as np
 import pytest
 
-from lastrank.model.checkpoint_m0 import make_m0_checkpoint
+from lastrank.checkpoints.m0 import make_m0_checkpoint
 from lastrank.types import RerankRequest
 
 PIL = pytest.importorskip("PIL.Image")

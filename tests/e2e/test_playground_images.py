@@ -27,7 +27,7 @@ TEXT_DOC = "A blue striped flag on a pole."
 
 @pytest.fixture(scope="module")
 def m0_server(tmp_path_factory):
-    from lastrank.model.checkpoint_m0 import make_m0_checkpoint
+    from lastrank.checkpoints.m0 import make_m0_checkpoint
 
     folder = tmp_path_factory.mktemp("playground-m0")
     checkpoint = make_m0_checkpoint(folder / "m0", "tiny", seed=11, dtype="float32")

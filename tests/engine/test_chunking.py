@@ -299,7 +299,7 @@ def test_a_pointwise_family_scores_a_chunked_document_as_its_best_chunk_ranked_a
     """float32, a real pointwise family (Qwen3-Reranker layout, tiny random weights): the document's score
     is, to 1e-5, the score of the text at its span ranked on its own."""
     from lastrank.families import load_backend
-    from lastrank.model.checkpoint_causal import make_causal_checkpoint
+    from lastrank.checkpoints.causal import make_causal_checkpoint
 
     path = make_causal_checkpoint(tmp_path_factory.mktemp("causal") / "q", kind="qwen3-reranker", dtype="float32",
                                   seed=3)

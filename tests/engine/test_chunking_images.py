@@ -16,7 +16,7 @@ import pytest
 from lastrank.engine.chunking import ChunkingBackend, ChunkPlan
 from lastrank.reranker import Reranker
 from lastrank.errors import InvalidRequestError
-from lastrank.model.checkpoint_m0 import make_m0_checkpoint
+from lastrank.checkpoints.m0 import make_m0_checkpoint
 from lastrank.types import RerankRequest
 
 PIL = pytest.importorskip("PIL.Image")

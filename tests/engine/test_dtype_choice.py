@@ -203,9 +203,10 @@ def test_lastrank_serve_logs_the_dtype_each_model_runs_in(tmp_path, monkeypatch,
 
 
 def _first_tiny_presets():
+    from lastrank.checkpoints import presets
     from lastrank.families import FAMILIES
 
-    return [(spec.name, next(name for name, p in spec.presets.items() if p.tiny)) for spec in FAMILIES]
+    return [(spec.name, next(name for name, p in presets(spec).items() if p.tiny)) for spec in FAMILIES]
 
 
 @pytest.mark.parametrize("family,preset", _first_tiny_presets())
@@ -213,7 +214,8 @@ def test_auto_runs_the_drift_check_through_every_family(tmp_path, monkeypatch, f
     """The probe request goes through each family's real backend (jina-v3 listwise, pointwise pairs, causal LMs,
     m0 with a text-only request, bi-encoders) in float32 and bfloat16; the choice follows the measured drift.
     The tiny checkpoints are saved in bfloat16, as the official jina-v3 / Qwen3 ones are: still measured."""
-    from lastrank.families import load_backend, preset as find_preset
+    from lastrank.checkpoints import preset as find_preset
+    from lastrank.families import load_backend
 
     monkeypatch.setenv("LASTRANK_CACHE_DIR", str(tmp_path / "cache"))
     fake_timings(monkeypatch, {"float32": 1.0, "bfloat16": 0.5, "float16": 1.0})

@@ -21,7 +21,7 @@ COMMON = ["--data", "trec-dl-2019", "--queries", str(QUERIES), "--top-k", str(TO
 
 @pytest.fixture(scope="module")
 def m0_checkpoint(tmp_path_factory):
-    from lastrank.model.checkpoint_m0 import make_m0_checkpoint
+    from lastrank.checkpoints.m0 import make_m0_checkpoint
 
     return make_m0_checkpoint(tmp_path_factory.mktemp("m0") / "ckpt", "tiny", seed=11, dtype="float32")
 

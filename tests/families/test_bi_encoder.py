@@ -17,7 +17,7 @@ import pytest
 from lastrank import Reranker
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.families import BI_ENCODER, detect_family, load_backend
-from lastrank.model.checkpoint_st import make_st_checkpoint
+from lastrank.checkpoints.st import make_st_checkpoint
 from lastrank.types import RerankRequest
 
 from ranking_order import assert_order_agrees

@@ -26,7 +26,7 @@ from lastrank.engine.backend import sigmoid
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.families import detect_family, load_backend
 from lastrank.families.causal_lm import detect
-from lastrank.model.checkpoint_causal import make_causal_checkpoint
+from lastrank.checkpoints.causal import make_causal_checkpoint
 from lastrank.types import RerankRequest
 
 from ranking_order import assert_order_agrees

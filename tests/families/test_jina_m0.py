@@ -14,7 +14,7 @@ import pytest
 
 from lastrank.reranker import Reranker
 from lastrank.errors import InvalidRequestError
-from lastrank.model.checkpoint_m0 import make_m0_checkpoint
+from lastrank.checkpoints.m0 import make_m0_checkpoint
 from lastrank.types import RerankRequest
 
 from keyword_backend import KeywordBackend

@@ -7,18 +7,17 @@ from __future__ import annotations
 import pytest
 
 from lastrank.engine.chunking import ChunkingBackend
+from lastrank.checkpoints import preset, presets
 from lastrank.families import FAMILIES, load_backend
 from lastrank.types import RerankRequest
 
-TINY = [name for spec in FAMILIES for name, p in spec.presets.items() if p.tiny]
+TINY = [name for spec in FAMILIES for name, p in presets(spec).items() if p.tiny]
 TEXT = " ".join(["Cat fleas usually live for about a year, and their eggs hatch within two weeks."] * 1200)
 REQUESTS = [dict(), dict(max_doc_length=256), dict(max_doc_length=256, max_query_length=32)]
 
 
 @pytest.fixture(scope="module")
 def backends(tmp_path_factory):
-    from lastrank.families import preset
-
     return {name: load_backend(preset(name)[1].write(tmp_path_factory.mktemp(name), seed=0, dtype="float32"),
                                dtype="float32")
             for name in TINY}

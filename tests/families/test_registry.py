@@ -12,10 +12,10 @@ import sys
 import pytest
 
 from lastrank.errors import ModelNotAvailableError
-from lastrank.families import (FAMILIES, detect_family, family_spec, folder_facts, known_names, load_backend,
-                               preset)
+from lastrank.checkpoints import preset, presets
+from lastrank.families import FAMILIES, detect_family, family_spec, folder_facts, known_names, load_backend
 
-TINY = [(spec.name, name) for spec in FAMILIES for name, p in spec.presets.items() if p.tiny]
+TINY = [(spec.name, name) for spec in FAMILIES for name, p in presets(spec).items() if p.tiny]
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +86,8 @@ def test_names_and_older_spellings():
         family_spec("colbert")
     assert known_names("qwen3-reranker") == known_names("mxbai-rerank-v2") == ()
     assert known_names("jina-v3") == ("jina-reranker-v3", "jinaai/jina-reranker-v3")
-    presets = [name for spec in FAMILIES for name in spec.presets]
-    assert len(presets) == len(set(presets))
+    names = [name for spec in FAMILIES for name in presets(spec)]
+    assert len(names) == len(set(names))
 
 
 def test_make_checkpoint_and_bench_read_the_specs(tmp_path):
@@ -97,7 +97,7 @@ def test_make_checkpoint_and_bench_read_the_specs(tmp_path):
     parser = build_parser()
     choices = next(a.choices for a in parser._subparsers._group_actions[0].choices["make-checkpoint"]._actions
                    if a.dest == "preset")
-    assert choices == [name for spec in FAMILIES for name in spec.presets]
+    assert choices == [name for spec in FAMILIES for name in presets(spec)]
     assert family_benches() == {"jina-m0": "bench_m0.py", "cross-encoder": "bench_cross_encoder.py",
                                 "causal-lm": "bench_causal_lm.py"}
     assert parser.parse_args(["bench", "--family", "causal-lm"]).family == "causal-lm"

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from lastrank.errors import ModelNotAvailableError
 from lastrank.model.bert import BertConfig, BertModel, load_bert
-from lastrank.model.checkpoint_st import make_st_checkpoint
+from lastrank.checkpoints.st import make_st_checkpoint
 from lastrank.model.packaged import packaged_folder
 
 CPU = torch.device("cpu")

@@ -46,7 +46,7 @@ def test_bfloat16_fused_matches_float32_within_bf16_rounding(act):
 
 def test_bfloat16_encoder_with_fused_kernels_stays_near_float32(tmp_path):
     from lastrank.model.bert import load_bert
-    from lastrank.model.checkpoint_st import make_st_checkpoint
+    from lastrank.checkpoints.st import make_st_checkpoint
 
     folder = make_st_checkpoint(tmp_path / "st", seed=2)
     m32 = load_bert(folder, torch.device("cpu"), torch.float32)

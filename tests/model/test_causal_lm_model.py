@@ -1,4 +1,4 @@
-"""The causal-LM reranker model (model/causal_lm.py) and its random checkpoints (model/checkpoint_causal.py).
+"""The causal-LM reranker model (model/causal_lm.py) and its random checkpoints (checkpoints/causal.py).
 
 The fast path (shared prefix computed once, pairs packed into one forward, last layer at the last rows only,
 two LM-head rows) must give the plain per-pair forward's raw scores in float32 (1e-5); the plain forward
@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from lastrank.families.causal_lm import MXBAI_RERANK_V2, QWEN3_RERANKER, score_token_ids
 from lastrank.model.causal_lm import load_causal_lm
-from lastrank.model.checkpoint_causal import make_causal_checkpoint
+from lastrank.checkpoints.causal import make_causal_checkpoint
 
 ATOL = 1e-5
 

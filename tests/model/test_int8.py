@@ -72,14 +72,14 @@ def test_int8_linear_has_one_scale_per_output_channel():
 
 @pytest.fixture(scope="module")
 def tiny_bi_encoder(tmp_path_factory):
-    from lastrank.model.checkpoint_st import make_st_checkpoint
+    from lastrank.checkpoints.st import make_st_checkpoint
 
     return make_st_checkpoint(tmp_path_factory.mktemp("st"), seed=3)
 
 
 @pytest.fixture(scope="module")
 def tiny_cross_encoder(tmp_path_factory):
-    from lastrank.model.checkpoint_xlmr import make_xlmr_checkpoint
+    from lastrank.checkpoints.xlmr import make_xlmr_checkpoint
 
     return make_xlmr_checkpoint(tmp_path_factory.mktemp("xlmr") / "bge", "bge-reranker-v2-m3-tiny", seed=1)
 
@@ -152,7 +152,7 @@ def test_other_families_refuse_int8_in_one_line(tiny_checkpoint, tmp_path, capsy
 
 
 def test_int8_refuses_a_decoder_bi_encoder_and_a_gpu(tmp_path):
-    from lastrank.model.checkpoint_st import make_st_checkpoint
+    from lastrank.checkpoints.st import make_st_checkpoint
 
     folder = make_st_checkpoint(tmp_path / "qwen", backbone="qwen3", pooling="lasttoken")
     with pytest.raises(ModelNotAvailableError, match="int8 is implemented for BERT bi-encoders only"):

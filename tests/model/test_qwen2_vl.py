@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from lastrank.model.checkpoint_m0 import make_m0_checkpoint
+from lastrank.checkpoints.m0 import make_m0_checkpoint
 from lastrank.model.jina_m0 import (IMAGE_TOKEN_ID, LOGIT_BIAS, SCORE_TOKEN_ID, VISION_END_ID, VISION_START_ID,
                                     load_jina_m0, mrope_positions)
 from lastrank.model.qwen2_vl import ImageLimits, preprocess_image, smart_resize

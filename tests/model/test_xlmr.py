@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lastrank.errors import ModelNotAvailableError
-from lastrank.model.checkpoint_xlmr import make_xlmr_checkpoint
+from lastrank.checkpoints.xlmr import make_xlmr_checkpoint
 from lastrank.model.xlmr import Packing, load_xlmr
 
 from reference_xlmr import flash_state, official_flash_forward, padded, padded_logits, transformers_model

@@ -441,7 +441,7 @@ def prepare_checkpoint(args: argparse.Namespace, say) -> Path:
     """--checkpoint, else a random one: tiny (--quick, a fresh folder) or full-size (made once, then reused)."""
     if args.checkpoint:
         return Path(args.checkpoint)
-    from lastrank.model.checkpoint import make_checkpoint
+    from lastrank.checkpoints.jina_v3 import make_checkpoint
 
     if args.quick:
         checkpoint = Path(tempfile.mkdtemp(prefix="lastrank-bench-tiny-"))

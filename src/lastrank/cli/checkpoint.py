@@ -1,25 +1,27 @@
 """`lastrank make-checkpoint`: a random-weight checkpoint in the official layout.
 
-The presets are the families' own (FamilySpec.presets in lastrank/families/__init__.py): this command lists and
-writes them and knows no family."""
+The presets are lastrank/checkpoints/'s table, by family: this command lists and writes them and knows no
+family."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from lastrank.checkpoints import preset, presets
+from lastrank.families import FAMILIES
+from lastrank.model.checkpoint import NOTICE, RANDOM_WEIGHTS_FILE, RANDOM_WEIGHTS_KEY
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from lastrank.families import FAMILIES
-
-    presets = "; ".join(f"{spec.name}: " + ", ".join(f"{name} ({p.about})" for name, p in spec.presets.items())
-                        for spec in FAMILIES if spec.presets)
+    by_family = "; ".join(f"{spec.name}: " + ", ".join(f"{name} ({p.about})" for name, p in presets(spec).items())
+                          for spec in FAMILIES if presets(spec))
     p = sub.add_parser("make-checkpoint", help="write a random-weight checkpoint (official layout) for tests and benchmarks",
                        description="Write a model folder in a family's official layout (config.json, the weights, "
                                    "the real tokenizer files). The weights are random: the scores mean nothing.")
     p.add_argument("path", help="output folder")
-    p.add_argument("--preset", choices=[name for spec in FAMILIES for name in spec.presets], default="tiny",
-                   metavar="PRESET", help=f"default: tiny (jina-v3). By family: {presets}")
+    p.add_argument("--preset", choices=[name for spec in FAMILIES for name in presets(spec)], default="tiny",
+                   metavar="PRESET", help=f"default: tiny (jina-v3). By family: {by_family}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="storage dtype (the official one is bfloat16)")
     p.add_argument("--model-max-length", type=int, default=131072,
@@ -29,9 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lastrank.families import preset
-    from lastrank.model.checkpoint import NOTICE, RANDOM_WEIGHTS_FILE, RANDOM_WEIGHTS_KEY
-
     _, chosen = preset(args.preset)
     out = chosen.write(args.path, seed=args.seed, dtype=args.dtype, model_max_length=args.model_max_length)
     print(f"wrote {args.preset} checkpoint to {out}")

@@ -3,10 +3,10 @@
     load_backend("jinaai/jina-reranker-v3" | "/path/to/folder", device="cpu", dtype="bfloat16") -> Backend
 
 The registry is data: FAMILIES holds one `FamilySpec` per family (its name, the names its models answer to,
-what it serves, its detection and loading, its checkpoint presets, its benchmark script). Loading
-(`detect_family`, `load_backend`), `lastrank serve` (a checkpoint's public names), `lastrank make-checkpoint`
-(the presets) and `lastrank bench --family` (the scripts) read this table, so adding a family is one entry
-here and no edit in any of them. Nothing here imports torch: `detect` and `load` are named by module and
+what it serves, its detection and loading, its benchmark script). Loading (`detect_family`, `load_backend`),
+`lastrank serve` (a checkpoint's public names) and `lastrank bench --family` (the scripts) read this table;
+its random checkpoints (`lastrank make-checkpoint`) are lastrank/checkpoints/'s table, one floor up. So adding
+a family is one entry here (and its presets there) and no edit in any of them. Nothing here imports torch: `detect` and `load` are named by module and
 attribute and imported on their first call (as vLLM's registry does), so the CLI builds its parsers from the
 table without loading a model library.
 
@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from lastrank.errors import ModelNotAvailableError
 
@@ -46,16 +45,6 @@ class Lazy:
 
 
 @dataclass(frozen=True)
-class Preset:
-    """A random-weight checkpoint in the official layout, for tests and benchmarks (`lastrank make-checkpoint
-    --preset NAME`). Its scores mean nothing; the folder is marked as random weights."""
-
-    write: Callable[..., Path]  # (path, *, seed, dtype, model_max_length) -> the folder written
-    tiny: bool  # the test size (seconds on a CPU); False: the released model's shape, for benchmarks
-    about: str  # one line for `make-checkpoint --help`
-
-
-@dataclass(frozen=True)
 class FamilySpec:
     name: str  # the one name: `lastrank bench --family`, README's table, make-checkpoint's help, errors
     supports: str  # the folders it serves (config.json / modules.json facts), for the error when none matches
@@ -65,86 +54,10 @@ class FamilySpec:
     # name, except causal-lm, whose backends say which reranker they are (a wire change is not made here).
     reports: tuple[str, ...]
     names: tuple[str, ...] = ()  # public model names clients send in `model` (() when no one name fits)
-    presets: Mapping[str, Preset] = field(default_factory=dict)
     # benchmarks/<file> that `lastrank bench --family NAME` runs; None: no script (jina-v3's cases are
     # `lastrank bench` itself)
     bench_script: str | None = None
     aliases: tuple[str, ...] = ()  # older spellings still accepted: the module name detect_family once returned
-
-
-# ------------------------------------------------------------------------------------------ presets
-
-
-def _write_jina_v3(preset: str, path, *, seed: int = 0, dtype: str = "bfloat16", model_max_length: int = 131072):
-    from lastrank.model.checkpoint import make_checkpoint
-
-    return make_checkpoint(path, preset=preset, seed=seed, dtype=dtype, model_max_length=model_max_length)
-
-
-def _write_xlmr(preset: str, path, *, seed: int = 0, dtype: str = "bfloat16", model_max_length: int | None = None):
-    from lastrank.model.checkpoint_xlmr import make_xlmr_checkpoint
-
-    # model_max_length does not apply: the hub repo's tokenizer_config is what gets written
-    return make_xlmr_checkpoint(path, preset=preset, seed=seed, dtype=dtype)
-
-
-def _write_causal(kind: str, size: str, path, *, seed: int = 0, dtype: str = "bfloat16",
-                  model_max_length: int = 131072):
-    from lastrank.model.checkpoint_causal import make_causal_checkpoint
-
-    return make_causal_checkpoint(path, kind, size, seed=seed, dtype=dtype, model_max_length=model_max_length)
-
-
-def _write_m0(size: str, path, *, seed: int = 0, dtype: str = "bfloat16", model_max_length: int | None = None):
-    from lastrank.model.checkpoint_m0 import make_m0_checkpoint
-
-    # model_max_length does not apply: m0's limit is its own (10,240)
-    return make_m0_checkpoint(path, size, seed=seed, dtype=dtype)
-
-
-def _write_st(options: dict, path, *, seed: int = 0, dtype: str = "bfloat16", model_max_length: int | None = None):
-    from lastrank.model.checkpoint_st import make_st_checkpoint
-
-    # model_max_length does not apply: sentence_bert_config.json's max_seq_length (64) is the limit
-    return make_st_checkpoint(path, seed=seed, dtype=dtype, **options)
-
-
-def _jina_v3_presets() -> dict[str, Preset]:
-    return {"tiny": Preset(partial(_write_jina_v3, "tiny"), True, "hidden 64, 2 layers, the real vocabulary"),
-            "full": Preset(partial(_write_jina_v3, "full"), False, "jina-reranker-v3's shape (Qwen3-0.6B)")}
-
-
-def _xlmr_presets() -> dict[str, Preset]:
-    from lastrank.model.checkpoint_xlmr import PRESETS
-
-    return {name: Preset(partial(_write_xlmr, name), name.endswith("-tiny"),
-                         "hidden 32, 2 layers" if name.endswith("-tiny") else "the released shape")
-            for name in PRESETS}
-
-
-def _causal_presets() -> dict[str, Preset]:
-    from lastrank.model.checkpoint_causal import PRESETS
-
-    return {name: Preset(partial(_write_causal, kind, size), size == "tiny",
-                         f"{kind} layout, " + ("hidden 64, the real vocabulary" if size == "tiny" else "the released shape"))
-            for name, (kind, size) in PRESETS.items()}
-
-
-def _m0_presets() -> dict[str, Preset]:
-    from lastrank.model.checkpoint_m0 import PRESETS
-
-    return {name: Preset(partial(_write_m0, size), size == "tiny",
-                         "hidden 64" if size == "tiny" else "the released 2.4B shape")
-            for name, size in PRESETS.items()}
-
-
-def _st_presets() -> dict[str, Preset]:
-    return {"bi-encoder-bert-tiny": Preset(partial(_write_st, dict(backbone="bert")), True,
-                                           "sentence-transformers: BERT (all-MiniLM-L6-v2's tokenizer), mean pooling, "
-                                           "Normalize; hidden 32"),
-            "bi-encoder-qwen3-tiny": Preset(partial(_write_st, dict(backbone="qwen3", pooling="lasttoken")), True,
-                                            "sentence-transformers: Qwen3 decoder, last-token pooling, Normalize; "
-                                            "hidden 64")}
 
 
 # ------------------------------------------------------------------------------------------ the table
@@ -158,24 +71,24 @@ def _family(module: str) -> dict:
 JINA_V3 = FamilySpec(
     name="jina-v3", reports=("jina-v3",), names=("jina-reranker-v3", "jinaai/jina-reranker-v3"),
     supports='jinaai/jina-reranker-v3 (config.json architectures ["JinaForRanking"], model.safetensors, tokenizer.json)',
-    presets=_jina_v3_presets(), **_family("jina_v3"))
+    **_family("jina_v3"))
 JINA_M0 = FamilySpec(
     name="jina-m0", reports=("jina-m0",), names=("jina-reranker-m0", "jinaai/jina-reranker-m0"),
     supports='jinaai/jina-reranker-m0 (config.json architectures ["JinaVLForRanking"], model_type qwen2_vl; '
              'model.safetensors, tokenizer.json): text and image queries and documents',
-    presets=_m0_presets(), bench_script="bench_m0.py", **_family("jina_m0"))
+    bench_script="bench_m0.py", **_family("jina_m0"))
 BI_ENCODER = FamilySpec(
     name="bi-encoder", reports=("bi-encoder",),
     supports="sentence-transformers folders (modules.json: Transformer -> Pooling [-> Normalize]) over a BERT "
              "encoder or a Qwen2/Qwen3 decoder (config.json model_type \"bert\", \"qwen2\" or \"qwen3\"), e.g. "
              "sentence-transformers/all-MiniLM-L6-v2, jinaai/jina-code-embeddings-0.5b",
-    presets=_st_presets(), **_family("bi_encoder"))
+    **_family("bi_encoder"))
 CROSS_ENCODER = FamilySpec(
     name="cross-encoder", reports=("cross-encoder",),
     supports='XLM-RoBERTa cross-encoders: BAAI/bge-reranker-v2-m3 (config.json architectures '
              '["XLMRobertaForSequenceClassification"], model.safetensors) and jinaai/jina-reranker-v2-base-multilingual '
              '(the same architectures, auto_map to Jina\'s XLMRobertaFlashConfig, pytorch_model.bin); tokenizer.json',
-    presets=_xlmr_presets(), bench_script="bench_cross_encoder.py", **_family("cross_encoder"))
+    bench_script="bench_cross_encoder.py", **_family("cross_encoder"))
 CAUSAL_LM = FamilySpec(
     name="causal-lm", reports=("qwen3-reranker", "mxbai-rerank-v2"),
     supports='causal-LM rerankers: Qwen/Qwen3-Reranker-0.6B / -4B (architectures ["Qwen3ForCausalLM"], or the '
@@ -183,7 +96,7 @@ CAUSAL_LM = FamilySpec(
              '(["Qwen2ForCausalLM"]), recognised by "qwen3-reranker" / "mxbai-rerank" in the folder path or '
              'config.json _name_or_path (a plain Qwen chat model is not a reranker); model.safetensors (or an '
              'index of shards), tokenizer.json',
-    presets=_causal_presets(), bench_script="bench_causal_lm.py", **_family("causal_lm"))
+    bench_script="bench_causal_lm.py", **_family("causal_lm"))
 
 # Every family. Detection is exclusive (module docstring), so the order is only the order errors list them in.
 FAMILIES: tuple[FamilySpec, ...] = (JINA_V3, JINA_M0, BI_ENCODER, CROSS_ENCODER, CAUSAL_LM)
@@ -195,14 +108,6 @@ def family_spec(name: str) -> FamilySpec:
         if name == spec.name or name in spec.aliases:
             return spec
     raise KeyError(f"unknown family {name!r}; the families are {', '.join(s.name for s in FAMILIES)}")
-
-
-def preset(name: str) -> tuple[FamilySpec, Preset]:
-    """(the family, the preset) that `lastrank make-checkpoint --preset name` writes."""
-    for spec in FAMILIES:
-        if name in spec.presets:
-            return spec, spec.presets[name]
-    raise KeyError(f"unknown preset {name!r}")
 
 
 def known_names(family: str) -> tuple[str, ...]:

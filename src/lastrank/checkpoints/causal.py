@@ -29,6 +29,9 @@ import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from lastrank.checkpoints.jina_v3 import random_state_dict
+from lastrank.model.checkpoint import NOTICE, RANDOM_WEIGHTS_FILE, RANDOM_WEIGHTS_KEY
+
 KINDS = {
     "qwen3-reranker": ("Qwen3ForCausalLM", "qwen3", "Qwen/Qwen3-Reranker-0.6B"),
     "qwen3-reranker-seq-cls": ("Qwen3ForSequenceClassification", "qwen3", "Qwen/Qwen3-Reranker-0.6B-seq-cls"),
@@ -83,7 +86,6 @@ def make_causal_checkpoint(path: str | Path, kind: str = "qwen3-reranker", size:
     from safetensors.torch import save_file
 
     from lastrank.model.causal_lm import CausalLMForRanking
-    from lastrank.model.checkpoint import NOTICE, RANDOM_WEIGHTS_FILE, RANDOM_WEIGHTS_KEY, random_state_dict
 
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose from {sorted(KINDS)}")

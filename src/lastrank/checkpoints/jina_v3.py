@@ -1,0 +1,74 @@
+"""Random-weight checkpoints in the official jinaai/jina-reranker-v3 layout (`make_checkpoint`), and the
+random weights every writer here draws (`random_state_dict`).
+
+Their scores mean nothing. They exist so that every code path (loading, tokenizer, prompt, blocks,
+server, eval, benchmarks) can run here, where no model hub is reachable. Each folder is marked as random
+(model/checkpoint.py). torch is imported only inside the writers: `lastrank make-checkpoint --help` and
+the preset table (checkpoints/__init__.py) stay torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lastrank.model.checkpoint import NOTICE, RANDOM_WEIGHTS_FILE, RANDOM_WEIGHTS_KEY
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+def random_state_dict(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, p in model.state_dict().items():
+        if name.endswith("norm.weight") or "layernorm" in name:
+            # Around 1, but not 1: a norm applied in the wrong place must change the numbers.
+            sd[name] = 1.0 + 0.2 * torch.randn(p.shape, generator=g)
+        else:
+            sd[name] = 0.02 * torch.randn(p.shape, generator=g)
+    return sd
+
+
+def make_checkpoint(
+    path: str | Path,
+    preset: str = "tiny",
+    seed: int = 0,
+    dtype: str = "bfloat16",
+    model_max_length: int = 131072,
+    **config_overrides,
+) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    from lastrank.model.config import PRESETS
+    from lastrank.model.jina import JinaForRanking
+    from lastrank.model.tokenizer import write_jina_tokenizer
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    cfg = replace(PRESETS[preset], torch_dtype=dtype, **config_overrides)
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):
+        model = JinaForRanking(cfg)
+    sd = random_state_dict(model, seed)
+    torch_dtype = getattr(torch, dtype)
+    save_file({k: v.to(torch_dtype).contiguous() for k, v in sd.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
+    hf = cfg.to_hf_dict()
+    hf["_name_or_path"] = "jinaai/jina-reranker-v3"
+    hf[RANDOM_WEIGHTS_KEY] = True
+    hf["lastrank_notice"] = NOTICE
+    (out / "config.json").write_text(json.dumps(hf, indent=2))
+    write_jina_tokenizer(out, model_max_length=model_max_length)
+    (out / "README.md").write_text(f"# Random jina-reranker-v3-shaped checkpoint\n\n{NOTICE}.\npreset={preset} seed={seed} dtype={dtype}\n")
+    (out / RANDOM_WEIGHTS_FILE).write_text(
+        f"RANDOM WEIGHTS: this folder was written by `lastrank make-checkpoint --preset {preset} --seed {seed}`.\n"
+        f"Its weights are random numbers, not a trained model: every score it produces is meaningless.\n"
+        f"It exists so that loading, serving, evaluation and benchmarks can run without the real weights.\n")
+    return out
