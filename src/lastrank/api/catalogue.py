@@ -34,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from lastrank.api.models import ModelTable, default_served_name
 from lastrank.api.playground import content_security_policy
 from lastrank.errors import LastrankError
+from lastrank.model.checkpoint import is_random_checkpoint
 
 log = logging.getLogger("lastrank.api")
 
@@ -153,8 +154,6 @@ def _eval_report(path: Path, data: dict, table: ModelTable) -> Report:
 
 
 def _bench_report(path: Path, data: dict, table: ModelTable) -> Report:
-    from lastrank.model.checkpoint import is_random_checkpoint
-
     machine = data["machine"]
     model = data.get("model") if isinstance(data.get("model"), dict) else {}
     model_id = str(model.get("id") or machine.get("checkpoint") or "")

@@ -12,6 +12,8 @@ import ipaddress
 import os
 from dataclasses import dataclass, field, fields
 
+from lastrank.errors import InvalidRequestError
+
 # The store every command and deployment opens (cli/keys.py's --store/--db, serve, the Ray Serve config's build).
 STORE_ENV = "LASTRANK_STORE"
 DB_ENV = "LASTRANK_DB"
@@ -174,8 +176,6 @@ class ServerSettings:
     def model_prices(self) -> dict[str, float]:
         """--price as {served model name: USD per 1,000 documents}; InvalidRequestError (a ValueError) names a
         malformed entry, so `lastrank serve` says it in one line."""
-        from lastrank.errors import InvalidRequestError
-
         out = {}
         for entry in self.price:
             name, sep, value = entry.rpartition("=")

@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lastrank.errors import InvalidRequestError
+from lastrank.model.checkpoint import is_random_checkpoint
+from lastrank.model.resolve import resolve_checkpoint
 
 ORDER_CHOICES = ["given", "descending", "ascending", "random", "all"]
 TEXT_CONVENTION = 'MTEB: (title + " " + text).strip(); text.strip() without a title'
@@ -128,8 +130,6 @@ def _make_reranker(args: argparse.Namespace):
         return Client(args.server, args.api_key), {"server": args.server,
                                                    **_server_model_info(args.server, args.api_key, args.served_model)}
     from lastrank import Reranker
-    from lastrank.model.checkpoint import is_random_checkpoint
-
     reranker = Reranker(args.model, device=args.device, dtype=args.dtype)
     info = {"model_id": reranker.model_id, "path": str(reranker.path), "device": str(reranker.device),
             "dtype": str(reranker.dtype).removeprefix("torch."), "random_weights": is_random_checkpoint(reranker.path),
@@ -173,8 +173,6 @@ def _server_model_info(server: str, api_key: str | None, served_model: str | Non
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     if args.model:  # a missing folder or an offline hub id fails here, before torch is imported
-        from lastrank.model.resolve import resolve_checkpoint
-
         resolve_checkpoint(args.model)
     from lastrank.eval.measures import METRICS
     from lastrank.eval.report import RANDOM_WEIGHTS_WARNING, build_report, model_description, write_report

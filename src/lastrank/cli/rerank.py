@@ -9,6 +9,8 @@ from pathlib import Path
 
 from lastrank.cli.argtypes import device
 from lastrank.errors import InvalidRequestError
+from lastrank.model.checkpoint import NOTICE, is_random_checkpoint
+from lastrank.model.resolve import resolve_checkpoint
 from lastrank.types import check_unicode
 
 
@@ -123,8 +125,6 @@ def read_documents(source: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lastrank.model.resolve import resolve_checkpoint
-
     if (args.query is None) == (args.query_image is None):
         raise InvalidRequestError("give the query as --query TEXT or --query-image PATH (one of them)")
     if args.documents is None and not args.image:
@@ -139,8 +139,6 @@ def run(args: argparse.Namespace) -> int:
     documents = read_documents(args.documents) if args.documents is not None else []
     resolve_checkpoint(args.model)  # a missing folder or an offline hub id fails here, before torch is imported
     from lastrank import Reranker
-    from lastrank.model.checkpoint import NOTICE, is_random_checkpoint
-
     if args.chunking != "chunk" and (args.spans or args.chunk_overlap is not None or args.max_chunks_per_doc is not None):
         raise InvalidRequestError("--spans, --chunk-overlap and --max-chunks-per-doc need --chunking chunk")
     reranker = Reranker(args.model, device=args.device, dtype=args.dtype)

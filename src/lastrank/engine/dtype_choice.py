@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from lastrank.types import RerankRequest
+
 log = logging.getLogger("lastrank.dtype")
 
 CANDIDATES = ("bfloat16", "float16")  # measured against float32, in this order of preference on a tie
@@ -244,8 +246,6 @@ def speed_of(folder: Path, device) -> tuple[dict[str, float], bool]:
 
 def probe_scores(backend) -> list[float]:
     """PROBE's relevance scores, by document index."""
-    from lastrank.types import RerankRequest
-
     result = backend.rerank(RerankRequest(query=PROBE_QUERY, documents=list(PROBE_DOCUMENTS)))
     scores = [math.nan] * len(PROBE_DOCUMENTS)
     for r in result.results:

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lastrank.errors import ModelNotAvailableError
+from lastrank.model.checkpoint import is_random_checkpoint
+from lastrank.model.resolve import resolve_checkpoint
 
 
 @dataclass(frozen=True)
@@ -169,10 +171,7 @@ def load_backend(model: str | Path, device: str | None = "cpu", dtype: str | Non
     `options` go to the family's load (e.g. pack_blocks, compile for jina-v3); unknown ones are a TypeError.
     dtype "auto" (or None): the fastest type on this machine whose scores stay within a stated bound of
     float32's, measured once and cached (engine/dtype_choice.py); `backend.dtype_choice` says what and why."""
-    from lastrank.model.checkpoint import is_random_checkpoint
     from lastrank.model.loading import parse_dtype, resolve_device
-    from lastrank.model.resolve import resolve_checkpoint
-
     if path is None:
         path = resolve_checkpoint(model, revision=revision, cache_dir=cache_dir)
     spec = family_spec(family or detect_family(path))

@@ -20,8 +20,11 @@ import torch
 from torch import nn
 
 from lastrank.errors import ModelNotAvailableError
+from lastrank.model.causal_lm import checkpoint_files
 from lastrank.model.config import ModelConfig
 from lastrank.model.decoder import DecoderModel
+from lastrank.model.fast import fuse_projections
+from lastrank.model.loading import _to_device, fused_groups, read_safetensors
 
 
 class DecoderEncoder(nn.Module):
@@ -43,10 +46,6 @@ class DecoderEncoder(nn.Module):
 
 def load_decoder_encoder(folder: Path, device: torch.device, dtype: torch.dtype, fuse: bool = True) -> DecoderEncoder:
     from safetensors import safe_open
-
-    from lastrank.model.causal_lm import checkpoint_files
-    from lastrank.model.fast import fuse_projections
-    from lastrank.model.loading import _to_device, fused_groups, read_safetensors
 
     try:
         cfg = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))

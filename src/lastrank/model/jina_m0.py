@@ -27,8 +27,10 @@ import torch
 from torch import nn
 
 from lastrank.errors import ModelNotAvailableError
+from lastrank.model.causal_lm import checkpoint_files
 from lastrank.model.config import ModelConfig
 from lastrank.model.decoder import DecoderModel
+from lastrank.model.loading import _to_device, read_safetensors
 from lastrank.model.qwen2_vl import VisionConfig, VisionTransformer
 
 LOGIT_BIAS = 2.65  # official modeling.py and vLLM's jina_vl.py
@@ -161,9 +163,6 @@ def checkpoint_name(name: str) -> str | None:
 
 def load_jina_m0(path: Path, device: torch.device, dtype: torch.dtype) -> JinaM0ForRanking:
     """Strict load of a jina-reranker-m0 folder (config.json + model.safetensors or shards)."""
-    from lastrank.model.causal_lm import checkpoint_files
-    from lastrank.model.loading import _to_device, read_safetensors
-
     config = json.loads((path / "config.json").read_text())
     try:
         cfg, vision, section = m0_configs(config)

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from lastrank.errors import ModelNotAvailableError
+from lastrank.model.packaged import canonical_id, install_hint, packaged_folder
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")  # jina-reranker-v3's
 # Everything a supported family reads: configs and tokenizer files at any depth (sentence-transformers keeps
@@ -57,8 +58,6 @@ def _hub_reachable(endpoint: str, timeout_s: float = 2.0) -> bool:
 
 def resolve_checkpoint(model: str | Path, revision: str | None = None, cache_dir: str | None = None) -> Path:
     """A local folder in the official layout, or a hub id resolved through the huggingface_hub cache."""
-    from lastrank.model.packaged import canonical_id, install_hint, packaged_folder
-
     text = str(model)
     path = Path(text).expanduser()
     if path.exists():
