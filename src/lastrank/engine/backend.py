@@ -3,8 +3,10 @@
 A backend turns a `RerankRequest` into work the scheduler can interleave with other requests' work, runs
 that work on its model, and turns the outputs back into scores:
 
-    plan(request)        -> RerankPlan      tokenise, truncate, cut into blocks (pure CPU; may raise
-                                            InvalidRequestError, e.g. truncation with request.truncate=False)
+    plan(request)        -> RerankPlan      the engine's template (pure CPU): limits, no documents, the
+                                            truncate=False refusal and the Usage, once, around the hook
+    encode_request(request, limits) -> EncodedRequest   the family's part of plan: tokenise, truncate, cut
+                                                        into blocks (may raise InvalidRequestError)
     run_blocks(blocks)   -> list[outputs]   the model; blocks may come from several requests
     scores(plan, outs)   -> Scores          one relevance score (and raw score, embedding) per document
     finish(plan, outs)   -> RerankResult    scores, then `rank` (ordering, score threshold, top_n)
@@ -116,6 +118,17 @@ class RerankPlan:
 
 
 @dataclass
+class EncodedRequest:
+    """What a family's `encode_request` makes of a request (with at least one document) under its limits; `plan`
+    refuses and bills from it."""
+
+    blocks: list[Block]
+    doc_tokens: list[int]  # per document: its own tokens after truncation, as Usage.doc_tokens reports them
+    truncated: list[int]  # indices of the documents that were cut
+    query_truncated: bool = False
+
+
+@dataclass
 class Scores:
     """One entry per input document, in input order."""
 
@@ -179,8 +192,28 @@ class Backend(ABC):
         self.path = path
         self.random_weights = random_weights
 
-    @abstractmethod
-    def plan(self, request: RerankRequest) -> RerankPlan: ...
+    def plan(self, request: RerankRequest) -> RerankPlan:
+        """The one plan skeleton: the request's limits, an empty plan for no documents, the family's
+        `encode_request`, then the truncate=False refusal (`truncation_refused`) and the usage, for every family."""
+        limits = self.limits(request)
+        usage = Usage(documents=len(request.documents), max_doc_length=limits.max_doc,
+                      max_query_length=limits.max_query)
+        if not request.documents:
+            return RerankPlan(request, [], usage)
+        enc = self.encode_request(request, limits)
+        if not request.truncate and (enc.truncated or enc.query_truncated):
+            raise InvalidRequestError(truncation_refused(enc.truncated, enc.query_truncated, *limits))
+        usage.prompt_tokens = sum(b.n_tokens for b in enc.blocks)
+        usage.blocks = len(enc.blocks)
+        usage.truncated_indices = enc.truncated
+        usage.query_truncated = enc.query_truncated
+        usage.doc_tokens = enc.doc_tokens
+        return RerankPlan(request, enc.blocks, usage)
+
+    def encode_request(self, request: RerankRequest, limits: Limits) -> EncodedRequest:
+        """The family's part of `plan`: the official template and truncation under `limits`, cut into blocks.
+        Every family implements it (a wrapper that overrides `plan` need not)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither encode_request nor plan")
 
     @abstractmethod
     def run_blocks(self, blocks: list[Block]) -> list[Any]: ...

@@ -75,7 +75,8 @@ from typing import Any
 
 import numpy as np
 
-from lastrank.engine.backend import Backend, Block, Capabilities, Limits, RerankPlan, Scores, check_images
+from lastrank.engine.backend import (Backend, Block, Capabilities, EncodedRequest, Limits, RerankPlan, Scores,
+                                     check_images, name_indices)
 from lastrank.errors import InvalidRequestError
 from lastrank.types import RerankRequest, RerankResult, Usage
 
@@ -287,6 +288,9 @@ class ChunkingBackend(Backend):
     def chunk_window(self, request: RerankRequest, limits: Limits) -> int:
         return self.inner.chunk_window(request, limits)
 
+    def encode_request(self, request: RerankRequest, limits: Limits) -> EncodedRequest:
+        return self.inner.encode_request(request, limits)
+
     def warmup(self) -> None:
         self.inner.warmup()
 
@@ -299,27 +303,65 @@ class ChunkingBackend(Backend):
         check_images(request, self.inner.capabilities)  # every served / Python-API backend passes here
         if request.chunking != "chunk" or not request.documents:
             return self.inner.plan(request)
-        images = request.images or {}
         window = self._window(request)
         overlap = request.chunk_overlap if request.chunk_overlap is not None else window // OVERLAP_FRACTION
         if overlap >= window:
             raise InvalidRequestError(f"chunk_overlap ({overlap} tokens) must be smaller than the chunk window "
                                       f"({window} tokens of a document under max_doc_length)")
+        chunks, doc_chunks, capped = self._chunks(request, window, overlap)
+        if capped and not request.truncate:
+            raise InvalidRequestError(
+                f"{len(capped)} document(s) (indices {name_indices(capped)}) need more than max_chunks_per_doc="
+                f"{request.max_chunks_per_doc} chunks of {window} tokens; send truncate=true to rank only their "
+                "first chunks, or a larger max_chunks_per_doc")
+        if len(chunks) > self.max_chunks:
+            raise InvalidRequestError(
+                f"chunking this request makes {len(chunks)} chunks of up to {window} tokens, over the limit of "
+                f"{self.max_chunks} chunks per request; send fewer or shorter documents, a max_chunks_per_doc, "
+                "or a larger max_doc_length")
+        inner = self.inner.plan(self._inner_request(request, chunks))
+        iu = inner.usage
+        if not request.truncate and iu.query_truncated:
+            raise InvalidRequestError(f"the query exceeds {iu.max_query_length} tokens; send truncate=true "
+                                      "(or a shorter query) to have it truncated")
+        # A chunk the family still cut loses text: one character over the window (or no smaller window
+        # fitted), or a family whose chunk_window overstates what it keeps (flagged under the window).
+        flagged = set(iu.truncated_indices)
+        lost = {c.doc for i, c in enumerate(chunks)
+                if not c.image and (c.tokens > window or (i in flagged and c.tokens < window))}
+        tokens_run = iu.doc_tokens if len(iu.doc_tokens) == len(chunks) else [c.tokens for c in chunks]
+        usage = Usage(
+            documents=len(request.documents),
+            prompt_tokens=iu.prompt_tokens,
+            blocks=iu.blocks,
+            truncated_indices=sorted(set(capped) | lost),
+            query_truncated=iu.query_truncated,
+            doc_tokens=[int(sum(tokens_run[a:b])) for a, b in doc_chunks],
+            max_doc_length=iu.max_doc_length or window,
+            max_query_length=iu.max_query_length,
+            chunks=len(chunks),
+        )
+        return ChunkPlan(request, inner.blocks, usage, inner=inner, chunks=chunks, doc_chunks=doc_chunks)
+
+    def _chunks(self, request: RerankRequest, window: int, overlap: int
+                ) -> tuple[list[Chunk], list[tuple[int, int]], list[int]]:
+        """The request's documents cut into windows (module docstring) -> (chunks, per document its chunks
+        [a, b), the documents cut short at max_chunks_per_doc)."""
+        images = request.images or {}
         docs = list(request.documents)
         # An image document is never cut (module docstring, "Images"): no offsets, one range of no tokens.
         text_docs = [d for d in range(len(docs)) if d not in images]
         offsets: list[Offsets] = [[] for _ in docs]
         for d, offs in zip(text_docs, self._offsets([docs[d] for d in text_docs])):
             offsets[d] = offs
-
-        chunks: list[Chunk] = []
-        doc_chunks: list[tuple[int, int]] = []
-        capped: list[int] = []
         # grapheme boundaries of each document that is cut, found once (a pass over its text)
         marks = {d: grapheme_starts(docs[d]) for d in text_docs if len(offsets[d]) > window}
         ranges = [split_windows(text, offs, window, overlap, marks.get(d))
                   for d, (text, offs) in enumerate(zip(docs, offsets))]
         ranges, counts = self._fit(docs, offsets, marks, ranges, window, overlap)
+        chunks: list[Chunk] = []
+        doc_chunks: list[tuple[int, int]] = []
+        capped: list[int] = []
         for d, (text, offs, rs) in enumerate(zip(docs, offsets, ranges)):
             if d in images:
                 doc_chunks.append((len(chunks), len(chunks) + 1))
@@ -332,53 +374,22 @@ class ChunkingBackend(Backend):
             a = len(chunks)
             chunks.extend(Chunk(d, *span, n) for span, n in zip(char_spans(text, offs, rs, marks.get(d)), tokens))
             doc_chunks.append((a, len(chunks)))
-        if capped and not request.truncate:
-            shown = ", ".join(map(str, capped[:10])) + (f" and {len(capped) - 10} more" if len(capped) > 10 else "")
-            raise InvalidRequestError(
-                f"{len(capped)} document(s) (indices {shown}) need more than max_chunks_per_doc="
-                f"{request.max_chunks_per_doc} chunks of {window} tokens; send truncate=true to rank only their "
-                "first chunks, or a larger max_chunks_per_doc")
-        if len(chunks) > self.max_chunks:
-            raise InvalidRequestError(
-                f"chunking this request makes {len(chunks)} chunks of up to {window} tokens, over the limit of "
-                f"{self.max_chunks} chunks per request; send fewer or shorter documents, a max_chunks_per_doc, "
-                "or a larger max_doc_length")
+        return chunks, doc_chunks, capped
 
-        # Chunks of documents kept whole are the original strings, so a request with no long document plans
-        # (and scores) exactly as in truncate mode.
+    def _inner_request(self, request: RerankRequest, chunks: list[Chunk]) -> RerankRequest:
+        """The request the wrapped backend plans: one document per chunk. Chunks of documents kept whole are the
+        original strings, so a request with no long document plans (and scores) exactly as in truncate mode."""
+        docs = request.documents
         texts = [docs[c.doc] if (c.start, c.end) == (0, len(docs[c.doc])) else docs[c.doc][c.start:c.end]
                  for c in chunks]
-        inner_request = RerankRequest(
+        return RerankRequest(
             query=request.query, documents=texts, top_n=None, return_embeddings=request.return_embeddings,
             max_doc_length=request.max_doc_length, max_query_length=request.max_query_length,
             instruction=request.instruction,
             request_id=request.request_id, deadline=request.deadline,
-            truncate=True,  # chunks fit the window; a query that does not is refused below for truncate=False
-            images=self._chunk_images(images, chunks),
+            truncate=True,  # chunks fit the window; a query that does not is refused in plan for truncate=False
+            images=self._chunk_images(request.images or {}, chunks),
         )
-        inner = self.inner.plan(inner_request)
-        iu = inner.usage
-        if not request.truncate and iu.query_truncated:
-            raise InvalidRequestError(f"the query exceeds {iu.max_query_length} tokens; send truncate=true "
-                                      "(or a shorter query) to have it truncated")
-        # A chunk the family still cut loses text: one character over the window (or no smaller window
-        # fitted), or a family whose chunk_window overstates what it keeps (flagged under the window).
-        flagged = set(iu.truncated_indices)
-        lost = {c.doc for i, c in enumerate(chunks)
-                if not c.image and (c.tokens > window or (i in flagged and c.tokens < window))}
-        tokens_run = iu.doc_tokens if len(iu.doc_tokens) == len(chunks) else [c.tokens for c in chunks]
-        usage = Usage(
-            documents=len(docs),
-            prompt_tokens=iu.prompt_tokens,
-            blocks=iu.blocks,
-            truncated_indices=sorted(set(capped) | lost),
-            query_truncated=iu.query_truncated,
-            doc_tokens=[int(sum(tokens_run[a:b])) for a, b in doc_chunks],
-            max_doc_length=iu.max_doc_length or window,
-            max_query_length=iu.max_query_length,
-            chunks=len(chunks),
-        )
-        return ChunkPlan(request, inner.blocks, usage, inner=inner, chunks=chunks, doc_chunks=doc_chunks)
 
     @staticmethod
     def _chunk_images(images: dict, chunks: list[Chunk]) -> dict | None:

@@ -2,8 +2,9 @@
 
 Cross-encoders (XLM-R) and causal-LM rerankers (Qwen3-Reranker, mxbai-rerank-v2) differ only in how a pair
 becomes token ids (`encode_pairs`: the official template and truncation) and in the model that turns ids
-into one raw score (`score_sequences`). Planning, blocking, billing, truncation reports and the score rule
-("sigmoid": relevance_score = sigmoid(raw), engine/backend.py) are here, once.
+into one raw score (`score_sequences`). Blocking is here, once; planning, billing and the truncate=False
+refusal are the engine's plan template (engine/backend.py, around `encode_request`), as the score rule
+("sigmoid": relevance_score = sigmoid(raw)) is.
 
 A block is a run of consecutive documents of one request whose sequences add up to at most
 `max_block_tokens`; the scheduler batches blocks of several requests, and `run_blocks` hands every sequence
@@ -14,12 +15,12 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from lastrank.engine.backend import Backend, Block, Limits, RerankPlan, Scores, sigmoid, truncation_refused
-from lastrank.errors import InvalidRequestError
-from lastrank.types import RerankRequest, Usage
+from lastrank.engine.backend import Backend, Block, EncodedRequest, Limits, RerankPlan, Scores, sigmoid
+from lastrank.types import RerankRequest
 
 
 @dataclass
@@ -28,6 +29,8 @@ class PairBlock(Block):
     # Leading tokens every sequence of this block shares (the template's system turn, instruction and query
     # for causal LMs). A family may compute them once; 0: nothing shared / not used.
     prefix_len: int = 0
+    # Per sequence, what the model reads beside its ids (jina-m0: the pair's images); None: the ids only.
+    payloads: list[Any] | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -41,11 +44,15 @@ class EncodedPairs:
     truncated: list[int]  # indices of documents that were cut
     query_truncated: bool = False
     prefix_len: int = 0  # leading tokens shared by every sequence (see PairBlock.prefix_len)
+    payloads: list[Any] | None = None  # per document: what its sequence carries beside ids (PairBlock.payloads)
 
 
 def cut_blocks(sizes: list[int] | list[tuple[int, ...]], limits: int | tuple[int, ...]) -> list[list[int]]:
     """Consecutive indices grouped so each group's sizes sum to at most the limit (a larger item alone). Sizes
-    may be tuples of several measures (e.g. tokens and image patches), each summed against its own limit."""
+    may be tuples of several measures (e.g. tokens and image patches), each summed against its own limit.
+
+    The one pack-to-budget rule of the engine: a request's blocks (every family's plan) and the packed
+    forwards of a batch (cross-encoder, bi-encoder, causal LM, jina-m0, jina-v3's block packing) use it."""
     as_tuple = (lambda v: v) if isinstance(limits, tuple) else (lambda v: (v,))
     limits = as_tuple(limits)
     groups: list[list[int]] = []
@@ -70,29 +77,19 @@ class PairwiseBackend(Backend):
     def encode_pairs(self, request: RerankRequest, limits: Limits) -> EncodedPairs:
         """The official template and truncation under `limits` (self.limits(request)), for every document."""
 
-    @abstractmethod
     def score_sequences(self, sequences: list[list[int]], prefix_lens: list[int]) -> np.ndarray:
         """Raw scores (logits), one per sequence, float. `prefix_lens[i]`: leading tokens sequence i shares
-        with the others of its block (PairBlock.prefix_len), for families that compute them once."""
+        with the others of its block (PairBlock.prefix_len), for families that compute them once. Every
+        family implements it, unless it runs its blocks itself (jina-m0: its pairs carry images)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither score_sequences nor run_blocks")
 
-    def plan(self, request: RerankRequest) -> RerankPlan:
-        limits = self.limits(request)
-        max_doc, max_query = limits
-        usage = Usage(documents=len(request.documents), max_doc_length=max_doc, max_query_length=max_query)
-        if not request.documents:
-            return RerankPlan(request, [], usage)
+    def encode_request(self, request: RerankRequest, limits: Limits) -> EncodedRequest:
         enc = self.encode_pairs(request, limits)
-        if not request.truncate and (enc.truncated or enc.query_truncated):
-            raise InvalidRequestError(truncation_refused(enc.truncated, enc.query_truncated, max_doc, max_query))
         groups = cut_blocks([len(s) for s in enc.sequences], self.max_block_tokens)
-        blocks = [PairBlock(request.request_id, b, g, [enc.sequences[i] for i in g], enc.prefix_len)
+        blocks = [PairBlock(request.request_id, b, g, [enc.sequences[i] for i in g], enc.prefix_len,
+                            None if enc.payloads is None else [enc.payloads[i] for i in g])
                   for b, g in enumerate(groups)]
-        usage.prompt_tokens = sum(b.n_tokens for b in blocks)
-        usage.blocks = len(blocks)
-        usage.truncated_indices = enc.truncated
-        usage.query_truncated = enc.query_truncated
-        usage.doc_tokens = enc.doc_tokens
-        return RerankPlan(request, blocks, usage)
+        return EncodedRequest(blocks, enc.doc_tokens, enc.truncated, enc.query_truncated)
 
     def run_blocks(self, blocks: list[PairBlock]) -> list[np.ndarray]:
         """One raw-score array per block, in the order of `blocks`; every sequence goes to the model at once."""

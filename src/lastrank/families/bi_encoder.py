@@ -48,11 +48,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lastrank.engine.backend import Backend, Block, Capabilities, Limits, RerankPlan, Scores, truncation_refused
+from lastrank.engine.backend import Backend, Block, Capabilities, EncodedRequest, Limits, RerankPlan, Scores
 from lastrank.engine.pairs import cut_blocks
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.families import BI_ENCODER as SPEC, module_kind, st_modules
-from lastrank.types import RerankRequest, Usage
+from lastrank.types import RerankRequest
 
 FAMILY = SPEC.name  # Capabilities.family
 POOLING_MODES = ("mean", "cls", "lasttoken")
@@ -389,17 +389,11 @@ class BiEncoderBackend(Backend):
         prompt = len(self.tokenizer.tok.encode(doc_prompt, add_special_tokens=False).ids) if doc_prompt else 0
         return max(1, limits.max_doc - self.tokenizer.n_special - prompt)
 
-    def plan(self, request: RerankRequest) -> RerankPlan:
-        max_doc, max_query = self.limits(request)
-        usage = Usage(documents=len(request.documents), max_doc_length=max_doc, max_query_length=max_query)
-        if not request.documents:
-            return RerankPlan(request, [], usage)
+    def encode_request(self, request: RerankRequest, limits: Limits) -> EncodedRequest:
         query_prompt, doc_prompt = self.pipeline.prompts_for(request.instruction)
-        q = self.tokenizer.encode([request.query], query_prompt, max_query, "max_query_length")
-        d = self.tokenizer.encode(list(request.documents), doc_prompt, max_doc, "max_doc_length")
+        q = self.tokenizer.encode([request.query], query_prompt, limits.max_query, "max_query_length")
+        d = self.tokenizer.encode(list(request.documents), doc_prompt, limits.max_doc, "max_doc_length")
         cut = [i for i, c in enumerate(d.truncated) if c]
-        if not request.truncate and (cut or q.truncated[0]):
-            raise InvalidRequestError(truncation_refused(cut, q.truncated[0], max_doc, max_query))
         lengths = [len(s) for s in d.ids]
         lengths[0] += len(q.ids[0])  # the first block also carries the query
         include = self.pipeline.include_prompt
@@ -408,12 +402,7 @@ class BiEncoderBackend(Backend):
                              query_prompt_len=0 if include else q.prompt_len,
                              doc_prompt_len=0 if include else d.prompt_len)
                   for b, g in enumerate(cut_blocks(lengths, self.max_block_tokens))]
-        usage.prompt_tokens = sum(b.n_tokens for b in blocks)
-        usage.blocks = len(blocks)
-        usage.truncated_indices = cut
-        usage.query_truncated = q.truncated[0]
-        usage.doc_tokens = [len(s) for s in d.ids]
-        return RerankPlan(request, blocks, usage)
+        return EncodedRequest(blocks, [len(s) for s in d.ids], cut, q.truncated[0])
 
     def embed(self, sequences: list[list[int]], prompt_lens: list[int]) -> np.ndarray:
         """The pipeline's sentence embeddings, float32 [n, dim]: packed forwards of at most max_forward_tokens
@@ -421,15 +410,10 @@ class BiEncoderBackend(Backend):
         as torch.nn.functional.normalize does it. An input without tokens (an empty text, with a tokenizer
         that adds none) is a zero vector, as in sentence-transformers, and takes no forward."""
         out = np.zeros((len(sequences), self.capabilities.embedding_dim), dtype=np.float32)
-        chunk: list[int] = []
-        tokens = 0
-        for i in [i for i, s in enumerate(sequences) if s] + [None]:
-            if chunk and (i is None or tokens + len(sequences[i]) > self.max_forward_tokens):
-                out[chunk] = self._embed_packed([sequences[c] for c in chunk], [prompt_lens[c] for c in chunk])
-                chunk, tokens = [], 0
-            if i is not None:
-                chunk.append(i)
-                tokens += len(sequences[i])
+        kept = [i for i, s in enumerate(sequences) if s]
+        for group in cut_blocks([len(sequences[i]) for i in kept], self.max_forward_tokens):
+            chunk = [kept[g] for g in group]
+            out[chunk] = self._embed_packed([sequences[c] for c in chunk], [prompt_lens[c] for c in chunk])
         return out
 
     @torch.inference_mode()

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from lastrank.engine.backend import Capabilities, Limits
-from lastrank.engine.pairs import EncodedPairs, PairwiseBackend
+from lastrank.engine.pairs import EncodedPairs, PairwiseBackend, cut_blocks
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.families import CAUSAL_LM as SPEC
 from lastrank.model.causal_lm import CausalLMForRanking, load_causal_lm
@@ -180,7 +180,9 @@ class CausalLMBackend(PairwiseBackend):
         for s, p in zip(sequences, lens):
             users[tuple(s[:p])] = users.get(tuple(s[:p]), 0) + 1
         lens = [p if users[tuple(s[:p])] > 1 else 0 for s, p in zip(sequences, lens)]  # alone: nothing to share
-        raw = self.model.score_last(sequences, lens, max_tokens=self.max_forward_tokens)
+        # forwards of up to max_forward_tokens of the sequences' own tokens (a shared prefix is computed apart)
+        groups = cut_blocks([len(s) - p for s, p in zip(sequences, lens)], self.max_forward_tokens)
+        raw = self.model.score_last(sequences, lens, groups=groups)
         return raw.cpu().numpy().astype(np.float64)
 
 

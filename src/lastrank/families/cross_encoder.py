@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lastrank.engine.backend import Capabilities, Limits, truncation_refused
-from lastrank.engine.pairs import EncodedPairs, PairwiseBackend
+from lastrank.engine.backend import Capabilities, Limits
+from lastrank.engine.pairs import EncodedPairs, PairwiseBackend, cut_blocks
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.families import CROSS_ENCODER as SPEC
 from lastrank.model.xlmr import XLMRobertaForSequenceClassification, load_xlmr
@@ -171,8 +171,6 @@ class CrossEncoderBackend(PairwiseBackend):
             if nd < len(d):
                 truncated.append(i)
             query_truncated |= nq < len(query)
-        if not request.truncate and (truncated or query_truncated):
-            raise InvalidRequestError(truncation_refused(truncated, query_truncated, max_length, query_limit))
         return EncodedPairs(sequences, doc_tokens, truncated, query_truncated)
 
     def token_offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
@@ -189,15 +187,9 @@ class CrossEncoderBackend(PairwiseBackend):
 
     def score_sequences(self, sequences: list[list[int]], prefix_lens: list[int]) -> np.ndarray:
         logits = [np.zeros(0, dtype=np.float32)]  # no sequences (a request without documents): no forward
-        start = 0
         with torch.inference_mode():
-            while start < len(sequences):
-                end, tokens = start, 0
-                while end < len(sequences) and (end == start or tokens + len(sequences[end]) <= self.max_forward_tokens):
-                    tokens += len(sequences[end])
-                    end += 1
-                logits.append(self.model(sequences[start:end])[:, 0].float().cpu().numpy())
-                start = end
+            for group in cut_blocks([len(s) for s in sequences], self.max_forward_tokens):  # consecutive runs
+                logits.append(self.model([sequences[i] for i in group])[:, 0].float().cpu().numpy())
         return np.concatenate(logits).astype(np.float64)
 
 

@@ -25,19 +25,18 @@ against transformers; benchmarks/bench_m0.py times both at the real shape).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lastrank.engine.backend import Backend, Capabilities, Limits, RerankPlan, Scores, truncation_refused
-from lastrank.engine.pairs import PairBlock, cut_blocks, per_block, sigmoid_scores
+from lastrank.engine.backend import Capabilities, Limits
+from lastrank.engine.pairs import EncodedPairs, PairBlock, PairwiseBackend, cut_blocks, per_block
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.families import JINA_M0 as SPEC
 from lastrank.model.jina_m0 import IMAGE_TOKEN_ID, SCORE_TOKEN_ID, Image, JinaM0ForRanking
 from lastrank.model.qwen2_vl import ImageLimits, preprocess_image
-from lastrank.types import RerankRequest, Usage
+from lastrank.types import RerankRequest
 
 FAMILY = SPEC.name  # Capabilities.family
 MAX_LENGTH = 10240  # compute_score's max_length
@@ -55,17 +54,9 @@ def detect(config: dict, folder: Path) -> bool:
     return "JinaVLForRanking" in (config.get("architectures") or [])
 
 
-@dataclass
-class M0Block(PairBlock):
-    # per sequence: its images in prompt order (document's, then query's)
-    images: list[list[Image]] = field(default_factory=list)
-
-
-class JinaM0Backend(Backend):
-    """Pointwise like engine/pairs.py's families (its blocks and block cutting), but a pair carries images, so
-    planning and running are this family's own."""
-
-    max_block_tokens: int = 8192
+class JinaM0Backend(PairwiseBackend):
+    """A pairwise family whose pairs carry images: each sequence's payload (PairBlock.payloads) is its images in
+    prompt order (the document's, then the query's), and `run_blocks` is its own (two budgets, below)."""
 
     def __init__(self, model: JinaM0ForRanking, tokenizer, device: torch.device, *, max_forward_tokens: int = 16384,
                  max_forward_patches: int = 32768, model_id: str = "", path: Path | None = None,
@@ -123,11 +114,8 @@ class JinaM0Backend(Backend):
         n = grid[0] * grid[1] * grid[2] // self.image_limits.merge_size ** 2
         return (pixels, grid), IMAGE_PROMPT.replace(IMAGE_PAD, IMAGE_PAD * n)
 
-    def plan(self, request: RerankRequest) -> RerankPlan:
-        max_doc, max_query = self.limits(request)
-        usage = Usage(documents=len(request.documents), max_doc_length=max_doc, max_query_length=max_query)
-        if not request.documents:
-            return RerankPlan(request, [], usage)
+    def encode_pairs(self, request: RerankRequest, limits: Limits) -> EncodedPairs:
+        max_doc = limits.max_doc
         images = request.images or {}
         query_images: list[Image] = []
         query_text = request.query
@@ -165,31 +153,19 @@ class JinaM0Backend(Backend):
             sequences.append(ids + [SCORE_TOKEN_ID])
             seq_images.append(doc_images + query_images)
             doc_tokens.append(n_doc if n_doc is not None else len(self.tokenizer.encode(doc, add_special_tokens=False).ids))
-        if not request.truncate and (truncated or query_truncated):
-            raise InvalidRequestError(truncation_refused(truncated, query_truncated, max_doc, max_query))
-        groups = cut_blocks([len(s) for s in sequences], self.max_block_tokens)
-        blocks = [M0Block(request.request_id, b, g, [sequences[i] for i in g], 0, [seq_images[i] for i in g])
-                  for b, g in enumerate(groups)]
-        usage.prompt_tokens = sum(b.n_tokens for b in blocks)  # image tokens included
-        usage.blocks = len(blocks)
-        usage.truncated_indices = truncated
-        usage.query_truncated = query_truncated
-        usage.doc_tokens = doc_tokens
-        return RerankPlan(request, blocks, usage)
+        # a sequence's length (what blocks and usage count) includes its image tokens
+        return EncodedPairs(sequences, doc_tokens, truncated, query_truncated, payloads=seq_images)
 
-    def run_blocks(self, blocks: list[M0Block]) -> list[np.ndarray]:
+    def run_blocks(self, blocks: list[PairBlock]) -> list[np.ndarray]:
         """The pairs of every block, packed into forwards of up to max_forward_tokens decoder tokens (image
         tokens included) and max_forward_patches vision-encoder rows (4 per image token: what bounds the
         vision encoder's memory), a larger pair alone; images and text alike (JinaM0ForRanking.score_prompts)."""
-        items = [(s, imgs) for b in blocks for s, imgs in zip(b.sequences, b.images)]
+        items = [(s, imgs) for b in blocks for s, imgs in zip(b.sequences, b.payloads)]
         raw = np.empty(len(items), dtype=np.float64)
         sizes = [(len(s), sum(t * h * w for _, (t, h, w) in imgs)) for s, imgs in items]
         for group in cut_blocks(sizes, (self.max_forward_tokens, self.max_forward_patches)):
             raw[group] = self.model.score_prompts([items[i][0] for i in group], [items[i][1] for i in group]).cpu().numpy()
         return per_block(raw, blocks)
-
-    def scores(self, plan: RerankPlan, outputs: list[np.ndarray]) -> Scores:
-        return sigmoid_scores(plan, outputs)
 
     def warmup(self) -> None:
         import PIL.Image

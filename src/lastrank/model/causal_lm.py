@@ -59,15 +59,16 @@ class CausalLMForRanking(nn.Module):
 
     @torch.inference_mode()
     def score_last(self, sequences: list[list[int]], prefix_lens: int | list[int] = 0,
-                   max_tokens: int | None = None) -> torch.Tensor:
+                   groups: list[list[int]] | None = None) -> torch.Tensor:
         """Raw scores [n] of many sequences, packed without padding, each reading the keys and values of its
         first prefix_lens[i] tokens from a cache computed once per distinct prefix.
 
         Two kinds of forward: one packed forward of every distinct prefix (attention.PrefixCaches.fill), then the
-        sequences' own tokens, packed, up to `max_tokens` per forward, each sequence attending to its own
+        sequences' own tokens, packed into the forwards `groups` says, each sequence attending to its own
         prefix's cached rows; the last layer, final norm and head only at each sequence's last row. So the
         pairs of several requests (several prefixes) share forwards. Each sequence must be longer than its
-        prefix."""
+        prefix. `groups`: the sequence indices of each forward (the caller's packing, engine/pairs.py
+        cut_blocks); None: one forward of them all."""
         device = self.head.device
         if isinstance(prefix_lens, int):
             prefix_lens = [prefix_lens] * len(sequences)
@@ -83,22 +84,14 @@ class CausalLMForRanking(nn.Module):
         if caches:
             PrefixCaches.fill(self.model, list(caches.values()))
         out = torch.empty(len(sequences), dtype=torch.float32, device=device)
-        chunk: list[int] = []
-        tokens = 0
-        for i in list(range(len(sequences))) + [None]:
-            n = None if i is None else len(sequences[i]) - prefix_lens[i]
-            if chunk and (i is None or (max_tokens is not None and tokens + n > max_tokens)):
-                tails = [sequences[j][prefix_lens[j]:] for j in chunk]
-                seq_lens = [len(t) for t in tails]
-                ids = torch.tensor([t for tail in tails for t in tail], dtype=torch.long, device=device)
-                last_rows = torch.tensor(seq_lens, device=device).cumsum(0) - 1
-                caches_here = [per_sequence[j] for j in chunk]
-                prefix = PrefixCaches(caches_here) if any(c is not None for c in caches_here) else None
-                out[chunk] = self.raw_scores(self.model(ids, seq_lens, last_rows, prefix=prefix))
-                chunk, tokens = [], 0
-            if i is not None:
-                chunk.append(i)
-                tokens += n
+        for chunk in (groups if groups is not None else [list(range(len(sequences)))] if sequences else []):
+            tails = [sequences[j][prefix_lens[j]:] for j in chunk]
+            seq_lens = [len(t) for t in tails]
+            ids = torch.tensor([t for tail in tails for t in tail], dtype=torch.long, device=device)
+            last_rows = torch.tensor(seq_lens, device=device).cumsum(0) - 1
+            caches_here = [per_sequence[j] for j in chunk]
+            prefix = PrefixCaches(caches_here) if any(c is not None for c in caches_here) else None
+            out[chunk] = self.raw_scores(self.model(ids, seq_lens, last_rows, prefix=prefix))
         return out
 
 

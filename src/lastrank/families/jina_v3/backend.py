@@ -14,15 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lastrank.engine.backend import Backend, Block, Capabilities, RerankPlan, Scores, truncation_refused
+from lastrank.engine.backend import Backend, Block, Capabilities, EncodedRequest, Limits, RerankPlan, Scores
+from lastrank.engine.pairs import cut_blocks
 from lastrank.families import JINA_V3 as SPEC
 from lastrank.families.jina_v3.plan import split_blocks, truncate_texts
 from lastrank.families.jina_v3.prompt import PREFIX, build_prompt
-from lastrank.errors import InvalidRequestError, ModelError
+from lastrank.errors import ModelError
 from lastrank.model.attention import PrefixCache
 from lastrank.model.jina import JinaForRanking
 from lastrank.model.tokenizer import RerankTokenizer
-from lastrank.types import RerankRequest, Usage
+from lastrank.types import RerankRequest
 
 FAMILY = SPEC.name  # Capabilities.family
 # The official rerank() defaults.
@@ -102,34 +103,18 @@ class JinaV3Backend(Backend):
         return cls(model, tokenizer, device, pack_blocks=pack_blocks, model_id=model_id, path=path,
                    random_weights=random_weights, **options)
 
-    def plan(self, request: RerankRequest) -> RerankPlan:
-        max_doc, max_query = self.limits(request)
-        docs = list(request.documents)
-        if not docs:
-            return RerankPlan(request, [], Usage(max_doc_length=max_doc, max_query_length=max_query))
+    def encode_request(self, request: RerankRequest, limits: Limits) -> EncodedRequest:
         tok = self.tokenizer
-        q = truncate_texts(tok, [request.query], max_query)
-        d = truncate_texts(tok, docs, max_doc)
+        q = truncate_texts(tok, [request.query], limits.max_query)
+        d = truncate_texts(tok, list(request.documents), limits.max_doc)
         cut = [i for i, fired in enumerate(d.truncated) if fired]
-        if not request.truncate and (cut or q.truncated[0]):
-            raise InvalidRequestError(truncation_refused(cut, q.truncated[0], max_doc, max_query))
-        groups = split_blocks(d.lengths, q.lengths[0], tok.model_max_length, max_doc)
+        groups = split_blocks(d.lengths, q.lengths[0], tok.model_max_length, limits.max_doc)
         prompts = [build_prompt(q.texts[0], [d.texts[i] for i in g], request.instruction) for g in groups]
         blocks = [
             JinaBlock(request.request_id, b, g, ids)
             for b, (g, ids) in enumerate(zip(groups, tok.encode_batch(prompts)))
         ]
-        usage = Usage(
-            documents=len(docs),
-            prompt_tokens=sum(b.n_tokens for b in blocks),
-            blocks=len(blocks),
-            truncated_indices=cut,
-            query_truncated=q.truncated[0],
-            doc_tokens=d.lengths,
-            max_doc_length=max_doc,
-            max_query_length=max_query,
-        )
-        return RerankPlan(request, blocks, usage)
+        return EncodedRequest(blocks, d.lengths, cut, q.truncated[0])
 
     def token_offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
         """The tokens truncate_texts counts (the Qwen3 tokenizer on the text alone; it adds no special
@@ -140,13 +125,10 @@ class JinaV3Backend(Backend):
         """Outputs in the order of `blocks`. Blocks may come from different requests: with packing on,
         consecutive blocks share one forward (up to max_pack_tokens), each exactly as if it ran alone."""
         pack = self.pack_blocks if self.pack_blocks is not None else self.device.type == "cuda"
-        groups: list[list[JinaBlock]] = []
-        for b in blocks:
-            if pack and groups and sum(x.n_tokens for x in groups[-1]) + b.n_tokens <= self.max_pack_tokens:
-                groups[-1].append(b)
-            else:
-                groups.append([b])
-        return [out for group in groups for out in self._run_group(group)]
+        if not pack:
+            return [out for b in blocks for out in self._run_group([b])]
+        groups = cut_blocks([b.n_tokens for b in blocks], self.max_pack_tokens)
+        return [out for group in groups for out in self._run_group([blocks[i] for i in group])]
 
     def _run_group(self, group: list[JinaBlock]) -> list[BlockOutput]:
         ids = [torch.tensor(b.input_ids, dtype=torch.long, device=self.device) for b in group]
