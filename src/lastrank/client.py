@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from lastrank import errors as E
+from lastrank.images import encode_image, is_image_input
 
 _BY_TYPE: dict[str, type[E.LastrankError]] = {
     cls.type: cls
@@ -72,8 +73,6 @@ def _error_from_response(resp: httpx.Response) -> E.LastrankError:
 
 def _wire_input(value, where: str):
     """A text stays itself; an image (images.is_image_input) becomes Jina's {"image": base64} object."""
-    from lastrank.images import encode_image, is_image_input
-
     return {"image": encode_image(value, where)} if is_image_input(value) else value
 
 

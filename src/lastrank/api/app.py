@@ -53,7 +53,10 @@ from lastrank.api.catalogue import router as catalogue_router
 from lastrank.api.playground import router as playground_router
 from lastrank.api.routes import router
 from lastrank.api.settings import ServerSettings
+from lastrank.engine.chunking import ChunkingBackend
+from lastrank.engine.scheduler import Scheduler
 from lastrank.errors import InvalidRequestError, LastrankError
+from lastrank.families import known_names
 from lastrank.store.credit import to_nano
 from lastrank.types import new_request_id
 
@@ -317,9 +320,6 @@ def model_prices(settings: ServerSettings, table: ModelTable) -> dict[str, float
 def make_scheduler(backend, settings: ServerSettings, observer=None):
     """A served model's Scheduler: chunk mode for every family (a backend already wrapped, e.g. Reranker's,
     gets this server's cap) and the server's admission limits. Also what each Ray replica runs (api/ray.py)."""
-    from lastrank.engine.chunking import ChunkingBackend
-    from lastrank.engine.scheduler import Scheduler
-
     return Scheduler(ChunkingBackend(backend, max_chunks=settings.max_chunks), max_batch_tokens=settings.max_batch_tokens,
                      max_queued_tokens=settings.max_queued_tokens, max_queued_requests=settings.max_queued_requests,
                      observer=observer)
@@ -329,8 +329,6 @@ def single_model(settings: ServerSettings, *, scheduler: Any = None, backend: An
                  load: Callable[[], Any] | None = None) -> ServedModel:
     """The one served model of create_app(scheduler= | backend= | load_backend=), named from the settings:
     --served-model-name, else the family's public name, else the model id's last part."""
-    from lastrank.families import known_names
-
     if sum(x is not None for x in (scheduler, backend, load)) > 1:
         raise ValueError("pass at most one of scheduler=, backend=, load_backend= (or models=)")
     caps = scheduler.capabilities if scheduler is not None else backend.capabilities if backend is not None else None

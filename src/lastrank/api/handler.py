@@ -37,7 +37,9 @@ from lastrank.api.models import ModelTable, ServedModel
 from lastrank.api.settings import ServerSettings
 from lastrank.engine.backend import name_indices
 from lastrank.errors import InvalidRequestError, PayloadTooLargeError, PermissionDeniedError
+from lastrank.images import UrlPolicy, decode_base64, fetch_image_url, image_input, is_url
 from lastrank.store.credit import price_nano as credit_price_nano
+from lastrank.store.ledger import UsageRow
 from lastrank.types import RerankRequest, RerankResult
 
 log = logging.getLogger("lastrank.api")
@@ -198,8 +200,6 @@ def _decode_images(images: dict | None, s: ServerSettings, documents_field: str 
     does (`documents_field`: TEI's "texts")."""
     if not images:
         return None
-    from lastrank.images import UrlPolicy, decode_base64, fetch_image_url, image_input, is_url
-
     policy = UrlPolicy(tuple(s.allow_image_urls), s.allow_private_image_urls)
     out = {}
     for k, v in images.items():
@@ -316,8 +316,6 @@ def _upstream_cost(model: ServedModel, provider: str | None, documents: int) -> 
 
 def _usage_row(state: ServerState, *, request_id: str, key, model: ServedModel, route: str, dialect: str,
                result: RerankResult, latency_ms: float, price_nano: int):
-    from lastrank.store.ledger import UsageRow
-
     return UsageRow(
         request_id=request_id,
         key_id=None if key is None else key.id,
