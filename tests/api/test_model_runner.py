@@ -17,8 +17,9 @@ from lastrank.types import RankedDocument, RerankRequest, RerankResult, Usage
 
 from keyword_backend import KeywordBackend  # tests/ is on sys.path (pyproject.toml pythonpath)
 
-METHODS = ("start", "stop", "drain", "admission_error", "submit")
-DATA = ("capabilities", "running", "busy", "queued_requests", "queued_tokens", "tokens_per_second", "refused_draining")
+METHODS = ("start", "stop", "drain", "admission_error", "submit", "describe")
+DATA = ("capabilities", "running", "busy", "queued_requests", "queued_tokens", "tokens_per_second", "refused_draining",
+        "providers")
 
 
 def test_the_protocol_lists_what_api_reads():

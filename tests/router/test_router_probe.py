@@ -168,11 +168,11 @@ def test_a_probe_where_the_dialect_has_no_health_route_is_a_one_document_rerank(
     assert [(m, path) for m, path, _ in sent] == [("POST", "/v1/rerank")] * 2
     from types import SimpleNamespace
 
-    from lastrank.router.metrics import RouterCollector
+    from lastrank.api.metrics import ProviderCollector
     from lastrank.router.router import RoutedRunner
 
     served = SimpleNamespace(name="m", scheduler=RoutedRunner(ModelConfig(name="m", providers=(cfg,)), [p]))
-    [family] = [f for f in RouterCollector(lambda: [served]).collect() if f.name == "lastrank_router_provider_probes"]
+    [family] = [f for f in ProviderCollector(lambda: [served]).collect() if f.name == "lastrank_router_provider_probes"]
     assert {s.labels["result"]: s.value for s in family.samples if s.name.endswith("_total")} == {"ok": 1, "failed": 1}
     import json
 

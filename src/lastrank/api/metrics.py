@@ -16,8 +16,11 @@
 
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the route)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _DOC_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 125, 250, 500, 1000, 2500, 5000, 10000)
@@ -71,9 +74,7 @@ class Metrics:
                                               "Model throughput (the scheduler's EWMA over recent batches)", M,
                                               registry=r)
         self._models: list = []  # ServedModel entries, read at scrape
-        from lastrank.router.metrics import RouterCollector
-
-        r.register(RouterCollector(lambda: self._models))  # routed models' providers (lastrank/router); none: nothing
+        r.register(ProviderCollector(lambda: self._models))  # routed models' providers (lastrank/router); none: nothing
 
     # -------------------------------------------------------------------------- models and schedulers
 
@@ -115,3 +116,56 @@ class Metrics:
             if s.tokens_per_second is not None:
                 self.engine_tokens_per_second.labels(m.name).set(s.tokens_per_second)
         return generate_latest(self.registry)
+
+
+STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class ProviderCollector:
+    """Per-provider metrics of routed models (lastrank/router), read from each runner's `providers` at scrape
+    time; a model that is not routed has none."""
+
+    def __init__(self, models: Callable[[], Iterable]):
+        self.models = models  # -> the app's ServedModels
+
+    def describe(self):
+        return []  # nothing to declare ahead: the providers are known only once the models are attached
+
+    def collect(self):
+        labels = ["model", "provider"]
+        state = GaugeMetricFamily("lastrank_router_provider_state",
+                                  "Circuit breaker state of a routed model's provider: 0 closed, 1 half-open, 2 open",
+                                  labels=labels)
+        held = GaugeMetricFamily("lastrank_router_provider_held",
+                                 "1 while the provider's Retry-After keeps requests away from it", labels=labels)
+        in_flight = GaugeMetricFamily("lastrank_router_provider_in_flight", "Requests in flight to the provider",
+                                      labels=labels)
+        latency = GaugeMetricFamily("lastrank_router_provider_latency_seconds",
+                                    "Smoothed latency of the provider's successful answers", labels=labels)
+        answered = CounterMetricFamily("lastrank_router_provider_answered", "Requests the provider answered",
+                                       labels=labels)
+        failed = CounterMetricFamily("lastrank_router_provider_failures",
+                                     "Provider failures (connect error, timeout, 5xx, ...), each retried elsewhere",
+                                     labels=labels)
+        opened = CounterMetricFamily("lastrank_router_provider_breaker_opened", "Times the provider's breaker opened",
+                                     labels=labels)
+        probes = CounterMetricFamily("lastrank_router_provider_probes",
+                                     "Background health probes of an open remote provider, by result (ok: it "
+                                     "answered and its breaker closed; failed: still down)",
+                                     labels=[*labels, "result"])
+        for m in self.models():
+            for p in (m.scheduler.providers if m.scheduler is not None else ()):
+                values = [m.name, p.name]
+                b = p.breaker
+                state.add_metric(values, STATE_VALUE[b.state])
+                held.add_metric(values, 1 if b.clock() < b.held_until else 0)
+                in_flight.add_metric(values, p.in_flight)
+                if p.latency_s is not None:
+                    latency.add_metric(values, p.latency_s)
+                answered.add_metric(values, p.answered)
+                failed.add_metric(values, p.failed)
+                opened.add_metric(values, b.opened)
+                if getattr(p, "config", None) is not None and p.config.remote and hasattr(p, "probes"):
+                    probes.add_metric([*values, "ok"], p.probes - p.probes_failed)
+                    probes.add_metric([*values, "failed"], p.probes_failed)
+        yield from (state, held, in_flight, latency, answered, failed, opened, probes)

@@ -52,10 +52,8 @@ class ServedModel:
         # the type it runs in and, for dtype auto, why (engine/dtype_choice.py); absent until it is loaded
         choice = getattr(self.backend, "dtype_choice", None)
         dtype = {"dtype": choice.dtype, "dtype_choice": choice.as_dict()} if choice is not None else {}
-        from lastrank.router.router import RoutedRunner
-
         # a routed model (lastrank/router): its policy and each provider's health and score rule, never a key or URL
-        routed = self.scheduler.describe() if isinstance(self.scheduler, RoutedRunner) else {}
+        routed = self.scheduler.describe() if self.scheduler is not None else {}
         return {"id": self.name, "object": "model", "owned_by": "lastrank", "root": self.model_id or self.name,
                 "ready": self.ready, "random_weights": self.random_weights, **caps, **(self.card or {}), **dtype,
                 **routed,

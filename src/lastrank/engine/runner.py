@@ -28,7 +28,8 @@ Nothing in `api/` changes for it: a ServedModel holds one ModelRunner, whichever
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from lastrank.engine.backend import Capabilities
@@ -46,6 +47,14 @@ class ModelRunner(Protocol):
     queued_tokens: int | None  # tokens admitted and not yet run; None where the runner cannot see its queue
     tokens_per_second: float | None  # recent model throughput; None before the first batch or when not known
     refused_draining: int  # requests answered "shutting down" by drain(), or refused after it
+    # A routed model's upstreams (lastrank/router's providers), whose health api/metrics.py exports; () for a
+    # runner that is one model.
+    providers: Sequence[Any] = ()
+
+    def describe(self) -> dict:
+        """What /v1/models adds to this model's entry (a routed model: its policy and each provider's health,
+        never a key or URL); nothing by default."""
+        return {}
 
     @abstractmethod
     async def start(self) -> None:
