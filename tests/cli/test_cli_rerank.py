@@ -128,12 +128,13 @@ def one_error_line(capsys) -> str:
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Fails the test if a model is loaded: these errors must come before it."""
-    import lastrank.families
+    import lastrank.reranker
 
     def refuse(*a, **kw):
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr(lastrank.families, "load_backend", refuse)
+    # where Reranker looks the loader up (lastrank/reranker.py imports it by name)
+    monkeypatch.setattr(lastrank.reranker, "load_backend", refuse)
 
 
 def test_a_documents_file_that_is_not_utf8_is_one_line(tiny_checkpoint, tmp_path, capsys, no_model_load):

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import time
 
+from lastrank.api.models import ServedModel
 from lastrank.router.config import ConfigError, ModelConfig, ProviderConfig, RouterConfig, load_config, parse_config
+from lastrank.router.providers import LocalProvider, RemoteProvider
+from lastrank.router.router import RoutedRunner
 
 
 def make_provider(config: ProviderConfig, model: ModelConfig, settings=None, clock=time.monotonic):
-    from lastrank.router.providers import LocalProvider, RemoteProvider
-
     if config.remote:
         return RemoteProvider(config, model, clock=clock)
     return LocalProvider(config, model, settings, clock=clock)
@@ -24,9 +25,6 @@ def make_provider(config: ProviderConfig, model: ModelConfig, settings=None, clo
 
 def routed_models(settings, config: RouterConfig) -> list:
     """One ServedModel per [[models]] of the config, its scheduler a RoutedRunner over its providers."""
-    from lastrank.api.models import ServedModel
-    from lastrank.router.router import RoutedRunner
-
     missing = sorted({p.api_key_env for m in config.models for p in m.providers
                       if p.api_key_env is not None and not os.environ.get(p.api_key_env)})
     if missing:  # said before anything starts; the message names the variables, never a value
@@ -47,8 +45,6 @@ def preflight(models: list) -> None:
     start-up inside the server. A model with a local provider is checked when it loads (its rule comes from the
     model). Providers that do not answer are only warned about (they may come up later)."""
     import asyncio
-
-    from lastrank.router.router import RoutedRunner
 
     async def check(runner: RoutedRunner) -> None:
         remote = [p for p in runner.providers if p.config.remote]

@@ -49,6 +49,8 @@ from typing import Any
 
 import httpx
 
+from lastrank.api.app import make_scheduler
+from lastrank.api.dialects import cohere, jina, tei
 from lastrank.engine.backend import Capabilities
 from lastrank.errors import (
     DeadlineExceededError,
@@ -57,6 +59,8 @@ from lastrank.errors import (
     OverloadedError,
     PayloadTooLargeError,
 )
+from lastrank.families import detect_family, load_backend
+from lastrank.model.resolve import resolve_checkpoint
 from lastrank.router.breaker import Breaker
 from lastrank.router.config import ConfigError, ModelConfig, ProviderConfig
 from lastrank.types import RankedDocument, RerankRequest, RerankResult, TruncationReport, Usage
@@ -312,8 +316,6 @@ class RemoteProvider(Provider):
 
     def body(self, request: RerankRequest) -> dict:
         """The wire body of `request` in this provider's dialect (module docstring)."""
-        from lastrank.api.dialects import cohere, jina, tei
-
         d, model, r = self.config.dialect, self.config.model, request
         if d == "lastrank":
             wire = jina.Request(model=model, query=r.query, documents=r.documents, top_n=r.top_n,
@@ -480,10 +482,6 @@ class LocalProvider(Provider):
 
     async def start(self) -> None:
         if self.scheduler is None:
-            from lastrank.api.app import make_scheduler
-            from lastrank.families import detect_family, load_backend
-            from lastrank.model.resolve import resolve_checkpoint
-
             model_id, s = self.config.model, self.settings
             path = resolve_checkpoint(model_id)
             family = detect_family(path)
