@@ -60,7 +60,8 @@ PRESETS: dict[str, dict[str, Preset]] = {
         "tiny": Preset(partial(_write_jina_v3, "tiny"), True, "hidden 64, 2 layers, the real vocabulary"),
         "full": Preset(partial(_write_jina_v3, "full"), False, "jina-reranker-v3's shape (Qwen3-0.6B)")},
     JINA_M0.name: {
-        name: Preset(partial(_write_m0, size), size == "tiny", "hidden 64" if size == "tiny" else "the released 2.4B shape")
+        name: Preset(partial(_write_m0, size), size == "tiny",
+                     "hidden 64" if size == "tiny" else "the released 2.4B shape")
         for name, size in m0.PRESETS.items()},
     BI_ENCODER.name: {
         "bi-encoder-bert-tiny": Preset(partial(_write_st, dict(backbone="bert")), True,
@@ -75,7 +76,8 @@ PRESETS: dict[str, dict[str, Preset]] = {
         for name in xlmr.PRESETS},
     CAUSAL_LM.name: {
         name: Preset(partial(_write_causal, kind, size), size == "tiny",
-                     f"{kind} layout, " + ("hidden 64, the real vocabulary" if size == "tiny" else "the released shape"))
+                     f"{kind} layout, "
+                     + ("hidden 64, the real vocabulary" if size == "tiny" else "the released shape"))
         for name, (kind, size) in causal.PRESETS.items()},
 }
 

@@ -6,9 +6,9 @@ The registry is data: FAMILIES holds one `FamilySpec` per family (its name, the 
 what it serves, its detection and loading, its benchmark script). Loading (`detect_family`, `load_backend`),
 `lastrank serve` (a checkpoint's public names) and `lastrank bench --family` (the scripts) read this table;
 its random checkpoints (`lastrank make-checkpoint`) are lastrank/checkpoints/'s table, one floor up. So adding
-a family is one entry here (and its presets there) and no edit in any of them. Nothing here imports torch: `detect` and `load` are named by module and
-attribute and imported on their first call (as vLLM's registry does), so the CLI builds its parsers from the
-table without loading a model library.
+a family is one entry here (and its presets there) and no edit in any of them. Nothing here imports torch:
+`detect` and `load` are named by module and attribute and imported on their first call (as vLLM's registry
+does), so the CLI builds its parsers from the table without loading a model library.
 
 A family module under lastrank.families provides the two functions a spec names:
     detect(config: dict, folder: Path) -> bool     config.json (parsed; {} if absent) and the folder
