@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -20,15 +19,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from lastrank.engine.dtype_choice import cpu_info
+
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_info()[0]
 
 
 # The child: `lastrank rerank` through lastrank.cli.main, then its own CPU seconds so far (the first result is

@@ -31,6 +31,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from lastrank.engine.dtype_choice import cpu_info
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # family -> its float32 parity suite (the test files that load lastrank through Reranker / load_backend)
@@ -74,13 +76,7 @@ print(json.dumps(info))
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return cpu_info()[0]
 
 
 def junit_summary(path: Path) -> dict:

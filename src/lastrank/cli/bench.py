@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lastrank.engine.dtype_choice import cpu_info
+
 DEFAULT_FULL_CHECKPOINT = Path(tempfile.gettempdir()) / "lastrank-bench-full"
 BLOCK_CASES = ("2k", "8k")  # a single block of about this many prompt tokens (smaller with --quick)
 
@@ -631,12 +633,4 @@ def _table(rows) -> str:
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
+    return cpu_info()[0]

@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import platform
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -101,6 +102,14 @@ def fingerprint(device) -> dict:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return {"device": "cuda", "gpu": torch.cuda.get_device_name(index),
                 "capability": list(torch.cuda.get_device_capability(index)), "torch": torch.__version__}
+    name, flags = cpu_info()
+    return {"device": device.type, "cpu": name, "flags": hashlib.sha256(flags.encode()).hexdigest()[:16],
+            "torch": torch.__version__}  # device.type: "cpu", or "mps" (Apple's GPU, named by its chip)
+
+
+def cpu_info() -> tuple[str, str]:
+    """(the processor's model name, its instruction-set flags sorted and space-separated) from /proc/cpuinfo;
+    elsewhere (name from the platform module, no flags). Also what benchmarks print beside their figures."""
     name, flags = "", ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -111,11 +120,8 @@ def fingerprint(device) -> dict:
             elif key in ("flags", "Features") and not flags:  # x86, arm
                 flags = " ".join(sorted(value.split()))
     except OSError:
-        import platform
-
-        name = platform.processor() or platform.machine()
-    return {"device": device.type, "cpu": name, "flags": hashlib.sha256(flags.encode()).hexdigest()[:16],
-            "torch": torch.__version__}  # device.type: "cpu", or "mps" (Apple's GPU, named by its chip)
+        pass
+    return name or platform.processor() or platform.machine(), flags
 
 
 def _key(*parts) -> str:
