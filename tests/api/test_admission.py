@@ -178,11 +178,21 @@ def test_refusals_are_in_both_access_logs(served, saturable, caplog):
     try:
         with caplog.at_level(logging.INFO, logger="lastrank.access"):  # --access-log json
             r = httpx.post(srv.url + "/v1/rerank?x=1", content=BODY, headers={"Authorization": f"Bearer {key}"})
+
+            # The server writes its answer first and logs right after, in its own thread: the client can hold
+            # the 503 before both lines exist, so wait for them (bounded) before the handlers are removed.
+            def json_lines():
+                return [json.loads(rec.getMessage()) for rec in caplog.records if rec.name == "lastrank.access"]
+
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not (
+                    text_lines and any(x["request_id"] == r.headers.get("x-request-id") for x in json_lines())):
+                time.sleep(0.01)
+            lines = json_lines()
     finally:
         uvicorn_access.removeHandler(keep)
         uvicorn_access.setLevel(level)
     assert r.status_code == 503
-    lines = [json.loads(rec.getMessage()) for rec in caplog.records if rec.name == "lastrank.access"]
     [line] = [x for x in lines if x["request_id"] == r.headers["x-request-id"]]
     assert (line["status"], line["path"], line["key"], line["method"]) == (503, "/v1/rerank", "busy-client", "POST")
     assert any(t.endswith('"POST /v1/rerank?x=1 HTTP/1.1" 503') for t in text_lines), text_lines
