@@ -39,9 +39,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(extra: list[str], folder: Path) -> tuple[subprocess.Popen, str]:
+def start(extra: list[str], folder: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`lastrank serve` (float32, its own ledger, quiet logs) with `extra` flags on a free port, once /ready is
+    200; `env` is added to this process's environment (bench_router.py starts its router with it too)."""
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
     log = open(folder / f"serve-{port}.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "lastrank", "serve", "--port", str(port), "--dtype", "float32",
                              "--db", str(folder / f"ledger-{port}.db"), "--access-log", "off", "--log-level", "warning",

@@ -30,40 +30,12 @@ from pathlib import Path
 import httpx
 import psutil
 
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench_ray import free_port, start  # the same `lastrank serve` on a free port, waited for
 
 QUERY = "how long do fleas live"
 DOCS = ["Paris is the capital of France.", "Adult fleas live for two to three months.",
         "A flea's life cycle: egg, larva, pupa, adult.", "Tea grows on shrubs.",
         "Fleas can survive a year without a blood meal."]
-
-
-def start(args: list[str], folder: Path, env: dict) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    log = open(folder / f"serve-{port}.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "lastrank", "serve", "--port", str(port), "--dtype", "float32",
-                             "--db", str(folder / f"ledger-{port}.db"), "--access-log", "off", "--log-level",
-                             "warning", *args], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **env})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {(folder / f'serve-{port}.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError("not ready in 300 s")
 
 
 def latency(targets: dict[str, tuple[str, dict]], seconds: float) -> dict[str, list[float]]:

@@ -4,12 +4,12 @@ dialect, a charge exactly once on success, the credit back on any failure, price
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 
 import httpx
 import pytest
+
+from live_server import LiveServer
 
 NANO = 1_000_000_000
 Q = "q words"
@@ -141,33 +141,13 @@ def test_credit_granted_to_a_cached_unlimited_key_is_charged_at_once(make_client
 
 def test_a_client_that_goes_away_gets_its_credit_back(store, fake_scheduler):
     """Through a real ASGI server: the handler cancels the work on disconnect and releases the hold."""
-    import uvicorn
-
-    from lastrank.api.app import create_app
     from lastrank.api.settings import ServerSettings
 
     record, key = store.create_key("acme", credit_usd="0.00003")
-    app = create_app(ServerSettings(), store, scheduler=fake_scheduler)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-
-    def run():
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        fake_scheduler.gate = asyncio.Event()  # never set: requests wait until cancelled
-        loop.run_until_complete(server.serve(sockets=[sock]))
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.02)
+    fake_scheduler.gate = asyncio.Event()  # never set: requests wait until cancelled
+    with LiveServer(ServerSettings(), store, scheduler=fake_scheduler) as srv:
         with pytest.raises(httpx.TimeoutException):
-            httpx.post(f"http://127.0.0.1:{port}/v1/rerank", json=ROUTES[0][1], timeout=0.5,
+            httpx.post(srv.url + "/v1/rerank", json=ROUTES[0][1], timeout=0.5,
                        headers={"Authorization": f"Bearer {key}"})
         for _ in range(200):
             if fake_scheduler.cancelled and store.get_key(record.id).balance_nano_usd == 30_000:
@@ -175,9 +155,6 @@ def test_a_client_that_goes_away_gets_its_credit_back(store, fake_scheduler):
             time.sleep(0.02)
         assert len(fake_scheduler.cancelled) == 1
         assert store.get_key(record.id).balance_nano_usd == 30_000 and store.list_usage() == []
-    finally:
-        server.should_exit = True
-        t.join(10)
 
 
 def test_the_ledger_shows_the_price_charged_and_the_upstream_cost(make_client, fake_scheduler, store):
