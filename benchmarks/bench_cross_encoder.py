@@ -18,7 +18,6 @@ float32). Usage: python benchmarks/bench_cross_encoder.py --preset jina-reranker
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -27,21 +26,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lastrank.eval.data import load_dataset
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "families"))
 
 
 def trec_query(dataset: str = "trec-dl-2019", k: int = 100) -> tuple[str, list[str]]:
-    folder = ROOT / "src" / "lastrank" / "eval" / "datasets" / dataset
-    queries = {q["_id"]: q["text"] for q in map(json.loads, (folder / "queries.jsonl").read_text().splitlines())}
-    corpus = {d["_id"]: d["text"] for d in map(json.loads, (folder / "corpus.jsonl").read_text().splitlines())}
-    run: dict[str, list[str]] = {}
-    for line in (folder / "run.bm25.trec").read_text().splitlines():
-        qid, _, did, *_ = line.split()
-        run.setdefault(qid, []).append(did)
-    qid = next(iter(run))
-    return queries[qid], [corpus[d] for d in run[qid][:k]]
+    """The first query of a bundled data set and the passages of its first `k` BM25 candidates, in run order."""
+    ds = load_dataset(dataset)
+    qid = next(iter(ds.run))
+    return ds.queries[qid], [ds.corpus[c.doc_id] for c in ds.run[qid][:k]]
 
 
 def best_of(fn, repeats: int) -> tuple[float, object]:

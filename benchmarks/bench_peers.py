@@ -43,8 +43,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from lastrank.eval.data import load_dataset
+
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "src" / "lastrank" / "eval" / "datasets" / "trec-dl-2019"
 CASES = ("minilm", "bge-100", "bge-30", "bge-mixed")
 PEERS = ("lastrank-float32", "lastrank-bfloat16", "lastrank-int8", "st-float32", "st-bfloat16", "ort-float32",
          "ort-int8")
@@ -68,13 +69,10 @@ def need(module: str, pip: str, peer: str) -> None:
 # ------------------------------------------------------------------------------------------------ requests
 
 def trec() -> tuple[dict, dict, dict]:
-    queries = {q["_id"]: q["text"] for q in map(json.loads, (DATA / "queries.jsonl").read_text().splitlines())}
-    corpus = {d["_id"]: d["text"] for d in map(json.loads, (DATA / "corpus.jsonl").read_text().splitlines())}
-    run: dict[str, list[str]] = {}
-    for line in (DATA / "run.bm25.trec").read_text().splitlines():
-        qid, _, did, *_ = line.split()
-        run.setdefault(qid, []).append(did)
-    return queries, corpus, run
+    """TREC-DL-2019 as bundled: queries, the passages its BM25 run needs, and each query's candidate ids in run
+    order."""
+    ds = load_dataset("trec-dl-2019")
+    return ds.queries, ds.corpus, {qid: [c.doc_id for c in candidates] for qid, candidates in ds.run.items()}
 
 
 def mixed_documents(tokenizer, corpus_texts: list[str], n: int = 12, lo: int = 20, hi: int = 500) -> list[str]:

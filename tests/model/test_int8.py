@@ -4,9 +4,7 @@ and the real all-MiniLM-L6-v2), and every other family refuses it in one line at
 
 from __future__ import annotations
 
-import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from scipy.stats import kendalltau
 
 from lastrank import Reranker
 from lastrank.errors import ModelNotAvailableError
+from lastrank.eval.data import load_dataset
 from lastrank.model.int8 import Int8Linear, available, check_int8, is_int8
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=f"no oneDNN quantized engine: {available()}")
@@ -30,15 +29,9 @@ QUERY = "health benefits of green tea"
 
 
 def trec_query(k: int = 100) -> tuple[str, list[str]]:
-    folder = Path(__file__).resolve().parents[2] / "src" / "lastrank" / "eval" / "datasets" / "trec-dl-2019"
-    queries = {q["_id"]: q["text"] for q in map(json.loads, (folder / "queries.jsonl").read_text().splitlines())}
-    corpus = {d["_id"]: d["text"] for d in map(json.loads, (folder / "corpus.jsonl").read_text().splitlines())}
-    run: dict[str, list[str]] = {}
-    for line in (folder / "run.bm25.trec").read_text().splitlines():
-        qid, _, did, *_ = line.split()
-        run.setdefault(qid, []).append(did)
-    qid = next(iter(run))
-    return queries[qid], [corpus[d] for d in run[qid][:k]]
+    ds = load_dataset("trec-dl-2019")
+    qid = next(iter(ds.run))
+    return ds.queries[qid], [ds.corpus[c.doc_id] for c in ds.run[qid][:k]]
 
 
 def scores(reranker: Reranker, query: str, docs: list[str], key: str = "relevance_score") -> np.ndarray:
