@@ -26,7 +26,7 @@ def _check_int(name: str, value, minimum: int) -> int:
 def check_unicode(name: str, text: str) -> None:
     """A str that UTF-8 cannot encode holds an unpaired surrogate (e.g. "caf\\udce9": a file decoded with
     surrogateescape, or a JSON \\ud800 escape). No tokenizer takes one, so it is refused here, naming the
-    input, before any model work (the HTTP API says the same in api/handler.py)."""
+    input, before any model work (api/handler.py calls it first, with the field named as the wire names it)."""
     if text.isascii():
         return
     try:

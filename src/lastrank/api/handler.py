@@ -40,7 +40,7 @@ from lastrank.errors import InvalidRequestError, PayloadTooLargeError, Permissio
 from lastrank.images import UrlPolicy, decode_base64, fetch_image_url, image_input, is_url
 from lastrank.store.credit import price_nano as credit_price_nano
 from lastrank.store.ledger import UsageRow
-from lastrank.types import RerankRequest, RerankResult
+from lastrank.types import RerankRequest, RerankResult, check_unicode
 
 log = logging.getLogger("lastrank.api")
 
@@ -141,13 +141,6 @@ def pick_dialect(route_dialect, data: Any):
     return jina
 
 
-def _check_text(what: str, text: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequestError(f"{what} is not valid Unicode (it holds an unpaired surrogate escape)") from None
-
-
 def validate(t: Translated, s: ServerSettings) -> None:
     """The server's limits (characters, documents, valid Unicode). The request's own shape was checked by the
     dialect's schema, and RerankRequest checks the rest once when it is built."""
@@ -162,14 +155,15 @@ def validate(t: Translated, s: ServerSettings) -> None:
         if len(doc) > s.max_document_chars:
             raise PayloadTooLargeError(
                 f"{t.documents_field}[{i}] has {len(doc)} characters; this server accepts at most {s.max_document_chars}")
-    _check_text("query", t.query)
+    # checked here too (RerankRequest checks again) so that the message names the field as the wire does
+    check_unicode("query", t.query)
     for i, doc in enumerate(t.documents):
-        _check_text(f"{t.documents_field}[{i}]", doc)
+        check_unicode(f"{t.documents_field}[{i}]", doc)
     if t.instruction is not None:
         if len(t.instruction) > s.max_query_chars:
             raise PayloadTooLargeError(
                 f"the instruction has {len(t.instruction)} characters; this server accepts at most {s.max_query_chars}")
-        _check_text("instruction", t.instruction)
+        check_unicode("instruction", t.instruction)
 
 
 def to_request(t: Translated, s: ServerSettings, request_id: str) -> RerankRequest:
