@@ -128,11 +128,11 @@ def test_the_docs_cite_only_code_that_exists():
 
 
 def test_the_citation_check_sees_retired_names():
-    camel, dotted = cited_names("(`modeling.fuse_projections`, `RerankEngine(reuse_prefix=False)`, `fast.PrefixCache`, "
+    camel, dotted = cited_names("(`modeling.fuse_projections`, `RerankEngine(reuse_prefix=False)`, `fusion.PrefixCache`, "
                                 "`benchmarks/bench_m0.py`, `report.json`)")
-    assert camel == {"RerankEngine", "PrefixCache"} and dotted == {"modeling", "fast"}
+    assert camel == {"RerankEngine", "PrefixCache"} and dotted == {"modeling", "fusion"}
     defined, modules = _defined_names(), _module_names()
-    assert "RerankEngine" not in defined and "modeling" not in modules | defined and "fast" in modules
+    assert "RerankEngine" not in defined and "modeling" not in modules | defined and "fusion" in modules
 
 
 def test_no_install_command_needs_a_package_index_entry_for_lastrank():

@@ -2,7 +2,7 @@
 
 Qwen3 (q/k norms, no biases) is also covered end to end by test_modeling.py on the Jina checkpoints; here
 both variants are built from a bare config with random weights (biases and norms not at their defaults), so
-a bias or norm switched the wrong way changes the numbers. Then fast.py's paths (fused projections with
+a bias or norm switched the wrong way changes the numbers. Then fusion.py's paths (fused projections with
 biases, packing, a cached prefix, rows only) must equal the plain forward for the Qwen2 variant too.
 """
 
@@ -14,7 +14,7 @@ import torch
 from lastrank.model.config import ModelConfig
 from lastrank.model.decoder import DecoderModel
 from lastrank.model.attention import PrefixCache
-from lastrank.model.fast import fuse_projections
+from lastrank.model.fusion import fuse_projections
 
 ATOL = 1e-5
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -22,7 +22,7 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
 
 
 class Head(torch.nn.Module):
-    """What fast.fuse_projections expects: a module whose backbone is `.model`."""
+    """What fusion.fuse_projections expects: a module whose backbone is `.model`."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from lastrank.model.config import DOC_MARKER_ID, QUERY_MARKER_ID
 from lastrank.model.loading import load_model
 from lastrank.model.attention import apply_rope, rotate_half
-from lastrank.model.fast import fuse_projections
+from lastrank.model.fusion import fuse_projections
 
 ATOL = 1e-5
 

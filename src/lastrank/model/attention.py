@@ -8,7 +8,7 @@ beyond one whole causal sequence.
     `PrefixCaches`: one per packed sequence, so sequences of several requests (several prefixes) share a
     forward.
 decoder.py's layers call into this file and nothing here imports a layer, so the two no longer import each
-other; fast.py (fused projections, compile) builds on both. Tested equal to the plain forward in float32
+other; fusion.py (fused projections, compile) builds on both. Tested equal to the plain forward in float32
 (tests/model/test_fast_path.py, tests/families/test_jina_v3_packing.py, tests/families/test_jina_v3_prefix.py).
 """
 

@@ -25,7 +25,7 @@ from lastrank.errors import ModelNotAvailableError
 from lastrank.model.config import ModelConfig
 from lastrank.model.attention import PrefixCache, PrefixCaches
 from lastrank.model.decoder import DecoderModel
-from lastrank.model.fast import enable_compile, fuse_projections
+from lastrank.model.fusion import enable_compile, fuse_projections
 
 ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen2ForCausalLM", "Qwen3ForSequenceClassification")
 

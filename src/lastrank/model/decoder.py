@@ -8,11 +8,11 @@ to rounding. One implementation serves both, switched by the config (model/confi
   - Qwen2: q/k/v biases, no q/k norms.
 
 What is not textbook math lives beside this file: model/attention.py (RoPE, SDPA, packing several sequences
-into one forward, a cached prefix, computing the last layer at a few rows only) and model/fast.py, which
+into one forward, a cached prefix, computing the last layer at a few rows only) and model/fusion.py, which
 builds on this file (fused projection weights, the opt-in torch.compile). This file meets them at two seams
 only: the backbone's options (seq_lens, rows, prefix, on_kv) make an `attention.Packing`, and
 `Attention.forward` hands everything but "one whole sequence" to its `attend`; the projections use fused
-weights when `fast.fuse_projections` set them.
+weights when `fusion.fuse_projections` set them.
 
 Shapes: one sequence (or several packed ones) without a batch dimension: x is [T, hidden].
 """
@@ -80,7 +80,7 @@ class Attention(nn.Module):
         # Qwen3 normalises each head's q and k (over head_dim) before RoPE; Qwen2 does not.
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
-        # Set by fast.fuse_projections: the [q; k; v] rows in one matrix (and their biases).
+        # Set by fusion.fuse_projections: the [q; k; v] rows in one matrix (and their biases).
         self.qkv_weight: torch.Tensor | None = None
         self.qkv_bias: torch.Tensor | None = None
 
@@ -131,7 +131,7 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-        self.gate_up_weight: torch.Tensor | None = None  # set by fast.fuse_projections: [gate; up]
+        self.gate_up_weight: torch.Tensor | None = None  # set by fusion.fuse_projections: [gate; up]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_weight is None:
@@ -171,7 +171,7 @@ class DecoderModel(nn.Module):
                                          _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.compiled_layer = None  # set by fast.enable_compile (opt-in)
+        self.compiled_layer = None  # set by fusion.enable_compile (opt-in)
         # Qwen2-VL's multimodal RoPE sections, e.g. (16, 24, 24) (rope_cos_sin); None: plain RoPE. Set by the
         # multimodal model that owns this backbone (model/jina_m0.py), not part of ModelConfig: no text
         # checkpoint has it.
@@ -183,9 +183,9 @@ class DecoderModel(nn.Module):
                 inputs_embeds: torch.Tensor | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [T] -> final hidden states after `norm`, [T, hidden].
 
-        Called with input_ids alone, one causal sequence: HF's forward. The options are fast.py's:
+        Called with input_ids alone, one causal sequence: HF's forward. The options are attention.py's:
         seq_lens: lengths of the sequences packed in input_ids; positions restart at 0 for each and
-        attention stays inside each (fast.Packing; `attention` picks how).
+        attention stays inside each (attention.Packing; `attention` picks how).
         rows: if given, only these rows (global indices, ascending) are returned, [len(rows), hidden].
         Attention is causal, so the last layer's attention output and MLP, and the final norm, are computed
         for those rows only; every earlier layer must still run on all rows (they feed the keys/values).
@@ -223,7 +223,7 @@ class DecoderModel(nn.Module):
             layer_prefix = None if prefix is None else prefix.layer(i)
             one_sequence = packing is None or (len(packing.seq_lens) == 1 and not isinstance(layer_prefix, list))
             if self.compiled_layer is not None and i != last and on_kv is None and one_sequence:
-                x = self.compiled_layer(layer, x, cos, sin, layer_prefix)  # one sequence: fast.enable_compile
+                x = self.compiled_layer(layer, x, cos, sin, layer_prefix)  # one sequence: fusion.enable_compile
             else:
                 x = layer(x, cos, sin, packing, rows if i == last else None, layer_prefix, on_kv)
         if rows is not None and not self.layers:

@@ -7,7 +7,7 @@ jinaai/jina-code-embeddings-0.5b): the shared decoder of model/decoder.py, no he
 Checkpoint layouts: transformers' Qwen2Model / Qwen3Model names (`embed_tokens.weight`, `layers.{i}...`,
 `norm.weight`; what a sentence-transformers folder saved from the bare model holds) or the *ForCausalLM names
 (`model.` prefix; `lm_head.weight`, if present, is never read). Everything else must match exactly.
-Packing, the rows-only last layer and fused projections are model/fast.py's (one implementation for every
+Packing, the rows-only last layer and fused projections are model/fusion.py's (one implementation for every
 decoder family).
 """
 
@@ -23,12 +23,12 @@ from lastrank.errors import ModelNotAvailableError
 from lastrank.model.causal_lm import checkpoint_files
 from lastrank.model.config import ModelConfig
 from lastrank.model.decoder import DecoderModel
-from lastrank.model.fast import fuse_projections
+from lastrank.model.fusion import fuse_projections
 from lastrank.model.loading import _to_device, fused_groups, read_safetensors
 
 
 class DecoderEncoder(nn.Module):
-    """`model`: the backbone under the name fast.fuse_projections / fast.enable_compile expect."""
+    """`model`: the backbone under the name fusion.fuse_projections / fusion.enable_compile expect."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

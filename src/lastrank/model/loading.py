@@ -15,7 +15,7 @@ import torch
 
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.model.config import ModelConfig
-from lastrank.model.fast import enable_compile, fuse_projections
+from lastrank.model.fusion import enable_compile, fuse_projections
 from lastrank.model.jina import JinaForRanking
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
@@ -161,9 +161,9 @@ def load_model(path: Path, device: torch.device, dtype: torch.dtype, fuse: bool 
                compile: bool | None = None) -> JinaForRanking:
     """Strict load of the official tensor names; built on the meta device so nothing is allocated twice.
 
-    fuse: concatenate q/k/v and gate/up weights for the fast path (`fast.fuse_projections`); the reader
+    fuse: concatenate q/k/v and gate/up weights for the fast path (`fusion.fuse_projections`); the reader
     already places them side by side, so fusing copies nothing on CPU.
-    compile: opt-in torch.compile of the layers (`fast.enable_compile`); None reads the environment
+    compile: opt-in torch.compile of the layers (`fusion.enable_compile`); None reads the environment
     variable LASTRANK_COMPILE (1/true/yes). Off by default: the first compile costs tens of seconds.
     """
     cfg = ModelConfig.from_file(path / "config.json")
