@@ -6,7 +6,7 @@ vision encoder, 32 blocks of 1280, and its 28-layer Qwen2 decoder; the speed doe
 nor on what the pixels show, only on the image sizes). Timed end to end, image preprocessing and tokenisation
 included, best of --repeats after a warm-up on one small image:
 
-  reference  the official compute_score on transformers (tests/reference_m0.py: Qwen2VLForConditionalGeneration,
+  reference  the official compute_score on transformers (tests/support/reference_m0.py: Qwen2VLForConditionalGeneration,
              SDPA attention, LM head Identity, left-padded batches of 8 pairs of one (query type, document type);
              a mixed request is one call per document type, as the official API takes them).
   lastrank   Reranker(folder).rerank_request: the pairs packed without padding into forwards of up to
@@ -68,7 +68,7 @@ def main() -> int:
 
     from bench_causal_lm import best_of, report
     from bench_cross_encoder import trec_query
-    from reference_m0 import official_compute_score
+    from support.reference_m0 import official_compute_score
 
     from lastrank import Reranker
     from lastrank.checkpoints.m0 import PRESETS, make_m0_checkpoint

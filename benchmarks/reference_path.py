@@ -7,7 +7,7 @@ per-document cosines out, as the official `JinaForRanking.forward` reads them at
 It lives here, in the repository, and not in the installed package, because transformers is not a runtime
 dependency of lastrank: the `test` extra declares it (`pip install -e ".[test]"`). `lastrank bench` loads
 this file from the source checkout (or from --reference FILE) and runs without a reference, saying why,
-when the file or transformers is missing. tests/reference_impl.py is the float32 reference the parity
+when the file or transformers is missing. tests/support/reference_impl.py is the float32 reference the parity
 tests use; this one is built for speed comparisons (weights assigned from a meta-device model, so the 0.6B
 parameters are never randomly initialised first).
 """

@@ -7,7 +7,7 @@
 # Besides the Python packages of the `test` extra the suite needs two system programs, and fails (never
 # skips) without them:
 # - PostgreSQL's server binaries (initdb, pg_ctl): the PostgreSQL store's tests start a throwaway server of
-#   their own (tests/postgres_server.py); or $LASTRANK_TEST_POSTGRES_URL / $LASTRANK_TEST_PG_BINDIR;
+#   their own (tests/support/postgres_server.py); or $LASTRANK_TEST_POSTGRES_URL / $LASTRANK_TEST_PG_BINDIR;
 # - Debian's /usr/bin/chromium: the playground's browser tests (tests/e2e) drive it with Playwright, whose
 #   own browser download is not used.
 # As root (CI, a container) the missing ones are installed with apt-get; otherwise the script prints the one

@@ -6,7 +6,7 @@ import os
 import tempfile
 
 import pytest
-from device_switch import TEST_DEVICE, use_test_device
+from support.device_switch import TEST_DEVICE, use_test_device
 
 # Nothing in the suite may reach a model hub: fail fast instead of hanging on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,7 +18,7 @@ os.environ.setdefault("LASTRANK_CACHE_DIR", tempfile.mkdtemp(prefix="lastrank-te
 
 @pytest.fixture(autouse=True, scope="session")
 def _models_on_the_test_device():
-    """LASTRANK_TEST_DEVICE (tests/device_switch.py): the device every model the suite loads runs on."""
+    """LASTRANK_TEST_DEVICE (tests/support/device_switch.py): the device every model the suite loads runs on."""
     undo = use_test_device(TEST_DEVICE) if TEST_DEVICE != "cpu" else None
     yield
     if undo is not None:

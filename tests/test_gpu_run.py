@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from device_switch import use_test_device
+from support.device_switch import use_test_device
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_run.py"

@@ -1,8 +1,8 @@
 """The test suite's own rules, checked over the source (AST, no imports):
-  - the parity references (tests/reference_*.py) import nothing from lastrank, so a mistake in lastrank cannot
-    be shared by the code it is checked against;
-  - test modules reach the shared helpers at tests/ through pyproject.toml's `pythonpath`, one place, and do not
-    edit sys.path themselves."""
+  - the parity references (tests/support/reference_*.py) import nothing from lastrank, so a mistake in lastrank
+    cannot be shared by the code it is checked against;
+  - the shared helpers live in the package tests/support and are imported as `support.x`, tests/ being on sys.path
+    through pyproject.toml's `pythonpath` (one place); no test module edits sys.path itself."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import ast
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
+SUPPORT = TESTS / "support"
 
 
 def lastrank_imports(source: str) -> list[str]:
@@ -52,7 +53,7 @@ def test_the_checks_see_what_they_look_for():
 
 
 def test_the_references_import_nothing_from_lastrank():
-    references = sorted(TESTS.glob("reference_*.py"))
+    references = sorted(SUPPORT.glob("reference_*.py"))
     assert {p.name for p in references} >= {"reference_impl.py", "reference_m0.py", "reference_xlmr.py"}
     for path in references:
         assert lastrank_imports(path.read_text(encoding="utf-8")) == [], path.name
@@ -64,4 +65,4 @@ def test_no_test_module_edits_sys_path():
         rel = path.relative_to(TESTS).as_posix()
         if lines := sys_path_edits(path.read_text(encoding="utf-8")):
             edits[rel] = lines
-    assert edits == {}, "import the helpers directly: tests/ is on sys.path (pyproject.toml pythonpath)"
+    assert edits == {}, "import the helpers as support.x: tests/ is on sys.path (pyproject.toml pythonpath)"

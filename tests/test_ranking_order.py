@@ -1,11 +1,11 @@
-"""The parity tests' order check (tests/ranking_order.py) ignores the order of tied scores and still
+"""The parity tests' order check (tests/support/ranking_order.py) ignores the order of tied scores and still
 catches a real swap."""
 
 from __future__ import annotations
 
 import pytest
 
-from ranking_order import assert_order_agrees, order_violations
+from support.ranking_order import assert_order_agrees, order_violations
 
 
 def test_tied_scores_may_come_in_either_order():

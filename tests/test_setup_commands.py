@@ -167,7 +167,7 @@ def test_the_set_up_pasted_twice_names_the_server_already_running(tmp_path):
 
     from fastapi.testclient import TestClient
 
-    from keyword_backend import KeywordBackend
+    from support.keyword_backend import KeywordBackend
     from lastrank.api.app import create_app
     from lastrank.api.settings import ServerSettings
     from lastrank.store import Store

@@ -18,7 +18,7 @@ from lastrank.api.settings import ServerSettings
 from lastrank.errors import OverloadedError
 
 from conftest import FakeScheduler
-from live_server import LiveServer, read_until_closed
+from support.live_server import LiveServer, read_until_closed
 
 BODY = json.dumps({"query": "q words", "documents": ["q words here", "nothing"]}).encode()
 

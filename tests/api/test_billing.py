@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from live_server import LiveServer
+from support.live_server import LiveServer
 
 NANO = 1_000_000_000
 Q = "q words"

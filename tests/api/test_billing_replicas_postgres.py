@@ -8,9 +8,9 @@ import threading
 
 import httpx
 
-import postgres_server
+from support import postgres_server
 from lastrank.store import open_store
-from server_process import ServerProcess
+from support.server_process import ServerProcess
 
 NANO = 1_000_000_000
 QUERY = "how do solar panels turn light into electricity"

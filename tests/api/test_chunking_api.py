@@ -16,7 +16,7 @@ import pytest
 
 from lastrank.types import RerankRequest
 
-from live_server import LiveServer
+from support.live_server import LiveServer
 
 MODEL = "jina-reranker-v3"
 QUERY = "how long do fleas live"
@@ -147,7 +147,7 @@ def test_lastrank_client_chunk_mode_matches_reranker(store, tiny_reranker):
 
 
 def test_a_family_without_token_offsets_answers_chunk_mode_with_a_400(store):
-    from keyword_backend import KeywordBackend
+    from support.keyword_backend import KeywordBackend
 
     with make(store, KeywordBackend(offsets=False)) as c:
         r = c.post("/v1/rerank", json={"query": "q", "documents": ["a b", "c"], "chunking": "chunk"})

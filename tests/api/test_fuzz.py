@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from lastrank.api.settings import ServerSettings
 
-from live_server import LiveServer
+from support.live_server import LiveServer
 
 ROUTES = ["/v1/rerank", "/v2/rerank", "/rerank"]
 FIELDS = ["model", "query", "documents", "texts", "top_n", "return_documents", "rank_fields", "instruction",

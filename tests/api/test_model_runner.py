@@ -15,7 +15,7 @@ from lastrank.api.ray import ModelClient
 from lastrank.types import RankedDocument, RerankRequest, RerankResult, Usage
 
 
-from keyword_backend import KeywordBackend  # tests/ is on sys.path (pyproject.toml pythonpath)
+from support.keyword_backend import KeywordBackend  # tests/ is on sys.path (pyproject.toml pythonpath)
 
 METHODS = ("start", "stop", "drain", "admission_error", "submit", "describe")
 DATA = ("capabilities", "running", "busy", "queued_requests", "queued_tokens", "tokens_per_second", "refused_draining",

@@ -14,7 +14,7 @@ import time
 
 import httpx
 import pytest
-from server_process import ServerProcess, create_key, free_port
+from support.server_process import ServerProcess, create_key, free_port
 
 MODEL = "jina-reranker-v3"
 QUERY = "how do solar panels turn light into electricity"

@@ -18,7 +18,7 @@ import pytest
 
 from lastrank.api.settings import ServerSettings
 
-from live_server import LiveServer, read_response, read_until_closed
+from support.live_server import LiveServer, read_response, read_until_closed
 
 # The nested marker strings: the official one-pass removal assembles a new marker from each.
 NESTED = [

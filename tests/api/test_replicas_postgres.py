@@ -9,9 +9,9 @@ import time
 
 import httpx
 
-import postgres_server
+from support import postgres_server
 from lastrank.store import open_store
-from server_process import ServerProcess, create_key
+from support.server_process import ServerProcess, create_key
 from test_real_clients import DOCS, QUERY
 
 

@@ -1,5 +1,5 @@
 """Two servers (two apps, as two replicas would be) sharing one PostgreSQL store: one ledger, one set of
-rate limits, one set of refusal counts (fake scheduler; a real PostgreSQL server, tests/postgres_server.py)."""
+rate limits, one set of refusal counts (fake scheduler; a real PostgreSQL server, tests/support/postgres_server.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import pytest
 from fastapi.testclient import TestClient
 
-import postgres_server
+from support import postgres_server
 from lastrank.api.app import create_app
 from lastrank.api.settings import ServerSettings
 from lastrank.store import open_store

@@ -1,5 +1,5 @@
 """`lastrank keys ...` and `lastrank usage` through the real CLI entry point, on a SQLite file (--db) and
-on a real PostgreSQL database (--store postgresql://..., tests/postgres_server.py)."""
+on a real PostgreSQL database (--store postgresql://..., tests/support/postgres_server.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-import postgres_server
+from support import postgres_server
 from lastrank.cli import main
 from lastrank.store import Store, UsageRow, cost_for, open_store
 

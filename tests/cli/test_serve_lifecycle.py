@@ -21,7 +21,7 @@ import pytest
 
 from lastrank.cli import serve
 from lastrank.errors import LastrankError
-from server_process import free_port
+from support.server_process import free_port
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # the packaged real model (offline)
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",

@@ -1,5 +1,5 @@
 """`lastrank serve --ray`: the documented command, run as a real process that starts a local Ray cluster, two
-replicas of the real all-MiniLM-L6-v2 behind the same FastAPI app, a real PostgreSQL store (tests/postgres_server).
+replicas of the real all-MiniLM-L6-v2 behind the same FastAPI app, a real PostgreSQL store (tests/support/postgres_server).
 
 One server for the module (Ray's start-up dominates). The module checks: the answers equal the in-process
 Reranker's; domain errors raised in a replica keep their status across the hop; both replicas serve;
@@ -23,7 +23,7 @@ import time
 import httpx
 import pytest
 
-import postgres_server
+from support import postgres_server
 from lastrank.errors import DeadlineExceededError, InvalidRequestError, ModelError, OverloadedError
 from lastrank.api.ray import ModelClient, ModelReplica, ReplicaFailedError, _domain_error, deployment_name
 from lastrank.types import RerankRequest, RerankResult, Usage

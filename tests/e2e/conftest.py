@@ -1,15 +1,15 @@
 """Fixtures of the playground's browser tests: per test module, one Debian Chromium and one real `lastrank
 serve` of the real all-MiniLM-L6-v2 (keys on); pages on /playground, closed after each test. Module scope,
 not session: Playwright's sync API keeps its own event loop, which should not outlive the browser tests.
-Helpers: playground_page.py."""
+Helpers: tests/support/playground_page.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from playground_page import CHROMIUM, CHROMIUM_ARGS, Page
-from server_process import served_with_key
+from support.playground_page import CHROMIUM, CHROMIUM_ARGS, Page
+from support.server_process import served_with_key
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 

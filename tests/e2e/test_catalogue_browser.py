@@ -16,8 +16,8 @@ import json
 
 import httpx
 import pytest
-from playground_page import screenshot
-from server_process import ServerProcess
+from support.playground_page import screenshot
+from support.server_process import ServerProcess
 
 from lastrank.cli import main
 from lastrank.eval.data import BUNDLED_ROOT
@@ -158,7 +158,7 @@ timeout_s = 1
 def routed(catalogue, tmp_path_factory):
     """-> (url, key): `lastrank serve --config` with one model over two providers: the MiniLM server above
     (answering) and a port nothing listens on (its breaker starts open)."""
-    from server_process import free_port
+    from support.server_process import free_port
 
     from lastrank.store import Store
 

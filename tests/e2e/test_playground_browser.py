@@ -8,7 +8,7 @@ HTTP request with the same body. Also: the key field, API errors shown with the 
 file, a keyboard-only session (focus order, visible focus, Enter and Ctrl+Enter), a phone-width window
 without horizontal scrolling, and that the page loads nothing from anywhere but the server.
 
-Fixtures (the server, the browser, pages) in conftest.py, helpers in playground_page.py; image documents
+Fixtures (the server, the browser, pages) in conftest.py, helpers in tests/support/playground_page.py; image documents
 for a multimodal model in test_playground_images.py. Screenshots go to $LASTRANK_SCREENSHOT_DIR when set
 (docs/playground.png is one), else tmp.
 """
@@ -20,7 +20,7 @@ import shutil
 import subprocess
 
 import httpx
-from playground_page import CHROMIUM, check_against_api, enter_key, rank_and_capture, screenshot, shown_results
+from support.playground_page import CHROMIUM, check_against_api, enter_key, rank_and_capture, screenshot, shown_results
 
 QUERY = "how long do fleas live"
 DOCS = [

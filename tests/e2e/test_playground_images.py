@@ -8,7 +8,7 @@ shown are the API's, each image result shows its thumbnail), an image as the que
 keyboard), drag and drop and paste, client-side refusals (not an image, over the server's size limit) and
 the server's 4xx for an image it cannot read shown verbatim; for a text-only model no image control is
 there and the request is the text one. The scores of random weights mean nothing; only their agreement
-with the API is tested. Shared helpers: playground_page.py.
+with the API is tested. Shared helpers: tests/support/playground_page.py.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import io
 
 import httpx
 import pytest
-from playground_page import check_against_api, enter_key, rank_and_capture, screenshot, shown_results
-from server_process import served_with_key
+from support.playground_page import check_against_api, enter_key, rank_and_capture, screenshot, shown_results
+from support.server_process import served_with_key
 
 QUERY = "a red circle on white"
 TEXT_DOC = "A blue striped flag on a pole."

@@ -2,7 +2,7 @@
 
 Exact behaviour runs on the tiny Jina V3 checkpoint (float32, the real Qwen3 tokenizer). Random weights
 cannot show relevance, so "found with chunking, lost with truncation" is shown with a deterministic toy
-pointwise family (tests/keyword_backend.py: one token per word, raw score = how many query words the
+pointwise family (tests/support/keyword_backend.py: one token per word, raw score = how many query words the
 pair's document part holds), built on engine/pairs.py like the real pointwise families.
 """
 
@@ -17,7 +17,7 @@ from lastrank.engine.chunking import ChunkingBackend, ChunkPlan, boundary_rank, 
 from lastrank.errors import InvalidRequestError
 from lastrank.types import RerankRequest
 
-from keyword_backend import WORD, KeywordBackend
+from support.keyword_backend import WORD, KeywordBackend
 
 FILLER = ["The weather was mild that week.", "Shops opened late on Sundays.", "A river runs through the town.",
           "Trains were often delayed in winter.", "The library holds old maps.", "Bread is baked every morning."]

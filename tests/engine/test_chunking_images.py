@@ -158,7 +158,7 @@ def test_caps_count_an_image_as_one_chunk_and_never_cut_it(reranker):
 
 
 def test_a_text_only_family_still_refuses_images_in_chunk_mode():
-    from keyword_backend import KeywordBackend
+    from support.keyword_backend import KeywordBackend
 
     with pytest.raises(InvalidRequestError, match="ranks text only; the request has images"):
         ChunkingBackend(KeywordBackend()).plan(RerankRequest(query="q", documents=["d" * 50], chunking="chunk",

@@ -13,7 +13,7 @@ from lastrank.eval.long import load_any_dataset, long_variant, make_long
 from lastrank.eval.run import ResultCache, evaluate_first_stage, run_orders
 from lastrank.types import RerankRequest
 
-from keyword_backend import KeywordBackend
+from support.keyword_backend import KeywordBackend
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_pages_hold_their_passage_among_unrelated_ones_deterministically(base):
 
 
 class ToyReranker:
-    """Reranker.rerank over the keyword toy family (tests/keyword_backend.py), with chunk mode."""
+    """Reranker.rerank over the keyword toy family (tests/support/keyword_backend.py), with chunk mode."""
 
     def __init__(self, max_doc_length):
         self.backend = ChunkingBackend(KeywordBackend(max_doc_length=max_doc_length))

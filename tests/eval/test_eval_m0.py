@@ -11,7 +11,7 @@ import json
 import ir_measures
 import pytest
 from ir_measures import nDCG
-from server_process import served_with_key
+from support.server_process import served_with_key
 
 from lastrank.cli import main
 

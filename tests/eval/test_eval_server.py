@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from server_process import served_with_key
+from support.server_process import served_with_key
 
 from lastrank.cli import main
 

@@ -20,7 +20,7 @@ from lastrank.families import BI_ENCODER, detect_family, load_backend
 from lastrank.checkpoints.st import make_st_checkpoint
 from lastrank.types import RerankRequest
 
-from ranking_order import assert_order_agrees
+from support.ranking_order import assert_order_agrees
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 QUERY = "How long do fleas live?"

@@ -10,7 +10,7 @@ References, sharing no code with lastrank:
     else (tokenisation of each piece, the query cap, the document limit, the template, padding, the forward,
     logit("1") - logit("0")) is the package's code.
 float32 on both sides: raw scores and relevance scores within 1e-5, the same order wherever the reference's
-scores differ by more than that (tests/ranking_order.py), and the same token ids.
+scores differ by more than that (tests/support/ranking_order.py), and the same token ids.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from lastrank.families.causal_lm import detect
 from lastrank.checkpoints.causal import make_causal_checkpoint
 from lastrank.types import RerankRequest
 
-from ranking_order import assert_order_agrees
+from support.ranking_order import assert_order_agrees
 
 ATOL = 1e-5
 

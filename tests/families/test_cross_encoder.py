@@ -29,8 +29,8 @@ from lastrank.families import detect_family
 from lastrank.families.cross_encoder import longest_first_lengths
 from lastrank.checkpoints.xlmr import make_xlmr_checkpoint
 
-from ranking_order import assert_order_agrees
-from reference_xlmr import padded_logits, transformers_model
+from support.ranking_order import assert_order_agrees
+from support.reference_xlmr import padded_logits, transformers_model
 
 ATOL = 1e-5
 QUERY = "What are the health benefits of green tea?"

@@ -1,6 +1,6 @@
 """jina-reranker-m0 (families/jina_m0.py) against the official compute_score, on a tiny random checkpoint.
 
-The reference is the official modeling.py's compute_score, step by step, on transformers (tests/reference_m0.py:
+The reference is the official modeling.py's compute_score, step by step, on transformers (tests/support/reference_m0.py:
 its prompt, truncation, processor steps, left-padded batches of one (query type, document type), the head and
 sigmoid(logit - 2.65)). lastrank must give the same relevance scores within 1e-5 and the same order.
 """
@@ -17,9 +17,9 @@ from lastrank.errors import InvalidRequestError
 from lastrank.checkpoints.m0 import make_m0_checkpoint
 from lastrank.types import RerankRequest
 
-from keyword_backend import KeywordBackend
-from ranking_order import assert_order_agrees
-from reference_m0 import official_compute_score
+from support.keyword_backend import KeywordBackend
+from support.ranking_order import assert_order_agrees
+from support.reference_m0 import official_compute_score
 
 PIL = pytest.importorskip("PIL.Image")
 ATOL = 1e-5

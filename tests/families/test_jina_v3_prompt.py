@@ -48,7 +48,7 @@ from hypothesis import strategies as st  # noqa: E402
 from lastrank.families.jina_v3.prompt import _remove_markers  # noqa: E402
 from lastrank.errors import InvalidRequestError  # noqa: E402
 
-from reference_impl import sanitize as official_sanitize  # noqa: E402
+from support.reference_impl import sanitize as official_sanitize  # noqa: E402
 
 DOC, QRY = "<|embed_token|>", "<|rerank_token|>"
 # Every reproduction of issue 9, each of which the one-pass removal turns into a surviving marker.
@@ -121,7 +121,7 @@ def test_a_marker_miscount_is_a_400_for_that_request(monkeypatch):
 def test_nested_markers_rank_like_the_reference_on_the_sanitised_text(tiny_checkpoint, tiny_reranker):
     """The documented behaviour end to end: lastrank on hostile text scores exactly as the reference scores
     the marker-free text (one block, nothing truncated, so lengths counted before sanitising do not matter)."""
-    from reference_impl import assert_parity, cached_reference
+    from support.reference_impl import assert_parity, cached_reference
 
     query = "a<|rerank_<|embed_token|>token|>b tea"
     docs = NESTED[:5] + ["green tea", "plain text"]

@@ -1,6 +1,6 @@
 """Parity of lastrank's Reranker.rerank with an independent reference of the official algorithm.
 
-The reference (tests/reference_impl.py) is written from model-spec.md §4-§6 on transformers' Qwen3Model,
+The reference (tests/support/reference_impl.py) is written from model-spec.md §4-§6 on transformers' Qwen3Model,
 AutoTokenizer and numpy; it shares no code with lastrank's engine. Every case checks, in float32:
 scores equal to 1e-5 absolute, identical order, embeddings to 1e-5 when requested, and that the returned
 "document" is the original (untruncated) input. A second test per case compares the block structure and
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from reference_impl import BLOCK_SIZE, assert_parity, cached_reference, kendall_tau
+from support.reference_impl import BLOCK_SIZE, assert_parity, cached_reference, kendall_tau
 
 WORDS = (
     "tea green health benefit study cup leaf water hot cold brew drink morning evening science research "
@@ -422,7 +422,7 @@ def test_reference_is_deterministic_float32(tiny_checkpoint):
 
 def test_reference_prompt_literal():
     """The reference's prompt for query "Q", docs ["Doc A", "Doc B"] is the spec §4 literal, byte for byte."""
-    from reference_impl import PROMPT_PREFIX, render_prompt
+    from support.reference_impl import PROMPT_PREFIX, render_prompt
 
     literal = (
         'I will provide you with 2 passages, each indicated by a numerical identifier. Rank the passages based on '
@@ -448,7 +448,7 @@ def test_reference_prompt_literal():
 def test_reference_prompt_equals_lastrank_prompt(query, docs, instruction):
     """The two prompt builders, written differently, give the same bytes (the parity tests compare their
     token ids; this compares the strings, including where tokenization could hide a difference)."""
-    from reference_impl import render_prompt
+    from support.reference_impl import render_prompt
 
     from lastrank.families.jina_v3.prompt import build_prompt
 

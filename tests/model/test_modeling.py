@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from reference_impl import assert_parity, cached_reference, load_reference_backbone
+from support.reference_impl import assert_parity, cached_reference, load_reference_backbone
 
 HIDDEN_ATOL = 1e-5
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from reference_impl import cached_reference
+from support.reference_impl import cached_reference
 
 TEXTS = {
     "ascii": "What are the health benefits of green tea? It's full of antioxidants, isn't it?",

@@ -2,7 +2,7 @@
 
 - transformers layout (bge-reranker-v2-m3): transformers' XLMRobertaForSequenceClassification loading the same
   folder, on a padded batch.
-- flash layout (jina-reranker-v2): (a) a port of the official remote code's forward (tests/reference_xlmr.py),
+- flash layout (jina-reranker-v2): (a) a port of the official remote code's forward (tests/support/reference_xlmr.py),
   and (b) transformers' XLM-R with the flash tensors renamed onto its names (Wqkv split into query/key/value).
   (a) == (b) is the proof that the two layouts are the same network; lastrank == both.
 - the packed forward (all sequences in one token axis) against one forward per sequence.
@@ -18,7 +18,7 @@ from lastrank.errors import ModelNotAvailableError
 from lastrank.checkpoints.xlmr import make_xlmr_checkpoint
 from lastrank.model.xlmr import Packing, load_xlmr
 
-from reference_xlmr import flash_state, official_flash_forward, padded, padded_logits, transformers_model
+from support.reference_xlmr import flash_state, official_flash_forward, padded, padded_logits, transformers_model
 
 ATOL = 1e-5
 

@@ -10,7 +10,7 @@ import threading
 import time
 
 from fastapi import FastAPI
-from server_process import free_port
+from support.server_process import free_port
 
 SECRET = "sk-do-not-echo-4242"
 

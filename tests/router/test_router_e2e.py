@@ -24,7 +24,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from server_process import ServerProcess, free_port
+from support.server_process import ServerProcess, free_port
 
 COOLDOWN_S = 10.0  # the breaker's: longer than any "still open" check window (a few requests) under load
 HOLD_S = 10  # the fake's Retry-After on a 429: likewise

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from server_process import free_port
+from support.server_process import free_port
 
 from lastrank.router import parse_config
 from lastrank.router.config import ModelConfig, ProviderConfig

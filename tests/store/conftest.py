@@ -1,11 +1,11 @@
 """The store's contract tests run against both backends: every test taking `store` or `target` runs once on
-a SQLite file and once on a fresh database of a real PostgreSQL server (tests/postgres_server.py)."""
+a SQLite file and once on a fresh database of a real PostgreSQL server (tests/support/postgres_server.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-import postgres_server
+from support import postgres_server
 from lastrank.store import open_store
 
 

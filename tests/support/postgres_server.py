@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from server_process import free_port
+from support.server_process import free_port
 
 URL_ENV = "LASTRANK_TEST_POSTGRES_URL"
 BINDIR_ENV = "LASTRANK_TEST_PG_BINDIR"

@@ -1,7 +1,7 @@
 """A real uvicorn server in a thread, for API tests that need real sockets (pipelining, stalls, concurrency).
 
 It runs the same HTTP protocol `lastrank serve` runs (api.app.http_protocol: header timeout, connection
-cap), on 127.0.0.1 and a free port. Imported by test modules (tests/api is put on sys.path by them).
+cap), on 127.0.0.1 and a free port.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ranking_order import order_violations
+from support.ranking_order import order_violations
 
 DOC_MARKER = "<|embed_token|>"
 QUERY_MARKER = "<|rerank_token|>"
@@ -273,7 +273,7 @@ def assert_parity(got: list[dict], want: list[dict], documents: list, *, embeddi
         f"(reference {want_scores[worst]:.8f}, lastrank {got_by_index.get(want_idx[worst])})"
     )
     # The order, wherever the reference's scores differ by more than atol (tied ones may come either way:
-    # tests/ranking_order.py says why).
+    # tests/support/ranking_order.py says why).
     by_index = np.full(len(documents), np.nan)
     by_index[want_idx] = want_scores
     bad = order_violations(got_idx, by_index, atol)
