@@ -1,6 +1,6 @@
 """The test suite's own rules, checked over the source (AST, no imports):
-  - the parity references (tests/support/reference_*.py) import nothing from lastrank, so a mistake in lastrank
-    cannot be shared by the code it is checked against;
+  - the parity references (tests/support/reference_*.py) import nothing from lastrank, directly or through the
+    support modules they import, so a mistake in lastrank cannot be shared by the code it is checked against;
   - the shared helpers live in the package tests/support and are imported as `support.x`, tests/ being on sys.path
     through pyproject.toml's `pythonpath` (one place); no test module edits sys.path itself."""
 
@@ -13,20 +13,42 @@ TESTS = Path(__file__).resolve().parent
 SUPPORT = TESTS / "support"
 
 
-def lastrank_imports(source: str) -> list[str]:
-    """Every module of lastrank the source imports: import statements at any depth, and importlib.import_module /
-    __import__ calls with a literal name."""
+def imported_modules(source: str, module: str = "", names: bool = False) -> list[str]:
+    """Every module the source (the module named `module`) imports: import statements at any depth, a relative
+    one resolved against `module`, and importlib.import_module / __import__ calls with a literal name. With
+    `names`, `from x import y` gives x.y too (y may be a module)."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.append(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join([*module.split(".")[:-node.level], *([node.module] if node.module else [])]) \
+                if node.level else node.module
+            found += [base, *(f"{base}.{a.name}" for a in node.names if names)]
         elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
             name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
             if name in ("import_module", "__import__") and isinstance(node.args[0].value, str):
                 found.append(node.args[0].value)
-    return sorted(m for m in found if m == "lastrank" or m.startswith("lastrank."))
+    return sorted(set(found))
+
+
+def lastrank_imports(source: str, module: str = "") -> list[str]:
+    """Every module of lastrank the source imports."""
+    return [m for m in imported_modules(source, module) if m == "lastrank" or m.startswith("lastrank.")]
+
+
+def support_closure(path: Path) -> list[Path]:
+    """`path` and every module of tests/support it imports, directly or through another support module."""
+    seen, todo = set(), [path]
+    while todo:
+        current = todo.pop()
+        if current not in seen:
+            seen.add(current)
+            for name in imported_modules(current.read_text(encoding="utf-8"), f"support.{current.stem}", names=True):
+                parts = name.split(".")
+                if parts[0] == "support" and len(parts) > 1 and (SUPPORT / f"{parts[1]}.py").exists():
+                    todo.append(SUPPORT / f"{parts[1]}.py")
+    return sorted(seen)
 
 
 def sys_path_edits(source: str) -> list[int]:
@@ -49,14 +71,34 @@ def test_the_checks_see_what_they_look_for():
                             "def f():\n    import importlib\n    importlib.import_module('lastrank.errors')\n") == \
         ["lastrank.errors", "lastrank.model", "lastrank.types"]
     assert lastrank_imports("import lastrankish\nfrom transformers import AutoModel\n") == []
+    assert lastrank_imports("from .. import x\nfrom .y import z\n", "lastrank.api.app") == ["lastrank", "lastrank.api.y"]
     assert sys_path_edits("import sys\nsys.path.insert(0, 'x')\nsys.path += ['y']\nprint(sys.path)\n") == [2, 3]
 
 
 def test_the_references_import_nothing_from_lastrank():
+    """Directly, or through a support module they import (reference_impl.py uses ranking_order.py)."""
     references = sorted(SUPPORT.glob("reference_*.py"))
     assert {p.name for p in references} >= {"reference_impl.py", "reference_m0.py", "reference_xlmr.py"}
-    for path in references:
-        assert lastrank_imports(path.read_text(encoding="utf-8")) == [], path.name
+    for reference in references:
+        for path in support_closure(reference):
+            found = lastrank_imports(path.read_text(encoding="utf-8"), f"support.{path.stem}")
+            assert found == [], f"{reference.name} via {path.name}"
+
+
+def test_the_closure_follows_the_support_modules_a_reference_imports():
+    assert [p.name for p in support_closure(SUPPORT / "reference_impl.py")] == \
+        ["ranking_order.py", "reference_impl.py"]
+    assert imported_modules("from . import ranking_order\nfrom .server_process import free_port\n",
+                            "support.postgres_server", names=True) == \
+        ["support", "support.ranking_order", "support.server_process", "support.server_process.free_port"]
+
+
+def test_the_shared_helpers_live_in_tests_support():
+    """A test folder holds test modules and its conftest.py only: what more than one test needs is a module of
+    tests/support, imported as `from support.<module> import ...`."""
+    loose = [p.relative_to(TESTS).as_posix() for p in TESTS.rglob("*.py")
+             if SUPPORT not in p.parents and not (p.name.startswith("test_") or p.name == "conftest.py")]
+    assert loose == [], "move them to tests/support"
 
 
 def test_no_test_module_edits_sys_path():
