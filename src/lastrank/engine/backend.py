@@ -246,8 +246,14 @@ class Backend(ABC):
         return self.finish(plan, self.run_blocks(plan.blocks))
 
     def warmup(self) -> None:
-        """One small request through every code path, so the first client does not pay for lazy set-up."""
-        self.rerank(RerankRequest(query="warm up", documents=["a short passage", "another passage"]))
+        """One small request through every code path (an image document too, for a model that reads images), so
+        the first client does not pay for lazy set-up."""
+        images = None
+        if self.capabilities.images:
+            import PIL.Image  # only image models pay for it
+
+            images = {1: PIL.Image.new("RGB", (56, 56), (128, 128, 128))}
+        self.rerank(RerankRequest(query="warm up", documents=["a short passage", "another passage"], images=images))
 
 
 def check_images(request: RerankRequest, capabilities: Capabilities) -> None:

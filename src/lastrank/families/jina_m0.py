@@ -1,26 +1,23 @@
 """jina-reranker-m0: multimodal pointwise reranker (Qwen2-VL-2B + score head); query and documents may be images.
 
-Everything below follows the official modeling.py (`JinaVLForRanking.compute_score`, `formatting_prompts_func`):
-  - prompt: `**Document**:\\n{document}\\n**Query**:\\n{query}`, where an image query or document is
-    `<|vision_start|><|image_pad|><|vision_end|>`; the processor expands <|image_pad|> to one token per merged
-    patch of the image's grid (t*h*w / 4); the prompt is tokenised as one string (no special tokens added);
-    token id 100 is appended (the official score token), and the score is read there (model/jina_m0.py);
-  - images: preprocessed as the official processor with compute_score's min_pixels=3136, max_pixels=602112
-    (model/qwen2_vl.py), so an image is 4 to 768 tokens;
+As the official modeling.py (`JinaVLForRanking.compute_score`, `formatting_prompts_func`):
+  - prompt: `**Document**:\\n{document}\\n**Query**:\\n{query}`, an image being
+    `<|vision_start|><|image_pad|><|vision_end|>` with <|image_pad|> expanded to one token per merged patch of
+    its grid (t*h*w / 4; 4 to 768 tokens, preprocessed as compute_score's processor: model/qwen2_vl.py), tokenised
+    as one string (no special tokens), then the score token (id 100), where the score is read (model/jina_m0.py:
+    raw_score = logit - 2.65; its one sigmoid, the engine's "sigmoid" rule, is the official score);
   - truncation: max_length 10,240; max_query_length (default 512) only sets the default document limit
     max_doc_length = max(max_length - max_query_length, max_query_length), and their sum must not pass
     max_length (the official assert: a 400 here). A text document of max_doc_length tokens or more is cut to
     max_doc_length tokens and decoded back to text (the official "TEMP FIX"); then the whole prompt is cut
-    from the right to max_length - 1 tokens (the processor's truncation) before the score token. That last
-    cut can only reach the query (it comes last); a cut that would reach an image's tokens is refused (400)
-    instead of feeding the model a broken image.
-  - score: raw_score = logit - 2.65, relevance_score = sigmoid(raw) = the official score (one sigmoid, the
-    engine's "sigmoid" rule).
-Differences from the official batched forward: none in the math; pairs run unpadded, packed into forwards
-of up to max_forward_tokens tokens and max_forward_patches vision patches whatever their types (the official code runs one (query type, document
-type) at a time, left-padded, batches of 8), with every image of a forward in one vision-encoder call; in
-float32 this matches the official left-padded batch to rounding (tests/families/test_jina_m0.py checks
-against transformers; benchmarks/bench_m0.py times both at the real shape).
+    from the right to max_length - 1 tokens (the processor's truncation) before the score token. That cut
+    reaches the query first (it comes last); one that would reach an image's tokens is refused (400) instead
+    of feeding the model a broken image.
+Differences from the official batched forward: none in the math. The official code runs one (query type,
+document type) at a time, left-padded, in batches of 8; here pairs of any types run unpadded, packed into
+forwards of up to max_forward_tokens tokens and max_forward_patches vision patches, with every image of a
+forward in one vision-encoder call. In float32 this matches the official batch to rounding
+(tests/families/test_jina_m0.py checks against transformers; benchmarks/bench_m0.py times both at the real shape).
 """
 
 from __future__ import annotations
@@ -101,60 +98,44 @@ class JinaM0Backend(PairwiseBackend):
                                       f"{MAX_LENGTH} for this model")
         return Limits(max_doc, max_query)
 
-    def chunk_window(self, request: RerankRequest, limits: Limits) -> int:
-        """Chunk mode: a window is the document limit compute_score derives (from max_query_length too)."""
-        return limits.max_doc
-
-    def prepare(self, image) -> tuple[Image, str]:
-        """-> (pixels and grid, the prompt text of this image with its <|image_pad|> run expanded)."""
+    def image(self, image) -> tuple[str, list[Image], int]:
+        """-> (the image's prompt text, its <|image_pad|> run expanded; [pixels and grid]; its image tokens)."""
         try:
             pixels, grid = preprocess_image(image, self.image_limits)
         except ValueError as e:  # smart_resize's aspect-ratio limit
             raise InvalidRequestError(f"image: {e}") from None
         n = grid[0] * grid[1] * grid[2] // self.image_limits.merge_size ** 2
-        return (pixels, grid), IMAGE_PROMPT.replace(IMAGE_PAD, IMAGE_PAD * n)
+        return IMAGE_PROMPT.replace(IMAGE_PAD, IMAGE_PAD * n), [(pixels, grid)], n
 
     def encode_pairs(self, request: RerankRequest, limits: Limits) -> EncodedPairs:
-        max_doc = limits.max_doc
+        encode = self.tokenizer.encode
         images = request.images or {}
-        query_images: list[Image] = []
-        query_text = request.query
-        if "query" in images:
-            prepared, query_text = self.prepare(images["query"])
-            query_images = [prepared]
-        sequences, doc_tokens, truncated, seq_images = [], [], [], []
-        query_truncated = False
+        query, query_images, n_query = self.image(images["query"]) if "query" in images else (request.query, [], 0)
+        sequences, payloads, doc_tokens, truncated, query_truncated = [], [], [], [], False
         for i, doc in enumerate(request.documents):
-            doc_images: list[Image] = []
-            n_doc = None  # the document's own tokens, when known without encoding it again
+            doc_images, n_images, own = [], n_query, None  # own: the document's tokens, when known uncut
             if i in images:
-                prepared, doc = self.prepare(images[i])
-                doc_images = [prepared]
+                doc, doc_images, n = self.image(images[i])
+                n_images += n
             else:
-                ids = self.tokenizer.encode(doc, add_special_tokens=False).ids
-                if len(ids) > max_doc:
+                own = encode(doc, add_special_tokens=False).ids
+                if len(own) > limits.max_doc:
                     truncated.append(i)
-                if len(ids) >= max_doc:  # the official `>=`: cut, decoded back to text
-                    doc = self.tokenizer.decode(ids[:max_doc], skip_special_tokens=False)
-                else:
-                    n_doc = len(ids)
-            ids = self.tokenizer.encode(prompt(query_text, doc), add_special_tokens=False).ids
-            n_images = sum(g[0] * g[1] * g[2] for _, g in doc_images + query_images) // self.image_limits.merge_size ** 2
+                if len(own) >= limits.max_doc:  # the official `>=`: cut, decoded back to text
+                    doc, own = self.tokenizer.decode(own[:limits.max_doc], skip_special_tokens=False), None
+            ids = encode(prompt(query, doc), add_special_tokens=False).ids
             if ids.count(IMAGE_TOKEN_ID) != n_images:  # the official processor fails on this too
                 raise InvalidRequestError(f"documents[{i}] or the query holds the text {IMAGE_PAD}, which only "
                                           f"images may use")
-            if len(ids) > MAX_LENGTH - 1:
-                kept = ids[:MAX_LENGTH - 1]
-                if kept.count(IMAGE_TOKEN_ID) != n_images:
+            if len(ids) > MAX_LENGTH - 1:  # the processor's cut, from the right: the query's end first
+                if ids[:MAX_LENGTH - 1].count(IMAGE_TOKEN_ID) != n_images:
                     raise InvalidRequestError(f"documents[{i}]: the prompt is {len(ids)} tokens, over {MAX_LENGTH - 1}, "
                                               f"and truncating it would cut an image")
-                ids = kept
-                query_truncated = True
-            sequences.append(ids + [SCORE_TOKEN_ID])
-            seq_images.append(doc_images + query_images)
-            doc_tokens.append(n_doc if n_doc is not None else len(self.tokenizer.encode(doc, add_special_tokens=False).ids))
-        # a sequence's length (what blocks and usage count) includes its image tokens
-        return EncodedPairs(sequences, doc_tokens, truncated, query_truncated, payloads=seq_images)
+                ids, query_truncated = ids[:MAX_LENGTH - 1], True
+            sequences.append(ids + [SCORE_TOKEN_ID])  # its length (what blocks and usage count) has the image tokens
+            payloads.append(doc_images + query_images)
+            doc_tokens.append(len(own if own is not None else encode(doc, add_special_tokens=False).ids))
+        return EncodedPairs(sequences, doc_tokens, truncated, query_truncated, payloads=payloads)
 
     def run_blocks(self, blocks: list[PairBlock]) -> list[np.ndarray]:
         """The pairs of every block, packed into forwards of up to max_forward_tokens decoder tokens (image
@@ -166,13 +147,6 @@ class JinaM0Backend(PairwiseBackend):
         for group in cut_blocks(sizes, (self.max_forward_tokens, self.max_forward_patches)):
             raw[group] = self.model.score_prompts([items[i][0] for i in group], [items[i][1] for i in group]).cpu().numpy()
         return per_block(raw, blocks)
-
-    def warmup(self) -> None:
-        import PIL.Image
-
-        super().warmup()
-        self.rerank(RerankRequest(query="warm up", documents=["an image"],
-                                  images={0: PIL.Image.new("RGB", (56, 56), (128, 128, 128))}))
 
 
 def load(path: Path, device: torch.device, dtype: torch.dtype, *, model_id: str = "", random_weights: bool = False,
