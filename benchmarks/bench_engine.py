@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Engine benchmark: the same code as `lastrank bench` (src/lastrank/cli/bench.py), as a script.
+"""Engine benchmark: the same code as `lastrank bench` (src/lastrank/cli/bench.py, cli/commands/bench.py), as a script.
 
     python benchmarks/bench_engine.py                 # full-size random checkpoint, 2K / 8K / TREC-DL cases
     python benchmarks/bench_engine.py --quick         # tiny model, seconds
@@ -11,7 +11,8 @@ Results and the conditions they were measured under: docs/benchmarks.md.
 import argparse
 import sys
 
-from lastrank.cli.bench import add_arguments, run
+from lastrank.cli.bench import add_arguments
+from lastrank.cli.commands.bench import run
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="bench_engine.py", description=__doc__,

@@ -1,5 +1,7 @@
 """lastrank: exact, fast, self-hosted Jina Reranker V3."""
 
+import importlib
+
 from lastrank.errors import LastrankError
 from lastrank.types import RankedDocument, RerankRequest, RerankResult, Usage
 
@@ -7,15 +9,11 @@ __version__ = "0.1.0"
 
 __all__ = ["Reranker", "Client", "LastrankError", "RankedDocument", "RerankRequest", "RerankResult", "Usage"]
 
+# Imported on first use: `import lastrank` (and so the CLI's light commands) must not pay for numpy or httpx.
+_LAZY = {"Reranker": "lastrank.reranker", "Client": "lastrank.client"}
+
 
 def __getattr__(name: str):
-    # Lazy: `import lastrank` must not pay for torch (the CLI's `keys`/`usage` commands never need it).
-    if name == "Reranker":
-        from lastrank.reranker import Reranker
-
-        return Reranker
-    if name == "Client":
-        from lastrank.client import Client
-
-        return Client
-    raise AttributeError(name)
+    if name not in _LAZY:
+        raise AttributeError(name)
+    return getattr(importlib.import_module(_LAZY[name]), name)

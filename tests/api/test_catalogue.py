@@ -33,7 +33,7 @@ def eval_report(model: str, dataset: str, ndcg: float, random_weights=False) -> 
 
 
 def bench_file(checkpoint: str, tok_s: float) -> dict:
-    """The parts of `lastrank bench --json` (cli/bench.py bench) the catalogue reads."""
+    """The parts of `lastrank bench --json` (cli/commands/bench.py bench) the catalogue reads."""
     return {"model": {"id": checkpoint, "family": "jina-v3", "random_weights": True},
             "machine": {"cpu": "Test CPU", "dtype": "bfloat16", "threads": 1, "checkpoint": checkpoint,
                         "loadavg_at_start": [1.5, 1.0, 1.0]},

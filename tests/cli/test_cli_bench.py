@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lastrank.cli import bench as bench_module
+from lastrank.cli.commands import bench as bench_module
 from lastrank.cli import build_parser
-from lastrank.cli.bench import (bench, case_label, find_reference_file, load_reference_path, packing_study,
+from lastrank.cli.commands.bench import (bench, case_label, find_reference_file, load_reference_path, packing_study,
                                 with_options)
 
 CHECKOUT_REFERENCE = Path(__file__).resolve().parents[2] / "benchmarks" / "reference_path.py"
@@ -85,7 +85,8 @@ def test_family_cases_run_the_benchmarks_script(tmp_path, monkeypatch):
     preset and dtype asked for (the case itself is measured by the script; here only the dispatch)."""
     import subprocess
 
-    from lastrank.cli import bench, build_parser
+    from lastrank.cli import build_parser
+    from lastrank.cli.commands import bench
 
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda argv, **kw: calls.append(argv) or subprocess.CompletedProcess(argv, 0))

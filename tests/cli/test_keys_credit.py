@@ -8,7 +8,7 @@ import json
 import pytest
 
 from lastrank.cli import main
-from lastrank.cli.keys import usd
+from lastrank.cli.commands.keys import usd
 from lastrank.store import UsageRow, open_store
 
 

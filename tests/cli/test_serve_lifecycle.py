@@ -1,4 +1,4 @@
-"""How a real `lastrank serve` process starts and ends (api/lifecycle.py, cli/serve.py): --port and --device
+"""How a real `lastrank serve` process starts and ends (api/lifecycle.py, cli/commands/serve.py): --port and --device
 checked before anything is bound or loaded, --port 0 printing the port it got, a model that cannot load
 ending the process with its reason, and SIGTERM draining: the request running finishes (200), the one queued
 behind it is answered a JSON 503 + Retry-After at once, one line, exit 0 within --shutdown-timeout-s."""
@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from lastrank.cli import serve
+from lastrank.cli.commands.serve import bind_socket
 from lastrank.errors import LastrankError
 from support.server_process import free_port
 
@@ -50,7 +51,7 @@ def test_port_must_be_a_tcp_port(capsys):
     with pytest.raises(LastrankError, match="LASTRANK_PORT: must be 0-65535"):
         parse([], {"LASTRANK_PORT": "99999"})
     with pytest.raises(LastrankError, match="not a TCP port"):  # embedders calling bind_socket directly
-        serve.bind_socket("127.0.0.1", 99999)  # (getaddrinfo would bind 99999 % 65536 = 34463)
+        bind_socket("127.0.0.1", 99999)  # (getaddrinfo would bind 99999 % 65536 = 34463)
 
 
 def test_device_is_checked_before_the_port_is_bound(tmp_path, capsys):

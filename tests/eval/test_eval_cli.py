@@ -8,7 +8,7 @@ from argparse import Namespace
 import pytest
 
 from lastrank.cli import main
-from lastrank.cli.eval import choose_out_dir
+from lastrank.cli.commands.eval import choose_out_dir
 
 
 def test_cli_order_all_then_rerun_resumes_from_cache(data_root, tiny_checkpoint, tmp_path, capsys):

@@ -1,6 +1,6 @@
 """How `lastrank serve` ends: a graceful drain on SIGTERM/SIGINT, and an exit when a model cannot load.
 
-`Server` is the uvicorn.Server that cli/serve.py runs. What it changes:
+`Server` is the uvicorn.Server that cli/commands/serve.py runs. What it changes:
 
   SIGTERM or SIGINT   stop accepting (uvicorn closes the listening socket and idle keep-alive connections),
                       answer every request still waiting in a model's queue with a JSON 503 + Retry-After

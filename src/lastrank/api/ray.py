@@ -45,7 +45,7 @@ The command itself (`run`): with a loopback --host it keeps every port of the lo
 (LOOPBACK_ENV, keep_replica_grpc_on_loopback; checked with `exposed_ports` and printed), and it exits non-zero
 when Serve's proxy or controller dies (ServeWatchdog), for a supervisor to restart it.
 
-Started by `lastrank serve --ray ...` (cli/serve.py calls `run`), or from a Serve config file with
+Started by `lastrank serve --ray ...` (cli/commands/serve.py calls `run`), or from a Serve config file with
 `import_path: lastrank.api.ray:build` (see docs/deploy.md). Needs Ray Serve:
 `pip install -e '.[ray]'` in a lastrank checkout.
 """

@@ -1,6 +1,9 @@
-"""`lastrank` command line. Each subcommand lives in its own module with `register(subparsers)`.
+"""`lastrank` command line, as a table (the command registries of pip and git work this way).
 
-Modules import heavy libraries (torch, fastapi) inside their handlers, so `lastrank keys list` stays fast.
+Each subcommand has a parser module here (rerank.py, serve.py, ...: `register(subparsers)`) that imports no
+heavy library, so `lastrank --help` and every subcommand's `--help` stay fast, and one handler module under
+commands/ that imports what it needs at the top. A parser names its handler as data, "module:function" in
+the parser's defaults (`handler=`); main() imports that one module after parsing, here and nowhere else.
 """
 
 from __future__ import annotations
@@ -8,33 +11,33 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Callable
 
+from lastrank import __version__
 from lastrank.errors import LastrankError
 
 # `lastrank --help`'s first line: pyproject.toml's one-line summary, word for word (tests/test_docs_hold.py)
 DESCRIPTION = ("A self-hosted rerank engine and API server: open rerankers (Jina v3 and m0, Qwen3-Reranker, mxbai, "
                "bge, sentence-transformers) behind the Jina, Cohere and TEI rerank APIs")
 
-# module name under lastrank.cli, in the order `--help` lists them
+# parser module name under lastrank.cli, in the order `--help` lists them
 SUBCOMMAND_MODULES = ["rerank", "checkpoint", "serve", "keys", "usage", "eval", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lastrank import __version__
-
     parser = argparse.ArgumentParser(prog="lastrank", description=DESCRIPTION + ".")
     parser.add_argument("--version", action="version", version=f"lastrank {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"lastrank.cli.{name}")
-        except ModuleNotFoundError as e:  # a subcommand still being written; never hides other import errors
-            if e.name != f"lastrank.cli.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"lastrank.cli.{name}").register(sub)
     return parser
+
+
+def handler(name: str) -> Callable[[argparse.Namespace], int | None]:
+    """The function a parser names as "module:function" (e.g. "lastrank.cli.commands.serve:run")."""
+    module, _, function = name.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        return int(handler(args.handler)(args) or 0)
     except LastrankError as e:
         print(f"lastrank: error: {e.message}", file=sys.stderr)
         return 2

@@ -6,11 +6,9 @@ family."""
 from __future__ import annotations
 
 import argparse
-import sys
 
-from lastrank.checkpoints import preset, presets
+from lastrank.checkpoints import presets
 from lastrank.families import FAMILIES
-from lastrank.model.checkpoint import NOTICE, RANDOM_WEIGHTS_FILE, RANDOM_WEIGHTS_KEY
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,13 +25,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-max-length", type=int, default=131072,
                    help="tokenizer_config.json model_max_length (drives jina-v3's block splitting; causal-lm's "
                         "tokenizer too; the other families keep their own)")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    _, chosen = preset(args.preset)
-    out = chosen.write(args.path, seed=args.seed, dtype=args.dtype, model_max_length=args.model_max_length)
-    print(f"wrote {args.preset} checkpoint to {out}")
-    print(f"note: {NOTICE}. The folder is marked ({RANDOM_WEIGHTS_FILE}, \"{RANDOM_WEIGHTS_KEY}\": true in "
-          f"config.json), and rerank, eval and serve say so whenever they use it.", file=sys.stderr)
-    return 0
+    p.set_defaults(handler="lastrank.cli.commands.checkpoint:run")

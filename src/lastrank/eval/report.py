@@ -255,7 +255,7 @@ def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
     paths = {"json": out_dir / "report.json", "markdown": out_dir / "report.md", "plot": out_dir / "plot.png"}
     paths["markdown"].write_text(render_markdown(report), encoding="utf-8")
     plot(report, paths["plot"])
-    # written last: its presence marks the run finished (an unfinished out dir is resumed, see cli/eval.py)
+    # written last: its presence marks the run finished (an unfinished out dir is resumed, see cli/commands/eval.py)
     tmp = paths["json"].with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
     tmp.replace(paths["json"])
