@@ -10,9 +10,12 @@ a family is one entry here (and its presets there) and no edit in any of them. N
 `detect` and `load` are named by module and attribute and imported on their first call (as vLLM's registry
 does), so the CLI builds its parsers from the table without loading a model library.
 
-A family module under lastrank.families provides the two functions a spec names:
-    detect(config: dict, folder: Path) -> bool     config.json (parsed; {} if absent) and the folder
+A family module under lastrank.families provides the functions a spec names:
     load(path, device, dtype, *, model_id, random_weights, **options) -> Backend
+    detect(config: dict, folder: Path) -> bool     config.json (parsed; {} if absent) and the folder
+where a family whose folders are told apart by config.json's `architectures` alone says so as data instead
+of `detect` (`Architectures(...)`, as vLLM's registry maps architectures to models); then detection imports
+nothing of the family.
 Detection reads only small JSON files (config.json `architectures` / `model_type`; sentence-transformers'
 modules.json), never weights, and is as strict as loading about what makes a folder that family (the
 architectures, the module list, the backbone): at most one family says yes to a folder, so the order of
@@ -47,6 +50,16 @@ class Lazy:
 
 
 @dataclass(frozen=True)
+class Architectures:
+    """A detector as data: the folder's config.json `architectures` names one of these."""
+
+    names: tuple[str, ...]
+
+    def __call__(self, config: dict, folder: Path) -> bool:
+        return any(name in (config.get("architectures") or []) for name in self.names)
+
+
+@dataclass(frozen=True)
 class FamilySpec:
     name: str  # the one name: `lastrank bench --family`, README's table, make-checkpoint's help, errors
     supports: str  # the folders it serves (config.json / modules.json facts), for the error when none matches
@@ -65,20 +78,21 @@ class FamilySpec:
 # ------------------------------------------------------------------------------------------ the table
 
 
-def _family(module: str) -> dict:
-    return dict(detect=Lazy(f"lastrank.families.{module}", "detect"), load=Lazy(f"lastrank.families.{module}", "load"),
-                aliases=(module,))
+def _family(module: str, *architectures: str) -> dict:
+    """detect and load from lastrank.families.<module>; detect by `architectures` (data) where they are given."""
+    detect = Architectures(architectures) if architectures else Lazy(f"lastrank.families.{module}", "detect")
+    return dict(detect=detect, load=Lazy(f"lastrank.families.{module}", "load"), aliases=(module,))
 
 
 JINA_V3 = FamilySpec(
     name="jina-v3", reports=("jina-v3",), names=("jina-reranker-v3", "jinaai/jina-reranker-v3"),
     supports='jinaai/jina-reranker-v3 (config.json architectures ["JinaForRanking"], model.safetensors, tokenizer.json)',
-    **_family("jina_v3"))
+    **_family("jina_v3", "JinaForRanking"))
 JINA_M0 = FamilySpec(
     name="jina-m0", reports=("jina-m0",), names=("jina-reranker-m0", "jinaai/jina-reranker-m0"),
     supports='jinaai/jina-reranker-m0 (config.json architectures ["JinaVLForRanking"], model_type qwen2_vl; '
              'model.safetensors, tokenizer.json): text and image queries and documents',
-    bench_script="bench_m0.py", **_family("jina_m0"))
+    bench_script="bench_m0.py", **_family("jina_m0", "JinaVLForRanking"))
 BI_ENCODER = FamilySpec(
     name="bi-encoder", reports=("bi-encoder",),
     supports="sentence-transformers folders (modules.json: Transformer -> Pooling [-> Normalize]) over a BERT "
@@ -90,7 +104,7 @@ CROSS_ENCODER = FamilySpec(
     supports='XLM-RoBERTa cross-encoders: BAAI/bge-reranker-v2-m3 (config.json architectures '
              '["XLMRobertaForSequenceClassification"], model.safetensors) and jinaai/jina-reranker-v2-base-multilingual '
              '(the same architectures, auto_map to Jina\'s XLMRobertaFlashConfig, pytorch_model.bin); tokenizer.json',
-    bench_script="bench_cross_encoder.py", **_family("cross_encoder"))
+    bench_script="bench_cross_encoder.py", **_family("cross_encoder", "XLMRobertaForSequenceClassification"))
 CAUSAL_LM = FamilySpec(
     name="causal-lm", reports=("qwen3-reranker", "mxbai-rerank-v2"),
     supports='causal-LM rerankers: Qwen/Qwen3-Reranker-0.6B / -4B (architectures ["Qwen3ForCausalLM"], or the '

@@ -55,12 +55,6 @@ FLAG_RERANKER, COMPUTE_SCORE = "flag-reranker", "jina-compute-score"
 DEFAULT_MAX_LENGTH = {FLAG_RERANKER: 512, COMPUTE_SCORE: 1024}
 
 
-def detect(config: dict, folder: Path) -> bool:
-    """config.json names transformers' XLMRobertaForSequenceClassification: bge-reranker-v2-m3 does (model_type
-    xlm-roberta), and so does jina-reranker-v2 (no model_type; auto_map to its flash code)."""
-    return ARCHITECTURE in (config.get("architectures") or [])
-
-
 def is_jina_flash(config: dict) -> bool:
     """jina-reranker-v2's config.json maps AutoConfig to its remote XLMRobertaFlashConfig."""
     auto = config.get("auto_map")

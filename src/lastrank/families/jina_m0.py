@@ -47,10 +47,6 @@ def prompt(query: str, doc: str) -> str:
     return f"**Document**:\n{doc}\n**Query**:\n{query}"
 
 
-def detect(config: dict, folder: Path) -> bool:
-    return "JinaVLForRanking" in (config.get("architectures") or [])
-
-
 class JinaM0Backend(PairwiseBackend):
     """A pairwise family whose pairs carry images: each sequence's payload (PairBlock.payloads) is its images in
     prompt order (the document's, then the query's), and `run_blocks` is its own (two budgets, below)."""

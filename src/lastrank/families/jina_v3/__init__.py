@@ -2,6 +2,6 @@
 plan.py (truncation by decode round-trip and 125-document / token-budget blocks), backend.py (the Backend:
 one forward per block, the block-weighted query merge)."""
 
-from lastrank.families.jina_v3.backend import JinaV3Backend, detect, load
+from lastrank.families.jina_v3.backend import JinaV3Backend, load
 
-__all__ = ["JinaV3Backend", "detect", "load"]
+__all__ = ["JinaV3Backend", "load"]

@@ -31,11 +31,6 @@ MAX_DOC_LENGTH = 2048
 MAX_QUERY_LENGTH = 512
 
 
-def detect(config: dict, folder: Path) -> bool:
-    """config.json names the official JinaForRanking class (a Qwen3 backbone + projector)."""
-    return "JinaForRanking" in (config.get("architectures") or [])
-
-
 @dataclass
 class JinaBlock(Block):
     input_ids: list[int]  # the whole official block prompt
