@@ -66,13 +66,12 @@ def main() -> int:
     from test_causal_lm import Qwen3RerankerCard, mxbai_package
 
     from lastrank import Reranker
-    from lastrank.checkpoints.causal import PRESETS, make_causal_checkpoint
+    from lastrank.checkpoints import CAUSAL_PRESETS, preset
     from lastrank.types import RerankRequest
 
-    kind, size = PRESETS[args.preset]
+    kind, _ = CAUSAL_PRESETS[args.preset]
     dtype = getattr(torch, args.dtype)
-    folder = args.checkpoint or make_causal_checkpoint(Path(tempfile.mkdtemp()) / args.preset, kind, size,
-                                                       dtype=args.dtype)
+    folder = args.checkpoint or preset(args.preset)[1].write(Path(tempfile.mkdtemp()) / args.preset, dtype=args.dtype)
     query, passages = trec_query(k=args.k)
     warm = (query, passages[:2])
 

@@ -71,13 +71,12 @@ def main() -> int:
     from support.reference_m0 import official_compute_score
 
     from lastrank import Reranker
-    from lastrank.checkpoints.m0 import PRESETS, make_m0_checkpoint
+    from lastrank.checkpoints import preset
     from lastrank.model.qwen2_vl import image_grid
     from lastrank.types import RerankRequest
 
     dtype = getattr(torch, args.dtype)
-    folder = args.checkpoint or make_m0_checkpoint(Path(tempfile.mkdtemp()) / args.preset, PRESETS[args.preset],
-                                                   dtype=args.dtype)
+    folder = args.checkpoint or preset(args.preset)[1].write(Path(tempfile.mkdtemp()) / args.preset, dtype=args.dtype)
     query, passages = trec_query(k=max(args.text_docs, 1))
     pictures = images(args.images, args.sizes)
     texts = passages[:args.text_docs]

@@ -2,7 +2,7 @@
 
     make_causal_checkpoint(path, kind="qwen3-reranker" | "qwen3-reranker-seq-cls" | "mxbai-rerank-v2",
                            size="tiny" | "0.6b" | "base", seed=0, dtype="bfloat16")
-    `lastrank make-checkpoint --preset` names: PRESETS (e.g. qwen3-reranker-tiny, mxbai-rerank-base-v2)
+    `lastrank make-checkpoint --preset` names: checkpoints/__init__.py's CAUSAL_PRESETS (e.g. qwen3-reranker-tiny)
 
   - "qwen3-reranker": Qwen/Qwen3-Reranker-0.6B's layout: config.json architectures ["Qwen3ForCausalLM"],
     model_type qwen3, tied embeddings (no lm_head.weight in the file), the Qwen3 tokenizer (with <think> and
@@ -29,8 +29,16 @@ import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer
+
 from lastrank.checkpoints.jina_v3 import random_state_dict
+from lastrank.families.causal_lm import QWEN3_NEGATIVE, QWEN3_POSITIVE
+from lastrank.model.causal_lm import CausalLMForRanking
 from lastrank.model.checkpoint import NOTICE, RANDOM_WEIGHTS_FILE, RANDOM_WEIGHTS_KEY
+from lastrank.model.config import ModelConfig
+from lastrank.model.tokenizer import qwen3_tokenizer_dir
 
 KINDS = {
     "qwen3-reranker": ("Qwen3ForCausalLM", "qwen3", "Qwen/Qwen3-Reranker-0.6B"),
@@ -38,19 +46,9 @@ KINDS = {
     "mxbai-rerank-v2": ("Qwen2ForCausalLM", "qwen2", "mixedbread-ai/mxbai-rerank-base-v2"),
 }
 QWEN3_ONLY_TOKENS = ("<tool_response>", "</tool_response>", "<think>", "</think>")
-# `lastrank make-checkpoint --preset NAME` -> (kind, size)
-PRESETS = {
-    "qwen3-reranker-0.6b": ("qwen3-reranker", "0.6b"),
-    "qwen3-reranker-tiny": ("qwen3-reranker", "tiny"),
-    "qwen3-reranker-seq-cls-tiny": ("qwen3-reranker-seq-cls", "tiny"),
-    "mxbai-rerank-base-v2": ("mxbai-rerank-v2", "base"),
-    "mxbai-rerank-v2-tiny": ("mxbai-rerank-v2", "tiny"),
-}
 
 
 def sizes():
-    from lastrank.model.config import ModelConfig
-
     return {
         "tiny": ModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                             num_key_value_heads=2, head_dim=16, max_position_embeddings=40960),
@@ -63,8 +61,6 @@ def sizes():
 
 def write_qwen_tokenizer(out: Path, qwen2: bool, model_max_length: int = 131072) -> None:
     """The real Qwen3 tokenizer files; for Qwen2.5 (mxbai) without the tokens Qwen3 added."""
-    from lastrank.model.tokenizer import qwen3_tokenizer_dir
-
     src = qwen3_tokenizer_dir()
     tj = json.loads((src / "tokenizer.json").read_text())
     tc = json.loads((src / "tokenizer_config.json").read_text())
@@ -82,11 +78,6 @@ def write_qwen_tokenizer(out: Path, qwen2: bool, model_max_length: int = 131072)
 
 def make_causal_checkpoint(path: str | Path, kind: str = "qwen3-reranker", size: str = "tiny", seed: int = 0,
                            dtype: str = "bfloat16", model_max_length: int = 131072, **config_overrides) -> Path:
-    import torch
-    from safetensors.torch import save_file
-
-    from lastrank.model.causal_lm import CausalLMForRanking
-
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose from {sorted(KINDS)}")
     architecture, model_type, name = KINDS[kind]
@@ -104,9 +95,6 @@ def make_causal_checkpoint(path: str | Path, kind: str = "qwen3-reranker", size:
         g = torch.Generator().manual_seed(seed + 1)
         sd["lm_head.weight"] = 0.02 * torch.randn(cfg.vocab_size, cfg.hidden_size, generator=g)
     if kind == "qwen3-reranker-seq-cls":
-        from lastrank.families.causal_lm import QWEN3_NEGATIVE, QWEN3_POSITIVE
-        from tokenizers import Tokenizer
-
         # What the conversion does: the one score row is W[yes] - W[no] of the (tied) LM head.
         tok = Tokenizer.from_file(str(_tokenizer_src()))
         yes, no = tok.token_to_id(QWEN3_POSITIVE), tok.token_to_id(QWEN3_NEGATIVE)
@@ -138,6 +126,4 @@ def make_causal_checkpoint(path: str | Path, kind: str = "qwen3-reranker", size:
 
 
 def _tokenizer_src() -> Path:
-    from lastrank.model.tokenizer import qwen3_tokenizer_dir
-
     return qwen3_tokenizer_dir() / "tokenizer.json"

@@ -3,8 +3,8 @@ random weights every writer here draws (`random_state_dict`).
 
 Their scores mean nothing. They exist so that every code path (loading, tokenizer, prompt, blocks,
 server, eval, benchmarks) can run here, where no model hub is reachable. Each folder is marked as random
-(model/checkpoint.py). torch is imported only inside the writers: `lastrank make-checkpoint --help` and
-the preset table (checkpoints/__init__.py) stay torch-free.
+(model/checkpoint.py). The preset table (checkpoints/__init__.py) names the writers without importing them,
+so `lastrank make-checkpoint --help` stays torch-free.
 """
 
 from __future__ import annotations
@@ -12,18 +12,17 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+import torch
+from safetensors.torch import save_file
+from torch import nn
 
 from lastrank.model.checkpoint import NOTICE, RANDOM_WEIGHTS_FILE, RANDOM_WEIGHTS_KEY
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
+from lastrank.model.config import PRESETS
+from lastrank.model.jina import JinaForRanking
+from lastrank.model.tokenizer import write_jina_tokenizer
 
 
 def random_state_dict(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    import torch
-
     g = torch.Generator().manual_seed(seed)
     sd = {}
     for name, p in model.state_dict().items():
@@ -43,13 +42,6 @@ def make_checkpoint(
     model_max_length: int = 131072,
     **config_overrides,
 ) -> Path:
-    import torch
-    from safetensors.torch import save_file
-
-    from lastrank.model.config import PRESETS
-    from lastrank.model.jina import JinaForRanking
-    from lastrank.model.tokenizer import write_jina_tokenizer
-
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     cfg = replace(PRESETS[preset], torch_dtype=dtype, **config_overrides)

