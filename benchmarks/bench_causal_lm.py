@@ -7,7 +7,7 @@ depend on the weights). Timed end to end, tokenisation included, best of --repea
   reference   the official code on transformers (SDPA): Qwen3-Reranker: the model card's process_inputs +
               compute_logits (left-padded batches of --batch in input order; the card itself sends all pairs
               as one batch); mxbai-rerank-v2: the mxbai-rerank 0.1.6 package's rank() (its own length-bucketed
-              batches of 32). The code is tests/families/test_causal_lm.py's.
+              batches of 32). The code is tests/support/reference_causal_lm.py's.
   lastrank    Reranker(folder).rerank(query, passages): the shared prefix (system turn, instruction, query)
               computed once, every pair's own tokens packed into one forward, two LM-head rows.
   no prefix   the same with reuse_prefix=False (every pair whole, still packed): the shared prefix's part.
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "families"))
+sys.path.insert(0, str(ROOT / "tests"))  # the references: tests/support
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
@@ -63,7 +63,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     from bench_cross_encoder import trec_query
-    from test_causal_lm import Qwen3RerankerCard, mxbai_package
+    from support.reference_causal_lm import Qwen3RerankerCard, mxbai_package
 
     from lastrank import Reranker
     from lastrank.checkpoints import CAUSAL_PRESETS, preset

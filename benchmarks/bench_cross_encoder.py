@@ -9,7 +9,7 @@ the weights). Timed end to end, tokenisation included, best of --repeats after o
   reference  what the official code runs, on transformers' XLMRobertaForSequenceClassification (SDPA):
              bge: FlagReranker.compute_score (tokenise, sort by length, padded batches of 128);
              jina: compute_score (padded batches of 32 in input order, longest_first truncation).
-             The tokenisation and model are tests/support/reference_xlmr.py's and tests/families/test_cross_encoder.py's.
+             The tokenisation and model are tests/support/reference_xlmr.py's.
 
 Prints tokens, padded tokens, both times, the speed-up and the largest |logit difference| (meaningful in
 float32). Usage: python benchmarks/bench_cross_encoder.py --preset jina-reranker-v2 [--dtype float32]
@@ -29,8 +29,7 @@ import torch
 from lastrank.eval.data import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "families"))
+sys.path.insert(0, str(ROOT / "tests"))  # the references: tests/support
 
 
 def trec_query(dataset: str = "trec-dl-2019", k: int = 100) -> tuple[str, list[str]]:
@@ -63,8 +62,8 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from support.reference_xlmr import padded_logits, transformers_model
-    from test_cross_encoder import compute_score_inputs, flag_reranker_inputs, official_tokenizer
+    from support.reference_xlmr import (compute_score_inputs, flag_reranker_inputs, official_tokenizer, padded_logits,
+                                        transformers_model)
 
     from lastrank import Reranker
     from lastrank.checkpoints.xlmr import make_xlmr_checkpoint

@@ -2,7 +2,8 @@
   - the parity references (tests/support/reference_*.py) import nothing from lastrank, directly or through the
     support modules they import, so a mistake in lastrank cannot be shared by the code it is checked against;
   - the shared helpers live in the package tests/support and are imported as `support.x`, tests/ being on sys.path
-    through pyproject.toml's `pythonpath` (one place); no test module edits sys.path itself."""
+    through pyproject.toml's `pythonpath` (one place); no test module edits sys.path itself, and nothing imports
+    a test module or a conftest."""
 
 from __future__ import annotations
 
@@ -99,6 +100,18 @@ def test_the_shared_helpers_live_in_tests_support():
     loose = [p.relative_to(TESTS).as_posix() for p in TESTS.rglob("*.py")
              if SUPPORT not in p.parents and not (p.name.startswith("test_") or p.name == "conftest.py")]
     assert loose == [], "move them to tests/support"
+
+
+def test_nothing_imports_a_test_module_or_a_conftest():
+    """What a test module or a benchmark shares with another lives in tests/support: importing a test module runs
+    its fixtures' imports, and `import conftest` gets whichever conftest pytest loaded last."""
+    found = {}
+    for path in [*TESTS.rglob("*.py"), *(TESTS.parent / "benchmarks").glob("*.py")]:
+        names = [m for m in imported_modules(path.read_text(encoding="utf-8"))
+                 if any(part.startswith("test_") or part == "conftest" for part in m.split("."))]
+        if names:
+            found[path.relative_to(TESTS.parent).as_posix()] = names
+    assert found == {}, "move what they share to tests/support"
 
 
 def test_no_test_module_edits_sys_path():

@@ -17,7 +17,7 @@ from lastrank.api.admission import early_refusal
 from lastrank.api.settings import ServerSettings
 from lastrank.errors import OverloadedError
 
-from conftest import FakeScheduler
+from support.fake_scheduler import FakeScheduler
 from support.live_server import LiveServer, read_until_closed
 
 BODY = json.dumps({"query": "q words", "documents": ["q words here", "nothing"]}).encode()

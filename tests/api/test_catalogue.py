@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import FakeScheduler
+from support.fake_scheduler import FakeScheduler
 from fastapi.testclient import TestClient
 
 from lastrank.api.app import create_app

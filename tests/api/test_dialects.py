@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from support.fake_scheduler import toy_score
 
 Q = "capital of germany"
 DOCS = ["paris is the capital of france", "berlin is the capital of germany", "germany exports cars"]
 
 
-def _score(query: str, doc: str) -> float:  # the fake scheduler's scorer (conftest.toy_score)
-    q, d = set(query.lower().split()), set(doc.lower().split())
-    return len(q & d) / (len(q) or 1)
-
-
 def expected_order(query=Q, docs=DOCS):
-
-    scores = [_score(query, d) for d in docs]
+    scores = [toy_score(query, d) for d in docs]
     return sorted(range(len(docs)), key=lambda i: -scores[i])
 
 

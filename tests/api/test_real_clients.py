@@ -14,20 +14,9 @@ import time
 
 import httpx
 import pytest
-from support.server_process import ServerProcess, create_key, free_port
+from support.server_process import DOCS, QUERY, ServerProcess, create_key, free_port
 
 MODEL = "jina-reranker-v3"
-QUERY = "how do solar panels turn light into electricity"
-DOCS = [
-    "Photovoltaic cells convert sunlight directly into electric current using semiconductors.",
-    "The stock market closed higher on Friday after a volatile week.",
-    "Wind turbines generate power from moving air.",
-    "Bananas are a good source of potassium.",
-    "Solar panels are made of silicon wafers arranged in modules.",
-    "The history of the Roman Empire spans more than a thousand years.",
-    "Electric cars need charging stations along highways.",
-    "Light is made of photons that can knock electrons loose in a material.",
-]
 
 
 @pytest.fixture(scope="module")

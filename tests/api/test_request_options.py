@@ -1,5 +1,5 @@
 """Jina's object-form query, truncation warnings (meta.warnings + X-Lastrank-* headers), score_threshold,
-and tie order, against the fake scheduler (conftest.FakeScheduler: word-overlap scores, ties by index)."""
+and tie order, against the fake scheduler (tests/support/fake_scheduler.py: word-overlap scores, ties by index)."""
 
 from __future__ import annotations
 

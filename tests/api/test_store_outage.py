@@ -13,8 +13,7 @@ import httpx
 
 from support import postgres_server
 from lastrank.store import open_store
-from support.server_process import ServerProcess, create_key
-from test_real_clients import DOCS, QUERY
+from support.server_process import DOCS, QUERY, ServerProcess, create_key
 
 BODY = {"query": QUERY, "documents": DOCS}
 

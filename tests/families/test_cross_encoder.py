@@ -1,5 +1,5 @@
 """The cross-encoder family (bge-reranker-v2-m3, jina-reranker-v2) end to end through `Reranker`, against the
-official procedures re-run here on independent code, in float32: scores within 1e-5, identical order.
+official procedures re-run on independent code (tests/support/reference_xlmr.py), in float32: scores within 1e-5, identical order.
 
 References:
 - tokenisation: transformers' tokenizer of the checkpoint folder (AutoTokenizer, the fast tokenizer both official
@@ -30,7 +30,8 @@ from lastrank.families.cross_encoder import longest_first_lengths
 from lastrank.checkpoints.xlmr import make_xlmr_checkpoint
 
 from support.ranking_order import assert_order_agrees
-from support.reference_xlmr import padded_logits, transformers_model
+from support.reference_xlmr import (compute_score_inputs, flag_reranker_inputs, official_tokenizer, padded_logits,
+                                    transformers_model)
 
 ATOL = 1e-5
 QUERY = "What are the health benefits of green tea?"
@@ -63,48 +64,9 @@ def rerankers(folders):
     return {name: Reranker(folder, dtype="float32") for name, folder in folders.items()}
 
 
-def official_tokenizer(folder):
-    """The checkpoint's tokenizer.json as transformers 4 (what FlagEmbedding and Jina's code run on) loads it
-    through AutoTokenizer: the file's own pipeline, tokenizer_config.json's model_max_length and special tokens.
-    (transformers 5's XLMRobertaTokenizer rebuilds the pipeline from the vocabulary instead, without the file's
-    normaliser: a full-width comma becomes <unk> there; AutoTokenizer on jina-v2's folder also asks to run its
-    remote code. Neither is what the official code ran on.)"""
-    import json
-
-    from transformers import PreTrainedTokenizerFast
-
-    cfg = json.loads((folder / "tokenizer_config.json").read_text())
-    specials = {k: v for k, v in cfg.items() if k.endswith("_token")}
-    return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"),
-                                   model_max_length=cfg["model_max_length"], **specials)
-
-
 @pytest.fixture(scope="module")
 def references(folders):
     return {name: (official_tokenizer(folder), transformers_model(folder)) for name, folder in folders.items()}
-
-
-def flag_reranker_inputs(tok, query, docs, max_length=512, query_max_length=None) -> list[list[int]]:
-    """FlagReranker.compute_score's tokenisation (module docstring)."""
-    if query_max_length is None:
-        query_max_length = max_length * 3 // 4
-    queries = tok([query] * len(docs), return_tensors=None, add_special_tokens=False, max_length=query_max_length,
-                  truncation=True)["input_ids"]
-    passages = tok(docs, return_tensors=None, add_special_tokens=False, max_length=max_length,
-                   truncation=True)["input_ids"]
-    out = []
-    for q, d in zip(queries, passages):
-        surplus = len(q) + len(d) + 4 - max_length  # XLM-R adds 4 special tokens to a pair
-        if surplus > 0:
-            d = d[:-surplus]
-        out.append([tok.cls_token_id] + q + [tok.sep_token_id, tok.sep_token_id] + d + [tok.sep_token_id])
-    return out
-
-
-def compute_score_inputs(tok, query, docs, max_length=None) -> list[list[int]]:
-    """jina-reranker-v2's compute_score tokenisation: one call, longest_first truncation, padded."""
-    enc = tok([[query, d] for d in docs], padding=True, truncation=True, return_tensors="pt", max_length=max_length)
-    return [row[mask.bool()].tolist() for row, mask in zip(enc["input_ids"], enc["attention_mask"])]
 
 
 def reference_scores(references, name, query, docs, **limits) -> tuple[np.ndarray, list[list[int]]]:

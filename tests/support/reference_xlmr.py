@@ -1,11 +1,15 @@
 """Independent references for the XLM-R cross-encoders (bge-reranker-v2-m3, jina-reranker-v2), shared by
-tests/model/test_xlmr.py and tests/families/test_cross_encoder.py. Nothing here imports lastrank.
+tests/model/test_xlmr.py, tests/families/test_cross_encoder.py and benchmarks/bench_cross_encoder.py.
+Nothing here imports lastrank.
 
 - `official_flash_forward`: the official jina-reranker-v2 forward, ported from its remote code as the source
   describes it (embedding.py: word + create_position_ids_from_input_ids positions + token type 0, then emb_ln;
   block.py Block(prenorm=False): norm1(x + out_proj(attn)), norm2(x + fc2(gelu(fc1))); mha.py SelfAttention:
   Wqkv split "(three h d)", softmax(q k^T / sqrt(d)) with -10000 added at pad keys; the classification head
   on <s>: dense, tanh, out_proj).
+- `official_tokenizer`, `flag_reranker_inputs`, `compute_score_inputs`: the checkpoint's tokenizer as the
+  official codes load it, and the tokenisation of FlagReranker.compute_score (bge) and of jina-reranker-v2's
+  compute_score (tests/families/test_cross_encoder.py's docstring says how each is called).
 - `flash_as_transformers`: the flash tensors renamed onto transformers' XLM-R names (what vLLM's
   jina_to_vllm_mapper does), Wqkv split into query/key/value.
 """
@@ -99,3 +103,42 @@ def padded_logits(model, seqs: list[list[int]]) -> torch.Tensor:
     ids, mask = padded(seqs)
     with torch.no_grad():
         return model(input_ids=ids, attention_mask=mask).logits[:, 0]
+
+
+def official_tokenizer(folder):
+    """The checkpoint's tokenizer.json as transformers 4 (what FlagEmbedding and Jina's code run on) loads it
+    through AutoTokenizer: the file's own pipeline, tokenizer_config.json's model_max_length and special tokens.
+    (transformers 5's XLMRobertaTokenizer rebuilds the pipeline from the vocabulary instead, without the file's
+    normaliser: a full-width comma becomes <unk> there; AutoTokenizer on jina-v2's folder also asks to run its
+    remote code. Neither is what the official code ran on.)"""
+    import json
+
+    from transformers import PreTrainedTokenizerFast
+
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    specials = {k: v for k, v in cfg.items() if k.endswith("_token")}
+    return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"),
+                                   model_max_length=cfg["model_max_length"], **specials)
+
+
+def flag_reranker_inputs(tok, query, docs, max_length=512, query_max_length=None) -> list[list[int]]:
+    """FlagReranker.compute_score's tokenisation (tests/families/test_cross_encoder.py's docstring)."""
+    if query_max_length is None:
+        query_max_length = max_length * 3 // 4
+    queries = tok([query] * len(docs), return_tensors=None, add_special_tokens=False, max_length=query_max_length,
+                  truncation=True)["input_ids"]
+    passages = tok(docs, return_tensors=None, add_special_tokens=False, max_length=max_length,
+                   truncation=True)["input_ids"]
+    out = []
+    for q, d in zip(queries, passages):
+        surplus = len(q) + len(d) + 4 - max_length  # XLM-R adds 4 special tokens to a pair
+        if surplus > 0:
+            d = d[:-surplus]
+        out.append([tok.cls_token_id] + q + [tok.sep_token_id, tok.sep_token_id] + d + [tok.sep_token_id])
+    return out
+
+
+def compute_score_inputs(tok, query, docs, max_length=None) -> list[list[int]]:
+    """jina-reranker-v2's compute_score tokenisation: one call, longest_first truncation, padded."""
+    enc = tok([[query, d] for d in docs], padding=True, truncation=True, return_tensors="pt", max_length=max_length)
+    return [row[mask.bool()].tolist() for row, mask in zip(enc["input_ids"], enc["attention_mask"])]

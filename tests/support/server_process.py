@@ -14,6 +14,20 @@ from pathlib import Path
 
 import httpx
 
+# What the tests over the wire send: a query and eight documents with a ranking that is not the input
+# order on the tiny checkpoint (tests/api/test_real_clients.py::test_reference_order_is_not_trivial).
+QUERY = "how do solar panels turn light into electricity"
+DOCS = [
+    "Photovoltaic cells convert sunlight directly into electric current using semiconductors.",
+    "The stock market closed higher on Friday after a volatile week.",
+    "Wind turbines generate power from moving air.",
+    "Bananas are a good source of potassium.",
+    "Solar panels are made of silicon wafers arranged in modules.",
+    "The history of the Roman Empire spans more than a thousand years.",
+    "Electric cars need charging stations along highways.",
+    "Light is made of photons that can knock electrons loose in a material.",
+]
+
 
 def free_port() -> int:
     with socket.socket() as s:
