@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
-import time
 
 import httpx
 import pytest
+from support.kill_under_load import Load, assert_billed_exactly
 from support.server_process import DOCS, QUERY, ServerProcess, create_key, free_port
 
 MODEL = "jina-reranker-v3"
@@ -208,59 +207,21 @@ def test_sigkill_under_load_keeps_the_ledger_exact(tiny_checkpoint, tmp_path):
 
     srv = ServerProcess(tiny_checkpoint, tmp_path / "ledger.db", tmp_path / "server.log")
     srv.start()
-    received: list[str] = []
-    failed_in_flight = 0
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def worker(n: int) -> None:
-        nonlocal failed_in_flight
-        with httpx.Client(timeout=30) as http:
-            i = 0
-            while not stop.is_set():
-                i += 1
-                docs = [f"{d} ({n}-{i})" for d in DOCS]
-                try:
-                    r = http.post(srv.url + "/v1/rerank", json={"query": QUERY, "documents": docs})
-                except httpx.TransportError:
-                    with lock:
-                        failed_in_flight += 1
-                    return
-                if r.status_code == 200:
-                    with lock:
-                        received.append(r.json()["id"])
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    try:
-        deadline = time.monotonic() + 60
-        while len(received) < 20 and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with Load(srv.url, QUERY, DOCS, clients=8, seconds=60, stop_when_cut=True) as load:
+        load.wait_for(20)
         srv.kill()
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
-    assert len(received) >= 20, srv.log()
-    assert failed_in_flight >= 1  # the kill really cut requests off
+    assert len(load.answered) >= 20, srv.log()
+    assert len(load.cut) >= 1  # the kill really cut requests off
 
     srv.start()  # same DB, new process
     try:
         r = httpx.post(srv.url + "/v1/rerank", json={"query": QUERY, "documents": DOCS}, timeout=60)
         assert r.status_code == 200
-        received.append(r.json()["id"])
     finally:
         srv.stop()
 
     with Store(srv.db) as store:
         rows = store.list_usage()
-    ids = [row.request_id for row in rows]
-    assert len(ids) == len(set(ids)), "a request was billed twice"
-    assert len(received) == len(set(received))
-    missing = set(received) - set(ids)
-    assert not missing, f"{len(missing)} answered requests are not in the ledger"
-    unanswered = set(ids) - set(received)
-    print(f"received {len(received)}, failed in flight {failed_in_flight}, rows {len(ids)}, unanswered rows {len(unanswered)}")
-    assert len(unanswered) <= failed_in_flight
+    assert_billed_exactly([row.request_id for row in rows], [*load.answered, r.json()["id"]],
+                          unanswered_at_most=len(load.cut))
     assert all(row.status == 200 and row.documents == len(DOCS) for row in rows)

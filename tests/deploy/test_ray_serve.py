@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from support import postgres_server
+from support.kill_under_load import Load, assert_billed_exactly
 from lastrank.errors import DeadlineExceededError, InvalidRequestError, ModelError, OverloadedError
 from lastrank.api.ray import ModelClient, ModelReplica, ReplicaFailedError, _domain_error, deployment_name
 from lastrank.types import RerankRequest, RerankResult, Usage
@@ -461,12 +462,7 @@ def _ledger_ids(server) -> list[str]:
 
 def _assert_ledger_exact(before: list[str], answered: list[str], refused: list[str], server) -> None:
     """The rows written since `before` are exactly the 200s the clients saw: one each, none for a 5xx."""
-    ids = _ledger_ids(server)
-    assert len(ids) == len(set(ids)), "a request was billed twice"
-    new = set(ids) - set(before)
-    assert not set(answered) - new, "an answered request is not in the ledger"
-    assert not set(refused) & new, "a refused request was billed"
-    assert new == set(answered), "a row without a 200 the clients saw"
+    assert_billed_exactly(_ledger_ids(server), answered, before=before, refused=refused)
 
 
 def _replica_holding(documents: int, deadline: float) -> dict:
@@ -490,31 +486,11 @@ def test_a_replica_killed_under_load_is_replaced_and_billing_stays_exact(ray_ser
     assert len(before) == 2
     billed_before = _ledger_ids(ray_server)
     docs = [f"{d} {i}" for i in range(8) for d in DOCS]  # 48 documents: a replica is busy while requests run
-    answered, failed, other = [], [], []
-    lock = threading.Lock()
-    stop = threading.Event()
 
-    def worker(n: int) -> None:
-        with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {ray_server.key}"}) as http:
-            i = 0
-            while not stop.is_set():
-                i += 1
-                try:
-                    r = http.post(ray_server.url + "/v1/rerank",
-                                  json={"query": QUERY, "documents": [f"{d} ({n}-{i})" for d in docs]})
-                except httpx.HTTPError as e:  # a timeout (a hang) or a dropped connection: neither may happen
-                    with lock:
-                        other.append(("no answer", repr(e)))
-                    continue
-                with lock:
-                    if r.status_code == 200:
-                        answered.append(r.json()["id"])
-                    elif r.status_code == 503 and r.json()["error"]["type"] in REFUSALS and "retry-after" in r.headers:
-                        # the killed replica's own requests; and, while one replica carries the load, Ray's
-                        # back-pressure (its queue is full): both are answered properly and never billed
-                        failed.append(r.headers["x-request-id"])
-                    else:
-                        other.append((r.status_code, r.text[:200]))
+    def refusal(r: httpx.Response) -> bool:
+        # the killed replica's own requests; and, while one replica carries the load, Ray's back-pressure (its
+        # queue is full): both are answered properly and never billed
+        return r.status_code == 503 and r.json()["error"]["type"] in REFUSALS and "retry-after" in r.headers
 
     long_docs = [f"{DOCS[i % len(DOCS)]} [{i}]" for i in range(LONG)]
     long_answer: list[httpx.Response] = []
@@ -522,33 +498,23 @@ def test_a_replica_killed_under_load_is_replaced_and_billing_stays_exact(ray_ser
     def long_request() -> None:  # certainly in flight on the replica that is killed
         long_answer.append(_post(ray_server, docs=long_docs, timeout=120))
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(3)]  # 3 + 1: under two replicas' capacity
-    for t in threads:
-        t.start()
-    try:
-        deadline = time.monotonic() + 60
-        while len(answered) < 6 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        threads.append(threading.Thread(target=long_request))
-        threads[-1].start()
-        victim = _replica_holding(LONG, deadline)
+    # 3 clients + the long request: under two replicas' capacity
+    with Load(ray_server.url, QUERY, docs, clients=3, seconds=60, timeout=60, refusal=refusal, join_timeout=90,
+              headers={"Authorization": f"Bearer {ray_server.key}"}) as load:
+        load.wait_for(6)
+        load.also(long_request)
+        victim = _replica_holding(LONG, load.deadline)
         os.kill(victim["pid"], signal.SIGKILL)  # the replica's process, as the OOM killer would
-        killed_at = len(answered)
-        while len(answered) < killed_at + 6 and time.monotonic() < deadline:
-            time.sleep(0.05)  # the other replica keeps answering
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(90)
-    assert not any(t.is_alive() for t in threads), "a request hung"
-    assert not other, other
-    assert len(answered) >= 12, ray_server.log()
+        load.wait_for(len(load.answered) + 6)  # the other replica keeps answering
+    assert not load.hung, "a request hung"
+    assert not load.cut and not load.other, (load.cut, load.other)  # a timeout (a hang), a dropped connection
+    assert len(load.answered) >= 12, ray_server.log()
     (cut,) = long_answer
     assert cut.status_code == 503 and cut.json()["error"]["type"] == "replica_failed_error", cut.text
     assert "replica" in cut.json()["error"]["message"] and cut.headers["retry-after"] == "1"
-    failed.append(cut.headers["x-request-id"])
-    print(f"kill under load: {len(answered)} answered, {len(failed)} failed with the replica")
-    _assert_ledger_exact(billed_before, answered, failed, ray_server)
+    failed = [*load.refused, cut.headers["x-request-id"]]
+    print(f"kill under load: {len(load.answered)} answered, {len(failed)} failed with the replica")
+    _assert_ledger_exact(billed_before, load.answered, failed, ray_server)
 
     # Ray starts a replacement: two live replicas again, one of them new.
     deadline = time.monotonic() + 90

@@ -19,7 +19,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from lastrank.engine.backend import sigmoid
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timezone
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from lastrank.errors import BudgetExceededError, InsufficientCreditError, InvalidRequestError
 from lastrank.store import UsageRow, open_store
 from lastrank.store import credit
+from support.threads import in_threads
 
 NANO = 1_000_000_000
 
@@ -148,11 +148,7 @@ def test_racing_holds_never_overdraw(target):
             store.record_usage(_row(f"r{i}", record.id, 10_000), held=True)
             won.append(i)
 
-        threads = [threading.Thread(target=client, args=(a if i % 2 else b, i)) for i in range(24)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_threads(24, lambda i: client(a if i % 2 else b, i))
         assert len(won) == 10 and len(lost) == 14
         assert a.count_usage("acme") == 10
         assert a.get_key(record.id).balance_nano_usd == 0
@@ -173,10 +169,6 @@ def test_racing_holds_never_pass_a_budget(target):
             store.record_usage(_row(f"r{i}", record.id, 10_000), held=True)
             won.append(i)
 
-        threads = [threading.Thread(target=client, args=(a if i % 2 else b, i)) for i in range(20)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_threads(20, lambda i: client(a if i % 2 else b, i))
         assert len(won) == 5 and a.count_usage("team") == 5
         assert a.credit_accounts("team")[0]["period_spent_usd"] == 50_000 / NANO

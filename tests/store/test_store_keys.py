@@ -11,6 +11,7 @@ import pytest
 
 from lastrank.errors import InvalidRequestError, NotFoundError
 from lastrank.store import KeyRecord, Store, open_store
+from support.threads import in_threads
 
 
 def test_create_and_verify(store):
@@ -73,20 +74,14 @@ def test_concurrent_creates_of_one_name_make_one_key(target):
     """Two clients (two replicas) racing to create the same name: one key, one clear refusal."""
     stores = [open_store(target) for _ in range(2)]
     outcomes: list[object] = []
-    barrier = threading.Barrier(8)
 
     def create(i: int):
-        barrier.wait()
         try:
             outcomes.append(stores[i % 2].create_key("same-name"))
         except InvalidRequestError as e:
             outcomes.append(e)
 
-    threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(8, create, together=True)
     try:
         made = [o for o in outcomes if isinstance(o, tuple)]
         refused = [o for o in outcomes if isinstance(o, InvalidRequestError)]
@@ -191,28 +186,19 @@ def test_to_dict_has_no_secret(store):
 
 def test_verify_from_many_threads(store):
     keys = [store.create_key(f"k{i}") for i in range(4)]
-    errors: list[BaseException] = []
     results: list[tuple[str, str | None]] = []
     lock = threading.Lock()
 
     def worker(i: int):
-        try:
-            for n in range(50):
-                record, plaintext = keys[(i + n) % len(keys)]
-                got = store.verify_key(plaintext)
-                bad = store.verify_key(plaintext[:-2] + "zz" if not plaintext.endswith("zz") else plaintext[:-2] + "yy")
-                with lock:
-                    results.append((record.id, got.id if got else None))
-                    results.append(("bad", bad))
-        except BaseException as e:  # surfaced below
-            errors.append(e)
+        for n in range(50):
+            record, plaintext = keys[(i + n) % len(keys)]
+            got = store.verify_key(plaintext)
+            bad = store.verify_key(plaintext[:-2] + "zz" if not plaintext.endswith("zz") else plaintext[:-2] + "yy")
+            with lock:
+                results.append((record.id, got.id if got else None))
+                results.append(("bad", bad))
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    in_threads(8, worker)
     assert len(results) == 8 * 50 * 2
     assert all(want == got if want != "bad" else got is None for want, got in results)
 

@@ -17,6 +17,7 @@ import pytest
 from lastrank.errors import InvalidRequestError, NotFoundError
 from lastrank.store import DEFAULT_PRICE_PER_1K_DOCS, Store, UsageRow, cost_for, open_store
 from lastrank.store.ledger import total
+from support.threads import in_threads
 
 
 def row(request_id: str, key_id: str | None = None, documents: int = 10, status: int = 200, created_at=None, **kw):
@@ -243,25 +244,16 @@ def test_costs_sum_exactly(store):
 
 
 def test_concurrent_threads_lose_no_rows(store):
-    errors: list[BaseException] = []
     inserted = [0] * 8
 
     def worker(i: int):
-        try:
-            for n in range(15):
-                store.record_usage(row(f"t{i}-{n}", documents=1))
-            for n in range(10):  # every thread also races the others on the same ids
-                if store.record_usage(row(f"shared-{n}", documents=1)):
-                    inserted[i] += 1
-        except BaseException as e:  # surfaced below
-            errors.append(e)
+        for n in range(15):
+            store.record_usage(row(f"t{i}-{n}", documents=1))
+        for n in range(10):  # every thread also races the others on the same ids
+            if store.record_usage(row(f"shared-{n}", documents=1)):
+                inserted[i] += 1
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    in_threads(8, worker)
     assert sum(inserted) == 10
     assert store.count_usage() == 8 * 15 + 10
     assert {r.request_id for r in store.list_usage()} == {f"t{i}-{n}" for i in range(8) for n in range(15)} | {

@@ -16,6 +16,7 @@ import pytest
 import lastrank.store.schema as schema
 from lastrank.errors import StoreUnavailableError
 from lastrank.store import SCHEMA_VERSION, PostgresStore, Store, StoreError, UsageRow, default_db_path, open_store
+from support.threads import in_threads
 
 
 def _row(request_id: str) -> UsageRow:
@@ -263,24 +264,13 @@ def test_pg_newer_schema_is_refused(pg_url):
 def test_pg_replicas_starting_together_migrate_once(pg_url):
     """Four clients open a fresh database at once: the advisory lock lets one migrate, the rest wait."""
     url = pg_url
-    barrier = threading.Barrier(4)
-    stores, errors = [], []
-
-    def start():
-        barrier.wait()
-        try:
-            stores.append(open_store(url))
-        except BaseException as e:  # surfaced below
-            errors.append(e)
-
-    threads = [threading.Thread(target=start) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for s in stores:
-        s.close()
-    assert not errors and len(stores) == 4
+    stores = []
+    try:
+        in_threads(4, lambda i: stores.append(open_store(url)), together=True)
+    finally:
+        for s in stores:
+            s.close()
+    assert len(stores) == 4
     with _pg(url) as conn:
         assert conn.execute("SELECT version FROM lastrank_schema").fetchall() == [(SCHEMA_VERSION,)]
 

@@ -3,11 +3,11 @@ Each test runs on SQLite and PostgreSQL (conftest.py)."""
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import datetime, timezone
 
 from lastrank.store import UsageRow, cost_for, open_store
+from support.threads import in_threads
 
 TODAY = lambda: datetime.now(timezone.utc).strftime("%Y-%m-%d")  # noqa: E731
 
@@ -71,19 +71,13 @@ def test_summary_counts_refusals_as_unbilled_requests(store):
 def test_two_clients_add_up(target):
     """Replicas count into the same rows: the counts add, none is lost to a race."""
     stores = [open_store(target) for _ in range(2)]
-    barrier = threading.Barrier(4)
 
     def worker(i: int):
-        barrier.wait()
         for _ in range(5):
             stores[i % 2].record_refusals({(TODAY(), "", "/v1/rerank", 429, "m"): 2})
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
     try:
+        in_threads(4, worker, together=True)
         assert [r["count"] for r in stores[0].list_refusals()] == [4 * 5 * 2]
     finally:
         for s in stores:
