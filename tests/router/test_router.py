@@ -198,6 +198,18 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def call_once(provider, request, timeout):
+    """The provider started, one call, stopped (also when the call raises): the call's result."""
+    async def go():
+        await provider.start()
+        try:
+            return await provider.call(request, timeout)
+        finally:
+            await provider.stop()
+
+    return run(go())
+
+
 def test_the_router_is_a_model_runner():
     assert isinstance(routed(model()), ModelRunner)
 
@@ -429,14 +441,7 @@ def test_each_dialect_gives_the_upstreams_indices_order_and_scores(upstream, dia
     seen: list = []
     p = RemoteProvider(cfg, m, environ={"U_KEY": key}, transport=bridge(client, seen))
 
-    async def go():
-        await p.start()
-        try:
-            return await p.call(req(top_n=3), 10.0)
-        finally:
-            await p.stop()
-
-    result = run(go())
+    result = call_once(p, req(top_n=3), 10.0)
     assert p.score_rule == "cosine"
     assert [d.index for d in result.results] == [d["index"] for d in direct][:3] == [3, 1, 0]
     for got, want in zip(result.results, direct):
@@ -451,15 +456,8 @@ def test_a_provider_without_api_key_env_sends_no_authorization(upstream):
     seen: list = []
     p = RemoteProvider(cfg, ModelConfig(name="m", providers=(cfg,)), transport=bridge(client, seen))
 
-    async def go():
-        await p.start()
-        try:
-            await p.call(req(), 10.0)
-        finally:
-            await p.stop()
-
     with pytest.raises(ProviderFailed, match="answered 401"):  # the upstream needs a key: the operator's problem
-        run(go())
+        call_once(p, req(), 10.0)
     assert seen and all("authorization" not in h for h in seen)
 
 
@@ -494,20 +492,13 @@ def test_upstream_answers_are_classified(status, body, headers, expect):
     cfg = ProviderConfig(name="u", dialect="jina", base_url="http://upstream", score="sigmoid")
     p = RemoteProvider(cfg, ModelConfig(name="m", providers=(cfg,)), transport=_scripted(status, body, headers))
 
-    async def go():
-        await p.start()
-        try:
-            await p.call(req(), 5.0)
-        finally:
-            await p.stop()
-
     if isinstance(expect, tuple):
         with pytest.raises(ProviderFailed) as e:
-            run(go())
+            call_once(p, req(), 5.0)
         assert (("hold" if e.value.hold else "fail"), e.value.retry_after) == expect
     else:
         with pytest.raises(expect) as e:
-            run(go())
+            call_once(p, req(), 5.0)
         if expect is InvalidRequestError:
             assert body["detail"] in e.value.message and "'u'" in e.value.message
 
@@ -516,15 +507,8 @@ def test_a_connect_error_is_a_provider_failure():
     cfg = ProviderConfig(name="u", dialect="jina", base_url="http://127.0.0.1:9", score="sigmoid")  # discard port
     p = RemoteProvider(cfg, ModelConfig(name="m", providers=(cfg,)))
 
-    async def go():
-        await p.start()
-        try:
-            await p.call(req(), 5.0)
-        finally:
-            await p.stop()
-
     with pytest.raises(ProviderFailed, match="connection failed"):
-        run(go())
+        call_once(p, req(), 5.0)
 
 
 def test_a_request_a_dialect_cannot_carry_goes_to_one_that_can_or_is_a_400():
@@ -723,14 +707,7 @@ def test_vllm_score_answers_are_read():
 
     p = RemoteProvider(cfg, ModelConfig(name="m", providers=(cfg,)), transport=httpx.MockTransport(handle))
 
-    async def go():
-        await p.start()
-        try:
-            return await p.call(req(top_n=2), 5.0)
-        finally:
-            await p.stop()
-
-    result = run(go())
+    result = call_once(p, req(top_n=2), 5.0)
     assert [(d.index, d.relevance_score) for d in result.results] == [(1, 0.9), (3, 0.5)]
     assert result.usage.prompt_tokens == 17 and result.usage.documents == 4
     import json
@@ -768,14 +745,7 @@ def test_a_local_provider_loads_the_real_model(tmp_path):
     cfg = ProviderConfig(name="here", dialect="local", model="minilm")
     p = LocalProvider(cfg, ModelConfig(name="m", providers=(cfg,)), settings=ServerSettings(dtype="float32"))
 
-    async def go():
-        await p.start()
-        try:
-            return await p.call(req(), None)
-        finally:
-            await p.stop()
-
-    result = run(go())
+    result = call_once(p, req(), None)
     want = Reranker("minilm", dtype="float32").rerank(QUERY, DOCS)
     assert p.score_rule == "cosine"
     assert [(d.index, round(d.relevance_score, 5)) for d in result.results] == \

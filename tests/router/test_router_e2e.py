@@ -24,7 +24,8 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from support.server_process import ServerProcess, free_port
+from support.live_server import AppServer
+from support.server_process import ServerProcess
 
 COOLDOWN_S = 10.0  # the breaker's: longer than any "still open" check window (a few requests) under load
 HOLD_S = 10  # the fake's Retry-After on a 429: likewise
@@ -62,22 +63,8 @@ class FakeUpstream:
                                  timeout=30)
             return JSONResponse(r.json(), status_code=r.status_code)
 
-        import uvicorn
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self):
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
+        self.server = AppServer(app)
+        self.url, self.start, self.stop = self.server.url, self.server.start, self.server.stop
 
 
 def make_key(db):

@@ -5,14 +5,13 @@ last probe. The upstream is a small real app on a free port that fails, then rec
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from support.server_process import free_port
+from support.live_server import AppServer
 
 from lastrank.router import parse_config
 from lastrank.router.config import ModelConfig, ProviderConfig
@@ -41,24 +40,15 @@ class FlakyTei:
                 return JSONResponse({"error": "loading"}, status_code=503)
             return [{"index": i, "score": 0.5 + 0.1 * i} for i in range(len(body["texts"]))][::-1]
 
-        import uvicorn
-
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.server = AppServer(app)
+        self.url = self.server.url
 
     def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert self.server.started
+        self.server.start()
         return self
 
     def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
+        self.server.stop()
 
 
 def test_probe_defaults_are_on_where_free_and_off_where_billed():
