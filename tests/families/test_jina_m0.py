@@ -119,6 +119,36 @@ def test_document_truncation_as_official(reranker, official):
         reranker.rerank_request(RerankRequest(query=QUERY, documents=["x"], max_doc_length=10000))
 
 
+def test_the_prompt_cut_reaches_the_query_and_never_an_image(reranker):
+    """The processor's cut (the whole prompt to 10,239 tokens, from the right) can reach past the document limit
+    only when max_query_length is set small: it cuts a text query, and refuses rather than cut an image query."""
+    backend = reranker.backend
+    long = "green tea " * 6000  # over 10,239 tokens
+    limits = dict(max_doc_length=10239, max_query_length=1)
+    plan = backend.plan(RerankRequest(query=QUERY, documents=[long], **limits))
+    assert plan.usage.truncated_indices == [0] and plan.usage.query_truncated
+    assert plan.blocks[0].n_tokens == 10240  # 10,239 prompt tokens and the score token
+    with pytest.raises(InvalidRequestError, match="would cut an image"):
+        backend.plan(RerankRequest(query="", documents=[long], images={"query": image(56, 56, 0)}, **limits))
+    with pytest.raises(InvalidRequestError, match="the query exceeds 1 tokens"):  # the engine's one refusal
+        backend.plan(RerankRequest(query=QUERY, documents=[long], truncate=False, **limits))
+
+
+def test_a_tokenizer_whose_image_pad_is_not_config_jsons_is_refused(folder, tmp_path):
+    import json
+    import shutil
+
+    from lastrank.errors import ModelNotAvailableError
+    from lastrank.families import load_backend
+
+    other = shutil.copytree(folder, tmp_path / "m0")
+    config = json.loads((other / "config.json").read_text())
+    config["image_token_id"] += 1
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelNotAvailableError, match="image_token_id"):
+        load_backend(str(other), dtype="float32")
+
+
 def test_usage_counts_image_tokens(reranker):
     result = reranker.rerank_request(RerankRequest(query="q", documents=["", "text"], images={0: image(56, 56, 0)}))
     # a 56x56 image is a 4x4 patch grid = 4 image tokens, plus <|vision_start|> and <|vision_end|>

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,16 @@ class PairwiseBackend(Backend):
     """Base of the pointwise families. Subclasses set `capabilities` and implement the two methods below."""
 
     max_block_tokens: int = 8192
+
+    def __init__(self, model, tokenizer, device, *, max_forward_tokens: int = 16384, model_id: str = "",
+                 path: Path | None = None, random_weights: bool = False):
+        """What every pointwise family holds: its model, its tokenizer, the device, and max_forward_tokens, the
+        most tokens one packed forward holds (it bounds activation memory: a batch with more runs several)."""
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.max_forward_tokens = max_forward_tokens
+        super().__init__(model_id=model_id, path=path, random_weights=random_weights)
 
     @abstractmethod
     def encode_pairs(self, request: RerankRequest, limits: Limits) -> EncodedPairs:

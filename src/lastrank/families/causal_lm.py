@@ -116,7 +116,7 @@ def shared_prefix_len(sequences: list[list[int]]) -> int:
 class CausalLMBackend(PairwiseBackend):
     """Base of the two families: loading, limits, the packed shared-prefix scoring. Subclasses build pairs.
 
-    max_forward_tokens: the most tokens (after the shared prefix) one packed forward holds.
+    max_forward_tokens (PairwiseBackend's): counted after the shared prefix, which is computed apart.
     reuse_prefix: compute each request's shared prefix once (True) or run every pair whole (False; the
     benchmark's comparison).
     """
@@ -124,14 +124,9 @@ class CausalLMBackend(PairwiseBackend):
     family: str
     raw_description: str
 
-    def __init__(self, model: CausalLMForRanking, tokenizer, device: torch.device, *, max_forward_tokens: int = 16384,
-                 reuse_prefix: bool = True, model_id: str = "", path: Path | None = None, random_weights: bool = False):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.device = device
-        self.max_forward_tokens = max_forward_tokens
+    def __init__(self, model: CausalLMForRanking, tokenizer, device: torch.device, *, reuse_prefix: bool = True, **kw):
         self.reuse_prefix = reuse_prefix
-        super().__init__(model_id=model_id, path=path, random_weights=random_weights)
+        super().__init__(model, tokenizer, device, **kw)
         cfg = model.config
         self.context_length = cfg.max_position_embeddings
         head = "score head (Qwen3ForSequenceClassification)" if model.head.shape[0] == 1 else "two LM-head rows"

@@ -93,23 +93,17 @@ def longest_first_lengths(n_query: int, n_doc: int, max_length: int, n_special: 
 
 class CrossEncoderBackend(PairwiseBackend):
     """rule: FLAG_RERANKER or COMPUTE_SCORE (module docstring); max_length: its default pair length (None: the
-    rule's DEFAULT_MAX_LENGTH). max_forward_tokens: the most tokens one packed forward holds (bounds activation
-    memory); a `score_sequences` call with more runs several forwards."""
+    rule's DEFAULT_MAX_LENGTH); the rest as PairwiseBackend's (max_forward_tokens, model_id, path, ...)."""
 
     def __init__(self, model: XLMRobertaForSequenceClassification, tokenizer, rule: str, layout: str,
-                 device: torch.device, *, max_length: int | None = None, max_forward_tokens: int = 16384,
-                 model_id: str = "", path: Path | None = None, random_weights: bool = False):
+                 device: torch.device, *, max_length: int | None = None, **kw):
+        super().__init__(model, tokenizer, device, **kw)
         cfg = model.config
         if cfg.num_labels != 1:
-            raise ModelNotAvailableError(f"{path}: a reranker has one output logit; this classifier has "
+            raise ModelNotAvailableError(f"{self.path}: a reranker has one output logit; this classifier has "
                                          f"num_labels={cfg.num_labels}")
-        self.model = model
-        self.tokenizer = tokenizer
         self.rule = rule
         self.layout = layout
-        self.device = device
-        self.max_forward_tokens = max_forward_tokens
-        super().__init__(model_id=model_id, path=path, random_weights=random_weights)
         self.prefix, self.middle, self.suffix = self._template(tokenizer)
         self.n_special = len(self.prefix) + len(self.middle) + len(self.suffix)
         max_length = min(max_length or DEFAULT_MAX_LENGTH[rule], cfg.max_tokens)

@@ -13,11 +13,7 @@ As the official modeling.py (`JinaVLForRanking.compute_score`, `formatting_promp
     from the right to max_length - 1 tokens (the processor's truncation) before the score token. That cut
     reaches the query first (it comes last); one that would reach an image's tokens is refused (400) instead
     of feeding the model a broken image.
-Differences from the official batched forward: none in the math. The official code runs one (query type,
-document type) at a time, left-padded, in batches of 8; here pairs of any types run unpadded, packed into
-forwards of up to max_forward_tokens tokens and max_forward_patches vision patches, with every image of a
-forward in one vision-encoder call. In float32 this matches the official batch to rounding
-(tests/families/test_jina_m0.py checks against transformers; benchmarks/bench_m0.py times both at the real shape).
+The forward differs from the official batches in the packing only (`JinaM0Backend.run_blocks`).
 """
 
 from __future__ import annotations
@@ -26,55 +22,43 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from lastrank.engine.backend import Capabilities, Limits
 from lastrank.engine.pairs import EncodedPairs, PairBlock, PairwiseBackend, cut_blocks, per_block
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.families import JINA_M0 as SPEC
-from lastrank.model.jina_m0 import IMAGE_TOKEN_ID, SCORE_TOKEN_ID, Image, JinaM0ForRanking
-from lastrank.model.qwen2_vl import ImageLimits, preprocess_image
+from lastrank.model.jina_m0 import SCORE_TOKEN_ID, Image, JinaM0ForRanking, load_jina_m0
+from lastrank.model.qwen2_vl import IMAGE_PAD, IMAGE_PROMPT, ImageLimits, process_image
+from lastrank.model.resolve import check_files
 from lastrank.types import RerankRequest
 
 FAMILY = SPEC.name  # Capabilities.family
 MAX_LENGTH = 10240  # compute_score's max_length
 MAX_QUERY_LENGTH = 512  # compute_score's max_query_length
-IMAGE_PROMPT = "<|vision_start|><|image_pad|><|vision_end|>"
-IMAGE_PAD = "<|image_pad|>"
-
-
-def prompt(query: str, doc: str) -> str:
-    """formatting_prompts_func: document first, then the query; an image is IMAGE_PROMPT (expanded later)."""
-    return f"**Document**:\n{doc}\n**Query**:\n{query}"
+PROMPT = "**Document**:\n{doc}\n**Query**:\n{query}"  # formatting_prompts_func (an image: its IMAGE_PROMPT)
 
 
 class JinaM0Backend(PairwiseBackend):
     """A pairwise family whose pairs carry images: each sequence's payload (PairBlock.payloads) is its images in
     prompt order (the document's, then the query's), and `run_blocks` is its own (two budgets, below)."""
 
-    def __init__(self, model: JinaM0ForRanking, tokenizer, device: torch.device, *, max_forward_tokens: int = 16384,
-                 max_forward_patches: int = 32768, model_id: str = "", path: Path | None = None,
-                 random_weights: bool = False):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.device = device
-        self.max_forward_tokens = max_forward_tokens
+    def __init__(self, model: JinaM0ForRanking, tokenizer, device: torch.device, *, max_forward_patches: int = 32768,
+                 **kw):
         # 32,768 patches: about 40 images of 448x448 or 10 of the largest (3,072 patches); the vision MLP's
         # widest activation is then 32,768 x 5,120 values (0.7 GB in float32)
         self.max_forward_patches = max_forward_patches
-        super().__init__(model_id=model_id, path=path, random_weights=random_weights)
+        super().__init__(model, tokenizer, device, **kw)
         v = model.vision_config
-        self.image_limits = ImageLimits(patch_size=v.patch_size, merge_size=v.spatial_merge_size,
-                                  temporal_patch_size=v.temporal_patch_size)
+        self.image_limits = ImageLimits.of(v)
         cfg = model.config
         self.capabilities = Capabilities(
             family=FAMILY,
             architecture=f"JinaVLForRanking: Qwen2-VL vision ({v.depth} blocks, {v.embed_dim}) + Qwen2 decoder "
                          f"({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, M-RoPE), score MLP",
             listwise=False, score="sigmoid", raw_score="score head logit at the last token - 2.65",
-            instruction=False, embedding_dim=None, context_length=MAX_LENGTH,
-            max_doc_length=max(MAX_LENGTH - MAX_QUERY_LENGTH, MAX_QUERY_LENGTH), max_query_length=MAX_QUERY_LENGTH,
-            images=True,
-        )
+            instruction=False, embedding_dim=None, context_length=MAX_LENGTH, images=True,
+            max_doc_length=max(MAX_LENGTH - MAX_QUERY_LENGTH, MAX_QUERY_LENGTH), max_query_length=MAX_QUERY_LENGTH)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -95,13 +79,12 @@ class JinaM0Backend(PairwiseBackend):
         return Limits(max_doc, max_query)
 
     def image(self, image) -> tuple[str, list[Image], int]:
-        """-> (the image's prompt text, its <|image_pad|> run expanded; [pixels and grid]; its image tokens)."""
+        """-> (the image's prompt text, [its pixels and grid], its image tokens): qwen2_vl.process_image."""
         try:
-            pixels, grid = preprocess_image(image, self.image_limits)
+            text, n, prepared = process_image(image, self.image_limits)
         except ValueError as e:  # smart_resize's aspect-ratio limit
             raise InvalidRequestError(f"image: {e}") from None
-        n = grid[0] * grid[1] * grid[2] // self.image_limits.merge_size ** 2
-        return IMAGE_PROMPT.replace(IMAGE_PAD, IMAGE_PAD * n), [(pixels, grid)], n
+        return text, [prepared], n
 
     def encode_pairs(self, request: RerankRequest, limits: Limits) -> EncodedPairs:
         encode = self.tokenizer.encode
@@ -119,14 +102,14 @@ class JinaM0Backend(PairwiseBackend):
                     truncated.append(i)
                 if len(own) >= limits.max_doc:  # the official `>=`: cut, decoded back to text
                     doc, own = self.tokenizer.decode(own[:limits.max_doc], skip_special_tokens=False), None
-            ids = encode(prompt(query, doc), add_special_tokens=False).ids
-            if ids.count(IMAGE_TOKEN_ID) != n_images:  # the official processor fails on this too
+            ids = encode(PROMPT.format(doc=doc, query=query), add_special_tokens=False).ids
+            if ids.count(self.model.image_token_id) != n_images:  # the official processor fails on this too
                 raise InvalidRequestError(f"documents[{i}] or the query holds the text {IMAGE_PAD}, which only "
                                           f"images may use")
             if len(ids) > MAX_LENGTH - 1:  # the processor's cut, from the right: the query's end first
-                if ids[:MAX_LENGTH - 1].count(IMAGE_TOKEN_ID) != n_images:
-                    raise InvalidRequestError(f"documents[{i}]: the prompt is {len(ids)} tokens, over {MAX_LENGTH - 1}, "
-                                              f"and truncating it would cut an image")
+                if ids[:MAX_LENGTH - 1].count(self.model.image_token_id) != n_images:
+                    raise InvalidRequestError(f"documents[{i}]: the prompt is {len(ids)} tokens, over "
+                                              f"{MAX_LENGTH - 1}, and truncating it would cut an image")
                 ids, query_truncated = ids[:MAX_LENGTH - 1], True
             sequences.append(ids + [SCORE_TOKEN_ID])  # its length (what blocks and usage count) has the image tokens
             payloads.append(doc_images + query_images)
@@ -134,31 +117,29 @@ class JinaM0Backend(PairwiseBackend):
         return EncodedPairs(sequences, doc_tokens, truncated, query_truncated, payloads=payloads)
 
     def run_blocks(self, blocks: list[PairBlock]) -> list[np.ndarray]:
-        """The pairs of every block, packed into forwards of up to max_forward_tokens decoder tokens (image
-        tokens included) and max_forward_patches vision-encoder rows (4 per image token: what bounds the
-        vision encoder's memory), a larger pair alone; images and text alike (JinaM0ForRanking.score_prompts)."""
-        items = [(s, imgs) for b in blocks for s, imgs in zip(b.sequences, b.payloads)]
-        raw = np.empty(len(items), dtype=np.float64)
-        sizes = [(len(s), sum(t * h * w for _, (t, h, w) in imgs)) for s, imgs in items]
-        for group in cut_blocks(sizes, (self.max_forward_tokens, self.max_forward_patches)):
-            raw[group] = self.model.score_prompts([items[i][0] for i in group], [items[i][1] for i in group]).cpu().numpy()
+        """The pairs of every block, packed into forwards of up to max_forward_tokens decoder tokens (image tokens
+        included) and max_forward_patches vision-encoder rows (4 per image token: what bounds its memory), a larger
+        pair alone, every image of a forward in one vision-encoder call (JinaM0ForRanking.score_prompts). The
+        official code runs one (query type, document type) at a time, left-padded, in batches of 8; in float32
+        this matches it to rounding (tests/families/test_jina_m0.py; benchmarks/bench_m0.py times both)."""
+        sequences = [s for b in blocks for s in b.sequences]
+        images = [p for b in blocks for p in b.payloads]
+        sizes = [(len(s), sum(t * h * w for _, (t, h, w) in imgs)) for s, imgs in zip(sequences, images)]
+        raw = np.empty(len(sequences), dtype=np.float64)
+        for g in cut_blocks(sizes, (self.max_forward_tokens, self.max_forward_patches)):
+            raw[g] = self.model.score_prompts([sequences[i] for i in g], [images[i] for i in g]).cpu().numpy()
         return per_block(raw, blocks)
 
 
 def load(path: Path, device: torch.device, dtype: torch.dtype, *, model_id: str = "", random_weights: bool = False,
          **options) -> JinaM0Backend:
-    from tokenizers import Tokenizer
-
-    from lastrank.model.jina_m0 import load_jina_m0
-    from lastrank.model.resolve import check_files
-
     check_files(path, ("config.json", "tokenizer.json"), "jina-reranker-m0")
     tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-    tokenizer.no_truncation()
+    tokenizer.no_truncation()  # truncation is the family's own (above), never the file's settings
     tokenizer.no_padding()
-    for token in ("<|vision_start|>", IMAGE_PAD, "<|vision_end|>"):
-        if tokenizer.token_to_id(token) is None:
-            raise ModelNotAvailableError(f"{path}: the tokenizer has no {token} token; not a Qwen2-VL tokenizer")
+    if len(tokenizer.encode(IMAGE_PROMPT, add_special_tokens=False).ids) != 3:
+        raise ModelNotAvailableError(f"{path}: the tokenizer has no single tokens for {IMAGE_PROMPT}; not a Qwen2-VL "
+                                     f"tokenizer")
     model = load_jina_m0(path, device, dtype)
     if tokenizer.token_to_id(IMAGE_PAD) != model.image_token_id:
         raise ModelNotAvailableError(f"{path}: the tokenizer's {IMAGE_PAD} is id {tokenizer.token_to_id(IMAGE_PAD)}, "

@@ -90,6 +90,12 @@ class ImageLimits:
     merge_size: int = 2
     temporal_patch_size: int = 2
 
+    @classmethod
+    def of(cls, vision: VisionConfig) -> "ImageLimits":
+        """These pixel bounds with a model's own patch geometry (its config.json vision_config)."""
+        return cls(patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
+                   temporal_patch_size=vision.temporal_patch_size)
+
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
     """(height, width): multiples of `factor` closest to the image's, scaled into [min_pixels, max_pixels] keeping
@@ -116,6 +122,18 @@ def image_grid(width: int, height: int, limits: ImageLimits = ImageLimits()) -> 
     factor = limits.patch_size * limits.merge_size
     h, w = smart_resize(height, width, factor, limits.min_pixels, limits.max_pixels)
     return 1, h // limits.patch_size, w // limits.patch_size
+
+
+IMAGE_PAD = "<|image_pad|>"
+IMAGE_PROMPT = "<|vision_start|>" + IMAGE_PAD + "<|vision_end|>"  # an image's place in a prompt
+
+
+def process_image(image, limits: ImageLimits = ImageLimits()) -> tuple[str, int, tuple[np.ndarray, tuple[int, int, int]]]:
+    """What the Qwen2-VL processor makes of one image of a prompt: (its prompt text, IMAGE_PROMPT with
+    <|image_pad|> repeated once per merged patch of its grid; that many image tokens; (pixel_values, grid_thw))."""
+    pixels, grid = preprocess_image(image, limits)
+    n = grid[0] * grid[1] * grid[2] // limits.merge_size ** 2
+    return IMAGE_PROMPT.replace(IMAGE_PAD, IMAGE_PAD * n), n, (pixels, grid)
 
 
 def preprocess_image(image, limits: ImageLimits = ImageLimits()) -> tuple[np.ndarray, tuple[int, int, int]]:
