@@ -49,14 +49,17 @@ class Lazy:
         return getattr(importlib.import_module(self.module), self.attr)(*args, **kwargs)
 
 
-@dataclass(frozen=True)
 class Architectures:
     """A detector as data: the folder's config.json `architectures` names one of these."""
 
-    names: tuple[str, ...]
+    def __init__(self, *names: str):
+        self.names = names
 
     def __call__(self, config: dict, folder: Path) -> bool:
         return any(name in (config.get("architectures") or []) for name in self.names)
+
+    def __repr__(self) -> str:
+        return f"Architectures{self.names!r}"
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ class FamilySpec:
 
 def _family(module: str, *architectures: str) -> dict:
     """detect and load from lastrank.families.<module>; detect by `architectures` (data) where they are given."""
-    detect = Architectures(architectures) if architectures else Lazy(f"lastrank.families.{module}", "detect")
+    detect = Architectures(*architectures) if architectures else Lazy(f"lastrank.families.{module}", "detect")
     return dict(detect=detect, load=Lazy(f"lastrank.families.{module}", "load"), aliases=(module,))
 
 
