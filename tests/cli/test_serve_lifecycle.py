@@ -153,6 +153,27 @@ def test_a_model_that_cannot_load_ends_the_server_with_its_reason(tmp_path):
     assert text.strip().endswith("; exiting")
 
 
+def test_a_refused_dtype_ends_the_server_in_one_line_without_a_traceback(tiny_checkpoint, tmp_path):
+    """dtype int8 for a family without an int8 path is a refusal with its reason (ModelNotAvailableError): the
+    server exits 2 with that one line; before, it first logged the refusal's traceback."""
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as err:
+        proc = lastrank_serve("--model", str(tiny_checkpoint), "--dtype", "int8", "--port", str(free_port()),
+                              db=tmp_path / "x.db", stderr=err)
+    try:
+        rc = proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    text = log.read_text()
+    assert rc == 2, text
+    assert "Traceback" not in text and "ERROR" not in text, text
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("lastrank: error: the model ") and "dtype int8 is implemented for the bi-encoder" in last
+    assert last.endswith("; exiting")
+
+
 LONG_DOCS = 300  # ~20k tokens of MiniLM: one batch of several seconds on a 2-core machine (about 14 s, loaded)
 
 

@@ -73,3 +73,17 @@ def test_cli_refuses_bad_arguments(data_root, tmp_path, capsys):
     assert main(["eval", "--model", "x", "--data", str(tmp_path / "missing")]) == 2
     with pytest.raises(SystemExit):
         main(["eval", "--data", data])  # neither --model nor --server
+
+
+def test_the_fingerprint_records_the_dtype_auto_chose(data_root, tiny_checkpoint, tmp_path):
+    """--dtype auto is decided at load, per machine: the fingerprint a resumed run must match (and the config)
+    record the type that ran, not "auto", so a run resumed where auto picks another type starts afresh."""
+    from lastrank import Reranker
+
+    out = tmp_path / "auto"
+    assert main(["eval", "--model", str(tiny_checkpoint), "--data", "noveleval-2306", "--queries", "1",
+                 "--top-k", "3", "--out", str(out), "--dtype", "auto", "--no-progress"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    chosen = Reranker(str(tiny_checkpoint), dtype="auto").backend.dtype_choice.dtype  # cached: the same choice
+    assert config["fingerprint"]["dtype"] == config["dtype"] == chosen != "auto"
+    assert config["args"]["dtype"] == "auto"  # what was asked stays in the record

@@ -55,7 +55,7 @@ from lastrank.api.routes import router
 from lastrank.api.settings import ServerSettings
 from lastrank.engine.chunking import ChunkingBackend
 from lastrank.engine.scheduler import Scheduler
-from lastrank.errors import InvalidRequestError, LastrankError
+from lastrank.errors import InvalidRequestError, LastrankError, ModelNotAvailableError
 from lastrank.families import known_names
 from lastrank.store.credit import to_nano
 from lastrank.types import new_request_id
@@ -235,6 +235,9 @@ def create_app(
     async def start_in_background(model: ServedModel) -> None:
         try:
             await start_model(model)
+        except ModelNotAvailableError as e:  # a refusal that is its own reason (e.g. dtype int8 for a family
+            # without it): no traceback; the load error below is the one line the server exits with
+            model.load_error = f"the model {model.name!r} failed to load: {e}"
         except Exception as e:  # the server stays up, /ready and /v1/models say why
             log.exception("loading the model %s failed", model.name)
             model.load_error = f"the model {model.name!r} failed to load: {e}"

@@ -107,6 +107,8 @@ def loader(model_id: str, path, family: str, name: str, settings) -> Callable[[]
         choice = backend.dtype_choice  # "auto": what it picked on this machine and why (engine/dtype_choice.py)
         print(f"lastrank: model {name} ({backend.capabilities.family}, {model_id}) loaded and warmed up "
               f"({settings.device}, {choice.describe()}); ready{note}", file=sys.stderr, flush=True)
+        if choice.warning:  # e.g. int8 on a CPU without VNNI (model/int8.py: speed_note)
+            print(f"lastrank: warning: model {name}: {choice.warning}", file=sys.stderr, flush=True)
         return backend
 
     return load

@@ -76,6 +76,7 @@ class DtypeChoice:
     drift: float | None = None  # max |relevance difference| from float32 on PROBE (None: not measured)
     bound: float = BOUND
     cached: bool = False  # read from the cache file rather than measured in this process
+    warning: str | None = None  # one line the CLI and the server print (e.g. int8 on a CPU where it does not pay)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -86,8 +87,8 @@ class DtypeChoice:
         return f"dtype auto -> {self.dtype}: {self.reason}"
 
 
-def explicit(dtype: str) -> DtypeChoice:
-    return DtypeChoice(requested=dtype, dtype=dtype, reason="as requested")
+def explicit(dtype: str, warning: str | None = None) -> DtypeChoice:
+    return DtypeChoice(requested=dtype, dtype=dtype, reason="as requested", warning=warning)
 
 
 # ------------------------------------------------------------------------------------------ the machine

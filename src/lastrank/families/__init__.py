@@ -192,10 +192,12 @@ def load_backend(model: str | Path, device: str | None = "cpu", dtype: str | Non
     if path is None:
         path = resolve_checkpoint(model, revision=revision, cache_dir=cache_dir)
     spec = family_spec(family or detect_family(path))
+    warning = None
     if str(dtype).lower() == "int8":  # opt-in, for the encoder families only: refused here, in one line
-        from lastrank.model.int8 import refuse_unless_int8
+        from lastrank.model.int8 import refuse_unless_int8, speed_note
 
         refuse_unless_int8(spec.name)
+        warning = speed_note()  # said where int8 does not pay on this CPU (no VNNI)
     device = resolve_device(device)
 
     def load(dtype):
@@ -207,5 +209,5 @@ def load_backend(model: str | Path, device: str | None = "cpu", dtype: str | Non
     if dtype is None or str(dtype).lower() == "auto":  # measured on this machine: engine/dtype_choice.py
         return dtype_choice.load_auto(load, path, device)
     backend = load(dtype)  # an explicit type, float32 included, is never overridden
-    backend.dtype_choice = dtype_choice.explicit(str(dtype).removeprefix("torch.").lower())
+    backend.dtype_choice = dtype_choice.explicit(str(dtype).removeprefix("torch.").lower(), warning)
     return backend

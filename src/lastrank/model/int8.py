@@ -4,31 +4,44 @@ products, everything else (embeddings, LayerNorm, attention, GELU, the heads) in
 What is quantized, and how:
   - weights: int8, symmetric, one scale per output channel (row), from the float32 weights at load
     (per-channel, not per-tensor: one outlier row then costs only its own precision);
-  - activations: quantized dynamically, per call, over the whole [T, in] input (one scale and zero point,
-    asymmetric uint8), inside the kernel;
-  - the product: torch's `quantized::linear_dynamic` on the oneDNN engine (u8 x s8 -> s32 on AVX-512 VNNI,
-    or AMX where the CPU has it), float32 out, bias added in float32.
+  - activations: quantized dynamically, one scale per token row (symmetric around zero: the row divided by
+    its largest |value|), so a row's int8 values, and therefore a passage's score, do not depend on what it
+    is packed with;
+  - the product: torch's `quantized::linear_dynamic` (u8 x s8 -> s32, float32 out), and the row's scale and
+    the bias applied in float32 after it.
 Only the encoder layers' q/k/v, attention-output, intermediate and output projections are quantized: the
 embeddings, every LayerNorm and the classification head (XLM-R's `classifier`, a [hidden, hidden] and a
 [hidden, 1] product run on one row per pair) stay in float32, where they cost nothing and where the score is
 made.
 
-Packing is kept: attention still runs per sequence, and a linear layer treats every row alike except for
-the one activation scale of the call. That scale is set by the call's largest activation, so in int8 a
-sequence's output depends slightly on the others packed with it (a rounding grid, not attention: the packed
-forward equals one-sequence-at-a-time within int8's rounding; tests/model/test_int8.py bounds it). float32
-and bfloat16 are untouched by this module.
+Per-row scales through a per-tensor kernel: `linear_dynamic` quantizes its whole input with one grid, set by
+the input's minimum and maximum. Each row is first divided by its own largest |value| (so lies in [-1, 1]),
+and one extra row holding +1 and -1 (a hair more) pins the minimum and maximum of every call: the grid
+is then the same in every call, so each row is in effect quantized with its own scale, and multiplying the
+row's output by that scale undoes the division. Why not quantize by hand and call an int8 product: in eager
+PyTorch that is 3-4 passes over memory (scale, round, clamp, cast), as slow as the product it feeds, and
+torch's CPU `_int_mm` has no fast kernel (docs/benchmarks.md, "int8"); here the extra work is one pass to
+find each row's largest value, one division and one multiply-add on the output.
 
-Why oneDNN's dynamic linear and not a hand-made quantize + int8 product: quantizing an activation in eager
-PyTorch is 3-4 passes over memory (scale, round, clamp, cast), as slow as the int8 product it feeds; the
-dynamic kernel quantizes inside the product (docs/benchmarks.md, "int8"). torch 2.13 warns that its
-quantized-tensor API (used here once per weight, at load) will be removed; the warning is silenced here
-because it is about that API, not about this use, and `available()` says plainly where the engine is missing.
+Two choices are made from the CPU's instruction set (torch's own detection, `torch.cpu.get_capabilities`):
+  - without VNNI (AVX2, AVX-512 without VNNI), a u8 x s8 product sums pairs of products in 16 bits, which
+    saturate for full-range operands (measured: errors of 0.5 on outputs of size ~1, on an AMD Zen 3), so
+    the weights are quantized to 7 bits there (|q| <= 63: 2 x 255 x 63 fits in 16 bits) and the activations
+    keep 8 (measured: 30% less error than PyTorch's usual remedy, `reduce_range`'s 7-bit activations); with
+    VNNI or AMX the product sums in 32 bits and the weights keep 8 bits;
+  - the engine: oneDNN where the CPU has AMX (measured 2.5x fbgemm's speed on an AMX Xeon), else fbgemm
+    (measured 2x oneDNN's on an AVX2 Zen 3); a CPU with VNNI but no AMX was not measured.
+`speed_note()` says when int8 is expected to be slower than float32 here.
+
+torch 2.13 warns that its quantized-tensor API (used here once per weight, at load) will be removed; the
+warning is silenced here because it is about that API, not about this use, and `available()` says plainly
+where the engine is missing. float32 and bfloat16 are untouched by this module.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 
 import torch
@@ -36,17 +49,52 @@ from torch import nn
 
 from lastrank.errors import ModelNotAvailableError
 
-ENGINE = "onednn"
 # The families with an int8 path (FamilySpec names): BERT bi-encoders and XLM-R cross-encoders.
 FAMILIES = ("bi-encoder", "cross-encoder")
+RANGE = 1 + 2**-20  # the pinned activation range of every call, [-RANGE, RANGE] (Int8Linear)
+
+
+@functools.cache
+def cpu_capabilities() -> dict:
+    """torch's view of this CPU's instruction sets ({} where this torch cannot say)."""
+    try:
+        return dict(torch.cpu.get_capabilities())
+    except (AttributeError, RuntimeError):
+        return {}
+
+
+def has_vnni() -> bool:
+    """u8 x s8 products summed in 32 bits (AVX-512 VNNI, AVX-VNNI, or AMX)."""
+    caps = cpu_capabilities()
+    return any(caps.get(f) for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def engine() -> str:
+    """The quantized engine for this CPU (module docstring)."""
+    supported = torch.backends.quantized.supported_engines
+    if cpu_capabilities().get("amx_int8") and "onednn" in supported:
+        return "onednn"
+    return "fbgemm" if "fbgemm" in supported else "onednn"
 
 
 def available() -> str | None:
     """None when int8 can run here, else why not (one line)."""
-    if ENGINE not in torch.backends.quantized.supported_engines:
-        return (f"this torch build has no {ENGINE} quantized engine (supported: "
-                f"{', '.join(torch.backends.quantized.supported_engines)})")
+    supported = torch.backends.quantized.supported_engines
+    if engine() not in supported:
+        return (f"this torch build has neither the fbgemm nor the onednn quantized engine (supported: "
+                f"{', '.join(supported)})")
     return None
+
+
+def speed_note() -> str | None:
+    """One line when int8 is not expected to pay on this CPU, else None: without VNNI the products run with
+    7-bit weights through pairs of 16-bit sums, and on such a CPU (AMD Zen 3, AVX2) the real MiniLM ran no
+    faster in int8 than in float32 (docs/benchmarks.md, "int8 on AMD Zen 3"), while its scores drift."""
+    if has_vnni():
+        return None
+    return ("dtype int8: this CPU has no VNNI (avx512_vnni, avx_vnni or amx_int8), so int8 runs with 7-bit "
+            "weights and measured no faster than float32 on such a CPU (docs/benchmarks.md, int8); float32 "
+            "keeps the exact scores")
 
 
 @contextlib.contextmanager
@@ -62,27 +110,45 @@ def _engine(name: str):
 
 
 class Int8Linear(nn.Module):
-    """nn.Linear with per-channel int8 weights and dynamically quantized activations; float32 in and out."""
+    """nn.Linear with per-channel int8 weights and per-row dynamically quantized activations; float32 in and
+    out. A row's output depends only on that row (module docstring)."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        if self.in_features < 2:
+            raise ValueError("Int8Linear needs at least 2 input features (its range row holds +1 and -1)")
         w = linear.weight.detach().float()
-        bias = linear.bias.detach().float() if linear.bias is not None else None
-        scales = (w.abs().amax(dim=1) / 127).clamp_min(1e-12).double()
+        self.bias = linear.bias.detach().float().clone() if linear.bias is not None else None
+        self.engine, self.weight_max = engine(), (127 if has_vnni() else 63)  # 63: no 16-bit saturation (docstring)
+        scales = (w.abs().amax(dim=1) / self.weight_max).clamp_min(1e-12).double()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the deprecation notice of the quantized-tensor API (docstring)
             qw = torch.quantize_per_channel(w, scales, torch.zeros_like(scales, dtype=torch.long), 0, torch.qint8)
-            with _engine(ENGINE):
-                self._packed = torch.ops.quantized.linear_prepack(qw, bias)
+            with _engine(self.engine):
+                self._packed = torch.ops.quantized.linear_prepack(qw, None)  # the bias is added after the scale
+        # The extra row that pins every call's range (module docstring): a row times the reciprocal of its
+        # largest |value| can round up to 1 + 2**-23, so the pinned range is a hair wider, [-R, R].
+        self._range_row = torch.zeros(1, self.in_features)
+        self._range_row[0, :2] = torch.tensor([RANGE, -RANGE])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        out = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]).float(), self._packed, False)
+        flat = x.reshape(-1, shape[-1]).float()
+        rows = flat.shape[0]
+        # each row's largest |value|; amax and amin (vectorised) are ~9x faster than torch.aminmax over rows
+        # here, and need no |x| tensor
+        scale = torch.maximum(flat.amax(dim=1, keepdim=True), flat.amin(dim=1, keepdim=True).neg_()).clamp_min_(1e-30)
+        unit = torch.empty(rows + 1, self.in_features)
+        torch.mul(flat, scale.reciprocal(), out=unit[:rows])  # a product, not a division: 2x cheaper here
+        unit[rows:] = self._range_row
+        out = torch.ops.quantized.linear_dynamic(unit, self._packed, False)[:rows]  # False: 8-bit activations
+        out = out * scale if self.bias is None else torch.addcmul(self.bias, out, scale)
         return out.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel weights, "
+                f"per-row activations, {8 if self.weight_max == 127 else 7}-bit weights ({self.engine})")
 
 
 def quantize_linears(module: nn.Module) -> nn.Module:
@@ -102,9 +168,9 @@ def is_int8(model: nn.Module) -> bool:
 
 
 def check_int8(device: torch.device, family: str = "") -> None:
-    """One clear error where the int8 path cannot run: a non-CPU device, or no oneDNN engine."""
+    """One clear error where the int8 path cannot run: a non-CPU device, or no quantized engine."""
     if device.type != "cpu":
-        raise ModelNotAvailableError(f"dtype int8 runs on CPU only (oneDNN); got device {device} (use bfloat16 "
+        raise ModelNotAvailableError(f"dtype int8 runs on CPU only (fbgemm / oneDNN); got device {device} (use bfloat16 "
                                      f"on a GPU)")
     if (why := available()) is not None:
         raise ModelNotAvailableError(f"dtype int8: {why}")

@@ -27,14 +27,15 @@ from lastrank.reranker import Reranker
 TEXT_CONVENTION = 'MTEB: (title + " " + text).strip(); text.strip() without a title'
 
 
-def _fingerprint(args: argparse.Namespace, dataset, rel_min: int) -> dict:
-    """The settings that decide the results; an unfinished out folder with the same ones is resumed."""
+def _fingerprint(args: argparse.Namespace, dataset, rel_min: int, dtype: str | None) -> dict:
+    """The settings that decide the results; an unfinished out folder with the same ones is resumed. `dtype`:
+    the type the model runs in (what "auto" chose on this machine), None for a server."""
     return {
         "data": str(dataset.path.resolve()),
         "run": str(dataset.run_path.resolve()),
         "split": args.split if dataset.layout == "beir" else None,
         "model": _model_label(args),
-        "dtype": None if args.server else args.dtype,
+        "dtype": dtype,
         "top_k": args.top_k,
         "order": args.order,
         "seed": args.seed,
@@ -84,8 +85,10 @@ def _make_reranker(args: argparse.Namespace):
         return Client(args.server, args.api_key), {"server": args.server,
                                                    **_server_model_info(args.server, args.api_key, args.served_model)}
     reranker = Reranker(args.model, device=args.device, dtype=args.dtype)
+    choice = getattr(reranker.backend, "dtype_choice", None)
     info = {"model_id": reranker.model_id, "path": str(reranker.path), "device": str(reranker.device),
             "dtype": str(reranker.dtype).removeprefix("torch."), "random_weights": is_random_checkpoint(reranker.path),
+            **({"dtype_warning": choice.warning} if choice is not None and choice.warning else {}),
             **_family_info(reranker.capabilities.as_dict())}
     cfg = Path(reranker.path) / "config.json"
     if cfg.exists():
@@ -127,24 +130,30 @@ def run(args: argparse.Namespace) -> int:
         resolve_checkpoint(args.model)
     started = time.time()
     dataset, query_ids, rel_min, perm_qid = _select_queries(args)
-    fingerprint = _fingerprint(args, dataset, rel_min)
-    out_dir, resumed = choose_out_dir(args, dataset.name, fingerprint)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cache = ResultCache(out_dir / "cache.jsonl")
-    print(f"{dataset.name}: {len(query_ids)} judged queries, run {dataset.run_name}, top-k {args.top_k}; "
-          f"output {out_dir}" + (f" (resuming, {len(cache)} cached)" if resumed else ""), file=sys.stderr)
-
-    first = evaluate_first_stage(dataset, query_ids, rel_min)
-    print("first stage: " + "  ".join(f"{m} {first[1][m]:.4f}" for m in METRICS if m in first[1]), flush=True)
-    config = _run_config(args, dataset, query_ids, rel_min, perm_qid, started, fingerprint)
-    (out_dir / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
-
+    # The model before the out folder: the fingerprint a resumed run must match records the dtype the model
+    # runs in, which "auto" decides at load (a run resumed on a machine where auto picks another type starts
+    # afresh rather than mixing scores of two types).
     reranker, model_info = _make_reranker(args)
-    if model_info.get("random_weights"):
-        print(f"lastrank: warning: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
-    if described := model_description(model_info):
-        print(f"model: {described}", file=sys.stderr)
     try:
+        dtype = None if args.server else model_info["dtype"]
+        fingerprint = _fingerprint(args, dataset, rel_min, dtype)
+        out_dir, resumed = choose_out_dir(args, dataset.name, fingerprint)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cache = ResultCache(out_dir / "cache.jsonl")
+        print(f"{dataset.name}: {len(query_ids)} judged queries, run {dataset.run_name}, top-k {args.top_k}; "
+              f"output {out_dir}" + (f" (resuming, {len(cache)} cached)" if resumed else ""), file=sys.stderr)
+
+        first = evaluate_first_stage(dataset, query_ids, rel_min)
+        print("first stage: " + "  ".join(f"{m} {first[1][m]:.4f}" for m in METRICS if m in first[1]), flush=True)
+        config = _run_config(args, dataset, query_ids, rel_min, perm_qid, started, fingerprint, dtype)
+        (out_dir / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+
+        if model_info.get("random_weights"):
+            print(f"lastrank: warning: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
+        if model_info.get("dtype_warning"):
+            print(f"lastrank: warning: {model_info['dtype_warning']}", file=sys.stderr)
+        if described := model_description(model_info):
+            print(f"model: {described}", file=sys.stderr)
         orders_result, perm_result = _rerank(args, dataset, reranker, config, cache, query_ids, rel_min, perm_qid)
     finally:
         if hasattr(reranker, "close"):  # the HTTP client's connection pool
@@ -188,7 +197,7 @@ def _select_queries(args: argparse.Namespace):
 
 
 def _run_config(args: argparse.Namespace, dataset, query_ids: list[str], rel_min: int, perm_qid: str | None,
-                started: float, fingerprint: dict) -> dict:
+                started: float, fingerprint: dict, dtype: str | None) -> dict:
     """What the run is (config.json, and report.json's "config")."""
     return {
         "dataset": dataset.name,
@@ -199,7 +208,7 @@ def _run_config(args: argparse.Namespace, dataset, query_ids: list[str], rel_min
         "model": _model_label(args),
         "server": args.server,
         "device": None if args.server else args.device,
-        "dtype": None if args.server else args.dtype,
+        "dtype": dtype,  # what runs; args.dtype (below) what was asked
         "top_k": args.top_k,
         "chunking": args.chunking,
         "chunk_overlap": args.chunk_overlap,
@@ -221,7 +230,7 @@ def _rerank(args: argparse.Namespace, dataset, reranker, config: dict, cache, qu
     """(the order study's result, None) or (None, the permutation study's result)."""
     chunk = args.chunking == "chunk"
     params = {k: v for k, v in (("max_doc_length", args.max_doc_length), ("max_query_length", args.max_query_length),
-                                ("dtype", None if args.server else args.dtype),
+                                ("dtype", config["dtype"]),
                                 ("chunking", "chunk" if chunk else None),
                                 ("chunk_overlap", args.chunk_overlap)) if v is not None}
     # every setting always said, None meaning the family's own default: left out, the HTTP client's defaults

@@ -105,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
     choice = getattr(reranker.backend, "dtype_choice", None)
     if choice is not None and choice.requested == "auto":  # what auto picked on this machine, and why
         print(f"lastrank: {choice.describe()}", file=sys.stderr)
+    if choice is not None and choice.warning:  # e.g. int8 on a CPU without VNNI (model/int8.py: speed_note)
+        print(f"lastrank: warning: {choice.warning}", file=sys.stderr)
     if is_random_checkpoint(reranker.path):
         print(f"lastrank: warning: {reranker.path} holds {NOTICE}", file=sys.stderr)
     blank = sum(1 for d in documents if not d.strip())
