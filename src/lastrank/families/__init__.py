@@ -7,8 +7,9 @@ what it serves, its detection and loading, its benchmark script). Loading (`dete
 `lastrank serve` (a checkpoint's public names) and `lastrank bench --family` (the scripts) read this table;
 its random checkpoints (`lastrank make-checkpoint`) are lastrank/checkpoints/'s table, one floor up. So adding
 a family is one entry here (and its presets there) and no edit in any of them. Nothing here imports torch:
-`detect` and `load` are named by module and attribute and imported on their first call (as vLLM's registry
-does), so the CLI builds its parsers from the table without loading a model library.
+`detect` and `load`, and `load_backend` itself (families/loader.py), are named by module and attribute and
+imported on their first call (as vLLM's registry does), so the CLI builds its parsers from the table without
+loading a model library, and the family modules import the model at the top.
 
 A family module under lastrank.families provides the functions a spec names:
     load(path, device, dtype, *, model_id, random_weights, **options) -> Backend
@@ -34,8 +35,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lastrank.errors import ModelNotAvailableError
-from lastrank.model.checkpoint import is_random_checkpoint
-from lastrank.model.resolve import resolve_checkpoint
 
 
 @dataclass(frozen=True)
@@ -181,33 +180,6 @@ def detect_family(folder: Path) -> str:
     raise ModelNotAvailableError(f"{folder} is not a model lastrank can serve: found {found}. Supported: {supported}")
 
 
-def load_backend(model: str | Path, device: str | None = "cpu", dtype: str | None = "auto", revision: str | None = None,
-                 cache_dir: str | None = None, *, path: Path | None = None, family: str | None = None, **options):
-    """Resolve `model` (hub id, short name or folder), detect its family, load it. `path` / `family`: already
-    resolved / detected by the caller (lastrank serve does both before loading), so neither happens twice.
-    `options` go to the family's load (e.g. pack_blocks, compile for jina-v3); unknown ones are a TypeError.
-    dtype "auto" (or None): the fastest type on this machine whose scores stay within a stated bound of
-    float32's, measured once and cached (engine/dtype_choice.py); `backend.dtype_choice` says what and why."""
-    from lastrank.model.loading import parse_dtype, resolve_device
-    if path is None:
-        path = resolve_checkpoint(model, revision=revision, cache_dir=cache_dir)
-    spec = family_spec(family or detect_family(path))
-    warning = None
-    if str(dtype).lower() == "int8":  # opt-in, for the encoder families only: refused here, in one line
-        from lastrank.model.int8 import refuse_unless_int8, speed_note
-
-        refuse_unless_int8(spec.name)
-        warning = speed_note()  # said where int8 does not pay on this CPU (no VNNI)
-    device = resolve_device(device)
-
-    def load(dtype):
-        return spec.load(path, device, parse_dtype(dtype), model_id=str(model),
-                         random_weights=is_random_checkpoint(path), **options)
-
-    from lastrank.engine import dtype_choice
-
-    if dtype is None or str(dtype).lower() == "auto":  # measured on this machine: engine/dtype_choice.py
-        return dtype_choice.load_auto(load, path, device)
-    backend = load(dtype)  # an explicit type, float32 included, is never overridden
-    backend.dtype_choice = dtype_choice.explicit(str(dtype).removeprefix("torch.").lower(), warning)
-    return backend
+# Loading picks a device and a dtype, which needs torch: families/loader.py, named like a family's own load and
+# imported on the first call, so this table stays torch-free.
+load_backend = Lazy("lastrank.families.loader", "load_backend")

@@ -52,6 +52,9 @@ from lastrank.engine.backend import Backend, Block, Capabilities, EncodedRequest
 from lastrank.engine.pairs import cut_blocks
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.families import BI_ENCODER as SPEC, module_kind, st_modules
+from lastrank.model.bert import load_bert
+from lastrank.model.decoder_encoder import load_decoder_encoder
+from lastrank.model.int8 import check_int8, is_int8, quantize_linears
 from lastrank.types import RerankRequest
 
 FAMILY = SPEC.name  # Capabilities.family
@@ -337,8 +340,6 @@ class BiEncoderBackend(Backend):
     @property
     def dtype(self) -> torch.dtype:
         """The model's dtype; torch.int8 for the int8 path (model/int8.py: int8 linear layers, float32 rest)."""
-        from lastrank.model.int8 import is_int8
-
         return torch.int8 if is_int8(self.model) else next(self.model.parameters()).dtype
 
     @classmethod
@@ -350,11 +351,7 @@ class BiEncoderBackend(Backend):
             raise ModelNotAvailableError(f"{tdir} has no tokenizer.json (the bi-encoder family reads it with `tokenizers`)")
         tokenizer = PromptTokenizer(tdir / "tokenizer.json", pipeline.do_lower_case)
         if pipeline.model_type == "bert":
-            from lastrank.model.bert import load_bert
-
             if dtype == torch.int8:  # opt-in: int8 linear layers, quantized from the float32 weights
-                from lastrank.model.int8 import check_int8, quantize_linears
-
                 check_int8(device)
                 model = load_bert(tdir, device, torch.float32)
                 quantize_linears(model.encoder)
@@ -364,8 +361,6 @@ class BiEncoderBackend(Backend):
             raise ModelNotAvailableError(f"dtype int8 is implemented for BERT bi-encoders only; {path} is a "
                                          f"{pipeline.model_type} one (use bfloat16 or float32)")
         else:  # qwen2 / qwen3 (Pipeline.read admits only BACKBONES)
-            from lastrank.model.decoder_encoder import load_decoder_encoder
-
             model = load_decoder_encoder(tdir, device, dtype)
         context, hidden = model.config.max_position_embeddings, model.config.hidden_size
         return cls(model, pipeline, tokenizer, device, context, hidden, BACKBONES[pipeline.model_type],

@@ -45,16 +45,19 @@ Tested equal to the plain per-pair forward in float32.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from lastrank.engine.backend import Capabilities, Limits
 from lastrank.engine.pairs import EncodedPairs, PairwiseBackend, cut_blocks
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.families import CAUSAL_LM as SPEC
 from lastrank.model.causal_lm import CausalLMForRanking, load_causal_lm
+from lastrank.model.resolve import check_files
 from lastrank.types import RerankRequest
 
 QWEN3_RERANKER, MXBAI_RERANK_V2 = "qwen3-reranker", "mxbai-rerank-v2"
@@ -299,12 +302,6 @@ BACKENDS = {QWEN3_RERANKER: Qwen3RerankerBackend, MXBAI_RERANK_V2: MxbaiRerankV2
 
 def load(path: Path, device: torch.device, dtype: torch.dtype, *, model_id: str = "", random_weights: bool = False,
          compile: bool | None = None, **options) -> CausalLMBackend:
-    import json
-
-    from tokenizers import Tokenizer
-
-    from lastrank.model.resolve import check_files
-
     check_files(path, ("config.json", "tokenizer.json"), "Qwen3-Reranker / mxbai-rerank-v2")
     config = json.loads((path / "config.json").read_text())
     kind = reranker_kind(config, path)

@@ -34,15 +34,19 @@ Chunk mode (engine/chunking.py) works: `token_offsets` and `chunk_window` below.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from lastrank.engine.backend import Capabilities, Limits
 from lastrank.engine.pairs import EncodedPairs, PairwiseBackend, cut_blocks
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.families import CROSS_ENCODER as SPEC
+from lastrank.model.int8 import check_int8, is_int8, quantize_linears
+from lastrank.model.resolve import check_files
 from lastrank.model.xlmr import XLMRobertaForSequenceClassification, load_xlmr
 from lastrank.types import RerankRequest
 
@@ -119,8 +123,6 @@ class CrossEncoderBackend(PairwiseBackend):
     @property
     def dtype(self) -> torch.dtype:
         """The model's dtype; torch.int8 for the int8 path (model/int8.py: int8 linear layers, float32 rest)."""
-        from lastrank.model.int8 import is_int8
-
         return torch.int8 if is_int8(self.model) else self.model.classifier.dense.weight.dtype
 
     @staticmethod
@@ -183,20 +185,12 @@ class CrossEncoderBackend(PairwiseBackend):
 
 def load(path: Path, device: torch.device, dtype: torch.dtype, *, model_id: str = "", random_weights: bool = False,
          **options) -> CrossEncoderBackend:
-    import json
-
-    from tokenizers import Tokenizer
-
-    from lastrank.model.resolve import check_files
-
     check_files(path, ("config.json", "tokenizer.json"), "XLM-R cross-encoder")
     config = json.loads((path / "config.json").read_text())
     tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
     tokenizer.no_truncation()  # truncation is the family's own (above), never the file's settings
     tokenizer.no_padding()
     if dtype == torch.int8:  # opt-in: the encoder's linear layers in int8, the head in float32
-        from lastrank.model.int8 import check_int8, quantize_linears
-
         check_int8(device)
         model, layout = load_xlmr(path, device, torch.float32)
         quantize_linears(model.roberta.encoder)

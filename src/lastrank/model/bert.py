@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lastrank.errors import ModelNotAvailableError
+from lastrank.model.loading import read_safetensors
 
 # transformers' ACT2FN names this file implements. "gelu" is the exact (erf) GELU, as in BERT's config.
 ACTIVATIONS = {
@@ -337,8 +338,6 @@ def load_bert(folder: Path, device: torch.device, dtype: torch.dtype) -> BertMod
     `bert.` prefix (BertFor* checkpoints); UNUSED_TENSORS may be present. Any other missing or extra tensor is
     an error naming it.
     """
-    from lastrank.model.loading import read_safetensors
-
     file = folder / "model.safetensors"
     if not file.is_file():
         raise ModelNotAvailableError(f"{folder} has no model.safetensors (the BERT weights)")

@@ -26,6 +26,7 @@ from lastrank.model.config import ModelConfig
 from lastrank.model.attention import PrefixCache, PrefixCaches
 from lastrank.model.decoder import DecoderModel
 from lastrank.model.fusion import enable_compile, fuse_projections
+from lastrank.model.loading import _to_device, fused_groups, read_safetensors
 
 ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen2ForCausalLM", "Qwen3ForSequenceClassification")
 
@@ -127,8 +128,6 @@ def load_causal_lm(path: Path, device: torch.device, dtype: torch.dtype, token_i
     token_ids: (positive, negative) token ids whose LM-head rows are kept (ignored for a score head).
     The LM head is `lm_head.weight` unless the config ties it to `model.embed_tokens.weight`.
     """
-    from lastrank.model.loading import _to_device, fused_groups, read_safetensors
-
     config = json.loads((path / "config.json").read_text())
     try:
         cfg = ModelConfig.from_dict(config)

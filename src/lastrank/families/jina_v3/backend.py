@@ -22,6 +22,8 @@ from lastrank.families.jina_v3.prompt import PREFIX, build_prompt
 from lastrank.errors import ModelError
 from lastrank.model.attention import PrefixCache
 from lastrank.model.jina import JinaForRanking
+from lastrank.model.loading import load_model
+from lastrank.model.resolve import REQUIRED_FILES, check_files
 from lastrank.model.tokenizer import RerankTokenizer
 from lastrank.types import RerankRequest
 
@@ -89,9 +91,6 @@ class JinaV3Backend(Backend):
     def load(cls, path: Path, device: torch.device, dtype: torch.dtype, *, model_id: str = "",
              random_weights: bool = False, compile: bool | None = None, pack_blocks: bool | None = None,
              **options) -> "JinaV3Backend":
-        from lastrank.model.loading import load_model
-        from lastrank.model.resolve import REQUIRED_FILES, check_files
-
         check_files(path, REQUIRED_FILES, "jina-reranker-v3")
         tokenizer = RerankTokenizer.from_dir(path)
         model = load_model(path, device, dtype, compile=compile)
