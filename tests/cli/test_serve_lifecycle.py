@@ -22,7 +22,7 @@ import pytest
 from lastrank.cli import serve
 from lastrank.cli.commands.serve import bind_socket
 from lastrank.errors import LastrankError
-from support.server_process import free_port
+from support.server_process import free_port, is_ready, wait_until
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # the packaged real model (offline)
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
@@ -79,24 +79,13 @@ def test_device_is_checked_before_the_port_is_bound(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------ real processes
 
-def wait_for(predicate, timeout: float, proc: subprocess.Popen, log) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s:\n{log.read_text()[-4000:]}")
-
-
 def test_port_0_serves_on_the_port_it_prints_and_sigterm_exits_0(tmp_path):
     log = tmp_path / "serve.log"
     with open(log, "wb") as err:
         proc = lastrank_serve("--model", MODEL, "--port", "0", db=tmp_path / "x.db", stderr=err)
     try:
         listening = re.compile(r"listening on http://127\.0\.0\.1:(\d+) ")
-        wait_for(lambda: listening.search(log.read_text()), 120, proc, log)
+        wait_until(lambda: listening.search(log.read_text()), 120, proc, log.read_text)
         port = int(listening.search(log.read_text()).group(1))
         assert port != 0
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json() == {"status": "ok"}
@@ -117,7 +106,8 @@ def test_sigterm_while_the_model_loads_exits_without_waiting_for_the_load(tmp_pa
     with open(log, "wb") as err:
         proc = lastrank_serve("--model", MODEL, "--port", "0", db=tmp_path / "x.db", stderr=err)
     try:
-        wait_for(lambda: "Application startup complete" in log.read_text(), 120, proc, log)  # the load has begun
+        # the load has begun
+        wait_until(lambda: "Application startup complete" in log.read_text(), 120, proc, log.read_text)
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(60)
     finally:
@@ -195,18 +185,18 @@ def test_sigterm_drains_running_work_answers_the_queue_503_and_exits_0(tmp_path)
 
     threads = []
     try:
-        wait_for(lambda: _status(url + "/ready") == 200, 180, proc, log)
+        wait_until(lambda: is_ready(url), 180, proc, log.read_text)
         long_docs = [f"document {i}: adult fleas live two to three months in the carpet of a house " * 4
                      for i in range(LONG_DOCS)]
         threads.append(threading.Thread(target=post, args=("long", long_docs)))
         threads[-1].start()
         # running: admitted, and no token of it left waiting (its one batch is in the model)
-        wait_for(lambda: metric(url, "lastrank_queue_requests") == 1 and metric(url, "lastrank_queue_tokens") == 0, 60,
-                 proc, log)
+        wait_until(lambda: metric(url, "lastrank_queue_requests") == 1 and metric(url, "lastrank_queue_tokens") == 0,
+                   60, proc, log.read_text)
         threads.append(threading.Thread(target=post, args=("queued", ["fleas", "tea", "Paris"])))
         threads[-1].start()
-        wait_for(lambda: metric(url, "lastrank_queue_requests") == 2 and metric(url, "lastrank_queue_tokens") > 0, 60,
-                 proc, log)
+        wait_until(lambda: metric(url, "lastrank_queue_requests") == 2 and metric(url, "lastrank_queue_tokens") > 0,
+                   60, proc, log.read_text)
         before = len(log.read_text())
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -243,14 +233,14 @@ def test_sigterm_cuts_what_outlasts_the_shutdown_timeout_with_a_503(tmp_path):
                               "--shutdown-timeout-s", "1", db=tmp_path / "x.db", stderr=err)
     answers: list[httpx.Response] = []
     try:
-        wait_for(lambda: _status(url + "/ready") == 200, 180, proc, log)
+        wait_until(lambda: is_ready(url), 180, proc, log.read_text)
         docs = [f"document {i}: adult fleas live two to three months in the carpet of a house " * 4
                 for i in range(LONG_DOCS)]
         thread = threading.Thread(target=lambda: answers.append(httpx.post(
             url + "/v1/rerank", json={"query": "fleas", "documents": docs}, timeout=300)))
         thread.start()
-        wait_for(lambda: metric(url, "lastrank_queue_requests") == 1 and metric(url, "lastrank_queue_tokens") == 0, 60,
-                 proc, log)
+        wait_until(lambda: metric(url, "lastrank_queue_requests") == 1 and metric(url, "lastrank_queue_tokens") == 0,
+                   60, proc, log.read_text)
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(60)
@@ -275,10 +265,3 @@ def metric(url: str, name: str) -> float:
     """A model's gauge from /metrics (one model served)."""
     text = httpx.get(url + "/metrics", timeout=10).text
     return float(re.search(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.M).group(1))
-
-
-def _status(url: str) -> int | None:
-    try:
-        return httpx.get(url, timeout=5).status_code
-    except httpx.TransportError:
-        return None

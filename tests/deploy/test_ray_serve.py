@@ -25,6 +25,7 @@ import pytest
 
 from support import postgres_server
 from support.kill_under_load import Load, assert_billed_exactly
+from support.server_process import free_port, is_ready, wait_until
 from lastrank.errors import DeadlineExceededError, InvalidRequestError, ModelError, OverloadedError
 from lastrank.api.ray import ModelClient, ModelReplica, ReplicaFailedError, _domain_error, deployment_name
 from lastrank.types import RerankRequest, RerankResult, Usage
@@ -271,18 +272,10 @@ def test_settings_ray_mode_refuses():
 
 # ---------------------------------------------------------------------------- the real thing
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class RayServer:
     def __init__(self, store_url: str, log_path):
         self.store_url, self.log_path = store_url, log_path
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
@@ -296,17 +289,7 @@ class RayServer:
              "--model", MODEL, "--port", str(self.port), "--dtype", "float32", "--log-level", "warning",
              "--max-ongoing-requests", str(MAX_ONGOING), "--max-queued-requests", str(MAX_QUEUED)],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"lastrank serve --ray exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"not ready after {timeout} s:\n{self.log()}")
+        wait_until(lambda: is_ready(self.url), timeout, self.proc, self.log)
 
     @property
     def gcs_address(self) -> str:
@@ -549,7 +532,7 @@ def test_a_model_that_cannot_load_ends_serve_ray_with_its_reason(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     out = subprocess.run([sys.executable, "-m", "lastrank", "serve", "--ray", "--model", str(folder), "--port",
-                          str(_free_port()), "--db", str(tmp_path / "x.db"), "--log-level", "warning"],
+                          str(free_port()), "--db", str(tmp_path / "x.db"), "--log-level", "warning"],
                          capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 2, out.stderr[-3000:]
     last = out.stderr.strip().splitlines()[-1]

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -52,17 +53,7 @@ class ServerProcess:
             [sys.executable, "-m", "lastrank", "serve", "--model", str(self.checkpoint), "--port", str(self.port),
              "--db", str(self.db), "--dtype", "float32", "--access-log", "off", "--log-level", "warning", *self.extra],
             stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server not ready after {timeout} s:\n{self.log()}")
+        wait_until(lambda: is_ready(self.url), timeout, self.proc, self.log)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
@@ -81,6 +72,26 @@ class ServerProcess:
                 self.kill()
         if getattr(self, "_log", None):
             self._log.close()
+
+
+def is_ready(url: str) -> bool:
+    try:
+        return httpx.get(url + "/ready", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def wait_until(condition: Callable[[], object], timeout: float, proc: subprocess.Popen, log: Callable[[], str]) -> None:
+    """Until condition() holds, while the server process `proc` runs: its exit, or `timeout` seconds, fails with
+    the end of log()."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited with {proc.returncode}:\n{log()[-4000:]}")
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s:\n{log()[-4000:]}")
 
 
 def create_key(db: Path, name: str) -> str:
