@@ -3,6 +3,8 @@ no model), a real Store in tmp, and TestClients on an app with both."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from support.fake_scheduler import FakeScheduler
 
@@ -22,26 +24,24 @@ def fake_scheduler():
 
 
 @pytest.fixture
-def make_client(store, fake_scheduler):
-    """make_client(**settings) -> a started TestClient on an app with the fake scheduler and a real store."""
+def start_client():
+    """start_client(app) -> a started TestClient of the app (its lifespan run; a server error is a 500, not
+    raised), stopped after the test. A fixture that uses it and a store stops its clients before the store closes
+    when it names the store first."""
     from fastapi.testclient import TestClient
 
+    with contextlib.ExitStack() as clients:
+        yield lambda app: clients.enter_context(TestClient(app, raise_server_exceptions=False))
+
+
+@pytest.fixture
+def make_client(store, fake_scheduler, start_client):
+    """make_client(**settings) -> a started TestClient on an app with the fake scheduler and a real store."""
     from lastrank.api.app import create_app
     from lastrank.api.settings import ServerSettings
 
-    clients = []
-
-    def make(**overrides):
-        settings = ServerSettings(model=("/ckpt/tiny",), **overrides)
-        app = create_app(settings, store, scheduler=fake_scheduler)
-        client = TestClient(app, raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for c in clients:
-        c.__exit__(None, None, None)
+    return lambda **overrides: start_client(create_app(ServerSettings(model=("/ckpt/tiny",), **overrides), store,
+                                                       scheduler=fake_scheduler))
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from support.fake_scheduler import FakeScheduler
-from fastapi.testclient import TestClient
 
 from lastrank.api.app import create_app
 from lastrank.api.catalogue import model_card
@@ -46,24 +45,17 @@ def write(path, data) -> str:
 
 
 @pytest.fixture
-def served(store):
+def served(store, start_client):
     """make(model_id, backend_path, **settings) -> a started TestClient serving one model (a fake scheduler)
     whose backend says it was loaded from `backend_path`."""
-    clients = []
-
     def make(model_id: str, backend_path=None, random_weights=False, **overrides):
         settings = ServerSettings(model=(model_id,), **overrides)
         backend = SimpleNamespace(path=backend_path, random_weights=random_weights)
         model = ServedModel(name="minilm" if model_id == MINILM else "tiny", model_id=model_id,
                             scheduler=FakeScheduler(), backend=backend)
-        client = TestClient(create_app(settings, store, models=[model]), raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        return client
+        return start_client(create_app(settings, store, models=[model]))
 
-    yield make
-    for c in clients:
-        c.__exit__(None, None, None)
+    return make
 
 
 def test_model_card_of_the_packaged_minilm():

@@ -26,14 +26,9 @@ def pg_store():
 
 
 @pytest.fixture
-def two_servers(pg_store, fake_scheduler):
-    clients = [TestClient(create_app(ServerSettings(model=("/ckpt/tiny",)), pg_store, scheduler=fake_scheduler),
-                          raise_server_exceptions=False) for _ in range(2)]
-    for c in clients:
-        c.__enter__()
-    yield clients
-    for c in clients:
-        c.__exit__(None, None, None)
+def two_servers(pg_store, fake_scheduler, start_client):
+    return [start_client(create_app(ServerSettings(model=("/ckpt/tiny",)), pg_store, scheduler=fake_scheduler))
+            for _ in range(2)]
 
 
 def test_rate_limits_and_ledger_are_shared(two_servers, pg_store):
