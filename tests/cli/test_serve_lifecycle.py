@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -165,34 +166,47 @@ def test_a_refused_dtype_ends_the_server_in_one_line_without_a_traceback(tiny_ch
 
 
 LONG_DOCS = 300  # ~20k tokens of MiniLM: one batch of several seconds on a 2-core machine (about 14 s, loaded)
+LONG = [f"document {i}: adult fleas live two to three months in the carpet of a house " * 4 for i in range(LONG_DOCS)]
+
+
+@contextmanager
+def one_batch_server(tmp_path, shutdown_timeout_s: int):
+    """A ready `lastrank serve` of MiniLM in which one batch holds the whole LONG request (--max-batch-tokens), so
+    a request sent while it runs waits in the queue, none of its blocks started, until the signal. Yields (proc,
+    url, log); killed at the end if the test left it running."""
+    url = f"http://127.0.0.1:{free_port()}"
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as err:
+        proc = lastrank_serve("--model", MODEL, "--port", url.rsplit(":", 1)[1], "--dtype", "float32",
+                              "--access-log", "off", "--max-batch-tokens", "65536", "--request-timeout-s", "0",
+                              "--shutdown-timeout-s", str(shutdown_timeout_s), db=tmp_path / "x.db", stderr=err)
+    try:
+        wait_until(lambda: is_ready(url), 180, proc, log.read_text)
+        yield proc, url, log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
+def wait_long_running(proc, url, log) -> None:
+    """Until the LONG request is running: admitted, and no token of it left waiting (its one batch is in the
+    model)."""
+    wait_until(lambda: metric(url, "lastrank_queue_requests") == 1 and metric(url, "lastrank_queue_tokens") == 0,
+               60, proc, log.read_text)
 
 
 def test_sigterm_drains_running_work_answers_the_queue_503_and_exits_0(tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as err:
-        # One batch holds the whole long request (--max-batch-tokens), so the short request sent while it runs
-        # waits in the queue, none of its blocks started, until the signal.
-        proc = lastrank_serve("--model", MODEL, "--port", str(port), "--dtype", "float32", "--access-log", "off",
-                              "--max-batch-tokens", "65536", "--request-timeout-s", "0",
-                              "--shutdown-timeout-s", "120", db=tmp_path / "x.db", stderr=err)
     answers: dict[str, httpx.Response] = {}
-
-    def post(name: str, documents: list[str]) -> None:
-        answers[name] = httpx.post(url + "/v1/rerank", json={"query": "how long do fleas live",
-                                                            "documents": documents}, timeout=300)
-
     threads = []
-    try:
-        wait_until(lambda: is_ready(url), 180, proc, log.read_text)
-        long_docs = [f"document {i}: adult fleas live two to three months in the carpet of a house " * 4
-                     for i in range(LONG_DOCS)]
-        threads.append(threading.Thread(target=post, args=("long", long_docs)))
+    with one_batch_server(tmp_path, shutdown_timeout_s=120) as (proc, url, log):
+        def post(name: str, documents: list[str]) -> None:
+            answers[name] = httpx.post(url + "/v1/rerank", json={"query": "how long do fleas live",
+                                                                "documents": documents}, timeout=300)
+
+        threads.append(threading.Thread(target=post, args=("long", LONG)))
         threads[-1].start()
-        # running: admitted, and no token of it left waiting (its one batch is in the model)
-        wait_until(lambda: metric(url, "lastrank_queue_requests") == 1 and metric(url, "lastrank_queue_tokens") == 0,
-                   60, proc, log.read_text)
+        wait_long_running(proc, url, log)
         threads.append(threading.Thread(target=post, args=("queued", ["fleas", "tea", "Paris"])))
         threads[-1].start()
         wait_until(lambda: metric(url, "lastrank_queue_requests") == 2 and metric(url, "lastrank_queue_tokens") > 0,
@@ -204,10 +218,6 @@ def test_sigterm_drains_running_work_answers_the_queue_503_and_exits_0(tmp_path)
         stopped_after = time.monotonic() - signalled
         for t in threads:
             t.join(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
     text = log.read_text()
     assert rc == 0, text
     assert stopped_after < 120, text  # within --shutdown-timeout-s
@@ -224,32 +234,17 @@ def test_sigterm_drains_running_work_answers_the_queue_503_and_exits_0(tmp_path)
 
 
 def test_sigterm_cuts_what_outlasts_the_shutdown_timeout_with_a_503(tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as err:
-        proc = lastrank_serve("--model", MODEL, "--port", str(port), "--dtype", "float32", "--access-log", "off",
-                              "--max-batch-tokens", "65536", "--request-timeout-s", "0",
-                              "--shutdown-timeout-s", "1", db=tmp_path / "x.db", stderr=err)
     answers: list[httpx.Response] = []
-    try:
-        wait_until(lambda: is_ready(url), 180, proc, log.read_text)
-        docs = [f"document {i}: adult fleas live two to three months in the carpet of a house " * 4
-                for i in range(LONG_DOCS)]
+    with one_batch_server(tmp_path, shutdown_timeout_s=1) as (proc, url, log):
         thread = threading.Thread(target=lambda: answers.append(httpx.post(
-            url + "/v1/rerank", json={"query": "fleas", "documents": docs}, timeout=300)))
+            url + "/v1/rerank", json={"query": "fleas", "documents": LONG}, timeout=300)))
         thread.start()
-        wait_until(lambda: metric(url, "lastrank_queue_requests") == 1 and metric(url, "lastrank_queue_tokens") == 0,
-                   60, proc, log.read_text)
+        wait_long_running(proc, url, log)
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(60)
         stopped_after = time.monotonic() - signalled
         thread.join(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
     text = log.read_text()
     # 0, not the SIGABRT of an interpreter exiting under a batch still inside torch
     assert rc == 0, text
