@@ -3,11 +3,11 @@
 import importlib
 
 from lastrank.errors import LastrankError
-from lastrank.types import RankedDocument, RerankRequest, RerankResult, Usage
+from lastrank.types import RankedDocument, RerankOptions, RerankRequest, RerankResult, Usage
 
 __version__ = "0.1.0"
 
-__all__ = ["Reranker", "Client", "LastrankError", "RankedDocument", "RerankRequest", "RerankResult", "Usage"]
+__all__ = ["Reranker", "Client", "LastrankError", "RankedDocument", "RerankOptions", "RerankRequest", "RerankResult", "Usage"]
 
 # Imported on first use: `import lastrank` (and so the CLI's light commands) must not pay for numpy or httpx.
 _LAZY = {"Reranker": "lastrank.reranker", "Client": "lastrank.client"}

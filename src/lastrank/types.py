@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import numbers
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from lastrank.errors import InvalidRequestError
+from lastrank.images import decoded_image
 
 
 def new_request_id() -> str:
@@ -37,28 +38,36 @@ def check_unicode(name: str, text: str) -> None:
 
 
 CHUNKING_MODES = ("truncate", "chunk")
+# the metadata of a RerankOptions field that only chunk mode reads (the CLI refuses its flag without it)
+CHUNK_MODE = {"chunk_mode": True}
 
 
-@dataclass
-class RerankRequest:
-    """What every dialect (and the Python API) is translated into; backends never see a dialect.
+def _set(options, name: str, value) -> None:
+    object.__setattr__(options, name, value)  # a frozen dataclass normalising its own fields in __post_init__
 
-    Validated once, here, when it is built: a RerankRequest that exists is well-formed (types, counts,
-    finite threshold), whichever edge built it. Numbers are normalised to int (numpy integers accepted).
-    Limits that depend on the server (characters, documents per request) are the API's, not this type's.
-    `max_doc_length` / `max_query_length` None: the family's official default (Capabilities).
+
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise InvalidRequestError(f"{name} must be true or false, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class RerankOptions:
+    """How to rank (everything about a request but its inputs and identity). Frozen, and validated once, here,
+    when built: every edge (the API dialects, Reranker.rerank / Client.rerank's **options, the CLI, the router)
+    builds one from its own names, and copies are dataclasses.replace (validated again, cheaply). Numbers are
+    normalised to int / float (numpy numbers accepted). The wire schemas check shapes first, to answer with the
+    wire's field names (a 422 with a location); these checks are the invariants, for every edge.
+    A new option is added here, to the wire schema (api/dialects, by the same name) and to its consumer.
     """
 
-    query: str
-    documents: list[str]
-    top_n: int | None = None
+    top_n: int | None = None  # results kept after ranking; None: all (more than the documents: all)
     return_embeddings: bool = False
+    # None: the family's official default (Capabilities); the server's limits on characters and documents per
+    # request are the API's, not this type's
     max_doc_length: int | None = None
     max_query_length: int | None = None
     instruction: str | None = None
-    request_id: str = field(default_factory=new_request_id)
-    # absolute time.monotonic() after which pending blocks are dropped; None = no deadline
-    deadline: float | None = None
     # drop results scoring below this (after ranking, before top_n); None: keep all
     score_threshold: float | None = None
     # False: an input that would be truncated is an InvalidRequestError at plan time (TEI truncate=false)
@@ -70,14 +79,58 @@ class RerankRequest:
     # document is dropped and reported as truncated); return_spans: each result carries its best window's
     # character offsets [start, end) in the original document (chunk mode only; None otherwise).
     chunking: str = "truncate"
-    chunk_overlap: int | None = None
-    max_chunks_per_doc: int | None = None
-    return_spans: bool = False
+    chunk_overlap: int | None = field(default=None, metadata=CHUNK_MODE)
+    max_chunks_per_doc: int | None = field(default=None, metadata=CHUNK_MODE)
+    return_spans: bool = field(default=False, metadata=CHUNK_MODE)
+
+    def __post_init__(self):
+        if self.top_n is not None:
+            _set(self, "top_n", _check_int("top_n", self.top_n, 0))
+        _check_bool("return_embeddings", self.return_embeddings)
+        for name in ("max_doc_length", "max_query_length"):
+            if getattr(self, name) is not None:
+                _set(self, name, _check_int(name, getattr(self, name), 1))
+        if self.instruction is not None:
+            if not isinstance(self.instruction, str):
+                raise InvalidRequestError(
+                    f"instruction must be a string or None, got {type(self.instruction).__name__}")
+            check_unicode("instruction", self.instruction)
+        if self.score_threshold is not None:
+            if isinstance(self.score_threshold, bool) or not isinstance(self.score_threshold, numbers.Real) \
+                    or not math.isfinite(self.score_threshold):
+                raise InvalidRequestError(f"score_threshold must be a finite number, got {self.score_threshold!r}")
+            _set(self, "score_threshold", float(self.score_threshold))
+        _check_bool("truncate", self.truncate)
+        if self.chunking not in CHUNKING_MODES:
+            raise InvalidRequestError(f"chunking must be one of {', '.join(map(repr, CHUNKING_MODES))}, got {self.chunking!r}")
+        if self.chunk_overlap is not None:
+            _set(self, "chunk_overlap", _check_int("chunk_overlap", self.chunk_overlap, 0))
+        if self.max_chunks_per_doc is not None:
+            _set(self, "max_chunks_per_doc", _check_int("max_chunks_per_doc", self.max_chunks_per_doc, 1))
+        _check_bool("return_spans", self.return_spans)
+
+
+@dataclass
+class RerankRequest:
+    """What every dialect (and the Python API) is translated into; backends never see a dialect: the inputs,
+    the request's identity, and its RerankOptions.
+
+    Validated once, here, when it is built: a RerankRequest that exists is well-formed (types, counts),
+    whichever edge built it. Building one never reads a file or decodes an image: the edges do (Reranker.rerank
+    through images.split_images, the API in handler.to_request).
+    """
+
+    query: str
+    documents: list[str]
+    options: RerankOptions = field(default_factory=RerankOptions)
+    request_id: str = field(default_factory=new_request_id)
+    # absolute time.monotonic() after which pending blocks are dropped; None = no deadline
+    deadline: float | None = None
     # Images (multimodal families only: Capabilities.images; any other family refuses a request that has
     # them, engine/backend.check_images). Keys: "query" and/or document indices; that input is then the image,
     # and its text in `query` / `documents` is only a label (returned as the result's `document`; may be "").
-    # Values: PIL.Image.Image, encoded image bytes or a path (os.PathLike); all become checked PIL images here
-    # (lastrank/images.py: size, pixel count, decompression bombs). None or {}: a text-only request.
+    # Values: decoded PIL images (images.image_input makes them from bytes or a path, at the edges).
+    # None or {}: a text-only request.
     images: dict | None = None
 
     def __post_init__(self):
@@ -91,37 +144,13 @@ class RerankRequest:
             if not isinstance(doc, str):
                 raise InvalidRequestError(f"documents[{i}] must be a string, got {type(doc).__name__}")
             check_unicode(f"documents[{i}]", doc)
-        if self.top_n is not None:
-            self.top_n = _check_int("top_n", self.top_n, 0)
-        if self.max_doc_length is not None:
-            self.max_doc_length = _check_int("max_doc_length", self.max_doc_length, 1)
-        if self.max_query_length is not None:
-            self.max_query_length = _check_int("max_query_length", self.max_query_length, 1)
-        if self.instruction is not None and not isinstance(self.instruction, str):
-            raise InvalidRequestError(
-                f"instruction must be a string or None, got {type(self.instruction).__name__}")
-        if self.instruction is not None:
-            check_unicode("instruction", self.instruction)
-        if self.score_threshold is not None:
-            if isinstance(self.score_threshold, bool) or not isinstance(self.score_threshold, numbers.Real) \
-                    or not math.isfinite(self.score_threshold):
-                raise InvalidRequestError(f"score_threshold must be a finite number, got {self.score_threshold!r}")
-            self.score_threshold = float(self.score_threshold)
-        if self.chunking not in CHUNKING_MODES:
-            raise InvalidRequestError(f"chunking must be one of {', '.join(map(repr, CHUNKING_MODES))}, got {self.chunking!r}")
-        if self.chunk_overlap is not None:
-            self.chunk_overlap = _check_int("chunk_overlap", self.chunk_overlap, 0)
-        if self.max_chunks_per_doc is not None:
-            self.max_chunks_per_doc = _check_int("max_chunks_per_doc", self.max_chunks_per_doc, 1)
-        if not isinstance(self.return_spans, bool):
-            raise InvalidRequestError(f"return_spans must be true or false, got {type(self.return_spans).__name__}")
+        if not isinstance(self.options, RerankOptions):
+            raise InvalidRequestError(f"options must be a RerankOptions, got {type(self.options).__name__}")
         if self.images is not None:
             self.images = _check_images(self.images, len(self.documents)) or None
 
 
 def _check_images(images, n_documents: int) -> dict:
-    from lastrank.images import image_input
-
     if not isinstance(images, dict):
         raise InvalidRequestError(f"images must be a mapping of 'query' / document index to image, got "
                                   f"{type(images).__name__}")
@@ -132,8 +161,7 @@ def _check_images(images, n_documents: int) -> dict:
                 raise InvalidRequestError(f"images keys must be 'query' or a document index in [0, {n_documents}), "
                                           f"got {key!r}")
             key = int(key)
-        where = "query" if key == "query" else f"documents[{key}]"
-        out[key] = image_input(value, where)
+        out[key] = decoded_image(value, "query" if key == "query" else f"documents[{key}]")
     return out
 
 

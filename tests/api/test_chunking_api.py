@@ -14,7 +14,8 @@ import math
 import numpy as np
 import pytest
 
-from lastrank.types import RerankRequest
+from lastrank.images import image_inputs
+from lastrank.types import RerankOptions, RerankRequest
 
 from support.live_server import LiveServer
 
@@ -25,8 +26,8 @@ LONG = ("Fleas are small insects that live on mammals. They can jump far. " * 6
 DOCS = ["Paris is in France.", LONG, "Fleas live about a year.", LONG[::-1]]
 
 
-def expected(tiny_reranker, **kw):
-    return tiny_reranker.backend.rerank(RerankRequest(query=QUERY, documents=DOCS, **kw))
+def expected(tiny_reranker, **options):
+    return tiny_reranker.backend.rerank(RerankRequest(query=QUERY, documents=DOCS, options=RerankOptions(**options)))
 
 
 def make(store, backend, **settings):
@@ -66,8 +67,8 @@ def test_many_chunks_count_as_search_units(store, tiny_reranker):
         r = c.post("/v1/rerank", json={"query": QUERY, "documents": [LONG] * 12, "max_doc_length": 8,
                                        "chunking": "chunk", "chunk_overlap": 0})
         assert r.status_code == 200, r.text
-    chunks = tiny_reranker.backend.plan(RerankRequest(query=QUERY, documents=[LONG] * 12, max_doc_length=8,
-                                                      chunking="chunk", chunk_overlap=0)).usage.chunks
+    chunks = tiny_reranker.backend.plan(RerankRequest(query=QUERY, documents=[LONG] * 12,
+                                                      options=RerankOptions(max_doc_length=8, chunking="chunk", chunk_overlap=0))).usage.chunks
     assert chunks > 100 and r.json()["meta"]["billed_units"]["search_units"] == math.ceil(chunks / 100)
 
 
@@ -179,9 +180,9 @@ def test_jina_route_chunk_mode_with_an_image_query_and_image_documents(store, m0
 
     page, query = png(200, 140, 1), png(64, 64, 3)
     docs = ["", LONG, "Paris is in France."]
-    want = ChunkingBackend(m0_backend).rerank(RerankRequest(
-        query="", documents=docs, images={0: page, "query": query}, max_doc_length=24, chunking="chunk",
-        return_spans=True))
+    want = ChunkingBackend(m0_backend).rerank(RerankRequest(query="", documents=docs,
+                                                            options=RerankOptions(max_doc_length=24, chunking="chunk", return_spans=True),
+                                                            images=image_inputs({0: page, "query": query})))
     assert want.usage.chunks > len(docs)  # LONG really is cut
     image_doc = {"image": base64.b64encode(page).decode()}
     with make(store, m0_backend) as c:

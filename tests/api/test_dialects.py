@@ -36,7 +36,7 @@ def test_jina_top_n_and_no_documents(client):
 def test_huge_top_n_is_all(client, fake_scheduler):
     r = client.post("/v1/rerank", json={"query": Q, "documents": DOCS, "top_n": 10**9})
     assert r.status_code == 200 and len(r.json()["results"]) == 3
-    assert fake_scheduler.requests[-1].top_n == 10**9  # passed through; the ranking rule keeps what exists
+    assert fake_scheduler.requests[-1].options.top_n == 10**9  # passed through; the ranking rule keeps what exists
 
 
 def test_object_documents_echoed_and_rank_fields(client, fake_scheduler):
@@ -58,8 +58,8 @@ def test_extensions_reach_the_engine(client, fake_scheduler):
                                         "max_doc_length": 64, "max_query_length": 32, "return_embeddings": True})
     assert r.status_code == 200
     req = fake_scheduler.requests[-1]
-    assert (req.instruction, req.max_doc_length, req.max_query_length, req.return_embeddings) == (
-        "prefer cities", 64, 32, True)
+    o = req.options
+    assert (o.instruction, o.max_doc_length, o.max_query_length, o.return_embeddings) == ("prefer cities", 64, 32, True)
     assert r.json()["results"][0]["embedding"] == [0.5, 0.5]
     assert req.deadline is not None and req.request_id == r.json()["id"]
 
@@ -67,9 +67,9 @@ def test_extensions_reach_the_engine(client, fake_scheduler):
 def test_defaults_are_the_reference_ones(client, fake_scheduler):
     client.post("/v2/rerank", json={"model": "jina-reranker-v3", "query": Q, "documents": DOCS,
                                     "top_n": None, "max_tokens_per_doc": None, "priority": None})
-    req = fake_scheduler.requests[-1]
+    o = fake_scheduler.requests[-1].options
     # None: the served family's official defaults (Capabilities: 2048 / 512 for Jina V3), not Cohere's 4096
-    assert (req.max_doc_length, req.max_query_length, req.top_n, req.instruction) == (None, None, None, None)
+    assert (o.max_doc_length, o.max_query_length, o.top_n, o.instruction) == (None, None, None, None)
 
 
 def test_cohere_v2_shape(client, fake_scheduler):
@@ -81,7 +81,7 @@ def test_cohere_v2_shape(client, fake_scheduler):
     assert body["meta"]["api_version"]["version"] == "2"
     assert body["meta"]["billed_units"]["search_units"] == 1
     assert [set(x) for x in body["results"]] == [{"index", "relevance_score"}] * 2
-    assert fake_scheduler.requests[-1].max_doc_length == 100
+    assert fake_scheduler.requests[-1].options.max_doc_length == 100
     # gateways may still send return_documents
     r = client.post("/v2/rerank", json={"query": Q, "documents": DOCS, "return_documents": True})
     assert r.json()["results"][0]["document"] == {"text": DOCS[1]}

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from lastrank.checkpoints.m0 import make_m0_checkpoint
+from lastrank.images import image_inputs
 from lastrank.types import RerankRequest
 
 PIL = pytest.importorskip("PIL.Image")
@@ -48,7 +49,7 @@ def client(store, backend):
 
 def test_image_documents_and_query_rank_as_the_engine(client, backend):
     a, b = png(90, 60, 1), png(30, 200, 2)
-    expected = backend.rerank(RerankRequest(query="tea", documents=["", "text doc", ""], images={0: a, 2: b}))
+    expected = backend.rerank(RerankRequest(query="tea", documents=["", "text doc", ""], images=image_inputs({0: a, 2: b})))
     r = client.post("/v1/rerank", json={"query": "tea", "documents": [
         {"image": b64(a)}, "text doc", {"image": "data:image/png;base64," + b64(b)}]})
     assert r.status_code == 200, r.text
@@ -331,7 +332,7 @@ def test_python_client_sends_pil_bytes_and_paths(client, backend, tmp_path):
     path = tmp_path / "b.png"
     path.write_bytes(b)
     pil = PIL.open(io.BytesIO(a))
-    expected = backend.rerank(RerankRequest(query="", documents=["", "text doc", ""], images={0: a, 2: b, "query": q}))
+    expected = backend.rerank(RerankRequest(query="", documents=["", "text doc", ""], images=image_inputs({0: a, 2: b, "query": q})))
     http = Client("http://testserver")
     http._http = client  # the in-process app (a TestClient is an httpx.Client)
     got = http.rerank(PIL.open(io.BytesIO(q)), [pil, "text doc", path])
@@ -379,7 +380,7 @@ def test_base64_images_decode_as_files_do_and_pil_images_as_given(client, backen
     for data in (sticker(), sideways_jpeg()):
         path = tmp_path / "picture"
         path.write_bytes(data)
-        local = backend.rerank(RerankRequest(query="tea", documents=["", ""], images={0: path, 1: PIL.open(path)}))
+        local = backend.rerank(RerankRequest(query="tea", documents=["", ""], images=image_inputs({0: path, 1: PIL.open(path)})))
         local = {r.index: r.relevance_score for r in local.results}
         assert abs(local[0] - local[1]) > 1e-3  # decoded from bytes vs used as given: really different here
         r = client.post("/v1/rerank", json={"query": "tea", "documents": [{"image": b64(data)}]})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lastrank.types import RerankRequest
+from lastrank.types import RerankOptions, RerankRequest
 
 QUERY = "how long do fleas live"
 DOCS = ["Paris is the capital of France.", "Adult fleas live for about two to three months.",
@@ -35,8 +35,9 @@ def server(store, tiny_reranker, minilm):
         yield c
 
 
-def in_process(reranker, **kw):
-    return [r.index for r in reranker.rerank_request(RerankRequest(query=QUERY, documents=DOCS, **kw)).results]
+def in_process(reranker, **options):
+    request = RerankRequest(query=QUERY, documents=DOCS, options=RerankOptions(**options))
+    return [r.index for r in reranker.rerank_request(request).results]
 
 
 @pytest.mark.parametrize("route, body_key, results_of", [

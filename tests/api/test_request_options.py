@@ -161,7 +161,7 @@ def test_score_threshold_keeps_scores_at_or_above(client, fake_scheduler, route)
     got = results_of(r)
     assert [x["index"] for x in got] == [1, 0, 2]  # 1/3 itself is kept, 0 is dropped
     assert all(x["relevance_score"] >= 1 / 3 for x in got)
-    assert fake_scheduler.requests[-1].top_n is None
+    assert fake_scheduler.requests[-1].options.top_n is None
     r = client.post(route, json={"query": Q, docs_key: DOCS, "score_threshold": 0.5})
     assert [x["index"] for x in results_of(r)] == [1, 0]
     r = client.post(route, json={"query": Q, docs_key: DOCS, "score_threshold": 2})  # an int is a number
@@ -175,14 +175,15 @@ def test_score_threshold_then_top_n(client, fake_scheduler):
     r = client.post("/v1/rerank", json={"query": Q, "documents": DOCS, "score_threshold": 0.3, "top_n": 2})
     assert [x["index"] for x in r.json()["results"]] == [1, 0]
     # one owner: both go to the backend's ranking rule (engine/backend.rank), which cuts threshold then top_n
-    assert (fake_scheduler.requests[-1].top_n, fake_scheduler.requests[-1].score_threshold) == (2, 0.3)
+    options = fake_scheduler.requests[-1].options
+    assert (options.top_n, options.score_threshold) == (2, 0.3)
     r = client.post("/v1/rerank", json={"query": Q, "documents": DOCS, "score_threshold": 0.9, "top_n": 3})
     assert [x["index"] for x in r.json()["results"]] == [1]  # fewer than top_n pass the threshold
     r = client.post("/v2/rerank", json={"query": Q, "documents": DOCS, "score_threshold": 0.0, "top_n": 0})
     assert r.json()["results"] == []
     r = client.post("/v1/rerank", json={"query": Q, "documents": DOCS, "score_threshold": None, "top_n": 2})
     assert [x["index"] for x in r.json()["results"]] == [1, 0]
-    assert fake_scheduler.requests[-1].top_n == 2
+    assert fake_scheduler.requests[-1].options.top_n == 2
 
 
 def test_score_threshold_is_billed_for_every_document(client, store):

@@ -9,7 +9,7 @@ import pytest
 
 from lastrank.engine.backend import Capabilities, Scores, rank, sigmoid, truncation_refused
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
-from lastrank.types import RerankRequest, Usage
+from lastrank.types import RerankOptions, RerankRequest, Usage
 
 
 def scores(values, raw=None):
@@ -27,12 +27,13 @@ def test_rank_orders_like_the_official_argsort_including_ties():
 
 def test_threshold_then_top_n_and_nan_is_dropped():
     values = [0.9, float("nan"), 0.4, 0.6, 0.3]
-    request = RerankRequest(query="q", documents=list("abcde"), score_threshold=0.35, top_n=2)
+    request = RerankRequest(query="q", documents=list("abcde"),
+                            options=RerankOptions(score_threshold=0.35, top_n=2))
     got = rank(request, scores(values), Usage()).results
     assert [r.index for r in got] == [0, 3]
-    request = RerankRequest(query="q", documents=list("abcde"), score_threshold=0.35)
+    request = RerankRequest(query="q", documents=list("abcde"), options=RerankOptions(score_threshold=0.35))
     assert [r.index for r in rank(request, scores(values), Usage()).results] == [0, 3, 2]
-    assert rank(RerankRequest(query="q", documents=list("abcde"), top_n=0), scores(values), Usage()).results == []
+    assert rank(RerankRequest(query="q", documents=list("abcde"), options=RerankOptions(top_n=0)), scores(values), Usage()).results == []
 
 
 def test_rank_carries_raw_scores_documents_and_embeddings_only_when_asked():
@@ -41,7 +42,7 @@ def test_rank_carries_raw_scores_documents_and_embeddings_only_when_asked():
     out = rank(RerankRequest(query="q", documents=["x", "y"]), s, Usage()).results
     assert [(r.index, r.document, r.raw_score, r.embedding) for r in out] == [(0, "x", 2.0, None), (1, "y", -1.0, None)]
     assert out[0].relevance_score == pytest.approx(1 / (1 + np.exp(-2.0)))
-    out = rank(RerankRequest(query="q", documents=["x", "y"], return_embeddings=True), s, Usage()).results
+    out = rank(RerankRequest(query="q", documents=["x", "y"], options=RerankOptions(return_embeddings=True)), s, Usage()).results
     assert out[0].embedding == [1.0, 0.0]
 
 
@@ -66,9 +67,9 @@ def test_unit_score_maps_each_score_kind_into_0_1_monotonically():
     (dict(score_threshold=True), "score_threshold must be a finite number"),
     (dict(max_doc_length=0), "max_doc_length must be >= 1"),
 ])
-def test_request_is_validated_when_built(kwargs, match):
+def test_options_are_validated_when_built(kwargs, match):
     with pytest.raises(InvalidRequestError, match=match):
-        RerankRequest(query="q", documents=["a"], **kwargs)
+        RerankOptions(**kwargs)
 
 
 def test_truncation_refused_names_the_documents_and_the_query():
@@ -95,6 +96,8 @@ def test_registry_detects_jina_v3_and_truncate_false_fails_at_plan_time(tiny_rer
     backend = tiny_reranker.backend
     long_doc = "word " * 50
     with pytest.raises(InvalidRequestError, match=r"1 document\(s\) \(indices 1\) exceed 8 tokens"):
-        backend.plan(RerankRequest(query="q", documents=["short", long_doc], max_doc_length=8, truncate=False))
-    plan = backend.plan(RerankRequest(query="q", documents=["short", long_doc], max_doc_length=8))
+        backend.plan(RerankRequest(query="q", documents=["short", long_doc],
+                                   options=RerankOptions(max_doc_length=8, truncate=False)))
+    plan = backend.plan(RerankRequest(query="q", documents=["short", long_doc],
+                                      options=RerankOptions(max_doc_length=8)))
     assert plan.usage.truncated_indices == [1] and plan.usage.truncated_documents == 1

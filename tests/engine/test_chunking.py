@@ -9,13 +9,14 @@ pair's document part holds), built on engine/pairs.py like the real pointwise fa
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from lastrank.engine.chunking import ChunkingBackend, ChunkPlan, boundary_rank, char_spans, split_windows
 from lastrank.errors import InvalidRequestError
-from lastrank.types import RerankRequest
+from lastrank.types import RerankOptions, RerankRequest
 
 from support.keyword_backend import WORD, KeywordBackend
 
@@ -81,9 +82,9 @@ LONG = ("Fleas are small insects that live on mammals. They can jump far. " * 6
         + "日本語のテキストです。もう一つの文があります。🎉🎉 " * 4)
 
 
-def chunk_plan(backend, docs, window, **kw) -> ChunkPlan:
-    plan = backend.plan(RerankRequest(query="how long do fleas live", documents=docs, max_doc_length=window,
-                                      chunking="chunk", **kw))
+def chunk_plan(backend, docs, window, **options) -> ChunkPlan:
+    plan = backend.plan(RerankRequest(query="how long do fleas live", documents=docs,
+                                      options=RerankOptions(max_doc_length=window, chunking="chunk", **options)))
     assert isinstance(plan, ChunkPlan)
     return plan
 
@@ -120,9 +121,10 @@ def test_documents_under_the_limit_give_bit_identical_results(tiny_reranker):
     wrapped = tiny_reranker.backend
     assert isinstance(wrapped, ChunkingBackend)
     docs = ["Fleas live about a year.", "Paris is in France.", "", "日本語 🎉", LONG]
-    kw = dict(query="how long do fleas live", documents=docs, max_doc_length=512, return_embeddings=True)
-    plain = wrapped.inner.rerank(RerankRequest(**kw))
-    chunked = wrapped.rerank(RerankRequest(**kw, chunking="chunk", return_spans=True))
+    kw = dict(query="how long do fleas live", documents=docs)
+    options = RerankOptions(max_doc_length=512, return_embeddings=True)
+    plain = wrapped.inner.rerank(RerankRequest(**kw, options=options))
+    chunked = wrapped.rerank(RerankRequest(**kw, options=replace(options, chunking="chunk", return_spans=True)))
     assert [r.index for r in chunked.results] == [r.index for r in plain.results]
     for a, b in zip(chunked.results, plain.results):
         assert (a.relevance_score, a.raw_score, a.embedding) == (b.relevance_score, b.raw_score, b.embedding)
@@ -130,14 +132,14 @@ def test_documents_under_the_limit_give_bit_identical_results(tiny_reranker):
     assert chunked.usage.prompt_tokens == plain.usage.prompt_tokens
     assert chunked.usage.doc_tokens == plain.usage.doc_tokens and chunked.usage.chunks == len(docs)
     # truncate mode through the wrapper is the wrapped backend itself
-    assert wrapped.rerank(RerankRequest(**kw)).results == plain.results
+    assert wrapped.rerank(RerankRequest(**kw, options=options)).results == plain.results
 
 
 def test_a_document_scores_as_its_best_chunk_and_points_at_it(tiny_reranker):
     backend = tiny_reranker.backend
     docs = ["short", LONG, "Fleas live a year."]
-    request = RerankRequest(query="how long do fleas live", documents=docs, max_doc_length=12, chunking="chunk",
-                            return_spans=True, return_embeddings=True)
+    request = RerankRequest(query="how long do fleas live", documents=docs,
+                            options=RerankOptions(max_doc_length=12, chunking="chunk", return_spans=True, return_embeddings=True))
     plan = backend.plan(request)
     outputs = backend.run_blocks(plan.blocks)
     per_chunk = backend.inner.scores(plan.inner, outputs)
@@ -152,8 +154,8 @@ def test_a_document_scores_as_its_best_chunk_and_points_at_it(tiny_reranker):
         assert docs[r.index][slice(*r.span)] == plan.inner.request.documents[best]
     assert result.usage.documents == 3 and result.usage.chunks == len(plan.chunks) > 3
     # top_n and score_threshold apply to documents, never to chunks
-    top = backend.rerank(RerankRequest(query=request.query, documents=docs, max_doc_length=12, chunking="chunk",
-                                       top_n=2))
+    top = backend.rerank(RerankRequest(query=request.query, documents=docs,
+                                       options=RerankOptions(max_doc_length=12, chunking="chunk", top_n=2)))
     assert [r.index for r in top.results] == [r.index for r in result.results][:2]
 
 
@@ -181,7 +183,7 @@ def test_caps_and_bad_settings_are_invalid_requests(tiny_reranker):
         chunk_plan(backend, [LONG], 10, max_query_length=2, truncate=False)
     for bad in (dict(chunking="split"), dict(chunk_overlap=-1), dict(max_chunks_per_doc=0), dict(return_spans="yes")):
         with pytest.raises(InvalidRequestError):
-            RerankRequest(query="q", documents=["d"], **bad)
+            RerankOptions(**bad)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -196,7 +198,8 @@ def test_the_relevant_sentence_at_the_end_is_found_by_chunking_and_lost_by_trunc
     truncated = backend.rerank(RerankRequest(query=query, documents=docs))
     assert truncated.usage.truncated_indices == [0, 1]
     assert truncated.results[0].relevance_score == 0.5  # sigmoid(0): no document's first 20 words match
-    chunked = backend.rerank(RerankRequest(query=query, documents=docs, chunking="chunk", return_spans=True))
+    chunked = backend.rerank(RerankRequest(query=query, documents=docs,
+                                           options=RerankOptions(chunking="chunk", return_spans=True)))
     best = chunked.results[0]
     assert best.index == 1 and best.raw_score == 3.0  # "cat", "fleas", "live"
     assert relevant in docs[1][slice(*best.span)]
@@ -207,8 +210,8 @@ def test_the_relevant_sentence_at_the_end_is_found_by_chunking_and_lost_by_trunc
 def test_pointwise_chunk_score_equals_the_same_chunk_ranked_alone():
     backend = ChunkingBackend(KeywordBackend(max_doc_length=15))
     docs = [page(9, "Cat fleas live a year."), page(4, "Dogs have fleas too.", at_end=False)]
-    request = RerankRequest(query="cat fleas live", documents=docs, chunking="chunk", return_spans=True,
-                            chunk_overlap=4)
+    request = RerankRequest(query="cat fleas live", documents=docs,
+                            options=RerankOptions(chunking="chunk", return_spans=True, chunk_overlap=4))
     for r in backend.rerank(request).results:
         alone = backend.inner.rerank(RerankRequest(query="cat fleas live", documents=[docs[r.index][slice(*r.span)]]))
         assert alone.results[0].relevance_score == r.relevance_score
@@ -219,7 +222,8 @@ def test_usage_counts_the_tokens_run():
     toy = KeywordBackend(max_doc_length=10)
     backend = ChunkingBackend(toy)
     docs = [page(10), "short one"]
-    result = backend.rerank(RerankRequest(query="fleas", documents=docs, chunking="chunk", chunk_overlap=3))
+    result = backend.rerank(RerankRequest(query="fleas", documents=docs,
+                                          options=RerankOptions(chunking="chunk", chunk_overlap=3)))
     assert result.usage.prompt_tokens == sum(len(s) for s in toy.scored)  # what really ran
     assert result.usage.documents == 2
     assert sum(result.usage.doc_tokens) == sum(len(s) - 2 for s in toy.scored)  # query word + separator
@@ -229,7 +233,7 @@ def test_usage_counts_the_tokens_run():
 def test_a_family_without_token_offsets_refuses_chunk_mode_clearly():
     backend = ChunkingBackend(KeywordBackend(offsets=False))
     with pytest.raises(InvalidRequestError, match="chunking is not available for this model \\(family keyword-toy\\)"):
-        backend.plan(RerankRequest(query="q", documents=["d"], chunking="chunk"))
+        backend.plan(RerankRequest(query="q", documents=["d"], options=RerankOptions(chunking="chunk")))
     assert backend.rerank(RerankRequest(query="q", documents=["d"])).results[0].index == 0  # truncate still works
 
 
@@ -244,13 +248,15 @@ def test_the_scheduler_runs_chunked_requests_unchanged():
         await sched.start()
         try:
             return await asyncio.gather(
-                sched.submit(RerankRequest(query="cat fleas live", documents=docs, chunking="chunk", return_spans=True)),
+                sched.submit(RerankRequest(query="cat fleas live", documents=docs,
+                                           options=RerankOptions(chunking="chunk", return_spans=True))),
                 sched.submit(RerankRequest(query="cat fleas live", documents=docs)))
         finally:
             await sched.stop()
 
     chunked, truncated = asyncio.run(go())
-    direct = backend.rerank(RerankRequest(query="cat fleas live", documents=docs, chunking="chunk", return_spans=True))
+    direct = backend.rerank(RerankRequest(query="cat fleas live", documents=docs,
+                                          options=RerankOptions(chunking="chunk", return_spans=True)))
     assert [(r.index, r.relevance_score, r.span) for r in chunked.results] == \
         [(r.index, r.relevance_score, r.span) for r in direct.results]
     assert chunked.results[0].index == 0 and truncated.results[0].relevance_score == 0.5
@@ -273,15 +279,18 @@ def test_a_family_that_spends_part_of_the_limit_gets_smaller_windows():
     """chunk_window: a family whose plan keeps max_doc_length - 2 own tokens (as a bi-encoder's [CLS]/[SEP])."""
     doc = page(12, "Cat fleas usually live for about a year.")
     backend = ChunkingBackend(KeywordBackend(max_doc_length=12, overhead=2))
-    plan = backend.plan(RerankRequest(query="cat fleas", documents=[doc], chunking="chunk", chunk_overlap=0))
+    plan = backend.plan(RerankRequest(query="cat fleas", documents=[doc],
+                                      options=RerankOptions(chunking="chunk", chunk_overlap=0)))
     assert max(c.tokens for c in plan.chunks) == 10 and plan.inner.usage.truncated_indices == []
     assert plan.usage.truncated_indices == []
     # a family that does not subtract them has its chunks cut: reported as truncated, never hidden
     wrong = ChunkingBackend(KeywordBackend(max_doc_length=12, overhead=2, window=False))
-    plan = wrong.plan(RerankRequest(query="cat fleas", documents=[doc, "short"], chunking="chunk", chunk_overlap=0))
+    plan = wrong.plan(RerankRequest(query="cat fleas", documents=[doc, "short"],
+                                    options=RerankOptions(chunking="chunk", chunk_overlap=0)))
     assert plan.inner.usage.truncated_indices and plan.usage.truncated_indices == [0]
     with pytest.raises(InvalidRequestError, match="leaves no room"):
-        backend.plan(RerankRequest(query="q", documents=[doc], chunking="chunk", max_doc_length=2))
+        backend.plan(RerankRequest(query="q", documents=[doc],
+                                   options=RerankOptions(chunking="chunk", max_doc_length=2)))
 
 
 def test_exact_limits_on_the_real_tokenizer(tiny_reranker):
@@ -305,13 +314,13 @@ def test_a_pointwise_family_scores_a_chunked_document_as_its_best_chunk_ranked_a
                                   seed=3)
     backend = ChunkingBackend(load_backend(str(path), device="cpu", dtype="float32"))
     docs = [LONG, "Fleas live about a year.", page(30, "Cat fleas usually live for about a year.")]
-    request = RerankRequest(query="how long do fleas live", documents=docs, max_doc_length=120, chunking="chunk",
-                            return_spans=True)
+    request = RerankRequest(query="how long do fleas live", documents=docs,
+                            options=RerankOptions(max_doc_length=120, chunking="chunk", return_spans=True))
     result = backend.rerank(request)
     assert result.usage.chunks > 4 and result.usage.truncated_indices == []
     for r in result.results:
         alone = backend.inner.rerank(RerankRequest(query=request.query, documents=[docs[r.index][slice(*r.span)]],
-                                                   max_doc_length=120)).results[0]
+                                                   options=RerankOptions(max_doc_length=120))).results[0]
         assert abs(alone.raw_score - r.raw_score) <= 1e-5
         assert abs(alone.relevance_score - r.relevance_score) <= 1e-5
 
@@ -386,7 +395,7 @@ def test_a_chunk_plan_holds_the_accents_a_bert_tokenizer_drops():
     offsets = backend.token_offsets([doc])[0]
     assert not any(a <= doc.index("\u0301") < b for a, b in offsets)  # in no token
     for window, overlap in ((2, 0), (3, 1), (5, 0)):
-        plan = backend.plan(RerankRequest(query="coin", documents=[doc], max_doc_length=window + 2,
-                                          chunking="chunk", chunk_overlap=overlap))
+        plan = backend.plan(RerankRequest(query="coin", documents=[doc],
+                                          options=RerankOptions(max_doc_length=window + 2, chunking="chunk", chunk_overlap=overlap)))
         assert len(plan.chunks) > 4
         graphemes_whole(doc, [(c.start, c.end) for c in plan.chunks])

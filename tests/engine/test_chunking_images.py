@@ -17,7 +17,7 @@ from lastrank.engine.chunking import ChunkingBackend, ChunkPlan
 from lastrank.reranker import Reranker
 from lastrank.errors import InvalidRequestError
 from lastrank.checkpoints.m0 import make_m0_checkpoint
-from lastrank.types import RerankRequest
+from lastrank.types import RerankOptions, RerankRequest
 
 PIL = pytest.importorskip("PIL.Image")
 # The family packs pairs into shared forwards, so a pair meets other neighbours chunked than unchunked: the same
@@ -51,8 +51,9 @@ def mixed(query_image=None, **options) -> RerankRequest:
     images = {0: image(200, 140, 1), 3: image(40, 120, 2)}
     if query_image is not None:
         images["query"] = query_image
-    return RerankRequest(query=QUERY, documents=["a label the model never reads", LONG, "The harbour at night.", ""],
-                         images=images, max_doc_length=WINDOW, **options)
+    return RerankRequest(query=QUERY,
+                         documents=["a label the model never reads", LONG, "The harbour at night.", ""],
+                         options=RerankOptions(max_doc_length=WINDOW, **options), images=images)
 
 
 @pytest.mark.parametrize("query_image", [None, image(64, 64, 3)], ids=["text query", "image query"])
@@ -77,9 +78,9 @@ def test_image_documents_score_as_unchunked_and_text_as_its_best_window(reranker
 
     # the long document: the best of its windows ranked as separate documents (with the same query image)
     windows = [LONG[c.start:c.end] for c in plan.chunks[a:b]]
-    alone = reranker.rerank_request(RerankRequest(
-        query=QUERY, documents=windows, max_doc_length=WINDOW,
-        images=None if query_image is None else {"query": query_image}))
+    alone = reranker.rerank_request(RerankRequest(query=QUERY, documents=windows,
+                                                  options=RerankOptions(max_doc_length=WINDOW),
+                                                  images=None if query_image is None else {"query": query_image}))
     assert alone.usage.truncated_indices == []  # every window fits: nothing of it is cut by the family
     scores = np.array([r.relevance_score for r in sorted(alone.results, key=lambda r: r.index)])
     raws = np.array([r.raw_score for r in sorted(alone.results, key=lambda r: r.index)])
@@ -101,8 +102,8 @@ def test_inner_request_images_follow_the_chunks(reranker):
     assert inner.images["query"] is request.images["query"]
     assert [c.image for c in plan.chunks] == [True] + [False] * (b - 1) + [False, True]
     # text-query request without image documents: no images at all in the inner request
-    plain = reranker.backend.plan(RerankRequest(query=QUERY, documents=[LONG], max_doc_length=WINDOW,
-                                                chunking="chunk"))
+    plain = reranker.backend.plan(RerankRequest(query=QUERY, documents=[LONG],
+                                                options=RerankOptions(max_doc_length=WINDOW, chunking="chunk")))
     assert plain.inner.request.images is None
 
 
@@ -121,11 +122,11 @@ def test_usage_counts_image_tokens_and_every_window(reranker):
     assert chunked.doc_tokens[2] == unchunked.doc_tokens[2]
     # the long document: every window's tokens; the prompt: the other documents' pairs plus every window's pair
     windows = [LONG[c.start:c.end] for c in plan.chunks[a:b]]
-    alone = reranker.rerank_request(RerankRequest(query=QUERY, documents=windows, images={"query": q},
-                                                  max_doc_length=WINDOW)).usage
-    rest = reranker.rerank_request(RerankRequest(
-        query=QUERY, documents=["", "The harbour at night.", ""], max_doc_length=WINDOW,
-        images={0: request.images[0], 2: request.images[3], "query": q})).usage
+    alone = reranker.rerank_request(RerankRequest(query=QUERY, documents=windows,
+                                                  options=RerankOptions(max_doc_length=WINDOW), images={"query": q})).usage
+    rest = reranker.rerank_request(RerankRequest(query=QUERY, documents=["", "The harbour at night.", ""],
+                                                 options=RerankOptions(max_doc_length=WINDOW),
+                                                 images={0: request.images[0], 2: request.images[3], "query": q})).usage
     assert chunked.doc_tokens[1] == sum(alone.doc_tokens)
     assert chunked.prompt_tokens == alone.prompt_tokens + rest.prompt_tokens
 
@@ -133,7 +134,8 @@ def test_usage_counts_image_tokens_and_every_window(reranker):
 def test_only_images_chunked_is_truncate_mode(reranker):
     request = dict(query="", documents=["", "", ""],
                    images={0: image(90, 60, 1), 1: image(30, 200, 2), 2: image(56, 56, 4), "query": image(64, 64, 3)})
-    chunked = reranker.rerank_request(RerankRequest(**request, chunking="chunk", return_spans=True))
+    chunked = reranker.rerank_request(RerankRequest(**request, options=RerankOptions(chunking="chunk",
+                                                                                     return_spans=True)))
     unchunked = reranker.rerank_request(RerankRequest(**request))
     assert [(r.index, r.relevance_score, r.raw_score) for r in chunked.results] == \
         [(r.index, r.relevance_score, r.raw_score) for r in unchunked.results]
@@ -161,5 +163,6 @@ def test_a_text_only_family_still_refuses_images_in_chunk_mode():
     from support.keyword_backend import KeywordBackend
 
     with pytest.raises(InvalidRequestError, match="ranks text only; the request has images"):
-        ChunkingBackend(KeywordBackend()).plan(RerankRequest(query="q", documents=["d" * 50], chunking="chunk",
+        ChunkingBackend(KeywordBackend()).plan(RerankRequest(query="q", documents=["d" * 50],
+                                                             options=RerankOptions(chunking="chunk"),
                                                              images={0: image(10, 10, 0)}))

@@ -24,7 +24,7 @@ from lastrank.errors import (
     OverloadedError,
     PayloadTooLargeError,
 )
-from lastrank.types import RankedDocument, RerankRequest, RerankResult, Usage
+from lastrank.types import RankedDocument, RerankOptions, RerankRequest, RerankResult, Usage
 
 GUARD_S = 10.0  # hang guard for anything we wait on; never reached when the scheduler is right
 
@@ -116,8 +116,8 @@ class FakeEngine:
             raise AssertionError(f"outputs out of plan order: {got} != {want}")
         scored = [(s, i) for b, o in zip(plan.blocks, outputs) for i, s in zip(b.doc_indices, o.scores)]
         scored.sort(key=lambda t: (-t[0], t[1]))
-        if plan.request.top_n is not None:
-            scored = scored[: plan.request.top_n]
+        if plan.request.options.top_n is not None:
+            scored = scored[: plan.request.options.top_n]
         docs = [RankedDocument(i, s, plan.request.documents[i]) for s, i in scored]
         return RerankResult(docs, plan.usage, plan.request.request_id)
 
@@ -129,10 +129,12 @@ class FakeEngine:
         return [i for call in self.calls for rid, i in call if rid == request_id]
 
 
-def req(name: str, n_docs: int, doc_tokens: int | list[int] = 10, **kw) -> RerankRequest:
+def req(name: str, n_docs: int, doc_tokens: int | list[int] = 10, deadline: float | None = None,
+        **options) -> RerankRequest:
     sizes = doc_tokens if isinstance(doc_tokens, list) else [doc_tokens] * n_docs
     docs = [str(i).rjust(size, "d")[-size:] for i, size in enumerate(sizes)]
-    return RerankRequest(query=name, documents=docs, request_id=name, **kw)
+    return RerankRequest(query=name, documents=docs, options=RerankOptions(**options), request_id=name,
+                         deadline=deadline)
 
 
 # --------------------------------------------------------------------------------------- helpers

@@ -11,7 +11,7 @@ from lastrank.engine.chunking import ChunkingBackend
 from lastrank.eval.data import load_dataset
 from lastrank.eval.long import load_any_dataset, long_variant, make_long
 from lastrank.eval.run import ResultCache, evaluate_first_stage, run_orders
-from lastrank.types import RerankRequest
+from lastrank.types import RerankOptions, RerankRequest
 
 from support.keyword_backend import KeywordBackend
 
@@ -57,8 +57,9 @@ class ToyReranker:
     def __init__(self, max_doc_length):
         self.backend = ChunkingBackend(KeywordBackend(max_doc_length=max_doc_length))
 
-    def rerank(self, query, documents, **kw):
-        return [r.as_dict() for r in self.backend.rerank(RerankRequest(query=query, documents=documents, **kw)).results]
+    def rerank(self, query, documents, **options):
+        request = RerankRequest(query=query, documents=documents, options=RerankOptions(**options))
+        return [r.as_dict() for r in self.backend.rerank(request).results]
 
 
 def test_chunking_finds_what_truncation_cuts_off_on_long_end_pages(tmp_path):

@@ -18,7 +18,7 @@ from lastrank import Reranker
 from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.families import BI_ENCODER, detect_family, load_backend
 from lastrank.checkpoints.st import make_st_checkpoint
-from lastrank.types import RerankRequest
+from lastrank.types import RerankOptions, RerankRequest
 
 from support.ranking_order import assert_order_agrees
 
@@ -156,13 +156,13 @@ def test_decoder_truncation_keeps_the_appended_eos(decoder_folders):
 
     folder = decoder_folders["qwen2-lasttoken-eos"]
     backend = load_backend(folder, dtype="float32")
-    plan = backend.plan(RerankRequest("q", CODE_DOCS, instruction="nl2code"))
+    plan = backend.plan(RerankRequest("q", CODE_DOCS, options=RerankOptions(instruction="nl2code")))
     assert plan.usage.truncated_indices == [3] and plan.usage.doc_tokens[3] == 40
     hf = AutoTokenizer.from_pretrained(str(folder))
     expected = hf(JINA_CODE_PROMPTS["nl2code_document"] + CODE_DOCS[3], truncation="longest_first", max_length=40)
     assert plan.blocks[0].sequences[3] == expected["input_ids"] and expected["input_ids"][-1] == 151643
     with pytest.raises(InvalidRequestError, match="exceed 40 tokens"):
-        backend.plan(RerankRequest("q", CODE_DOCS, instruction="nl2code", truncate=False))
+        backend.plan(RerankRequest("q", CODE_DOCS, options=RerankOptions(instruction="nl2code", truncate=False)))
 
 
 def test_empty_input_embeds_to_zeros_without_a_forward(decoder_folders):
@@ -269,20 +269,20 @@ def test_truncation_is_reported_and_refusable(minilm_reranker):
     assert plan.blocks[0].sequences[1] == hf(long_doc, truncation="longest_first", max_length=256)["input_ids"]
     assert backend.plan(RerankRequest("fleas " * 300, docs)).usage.query_truncated
     with pytest.raises(InvalidRequestError, match=r"1 document\(s\) \(indices 1\) exceed 256 tokens"):
-        backend.plan(RerankRequest(QUERY, docs, truncate=False))
+        backend.plan(RerankRequest(QUERY, docs, options=RerankOptions(truncate=False)))
     # a smaller limit counts the whole input ([CLS] and [SEP] included), as max_seq_length does
-    small = backend.plan(RerankRequest(QUERY, docs, max_doc_length=3))
+    small = backend.plan(RerankRequest(QUERY, docs, options=RerankOptions(max_doc_length=3)))
     assert small.usage.truncated_indices == [1, 2] and small.usage.doc_tokens == [3, 3, 3]
     # a larger limit is capped at the model's 512 positions, not an error
-    big = backend.plan(RerankRequest(QUERY, [long_doc * 3], max_doc_length=100_000))
+    big = backend.plan(RerankRequest(QUERY, [long_doc * 3], options=RerankOptions(max_doc_length=100_000)))
     assert big.usage.max_doc_length == 512 and big.usage.doc_tokens == [512]
     with pytest.raises(InvalidRequestError, match="at least 2"):
-        backend.plan(RerankRequest(QUERY, docs, max_doc_length=1))
+        backend.plan(RerankRequest(QUERY, docs, options=RerankOptions(max_doc_length=1)))
 
 
 def test_query_is_embedded_once_and_blocks_do_not_change_scores(st_folders):
     backend = load_backend(st_folders["mean-normalize"], dtype="float32")
-    request = RerankRequest(QUERY, DOCS * 5, return_embeddings=True)
+    request = RerankRequest(QUERY, DOCS * 5, options=RerankOptions(return_embeddings=True))
     whole = backend.rerank(request)
     backend.max_block_tokens = 40
     plan = backend.plan(request)
@@ -301,7 +301,8 @@ def test_blocks_of_several_requests_share_one_run(st_folders):
     """The scheduler hands run_blocks blocks of several requests at once: each request's result is unchanged."""
     backend = load_backend(st_folders["prompts"], dtype="float32")
     backend.max_block_tokens = 50
-    requests = [RerankRequest(QUERY, DOCS), RerankRequest("sort a list", DOCS[::-1], instruction="nl2code")]
+    requests = [RerankRequest(QUERY, DOCS), RerankRequest("sort a list", DOCS[::-1],
+                                                          options=RerankOptions(instruction="nl2code"))]
     alone = [backend.rerank(r) for r in requests]
     plans = [backend.plan(r) for r in requests]
     mixed = [b for pair in zip(plans[0].blocks, plans[1].blocks) for b in pair]

@@ -25,7 +25,7 @@ from lastrank.errors import InvalidRequestError, ModelNotAvailableError
 from lastrank.families import detect_family, load_backend
 from lastrank.families.causal_lm import detect
 from lastrank.checkpoints.causal import make_causal_checkpoint
-from lastrank.types import RerankRequest
+from lastrank.types import RerankOptions, RerankRequest
 
 from support.ranking_order import assert_order_agrees
 from support.reference_causal_lm import Qwen3RerankerCard, mxbai_package
@@ -87,8 +87,8 @@ def _unpadded(inputs) -> list[list[int]]:
 
 
 def _check(backend, raw_ref, ref_ids, case):
-    request = RerankRequest(query=case["query"], documents=case["docs"], instruction=case.get("instruction"),
-                            max_doc_length=case.get("max_length"))
+    request = RerankRequest(query=case["query"], documents=case["docs"],
+                            options=RerankOptions(instruction=case.get("instruction"), max_doc_length=case.get("max_length")))
     plan = backend.plan(request)
     ours_ids = [s for b in plan.blocks for s in b.sequences]
     assert ours_ids == ref_ids, "token ids differ from the official code's"
@@ -169,11 +169,13 @@ def test_shared_prefix_is_used(backends):
 def test_truncate_false_refuses_and_limits_are_reported(backends):
     backend = backends["mxbai-rerank-v2"]
     with pytest.raises(InvalidRequestError):
-        backend.plan(RerankRequest(query=QUERY, documents=[LONG_DOC], max_doc_length=100, truncate=False))
+        backend.plan(RerankRequest(query=QUERY, documents=[LONG_DOC],
+                                   options=RerankOptions(max_doc_length=100, truncate=False)))
     plan = backend.plan(RerankRequest(query=QUERY, documents=DOCS))
     assert (plan.usage.max_doc_length, plan.usage.max_query_length) == (8192, 6144)
     with pytest.raises(InvalidRequestError):
-        backends["qwen3-reranker"].plan(RerankRequest(query=QUERY, documents=DOCS, max_doc_length=20))
+        backends["qwen3-reranker"].plan(RerankRequest(query=QUERY, documents=DOCS,
+                                                      options=RerankOptions(max_doc_length=20)))
 
 
 def test_capabilities(backends):
@@ -221,12 +223,12 @@ def test_chunk_mode(backends, kind):
         own = backend.tokenizer.encode(" " + d, add_special_tokens=False).ids
         assert len(own) == len(offsets) and any(seq[i:i + len(own)] == own for i in range(len(seq)))
     chunked = ChunkingBackend(backend)
-    request = RerankRequest(query=QUERY, documents=[LONG_DOC, DOCS[0]], max_doc_length=260, chunking="chunk",
-                            return_spans=True)
+    request = RerankRequest(query=QUERY, documents=[LONG_DOC, DOCS[0]],
+                            options=RerankOptions(max_doc_length=260, chunking="chunk", return_spans=True))
     result = chunked.rerank(request)
     assert result.usage.chunks > 3 and result.usage.truncated_indices == []
     window = backend.chunk_window(request, backend.limits(request))
-    cut = backend.plan(RerankRequest(query=QUERY, documents=[LONG_DOC], max_doc_length=260))
+    cut = backend.plan(RerankRequest(query=QUERY, documents=[LONG_DOC], options=RerankOptions(max_doc_length=260)))
     # what truncation keeps of the document's own tokens is exactly the window (mxbai counts its "document:" label)
     label = len(backend.tokenizer.encode("document:", add_special_tokens=False).ids) if kind == "mxbai-rerank-v2" else 0
     assert cut.usage.truncated_indices == [0] and cut.usage.doc_tokens[0] - label == window

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from lastrank import Reranker, RerankRequest
+from lastrank import RerankOptions, RerankRequest, Reranker
 from lastrank.errors import InvalidRequestError
 from lastrank.families import detect_family
 from lastrank.families.cross_encoder import longest_first_lengths
@@ -134,7 +134,7 @@ def test_per_request_limits_match_official_procedure(rerankers, references, name
     query = "green tea " * 30  # 60 tokens: longer than some limits
     docs = DOCUMENTS[:12]
     raw_expected, inputs = reference_scores(references, name, query, docs, **limits)
-    request = RerankRequest(query=query, documents=docs, **request_limits)
+    request = RerankRequest(query=query, documents=docs, options=RerankOptions(**request_limits))
     assert plan_sequences(rerankers[name], request) == inputs
     result = rerankers[name].rerank_request(request)
     assert_parity(result, raw_expected)
@@ -145,7 +145,8 @@ def test_per_request_limits_match_official_procedure(rerankers, references, name
 def test_jina_explicit_query_limit_cuts_the_query_first(rerankers):
     query = "green tea " * 30
     long_doc = "tea " * 2000
-    request = RerankRequest(query=query, documents=[long_doc, "short"], max_query_length=5, max_doc_length=100)
+    request = RerankRequest(query=query, documents=[long_doc, "short"],
+                            options=RerankOptions(max_query_length=5, max_doc_length=100))
     seqs = plan_sequences(rerankers["jina"], request)
     assert len(seqs[0]) == 100 and seqs[0][1:6] == seqs[1][1:6] and seqs[0][6:8] == [2, 2]
     assert len(seqs[1]) == 5 + 4 + len(rerankers["jina"].backend.tokenizer.encode("short", add_special_tokens=False).ids)
@@ -195,18 +196,19 @@ def test_many_requests_in_one_packed_call_score_as_alone(rerankers):
 def test_truncation_refused_and_limits(rerankers):
     r = rerankers["bge"]
     with pytest.raises(InvalidRequestError, match="1 document"):
-        r.rerank_request(RerankRequest(query=QUERY, documents=["short", "tea " * 700], truncate=False))
-    assert r.rerank_request(RerankRequest(query=QUERY, documents=["short"], truncate=False)).results
+        r.rerank_request(RerankRequest(query=QUERY, documents=["short", "tea " * 700],
+                                       options=RerankOptions(truncate=False)))
+    assert r.rerank_request(RerankRequest(query=QUERY, documents=["short"], options=RerankOptions(truncate=False))).results
     with pytest.raises(InvalidRequestError, match="at least 4"):
-        r.rerank_request(RerankRequest(query=QUERY, documents=["a"], max_doc_length=3))
+        r.rerank_request(RerankRequest(query=QUERY, documents=["a"], options=RerankOptions(max_doc_length=3)))
     # a limit past the position table is capped at it (8192 here, 1024 for jina-v2)
     for name, cap in (("bge", 8192), ("jina", 1024)):
         result = rerankers[name].rerank_request(RerankRequest(query=QUERY, documents=["tea " * 9000],
-                                                              max_doc_length=100_000))
+                                                              options=RerankOptions(max_doc_length=100_000)))
         assert result.usage.max_doc_length == cap and result.usage.prompt_tokens == cap
     # a query that leaves no room: the document is emptied and the pair still fits max_length
-    seqs = plan_sequences(r, RerankRequest(query="tea " * 50, documents=["green tea"], max_doc_length=20,
-                                           max_query_length=40))
+    seqs = plan_sequences(r, RerankRequest(query="tea " * 50, documents=["green tea"],
+                                           options=RerankOptions(max_doc_length=20, max_query_length=40)))
     assert len(seqs[0]) == 20 and seqs[0][-3:] == [2, 2, 2]
     assert r.rerank(QUERY, []) == [] and r.rerank(QUERY, ["a", "b"], top_n=0) == []
 
@@ -248,11 +250,12 @@ def test_chunk_mode_scores_a_document_as_its_best_chunk_ranked_alone(rerankers, 
     backend = ChunkingBackend(rerankers[name].backend)
     long_doc = " ".join(DOCUMENTS[11:61])
     docs = [long_doc, DOCUMENTS[0], "Green tea. " * 200]
-    request = RerankRequest(query=QUERY, documents=docs, max_doc_length=64, chunking="chunk", return_spans=True)
+    request = RerankRequest(query=QUERY, documents=docs,
+                            options=RerankOptions(max_doc_length=64, chunking="chunk", return_spans=True))
     result = backend.rerank(request)
     assert result.usage.chunks > 4 and result.usage.truncated_indices == []
     for r in result.results:
         alone = backend.inner.rerank(RerankRequest(query=QUERY, documents=[docs[r.index][slice(*r.span)]],
-                                                   max_doc_length=64)).results[0]
+                                                   options=RerankOptions(max_doc_length=64))).results[0]
         assert abs(alone.raw_score - r.raw_score) <= ATOL
         assert alone.relevance_score == pytest.approx(r.relevance_score, abs=ATOL)

@@ -15,7 +15,8 @@ import pytest
 from lastrank.reranker import Reranker
 from lastrank.errors import InvalidRequestError
 from lastrank.checkpoints.m0 import make_m0_checkpoint
-from lastrank.types import RerankRequest
+from lastrank.images import image_inputs
+from lastrank.types import RerankOptions, RerankRequest
 
 from support.keyword_backend import KeywordBackend
 from support.ranking_order import assert_order_agrees
@@ -108,15 +109,17 @@ def test_mixed_documents_score_as_the_official_per_type_calls(reranker, official
 
 def test_document_truncation_as_official(reranker, official):
     long = "green tea " * 40
-    request = RerankRequest(query=QUERY, documents=[long, DOCS[1]], max_doc_length=16)
+    request = RerankRequest(query=QUERY, documents=[long, DOCS[1]], options=RerankOptions(max_doc_length=16))
     result = reranker.rerank_request(request)
     assert result.usage.truncated_indices == [0]
     scores, order = ours(reranker, request)
     np.testing.assert_allclose(scores, official([(QUERY, long), (QUERY, DOCS[1])], max_doc_length=16), rtol=0, atol=ATOL)
     with pytest.raises(InvalidRequestError):
-        reranker.rerank_request(RerankRequest(query=QUERY, documents=[long], max_doc_length=16, truncate=False))
+        reranker.rerank_request(RerankRequest(query=QUERY, documents=[long],
+                                              options=RerankOptions(max_doc_length=16, truncate=False)))
     with pytest.raises(InvalidRequestError, match="at most 10240"):
-        reranker.rerank_request(RerankRequest(query=QUERY, documents=["x"], max_doc_length=10000))
+        reranker.rerank_request(RerankRequest(query=QUERY, documents=["x"],
+                                              options=RerankOptions(max_doc_length=10000)))
 
 
 def test_the_prompt_cut_reaches_the_query_and_never_an_image(reranker):
@@ -175,9 +178,29 @@ def test_python_api_takes_pil_bytes_and_paths(reranker, tmp_path):
     (b"", "empty"),
     ("a string", "must be a PIL"),
 ])
-def test_bad_images_are_invalid_requests(value, message):
+def test_bad_images_are_invalid_requests(reranker, value, message):
     with pytest.raises(InvalidRequestError, match=message):
-        RerankRequest(query="q", documents=["d"], images={0: value})
+        image_inputs({0: value})  # what the edges decode with (Reranker.rerank, the API)
+    if not isinstance(value, str):  # (a str is a text document to Reranker.rerank)
+        with pytest.raises(InvalidRequestError, match=message):
+            reranker.rerank("q", ["d", value])
+
+
+def test_a_request_holds_decoded_images_only_and_never_opens_a_file(tmp_path, monkeypatch):
+    """Building a RerankRequest is no I/O: a path (or bytes) is refused, unread, naming what decodes it."""
+    import builtins
+
+    path = tmp_path / "picture.png"
+    image(10, 10, 0).save(path)
+    opened = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    for value in (path, path.read_bytes()):
+        with pytest.raises(InvalidRequestError, match=r"documents\[0\]: a RerankRequest holds decoded images"):
+            RerankRequest(query="q", documents=["d"], images={0: value})
+    assert opened == []
+    decoded = image_inputs({0: path})[0]  # the edge reads it
+    assert opened == [path] and RerankRequest(query="q", documents=["d"], images={0: decoded}).images[0] is decoded
 
 
 def test_decompression_bomb_refused_from_the_header():
@@ -188,7 +211,7 @@ def test_decompression_bomb_refused_from_the_header():
     PIL.new("1", (side, side)).save(buf, format="PNG")  # 1-bit, compresses to a few KB
     assert len(buf.getvalue()) < 1 << 20
     with pytest.raises(InvalidRequestError, match="pixels"):
-        RerankRequest(query="q", documents=["d"], images={0: buf.getvalue()})
+        image_inputs({0: buf.getvalue()})
 
 
 def test_bad_image_keys():
@@ -214,8 +237,9 @@ def test_chunk_mode_with_images_scores_as_official(reranker, official):
     pair; a long text document scores as the best of its windows, each scored by the official code alone;
     the image query is in every pair."""
     query = image(120, 45, 9)
-    request = RerankRequest(query="", documents=["", DOCS[3], ""], max_doc_length=16, chunking="chunk",
-                            return_spans=True, images={"query": query, 0: IMAGES[0], 2: IMAGES[1]})
+    request = RerankRequest(query="", documents=["", DOCS[3], ""],
+                            options=RerankOptions(max_doc_length=16, chunking="chunk", return_spans=True),
+                            images={"query": query, 0: IMAGES[0], 2: IMAGES[1]})
     plan = reranker.backend.plan(request)
     a, b = plan.doc_chunks[1]
     windows = [DOCS[3][c.start:c.end] for c in plan.chunks[a:b]]
@@ -237,7 +261,7 @@ def test_chunk_window_is_the_official_document_limit(reranker):
     backend = reranker.backend.inner
 
     def window(**kw):
-        request = RerankRequest(query="q", documents=["d"], **kw)
+        request = RerankRequest(query="q", documents=["d"], options=RerankOptions(**kw))
         return backend.chunk_window(request, backend.limits(request))
 
     assert window() == 10240 - 512
@@ -303,7 +327,7 @@ def test_encoded_images_decode_as_the_official_load_image(reranker, official, tm
     assert want_path == want_b64 == want_uri
     # the Python API's path and bytes, and what the HTTP dialects pass on for {"image": base64}
     http = image_input(decode_base64(text, "documents[2]"), "documents[2]")
-    scores, _ = ours(reranker, RerankRequest(query=query, documents=["", "", ""], images={0: path, 1: data, 2: http}))
+    scores, _ = ours(reranker, RerankRequest(query=query, documents=["", "", ""], images=image_inputs({0: path, 1: data, 2: http})))
     np.testing.assert_allclose(scores, [want_path] * 3, rtol=0, atol=ATOL)
     # a PIL image is used as given, officially too (the processor composites alpha onto white, ignores EXIF)
     pil = PIL.open(io.BytesIO(data))
@@ -312,5 +336,5 @@ def test_encoded_images_decode_as_the_official_load_image(reranker, official, tm
     scores, _ = ours(reranker, RerankRequest(query=query, documents=[""], images={0: PIL.open(io.BytesIO(data))}))
     assert scores[0] == pytest.approx(as_given, abs=ATOL)
     # and as the query
-    scores, _ = ours(reranker, RerankRequest(query="", documents=[DOCS[0]], images={"query": path}))
+    scores, _ = ours(reranker, RerankRequest(query="", documents=[DOCS[0]], images=image_inputs({"query": path})))
     assert scores[0] == pytest.approx(official([(str(path), DOCS[0])], query_type="image")[0], abs=ATOL)

@@ -3,7 +3,7 @@ import pytest
 from lastrank.families.jina_v3.plan import BLOCK_SIZE, split_blocks, truncate_texts
 from lastrank.errors import InvalidRequestError
 from lastrank.model.tokenizer import RerankTokenizer
-from lastrank.types import RerankRequest
+from lastrank.types import RerankOptions, RerankRequest
 
 
 def reference_blocks(doc_lengths, query_length, max_length, max_doc_length):
@@ -71,21 +71,23 @@ def test_truncation_inside_a_character_decodes_to_replacement_char(tokenizer):
         (dict(query=1, documents=["a"]), "query must be a string"),
         (dict(query="q", documents="abc"), "documents must be a list"),
         (dict(query="q", documents=["a", None]), r"documents\[1\] must be a string"),
-        (dict(query="q", documents=["a"], top_n=-1), "top_n must be >= 0"),
-        (dict(query="q", documents=["a"], top_n=True), "top_n must be an integer"),
-        (dict(query="q", documents=["a"], max_doc_length=0), "max_doc_length must be >= 1"),
-        (dict(query="q", documents=["a"], max_query_length="5"), "max_query_length must be an integer"),
-        (dict(query="q", documents=["a"], instruction=3), "instruction must be a string"),
+        (dict(query="q", documents=["a"], options=dict(top_n=-1)), "top_n must be >= 0"),
+        (dict(query="q", documents=["a"], options=dict(top_n=True)), "top_n must be an integer"),
+        (dict(query="q", documents=["a"], options=dict(max_doc_length=0)), "max_doc_length must be >= 1"),
+        (dict(query="q", documents=["a"], options=dict(max_query_length="5")), "max_query_length must be an integer"),
+        (dict(query="q", documents=["a"], options=dict(instruction=3)), "instruction must be a string"),
     ],
 )
 def test_validate_names_the_bad_item(kwargs, match):
     with pytest.raises(InvalidRequestError, match=match):
-        RerankRequest(**kwargs)  # validated once, when built
+        options = RerankOptions(**kwargs.get("options", {}))  # each validated once, when built
+        RerankRequest(**{**kwargs, "options": options})
     assert issubclass(InvalidRequestError, ValueError)
 
 
 def test_numpy_integers_are_accepted_as_counts():
     import numpy as np
 
-    request = RerankRequest(query="q", documents=["a"], top_n=np.int64(1), max_doc_length=np.int32(7))
-    assert request.top_n == 1 and type(request.top_n) is int and request.max_doc_length == 7
+    request = RerankRequest(query="q", documents=["a"],
+                            options=RerankOptions(top_n=np.int64(1), max_doc_length=np.int32(7)))
+    assert request.options.top_n == 1 and type(request.options.top_n) is int and request.options.max_doc_length == 7

@@ -16,7 +16,7 @@ from lastrank.model.config import DOC_MARKER_ID, QUERY_MARKER_ID
 from lastrank.model.loading import load_model
 from lastrank.model.attention import Packing
 from lastrank.model.tokenizer import RerankTokenizer
-from lastrank.types import RerankRequest
+from lastrank.types import RerankOptions, RerankRequest
 
 ATOL = 1e-5
 
@@ -122,8 +122,10 @@ def test_engine_scores_equal_with_and_without_prefix_reuse(model, tokenizer, pac
     docs = [f"passage {i} about {'cats' if i % 3 else 'the weather in Paris'} " * (1 + i % 5) for i in range(40)]
     requests = [
         RerankRequest(query="are cats animals?", documents=docs),
-        RerankRequest(query="météo à Paris", documents=docs[:7], instruction="prefer recent passages"),
-        RerankRequest(query="x " * 300, documents=docs[:5], max_query_length=40, max_doc_length=8),
+        RerankRequest(query="météo à Paris", documents=docs[:7],
+                      options=RerankOptions(instruction="prefer recent passages")),
+        RerankRequest(query="x " * 300, documents=docs[:5],
+                      options=RerankOptions(max_query_length=40, max_doc_length=8)),
     ]
     on = RerankEngine(model, tokenizer, torch.device("cpu"), pack_blocks=pack)
     off = RerankEngine(model, tokenizer, torch.device("cpu"), pack_blocks=pack, reuse_prefix=False)

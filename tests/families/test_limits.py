@@ -4,12 +4,14 @@ and a document of exactly that many own tokens plans uncut (chunk mode relies on
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from lastrank.engine.chunking import ChunkingBackend
 from lastrank.checkpoints import preset, presets
 from lastrank.families import FAMILIES, load_backend
-from lastrank.types import RerankRequest
+from lastrank.types import RerankOptions, RerankRequest
 
 TINY = [name for spec in FAMILIES for name, p in presets(spec).items() if p.tiny]
 TEXT = " ".join(["Cat fleas usually live for about a year, and their eggs hatch within two weeks."] * 1200)
@@ -27,7 +29,7 @@ def backends(tmp_path_factory):
 @pytest.mark.parametrize("options", REQUESTS, ids=["defaults", "max_doc", "max_doc+max_query"])
 def test_chunk_window_fits_the_limits(backends, name, options):
     backend = backends[name]
-    request = RerankRequest(query="how long do cat fleas live?", documents=[TEXT], **options)
+    request = RerankRequest(query="how long do cat fleas live?", documents=[TEXT], options=RerankOptions(**options))
     limits = backend.limits(request)
     assert ChunkingBackend(backend).limits(request) == limits  # the wrapper forwards the family's own
     window = backend.chunk_window(request, limits)
@@ -36,7 +38,7 @@ def test_chunk_window_fits_the_limits(backends, name, options):
     offsets = backend.token_offsets([TEXT])[0]
     assert len(offsets) > window
     doc = TEXT[:offsets[window - 1][1]]
-    plan = backend.plan(RerankRequest(query=request.query, documents=[doc], **options))
+    plan = backend.plan(replace(request, documents=[doc]))
     assert not plan.usage.query_truncated
     if backend.capabilities.family == "jina-v3":  # the official rule flags a text of exactly max_doc tokens (>=),
         assert plan.usage.doc_tokens == [window]  # though it keeps them all (families/jina_v3/plan.py)

@@ -17,7 +17,7 @@ from lastrank.router.breaker import Breaker
 from lastrank.router.config import ModelConfig, ProviderConfig
 from lastrank.router.providers import Provider, ProviderFailed, RemoteProvider, parse_retry_after
 from lastrank.router.router import RoutedRunner
-from lastrank.types import RankedDocument, RerankRequest, RerankResult, Usage
+from lastrank.types import RankedDocument, RerankOptions, RerankRequest, RerankResult, Usage
 
 SECRET = "sk-upstream-secret-0123456789"
 
@@ -190,8 +190,8 @@ def routed(m: ModelConfig, scripts=None, clock=time.monotonic) -> RoutedRunner:
     return RoutedRunner(m, providers, clock=clock)
 
 
-def req(**kw):
-    return RerankRequest(query=QUERY, documents=list(DOCS), **kw)
+def req(deadline=None, **options):
+    return RerankRequest(query=QUERY, documents=list(DOCS), options=RerankOptions(**options), deadline=deadline)
 
 
 def run(coro):
@@ -395,10 +395,10 @@ class ToyScheduler(ModelRunner):
         self.seen.append(request)
         scores = [2 * toy(request.query, d) - 1 for d in request.documents]  # a cosine in [-1, 1]
         order = sorted(range(len(scores)), key=lambda i: -scores[i])
-        if request.score_threshold is not None:
-            order = [i for i in order if scores[i] >= request.score_threshold]
-        if request.top_n is not None:
-            order = order[:request.top_n]
+        if request.options.score_threshold is not None:
+            order = [i for i in order if scores[i] >= request.options.score_threshold]
+        if request.options.top_n is not None:
+            order = order[:request.options.top_n]
         return RerankResult([RankedDocument(i, scores[i], request.documents[i], raw_score=scores[i]) for i in order],
                             Usage(documents=len(request.documents), prompt_tokens=42), request.request_id)
 

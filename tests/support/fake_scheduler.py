@@ -69,22 +69,22 @@ class FakeScheduler(ModelRunner):
             self.queued_requests -= 1
         scores = [toy_score(request.query, d) for d in request.documents]
         order = sorted(range(len(scores)), key=lambda i: -scores[i])
-        if request.score_threshold is not None:
-            order = [i for i in order if scores[i] >= request.score_threshold]
-        if request.top_n is not None:
-            order = order[: request.top_n]
+        if request.options.score_threshold is not None:
+            order = [i for i in order if scores[i] >= request.options.score_threshold]
+        if request.options.top_n is not None:
+            order = order[: request.options.top_n]
         results = [RankedDocument(i, scores[i], request.documents[i],
-                                  [0.5, 0.5] if request.return_embeddings else None, raw_score=scores[i])
+                                  [0.5, 0.5] if request.options.return_embeddings else None, raw_score=scores[i])
                    for i in order]
-        max_doc = request.max_doc_length or FAKE_CAPABILITIES.max_doc_length
+        max_doc = request.options.max_doc_length or FAKE_CAPABILITIES.max_doc_length
         doc_tokens = [min(len(d.split()) + 1, max_doc) for d in request.documents]
         cut = [i for i, d in enumerate(request.documents) if len(d.split()) + 1 > max_doc]
-        if cut and not request.truncate:
+        if cut and not request.options.truncate:
             from lastrank.engine.backend import truncation_refused
             from lastrank.errors import InvalidRequestError
 
             raise InvalidRequestError(truncation_refused(cut, False, max_doc, 512))
         usage = Usage(documents=len(request.documents), prompt_tokens=10 + sum(doc_tokens),
                       blocks=1 if request.documents else 0, truncated_indices=cut, doc_tokens=doc_tokens,
-                      max_doc_length=max_doc, max_query_length=request.max_query_length or 512)
+                      max_doc_length=max_doc, max_query_length=request.options.max_query_length or 512)
         return RerankResult(results, usage, request.request_id)

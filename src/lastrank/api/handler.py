@@ -35,12 +35,12 @@ from lastrank.api.limits import RateLimiter
 from lastrank.api.metrics import Metrics
 from lastrank.api.models import ModelTable, ServedModel
 from lastrank.api.settings import ServerSettings
-from lastrank.engine.backend import name_indices
+from lastrank.engine.backend import name_indices, refused_image
 from lastrank.errors import InvalidRequestError, PayloadTooLargeError, PermissionDeniedError
 from lastrank.images import UrlPolicy, decode_base64, fetch_image_url, image_input, is_url
 from lastrank.store.credit import price_nano as credit_price_nano
 from lastrank.store.ledger import UsageRow
-from lastrank.types import RerankRequest, RerankResult, check_unicode
+from lastrank.types import RerankOptions, RerankRequest, RerankResult, check_unicode
 
 log = logging.getLogger("lastrank.api")
 
@@ -93,10 +93,10 @@ class RerankJSONResponse(JSONResponse):
             return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
-def search_units(documents: int) -> int:
+def search_units(passages: int) -> int:
     """Cohere bills one search unit per query with up to 100 documents, each chunk of a chunked document
-    counting as one (called with the chunks ranked in chunk mode, else the documents)."""
-    return math.ceil(documents / 100) if documents else 0
+    counting as one (called with Usage.ranked_passages)."""
+    return math.ceil(passages / 100) if passages else 0
 
 
 class _NonFiniteNumber(ValueError):
@@ -159,33 +159,21 @@ def validate(t: Translated, s: ServerSettings) -> None:
     check_unicode("query", t.query)
     for i, doc in enumerate(t.documents):
         check_unicode(f"{t.documents_field}[{i}]", doc)
-    if t.instruction is not None:
-        if len(t.instruction) > s.max_query_chars:
-            raise PayloadTooLargeError(
-                f"the instruction has {len(t.instruction)} characters; this server accepts at most {s.max_query_chars}")
-        check_unicode("instruction", t.instruction)
+    instruction = t.options.instruction  # (RerankOptions checked its Unicode)
+    if instruction is not None and len(instruction) > s.max_query_chars:
+        raise PayloadTooLargeError(
+            f"the instruction has {len(instruction)} characters; this server accepts at most {s.max_query_chars}")
+
+
+def option_defaults(s: ServerSettings) -> RerankOptions:
+    """The server's RerankOptions under every request's own (the dialects' wire_options): its --chunking."""
+    return RerankOptions(chunking=s.chunking)
 
 
 def to_request(t: Translated, s: ServerSettings, request_id: str) -> RerankRequest:
     deadline = None if not s.request_timeout_s else time.monotonic() + s.request_timeout_s
-    return RerankRequest(
-        query=t.query,
-        documents=list(t.documents),
-        top_n=t.top_n,  # larger than the documents: all (engine/backend.rank slices)
-        return_embeddings=t.return_embeddings,
-        max_doc_length=t.max_doc_length,  # None: the family's official default
-        max_query_length=t.max_query_length,
-        instruction=t.instruction,
-        request_id=request_id,
-        deadline=deadline,
-        score_threshold=t.score_threshold,
-        truncate=t.truncate,
-        chunking=t.chunking or s.chunking,
-        chunk_overlap=t.chunk_overlap,
-        max_chunks_per_doc=t.max_chunks_per_doc,
-        return_spans=t.return_spans,
-        images=_decode_images(t.images, s, t.documents_field),
-    )
+    return RerankRequest(query=t.query, documents=list(t.documents), options=t.options, request_id=request_id,
+                         deadline=deadline, images=_decode_images(t.images, s, t.documents_field))
 
 
 def _decode_images(images: dict | None, s: ServerSettings, documents_field: str = "documents") -> dict | None:
@@ -203,13 +191,13 @@ def _decode_images(images: dict | None, s: ServerSettings, documents_field: str 
     return out
 
 
-def image_refusal(t: Translated) -> list[dict]:
-    """Validation errors (a 422, as for any input the wire format cannot carry) for images sent to a text model."""
-    if "query" in t.images:
+def image_refusal(t: Translated, refused: str | int) -> list[dict]:
+    """Validation errors (a 422, as for any input the wire format cannot carry) for images sent to a text model:
+    `refused`, the input engine/backend.refused_image names."""
+    if refused == "query":
         return [{"loc": ["body", "query"], "msg": IMAGE_UNSUPPORTED, "type": "query_image"}]
-    i = min(k for k in t.images if k != "query")
-    return [{"loc": ["body", t.documents_field, str(i)], "msg": "image documents are not supported (this model ranks "
-             "text only)", "type": "document_image"}]
+    return [{"loc": ["body", t.documents_field, str(refused)], "msg": "image documents are not supported (this model "
+             "ranks text only)", "type": "document_image"}]
 
 
 def pick_model(state: ServerState, t: Translated, key) -> ServedModel:
@@ -237,7 +225,7 @@ def parse_and_validate(raw: bytes, route_dialect, s: ServerSettings):
         body = dialect.Request.model_validate(data)
     except ValidationError as e:
         return e
-    t = dialect.to_internal(body)
+    t = dialect.to_internal(body, option_defaults(s))
     validate(t, s)
     return dialect, t
 
@@ -352,8 +340,9 @@ async def handle_rerank(request: Request, route: str, route_dialect=None) -> Res
     dialect, t = parsed
     model = pick_model(state, t, key)
     request.state.model = model.name  # for the access log and refusal counts
-    if t.images and not model.capabilities.images:
-        return api_errors.validation_response(image_refusal(t), request_id)
+    refused = refused_image(t.images, model.capabilities)
+    if refused is not None:
+        return api_errors.validation_response(image_refusal(t, refused), request_id)
     if state.limiter.store is None:
         state.limiter.check(key, len(t.documents))
     else:  # the buckets are in a shared store (PostgreSQL): a database round trip, off the event loop
@@ -379,7 +368,7 @@ async def handle_rerank(request: Request, route: str, route_dialect=None) -> Res
         # Render first (it cannot fail on client input), then bill, then send: a 200 is never unbilled.
         warnings, truncation_headers = truncation_report(result)
         info = ResponseInfo(request_id=request_id, model=model.name,
-                            search_units=search_units(result.usage.chunks or len(t.documents)),
+                            search_units=search_units(result.usage.ranked_passages),
                             capabilities=model.capabilities, warnings=warnings)
         content, headers = dialect.from_internal(result, t, info)
         response = RerankJSONResponse(content, headers={**headers, **truncation_headers, "X-Request-Id": request_id})

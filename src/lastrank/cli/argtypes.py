@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from dataclasses import fields
+
+from lastrank.errors import InvalidRequestError
+from lastrank.types import RerankOptions
 
 
 def positive_int(text: str) -> int:
@@ -45,3 +49,21 @@ def device(text: str) -> str:
     if not re.fullmatch(r"cpu|auto|mps|cuda(:\d+)?", value):
         raise argparse.ArgumentTypeError(f"not a device: {text!r} (cpu, cuda, cuda:N, mps or auto)")
     return value
+
+
+# RerankOptions fields whose flag is not named after them (every other option's flag is --<its name>, dashed)
+OPTION_FLAGS = {"return_spans": "spans"}
+
+
+def rerank_options(args: argparse.Namespace) -> dict:
+    """The RerankOptions a subcommand's flags set, by field name (each flag's dest is the field's name, but for
+    OPTION_FLAGS), None included (the default); a field the subcommand has no flag for is left out. Chunk-mode
+    flags without --chunking chunk are an InvalidRequestError naming them."""
+    options = {f.name: getattr(args, OPTION_FLAGS.get(f.name, f.name)) for f in fields(RerankOptions)
+               if hasattr(args, OPTION_FLAGS.get(f.name, f.name))}
+    chunk_only = [f.name for f in fields(RerankOptions) if f.metadata.get("chunk_mode") and f.name in options]
+    if options.get("chunking") != "chunk" and any(options[name] not in (None, False) for name in chunk_only):
+        flags = [f"--{OPTION_FLAGS.get(name, name).replace('_', '-')}" for name in chunk_only]
+        said = flags[0] + " needs" if len(flags) == 1 else ", ".join(flags[:-1]) + " and " + flags[-1] + " need"
+        raise InvalidRequestError(f"{said} --chunking chunk")
+    return options

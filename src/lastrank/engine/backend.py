@@ -14,7 +14,7 @@ that work on its model, and turns the outputs back into scores:
     token_offsets(texts) -> list[list[(start, end)]]   the family's tokenizer, for chunking (see below)
     chunk_window(request, limits) -> int                own tokens a document keeps (default: limits.max_doc)
 
-Long documents (request.chunking == "chunk") are handled once for every family by the wrapper in
+Long documents (request.options.chunking == "chunk") are handled once for every family by the wrapper in
 engine/chunking.py, on top of these methods. What it needs from a family:
   - `token_offsets(texts)`: for each text, one (start, end) character span [start, end) in that text per
     token of the text's own tokenization as the family's plan makes it for a document (in order; without
@@ -152,20 +152,21 @@ def rank(request: RerankRequest, scores: Scores, usage: Usage) -> RerankResult:
     all); the same rule for every family so the API never re-sorts. Then documents with
     relevance < score_threshold are dropped (kept: >= threshold, so NaN is dropped), then top_n is kept.
     """
+    options = request.options
     order = np.argsort(scores.relevance)[::-1]
-    if request.score_threshold is not None:
-        order = [i for i in order if scores.relevance[i] >= request.score_threshold]
-    if request.top_n is not None:
-        order = order[: request.top_n]
+    if options.score_threshold is not None:
+        order = [i for i in order if scores.relevance[i] >= options.score_threshold]
+    if options.top_n is not None:
+        order = order[: options.top_n]
     results = [
         RankedDocument(
             index=int(i),
             relevance_score=float(scores.relevance[i]),
             document=request.documents[i],
-            embedding=scores.embeddings[i].tolist() if request.return_embeddings and scores.embeddings is not None
+            embedding=scores.embeddings[i].tolist() if options.return_embeddings and scores.embeddings is not None
             else None,
             raw_score=float(scores.raw[i]),
-            span=scores.spans[i] if request.return_spans and scores.spans is not None else None,
+            span=scores.spans[i] if options.return_spans and scores.spans is not None else None,
         )
         for i in order
     ]
@@ -201,7 +202,7 @@ class Backend(ABC):
         if not request.documents:
             return RerankPlan(request, [], usage)
         enc = self.encode_request(request, limits)
-        if not request.truncate and (enc.truncated or enc.query_truncated):
+        if not request.options.truncate and (enc.truncated or enc.query_truncated):
             raise InvalidRequestError(truncation_refused(enc.truncated, enc.query_truncated, *limits))
         usage.prompt_tokens = sum(b.n_tokens for b in enc.blocks)
         usage.blocks = len(enc.blocks)
@@ -229,8 +230,8 @@ class Backend(ABC):
         """The request's effective limits (`Limits`): the request's, else the family's official defaults. A
         family whose official limits are derived differently (capped at the position table, a query share of
         the pair, a sum that must fit) overrides this; nothing else computes them."""
-        caps = self.capabilities
-        return Limits(request.max_doc_length or caps.max_doc_length, request.max_query_length or caps.max_query_length)
+        caps, options = self.capabilities, request.options
+        return Limits(options.max_doc_length or caps.max_doc_length, options.max_query_length or caps.max_query_length)
 
     def chunk_window(self, request: RerankRequest, limits: Limits) -> int:
         """Own tokens a document keeps before truncation under `limits` (module docstring, "Long documents")."""
@@ -256,9 +257,18 @@ class Backend(ABC):
         self.rerank(RerankRequest(query="warm up", documents=["a short passage", "another passage"], images=images))
 
 
+def refused_image(images: dict | None, capabilities: Capabilities) -> str | int | None:
+    """The one rule for images sent to a text-only model: the first image input it refuses ("query", else the
+    lowest document index), or None. Never images silently ignored: the API answers a 422 naming that input
+    (handler.image_refusal) before any work, the engine a 400 (check_images)."""
+    if not images or capabilities.images:
+        return None
+    return "query" if "query" in images else min(images)
+
+
 def check_images(request: RerankRequest, capabilities: Capabilities) -> None:
-    """A request with images to a text-only model is a clear 400, never images silently ignored."""
-    if request.images and not capabilities.images:
+    """A request with images to a text-only model is a clear 400 (refused_image)."""
+    if refused_image(request.images, capabilities) is not None:
         raise InvalidRequestError(f"this model ({capabilities.family}) ranks text only; the request has images")
 
 

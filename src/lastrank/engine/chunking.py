@@ -69,7 +69,7 @@ Usage (what is billed and limited), for a chunked request:
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -301,18 +301,19 @@ class ChunkingBackend(Backend):
 
     def plan(self, request: RerankRequest) -> RerankPlan:
         check_images(request, self.inner.capabilities)  # every served / Python-API backend passes here
-        if request.chunking != "chunk" or not request.documents:
+        options = request.options
+        if options.chunking != "chunk" or not request.documents:
             return self.inner.plan(request)
         window = self._window(request)
-        overlap = request.chunk_overlap if request.chunk_overlap is not None else window // OVERLAP_FRACTION
+        overlap = options.chunk_overlap if options.chunk_overlap is not None else window // OVERLAP_FRACTION
         if overlap >= window:
             raise InvalidRequestError(f"chunk_overlap ({overlap} tokens) must be smaller than the chunk window "
                                       f"({window} tokens of a document under max_doc_length)")
         chunks, doc_chunks, capped = self._chunks(request, window, overlap)
-        if capped and not request.truncate:
+        if capped and not options.truncate:
             raise InvalidRequestError(
                 f"{len(capped)} document(s) (indices {name_indices(capped)}) need more than max_chunks_per_doc="
-                f"{request.max_chunks_per_doc} chunks of {window} tokens; send truncate=true to rank only their "
+                f"{options.max_chunks_per_doc} chunks of {window} tokens; send truncate=true to rank only their "
                 "first chunks, or a larger max_chunks_per_doc")
         if len(chunks) > self.max_chunks:
             raise InvalidRequestError(
@@ -321,7 +322,7 @@ class ChunkingBackend(Backend):
                 "or a larger max_doc_length")
         inner = self.inner.plan(self._inner_request(request, chunks))
         iu = inner.usage
-        if not request.truncate and iu.query_truncated:
+        if not options.truncate and iu.query_truncated:
             raise InvalidRequestError(f"the query exceeds {iu.max_query_length} tokens; send truncate=true "
                                       "(or a shorter query) to have it truncated")
         # A chunk the family still cut loses text: one character over the window (or no smaller window
@@ -368,8 +369,9 @@ class ChunkingBackend(Backend):
                 chunks.append(Chunk(d, 0, len(text), 0, image=True))
                 continue
             tokens = counts.get(d) or [e - s for s, e in rs]
-            if request.max_chunks_per_doc is not None and len(rs) > request.max_chunks_per_doc:
-                rs = rs[: request.max_chunks_per_doc]
+            cap = request.options.max_chunks_per_doc
+            if cap is not None and len(rs) > cap:
+                rs = rs[:cap]
                 capped.append(d)
             a = len(chunks)
             chunks.extend(Chunk(d, *span, n) for span, n in zip(char_spans(text, offs, rs, marks.get(d)), tokens))
@@ -382,14 +384,13 @@ class ChunkingBackend(Backend):
         docs = request.documents
         texts = [docs[c.doc] if (c.start, c.end) == (0, len(docs[c.doc])) else docs[c.doc][c.start:c.end]
                  for c in chunks]
-        return RerankRequest(
-            query=request.query, documents=texts, top_n=None, return_embeddings=request.return_embeddings,
-            max_doc_length=request.max_doc_length, max_query_length=request.max_query_length,
-            instruction=request.instruction,
-            request_id=request.request_id, deadline=request.deadline,
-            truncate=True,  # chunks fit the window; a query that does not is refused in plan for truncate=False
-            images=self._chunk_images(request.images or {}, chunks),
-        )
+        # The ranking options are the outer request's (ChunkingBackend.finish ranks the documents): the inner
+        # one ranks every chunk, and its chunks fit the window (a query that does not is refused in plan for
+        # truncate=False).
+        options = replace(request.options, top_n=None, score_threshold=None, truncate=True, chunking="truncate",
+                          return_spans=False)
+        return replace(request, documents=texts, options=options,
+                       images=self._chunk_images(request.images or {}, chunks))
 
     @staticmethod
     def _chunk_images(images: dict, chunks: list[Chunk]) -> dict | None:

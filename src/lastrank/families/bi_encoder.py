@@ -375,17 +375,17 @@ class BiEncoderBackend(Backend):
     def limits(self, request: RerankRequest) -> Limits:
         """The request's limits, else the pipeline's max_seq_length (Capabilities), capped at the position table."""
         caps = self.capabilities
-        return Limits(min(request.max_doc_length or caps.max_doc_length, caps.context_length),
-                      min(request.max_query_length or caps.max_query_length, caps.context_length))
+        return Limits(min(request.options.max_doc_length or caps.max_doc_length, caps.context_length),
+                      min(request.options.max_query_length or caps.max_query_length, caps.context_length))
 
     def chunk_window(self, request: RerankRequest, limits: Limits) -> int:
         """A document's own tokens that fit: the limit less the special tokens and the document prompt."""
-        _, doc_prompt = self.pipeline.prompts_for(request.instruction)
+        _, doc_prompt = self.pipeline.prompts_for(request.options.instruction)
         prompt = len(self.tokenizer.tok.encode(doc_prompt, add_special_tokens=False).ids) if doc_prompt else 0
         return max(1, limits.max_doc - self.tokenizer.n_special - prompt)
 
     def encode_request(self, request: RerankRequest, limits: Limits) -> EncodedRequest:
-        query_prompt, doc_prompt = self.pipeline.prompts_for(request.instruction)
+        query_prompt, doc_prompt = self.pipeline.prompts_for(request.options.instruction)
         q = self.tokenizer.encode([request.query], query_prompt, limits.max_query, "max_query_length")
         d = self.tokenizer.encode(list(request.documents), doc_prompt, limits.max_doc, "max_doc_length")
         cut = [i for i, c in enumerate(d.truncated) if c]

@@ -156,8 +156,9 @@ class CausalLMBackend(PairwiseBackend):
     def limits(self, request: RerankRequest) -> Limits:
         """(max_length, query limit) for this request: the official defaults unless the request sets them,
         max_length capped at the position table."""
-        max_length = min(request.max_doc_length or MAX_LENGTH, self.context_length)
-        query = request.max_query_length if request.max_query_length is not None else self.default_query_limit(max_length)
+        options = request.options
+        max_length = min(options.max_doc_length or MAX_LENGTH, self.context_length)
+        query = options.max_query_length if options.max_query_length is not None else self.default_query_limit(max_length)
         return Limits(max_length, query)
 
     def token_offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
@@ -199,9 +200,10 @@ class Qwen3RerankerBackend(CausalLMBackend):
         if budget < 1:
             raise InvalidRequestError(f"max_doc_length must be more than {len(self.prefix) + len(self.suffix)} for "
                                       f"this model (its prompt template's tokens), got {max_length}")
-        instruction = request.instruction if request.instruction is not None else QWEN3_DEFAULT_INSTRUCTION
+        instruction = request.options.instruction
+        instruction = QWEN3_DEFAULT_INSTRUCTION if instruction is None else instruction
         query, query_truncated = request.query, False
-        if request.max_query_length is not None:  # not in the official code: only when asked (module docstring)
+        if request.options.max_query_length is not None:  # not in the official code: only when asked (module docstring)
             q = self.encode(query)
             if len(q) > query_limit:
                 query, query_truncated = self.tokenizer.decode(q[:query_limit], skip_special_tokens=False), True
@@ -245,10 +247,11 @@ class MxbaiRerankV2Backend(CausalLMBackend):
     def limits(self, request: RerankRequest) -> Limits:
         # The package lowers max_length so that it plus the template fits the position table, and derives
         # the query limit from the lowered value.
-        max_length = min(request.max_doc_length or MAX_LENGTH, self.context_length - self.template_len)
+        options = request.options
+        max_length = min(options.max_doc_length or MAX_LENGTH, self.context_length - self.template_len)
         if max_length <= len(self.sep):
             raise InvalidRequestError(f"max_doc_length must be more than {len(self.sep)} for this model, got {max_length}")
-        query = request.max_query_length if request.max_query_length is not None else self.default_query_limit(max_length)
+        query = options.max_query_length if options.max_query_length is not None else self.default_query_limit(max_length)
         # lastrank's only addition: an explicit query limit leaves the document room for its separator, so
         # the package's only_second truncation can always make the pair fit (it logs an error otherwise).
         return Limits(max_length, min(query, max_length - len(self.sep)))
@@ -257,8 +260,8 @@ class MxbaiRerankV2Backend(CausalLMBackend):
         """-> (max_length, the query piece's tokens, the document piece's limit, query cut)."""
         max_length, query_limit = limits
         query_text = f"query: {request.query}"
-        if request.instruction:  # the package: `if instruction` (an empty instruction adds nothing)
-            query_text = f"instruction: {request.instruction}{MXBAI_SEP}{query_text}"
+        if request.options.instruction:  # the package: `if instruction` (an empty instruction adds nothing)
+            query_text = f"instruction: {request.options.instruction}{MXBAI_SEP}{query_text}"
         query_full = self.encode(query_text)
         query = query_full[:query_limit]
         doc_limit = max(0, min(self.context_length - len(query) - self.template_len, max_length))

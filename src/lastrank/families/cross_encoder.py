@@ -138,12 +138,13 @@ class CrossEncoderBackend(PairwiseBackend):
     def limits(self, request: RerankRequest) -> Limits:
         """(pair max_length, query limit) for this request: the official defaults unless the request sets them,
         capped at the position table."""
-        max_length = min(request.max_doc_length or self.capabilities.max_doc_length, self.capabilities.context_length)
+        max_length = min(request.options.max_doc_length or self.capabilities.max_doc_length,
+                         self.capabilities.context_length)
         if max_length < self.n_special:
             raise InvalidRequestError(f"max_doc_length must be at least {self.n_special} for this model "
                                       f"(the {self.n_special} special tokens of a pair), got {max_length}")
-        if request.max_query_length is not None:
-            return Limits(max_length, request.max_query_length)
+        if request.options.max_query_length is not None:
+            return Limits(max_length, request.options.max_query_length)
         return Limits(max_length, max_length * 3 // 4 if self.rule == FLAG_RERANKER else max_length)
 
     def encode_pairs(self, request: RerankRequest, limits: Limits) -> EncodedPairs:

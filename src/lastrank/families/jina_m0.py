@@ -71,8 +71,8 @@ class JinaM0Backend(PairwiseBackend):
 
     def limits(self, request: RerankRequest) -> Limits:
         """(max_doc_length, max_query_length) as compute_score derives them."""
-        max_query = request.max_query_length or MAX_QUERY_LENGTH
-        max_doc = request.max_doc_length or max(MAX_LENGTH - max_query, max_query)
+        max_query = request.options.max_query_length or MAX_QUERY_LENGTH
+        max_doc = request.options.max_doc_length or max(MAX_LENGTH - max_query, max_query)
         if max_doc + max_query > MAX_LENGTH:
             raise InvalidRequestError(f"max_doc_length ({max_doc}) + max_query_length ({max_query}) must be at most "
                                       f"{MAX_LENGTH} for this model")

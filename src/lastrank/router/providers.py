@@ -293,45 +293,44 @@ class RemoteProvider(Provider):
     # -- one request ----------------------------------------------------------------------------------------
 
     def unsupported(self, request: RerankRequest) -> str | None:
-        d = self.config.dialect
+        d, o = self.config.dialect, request.options
         if request.images:
             return "images are not sent to remote providers"
         if d == "lastrank":
-            return None if request.truncate else "truncate=false is not carried to a lastrank provider"
-        if request.return_embeddings:
+            return None if o.truncate else "truncate=false is not carried to a lastrank provider"
+        if o.return_embeddings:
             return f"the {d} dialect has no return_embeddings"
-        if request.chunking == "chunk":  # (Cohere v1's max_chunks_per_doc is not the same windows and overlap)
+        if o.chunking == "chunk":  # (Cohere v1's max_chunks_per_doc is not the same windows and overlap)
             return f"the {d} dialect has no chunk mode"
-        if request.return_spans:
+        if o.return_spans:
             return f"the {d} dialect has no return_spans"
-        if request.instruction is not None:
+        if o.instruction is not None:
             return f"the {d} dialect has no instruction"
-        if not request.truncate and d != "tei":
+        if not o.truncate and d != "tei":
             return f"the {d} dialect has no truncate=false"
-        if request.max_doc_length is not None and d not in ("cohere_v2",):
+        if o.max_doc_length is not None and d not in ("cohere_v2",):
             return f"the {d} dialect has no max_doc_length"
-        if request.max_query_length is not None:
+        if o.max_query_length is not None:
             return f"the {d} dialect has no max_query_length"
         return None
 
     def body(self, request: RerankRequest) -> dict:
         """The wire body of `request` in this provider's dialect (module docstring)."""
-        d, model, r = self.config.dialect, self.config.model, request
+        d, model, r, o = self.config.dialect, self.config.model, request, request.options
         if d == "lastrank":
-            wire = jina.Request(model=model, query=r.query, documents=r.documents, top_n=r.top_n,
-                                return_documents=False, instruction=r.instruction,
-                                return_embeddings=r.return_embeddings or None, max_doc_length=r.max_doc_length,
-                                max_query_length=r.max_query_length, score_threshold=r.score_threshold,
-                                chunking=r.chunking, chunk_overlap=r.chunk_overlap,
-                                max_chunks_per_doc=r.max_chunks_per_doc, return_spans=r.return_spans or None)
+            # every option the lastrank (Jina) body carries, by its own name; None and False are the defaults
+            # there too, so they are left out (truncate=false never comes here: unsupported)
+            sent = {k: v for k, v in dataclasses.asdict(o).items()
+                    if k in jina.Request.model_fields and v is not None and v is not False}
+            wire = jina.Request(model=model, query=r.query, documents=r.documents, return_documents=False, **sent)
         elif d in ("jina", "vllm", "cohere_v1"):  # one body: Cohere v1's fields are Jina's (api/dialects/jina.py)
-            wire = jina.Request(model=model, query=r.query, documents=r.documents, top_n=r.top_n,
+            wire = jina.Request(model=model, query=r.query, documents=r.documents, top_n=o.top_n,
                                 return_documents=False)
         elif d == "cohere_v2":
-            wire = cohere.Request(model=model, query=r.query, documents=r.documents, top_n=r.top_n,
-                                  max_tokens_per_doc=r.max_doc_length)
+            wire = cohere.Request(model=model, query=r.query, documents=r.documents, top_n=o.top_n,
+                                  max_tokens_per_doc=o.max_doc_length)
         elif d == "tei":
-            wire = tei.Request(query=r.query, texts=r.documents, truncate=r.truncate, raw_scores=False,
+            wire = tei.Request(query=r.query, texts=r.documents, truncate=o.truncate, raw_scores=False,
                                model=model)
         else:  # vllm_score
             return {**({"model": model} if model else {}), "text_1": r.query, "text_2": list(r.documents)}
@@ -394,17 +393,18 @@ class RemoteProvider(Provider):
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ModelError(f"the provider {self.name!r} answered 200 with a body that is not a "
                              f"{self.config.dialect} rerank answer: {e}") from None
-        expected = n if request.top_n is None else min(request.top_n, n)
-        if request.score_threshold is None and len(results) < expected and self.config.dialect != "lastrank":
+        o = request.options
+        expected = n if o.top_n is None else min(o.top_n, n)
+        if o.score_threshold is None and len(results) < expected and self.config.dialect != "lastrank":
             # a provider that dropped documents (its own threshold or cap) cannot give the client its ranking
             raise ModelError(f"the provider {self.name!r} returned {len(results)} results for {expected} asked")
         results.sort(key=lambda r: -r.relevance_score)  # stable: ties keep the provider's order
-        if request.score_threshold is not None:
-            results = [r for r in results if r.relevance_score >= request.score_threshold]
-        if request.top_n is not None:
-            results = results[:request.top_n]
-        usage = Usage(documents=n, prompt_tokens=tokens, max_doc_length=request.max_doc_length or 0,
-                      max_query_length=request.max_query_length or 0)
+        if o.score_threshold is not None:
+            results = [r for r in results if r.relevance_score >= o.score_threshold]
+        if o.top_n is not None:
+            results = results[:o.top_n]
+        usage = Usage(documents=n, prompt_tokens=tokens, max_doc_length=o.max_doc_length or 0,
+                      max_query_length=o.max_query_length or 0)
         return RerankResult(results=results, usage=usage, request_id=request.request_id,
                             truncation=_reported_truncation(response.headers, data, n))
 

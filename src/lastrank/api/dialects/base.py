@@ -4,7 +4,7 @@ A dialect is a module with:
     NAME                       "jina" | "cohere_v1" | "cohere_v2" | "tei"
     Request                    a pydantic model of the wire body (every optional field accepts null,
                                unknown fields are ignored)
-    to_internal(body) -> Translated
+    to_internal(body, defaults) -> Translated   (defaults: the server's RerankOptions, under the wire's)
     from_internal(result, translated, info) -> (json content, extra headers)
 
 Dialects only translate. Validation against server limits, auth, rate limits, the scheduler, the ledger
@@ -34,7 +34,7 @@ say `images` (a text-only model answers 422); image URLs are fetched only where 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Annotated, Any, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, WithJsonSchema
@@ -42,7 +42,7 @@ from pydantic_core import PydanticCustomError
 
 from lastrank.engine.backend import Capabilities
 from lastrank.errors import InvalidRequestError
-from lastrank.types import RerankResult
+from lastrank.types import RerankOptions, RerankResult
 
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
@@ -66,30 +66,34 @@ class WireModel(BaseModel):
 
 @dataclass
 class Translated:
-    """A dialect's request translated to engine terms, plus what its response needs."""
+    """A dialect's request translated to engine terms (its RerankOptions), plus what its response needs."""
 
     query: str
     documents: list[str]  # the texts ranked
     originals: list[Any]  # as the client sent them (str or dict), for echo
-    top_n: int | None = None
+    options: RerankOptions = field(default_factory=RerankOptions)  # wire_options: built once, by the dialect
     return_documents: bool = False
-    return_embeddings: bool = False
-    max_doc_length: int | None = None  # None: the server default
-    max_query_length: int | None = None
-    instruction: str | None = None
     model: str | None = None
-    score_threshold: float | None = None  # None: keep every result
-    truncate: bool = True  # False: an input that would be truncated is a 400 (TEI truncate=false), before any work
-    chunking: str | None = None  # "truncate" | "chunk" (engine/chunking.py); None: the server's --chunking
-    chunk_overlap: int | None = None
-    max_chunks_per_doc: int | None = None
-    return_spans: bool = False  # chunk mode: each result's best window as `span` [start, end) characters
-    options: dict = field(default_factory=dict)  # dialect-only response switches (e.g. TEI raw_scores)
+    dialect_options: Any = None  # a dialect's own response switches, typed by it (e.g. tei.Options)
     # image query / documents (split_inputs: {"image": ...} or vLLM's image_url part): "query" / document index ->
     # the base64, data URI or URL string as sent; their `documents` entries (and query) are "". Decoded, fetched
     # (where allowed) and checked in handler.to_request.
     images: dict | None = None
     documents_field: str = "documents"  # the wire's name for the documents (TEI: "texts"), for error messages
+
+
+OPTION_NAMES = frozenset(f.name for f in fields(RerankOptions))
+
+
+def wire_options(body: WireModel, defaults: RerankOptions, **renamed) -> RerankOptions:
+    """The request's RerankOptions, from every field of the wire body named as a RerankOptions field, plus
+    `renamed` (options the dialect names otherwise, e.g. Cohere v2's max_tokens_per_doc); a null or absent one
+    keeps `defaults` (the server's: handler.option_defaults). So a new option is added to RerankOptions and to
+    the schema, by the same name, and nowhere here. The schema checked the shapes (a 422 naming the field);
+    RerankOptions checks the rest, once."""
+    given = {name: getattr(body, name) for name in type(body).model_fields if name in OPTION_NAMES}
+    given.update(renamed)
+    return replace(defaults, **{k: v for k, v in given.items() if v is not None})
 
 
 @dataclass
@@ -273,7 +277,7 @@ def result_items(result: RerankResult, t: Translated) -> list[dict[str, Any]]:
         item: dict[str, Any] = {"index": r.index, "relevance_score": r.relevance_score}
         if t.return_documents:
             item["document"] = echo_document(t.originals[r.index])
-        if t.return_embeddings:
+        if t.options.return_embeddings:
             item["embedding"] = r.embedding
         if r.span is not None:  # asked for (return_spans) and chunk mode
             item["span"] = list(r.span)

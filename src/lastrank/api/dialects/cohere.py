@@ -34,8 +34,9 @@ from lastrank.api.dialects.base import (
     result_items,
     split_inputs,
     usage_block,
+    wire_options,
 )
-from lastrank.types import RerankResult
+from lastrank.types import RerankOptions, RerankResult
 
 NAME = "cohere_v2"
 
@@ -55,20 +56,16 @@ class Request(WireModel):
     score_threshold: ScoreThreshold = Field(None, description=SCORE_THRESHOLD_DESCRIPTION)
 
 
-def to_internal(body: Request) -> Translated:
+def to_internal(body: Request, defaults: RerankOptions = RerankOptions()) -> Translated:
     query, texts, images = split_inputs(body.query, body.documents, body.rank_fields)
     return Translated(
         query=query,
         documents=texts,
         images=images or None,
         originals=body.documents,
-        top_n=body.top_n,
+        options=wire_options(body, defaults, max_doc_length=body.max_tokens_per_doc),
         return_documents=bool(body.return_documents),
-        max_doc_length=body.max_tokens_per_doc,
-        max_query_length=body.max_query_length,
-        instruction=body.instruction,
         model=body.model,
-        score_threshold=body.score_threshold,
     )
 
 

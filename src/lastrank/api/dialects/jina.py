@@ -40,8 +40,9 @@ from lastrank.api.dialects.base import (
     result_items,
     split_inputs,
     usage_block,
+    wire_options,
 )
-from lastrank.types import RerankResult
+from lastrank.types import RerankOptions, RerankResult
 
 NAME = "jina"
 
@@ -73,25 +74,17 @@ class Request(WireModel):
                           "character offsets in the document")
 
 
-def to_internal(body: Request) -> Translated:
+def to_internal(body: Request, defaults: RerankOptions = RerankOptions()) -> Translated:
     query, texts, images = split_inputs(body.query, body.documents, body.rank_fields)
     return Translated(
         query=query,
         documents=texts,
         images=images or None,
         originals=body.documents,
-        top_n=body.top_n,
+        options=wire_options(body, defaults,
+                             chunking=body.chunking or ("chunk" if body.max_chunks_per_doc is not None else None)),
         return_documents=True if body.return_documents is None else body.return_documents,
-        return_embeddings=bool(body.return_embeddings),
-        max_doc_length=body.max_doc_length,
-        max_query_length=body.max_query_length,
-        instruction=body.instruction,
         model=body.model,
-        score_threshold=body.score_threshold,
-        chunking=body.chunking or ("chunk" if body.max_chunks_per_doc is not None else None),
-        chunk_overlap=body.chunk_overlap,
-        max_chunks_per_doc=body.max_chunks_per_doc,
-        return_spans=bool(body.return_spans),
     )
 
 

@@ -22,13 +22,14 @@ are in [0, 1]. Both are monotonic in the relevance score, so the order is the sa
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 from pydantic import Field, StrictBool, StrictStr
 
-from lastrank.api.dialects.base import Document, Query, ResponseInfo, Translated, WireModel, split_inputs
+from lastrank.api.dialects.base import Document, Query, ResponseInfo, Translated, WireModel, split_inputs, wire_options
 from lastrank.errors import InvalidRequestError
-from lastrank.types import RerankResult
+from lastrank.types import RerankOptions, RerankResult
 
 NAME = "tei"
 
@@ -44,7 +45,15 @@ class Request(WireModel):
     instruction: Optional[StrictStr] = Field(None, description="lastrank extension")
 
 
-def to_internal(body: Request) -> Translated:
+@dataclass(frozen=True)
+class Options:
+    """TEI's own response switches (Translated.dialect_options)."""
+
+    raw_scores: bool = False
+    return_text: bool = False
+
+
+def to_internal(body: Request, defaults: RerankOptions = RerankOptions()) -> Translated:
     if (body.truncation_direction or "right").lower() == "left":
         raise InvalidRequestError("truncation_direction 'left' is not supported; this model truncates on the right")
     query, texts, images = split_inputs(body.query, body.texts, field_name="texts")
@@ -54,19 +63,18 @@ def to_internal(body: Request) -> Translated:
         images=images or None,
         documents_field="texts",
         originals=list(body.texts),
-        instruction=body.instruction,
+        options=wire_options(body, defaults),  # truncate (null: true), instruction
         model=body.model,
-        truncate=body.truncate is not False,
-        options={"raw_scores": bool(body.raw_scores), "return_text": bool(body.return_text)},
+        dialect_options=Options(raw_scores=bool(body.raw_scores), return_text=bool(body.return_text)),
     )
 
 
 def from_internal(result: RerankResult, t: Translated, info: ResponseInfo) -> tuple[Any, dict]:
-    raw = t.options.get("raw_scores", False)
+    raw = t.dialect_options.raw_scores
     items = []
     for r in result.results:
         item: dict[str, Any] = {"index": r.index}
-        if t.options.get("return_text") and r.index not in (t.images or {}):
+        if t.dialect_options.return_text and r.index not in (t.images or {}):
             item["text"] = t.documents[r.index]
         if raw:
             item["score"] = r.raw_score if r.raw_score is not None else r.relevance_score

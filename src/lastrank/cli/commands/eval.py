@@ -7,11 +7,13 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
 
+from lastrank.cli.argtypes import rerank_options
 from lastrank.client import Client
 from lastrank.errors import InvalidRequestError
 from lastrank.eval.long import load_any_dataset
@@ -23,6 +25,7 @@ from lastrank.eval.run import ALL_ORDERS, OrderEval, ResultCache, evaluate_first
 from lastrank.model.checkpoint import is_random_checkpoint
 from lastrank.model.resolve import resolve_checkpoint
 from lastrank.reranker import Reranker
+from lastrank.types import RerankOptions
 
 TEXT_CONVENTION = 'MTEB: (title + " " + text).strip(); text.strip() without a title'
 
@@ -30,6 +33,8 @@ TEXT_CONVENTION = 'MTEB: (title + " " + text).strip(); text.strip() without a ti
 def _fingerprint(args: argparse.Namespace, dataset, rel_min: int, dtype: str | None) -> dict:
     """The settings that decide the results; an unfinished out folder with the same ones is resumed. `dtype`:
     the type the model runs in (what "auto" chose on this machine), None for a server."""
+    options = rerank_options(args)
+    limits = {name: options.pop(name) for name in ("max_doc_length", "max_query_length")}
     return {
         "data": str(dataset.path.resolve()),
         "run": str(dataset.run_path.resolve()),
@@ -43,11 +48,10 @@ def _fingerprint(args: argparse.Namespace, dataset, rel_min: int, dtype: str | N
         "permutations": args.permutations,
         "query_id": args.query_id,
         "rel_min": rel_min,
-        "max_doc_length": args.max_doc_length,
-        "max_query_length": args.max_query_length,
+        **limits,
         # only when not the defaults, so runs made before these existed still resume
         **({"dataset": dataset.name} if dataset.name != dataset.path.resolve().name else {}),
-        **({"chunking": args.chunking, "chunk_overlap": args.chunk_overlap} if args.chunking != "truncate" else {}),
+        **(options if options["chunking"] != "truncate" else {}),  # chunk mode and its settings
     }
 
 
@@ -172,8 +176,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InvalidRequestError("--server needs --api-key")
     if args.served_model and not args.server:
         raise InvalidRequestError("--served-model needs --server (with --model the model is the one loaded)")
-    if args.chunk_overlap is not None and args.chunking != "chunk":
-        raise InvalidRequestError("--chunk-overlap needs --chunking chunk")
+    rerank_options(args)  # chunk-mode flags without --chunking chunk are refused
     for flag, value in (("--top-k", args.top_k), ("--queries", args.queries), ("--permutations", args.permutations or 1)):
         if value is not None and value < 1:
             raise InvalidRequestError(f"{flag} must be at least 1")
@@ -210,9 +213,7 @@ def _run_config(args: argparse.Namespace, dataset, query_ids: list[str], rel_min
         "device": None if args.server else args.device,
         "dtype": dtype,  # what runs; args.dtype (below) what was asked
         "top_k": args.top_k,
-        "chunking": args.chunking,
-        "chunk_overlap": args.chunk_overlap,
-        "max_doc_length": args.max_doc_length,
+        **rerank_options(args),
         "orders": [] if args.permutations else list(ALL_ORDERS) if args.order == "all" else [args.order],
         "seed": args.seed,
         "n_queries": len(query_ids),
@@ -228,17 +229,16 @@ def _run_config(args: argparse.Namespace, dataset, query_ids: list[str], rel_min
 def _rerank(args: argparse.Namespace, dataset, reranker, config: dict, cache, query_ids: list[str], rel_min: int,
             perm_qid: str | None):
     """(the order study's result, None) or (None, the permutation study's result)."""
-    chunk = args.chunking == "chunk"
-    params = {k: v for k, v in (("max_doc_length", args.max_doc_length), ("max_query_length", args.max_query_length),
-                                ("dtype", config["dtype"]),
-                                ("chunking", "chunk" if chunk else None),
-                                ("chunk_overlap", args.chunk_overlap)) if v is not None}
-    # every setting always said, None meaning the family's own default: left out, the HTTP client's defaults
+    options = rerank_options(args)
+    # a cached result's key: the options not at their default (so older caches stay valid), and the dtype
+    defaults = {f.name: f.default for f in fields(RerankOptions)}
+    params = {k: v for k, v in options.items() if v != defaults[k]}
+    if config["dtype"] is not None:
+        params["dtype"] = config["dtype"]
+    # every option always said, None meaning the family's own default: left out, the HTTP client's defaults
     # (2048 / 512 tokens, jina-v3's) would replace a served family's (jina-m0: 9728 / 512), and the server's
     # --chunking default would replace truncate
-    rerank_kwargs = {"max_doc_length": args.max_doc_length, "max_query_length": args.max_query_length,
-                     "chunking": args.chunking, "chunk_overlap": args.chunk_overlap,
-                     **({"model": args.served_model} if args.served_model else {})}
+    rerank_kwargs = {**options, **({"model": args.served_model} if args.served_model else {})}
     progress = not args.no_progress
     if args.permutations:
         return None, run_permutations(dataset, reranker, config["model"], cache, perm_qid, args.permutations,

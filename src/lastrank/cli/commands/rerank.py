@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from lastrank.reranker import Reranker
-from lastrank.cli.argtypes import device
+from lastrank.cli.argtypes import device, rerank_options
 from lastrank.errors import InvalidRequestError
 from lastrank.model.checkpoint import NOTICE, is_random_checkpoint
 from lastrank.model.resolve import resolve_checkpoint
@@ -99,8 +99,7 @@ def run(args: argparse.Namespace) -> int:
             check_unicode(flag, text)  # argv bytes that are not UTF-8 arrive as lone surrogates
     documents = read_documents(args.documents) if args.documents is not None else []
     resolve_checkpoint(args.model)  # a missing folder or an offline hub id fails here, before torch is imported
-    if args.chunking != "chunk" and (args.spans or args.chunk_overlap is not None or args.max_chunks_per_doc is not None):
-        raise InvalidRequestError("--spans, --chunk-overlap and --max-chunks-per-doc need --chunking chunk")
+    options = rerank_options(args)
     reranker = Reranker(args.model, device=args.device, dtype=args.dtype)
     choice = getattr(reranker.backend, "dtype_choice", None)
     if choice is not None and choice.requested == "auto":  # what auto picked on this machine, and why
@@ -115,10 +114,7 @@ def run(args: argparse.Namespace) -> int:
               f"0-based line number", file=sys.stderr)
     documents = documents + [Path(p) for p in args.image]  # Reranker.rerank: a Path is an image
     query = Path(args.query_image) if args.query_image is not None else args.query
-    results = reranker.rerank(query, documents, top_n=args.top_n, instruction=args.instruction,
-                              max_doc_length=args.max_doc_length, max_query_length=args.max_query_length,
-                              chunking=args.chunking, chunk_overlap=args.chunk_overlap,
-                              max_chunks_per_doc=args.max_chunks_per_doc, return_spans=args.spans)
+    results = reranker.rerank(query, documents, **options)
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "embedding"} for r in results], ensure_ascii=False, indent=2))
         return 0

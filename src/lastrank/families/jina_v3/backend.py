@@ -103,7 +103,7 @@ class JinaV3Backend(Backend):
         d = truncate_texts(tok, list(request.documents), limits.max_doc)
         cut = [i for i, fired in enumerate(d.truncated) if fired]
         groups = split_blocks(d.lengths, q.lengths[0], tok.model_max_length, limits.max_doc)
-        prompts = [build_prompt(q.texts[0], [d.texts[i] for i in g], request.instruction) for g in groups]
+        prompts = [build_prompt(q.texts[0], [d.texts[i] for i in g], request.options.instruction) for g in groups]
         blocks = [
             JinaBlock(request.request_id, b, g, ids)
             for b, (g, ids) in enumerate(zip(groups, tok.encode_batch(prompts)))
