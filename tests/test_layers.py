@@ -48,9 +48,8 @@ ALLOWED_CYCLES: dict[frozenset[str], str] = {
 
 # Function-level imports of lastrank's own modules: allowed where torch (or another heavy import) must stay out
 # of a light command or of `import lastrank`, and no table of names can carry it instead. This ceiling is
-# today's count (types -> images: Pillow, for image inputs only; cli/commands/serve.py's --device check: torch,
-# for cuda/mps only); it may only go down.
-MAX_FUNCTION_LEVEL = 2
+# today's count (cli/commands/serve.py's --device check: torch, for cuda/mps only); it may only go down.
+MAX_FUNCTION_LEVEL = 1
 
 
 def module_name(path: Path) -> str:
