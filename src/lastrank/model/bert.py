@@ -18,6 +18,8 @@ tests/model/test_xlmr.py).
 
 from __future__ import annotations
 
+import functools
+
 import json
 from dataclasses import dataclass, fields
 from typing import ClassVar
@@ -43,6 +45,14 @@ ACTIVATIONS = {
 FUSED_ACTIVATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_fast": "tanh", "gelu_pytorch_tanh": "tanh"}
 
 
+@functools.cache
+def _onednn_bf16() -> bool:
+    """Whether oneDNN has bfloat16 kernels on this CPU. Without AVX-512 (AMD Zen 3, say) `_linear_pointwise`
+    has no bfloat16 primitive and raises, while F.linear still runs (slowly), so the fused call is used only
+    where oneDNN says it can."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def linear(module: nn.Module, x: torch.Tensor, act: str | None = None) -> torch.Tensor:
     """module(x), then ACTIVATIONS[act] when given. bfloat16 on the CPU: one oneDNN call
     (`mkldnn._linear_pointwise`) that adds the bias (and applies the GELU) on the float32 accumulator,
@@ -51,7 +61,7 @@ def linear(module: nn.Module, x: torch.Tensor, act: str | None = None) -> torch.
     twice. float32 and every other device keep F.linear (the reference path, unchanged); so do the int8
     layers (model/int8.py), which are not nn.Linear."""
     if (x.dtype == torch.bfloat16 and x.device.type == "cpu" and type(module) is nn.Linear
-            and torch.backends.mkldnn.is_available()):
+            and _onednn_bf16()):
         flat = x.reshape(-1, x.shape[-1])
         if act in FUSED_ACTIVATIONS:
             out = torch.ops.mkldnn._linear_pointwise(flat, module.weight, module.bias, "gelu", [],
