@@ -8,6 +8,7 @@ sigmoid(logit - 2.65)). lastrank must give the same relevance scores within 1e-5
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -127,14 +128,14 @@ def test_the_prompt_cut_reaches_the_query_and_never_an_image(reranker):
     only when max_query_length is set small: it cuts a text query, and refuses rather than cut an image query."""
     backend = reranker.backend
     long = "green tea " * 6000  # over 10,239 tokens
-    limits = dict(max_doc_length=10239, max_query_length=1)
-    plan = backend.plan(RerankRequest(query=QUERY, documents=[long], **limits))
+    limits = RerankOptions(max_doc_length=10239, max_query_length=1)
+    plan = backend.plan(RerankRequest(query=QUERY, documents=[long], options=limits))
     assert plan.usage.truncated_indices == [0] and plan.usage.query_truncated
     assert plan.blocks[0].n_tokens == 10240  # 10,239 prompt tokens and the score token
     with pytest.raises(InvalidRequestError, match="would cut an image"):
-        backend.plan(RerankRequest(query="", documents=[long], images={"query": image(56, 56, 0)}, **limits))
+        backend.plan(RerankRequest(query="", documents=[long], images={"query": image(56, 56, 0)}, options=limits))
     with pytest.raises(InvalidRequestError, match="the query exceeds 1 tokens"):  # the engine's one refusal
-        backend.plan(RerankRequest(query=QUERY, documents=[long], truncate=False, **limits))
+        backend.plan(RerankRequest(query=QUERY, documents=[long], options=replace(limits, truncate=False)))
 
 
 def test_a_tokenizer_whose_image_pad_is_not_config_jsons_is_refused(folder, tmp_path):
