@@ -8,8 +8,6 @@ Then, for keys with credit or a budget: granted, spent, held, balance and the bu
 
 from __future__ import annotations
 
-import argparse
-
 from lastrank.cli.keys import add_db_argument
 
 
