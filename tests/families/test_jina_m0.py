@@ -325,7 +325,9 @@ def test_encoded_images_decode_as_the_official_load_image(reranker, official, tm
     text = base64.b64encode(data).decode()
     uri = "data:image/png;base64," + text
     want_path, want_b64, want_uri = official([(query, str(path)), (query, text), (query, uri)], doc_type="image")
-    assert want_path == want_b64 == want_uri
+    # one picture three ways: the official code decodes them alike (the same score to float rounding: the
+    # three rows of one batch may differ in the last bits, ~2e-8 seen on AMD Zen 3)
+    assert max(want_path, want_b64, want_uri) - min(want_path, want_b64, want_uri) <= 1e-6
     # the Python API's path and bytes, and what the HTTP dialects pass on for {"image": base64}
     http = image_input(decode_base64(text, "documents[2]"), "documents[2]")
     scores, _ = ours(reranker, RerankRequest(query=query, documents=["", "", ""], images=image_inputs({0: path, 1: data, 2: http})))
