@@ -11,6 +11,7 @@ import httpx
 from support import postgres_server
 from lastrank.store import open_store
 from support.server_process import ServerProcess
+from support.threads import in_threads
 
 NANO = 1_000_000_000
 QUERY = "how do solar panels turn light into electricity"
@@ -34,11 +35,9 @@ def test_many_clients_two_servers_one_small_balance(tiny_checkpoint, tmp_path):
             ids: list[str] = []
             kinds: list[str] = []  # the error types of the refusals
             lock = threading.Lock()
-            go = threading.Barrier(12)
 
             def client(n: int) -> None:
                 with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {key}"}) as http:
-                    go.wait()
                     for i in range(2):
                         r = http.post(servers[(n + i) % 2].url + "/v1/rerank", json={"query": QUERY, "documents": DOCS})
                         with lock:
@@ -48,11 +47,7 @@ def test_many_clients_two_servers_one_small_balance(tiny_checkpoint, tmp_path):
                             else:
                                 kinds.append(r.json()["error"]["type"])
 
-            threads = [threading.Thread(target=client, args=(n,)) for n in range(12)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(120)
+            in_threads(12, client, together=True, timeout=120)
         finally:
             for s in servers:
                 s.stop()

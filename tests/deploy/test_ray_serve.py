@@ -26,6 +26,7 @@ import pytest
 from support import postgres_server
 from support.kill_under_load import Load, assert_billed_exactly
 from support.server_process import free_port, is_ready, wait_until
+from support.threads import in_threads
 from lastrank.errors import DeadlineExceededError, InvalidRequestError, ModelError, OverloadedError
 from lastrank.api.ray import ModelClient, ModelReplica, ReplicaFailedError, _domain_error, deployment_name
 from lastrank.types import RerankRequest, RerankResult, Usage
@@ -397,11 +398,7 @@ def test_both_replicas_serve(ray_server):
             return r.status_code
 
         statuses = []
-        threads = [threading.Thread(target=lambda i=i: statuses.extend(one(i) for _ in range(4))) for i in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_threads(3, lambda i: statuses.extend(one(i) for _ in range(4)))
     assert statuses == [200] * 12
     stats = _replica_stats()
     assert len(stats) == 2, stats
@@ -420,11 +417,7 @@ def test_back_pressure_is_a_503_with_retry_after(ray_server):
         with lock:
             results.append(r)
 
-    threads = [threading.Thread(target=one) for _ in range(16)]  # capacity: 2 x 2 running + 2 queued
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(16, lambda i: one())  # capacity: 2 x 2 running + 2 queued
     refused = [r for r in results if r.status_code == 503]
     served = [r for r in results if r.status_code == 200]
     assert len(refused) + len(served) == 16, [r.status_code for r in results]

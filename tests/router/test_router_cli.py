@@ -6,11 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
 
 from fastapi import FastAPI
-from support.server_process import free_port
+from support.live_server import AppServer
 
 SECRET = "sk-do-not-echo-4242"
 
@@ -52,8 +50,6 @@ def test_an_unset_key_variable_is_named(tmp_path):
 
 
 def test_a_provider_whose_score_rule_differs_from_the_config_is_refused_at_start(tmp_path):
-    import uvicorn
-
     app = FastAPI()
 
     @app.get("/v1/models")
@@ -63,19 +59,10 @@ def test_a_provider_whose_score_rule_differs_from_the_config_is_refused_at_start
             "score": "cosine", "raw_score": "cosine", "instruction": False, "embedding_dim": 4,
             "context_length": 512, "max_doc_length": 256, "max_query_length": 64, "images": False}]}
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            time.sleep(0.05)
-        config = PROVIDER.format(url=f"http://127.0.0.1:{port}") + 'score = "sigmoid"\n'
+    with AppServer(app) as upstream:
+        config = PROVIDER.format(url=upstream.url) + 'score = "sigmoid"\n'
         line = one_error_line(serve(tmp_path, config, env={"UP_KEY": SECRET}))
         assert "score = 'sigmoid'" in line and "'cosine'" in line and SECRET not in line
-        config = PROVIDER.format(url=f"http://127.0.0.1:{port}") + 'model = "other"\n'
+        config = PROVIDER.format(url=upstream.url) + 'model = "other"\n'
         line = one_error_line(serve(tmp_path, config, env={"UP_KEY": SECRET}))
         assert "'m'" in line
-    finally:
-        server.should_exit = True
-        thread.join(10)
