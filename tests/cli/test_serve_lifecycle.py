@@ -30,9 +30,20 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NU
        "PYTHONUNBUFFERED": "1"}
 
 
-def lastrank_serve(*args: str, db, stderr) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "lastrank", "serve", "--db", str(db), *args],
-                            stdout=subprocess.DEVNULL, stderr=stderr, env=ENV)
+@contextmanager
+def serving(tmp_path, *args: str):
+    """`lastrank serve *args` as a process, its ledger and log (stderr) in tmp_path: yields (proc, log); killed
+    at the end if the test left it running."""
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "lastrank", "serve", "--db", str(tmp_path / "x.db"), *args],
+                                stdout=subprocess.DEVNULL, stderr=err, env=ENV)
+    try:
+        yield proc, log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
 
 
 def parse(argv, environ=None):
@@ -81,10 +92,7 @@ def test_device_is_checked_before_the_port_is_bound(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------ real processes
 
 def test_port_0_serves_on_the_port_it_prints_and_sigterm_exits_0(tmp_path):
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as err:
-        proc = lastrank_serve("--model", MODEL, "--port", "0", db=tmp_path / "x.db", stderr=err)
-    try:
+    with serving(tmp_path, "--model", MODEL, "--port", "0") as (proc, log):
         listening = re.compile(r"listening on http://127\.0\.0\.1:(\d+) ")
         wait_until(lambda: listening.search(log.read_text()), 120, proc, log.read_text)
         port = int(listening.search(log.read_text()).group(1))
@@ -92,10 +100,6 @@ def test_port_0_serves_on_the_port_it_prints_and_sigterm_exits_0(tmp_path):
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json() == {"status": "ok"}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
     assert "lastrank: SIGTERM: stopped in" in log.read_text()
 
 
@@ -103,18 +107,11 @@ def test_sigterm_while_the_model_loads_exits_without_waiting_for_the_load(tmp_pa
     """The loader thread cannot be stopped, and asyncio.run waits for it at exit: before, SIGTERM during start-up
     took as long as the rest of the load (minutes for a large model). The load takes seconds even here (torch
     is imported in it); the signal comes within ~0.2 s of its start."""
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as err:
-        proc = lastrank_serve("--model", MODEL, "--port", "0", db=tmp_path / "x.db", stderr=err)
-    try:
+    with serving(tmp_path, "--model", MODEL, "--port", "0") as (proc, log):
         # the load has begun
         wait_until(lambda: "Application startup complete" in log.read_text(), 120, proc, log.read_text)
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
     text = log.read_text()
     assert rc == 0, text
     assert "lastrank: SIGTERM: stopped in" in text and "loaded and warmed up" not in text, text
@@ -129,15 +126,11 @@ def test_a_model_that_cannot_load_ends_the_server_with_its_reason(tmp_path):
     folder = tmp_path / "corrupt"
     shutil.copytree(resolve_checkpoint(MODEL), folder)
     (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as err:
-        proc = lastrank_serve("--model", str(folder), "--port", str(free_port()), db=tmp_path / "x.db", stderr=err)
-    try:
-        rc = proc.wait(120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(30)
-        raise AssertionError(f"the server kept running with no model it could serve:\n{log.read_text()[-3000:]}")
+    with serving(tmp_path, "--model", str(folder), "--port", str(free_port())) as (proc, log):
+        try:
+            rc = proc.wait(120)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the server kept running with no model it could serve:\n{log.read_text()[-3000:]}")
     text = log.read_text()
     assert rc == 2, text
     assert text.strip().splitlines()[-1].startswith("lastrank: error: the model 'corrupt' failed to load: "), text
@@ -147,16 +140,9 @@ def test_a_model_that_cannot_load_ends_the_server_with_its_reason(tmp_path):
 def test_a_refused_dtype_ends_the_server_in_one_line_without_a_traceback(tiny_checkpoint, tmp_path):
     """dtype int8 for a family without an int8 path is a refusal with its reason (ModelNotAvailableError): the
     server exits 2 with that one line; before, it first logged the refusal's traceback."""
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as err:
-        proc = lastrank_serve("--model", str(tiny_checkpoint), "--dtype", "int8", "--port", str(free_port()),
-                              db=tmp_path / "x.db", stderr=err)
-    try:
+    args = ("--model", str(tiny_checkpoint), "--dtype", "int8", "--port", str(free_port()))
+    with serving(tmp_path, *args) as (proc, log):
         rc = proc.wait(120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
     text = log.read_text()
     assert rc == 2, text
     assert "Traceback" not in text and "ERROR" not in text, text
@@ -174,19 +160,13 @@ def one_batch_server(tmp_path, shutdown_timeout_s: int):
     """A ready `lastrank serve` of MiniLM in which one batch holds the whole LONG request (--max-batch-tokens), so
     a request sent while it runs waits in the queue, none of its blocks started, until the signal. Yields (proc,
     url, log); killed at the end if the test left it running."""
-    url = f"http://127.0.0.1:{free_port()}"
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as err:
-        proc = lastrank_serve("--model", MODEL, "--port", url.rsplit(":", 1)[1], "--dtype", "float32",
-                              "--access-log", "off", "--max-batch-tokens", "65536", "--request-timeout-s", "0",
-                              "--shutdown-timeout-s", str(shutdown_timeout_s), db=tmp_path / "x.db", stderr=err)
-    try:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with serving(tmp_path, "--model", MODEL, "--port", str(port), "--dtype", "float32", "--access-log", "off",
+                 "--max-batch-tokens", "65536", "--request-timeout-s", "0",
+                 "--shutdown-timeout-s", str(shutdown_timeout_s)) as (proc, log):
         wait_until(lambda: is_ready(url), 180, proc, log.read_text)
         yield proc, url, log
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
 
 
 def wait_long_running(proc, url, log) -> None:
