@@ -202,6 +202,7 @@ def test_the_app_over_a_model_client_ready_and_errors(monkeypatch):
     from lastrank.api.app import create_app
     from lastrank.api.models import ServedModel
     from lastrank.engine.backend import Capabilities
+    from lastrank.engine.dtype_choice import explicit
     from lastrank.types import RankedDocument
 
     caps = Capabilities(family="bi-encoder", architecture="fake", listwise=False, score="cosine", raw_score="cosine",
@@ -224,7 +225,7 @@ def test_the_app_over_a_model_client_ready_and_errors(monkeypatch):
     class Info:
         @staticmethod
         def remote():
-            return _Response({"capabilities": caps, "random_weights": True})
+            return _Response({"capabilities": caps, "random_weights": True, "dtype_choice": explicit("float32")})
 
     handle.info = Info
     running = [2]
@@ -234,7 +235,9 @@ def test_the_app_over_a_model_client_ready_and_errors(monkeypatch):
     model.scheduler = ModelClient(handle, served=model)
     with TestClient(create_app(models=[model])) as http:
         assert http.get("/ready").status_code == 200
-        assert http.get("/v1/models").json()["data"][0]["random_weights"] is True  # told by the replica
+        entry = http.get("/v1/models").json()["data"][0]
+        assert entry["random_weights"] is True  # told by the replica, as is the type it runs in
+        assert entry["dtype"] == "float32" and entry["dtype_choice"]["requested"] == "float32"
         r = http.post("/v1/rerank", json={"query": "q", "documents": ["d"]})
         assert r.status_code == 200 and r.json()["results"][0]["relevance_score"] == 0.5
         assert handle.calls[-1][0].deadline is None and handle.calls[-1][1] > 0  # the deadline went as a budget
@@ -369,7 +372,8 @@ def test_answers_equal_the_in_process_reranker(ray_server):
     assert ready.status_code == 200 and ready.json()["models"] == {"all-MiniLM-L6-v2": "ready"}
     models = httpx.get(ray_server.url + "/v1/models", headers={"Authorization": f"Bearer {ray_server.key}"},
                        timeout=10).json()["data"]
-    assert [(m["id"], m["family"], m["random_weights"]) for m in models] == [("all-MiniLM-L6-v2", "bi-encoder", False)]
+    assert [(m["id"], m["family"], m["random_weights"], m["dtype"]) for m in models] == [
+        ("all-MiniLM-L6-v2", "bi-encoder", False, "float32")]  # the dtype as the local server's /v1/models says it
     assert httpx.post(ray_server.url + "/v1/rerank", json={"query": QUERY, "documents": DOCS},
                       timeout=10).status_code == 401  # the same auth as plain serve
 

@@ -225,3 +225,42 @@ def test_auto_runs_the_drift_check_through_every_family(tmp_path, monkeypatch, f
     assert choice.drift is not None and math.isfinite(choice.drift)
     assert choice.dtype == ("bfloat16" if choice.drift <= BOUND else "float32")
     assert backend.dtype == getattr(torch, choice.dtype)
+
+
+@pytest.mark.parametrize("family_known", [False, True])
+def test_a_load_takes_the_fingerprint_once_and_reads_config_json_once(tmp_path, monkeypatch, family_known):
+    """load_backend with dtype auto: the machine's fingerprint once per load (it was taken up to 3 times for
+    the speed probe and once per candidate), and config.json parsed once by detection and the probe together
+    (it was read by each); with the family already detected (serve), only the probe reads it. The family's own
+    loader reads its config separately."""
+    import pathlib
+
+    from lastrank.checkpoints import preset as find_preset
+    from lastrank.families import load_backend
+
+    monkeypatch.setenv("LASTRANK_CACHE_DIR", str(tmp_path / "cache"))
+    fake_timings(monkeypatch, {"float32": 1.0, "bfloat16": 0.5, "float16": 1.0})
+    folder = find_preset("bi-encoder-bert-tiny")[1].write(tmp_path / "model", seed=0)
+    fingerprints = []
+    real = dtype_choice.fingerprint
+    monkeypatch.setattr(dtype_choice, "fingerprint", lambda device: fingerprints.append(device) or real(device))
+    reads = []
+    read_text = pathlib.Path.read_text
+
+    def counting(self, *args, **kwargs):
+        if self.name == "config.json":
+            import inspect
+
+            caller = inspect.stack()[1]
+            if caller.filename.endswith(("families/__init__.py", "engine/dtype_choice.py")):
+                reads.append(caller.function)
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "read_text", counting)
+    for measured in (True, False):  # measured on the first load, from the cache on the second
+        fingerprints.clear()
+        reads.clear()
+        backend = load_backend(str(folder), dtype="auto", family="bi-encoder" if family_known else None)
+        assert backend.dtype_choice.cached is not measured
+        assert len(fingerprints) == 1, fingerprints
+        assert len(reads) == 1, reads

@@ -36,6 +36,7 @@ class ServedModel:
     scheduler: ModelRunner | None = None  # a Scheduler, a Ray ModelClient (api/ray.py) or a test fake
     capabilities: Capabilities | None = None
     random_weights: bool = False
+    dtype_choice: Any = None  # a DtypeChoice told by a Ray replica (api/ray.py); a local backend carries its own
     card: dict | None = None  # parameters, languages, license as its folder says (api/catalogue.model_card)
     ready: bool = False
     load_error: str | None = None
@@ -50,7 +51,7 @@ class ServedModel:
         """/v1/models' entry (without the list envelope)."""
         caps = self.capabilities.as_dict() if self.capabilities is not None else {}
         # the type it runs in and, for dtype auto, why (engine/dtype_choice.py); absent until it is loaded
-        choice = getattr(self.backend, "dtype_choice", None)
+        choice = getattr(self.backend, "dtype_choice", None) or self.dtype_choice
         dtype = {"dtype": choice.dtype, "dtype_choice": choice.as_dict()} if choice is not None else {}
         # a routed model (lastrank/router): its policy and each provider's health and score rule, never a key or URL
         routed = self.scheduler.describe() if self.scheduler is not None else {}

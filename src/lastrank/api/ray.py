@@ -118,6 +118,7 @@ class ModelReplica:
 
         backend = await asyncio.to_thread(load)
         self.random_weights = bool(backend.random_weights)
+        self.dtype_choice = backend.dtype_choice  # what runs (and, for "auto", why): shown by /v1/models
         self.scheduler = make_scheduler(backend, settings)  # as create_app builds a model's scheduler
         await self.scheduler.start()
         self.submitted = 0  # requests given to this replica
@@ -143,7 +144,8 @@ class ModelReplica:
 
     async def info(self) -> dict:
         """What the ingress shows for this model (Capabilities is a frozen dataclass: picklable)."""
-        return {"capabilities": self.scheduler.capabilities, "random_weights": self.random_weights}
+        return {"capabilities": self.scheduler.capabilities, "random_weights": self.random_weights,
+                "dtype_choice": self.dtype_choice}
 
     async def record_routing_stats(self) -> dict:
         """Serve's per-replica stats hook (also readable from the replica's actor directly, as the tests do):
@@ -206,6 +208,7 @@ class ModelClient(ModelRunner):
         self.capabilities = info["capabilities"]
         if self.served is not None:
             self.served.random_weights = info["random_weights"]
+            self.served.dtype_choice = info.get("dtype_choice")
         self._running_replicas = 1  # one just answered
         self._poller = asyncio.create_task(self._poll())
 

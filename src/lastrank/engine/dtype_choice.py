@@ -165,15 +165,18 @@ def _write_cache(key: str, value: dict) -> None:
 # ------------------------------------------------------------------------------------------ step 1: speed
 
 
-def model_shape(folder: Path) -> tuple[int, int]:
-    """(hidden size, feed-forward size) from config.json (a multimodal config's text_config too); capped so
-    that the probe of a very wide model stays short (the ratio between types is what is measured)."""
+def read_config(folder: Path) -> dict:
+    """config.json parsed ({} when missing or not an object)."""
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
-        config = {}
-    if not isinstance(config, dict):
-        config = {}
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def model_shape(config: dict) -> tuple[int, int]:
+    """(hidden size, feed-forward size) from config.json (a multimodal config's text_config too); capped so
+    that the probe of a very wide model stays short (the ratio between types is what is measured)."""
     text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
     hidden = config.get("hidden_size") or text.get("hidden_size") or 1024
     inner = config.get("intermediate_size") or text.get("intermediate_size") or 4 * hidden
@@ -232,19 +235,19 @@ def measure_speed(hidden: int, inner: int, device, dtypes: tuple[str, ...] = ("f
     return times
 
 
-def speed_of(folder: Path, device) -> tuple[dict[str, float], bool]:
-    """(candidate -> float32 time / its time, read from the cache?)."""
-    hidden, inner = model_shape(folder)
-    key = _key("speed", fingerprint(device), hidden, inner)
+def speed_of(config: dict, device, machine: dict) -> tuple[dict[str, float], bool]:
+    """(candidate -> float32 time / its time, read from the cache?). `machine`: fingerprint(device)."""
+    hidden, inner = model_shape(config)
+    key = _key("speed", machine, hidden, inner)
     entry = _read_cache().get(key)
     if isinstance(entry, dict) and isinstance(entry.get("speedup"), dict):
         return {k: float(v) for k, v in entry["speedup"].items()}, True
     times = measure_speed(hidden, inner, device)
     speedup = {name: round(times["float32"] / times[name], 3) for name in CANDIDATES if times.get(name)}
-    log.info("dtype probe (%s, hidden %d, feed-forward %d): seconds %s", fingerprint(device).get("cpu")
-             or fingerprint(device).get("gpu"), hidden, inner, {k: round(v, 5) for k, v in times.items()})
+    log.info("dtype probe (%s, hidden %d, feed-forward %d): seconds %s", machine.get("cpu") or machine.get("gpu"),
+             hidden, inner, {k: round(v, 5) for k, v in times.items()})
     _write_cache(key, {"speedup": speedup, "seconds": times, "shape": [hidden, inner],
-                       "machine": fingerprint(device), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                       "machine": machine, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     return speedup, False
 
 
@@ -275,12 +278,14 @@ def checkpoint_identity(folder: Path) -> list:
 # ------------------------------------------------------------------------------------------ the decision
 
 
-def load_auto(load: Callable[[str], object], folder: Path, device) -> object:
+def load_auto(load: Callable[[str], object], folder: Path, device, config: dict | None = None) -> object:
     """Load with dtype "auto": `load(dtype_name) -> Backend` is the family's loader. Returns the backend in the
     chosen type, with `dtype_choice` set. The candidates fast enough are tried fastest first; the first whose
     drift is within BOUND wins. Memory: the float32 model that gives the reference scores is released before
-    a candidate is loaded, so the peak is one float32 model."""
-    speedup, cached = speed_of(folder, device)
+    a candidate is loaded, so the peak is one float32 model. `config`: config.json as the caller already
+    parsed it (family detection), so that a load reads it once; the machine's fingerprint is taken once."""
+    machine = fingerprint(device)
+    speedup, cached = speed_of(config if config is not None else read_config(folder), device, machine)
     faster = sorted(((s, -CANDIDATES.index(n), n) for n, s in speedup.items() if s >= MIN_SPEEDUP), reverse=True)
     if not faster:
         shown = ", ".join(f"{n} {s:.2f}x" for n, s in speedup.items())
@@ -290,7 +295,7 @@ def load_auto(load: Callable[[str], object], folder: Path, device) -> object:
     expected: list[float] | None = None
     refused = []
     for ratio, _, candidate in faster:
-        key = _key("drift", fingerprint(device), checkpoint_identity(folder), candidate)
+        key = _key("drift", machine, checkpoint_identity(folder), candidate)
         entry = _read_cache().get(key)
         backend = None
         if isinstance(entry, dict) and "drift" in entry:  # None: the candidate failed (not a number)

@@ -170,12 +170,15 @@ def folder_facts(folder: Path) -> tuple[dict, str]:
     return config, ", ".join(found)
 
 
-def detect_family(folder: Path) -> str:
-    """The name of the family of `folder` (FamilySpec.name); one clear error when none matches."""
-    config, found = folder_facts(folder)
+def detect_family(folder: Path, config: dict | None = None) -> str:
+    """The name of the family of `folder` (FamilySpec.name); one clear error when none matches. `config`:
+    its config.json already parsed (folder_facts), so that a load reads it once."""
+    if config is None:
+        config = folder_facts(folder)[0]
     for spec in FAMILIES:
         if spec.detect(config, folder):
             return spec.name
+    _, found = folder_facts(folder)
     supported = "; ".join(f"{spec.name}: {spec.supports}" for spec in FAMILIES)
     raise ModelNotAvailableError(f"{folder} is not a model lastrank can serve: found {found}. Supported: {supported}")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lastrank.engine import dtype_choice
-from lastrank.families import detect_family, family_spec
+from lastrank.families import detect_family, family_spec, folder_facts
 from lastrank.model import loading  # read at each call: tests/support/device_switch.py redirects resolve_device
 from lastrank.model.checkpoint import is_random_checkpoint
 from lastrank.model.int8 import refuse_unless_int8, speed_note
@@ -25,7 +25,8 @@ def load_backend(model: str | Path, device: str | None = "cpu", dtype: str | Non
     float32's, measured once and cached (engine/dtype_choice.py); `backend.dtype_choice` says what and why."""
     if path is None:
         path = resolve_checkpoint(model, revision=revision, cache_dir=cache_dir)
-    spec = family_spec(family or detect_family(path))
+    config = None if family else folder_facts(path)[0]  # parsed once: detection, then dtype auto's probe shape
+    spec = family_spec(family or detect_family(path, config))
     warning = None
     if str(dtype).lower() == "int8":  # opt-in, for the encoder families only: refused here, in one line
         refuse_unless_int8(spec.name)
@@ -37,7 +38,7 @@ def load_backend(model: str | Path, device: str | None = "cpu", dtype: str | Non
                          random_weights=is_random_checkpoint(path), **options)
 
     if dtype is None or str(dtype).lower() == "auto":  # measured on this machine: engine/dtype_choice.py
-        return dtype_choice.load_auto(load, path, device)
+        return dtype_choice.load_auto(load, path, device, config)
     backend = load(dtype)  # an explicit type, float32 included, is never overridden
     backend.dtype_choice = dtype_choice.explicit(str(dtype).removeprefix("torch.").lower(), warning)
     return backend
