@@ -31,7 +31,7 @@ Two choices are made from the CPU's instruction set (torch's own detection, `tor
     VNNI or AMX the product sums in 32 bits and the weights keep 8 bits;
   - the engine: oneDNN where the CPU has AMX (measured 2.5x fbgemm's speed on an AMX Xeon), else fbgemm
     (measured 2x oneDNN's on an AVX2 Zen 3); a CPU with VNNI but no AMX was not measured.
-`speed_note()` says when int8 is expected to be slower than float32 here.
+`speed_note()` says where int8 is not expected to pay (no VNNI: measured no faster than float32).
 
 torch 2.13 warns that its quantized-tensor API (used here once per weight, at load) will be removed; the
 warning is silenced here because it is about that API, not about this use, and `available()` says plainly
