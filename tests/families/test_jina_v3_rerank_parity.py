@@ -268,13 +268,13 @@ def lastrank_rerank(lr, query, docs, **kwargs):
 @pytest.mark.parametrize("name", list(CASES))
 def test_block_prompts_identical(name, setup):
     """Same blocks (document indices) and byte-identical prompt token ids per block."""
-    from lastrank import RerankRequest
+    from lastrank import RerankOptions, RerankRequest
 
     ckpt_kwargs, query, docs, kwargs, _ = CASES[name](setup({})[1].tokenizer)
     path, ref, lr = setup(ckpt_kwargs)
     kw = {k: v for k, v in kwargs.items() if k in ("max_doc_length", "max_query_length", "instruction")}
     want = ref.block_prompts(query, docs, **kw)
-    plan = lr.backend.plan(RerankRequest(query=query, documents=list(docs), **kw))
+    plan = lr.backend.plan(RerankRequest(query=query, documents=list(docs), options=RerankOptions(**kw)))
     got = [(list(b.doc_indices), list(b.input_ids)) for b in plan.blocks]
     assert [w[0] for w in want] == [g[0] for g in got], "block cut differs"
     for k, ((_, w_ids), (_, g_ids)) in enumerate(zip(want, got)):
