@@ -23,7 +23,7 @@ def dense_reference(q, k, v, lengths, heads):
     return torch.cat(out)
 
 
-@pytest.mark.parametrize("lengths", [[9], [5, 5, 5], [4, 9, 4, 1]])
+@pytest.mark.parametrize("lengths", [[9], [5, 5, 5], [4, 9, 4, 1], [1, 4, 4, 9]])  # gathered and side-by-side groups
 def test_attention_fused_and_apart_match_the_dense_reference(lengths):
     g = torch.Generator().manual_seed(1)
     heads, d = 3, 4

@@ -405,7 +405,10 @@ class BiEncoderBackend(Backend):
         as torch.nn.functional.normalize does it. An input without tokens (an empty text, with a tokenizer
         that adds none) is a zero vector, as in sentence-transformers, and takes no forward."""
         out = np.zeros((len(sequences), self.capabilities.embedding_dim), dtype=np.float32)
-        kept = [i for i, s in enumerate(sequences) if s]
+        # shortest first: a packed forward then holds sequences of similar lengths, and those of one length lie
+        # side by side, so the backbone's attention reads them as views instead of gathering them
+        # (model/bert.py, Packing); every sequence's vector is the same in any order
+        kept = sorted((i for i, s in enumerate(sequences) if s), key=lambda i: len(sequences[i]))
         for group in cut_blocks([len(sequences[i]) for i in kept], self.max_forward_tokens):
             chunk = [kept[g] for g in group]
             out[chunk] = self._embed_packed([sequences[c] for c in chunk], [prompt_lens[c] for c in chunk])

@@ -164,16 +164,19 @@ class Packing:
         by_length: dict[int, list[int]] = {}
         for s, n in zip(starts, self.lengths):
             by_length.setdefault(n, []).append(s)
-        self.groups: list[tuple[int, int, torch.Tensor | None]] = []  # (n sequences, length, their rows [n * length])
+        # (n sequences, length, their rows): a slice where the n sequences lie side by side (callers that sort
+        # by length, like the bi-encoder, get only slices: views, no gather), else the rows [n * length]
+        self.groups: list[tuple[int, int, slice | torch.Tensor]] = []
         for n, group_starts in sorted(by_length.items()):
             per_call = max(1, max_scores // max(1, num_heads * n * n))
             for i in range(0, len(group_starts), per_call):
-                chunk = torch.tensor(group_starts[i:i + per_call], dtype=torch.long, device=device)
-                rows = (chunk[:, None] + torch.arange(n, device=device)[None, :]).reshape(-1)
+                chunk = group_starts[i:i + per_call]
+                if chunk[-1] - chunk[0] == (len(chunk) - 1) * n:
+                    rows = slice(chunk[0], chunk[0] + len(chunk) * n)
+                else:
+                    first = torch.tensor(chunk, dtype=torch.long, device=device)
+                    rows = (first[:, None] + torch.arange(n, device=device)[None, :]).reshape(-1)
                 self.groups.append((len(chunk), n, rows))
-        if len(self.groups) == 1:  # one call covers rows 0..T-1 in order (one sequence, or all of one length)
-            n, length, _ = self.groups[0]
-            self.groups[0] = (n, length, None)
 
     def attention(self, qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
         """qkv [T, 3 * hidden] (rows [q; k; v] per token) -> context [T, hidden], each sequence on its own."""
@@ -187,13 +190,16 @@ class Packing:
         out = q.new_empty(T, num_heads, head_dim)
         for n, length, rows in self.groups:
             def split(t: torch.Tensor) -> torch.Tensor:  # [T, hidden] -> the group's [n, heads, length, head_dim]
-                t = t if rows is None else t.index_select(0, rows)
+                t = t[rows] if isinstance(rows, slice) else t.index_select(0, rows)
                 return t.reshape(n, length, num_heads, head_dim).transpose(1, 2)
 
             ctx = F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2)
-            if rows is None:  # the only group: its rows are all rows, in order
+            if len(self.groups) == 1:  # one group of every row in order (one sequence, or all of one length)
                 return ctx.reshape(T, hidden)
-            out.index_copy_(0, rows, ctx.reshape(n * length, num_heads, head_dim))
+            if isinstance(rows, slice):
+                out[rows].view(n, length, num_heads, head_dim).copy_(ctx)
+            else:
+                out.index_copy_(0, rows, ctx.reshape(n * length, num_heads, head_dim))
         return out.view(T, hidden)
 
     def positions(self, input_ids: torch.Tensor, rule: str, padding_idx: int) -> torch.Tensor:
@@ -273,13 +279,13 @@ class BertOutput(nn.Module):
 
 
 class BertAttention(nn.Module):
+    """The checkpoint's `attention.self` and `attention.output`; BertLayer calls them (output(self(x), x)),
+    the row-wise output one chunk of rows at a time."""
+
     def __init__(self, cfg: BertConfig):
         super().__init__()
         self.self = BertSelfAttention(cfg)  # "self" is the checkpoint's name (attention.self.query, ...)
         self.output = BertOutput(cfg, cfg.hidden_size)
-
-    def forward(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
-        return self.output(self.self(x, packing), x)
 
 
 class BertIntermediate(nn.Module):
@@ -292,6 +298,14 @@ class BertIntermediate(nn.Module):
         return linear(self.dense, x, self.hidden_act)
 
 
+# Rows per pass of the row-wise half of a layer (`BertLayer.forward`). Why: on a packed forward of 16K
+# tokens, MiniLM's [T, 1536] intermediate is 100 MB, so the bias copy, GELU and residual adds each stream it
+# through memory; 512 rows (3 MB) stay in cache. Real MiniLM, float32, 1 thread, AMD Zen 3: 1.185x for the
+# whole rerank (docs/benchmarks.md, "float32 on an AVX2-only CPU"). Every op after attention is row-wise, so
+# the result is the same rows computed in another order (bit for bit on this CPU's float32 GEMM).
+ROW_CHUNK = 512
+
+
 class BertLayer(nn.Module):
     """Post-norm transformer layer (BERT's, XLM-R's, Jina's Block(prenorm=False))."""
 
@@ -302,8 +316,13 @@ class BertLayer(nn.Module):
         self.output = BertOutput(cfg, cfg.intermediate_size)
 
     def forward(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
-        x = self.attention(x, packing)
-        return self.output(self.intermediate(x), x)
+        context = self.attention.self(x, packing)  # the only step that mixes rows
+        out = torch.empty_like(x)
+        for r in range(0, x.shape[0], ROW_CHUNK):
+            rows = slice(r, r + ROW_CHUNK)
+            h = self.attention.output(context[rows], x[rows])
+            out[rows] = self.output(self.intermediate(h), h)
+        return out
 
 
 class BertEncoder(nn.Module):
