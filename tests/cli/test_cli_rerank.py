@@ -165,13 +165,13 @@ def test_lone_surrogates_in_json_or_argv_are_one_line(tiny_checkpoint, tmp_path,
 
 
 def test_an_unknown_device_is_one_line_before_the_model_loads(tiny_checkpoint, tmp_path, capsys, monkeypatch):
-    from lastrank.model import loading
+    from lastrank.model import jina
 
     path = tmp_path / "docs.txt"
     path.write_text("fine\n")
-    loads = []  # the weights are read only after the device is checked
-    original = loading.read_safetensors
-    monkeypatch.setattr(loading, "read_safetensors", lambda *a, **kw: loads.append(1) or original(*a, **kw))
+    loads = []  # the weights are read only after the device is checked (the Jina V3 loader's reader)
+    original = jina.read_safetensors
+    monkeypatch.setattr(jina, "read_safetensors", lambda *a, **kw: loads.append(1) or original(*a, **kw))
     assert main(["rerank", "--model", str(tiny_checkpoint), "--query", "q", "--documents", str(path),
                  "--device", "gpu"]) == 2
     assert "--device: not a device: 'gpu' (cpu, cuda, cuda:N, mps or auto)" in one_error_line(capsys)
@@ -183,9 +183,9 @@ def test_the_python_api_refuses_an_unknown_device_before_reading_weights(tiny_ch
 
     from lastrank import Reranker
     from lastrank.errors import InvalidRequestError, ModelNotAvailableError
-    from lastrank.model import loading
+    from lastrank.model import jina
 
-    monkeypatch.setattr(loading, "read_safetensors", lambda *a, **kw: pytest.fail("weights read"))
+    monkeypatch.setattr(jina, "read_safetensors", lambda *a, **kw: pytest.fail("weights read"))
     for bad in ("gpu", "meta", "cuda:x"):
         with pytest.raises(InvalidRequestError, match="device"):
             Reranker(str(tiny_checkpoint), device=bad)

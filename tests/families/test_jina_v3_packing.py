@@ -12,7 +12,7 @@ import torch
 
 from lastrank.families.jina_v3 import JinaV3Backend as RerankEngine
 from lastrank.model.config import DOC_MARKER_ID, QUERY_MARKER_ID
-from lastrank.model.loading import load_model
+from lastrank.model.jina import load_jina_v3
 from lastrank.model.attention import Packing
 from lastrank.model.tokenizer import RerankTokenizer
 from lastrank.types import RerankRequest
@@ -31,7 +31,7 @@ def prompt(n: int, n_docs: int, seed: int, tail: int = 10) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def model(tiny_checkpoint):
-    return load_model(tiny_checkpoint, torch.device("cpu"), torch.float32)
+    return load_jina_v3(tiny_checkpoint, torch.device("cpu"), torch.float32)
 
 
 def test_positions_restart_per_block_and_mask_is_block_diagonal_causal():
@@ -91,7 +91,7 @@ def test_embed_blocks_packed_equals_one_by_one(model, attention):
 
 
 def _engine(checkpoint, **kw):
-    m = load_model(checkpoint, torch.device("cpu"), torch.float32)
+    m = load_jina_v3(checkpoint, torch.device("cpu"), torch.float32)
     return RerankEngine(m, RerankTokenizer.from_dir(checkpoint), torch.device("cpu"), **kw)
 
 

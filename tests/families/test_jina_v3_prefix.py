@@ -13,7 +13,7 @@ import torch
 from lastrank.families.jina_v3.prompt import PREFIX
 from lastrank.families.jina_v3 import JinaV3Backend as RerankEngine
 from lastrank.model.config import DOC_MARKER_ID, QUERY_MARKER_ID
-from lastrank.model.loading import load_model
+from lastrank.model.jina import load_jina_v3
 from lastrank.model.attention import Packing
 from lastrank.model.tokenizer import RerankTokenizer
 from lastrank.types import RerankOptions, RerankRequest
@@ -23,7 +23,7 @@ ATOL = 1e-5
 
 @pytest.fixture(scope="module")
 def model(tiny_checkpoint):
-    return load_model(tiny_checkpoint, torch.device("cpu"), torch.float32)
+    return load_jina_v3(tiny_checkpoint, torch.device("cpu"), torch.float32)
 
 
 @pytest.fixture(scope="module")

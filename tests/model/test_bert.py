@@ -109,7 +109,7 @@ def test_mismatched_checkpoint_is_a_clear_error(change, tiny_bert, tmp_path):
         state["encoder.layer.0.attention.self.query.weight"] = torch.zeros(4, 4)
     (tmp_path / "config.json").write_text((tiny_bert / "config.json").read_text())
     save_file(state, str(tmp_path / "model.safetensors"))
-    with pytest.raises(ModelNotAvailableError, match="does not match a BertModel"):
+    with pytest.raises(ModelNotAvailableError, match="does not match the BertModel"):
         load_bert(tmp_path, CPU, torch.float32)
 
 

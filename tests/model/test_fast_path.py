@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from lastrank.model.config import DOC_MARKER_ID, QUERY_MARKER_ID
-from lastrank.model.loading import load_model
+from lastrank.model.jina import load_jina_v3
 from lastrank.model.attention import apply_rope, rotate_half
 from lastrank.model.fusion import fuse_projections
 
@@ -46,7 +46,7 @@ def random_prompt(n: int, doc_positions, seed: int = 0, tail: int = 12) -> torch
 
 @pytest.fixture(scope="module")
 def models(tiny_checkpoint):
-    return {fuse: load_model(tiny_checkpoint, torch.device("cpu"), torch.float32, fuse=fuse) for fuse in (False, True)}
+    return {fuse: load_jina_v3(tiny_checkpoint, torch.device("cpu"), torch.float32, fuse=fuse) for fuse in (False, True)}
 
 
 @pytest.mark.parametrize("fuse", [False, True])
@@ -138,8 +138,8 @@ def test_fusion_keeps_official_parameters(tiny_checkpoint, models):
 
 def test_bf16_fast_path_close_to_float32(tiny_checkpoint):
     """bf16 stays a bf16 approximation of float32: cosines within a few bf16 ulps on the tiny model."""
-    m16 = load_model(tiny_checkpoint, torch.device("cpu"), torch.bfloat16)
-    m32 = load_model(tiny_checkpoint, torch.device("cpu"), torch.float32)
+    m16 = load_jina_v3(tiny_checkpoint, torch.device("cpu"), torch.bfloat16)
+    m32 = load_jina_v3(tiny_checkpoint, torch.device("cpu"), torch.float32)
     ids = random_prompt(300, [10, 50, 120, 200])
     s16 = m16.embed(ids, DOC_MARKER_ID, QUERY_MARKER_ID)[2].float()
     s32 = m32.embed(ids, DOC_MARKER_ID, QUERY_MARKER_ID)[2]
@@ -173,9 +173,9 @@ def test_opt_in_compile_matches_eager(tiny_checkpoint, tmp_path, monkeypatch):
     float operations, hence 1e-5, not equality)."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     monkeypatch.setenv("LASTRANK_COMPILE", "1")
-    compiled = load_model(tiny_checkpoint, torch.device("cpu"), torch.float32)
+    compiled = load_jina_v3(tiny_checkpoint, torch.device("cpu"), torch.float32)
     monkeypatch.delenv("LASTRANK_COMPILE")
-    eager = load_model(tiny_checkpoint, torch.device("cpu"), torch.float32)
+    eager = load_jina_v3(tiny_checkpoint, torch.device("cpu"), torch.float32)
     assert compiled.model.compiled_layer is not None and eager.model.compiled_layer is None
     for n in (300, 171):  # two lengths: one dynamic graph
         ids = random_prompt(n, [10, 100, 150])
@@ -190,10 +190,11 @@ def test_opt_in_compile_matches_eager(tiny_checkpoint, tmp_path, monkeypatch):
 
 
 def test_reader_places_fused_weights_side_by_side_and_moves_them_together(tiny_checkpoint):
-    """read_safetensors: q/k/v (and gate/up) as consecutive rows of one buffer; _to_device (the CUDA load
+    """read_safetensors: q/k/v (and gate/up) as consecutive rows of one buffer; to_device (the CUDA load
     path, exercised here with the CPU as target) keeps them views of one moved buffer."""
     from lastrank.model.config import ModelConfig
-    from lastrank.model.loading import _to_device, fused_groups, read_safetensors
+    from lastrank.model.fusion import fused_groups
+    from lastrank.model.weights import read_safetensors, to_device
 
     cfg = ModelConfig.from_file(tiny_checkpoint / "config.json")
     state = read_safetensors(tiny_checkpoint / "model.safetensors", torch.float32, fused_groups(cfg), skip=("lm_head.weight",))
@@ -201,7 +202,7 @@ def test_reader_places_fused_weights_side_by_side_and_moves_them_together(tiny_c
     assert set(state) == set(on_disk) - {"lm_head.weight"}
     for k, v in state.items():
         assert torch.equal(v, on_disk[k].float()), k
-    moved = _to_device(state, torch.device("cpu"))
+    moved = to_device(state, torch.device("cpu"))
     q, k, v = (moved[f"model.layers.0.self_attn.{x}_proj.weight"] for x in "qkv")
     assert q.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()
     assert k.storage_offset() == q.storage_offset() + q.numel()

@@ -11,14 +11,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lastrank.errors import ModelNotAvailableError
-from lastrank.model.loading import load_model, parse_dtype
+from lastrank.model.jina import load_jina_v3
+from lastrank.model.loading import parse_dtype
 from lastrank.model.resolve import resolve_checkpoint
 
 
 def test_folder_resolves_and_loads_in_requested_dtype(tiny_checkpoint):
     assert resolve_checkpoint(str(tiny_checkpoint)) == tiny_checkpoint
     for name, dtype in (("bfloat16", torch.bfloat16), ("float32", torch.float32)):
-        model = load_model(tiny_checkpoint, torch.device("cpu"), parse_dtype(name))
+        model = load_jina_v3(tiny_checkpoint, torch.device("cpu"), parse_dtype(name))
         assert {p.dtype for p in model.parameters()} == {dtype}
         assert not any(p.requires_grad for p in model.parameters())
     # projector widths come from the tensors: hidden 64 -> 32 -> 512
@@ -26,7 +27,7 @@ def test_folder_resolves_and_loads_in_requested_dtype(tiny_checkpoint):
 
 
 def test_loaded_weights_are_the_checkpoints(tiny_checkpoint):
-    model = load_model(tiny_checkpoint, torch.device("cpu"), torch.bfloat16)
+    model = load_jina_v3(tiny_checkpoint, torch.device("cpu"), torch.bfloat16)
     on_disk = load_file(str(tiny_checkpoint / "model.safetensors"))
     state = model.state_dict()
     assert set(state) == set(on_disk)
@@ -59,11 +60,11 @@ def test_wrong_tensors_are_a_clear_error(tmp_path, tiny_checkpoint):
     sd["lm_head.weight"] = sd["model.embed_tokens.weight"].clone()  # tied copy: tolerated and dropped
     save_file(sd, str(folder / "model.safetensors"))
     with pytest.raises(ModelNotAvailableError, match="up_proj"):
-        load_model(folder, torch.device("cpu"), torch.float32)
+        load_jina_v3(folder, torch.device("cpu"), torch.float32)
     del sd["projector.2.weight"]
     save_file(sd, str(folder / "model.safetensors"))
     with pytest.raises(ModelNotAvailableError, match="projector.2.weight"):
-        load_model(folder, torch.device("cpu"), torch.float32)
+        load_jina_v3(folder, torch.device("cpu"), torch.float32)
 
 
 def test_unknown_dtype():
@@ -117,17 +118,17 @@ def test_cached_hub_copy_is_used_offline(tmp_path, tiny_checkpoint):
 def test_parallel_piecewise_reads_give_the_checkpoints_bytes(tiny_checkpoint, monkeypatch, threads):
     """read_safetensors splits tensors into pieces read by several threads: every byte must land in place,
     also on the seek + read fallback for systems without positional reads, and when converting dtypes."""
-    from lastrank.model import loading
+    from lastrank.model import weights
 
-    monkeypatch.setattr(loading, "READ_PIECE_BYTES", 4096)  # tiny pieces: most tensors span several
+    monkeypatch.setattr(weights, "READ_PIECE_BYTES", 4096)  # tiny pieces: most tensors span several
     on_disk = load_file(str(tiny_checkpoint / "model.safetensors"))
     for dtype in (torch.bfloat16, torch.float32):
-        got = loading.read_safetensors(tiny_checkpoint / "model.safetensors", dtype, threads=threads)
+        got = weights.read_safetensors(tiny_checkpoint / "model.safetensors", dtype, threads=threads)
         assert got.keys() == on_disk.keys()
         for name, t in on_disk.items():
             assert torch.equal(got[name], t.to(dtype)), name
     monkeypatch.delattr(os, "preadv")
-    got = loading.read_safetensors(tiny_checkpoint / "model.safetensors", torch.bfloat16, threads=threads)
+    got = weights.read_safetensors(tiny_checkpoint / "model.safetensors", torch.bfloat16, threads=threads)
     assert all(torch.equal(got[name], t) for name, t in on_disk.items())
 
 
@@ -137,4 +138,4 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path, tiny_checkpoint):
     data = (bad / "model.safetensors").read_bytes()
     (bad / "model.safetensors").write_bytes(data[:-1000])
     with pytest.raises(ModelNotAvailableError, match="truncated"):
-        load_model(bad, torch.device("cpu"), torch.bfloat16)
+        load_jina_v3(bad, torch.device("cpu"), torch.bfloat16)

@@ -313,5 +313,5 @@ def load(path: Path, device: torch.device, dtype: torch.dtype, *, model_id: str 
     tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
     tokenizer.no_truncation()  # truncation is the family's own (above), never the file's settings
     tokenizer.no_padding()
-    model = load_causal_lm(path, device, dtype, score_token_ids(kind, tokenizer), compile=bool(compile))
+    model = load_causal_lm(path, device, dtype, score_token_ids(kind, tokenizer), compile=compile)
     return BACKENDS[kind](model, tokenizer, device, model_id=model_id, path=path, random_weights=random_weights, **options)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lastrank.errors import ModelNotAvailableError
-from lastrank.model.loading import read_safetensors
+from lastrank.model.weights import read_safetensors, strict_load
 
 # transformers' ACT2FN names this file implements. "gelu" is the exact (erf) GELU, as in BERT's config.
 ACTIVATIONS = {
@@ -378,12 +378,4 @@ def load_bert(folder: Path, device: torch.device, dtype: torch.dtype) -> BertMod
     state = read_safetensors(file, dtype, skip=skip)
     if state and all(k.startswith("bert.") for k in state):
         state = {k.removeprefix("bert."): v for k, v in state.items()}
-    if device.type != "cpu":
-        state = {k: v.to(device) for k, v in state.items()}
-    with torch.device("meta"):
-        model = BertModel(cfg)
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise ModelNotAvailableError(f"{file} does not match a BertModel of {folder / 'config.json'}: {e}") from e
-    return model.eval().requires_grad_(False)
+    return strict_load(lambda: BertModel(cfg), state, device, file)

@@ -25,11 +25,8 @@ from lastrank.errors import ModelNotAvailableError
 from lastrank.model.config import ModelConfig
 from lastrank.model.attention import PrefixCache, PrefixCaches
 from lastrank.model.decoder import DecoderModel
-from lastrank.model.fusion import enable_compile, fuse_projections
-from lastrank.model.loading import _to_device, fused_groups, read_safetensors
-
-ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen2ForCausalLM", "Qwen3ForSequenceClassification")
-
+from lastrank.model.fusion import fused_groups
+from lastrank.model.weights import checkpoint_files, read_safetensors, strict_load, weights_file
 
 class CausalLMForRanking(nn.Module):
     """Backbone (`model.*`, the checkpoint's names) + `head`: [2, hidden] rows (positive, negative token) of
@@ -96,21 +93,6 @@ class CausalLMForRanking(nn.Module):
         return out
 
 
-def checkpoint_files(path: Path) -> list[Path]:
-    """model.safetensors, or the shards listed by model.safetensors.index.json (Qwen3-Reranker-4B)."""
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map") or {}
-        files = sorted({path / f for f in weight_map.values()})
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise ModelNotAvailableError(f"{path} lists shards it does not have: {', '.join(missing)}")
-        return files
-    if (path / "model.safetensors").is_file():
-        return [path / "model.safetensors"]
-    raise ModelNotAvailableError(f"{path} has no model.safetensors (nor model.safetensors.index.json)")
-
-
 def _rows(files: list[Path], name: str, ids: list[int], dtype: torch.dtype) -> torch.Tensor | None:
     """Rows `ids` of tensor `name` (read as slices: the whole [vocab, hidden] matrix is never loaded)."""
     for file in files:
@@ -122,11 +104,12 @@ def _rows(files: list[Path], name: str, ids: list[int], dtype: torch.dtype) -> t
 
 
 def load_causal_lm(path: Path, device: torch.device, dtype: torch.dtype, token_ids: tuple[int, int],
-                   fuse: bool = True, compile: bool = False) -> CausalLMForRanking:
+                   fuse: bool = True, compile: bool | None = None) -> CausalLMForRanking:
     """Strict load of a Qwen3ForCausalLM / Qwen2ForCausalLM / Qwen3ForSequenceClassification folder.
 
     token_ids: (positive, negative) token ids whose LM-head rows are kept (ignored for a score head).
     The LM head is `lm_head.weight` unless the config ties it to `model.embed_tokens.weight`.
+    compile: opt-in torch.compile of the layers; None: LASTRANK_COMPILE decides (weights.strict_load).
     """
     config = json.loads((path / "config.json").read_text())
     try:
@@ -150,18 +133,5 @@ def load_causal_lm(path: Path, device: torch.device, dtype: torch.dtype, token_i
             raise ModelNotAvailableError(f"{path}: tie_word_embeddings is false but there is no lm_head.weight")
     state = {k: v for k, v in state.items() if k.startswith("model.")}
     state["head"] = head
-    if device.type != "cpu":
-        state = _to_device(state, device)
-    with torch.device("meta"):
-        model = CausalLMForRanking(cfg, head_rows=head.shape[0])
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise ModelNotAvailableError(f"{path}: the weights do not match config.json: {e}") from e
-    del state
-    model = model.eval().requires_grad_(False)
-    if fuse:
-        fuse_projections(model)
-    if compile:
-        enable_compile(model)
-    return model
+    return strict_load(lambda: CausalLMForRanking(cfg, head_rows=head.shape[0]), state, device, weights_file(files),
+                       fuse=fuse, compile=compile)

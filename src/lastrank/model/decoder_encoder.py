@@ -20,11 +20,10 @@ import torch
 from torch import nn
 
 from lastrank.errors import ModelNotAvailableError
-from lastrank.model.causal_lm import checkpoint_files
 from lastrank.model.config import ModelConfig
 from lastrank.model.decoder import DecoderModel
-from lastrank.model.fusion import fuse_projections
-from lastrank.model.loading import _to_device, fused_groups, read_safetensors
+from lastrank.model.fusion import fused_groups
+from lastrank.model.weights import checkpoint_files, read_safetensors, strict_load, weights_file
 
 
 class DecoderEncoder(nn.Module):
@@ -61,16 +60,4 @@ def load_decoder_encoder(folder: Path, device: torch.device, dtype: torch.dtype,
         groups = [[prefix + n.removeprefix("model.") for n in g] for g in fused_groups(cfg)] if fuse else ()
         part = read_safetensors(file, dtype, groups, skip=("lm_head.weight",))
         state.update({"model." + k.removeprefix(prefix): v for k, v in part.items()})
-    if device.type != "cpu":
-        state = _to_device(state, device)
-    with torch.device("meta"):
-        model = DecoderEncoder(cfg)
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise ModelNotAvailableError(f"{folder}: the weights do not match a {cfg.model_type} decoder of config.json: {e}") from e
-    del state
-    model = model.eval().requires_grad_(False)
-    if fuse:
-        fuse_projections(model)
-    return model
+    return strict_load(lambda: DecoderEncoder(cfg), state, device, weights_file(files), fuse=fuse)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from lastrank.model.attention import KV, ONE_SEQUENCE
+from lastrank.model.config import ModelConfig
 from lastrank.model.decoder import DecoderLayer
 
 
@@ -36,6 +37,17 @@ def enable_compile(model: nn.Module) -> None:
     model.model.compiled_layer = torch.compile(_causal_layer, dynamic=True)
 
 
+def fused_groups(cfg: ModelConfig) -> list[list[str]]:
+    """The official tensor names that fuse_projections concatenates (what
+    weights.read_safetensors places side by side), in its order."""
+    groups = []
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        groups.append([p + f"self_attn.{x}_proj.weight" for x in "qkv"])
+        groups.append([p + f"mlp.{x}_proj.weight" for x in ("gate", "up")])
+    return groups
+
+
 def fuse_projections(model: nn.Module) -> None:
     """Concatenate each layer's q/k/v (weights and, for Qwen2, biases) and gate/up weights into one matrix,
     at load time. `model`: a head whose backbone is `model.model`.
@@ -43,7 +55,7 @@ def fuse_projections(model: nn.Module) -> None:
     Why: one [T,1024]x[1024,4096] product instead of three, one [T,1024]x[1024,6144] instead of two: fewer,
     larger products and fewer calls (5-6% on the products alone at T=2048, bf16; a whole layer measured
     neutral within +-3% on this CPU; fewer kernel launches is the usual gain on a GPU, not measured here).
-    Kept because it costs nothing: loading.read_safetensors reads the weights side by side, so this is a view.
+    Kept because it costs nothing: weights.read_safetensors reads the weights side by side, so this is a view.
     The official parameters stay where strict loading and state_dict() expect them (same names, shapes,
     values): after fusion they are *views* into the fused matrix, so nothing is stored twice. Call it after
     the weights are loaded; assigning a new Parameter to q_proj etc. later would not update the fused one.
@@ -61,7 +73,7 @@ def _fuse(linears: list[nn.Linear], name: str) -> torch.Tensor:
     rows = sum(p.shape[0] for p in params)
     if all(p.is_contiguous() and p.untyped_storage().data_ptr() == params[0].untyped_storage().data_ptr()
            for p in params) and all(b.storage_offset() == a.storage_offset() + a.numel() for a, b in zip(params, params[1:])):
-        # Already side by side in one buffer (loading.read_safetensors placed them so): a view, no copy.
+        # Already side by side in one buffer (weights.read_safetensors placed them so): a view, no copy.
         return params[0].as_strided((rows, *params[0].shape[1:]), params[0].stride())
     fused = torch.cat(params, dim=0)
     start = 0

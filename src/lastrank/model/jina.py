@@ -12,14 +12,18 @@ can pack several blocks into one forward (attention.Packing).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lastrank.errors import ModelNotAvailableError
 from lastrank.model.attention import PrefixCache
 from lastrank.model.config import PROJECTOR_OUT_DIM, ModelConfig
 from lastrank.model.decoder import DecoderModel
+from lastrank.model.fusion import fused_groups
+from lastrank.model.weights import read_safetensors, strict_load
 
 
 def check_config(cfg: ModelConfig) -> None:
@@ -117,3 +121,24 @@ class JinaForRanking(nn.Module):
             scores = F.cosine_similarity(d, q.expand_as(d), dim=-1)
             results.append((q[0], d, scores))
         return results
+
+
+def load_jina_v3(path: Path, device: torch.device, dtype: torch.dtype, fuse: bool = True,
+                 compile: bool | None = None) -> JinaForRanking:
+    """Strict load of a jina-reranker-v3 folder (config.json + model.safetensors, the official names).
+
+    fuse: concatenate q/k/v and gate/up weights (`fusion.fuse_projections`); the reader already places them
+    side by side, so fusing copies nothing on CPU.
+    compile: opt-in torch.compile of the layers (`fusion.enable_compile`); None: LASTRANK_COMPILE decides
+    (weights.strict_load). Off by default: the first compile costs tens of seconds.
+    """
+    cfg = ModelConfig.from_file(path / "config.json")
+    file = path / "model.safetensors"
+    # lm_head.weight is tied to embed_tokens; the reranker has no LM head: never read
+    state = read_safetensors(file, dtype, fused_groups(cfg) if fuse else (), skip=("lm_head.weight",))
+    for name in ("projector.0.weight", "projector.2.weight"):
+        if name not in state:
+            raise ModelNotAvailableError(f"{file} has no {name}: not a jina-reranker-v3 checkpoint")
+    return strict_load(lambda: JinaForRanking(cfg, projector_hidden=state["projector.0.weight"].shape[0],
+                                              projector_out=state["projector.2.weight"].shape[0]),
+                       state, device, file, fuse=fuse, compile=compile)

@@ -27,11 +27,10 @@ import torch
 from torch import nn
 
 from lastrank.errors import ModelNotAvailableError
-from lastrank.model.causal_lm import checkpoint_files
 from lastrank.model.config import ModelConfig
 from lastrank.model.decoder import DecoderModel
-from lastrank.model.loading import _to_device, read_safetensors
 from lastrank.model.qwen2_vl import VisionConfig, VisionTransformer
+from lastrank.model.weights import checkpoint_files, read_safetensors, strict_load, weights_file
 
 LOGIT_BIAS = 2.65  # official modeling.py and vLLM's jina_vl.py
 SCORE_TOKEN_ID = 100  # appended to every prompt by the official compute_score / forward
@@ -168,18 +167,12 @@ def load_jina_m0(path: Path, device: torch.device, dtype: torch.dtype) -> JinaM0
         cfg, vision, section = m0_configs(config)
     except (TypeError, ValueError) as e:
         raise ModelNotAvailableError(f"{path / 'config.json'}: {e}") from e
+    files = checkpoint_files(path)
     state: dict[str, torch.Tensor] = {}
-    for file in checkpoint_files(path):
+    for file in files:
         for k, v in read_safetensors(file, dtype).items():
             name = checkpoint_name(k)
             if name is not None:
                 state[name] = v
-    if device.type != "cpu":
-        state = _to_device(state, device)
-    with torch.device("meta"):
-        model = JinaM0ForRanking(cfg, vision, section, config.get("image_token_id", IMAGE_TOKEN_ID))
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise ModelNotAvailableError(f"{path}: the weights do not match config.json: {e}") from e
-    return model.eval().requires_grad_(False)
+    return strict_load(lambda: JinaM0ForRanking(cfg, vision, section, config.get("image_token_id", IMAGE_TOKEN_ID)),
+                       state, device, weights_file(files))

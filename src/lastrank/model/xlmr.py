@@ -57,6 +57,7 @@ from torch import nn
 
 from lastrank.errors import ModelNotAvailableError
 from lastrank.model.bert import BertConfig, BertModel, Packing
+from lastrank.model.weights import strict_load
 
 LAYOUTS = ("transformers", "flash")
 
@@ -199,12 +200,6 @@ def load_xlmr(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[XLM
     for ours, sources in names.items():
         parts = [raw.pop(s) for s in sources]
         t = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-        state[ours] = t.to(device=device, dtype=dtype).contiguous()
+        state[ours] = t.to(dtype=dtype).contiguous()
     del raw
-    with torch.device("meta"):
-        model = XLMRobertaForSequenceClassification(cfg)
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise ModelNotAvailableError(f"{file} does not match {path / 'config.json'}: {e}") from e
-    return model.eval().requires_grad_(False), layout
+    return strict_load(lambda: XLMRobertaForSequenceClassification(cfg), state, device, file), layout

@@ -244,7 +244,7 @@ def probe(checkpoint: Path, dtype: str, query: str, documents: list[str], thread
     """A fresh Python process: import -> load -> one rerank. Wall time includes interpreter start-up."""
     env = dict(os.environ, LASTRANK_BENCH_THREADS=str(threads or 0))
     if compile:
-        env["LASTRANK_COMPILE"] = "1"  # what the probe's Reranker reads when not told (load_model)
+        env["LASTRANK_COMPILE"] = "1"  # what the probe's Reranker reads when not told (weights.strict_load)
     spec = json.dumps({"checkpoint": str(checkpoint), "dtype": dtype, "query": query, "documents": documents,
                        "device": device})
     with tempfile.NamedTemporaryFile("w", suffix=".json", encoding="utf-8", delete=False) as f:

@@ -21,8 +21,7 @@ from lastrank.families.jina_v3.plan import split_blocks, truncate_texts
 from lastrank.families.jina_v3.prompt import PREFIX, build_prompt
 from lastrank.errors import ModelError
 from lastrank.model.attention import PrefixCache
-from lastrank.model.jina import JinaForRanking
-from lastrank.model.loading import load_model
+from lastrank.model.jina import JinaForRanking, load_jina_v3
 from lastrank.model.resolve import REQUIRED_FILES, check_files
 from lastrank.model.tokenizer import RerankTokenizer
 from lastrank.types import RerankRequest
@@ -93,7 +92,7 @@ class JinaV3Backend(Backend):
              **options) -> "JinaV3Backend":
         check_files(path, REQUIRED_FILES, "jina-reranker-v3")
         tokenizer = RerankTokenizer.from_dir(path)
-        model = load_model(path, device, dtype, compile=compile)
+        model = load_jina_v3(path, device, dtype, compile=compile)
         return cls(model, tokenizer, device, pack_blocks=pack_blocks, model_id=model_id, path=path,
                    random_weights=random_weights, **options)
 
