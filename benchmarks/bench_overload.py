@@ -6,7 +6,7 @@
     python benchmarks/bench_overload.py --pythonpath /tmp/old/src   # the same against another source tree
 
 What it does, all on 127.0.0.1:
-  1. starts `lastrank serve` on the checkpoint (made with `lastrank make-checkpoint --preset tiny` when
+  1. starts `lastrank serve` on the checkpoint (made with `lastrank make-checkpoint --preset jina-v3-tiny` when
      --model is not given) with one API key, so every request is authenticated as in production, and a
      small admission queue (--max-queued-requests) so that overload is shed with 503s;
   2. single client: one connection, one request after another, for --seconds: the rate r1 of 200s;
@@ -224,7 +224,7 @@ def main() -> int:
         tmp = Path(tmp)
         if args.model is None:
             args.model = tmp / "ckpt"
-            subprocess.run([sys.executable, "-m", "lastrank", "make-checkpoint", str(args.model), "--preset", "tiny"],
+            subprocess.run([sys.executable, "-m", "lastrank", "make-checkpoint", str(args.model), "--preset", "jina-v3-tiny"],
                            check=True, capture_output=True)
         srv = Server(args, tmp)
         rounds = []

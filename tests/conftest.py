@@ -28,7 +28,7 @@ def _models_on_the_test_device():
 @pytest.fixture(scope="session")
 def make_tiny_checkpoint(tmp_path_factory):
     """Factory: make_tiny_checkpoint(seed=0, model_max_length=131072, **config_overrides) -> Path (cached)."""
-    from lastrank.checkpoints.jina_v3 import make_checkpoint
+    from lastrank.checkpoints.jina_v3 import make_jina_v3_checkpoint
 
     cache: dict = {}
 
@@ -36,7 +36,7 @@ def make_tiny_checkpoint(tmp_path_factory):
         key = (seed, model_max_length, dtype, tuple(sorted(overrides.items())))
         if key not in cache:
             path = tmp_path_factory.mktemp("ckpt")
-            cache[key] = make_checkpoint(path, preset="tiny", seed=seed, dtype=dtype, model_max_length=model_max_length, **overrides)
+            cache[key] = make_jina_v3_checkpoint(path, "tiny", seed=seed, dtype=dtype, model_max_length=model_max_length, **overrides)
         return cache[key]
 
     return make

@@ -17,6 +17,10 @@ def test_make_checkpoint_writes_official_layout(tmp_path, capsys):
     assert cfg["architectures"] == ["JinaForRanking"] and cfg["model_type"] == "qwen3"
     added = json.loads((tmp_path / "c" / "added_tokens.json").read_text())
     assert added["<|embed_token|>"] == 151670 and added["<|rerank_token|>"] == 151671
+    # "tiny" is the old name of jina-v3-tiny, kept for the commands people already run: the same folder
+    assert main(["make-checkpoint", str(tmp_path / "n"), "--preset", "jina-v3-tiny", "--seed", "3"]) == 0
+    assert (tmp_path / "n" / "model.safetensors").read_bytes() == (tmp_path / "c" / "model.safetensors").read_bytes()
+    assert "--preset jina-v3-tiny" in (tmp_path / "c" / "RANDOM_WEIGHTS.txt").read_text()
 
 
 def test_rerank_txt_and_json_output(tiny_checkpoint, tiny_reranker, tmp_path, capsys):

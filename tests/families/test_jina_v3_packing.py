@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from lastrank.families.jina_v3 import JinaV3Backend as RerankEngine
-from lastrank.model.config import DOC_MARKER_ID, QUERY_MARKER_ID
+from lastrank.model.jina import DOC_MARKER_ID, QUERY_MARKER_ID
 from lastrank.model.jina import load_jina_v3
 from lastrank.model.attention import Packing
-from lastrank.model.tokenizer import RerankTokenizer
+from lastrank.model.tokenizer import JinaV3Tokenizer
 from lastrank.types import RerankRequest
 
 ATOL = 1e-5
@@ -92,7 +92,7 @@ def test_embed_blocks_packed_equals_one_by_one(model, attention):
 
 def _engine(checkpoint, **kw):
     m = load_jina_v3(checkpoint, torch.device("cpu"), torch.float32)
-    return RerankEngine(m, RerankTokenizer.from_dir(checkpoint), torch.device("cpu"), **kw)
+    return RerankEngine(m, JinaV3Tokenizer.from_dir(checkpoint), torch.device("cpu"), **kw)
 
 
 @pytest.mark.parametrize("attention", ["segments", "mask"])

@@ -2,7 +2,7 @@ import pytest
 
 from lastrank.families.jina_v3.plan import BLOCK_SIZE, split_blocks, truncate_texts
 from lastrank.errors import InvalidRequestError
-from lastrank.model.tokenizer import RerankTokenizer
+from lastrank.model.tokenizer import JinaV3Tokenizer
 from lastrank.types import RerankOptions, RerankRequest
 
 
@@ -42,7 +42,7 @@ def test_block_size_is_the_codes_125():
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_checkpoint):
-    return RerankTokenizer.from_dir(tiny_checkpoint)
+    return JinaV3Tokenizer.from_dir(tiny_checkpoint)
 
 
 def test_truncation_fires_at_exactly_the_limit(tokenizer):

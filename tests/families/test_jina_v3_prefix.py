@@ -12,10 +12,9 @@ import torch
 
 from lastrank.families.jina_v3.prompt import PREFIX
 from lastrank.families.jina_v3 import JinaV3Backend as RerankEngine
-from lastrank.model.config import DOC_MARKER_ID, QUERY_MARKER_ID
-from lastrank.model.jina import load_jina_v3
+from lastrank.model.jina import DOC_MARKER_ID, QUERY_MARKER_ID, load_jina_v3
 from lastrank.model.attention import Packing
-from lastrank.model.tokenizer import RerankTokenizer
+from lastrank.model.tokenizer import JinaV3Tokenizer
 from lastrank.types import RerankOptions, RerankRequest
 
 ATOL = 1e-5
@@ -28,7 +27,7 @@ def model(tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_checkpoint):
-    return RerankTokenizer.from_dir(tiny_checkpoint)
+    return JinaV3Tokenizer.from_dir(tiny_checkpoint)
 
 
 def _prompt(n: int, doc_at: list[int], query_at: int, head: torch.Tensor) -> torch.Tensor:

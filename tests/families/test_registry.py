@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from lastrank.errors import ModelNotAvailableError
-from lastrank.checkpoints import preset, presets
+from lastrank.checkpoints import ALIASES, preset, presets
 from lastrank.families import FAMILIES, detect_family, family_spec, folder_facts, known_names, load_backend
 
 TINY = [(spec.name, name) for spec in FAMILIES for name, p in presets(spec).items() if p.tiny]
@@ -97,7 +97,8 @@ def test_make_checkpoint_and_bench_read_the_specs(tmp_path):
     parser = build_parser()
     choices = next(a.choices for a in parser._subparsers._group_actions[0].choices["make-checkpoint"]._actions
                    if a.dest == "preset")
-    assert choices == [name for spec in FAMILIES for name in presets(spec)]
+    assert choices == [name for spec in FAMILIES for name in presets(spec)] + list(ALIASES)
+    assert all(preset(old) == preset(new) for old, new in ALIASES.items())  # the old Jina V3 names
     assert family_benches() == {"jina-m0": "bench_m0.py", "cross-encoder": "bench_cross_encoder.py",
                                 "causal-lm": "bench_causal_lm.py"}
     assert parser.parse_args(["bench", "--family", "causal-lm"]).family == "causal-lm"

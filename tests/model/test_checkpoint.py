@@ -1,4 +1,4 @@
-"""Random checkpoints (`make_checkpoint`, the test fixtures) against the official layout (spec §2, §3).
+"""Random checkpoints (`make_jina_v3_checkpoint`, the test fixtures) against the official layout (spec §2, §3).
 
 Files, config.json fields, tensor names/shapes/dtypes (projector widths from the config, fixed 512
 output, no lm_head), the tokenizer's marker tokens, and the `full` preset against the real model's
@@ -137,9 +137,9 @@ def test_seeds_differ(make_tiny_checkpoint):
 
 
 def test_full_preset_matches_real_config():
-    from lastrank.model.config import PRESETS
+    from lastrank.checkpoints.jina_v3 import SHAPES, config_json
 
-    cfg = PRESETS["full"].to_hf_dict()
+    cfg = config_json(SHAPES["full"])
     for k, v in FULL_CONFIG.items():
         if k == "max_window_layers" and k not in cfg:
             continue  # not needed by a Qwen3 without sliding window
@@ -148,14 +148,14 @@ def test_full_preset_matches_real_config():
 
 def test_full_preset_parameter_count_and_names():
     """Spec §2.3: backbone 596,049,920 + projector 786,432 = 596,836,352 parameters, with the official names."""
-    from lastrank.model.config import PRESETS
+    from lastrank.checkpoints.jina_v3 import SHAPES, config_json
     from lastrank.model.jina import JinaForRanking
     from transformers import Qwen3Config, Qwen3Model
 
-    hf = PRESETS["full"].to_hf_dict()
+    hf = config_json(SHAPES["full"])
     with torch.device("meta"):
         ref = Qwen3Model(Qwen3Config(**{k: v for k, v in hf.items() if k not in ("architectures", "auto_map")}))
-        ours = JinaForRanking(PRESETS["full"])
+        ours = JinaForRanking(SHAPES["full"])
     assert sum(p.numel() for p in ref.parameters()) == 596_049_920
     sd = ours.state_dict()
     shapes = {k: tuple(v.shape) for k, v in sd.items()}

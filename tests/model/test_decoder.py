@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lastrank.model.config import ModelConfig
+from lastrank.model.config import QwenConfig
 from lastrank.model.decoder import DecoderModel
 from lastrank.model.attention import PrefixCache
 from lastrank.model.fusion import fuse_projections
@@ -24,7 +24,7 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
 class Head(torch.nn.Module):
     """What fusion.fuse_projections expects: a module whose backbone is `.model`."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: QwenConfig):
         super().__init__()
         self.model = DecoderModel(cfg)
 
@@ -39,7 +39,7 @@ def random_weights(module: torch.nn.Module, seed: int) -> None:
                 p.copy_(0.05 * torch.randn(p.shape, generator=g))
 
 
-def hf_backbone(cfg: ModelConfig, state: dict):
+def hf_backbone(cfg: QwenConfig, state: dict):
     if cfg.model_type == "qwen2":
         from transformers import Qwen2Config as Config, Qwen2Model as Model
     else:
@@ -53,7 +53,7 @@ def hf_backbone(cfg: ModelConfig, state: dict):
 
 @pytest.fixture(scope="module", params=["qwen2", "qwen3"])
 def pair(request):
-    cfg = ModelConfig(model_type=request.param, attention_bias=request.param == "qwen2", **TINY)
+    cfg = QwenConfig(model_type=request.param, attention_bias=request.param == "qwen2", **TINY)
     ours = Head(cfg)
     random_weights(ours, seed=7)
     ours.eval().requires_grad_(False)
@@ -61,23 +61,23 @@ def pair(request):
 
 
 def test_config_switches():
-    q2 = ModelConfig.from_dict({"model_type": "qwen2", **TINY})
+    q2 = QwenConfig.from_dict({"model_type": "qwen2", **TINY})
     assert q2.attention_bias and not q2.qk_norm  # Qwen2's q/k/v biases are not a config.json field
-    q3 = ModelConfig.from_dict({"model_type": "qwen3", **TINY})
+    q3 = QwenConfig.from_dict({"model_type": "qwen3", **TINY})
     assert not q3.attention_bias and q3.qk_norm
     layer2, layer3 = DecoderModel(q2).layers[0].self_attn, DecoderModel(q3).layers[0].self_attn
     assert layer2.q_proj.bias is not None and layer2.o_proj.bias is None and layer2.q_norm is None
     assert layer3.q_proj.bias is None and layer3.q_norm is not None
     with pytest.raises(ValueError, match="attention_bias"):
-        ModelConfig.from_dict({"model_type": "qwen3", "attention_bias": True, **TINY})
+        QwenConfig.from_dict({"model_type": "qwen3", "attention_bias": True, **TINY})
     with pytest.raises(ValueError, match="model_type"):
-        ModelConfig.from_dict({"model_type": "llama", **TINY})
-    assert ModelConfig.from_dict({"model_type": "qwen3", **{k: v for k, v in TINY.items() if k != "rope_theta"},
+        QwenConfig.from_dict({"model_type": "llama", **TINY})
+    assert QwenConfig.from_dict({"model_type": "qwen3", **{k: v for k, v in TINY.items() if k != "rope_theta"},
                                   "rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}).rope_theta == 5e5
     with pytest.raises(ValueError, match="rope_type"):
-        ModelConfig.from_dict({"model_type": "qwen3", "rope_parameters": {"rope_type": "yarn", "factor": 4.0}})
+        QwenConfig.from_dict({"model_type": "qwen3", "rope_parameters": {"rope_type": "yarn", "factor": 4.0}})
     with pytest.raises(ValueError, match="sliding"):
-        ModelConfig.from_dict({"model_type": "qwen2", "use_sliding_window": True, **TINY})
+        QwenConfig.from_dict({"model_type": "qwen2", "use_sliding_window": True, **TINY})
 
 
 def test_plain_forward_matches_transformers(pair):

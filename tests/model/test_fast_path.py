@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from lastrank.model.config import DOC_MARKER_ID, QUERY_MARKER_ID
+from lastrank.model.jina import DOC_MARKER_ID, QUERY_MARKER_ID
 from lastrank.model.jina import load_jina_v3
 from lastrank.model.attention import apply_rope, rotate_half
 from lastrank.model.fusion import fuse_projections
@@ -192,11 +192,11 @@ def test_opt_in_compile_matches_eager(tiny_checkpoint, tmp_path, monkeypatch):
 def test_reader_places_fused_weights_side_by_side_and_moves_them_together(tiny_checkpoint):
     """read_safetensors: q/k/v (and gate/up) as consecutive rows of one buffer; to_device (the CUDA load
     path, exercised here with the CPU as target) keeps them views of one moved buffer."""
-    from lastrank.model.config import ModelConfig
+    from lastrank.model.config import QwenConfig
     from lastrank.model.fusion import fused_groups
     from lastrank.model.weights import read_safetensors, to_device
 
-    cfg = ModelConfig.from_file(tiny_checkpoint / "config.json")
+    cfg = QwenConfig.from_file(tiny_checkpoint / "config.json")
     state = read_safetensors(tiny_checkpoint / "model.safetensors", torch.float32, fused_groups(cfg), skip=("lm_head.weight",))
     on_disk = load_file(str(tiny_checkpoint / "model.safetensors"))
     assert set(state) == set(on_disk) - {"lm_head.weight"}

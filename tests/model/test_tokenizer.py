@@ -1,4 +1,4 @@
-"""lastrank's RerankTokenizer vs transformers' AutoTokenizer (as the official code loads it).
+"""lastrank's JinaV3Tokenizer vs transformers' AutoTokenizer (as the official code loads it).
 
 The official rerank() tokenizes with `AutoTokenizer.from_pretrained(path, trust_remote_code=True)`:
 `tokenizer(text, truncation=True, max_length=n)` for truncation, `tokenizer.decode(ids)` (default
@@ -120,7 +120,7 @@ def test_model_max_length_default(hf, lr):
 
 def test_model_max_length_from_tokenizer_config(make_tiny_checkpoint, tmp_path):
     from lastrank import Reranker
-    from lastrank.model.tokenizer import RerankTokenizer
+    from lastrank.model.tokenizer import JinaV3Tokenizer
     from transformers import AutoTokenizer
 
     small = make_tiny_checkpoint(model_max_length=3000)
@@ -135,7 +135,7 @@ def test_model_max_length_from_tokenizer_config(make_tiny_checkpoint, tmp_path):
     cfg["model_max_length"] = 777
     cfg_path.write_text(json.dumps(cfg))
     assert AutoTokenizer.from_pretrained(str(copy)).model_max_length == 777
-    assert RerankTokenizer.from_dir(copy).model_max_length == 777
+    assert JinaV3Tokenizer.from_dir(copy).model_max_length == 777
 
 
 def test_tokenizer_config_cleanup_flag(tiny_checkpoint):

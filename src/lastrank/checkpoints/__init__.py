@@ -40,7 +40,7 @@ class Preset:
         return write(path, seed=seed, dtype=dtype, **self.options, **extra)
 
 
-JINA_V3_WRITER = "lastrank.checkpoints.jina_v3:make_checkpoint"
+JINA_V3_WRITER = "lastrank.checkpoints.jina_v3:make_jina_v3_checkpoint"
 M0_WRITER = "lastrank.checkpoints.m0:make_m0_checkpoint"
 ST_WRITER = "lastrank.checkpoints.st:make_st_checkpoint"
 XLMR_WRITER = "lastrank.checkpoints.xlmr:make_xlmr_checkpoint"
@@ -60,8 +60,9 @@ XLMR_PRESETS = ("bge-reranker-v2-m3-tiny", "bge-reranker-v2-m3", "jina-reranker-
 # By family name (FamilySpec.name); every family has at least one tiny preset (tests/families/test_registry.py).
 PRESETS: dict[str, dict[str, Preset]] = {
     JINA_V3.name: {
-        "tiny": Preset(JINA_V3_WRITER, True, "hidden 64, 2 layers, the real vocabulary", dict(preset="tiny"), True),
-        "full": Preset(JINA_V3_WRITER, False, "jina-reranker-v3's shape (Qwen3-0.6B)", dict(preset="full"), True)},
+        "jina-v3-tiny": Preset(JINA_V3_WRITER, True, "hidden 64, 2 layers, the real vocabulary", dict(size="tiny"), True),
+        "jina-v3-full": Preset(JINA_V3_WRITER, False, "jina-reranker-v3's shape (Qwen3-0.6B)", dict(size="full"),
+                               True)},
     JINA_M0.name: {
         name: Preset(M0_WRITER, size == "tiny", "hidden 64" if size == "tiny" else "the released 2.4B shape",
                      dict(size=size))
@@ -84,13 +85,18 @@ PRESETS: dict[str, dict[str, Preset]] = {
 }
 
 
+# The names these presets had when lastrank served Jina V3 only; users' commands and scripts still say them.
+ALIASES = {"tiny": "jina-v3-tiny", "full": "jina-v3-full"}
+
+
 def presets(spec: FamilySpec) -> dict[str, Preset]:
     """A family's presets ({} for a family without any)."""
     return PRESETS.get(spec.name, {})
 
 
 def preset(name: str) -> tuple[FamilySpec, Preset]:
-    """(the family, the preset) that `lastrank make-checkpoint --preset name` writes."""
+    """(the family, the preset) that `lastrank make-checkpoint --preset name` writes (name, or an alias)."""
+    name = ALIASES.get(name, name)
     for spec in FAMILIES:
         if name in presets(spec):
             return spec, presets(spec)[name]

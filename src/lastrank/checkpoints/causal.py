@@ -37,7 +37,7 @@ from lastrank.checkpoints.jina_v3 import random_state_dict
 from lastrank.families.causal_lm import QWEN3_NEGATIVE, QWEN3_POSITIVE
 from lastrank.model.causal_lm import CausalLMForRanking
 from lastrank.model.checkpoint import NOTICE, RANDOM_WEIGHTS_FILE, RANDOM_WEIGHTS_KEY
-from lastrank.model.config import ModelConfig
+from lastrank.model.config import QwenConfig
 from lastrank.model.tokenizer import qwen3_tokenizer_dir
 
 KINDS = {
@@ -50,10 +50,10 @@ QWEN3_ONLY_TOKENS = ("<tool_response>", "</tool_response>", "<think>", "</think>
 
 def sizes():
     return {
-        "tiny": ModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        "tiny": QwenConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                             num_key_value_heads=2, head_dim=16, max_position_embeddings=40960),
-        "0.6b": ModelConfig(max_position_embeddings=40960),  # ModelConfig's defaults are Qwen3-0.6B's
-        "base": ModelConfig(model_type="qwen2", attention_bias=True, hidden_size=896, intermediate_size=4864,
+        "0.6b": QwenConfig(max_position_embeddings=40960),  # QwenConfig's defaults are Qwen3-0.6B's
+        "base": QwenConfig(model_type="qwen2", attention_bias=True, hidden_size=896, intermediate_size=4864,
                             num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, head_dim=64,
                             max_position_embeddings=32768),
     }

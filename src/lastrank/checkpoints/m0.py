@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from lastrank.checkpoints.causal import write_qwen_tokenizer
 from lastrank.checkpoints.jina_v3 import random_state_dict
 from lastrank.model.checkpoint import NOTICE, RANDOM_WEIGHTS_FILE, RANDOM_WEIGHTS_KEY
-from lastrank.model.config import ModelConfig
+from lastrank.model.config import QwenConfig
 from lastrank.model.jina_m0 import IMAGE_TOKEN_ID, VISION_END_ID, VISION_START_ID, JinaM0ForRanking
 from lastrank.model.qwen2_vl import CLIP_MEAN, CLIP_STD, VisionConfig
 
@@ -35,11 +35,11 @@ NAME = "jinaai/jina-reranker-m0"
 
 def sizes():
     return {
-        "tiny": (ModelConfig(model_type="qwen2", attention_bias=True, hidden_size=64, intermediate_size=128,
+        "tiny": (QwenConfig(model_type="qwen2", attention_bias=True, hidden_size=64, intermediate_size=128,
                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                              max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=False),
                  VisionConfig(depth=2, embed_dim=32, hidden_size=64, num_heads=4), (2, 3, 3)),
-        "2b": (ModelConfig(model_type="qwen2", attention_bias=True, hidden_size=1536, intermediate_size=8960,
+        "2b": (QwenConfig(model_type="qwen2", attention_bias=True, hidden_size=1536, intermediate_size=8960,
                            num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2, head_dim=128,
                            max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=False),
                VisionConfig(), (16, 24, 24)),

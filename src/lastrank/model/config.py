@@ -1,4 +1,4 @@
-"""ModelConfig: the fields of the checkpoint's config.json that the decoder math needs, in config.json's spelling.
+"""QwenConfig: the fields of the checkpoint's config.json that the decoder math needs, in config.json's spelling.
 
 One config for the Qwen3 and Qwen2 decoders (model/decoder.py); `model_type` switches what differs:
   - "qwen3": q_norm/k_norm (RMSNorm over each head's q and k before RoPE), no projection biases
@@ -11,19 +11,11 @@ What a family needs beyond that (e.g. Jina V3 must be a Qwen3 without biases) is
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-# Fixed by the official modeling.py (`self.projector_dim = 512`), not by config.json.
-PROJECTOR_OUT_DIM = 512
-DOC_MARKER = "<|embed_token|>"
-QUERY_MARKER = "<|rerank_token|>"
-DOC_MARKER_ID = 151670
-QUERY_MARKER_ID = 151671
-
-
 @dataclass
-class ModelConfig:
+class QwenConfig:
     model_type: str = "qwen3"
     hidden_size: int = 1024
     intermediate_size: int = 3072
@@ -56,7 +48,7 @@ class ModelConfig:
         return self.model_type == "qwen3"
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> "QwenConfig":
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known and v is not None}
         if d.get("model_type") == "qwen2":
@@ -76,38 +68,5 @@ class ModelConfig:
         return cls(**kw)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "ModelConfig":
+    def from_file(cls, path: str | Path) -> "QwenConfig":
         return cls.from_dict(json.loads(Path(path).read_text()))
-
-    def to_hf_dict(self) -> dict:
-        """config.json as the official jina-reranker-v3 checkpoint spells it."""
-        d = asdict(self)
-        d.update(
-            architectures=["JinaForRanking"],
-            auto_map={"AutoModel": "modeling.JinaForRanking"},
-            bos_token_id=151643,
-            eos_token_id=151645,
-            rope_scaling=None,
-            max_window_layers=self.num_hidden_layers,
-            sliding_window=None,
-            use_sliding_window=False,
-            attention_dropout=0.0,
-            use_cache=False,
-            initializer_range=0.02,
-            transformers_version="4.55.2",
-        )
-        return d
-
-
-PRESETS: dict[str, ModelConfig] = {
-    "full": ModelConfig(),
-    # Small enough for a CPU test suite, but with the real vocabulary so the real tokenizer works.
-    "tiny": ModelConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-    ),
-}

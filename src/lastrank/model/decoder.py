@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lastrank.model.attention import KV, Packing, PrefixCache, PrefixCaches, apply_rope, sdpa
-from lastrank.model.config import ModelConfig
+from lastrank.model.config import QwenConfig
 
 
 
@@ -67,7 +67,7 @@ def rope_cos_sin(
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: QwenConfig):
         super().__init__()
         self.n_heads = cfg.num_attention_heads
         self.n_kv_heads = cfg.num_key_value_heads
@@ -126,7 +126,7 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: QwenConfig):
         super().__init__()
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
@@ -141,7 +141,7 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: QwenConfig):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = Attention(cfg)
@@ -161,7 +161,7 @@ class DecoderLayer(nn.Module):
 class DecoderModel(nn.Module):
     """The backbone (HF's Qwen3Model / Qwen2Model): embeddings, layers, final norm; no LM head."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: QwenConfig):
         super().__init__()
         self.config = cfg
         # An explicit, uninitialised weight: every weight comes from a checkpoint, and nn.Embedding's own
@@ -173,7 +173,7 @@ class DecoderModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.compiled_layer = None  # set by fusion.enable_compile (opt-in)
         # Qwen2-VL's multimodal RoPE sections, e.g. (16, 24, 24) (rope_cos_sin); None: plain RoPE. Set by the
-        # multimodal model that owns this backbone (model/jina_m0.py), not part of ModelConfig: no text
+        # multimodal model that owns this backbone (model/jina_m0.py), not part of QwenConfig: no text
         # checkpoint has it.
         self.mrope_section: tuple[int, ...] | None = None
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from lastrank.errors import ModelNotAvailableError
-from lastrank.model.config import ModelConfig
+from lastrank.model.config import QwenConfig
 from lastrank.model.decoder import DecoderModel
 from lastrank.model.fusion import fused_groups
 from lastrank.model.weights import checkpoint_files, read_safetensors, strict_load, weights_file
@@ -29,7 +29,7 @@ from lastrank.model.weights import checkpoint_files, read_safetensors, strict_lo
 class DecoderEncoder(nn.Module):
     """`model`: the backbone under the name fusion.fuse_projections / fusion.enable_compile expect."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: QwenConfig):
         super().__init__()
         self.config = cfg
         self.model = DecoderModel(cfg)
@@ -47,7 +47,7 @@ def load_decoder_encoder(folder: Path, device: torch.device, dtype: torch.dtype,
     from safetensors import safe_open
 
     try:
-        cfg = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
+        cfg = QwenConfig.from_dict(json.loads((folder / "config.json").read_text()))
     except (OSError, TypeError, ValueError) as e:
         raise ModelNotAvailableError(f"{folder / 'config.json'} is not a usable Qwen2/Qwen3 config: {e}") from e
     files = checkpoint_files(folder)

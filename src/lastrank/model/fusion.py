@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from lastrank.model.attention import KV, ONE_SEQUENCE
-from lastrank.model.config import ModelConfig
+from lastrank.model.config import QwenConfig
 from lastrank.model.decoder import DecoderLayer
 
 
@@ -37,7 +37,7 @@ def enable_compile(model: nn.Module) -> None:
     model.model.compiled_layer = torch.compile(_causal_layer, dynamic=True)
 
 
-def fused_groups(cfg: ModelConfig) -> list[list[str]]:
+def fused_groups(cfg: QwenConfig) -> list[list[str]]:
     """The official tensor names that fuse_projections concatenates (what
     weights.read_safetensors places side by side), in its order."""
     groups = []

@@ -20,13 +20,22 @@ from torch import nn
 
 from lastrank.errors import ModelNotAvailableError
 from lastrank.model.attention import PrefixCache
-from lastrank.model.config import PROJECTOR_OUT_DIM, ModelConfig
+from lastrank.model.config import QwenConfig
 from lastrank.model.decoder import DecoderModel
 from lastrank.model.fusion import fused_groups
 from lastrank.model.weights import read_safetensors, strict_load
 
+# Fixed by the official modeling.py (`self.projector_dim = 512`), not by config.json.
+PROJECTOR_OUT_DIM = 512
+# The markers the prompt puts after each document and after the query: the hidden states read at them are
+# what the projector turns into vectors. Their ids in the official tokenizer (model/tokenizer.py adds them).
+DOC_MARKER = "<|embed_token|>"
+QUERY_MARKER = "<|rerank_token|>"
+DOC_MARKER_ID = 151670
+QUERY_MARKER_ID = 151671
 
-def check_config(cfg: ModelConfig) -> None:
+
+def check_config(cfg: QwenConfig) -> None:
     """What makes a decoder config a Jina Reranker V3 backbone: a Qwen3 without projection biases."""
     if cfg.model_type != "qwen3" or cfg.attention_bias:
         raise ValueError(f"jina-reranker-v3 is a Qwen3 decoder without attention biases; config.json has "
@@ -36,7 +45,7 @@ def check_config(cfg: ModelConfig) -> None:
 class JinaForRanking(nn.Module):
     """Backbone + projector. The engine calls `embed_blocks` (and `prefix_cache` through it)."""
 
-    def __init__(self, cfg: ModelConfig, projector_hidden: int | None = None, projector_out: int = PROJECTOR_OUT_DIM):
+    def __init__(self, cfg: QwenConfig, projector_hidden: int | None = None, projector_out: int = PROJECTOR_OUT_DIM):
         super().__init__()
         check_config(cfg)
         self.config = cfg
@@ -132,7 +141,7 @@ def load_jina_v3(path: Path, device: torch.device, dtype: torch.dtype, fuse: boo
     compile: opt-in torch.compile of the layers (`fusion.enable_compile`); None: LASTRANK_COMPILE decides
     (weights.strict_load). Off by default: the first compile costs tens of seconds.
     """
-    cfg = ModelConfig.from_file(path / "config.json")
+    cfg = QwenConfig.from_file(path / "config.json")
     file = path / "model.safetensors"
     # lm_head.weight is tied to embed_tokens; the reranker has no LM head: never read
     state = read_safetensors(file, dtype, fused_groups(cfg) if fuse else (), skip=("lm_head.weight",))

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from lastrank.errors import ModelNotAvailableError
-from lastrank.model.config import ModelConfig
+from lastrank.model.config import QwenConfig
 from lastrank.model.decoder import DecoderModel
 from lastrank.model.qwen2_vl import VisionConfig, VisionTransformer
 from lastrank.model.weights import checkpoint_files, read_safetensors, strict_load, weights_file
@@ -76,7 +76,7 @@ def mrope_positions(ids: list[int], grids: list[tuple[int, int, int]], merge: in
 
 
 class JinaM0ForRanking(nn.Module):
-    def __init__(self, cfg: ModelConfig, vision: VisionConfig, mrope_section: tuple[int, ...] = MROPE_SECTION,
+    def __init__(self, cfg: QwenConfig, vision: VisionConfig, mrope_section: tuple[int, ...] = MROPE_SECTION,
                  image_token_id: int = IMAGE_TOKEN_ID):
         super().__init__()
         if vision.hidden_size != cfg.hidden_size:
@@ -135,7 +135,7 @@ class JinaM0ForRanking(nn.Module):
         return self.raw_score(hidden)
 
 
-def m0_configs(config: dict) -> tuple[ModelConfig, VisionConfig, tuple[int, ...]]:
+def m0_configs(config: dict) -> tuple[QwenConfig, VisionConfig, tuple[int, ...]]:
     """config.json (flat, as the published checkpoint; or transformers 5's text_config) -> the three configs."""
     text = dict(config.get("text_config") or config)
     rope = text.pop("rope_scaling", None) or text.pop("rope_parameters", None) or {}
@@ -145,7 +145,7 @@ def m0_configs(config: dict) -> tuple[ModelConfig, VisionConfig, tuple[int, ...]
     if "rope_theta" not in text and "rope_theta" in rope:
         text["rope_theta"] = rope["rope_theta"]
     text.update(model_type="qwen2", tie_word_embeddings=False, use_sliding_window=False)
-    cfg = ModelConfig.from_dict(text)
+    cfg = QwenConfig.from_dict(text)
     vision = VisionConfig.from_dict(config.get("vision_config") or {})
     return cfg, vision, section
 

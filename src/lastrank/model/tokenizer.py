@@ -14,7 +14,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from lastrank.errors import ModelNotAvailableError
-from lastrank.model.config import DOC_MARKER, DOC_MARKER_ID, QUERY_MARKER, QUERY_MARKER_ID
+from lastrank.model.jina import DOC_MARKER, DOC_MARKER_ID, QUERY_MARKER, QUERY_MARKER_ID
 
 # Id 151669 in the Jina tokenizer is not documented; `tokenizers` assigns added ids densely, so a
 # placeholder must occupy it for the markers to land on 151670/151671.
@@ -29,7 +29,9 @@ def _clean_up_tokenization(text: str) -> str:
     return text
 
 
-class RerankTokenizer:
+class JinaV3Tokenizer:
+    """jina-reranker-v3's tokenizer: Qwen3's, with the document and query markers as added tokens."""
+
     def __init__(self, tokenizer: Tokenizer, model_max_length: int, clean_up_tokenization_spaces: bool = False):
         self.tokenizer = tokenizer
         self.tokenizer.no_truncation()
@@ -55,7 +57,7 @@ class RerankTokenizer:
         return i
 
     @classmethod
-    def from_dir(cls, path: str | Path) -> "RerankTokenizer":
+    def from_dir(cls, path: str | Path) -> "JinaV3Tokenizer":
         path = Path(path)
         tok = Tokenizer.from_file(str(path / "tokenizer.json"))
         cfg = {}
@@ -117,4 +119,4 @@ def write_jina_tokenizer(out_dir: str | Path, model_max_length: int = 131072, so
         "pad_token": {"content": "<|endoftext|>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False},
     }, indent=2))
     # Check what we wrote, so a broken tokenizer never reaches a checkpoint.
-    RerankTokenizer.from_dir(out)
+    JinaV3Tokenizer.from_dir(out)

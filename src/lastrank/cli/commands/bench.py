@@ -348,10 +348,10 @@ def prepare_checkpoint(args: argparse.Namespace, say) -> Path:
     if args.checkpoint:
         return Path(args.checkpoint)
     if args.quick:  # make-checkpoint's jina-v3 presets
-        return presets(JINA_V3)["tiny"].write(Path(tempfile.mkdtemp(prefix="lastrank-bench-tiny-")))
+        return presets(JINA_V3)["jina-v3-tiny"].write(Path(tempfile.mkdtemp(prefix="lastrank-bench-tiny-")))
     if not (DEFAULT_FULL_CHECKPOINT / "model.safetensors").is_file():
         say(f"making a random full-size checkpoint in {DEFAULT_FULL_CHECKPOINT} (once; ~1.2 GB) ...")
-        presets(JINA_V3)["full"].write(DEFAULT_FULL_CHECKPOINT)
+        presets(JINA_V3)["jina-v3-full"].write(DEFAULT_FULL_CHECKPOINT)
     return DEFAULT_FULL_CHECKPOINT
 
 

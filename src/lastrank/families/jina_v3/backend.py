@@ -23,7 +23,7 @@ from lastrank.errors import ModelError
 from lastrank.model.attention import PrefixCache
 from lastrank.model.jina import JinaForRanking, load_jina_v3
 from lastrank.model.resolve import REQUIRED_FILES, check_files
-from lastrank.model.tokenizer import RerankTokenizer
+from lastrank.model.tokenizer import JinaV3Tokenizer
 from lastrank.types import RerankRequest
 
 FAMILY = SPEC.name  # Capabilities.family
@@ -61,7 +61,7 @@ class JinaV3Backend(Backend):
     the cold start to the first result pays nothing for it.
     """
 
-    def __init__(self, model: JinaForRanking, tokenizer: RerankTokenizer, device: torch.device,
+    def __init__(self, model: JinaForRanking, tokenizer: JinaV3Tokenizer, device: torch.device,
                  pack_blocks: bool | None = None, max_pack_tokens: int = 32768, packed_attention: str = "segments",
                  reuse_prefix: bool = True, *, model_id: str = "", path: Path | None = None,
                  random_weights: bool = False):
@@ -91,7 +91,7 @@ class JinaV3Backend(Backend):
              random_weights: bool = False, compile: bool | None = None, pack_blocks: bool | None = None,
              **options) -> "JinaV3Backend":
         check_files(path, REQUIRED_FILES, "jina-reranker-v3")
-        tokenizer = RerankTokenizer.from_dir(path)
+        tokenizer = JinaV3Tokenizer.from_dir(path)
         model = load_jina_v3(path, device, dtype, compile=compile)
         return cls(model, tokenizer, device, pack_blocks=pack_blocks, model_id=model_id, path=path,
                    random_weights=random_weights, **options)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lastrank.model.tokenizer import RerankTokenizer
+from lastrank.model.tokenizer import JinaV3Tokenizer
 
 BLOCK_SIZE = 125  # documents per forward pass in the official code (the model card's "64" is wrong)
 
@@ -16,7 +16,7 @@ class Truncated:
     truncated: list[bool]
 
 
-def truncate_texts(tokenizer: RerankTokenizer, texts: list[str], max_length: int) -> Truncated:
+def truncate_texts(tokenizer: JinaV3Tokenizer, texts: list[str], max_length: int) -> Truncated:
     """Cut each text to `max_length` tokens. Like the official code, a text of exactly `max_length` tokens
     is also replaced by its decoded ids, which can change it (e.g. U+FFFD where a cut splits a character)."""
     out, lengths, flags = [], [], []

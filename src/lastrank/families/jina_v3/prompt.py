@@ -16,7 +16,7 @@ one-pass removal, a repeated one, and the single left-to-right stack scan used h
 from __future__ import annotations
 
 from lastrank.errors import InvalidRequestError
-from lastrank.model.config import DOC_MARKER, QUERY_MARKER
+from lastrank.model.jina import DOC_MARKER, QUERY_MARKER
 
 SYSTEM_PROMPT = (
     "You are a search relevance expert who can determine a ranking of the passages based on how relevant "
