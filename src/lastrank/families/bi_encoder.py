@@ -274,7 +274,7 @@ class EmbedBlock(Block):
 
 
 @dataclass
-class BlockOutput:
+class EmbedBlockOutput:
     query_embedding: np.ndarray | None  # float32 [dim]: in the request's first block only
     doc_embeddings: np.ndarray  # float32 [n, dim]
 
@@ -433,7 +433,7 @@ class BiEncoderBackend(Backend):
             vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
         return vectors.cpu().numpy()
 
-    def run_blocks(self, blocks: list[EmbedBlock]) -> list[BlockOutput]:
+    def run_blocks(self, blocks: list[EmbedBlock]) -> list[EmbedBlockOutput]:
         """One output per block, in order; every sequence of the batch goes through `embed` together."""
         if not blocks:
             return []
@@ -450,11 +450,11 @@ class BiEncoderBackend(Backend):
             q = None
             if b.query is not None:
                 q, at = vectors[at], at + 1
-            outputs.append(BlockOutput(q, vectors[at:at + len(b.sequences)]))
+            outputs.append(EmbedBlockOutput(q, vectors[at:at + len(b.sequences)]))
             at += len(b.sequences)
         return outputs
 
-    def scores(self, plan: RerankPlan, outputs: list[BlockOutput]) -> Scores:
+    def scores(self, plan: RerankPlan, outputs: list[EmbedBlockOutput]) -> Scores:
         q = outputs[0].query_embedding
         if q is None:
             raise RuntimeError("the first block of a request carries no query embedding. This is a bug.")

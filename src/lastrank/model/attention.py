@@ -24,7 +24,8 @@ KV = tuple[torch.Tensor, torch.Tensor]  # one layer's (keys, values), [kv_heads,
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """HF's formulation, kept for reference and tests; the forward uses `apply_rope`."""
+    """HF's formulation: the vision encoder's RoPE (qwen2_vl.py) and the tests' reference; the decoder's
+    forward uses `apply_rope`."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lastrank.images import to_rgb  # step 1 (torch-free, so lastrank.Client sends what the model reads)
+from lastrank.model.attention import rotate_half
 
 # The OpenAI CLIP normalisation the processor uses.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -160,11 +161,6 @@ def preprocess_image(image, limits: ImageLimits = ImageLimits()) -> tuple[np.nda
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(1.702 * x)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
 
 
 def vision_positions(grid_thw: list[tuple[int, int, int]], merge: int, device=None) -> torch.Tensor:

@@ -23,7 +23,7 @@ from lastrank.engine.dtype_choice import cpu_info
 from lastrank.eval.data import BUNDLED_ROOT
 from lastrank.families import JINA_V3
 from lastrank.families.jina_v3 import JinaV3Backend
-from lastrank.families.jina_v3.backend import BlockOutput
+from lastrank.families.jina_v3.backend import JinaBlockOutput
 from lastrank.reranker import Reranker
 from lastrank.types import RerankRequest
 
@@ -158,7 +158,7 @@ def compare_with_reference(backend, plan, ref_outputs, ours: list[dict]) -> dict
     outputs = []
     for q, d, s in ref_outputs:
         s32 = s.float().cpu().numpy()
-        outputs.append(BlockOutput(q.float().cpu().numpy(), d.float().cpu().numpy(), ((1.0 + s32) / 2.0).max()))
+        outputs.append(JinaBlockOutput(q.float().cpu().numpy(), d.float().cpu().numpy(), ((1.0 + s32) / 2.0).max()))
     ref_result = backend.finish(plan, outputs).results
     ref_scores = np.array([x.relevance_score for x in sorted(ref_result, key=lambda x: x.index)])
     our_scores = np.array([x["relevance_score"] for x in sorted(ours, key=lambda x: x["index"])])

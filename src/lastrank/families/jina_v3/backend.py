@@ -42,7 +42,7 @@ class JinaBlock(Block):
 
 
 @dataclass
-class BlockOutput:
+class JinaBlockOutput:
     query_embedding: np.ndarray  # float32 [1, 512]
     doc_embeddings: np.ndarray  # float32 [n, 512]
     weight: np.float32  # max over the block of (1 + cos) / 2, cos computed in the model dtype
@@ -114,7 +114,7 @@ class JinaV3Backend(Backend):
         tokens), with their character spans from the `tokenizers` encodings."""
         return [list(e.offsets) for e in self.tokenizer.tokenizer.encode_batch(texts, add_special_tokens=True)]
 
-    def run_blocks(self, blocks: list[JinaBlock]) -> list[BlockOutput]:
+    def run_blocks(self, blocks: list[JinaBlock]) -> list[JinaBlockOutput]:
         """Outputs in the order of `blocks`. Blocks may come from different requests: with packing on,
         consecutive blocks share one forward (up to max_pack_tokens), each exactly as if it ran alone."""
         pack = self.pack_blocks if self.pack_blocks is not None else self.device.type == "cuda"
@@ -123,7 +123,7 @@ class JinaV3Backend(Backend):
         groups = cut_blocks([b.n_tokens for b in blocks], self.max_pack_tokens)
         return [out for group in groups for out in self._run_group([blocks[i] for i in group])]
 
-    def _run_group(self, group: list[JinaBlock]) -> list[BlockOutput]:
+    def _run_group(self, group: list[JinaBlock]) -> list[JinaBlockOutput]:
         ids = [torch.tensor(b.input_ids, dtype=torch.long, device=self.device) for b in group]
         prefix = self.prefix if self.reuse_prefix else None
         pending = None
@@ -141,14 +141,14 @@ class JinaV3Backend(Backend):
             if d.shape[0] != len(block.doc_indices):
                 raise ModelError(f"block has {len(block.doc_indices)} documents but {d.shape[0]} markers. This is a bug.")
             s = scores.float().cpu().numpy()
-            outputs.append(BlockOutput(
+            outputs.append(JinaBlockOutput(
                 query_embedding=q.float().cpu().numpy()[None, :],
                 doc_embeddings=d.float().cpu().numpy(),
                 weight=((1.0 + s) / 2.0).max(),
             ))
         return outputs
 
-    def scores(self, plan: RerankPlan, outputs: list[BlockOutput]) -> Scores:
+    def scores(self, plan: RerankPlan, outputs: list[JinaBlockOutput]) -> Scores:
         # Official merge, in float32 numpy: weighted mean of the block query vectors, then the cosine of it
         # with every document vector. The per-block cosines are only weights.
         q = np.average(np.array([o.query_embedding for o in outputs]), axis=0, weights=[o.weight for o in outputs])
