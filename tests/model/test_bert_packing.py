@@ -1,4 +1,4 @@
-"""model/bert.py's Packing, shared by the BERT and XLM-R encoders: attention confined to each sequence when
+"""model/bert.py's EncoderPacking, shared by the BERT and XLM-R encoders: attention confined to each sequence when
 every sequence has the same length (one call over all rows, no gather), q/k/v given apart or fused, and both
 position rules against transformers' own functions."""
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lastrank.model.bert import Packing
+from lastrank.model.bert import EncoderPacking
 
 CPU = torch.device("cpu")
 
@@ -29,7 +29,7 @@ def test_attention_fused_and_apart_match_the_dense_reference(lengths):
     heads, d = 3, 4
     qkv = torch.randn(sum(lengths), 3 * heads * d, generator=g)
     q, k, v = (t.contiguous() for t in qkv.chunk(3, dim=1))
-    packing = Packing(lengths, CPU, heads)
+    packing = EncoderPacking(lengths, CPU, heads)
     expected = dense_reference(q, k, v, lengths, heads)
     torch.testing.assert_close(packing.attention(qkv, heads), expected, atol=1e-6, rtol=0)
     torch.testing.assert_close(packing.attend(q, k, v, heads), expected, atol=1e-6, rtol=0)
@@ -39,7 +39,7 @@ def test_position_rules_match_transformers():
     from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaEmbeddings
 
     seqs = [[0, 5, 6, 2], [0, 7, 1, 1, 8, 2], [0, 2]]  # a typed `<pad>` (id 1) inside the second
-    packing = Packing([len(s) for s in seqs], CPU, 1)
+    packing = EncoderPacking([len(s) for s in seqs], CPU, 1)
     ids = torch.tensor([t for s in seqs for t in s])
     bert = packing.positions(ids, "bert", 0)
     roberta = packing.positions(ids, "roberta", 1)
@@ -54,4 +54,4 @@ def test_position_rules_match_transformers():
 
 def test_empty_sequence_is_refused():
     with pytest.raises(ValueError, match="at least one token"):
-        Packing([3, 0], CPU, 1)
+        EncoderPacking([3, 0], CPU, 1)

@@ -16,7 +16,8 @@ import torch
 
 from lastrank.errors import ModelNotAvailableError
 from lastrank.checkpoints.xlmr import make_xlmr_checkpoint
-from lastrank.model.xlmr import Packing, load_xlmr
+from lastrank.model.bert import EncoderPacking
+from lastrank.model.xlmr import load_xlmr
 
 from support.reference_xlmr import flash_state, official_flash_forward, padded, padded_logits, transformers_model
 
@@ -93,7 +94,7 @@ def test_packing_attention_is_confined_to_each_sequence():
     heads, d = 2, 4
     qkv = torch.randn(sum(lengths), 3 * heads * d, generator=g)
     for max_scores in (1 << 26, 1):
-        got = Packing(lengths, torch.device("cpu"), heads, max_scores=max_scores).attention(qkv, heads)
+        got = EncoderPacking(lengths, torch.device("cpu"), heads, max_scores=max_scores).attention(qkv, heads)
         start = 0
         for n in lengths:
             x = qkv[start:start + n].view(n, 3, heads, d)

@@ -11,7 +11,7 @@ other position ids (`BertConfig.position_rule`).
 
 No padding waste: a batch of sequences runs as one packed forward. Their tokens are concatenated ([T] rows
 in all), positions restart for each, every projection / LayerNorm / MLP runs on all T rows at once, and
-attention is confined to each sequence (`Packing`: one SDPA call per group of equal-length sequences). In
+attention is confined to each sequence (`EncoderPacking`: one SDPA call per group of equal-length sequences). In
 float32 this equals the padded batch with an attention mask to rounding (tests/model/test_bert.py,
 tests/model/test_xlmr.py).
 """
@@ -85,7 +85,7 @@ class BertConfig:
     """The fields of config.json the math needs, in config.json's spelling, and the two things an encoder of
     this architecture does differently (class switches, not config.json fields; XLMRConfig sets both):
       - position_rule "bert": positions 0.. per sequence; "roberta": transformers'
-        create_position_ids_from_input_ids (`Packing.positions`);
+        create_position_ids_from_input_ids (`EncoderPacking.positions`);
       - fused_qkv: q/k/v as one Linear `attention.self.qkv` (rows [query; key; value]) instead of three.
         One [T, h] x [h, 3h] product instead of three; BERT keeps three so that its module names are exactly
         the checkpoint's and it loads with no name map.
@@ -142,8 +142,9 @@ class BertConfig:
         return d
 
 
-class Packing:
-    """Where each sequence sits in the packed token axis, and the attention confined to each.
+class EncoderPacking:
+    """Where each sequence sits in the packed token axis, and the (bidirectional) attention confined to each;
+    the decoders' causal packing is attention.Packing.
 
     Sequences of equal length are attended together in one batched SDPA call (no padding, no [T, T] mask, no
     work on pairs of different sequences); a group is cut so one call's score matrix stays under `max_scores`
@@ -259,7 +260,7 @@ class BertSelfAttention(nn.Module):
             self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
             self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
-    def forward(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, packing: EncoderPacking) -> torch.Tensor:
         if self.fused:
             return packing.attention(linear(self.qkv, x), self.num_heads)
         return packing.attend(linear(self.query, x), linear(self.key, x), linear(self.value, x), self.num_heads)
@@ -315,7 +316,7 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(cfg)
         self.output = BertOutput(cfg, cfg.intermediate_size)
 
-    def forward(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, packing: EncoderPacking) -> torch.Tensor:
         context = self.attention.self(x, packing)  # the only step that mixes rows
         out = torch.empty_like(x)
         for r in range(0, x.shape[0], ROW_CHUNK):
@@ -342,11 +343,11 @@ class BertModel(nn.Module):
         self.encoder = BertEncoder(cfg)
 
     def forward(self, input_ids: torch.Tensor, seq_lens: list[int] | None = None,
-                token_type_ids: torch.Tensor | None = None, packing: Packing | None = None) -> torch.Tensor:
-        """packing: the Packing of seq_lens when the caller already made one (it reads its `starts`)."""
+                token_type_ids: torch.Tensor | None = None, packing: EncoderPacking | None = None) -> torch.Tensor:
+        """packing: the EncoderPacking of seq_lens when the caller already made one (it reads its `starts`)."""
         cfg = self.config
         if packing is None:
-            packing = Packing(seq_lens if seq_lens is not None else [input_ids.shape[0]], input_ids.device,
+            packing = EncoderPacking(seq_lens if seq_lens is not None else [input_ids.shape[0]], input_ids.device,
                               cfg.num_attention_heads)
         if packing.total != input_ids.shape[0]:
             raise ValueError(f"seq_lens add up to {packing.total} but input_ids has {input_ids.shape[0]} tokens")

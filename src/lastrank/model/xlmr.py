@@ -41,7 +41,7 @@ So after the name mapping the two layouts are the same network; tests/model/test
 against transformers' XLMRobertaForSequenceClassification, and the flash layout also against a test-side
 port of the official block structure.
 
-Packed forward (model/bert.py's `Packing`): the pairs of a call are concatenated into one [tokens, hidden]
+Packed forward (model/bert.py's `EncoderPacking`): the pairs of a call are concatenated into one [tokens, hidden]
 matrix (no padding); every linear layer runs on all tokens at once and attention runs per pair, so no token
 ever attends to another pair's tokens and no compute is spent on padding.
 """
@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from lastrank.errors import ModelNotAvailableError
-from lastrank.model.bert import BertConfig, BertModel, Packing
+from lastrank.model.bert import BertConfig, BertModel, EncoderPacking
 from lastrank.model.weights import strict_load
 
 LAYOUTS = ("transformers", "flash")
@@ -108,7 +108,7 @@ class XLMRobertaForSequenceClassification(nn.Module):
     def forward(self, sequences: list[list[int]]) -> torch.Tensor:
         """Logits [len(sequences), num_labels] of every (already encoded) pair, in one packed forward."""
         device = self.classifier.dense.weight.device
-        packing = Packing([len(s) for s in sequences], device, self.config.num_attention_heads)
+        packing = EncoderPacking([len(s) for s in sequences], device, self.config.num_attention_heads)
         ids = torch.tensor([t for s in sequences for t in s], dtype=torch.long, device=device)
         x = self.roberta(ids, packing=packing)
         # the head reads only each pair's <s> row
