@@ -1,4 +1,4 @@
-"""lastrank: exact, fast, self-hosted Jina Reranker V3."""
+"""lastrank: a self-hosted rerank engine and API server for open rerankers (see `lastrank.cli.DESCRIPTION`)."""
 
 import importlib
 

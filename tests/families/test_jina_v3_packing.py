@@ -84,7 +84,7 @@ def test_embed_blocks_packed_equals_one_by_one(model, attention):
     packed = model.embed_blocks(blocks, DOC_MARKER_ID, QUERY_MARKER_ID, attention=attention)
     assert len(packed) == 3
     for ids, (q, d, s) in zip(blocks, packed):
-        q0, d0, s0 = model.embed(ids, DOC_MARKER_ID, QUERY_MARKER_ID)
+        q0, d0, s0 = model.embed_blocks([ids], DOC_MARKER_ID, QUERY_MARKER_ID)[0]
         assert d.shape == d0.shape
         for x, y in ((q, q0), (d, d0), (s, s0)):
             torch.testing.assert_close(x, y, atol=ATOL, rtol=0)

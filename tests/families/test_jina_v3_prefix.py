@@ -55,9 +55,9 @@ def test_embed_blocks_with_prefix_equals_whole_prompts(model, attention):
     blocks = [_prompt(120, [40, 70, 100], 110, head), _prompt(60, [30], 50, head), _prompt(24 + 2, [23], 25, head)]
     prefix = model.prefix_cache(head)
     assert len(prefix) == 23 and len(prefix.kv) == model.config.num_hidden_layers
-    whole = [model.embed(b, DOC_MARKER_ID, QUERY_MARKER_ID) for b in blocks]
+    whole = [model.embed_blocks([b], DOC_MARKER_ID, QUERY_MARKER_ID)[0] for b in blocks]
     for got in (model.embed_blocks(blocks, DOC_MARKER_ID, QUERY_MARKER_ID, attention, prefix=prefix),
-                [model.embed(b, DOC_MARKER_ID, QUERY_MARKER_ID, prefix=prefix) for b in blocks]):
+                [model.embed_blocks([b], DOC_MARKER_ID, QUERY_MARKER_ID, prefix=prefix)[0] for b in blocks]):
         for g, w in zip(got, whole):
             for a, b in zip(g, w):
                 torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
@@ -79,7 +79,7 @@ def test_blocks_without_the_prefix_run_whole(model):
     prefix = model.prefix_cache(head)
     other = _prompt(50, [20], 40, torch.zeros(10, dtype=torch.long))
     same = _prompt(50, [20], 40, head)
-    want = [model.embed(b, DOC_MARKER_ID, QUERY_MARKER_ID) for b in (other, same)]
+    want = [model.embed_blocks([b], DOC_MARKER_ID, QUERY_MARKER_ID)[0] for b in (other, same)]
     got = model.embed_blocks([other, same], DOC_MARKER_ID, QUERY_MARKER_ID, prefix=prefix)
     for g, w in zip(got, want):
         for a, b in zip(g, w):

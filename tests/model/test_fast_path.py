@@ -96,7 +96,7 @@ def test_embed_equals_official_forward(models, fuse):
     """Cutting the prompt after the query marker and the marker-only last layer change nothing read."""
     model = models[fuse]
     ids = random_prompt(400, [20, 90, 91, 300], tail=15)
-    q, d, s = model.embed(ids, DOC_MARKER_ID, QUERY_MARKER_ID)
+    q, d, s = model.embed_blocks([ids], DOC_MARKER_ID, QUERY_MARKER_ID)[0]
     q0, d0, s0 = naive_embed(model, ids)
     torch.testing.assert_close(q, q0, atol=ATOL, rtol=0)
     torch.testing.assert_close(d, d0, atol=ATOL, rtol=0)
@@ -109,11 +109,11 @@ def test_embed_rejects_marker_counts(models):
     two_queries = ids.clone()
     two_queries[10] = QUERY_MARKER_ID
     with pytest.raises(RuntimeError, match="exactly one query marker"):
-        model.embed(two_queries, DOC_MARKER_ID, QUERY_MARKER_ID)
+        model.embed_blocks([two_queries], DOC_MARKER_ID, QUERY_MARKER_ID)
     doc_after_query = ids.clone()
     doc_after_query[-2] = DOC_MARKER_ID
     with pytest.raises(RuntimeError, match="follows the query marker"):
-        model.embed(doc_after_query, DOC_MARKER_ID, QUERY_MARKER_ID)
+        model.embed_blocks([doc_after_query], DOC_MARKER_ID, QUERY_MARKER_ID)
 
 
 def test_fusion_keeps_official_parameters(tiny_checkpoint, models):
@@ -132,7 +132,8 @@ def test_fusion_keeps_official_parameters(tiny_checkpoint, models):
     # fusing again (e.g. a model fused by hand after loading) is harmless
     fuse_projections(plain)
     ids = random_prompt(120, [7, 60])
-    for a, b in zip(plain.embed(ids, DOC_MARKER_ID, QUERY_MARKER_ID), fused.embed(ids, DOC_MARKER_ID, QUERY_MARKER_ID)):
+    for a, b in zip(plain.embed_blocks([ids], DOC_MARKER_ID, QUERY_MARKER_ID)[0],
+                    fused.embed_blocks([ids], DOC_MARKER_ID, QUERY_MARKER_ID)[0]):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
 
 
@@ -141,8 +142,8 @@ def test_bf16_fast_path_close_to_float32(tiny_checkpoint):
     m16 = load_jina_v3(tiny_checkpoint, torch.device("cpu"), torch.bfloat16)
     m32 = load_jina_v3(tiny_checkpoint, torch.device("cpu"), torch.float32)
     ids = random_prompt(300, [10, 50, 120, 200])
-    s16 = m16.embed(ids, DOC_MARKER_ID, QUERY_MARKER_ID)[2].float()
-    s32 = m32.embed(ids, DOC_MARKER_ID, QUERY_MARKER_ID)[2]
+    s16 = m16.embed_blocks([ids], DOC_MARKER_ID, QUERY_MARKER_ID)[0][2].float()
+    s32 = m32.embed_blocks([ids], DOC_MARKER_ID, QUERY_MARKER_ID)[0][2]
     # measured 9e-4 on cosines spanning 0.09-0.17 (a bf16 ulp there is 2^-10 ~ 1e-3): the bound is 4 ulps,
     # a twentieth of that spread (0.05, the bound before, was over half of it)
     assert s32.max() - s32.min() > 0.03
@@ -179,13 +180,14 @@ def test_opt_in_compile_matches_eager(tiny_checkpoint, tmp_path, monkeypatch):
     assert compiled.model.compiled_layer is not None and eager.model.compiled_layer is None
     for n in (300, 171):  # two lengths: one dynamic graph
         ids = random_prompt(n, [10, 100, 150])
-        for a, b in zip(compiled.embed(ids, DOC_MARKER_ID, QUERY_MARKER_ID), eager.embed(ids, DOC_MARKER_ID, QUERY_MARKER_ID)):
+        for a, b in zip(compiled.embed_blocks([ids], DOC_MARKER_ID, QUERY_MARKER_ID)[0],
+                        eager.embed_blocks([ids], DOC_MARKER_ID, QUERY_MARKER_ID)[0]):
             torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
     # with a cached prefix the compiled layers read its keys and values (the engine's default path)
     ids = random_prompt(300, [10, 100, 150])
     prefix = compiled.prefix_cache(ids[:7])
-    for a, b in zip(compiled.embed(ids, DOC_MARKER_ID, QUERY_MARKER_ID, prefix=prefix),
-                    eager.embed(ids, DOC_MARKER_ID, QUERY_MARKER_ID)):
+    for a, b in zip(compiled.embed_blocks([ids], DOC_MARKER_ID, QUERY_MARKER_ID, prefix=prefix)[0],
+                    eager.embed_blocks([ids], DOC_MARKER_ID, QUERY_MARKER_ID)[0]):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
 
 

@@ -17,12 +17,11 @@ Decisions (each tested in tests/api):
   a name its family is known by ("jinaai/jina-reranker-v3", "all-MiniLM-L6-v2"). With one model it may be
   omitted/null; with several it is required (400 listing them). Anything else is 404 listing the served
   names. A key limited to other models gets 403. Responses always carry the served name.
-- The query is a string. On the Jina dialect (/v1/rerank, and /rerank without `texts`) it may also be
-  Jina's object form {"text": "..."} (its multimodal TextDoc shape), ranked as its text; other fields
-  of the object are ignored, an `image` is a 422 unless the model takes images (Capabilities.images:
-  jina-reranker-m0), and an object without a string
-  `text`, a number, a list, a bool or null are 422s naming both accepted forms. Cohere v2 and TEI take
-  strings only. A blank text is the empty-query 400.
+- The query and every document take the same input forms on every route (a string, {"text": ...},
+  {"image": ...} or vLLM's {"content": [one part]}; dialects/base.py lists them and `split_inputs` reads
+  them). An image reaches only a model that takes images (Capabilities.images: jina-reranker-m0), else 422;
+  a value none of these forms reads is refused with a message naming where it is. A blank query text is the
+  empty-query 400.
 - Documents are strings or objects. Objects are ranked on `text`, or on `rank_fields` (one field: its
   value; several: "field: value" lines in the order given); they are echoed back exactly as sent.
   Returned documents are objects: {"text": ...} for a string document.

@@ -248,7 +248,7 @@ class ChunkPlan(RerankPlan):
 
 class ChunkingBackend(Backend):
     """`backend` with chunk mode added (module docstring). Everything else is the wrapped backend's: a
-    request in truncate mode, `run_blocks`, `warmup`, `describe`, and any attribute the wrapper does not
+    request in truncate mode, `limits`, `run_blocks`, `warmup`, and any attribute the wrapper does not
     have (`tokenizer`, `model`, `device`, ...)."""
 
     def __init__(self, backend: Backend, max_chunks: int = DEFAULT_MAX_CHUNKS):

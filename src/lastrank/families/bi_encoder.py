@@ -407,7 +407,7 @@ class BiEncoderBackend(Backend):
         out = np.zeros((len(sequences), self.capabilities.embedding_dim), dtype=np.float32)
         # shortest first: a packed forward then holds sequences of similar lengths, and those of one length lie
         # side by side, so the backbone's attention reads them as views instead of gathering them
-        # (model/bert.py, Packing); every sequence's vector is the same in any order
+        # (model/bert.py, EncoderPacking); every sequence's vector is the same in any order
         kept = sorted((i for i, s in enumerate(sequences) if s), key=lambda i: len(sequences[i]))
         for group in cut_blocks([len(sequences[i]) for i in kept], self.max_forward_tokens):
             chunk = [kept[g] for g in group]

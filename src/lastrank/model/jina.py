@@ -3,7 +3,7 @@
 Module attributes mirror the checkpoint's tensor names (`model.layers.{i}...`, `projector.0`,
 `projector.2`), so the official safetensors load strictly with no rename table.
 
-Speed (issue 5, numbers in docs/benchmarks.md): `JinaForRanking.embed_blocks` computes only what the
+Speed (numbers in docs/benchmarks.md): `JinaForRanking.embed_blocks` computes only what the
 official forward reads (prompt cut after the query marker; last layer, final norm and projector at the
 marker rows only), can skip the fixed system turn whose keys and values are cached (attention.PrefixCache), and
 can pack several blocks into one forward (attention.Packing).
@@ -43,7 +43,8 @@ def check_config(cfg: QwenConfig) -> None:
 
 
 class JinaForRanking(nn.Module):
-    """Backbone + projector. The engine calls `embed_blocks` (and `prefix_cache` through it)."""
+    """Backbone + projector. The backend calls `embed_blocks`, with a prefix cache it fills from its first
+    forward (on_kv); `prefix_cache` fills one by running the prefix alone, the tests' check of that path."""
 
     def __init__(self, cfg: QwenConfig, projector_hidden: int | None = None, projector_out: int = PROJECTOR_OUT_DIM):
         super().__init__()
@@ -67,16 +68,6 @@ class JinaForRanking(nn.Module):
         # rows: the last layer's keys and values are all computed, its queries and MLP only for one row
         self.model(cache.ids, rows=torch.tensor([len(cache) - 1], device=device), on_kv=cache.keep)
         return cache
-
-    @torch.inference_mode()
-    def embed(
-        self, input_ids: torch.Tensor, doc_marker_id: int, query_marker_id: int, prefix: PrefixCache | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One block prompt [T] -> (query vector [512], document vectors [n, 512], cosines [n]).
-
-        All three stay in the model dtype, as in the official forward: the cosines feed the block weight.
-        """
-        return self.embed_blocks([input_ids], doc_marker_id, query_marker_id, prefix=prefix)[0]
 
     @torch.inference_mode()
     def embed_blocks(

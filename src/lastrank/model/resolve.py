@@ -17,7 +17,6 @@ from urllib.parse import urlparse
 from lastrank.errors import ModelNotAvailableError
 from lastrank.model.packaged import canonical_id, install_hint, packaged_folder
 
-REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")  # jina-reranker-v3's
 # Everything a supported family reads: configs and tokenizer files at any depth (sentence-transformers keeps
 # its pooling config in 1_Pooling/), safetensors weights, and pytorch_model.bin (jina-reranker-v2 ships only that).
 HUB_PATTERNS = ["*.json", "*.safetensors", "pytorch_model.bin", "*.txt", "*.model", "**/*.json"]

@@ -22,7 +22,7 @@ from lastrank.families.jina_v3.prompt import PREFIX, build_prompt
 from lastrank.errors import ModelError
 from lastrank.model.attention import PrefixCache
 from lastrank.model.jina import JinaForRanking, load_jina_v3
-from lastrank.model.resolve import REQUIRED_FILES, check_files
+from lastrank.model.resolve import check_files
 from lastrank.model.tokenizer import JinaV3Tokenizer
 from lastrank.types import RerankRequest
 
@@ -90,7 +90,7 @@ class JinaV3Backend(Backend):
     def load(cls, path: Path, device: torch.device, dtype: torch.dtype, *, model_id: str = "",
              random_weights: bool = False, compile: bool | None = None, pack_blocks: bool | None = None,
              **options) -> "JinaV3Backend":
-        check_files(path, REQUIRED_FILES, "jina-reranker-v3")
+        check_files(path, ("config.json", "model.safetensors", "tokenizer.json"), "jina-reranker-v3")
         tokenizer = JinaV3Tokenizer.from_dir(path)
         model = load_jina_v3(path, device, dtype, compile=compile)
         return cls(model, tokenizer, device, pack_blocks=pack_blocks, model_id=model_id, path=path,
@@ -153,11 +153,8 @@ class JinaV3Backend(Backend):
         # with every document vector. The per-block cosines are only weights.
         q = np.average(np.array([o.query_embedding for o in outputs]), axis=0, weights=[o.weight for o in outputs])
         D = np.concatenate([o.doc_embeddings for o in outputs], axis=0)
+        # D's rows are the documents in input order: plan.split_blocks cuts them into consecutive blocks.
         cos = (np.dot(q, D.T) / (np.linalg.norm(q) * np.linalg.norm(D, axis=1)))[0]
-        doc_rows = np.array([i for b in plan.blocks for i in b.doc_indices])  # D's row -> input index
-        if not np.array_equal(doc_rows, np.arange(len(doc_rows))):  # blocks are consecutive: never taken today
-            order = np.argsort(doc_rows)
-            cos, D = cos[order], D[order]
         return Scores(relevance=cos, raw=cos, embeddings=D)
 
 

@@ -1,4 +1,5 @@
-"""Truncation and blocking exactly as the official rerank() does them (model-spec §6, steps 1-3). Pure."""
+"""Truncation and blocking exactly as the official rerank() does them (its first three steps: truncate the
+query and the documents, then cut the documents into blocks). Pure."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The exact prompt of the official modeling.py (model-spec §4). Any byte changed here changes scores.
+"""The exact prompt the official modeling.py builds: its chat template around the query and the documents,
+with their markers. Any byte changed here changes scores.
 
 One intended deviation: marker strings are removed from user text until none is left. The official code
 removes every literal query marker, then every literal document marker, once. Nested strings such as
