@@ -35,7 +35,7 @@ Task prompts and `instruction` (the documented convention of this family):
     the error an unknown task gets, and Capabilities.instruction is True when the folder defines any.
   - Any other instruction is an InvalidRequestError (400): a bi-encoder has no free-text instruction slot,
     and silently ignoring one would return scores the caller did not ask for.
-The backbone runs the sequences of a batch packed, without padding (model/bert.py, model/fusion.py); with
+The backbone runs the sequences of a batch packed, without padding (model/bert.py, model/attention.py); with
 last-token pooling on a decoder, its last layer runs at the last rows only.
 """
 

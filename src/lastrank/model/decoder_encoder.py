@@ -7,8 +7,8 @@ jinaai/jina-code-embeddings-0.5b): the shared decoder of model/decoder.py, no he
 Checkpoint layouts: transformers' Qwen2Model / Qwen3Model names (`embed_tokens.weight`, `layers.{i}...`,
 `norm.weight`; what a sentence-transformers folder saved from the bare model holds) or the *ForCausalLM names
 (`model.` prefix; `lm_head.weight`, if present, is never read). Everything else must match exactly.
-Packing, the rows-only last layer and fused projections are model/fusion.py's (one implementation for every
-decoder family).
+Packing and the rows-only last layer are model/attention.py's, fused projections model/fusion.py's (one
+implementation for every decoder family); loading is model/weights.py's strict_load.
 """
 
 from __future__ import annotations
