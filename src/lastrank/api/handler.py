@@ -290,8 +290,8 @@ async def _release_credit(state: ServerState, request_id: str) -> None:
 
 def _upstream_cost(model: ServedModel, provider: str | None, documents: int) -> float | None:
     """What the routed model's provider that answered costs the operator (its cost_per_1k_docs), else None."""
-    for p in getattr(model.scheduler, "providers", None) or ():
-        if provider is not None and getattr(p, "name", None) == provider:
+    for p in (model.scheduler.providers if model.scheduler is not None else ()):
+        if provider is not None and p.name == provider:
             return credit_price_nano(documents, p.config.cost_per_1k_docs) / 1e9
     return None
 
