@@ -11,12 +11,11 @@ make-checkpoint --help` lists the presets without loading torch while the writer
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lastrank.families import BI_ENCODER, CAUSAL_LM, CROSS_ENCODER, FAMILIES, JINA_M0, JINA_V3, FamilySpec
+from lastrank.families import BI_ENCODER, CAUSAL_LM, CROSS_ENCODER, FAMILIES, JINA_M0, JINA_V3, FamilySpec, Lazy
 
 
 @dataclass(frozen=True)
@@ -34,8 +33,7 @@ class Preset:
 
     def write(self, path, *, seed: int = 0, dtype: str = "bfloat16", model_max_length: int = 131072) -> Path:
         """Write the folder (-> the folder written)."""
-        module, _, function = self.writer.partition(":")
-        write = getattr(importlib.import_module(module), function)
+        write = Lazy.named(self.writer)
         extra = {"model_max_length": model_max_length} if self.takes_max_length else {}
         return write(path, seed=seed, dtype=dtype, **self.options, **extra)
 

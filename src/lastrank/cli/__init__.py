@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Callable
 
 from lastrank import __version__
 from lastrank.errors import LastrankError
+from lastrank.families import Lazy
 
 # `lastrank --help`'s first line: pyproject.toml's one-line summary, word for word (tests/test_docs_hold.py)
 DESCRIPTION = ("A self-hosted rerank engine and API server: open rerankers (Jina v3 and m0, Qwen3-Reranker, mxbai, "
@@ -34,12 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def handler(name: str) -> Callable[[argparse.Namespace], int | None]:
-    """The function a parser names as "module:function" (e.g. "lastrank.cli.commands.serve:run")."""
-    module, _, function = name.partition(":")
-    return getattr(importlib.import_module(module), function)
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         # building the parser reads the LASTRANK_* environment (serve's flag defaults): a bad value is one
@@ -50,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parser.parse_args(argv)
     try:
-        return int(handler(args.handler)(args) or 0)
+        return int(Lazy.named(args.handler)(args) or 0)  # e.g. "lastrank.cli.commands.serve:run"
     except LastrankError as e:
         print(f"lastrank: error: {e.message}", file=sys.stderr)
         return 2

@@ -44,6 +44,12 @@ class Lazy:
     module: str
     attr: str
 
+    @classmethod
+    def named(cls, name: str) -> "Lazy":
+        """From "module:function" (how the checkpoint presets and the CLI's parsers name their functions)."""
+        module, _, attr = name.partition(":")
+        return cls(module, attr)
+
     def __call__(self, *args, **kwargs):
         return getattr(importlib.import_module(self.module), self.attr)(*args, **kwargs)
 
