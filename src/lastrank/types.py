@@ -51,6 +51,10 @@ def _check_bool(name: str, value) -> None:
         raise InvalidRequestError(f"{name} must be true or false, got {type(value).__name__}")
 
 
+# RerankOptions' counts (None: the default) and the least value each takes
+_COUNTS = {"top_n": 0, "max_doc_length": 1, "max_query_length": 1, "chunk_overlap": 0, "max_chunks_per_doc": 1}
+
+
 @dataclass(frozen=True)
 class RerankOptions:
     """How to rank (everything about a request but its inputs and identity). Frozen, and validated once, here,
@@ -84,12 +88,11 @@ class RerankOptions:
     return_spans: bool = field(default=False, metadata=CHUNK_MODE)
 
     def __post_init__(self):
-        if self.top_n is not None:
-            _set(self, "top_n", _check_int("top_n", self.top_n, 0))
-        _check_bool("return_embeddings", self.return_embeddings)
-        for name in ("max_doc_length", "max_query_length"):
+        for name, minimum in _COUNTS.items():
             if getattr(self, name) is not None:
-                _set(self, name, _check_int(name, getattr(self, name), 1))
+                _set(self, name, _check_int(name, getattr(self, name), minimum))
+        for name in ("return_embeddings", "truncate", "return_spans"):
+            _check_bool(name, getattr(self, name))
         if self.instruction is not None:
             if not isinstance(self.instruction, str):
                 raise InvalidRequestError(
@@ -100,14 +103,8 @@ class RerankOptions:
                     or not math.isfinite(self.score_threshold):
                 raise InvalidRequestError(f"score_threshold must be a finite number, got {self.score_threshold!r}")
             _set(self, "score_threshold", float(self.score_threshold))
-        _check_bool("truncate", self.truncate)
         if self.chunking not in CHUNKING_MODES:
             raise InvalidRequestError(f"chunking must be one of {', '.join(map(repr, CHUNKING_MODES))}, got {self.chunking!r}")
-        if self.chunk_overlap is not None:
-            _set(self, "chunk_overlap", _check_int("chunk_overlap", self.chunk_overlap, 0))
-        if self.max_chunks_per_doc is not None:
-            _set(self, "max_chunks_per_doc", _check_int("max_chunks_per_doc", self.max_chunks_per_doc, 1))
-        _check_bool("return_spans", self.return_spans)
 
 
 @dataclass

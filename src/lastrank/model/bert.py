@@ -19,7 +19,6 @@ tests/model/test_xlmr.py).
 from __future__ import annotations
 
 import functools
-
 import json
 from dataclasses import dataclass, fields
 from typing import ClassVar
