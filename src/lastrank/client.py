@@ -127,10 +127,12 @@ class Client:
         its /v1/models ids).
         As in Reranker.rerank, the query and any document may be an image (PIL.Image, encoded bytes, a path) for
         a multimodal model: it is sent as {"image": base64}, and "document" gives back the object passed."""
-        if not RerankOptions(**options).truncate:  # checked before anything is sent (the server checks again)
+        checked = RerankOptions(**options)  # before anything is sent (the server checks again)
+        if not checked.truncate:
             raise E.InvalidRequestError("truncate=False is not carried by /v1/rerank (the Jina body has no truncate); "
                                         "Reranker.rerank and TEI's /rerank take it")
-        options.pop("truncate", None)
+        # the options given, as RerankOptions normalised them (numpy numbers -> int / float, which JSON takes)
+        options = {name: getattr(checked, name) for name in options if name != "truncate"}
         documents = list(documents)
         body: dict[str, Any] = {
             "model": model,

@@ -134,3 +134,16 @@ def test_python_client_picks_the_model_and_leaves_limits_to_it(server, tiny_rera
             assert g["relevance_score"] == pytest.approx(e.relevance_score, abs=1e-5)
     with pytest.raises(InvalidRequestError, match="`model` is required"):
         http.rerank(QUERY, DOCS)
+
+
+def test_python_client_sends_options_as_rerank_options_normalised_them(server):
+    """Client.rerank sends the options RerankOptions checked, normalised: a numpy count goes out as an int (JSON
+    has no numpy types; before, httpx could not encode it)."""
+    import numpy as np
+
+    from lastrank import Client
+
+    http = Client("http://testserver")
+    http._http = server
+    got = http.rerank(QUERY, DOCS, model="minilm", top_n=np.int64(2), max_doc_length=np.int32(64))
+    assert len(got) == 2
