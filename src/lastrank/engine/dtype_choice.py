@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from lastrank.model.checkpoint import read_config
 from lastrank.types import RerankRequest
 
 log = logging.getLogger("lastrank.dtype")
@@ -163,15 +164,6 @@ def _write_cache(key: str, value: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------ step 1: speed
-
-
-def read_config(folder: Path) -> dict:
-    """config.json parsed ({} when missing or not an object)."""
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return config if isinstance(config, dict) else {}
 
 
 def model_shape(config: dict) -> tuple[int, int]:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lastrank.errors import ModelNotAvailableError
+from lastrank.model.checkpoint import read_config
 
 
 @dataclass(frozen=True)
@@ -162,12 +163,7 @@ def module_kind(module: dict) -> str:
 
 def folder_facts(folder: Path) -> tuple[dict, str]:
     """-> (config.json parsed, a one-line description of what was found, for errors)."""
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        config = {}
-    if not isinstance(config, dict):
-        config = {}
+    config = read_config(folder)
     found = [f"architectures={config.get('architectures')}", f"model_type={config.get('model_type')!r}"]
     if (folder / "modules.json").is_file():
         modules = st_modules(folder)

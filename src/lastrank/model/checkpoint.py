@@ -28,8 +28,16 @@ def is_random_checkpoint(path: str | Path) -> bool:
     folder = Path(path)
     if (folder / RANDOM_WEIGHTS_FILE).is_file():
         return True
+    config = read_config(folder)
+    return config.get(RANDOM_WEIGHTS_KEY) is True or "lastrank_notice" in config
+
+
+def read_config(folder: Path) -> dict:
+    """A folder's config.json parsed, or {} when it is missing, unreadable or not a JSON object: what family
+    detection (families.folder_facts), dtype auto's probe and the marker above read before any loader, whose
+    own reading is strict."""
     try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and (config.get(RANDOM_WEIGHTS_KEY) is True or "lastrank_notice" in config)
+        return {}
+    return config if isinstance(config, dict) else {}
