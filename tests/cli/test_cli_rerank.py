@@ -215,3 +215,19 @@ def test_python_api_refuses_lone_surrogates_naming_the_item(tiny_reranker):
     with pytest.raises(InvalidRequestError, match="instruction is not valid Unicode"):
         tiny_reranker.rerank("q", ["fine"], instruction="x\udfff")
     assert tiny_reranker.rerank("café ❤️", ["fine"])  # real non-ASCII text is fine
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["rerank", "--bogus"], "unrecognized arguments: --bogus (see 'lastrank rerank --help')"),
+    ([], "the following arguments are required: COMMAND (see 'lastrank --help')"),
+    (["rerank", "--model", "m", "--query", "q", "--top-n", "many"], "argument --top-n: invalid int value: 'many'"),
+    (["keys", "revoke"], "the following arguments are required"),
+    (["bench", "--family", "nope"], "argument --family: invalid choice: 'nope'"),
+])
+def test_a_usage_error_is_one_line_naming_the_commands_help(argv, says, capsys):
+    """argparse's own errors (unknown flag, missing or malformed argument) are one `lastrank: error:` line too:
+    argparse printed its usage (several lines for rerank) before `lastrank rerank: error: ...`."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert says in one_error_line(capsys)

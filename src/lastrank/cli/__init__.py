@@ -24,13 +24,23 @@ DESCRIPTION = ("A self-hosted rerank engine and API server: open rerankers (Jina
 SUBCOMMAND_MODULES = ["rerank", "checkpoint", "serve", "keys", "usage", "eval", "bench"]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line like every other error of the CLI: `lastrank: error: ...`,
+    naming the command's --help (argparse prints its usage, often several lines, and then `lastrank rerank:
+    error: ...`). Subcommands' parsers are of this class too (add_subparsers uses the parent's class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"lastrank: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lastrank", description=DESCRIPTION + ".")
+    parser = Parser(prog="lastrank", description=DESCRIPTION + ".")
     parser.add_argument("--version", action="version", version=f"lastrank {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(f"lastrank.cli.{name}").register(sub)
+    parser.commands = sub.choices  # name -> the subcommand's parser (main: whose --help an error names)
     return parser
 
 
@@ -42,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except LastrankError as e:
         print(f"lastrank: error: {e.message}", file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # parse_args would report these from the top parser, naming `lastrank --help`
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(Lazy.named(args.handler)(args) or 0)  # e.g. "lastrank.cli.commands.serve:run"
     except LastrankError as e:
