@@ -175,7 +175,9 @@ def test_a_connection_lost_under_a_credit_hold_gives_the_credit_back(breakable):
 
 def test_a_key_revoked_by_another_process_stops_within_a_second(two_servers, pg_store):
     """Measured: from `revoke_key` returning in another process (another store object: its own pool and
-    connections) until both servers answer 403. The bound is the key cache's revocation check (0.5 s)."""
+    connections) until both servers answer 403. The bound is the key cache's revocation check (0.5 s): no
+    request sent later than that after the revocation is answered 200. It is checked on when each 200 was sent,
+    not on when the 403 came back, which adds the requests' own time (a stall on a loaded machine could fail that)."""
     rec, plaintext = pg_store.create_key("carol")
     auth = {"Authorization": f"Bearer {plaintext}"}
     for c in two_servers:
@@ -183,11 +185,18 @@ def test_a_key_revoked_by_another_process_stops_within_a_second(two_servers, pg_
     with open_store(pg_store.url) as other_process:
         other_process.revoke_key(rec.id)
     revoked = time.monotonic()
-    delays = []
+    delays, last_200_sent = [], []
     for c in two_servers:
-        while (status := c.post("/v1/rerank", json=BODY, headers=auth).status_code) == 200:
+        last_200_sent.append(0.0)
+        while True:
+            sent = time.monotonic() - revoked
+            status = c.post("/v1/rerank", json=BODY, headers=auth).status_code
+            if status != 200:
+                break
+            last_200_sent[-1] = sent
             assert time.monotonic() - revoked < 5, "a revoked key still works after 5 s"
         assert status == 403
         delays.append(time.monotonic() - revoked)
-    print(f"revocation took effect after {delays[0]:.3f} s and {delays[1]:.3f} s")
-    assert max(delays) < 1.0, delays
+    print(f"revocation took effect after {delays[0]:.3f} s and {delays[1]:.3f} s; the last 200s were sent "
+          f"{last_200_sent[0]:.3f} s and {last_200_sent[1]:.3f} s after it")
+    assert max(last_200_sent) < 0.5, last_200_sent  # api/auth.py's REVOCATION_CHECK_S, as documented
