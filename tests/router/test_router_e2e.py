@@ -29,6 +29,11 @@ from support.server_process import ServerProcess
 
 COOLDOWN_S = 10.0  # the breaker's: longer than any "still open" check window (a few requests) under load
 HOLD_S = 10  # the fake's Retry-After on a 429: likewise
+# The router's timeout for the fake, and how long the fake's "slow" mode takes. The timeout must hold the fake's
+# "ok" answer (a hop to upstream B, a fresh client: ~0.1 s, more on a loaded machine; 0.8 s before, which a stall
+# could turn into a failed probe) and stay well under SLOW_S (so "slow" is always past it).
+FAKE_TIMEOUT_S = 2.0
+SLOW_S = 6.0
 KEYS = {"A_KEY": "sk-upstream-a-secret-7f3e", "B_KEY": "sk-upstream-b-secret-91c2", "FAKE_KEY": "sk-fake-secret-55d0"}
 QUERY = "how do plants make food from sunlight"
 DOCS = ["Photosynthesis turns light, water and carbon dioxide into sugar in the leaves.",
@@ -55,7 +60,7 @@ class FakeUpstream:
             if self.mode == "429":
                 return JSONResponse({"detail": "slow down"}, status_code=429, headers={"retry-after": str(HOLD_S)})
             if self.mode == "slow":
-                await asyncio.sleep(3.0)
+                await asyncio.sleep(SLOW_S)
                 return JSONResponse({"detail": "too late"}, status_code=500)
             async with httpx.AsyncClient() as c:
                 r = await c.post(forward_url + "/v1/rerank", content=await request.body(),
@@ -89,7 +94,7 @@ dialect = "jina"
 base_url = "{fake}"
 api_key_env = "FAKE_KEY"
 score = "cosine"
-timeout_s = 0.8
+timeout_s = {fake_timeout}
 probe_interval_s = 0  # (the default for jina) this test checks that a client request is the probe
 
 [[models.providers]]
@@ -139,7 +144,7 @@ def test_router_over_real_upstreams(tmp_path, monkeypatch):
         fake = FakeUpstream(b.url, b_key)
         fake.start()
         config = tmp_path / "router.toml"
-        config.write_text(CONFIG.format(fake=fake.url, a=a.url, b=b.url, cooldown=COOLDOWN_S))
+        config.write_text(CONFIG.format(fake=fake.url, a=a.url, b=b.url, cooldown=COOLDOWN_S, fake_timeout=FAKE_TIMEOUT_S))
         router = ServerProcess("minilm", router_db, tmp_path / "router.log", extra=["--config", str(config)])
         router.start()
         local = threading.local()  # one client per thread
@@ -217,7 +222,7 @@ def test_router_over_real_upstreams(tmp_path, monkeypatch):
         took = within(held_at, HOLD_S)
         assert h["state"] == "closed" and h.get("held_for_s", 0) > 0 and fake.calls == 4, (took, h)
 
-        # 4. slow past its 0.8 s timeout: twice opens it again, each request answered by the next provider
+        # 4. slow past its timeout (FAKE_TIMEOUT_S): twice opens it again, each request answered by the next provider
         wait_for("fake", lambda h: "held_for_s" not in h, HOLD_S + 30)
         fake.mode = "slow"
         same(call(), "/v1/rerank")
@@ -227,25 +232,37 @@ def test_router_over_real_upstreams(tmp_path, monkeypatch):
         took = within(opened_at, COOLDOWN_S)
         assert h["state"] == "open" and fake.calls == 6, (took, h)
 
-        # 5. kill upstream A mid-load (the fake is out): every request is answered by A, then B
+        # 5. kill upstream A mid-load (the fake is out): every request is answered by A, then B. The load runs until
+        #    enough answers came after the kill (each request after it asks A first until A's breaker opens), not
+        #    for a fixed time that a stalled machine could spend before the kill.
         fake.mode = "500"
-        stop_at = time.monotonic() + 4.0
+        stop = threading.Event()
         failures: list[str] = []
 
         def load(route):
-            while time.monotonic() < stop_at:
+            while not stop.is_set():
                 try:
                     same(call(route), route)
                 except AssertionError as e:
                     failures.append(str(e)[:300])
 
+        def answers_grow_by(n: int, seconds: float = 60.0) -> None:
+            target, deadline = len(answered) + n, time.monotonic() + seconds
+            while len(answered) < target and not failures:
+                assert time.monotonic() < deadline, f"under {n} answers in {seconds} s"
+                time.sleep(0.05)
+
         threads = [threading.Thread(target=load, args=(r,)) for r in BODIES]
         for t in threads:
             t.start()
-        time.sleep(1.0)
-        a.kill()
-        for t in threads:
-            t.join(30)
+        try:
+            answers_grow_by(3)  # A answering under load
+            a.kill()
+            answers_grow_by(6)  # then B, after the kill
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
         assert not failures, failures
         assert health()["a"]["state"] in ("open", "half_open")
 
