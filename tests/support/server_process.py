@@ -4,6 +4,7 @@ browser playground, several processes on one PostgreSQL store)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -37,23 +38,38 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`lastrank serve --model MODEL` as a real process on a free loopback port, float32, quiet logs.
+    """`lastrank serve --model MODEL` as a real process on a loopback port, float32, quiet logs. The server binds
+    --port 0 itself and the port it prints is read from its log (a port chosen here and bound there could be
+    taken in between); `port` and `url` are known once started, and a restart may get another port.
     start() waits for /ready (failing with the server's log), stop() terminates, kill() SIGKILLs."""
 
     def __init__(self, checkpoint: Path | str, db: Path, log: Path, extra: list[str] = ()):
         self.checkpoint, self.db, self.log_path, self.extra = checkpoint, db, log, list(extra)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port: int | None = None
+        self.url: str | None = None
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120.0) -> None:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         self._log = open(self.log_path, "ab")
+        before = self._log.tell()  # a restart appends to the same log: read the new process's lines only
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lastrank", "serve", "--model", str(self.checkpoint), "--port", str(self.port),
+            [sys.executable, "-m", "lastrank", "serve", "--model", str(self.checkpoint), "--port", "0",
              "--db", str(self.db), "--dtype", "float32", "--access-log", "off", "--log-level", "warning", *self.extra],
             stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        wait_until(lambda: is_ready(self.url), timeout, self.proc, self.log)
+        deadline = time.monotonic() + timeout
+
+        def listening() -> bool:
+            with open(self.log_path, "rb") as f:
+                f.seek(before)
+                found = LISTENING.search(f.read().decode(errors="replace"))
+            if found:
+                self.port = int(found.group(1))
+                self.url = f"http://127.0.0.1:{self.port}"
+            return found is not None
+
+        wait_until(listening, timeout, self.proc, self.log)
+        wait_until(lambda: is_ready(self.url), max(0.0, deadline - time.monotonic()), self.proc, self.log)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
@@ -72,6 +88,10 @@ class ServerProcess:
                 self.kill()
         if getattr(self, "_log", None):
             self._log.close()
+
+
+# What `lastrank serve` prints once it has bound its port (cli/commands/serve.py), --port 0 included.
+LISTENING = re.compile(r"lastrank: listening on http://127\.0\.0\.1:(\d+) ")
 
 
 def is_ready(url: str) -> bool:
