@@ -12,6 +12,8 @@ Cases (the table of issue #24):
               the first TREC-DL-2019 query and its 100 BM25 passages (pairs of about 60-120 tokens)
   bge-30      the same, first 30 passages
   bge-mixed   the same model, 12 documents of 20 to 500 tokens (TREC passages joined and cut at a token)
+  bge-uniform the same model, 32 documents of 120 tokens each (joined and cut likewise): one ONNX Runtime
+              batch with ~no padding, so every tool runs about the same products
 
 Peers (--peers, comma-separated; default all):
   lastrank-float32, lastrank-bfloat16, lastrank-int8   Reranker(folder, dtype=...).rerank(query, docs)
@@ -49,7 +51,7 @@ from pathlib import Path
 from lastrank.eval.data import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = ("minilm", "minilm-uniform", "minilm-mixed", "bge-100", "bge-30", "bge-mixed")
+CASES = ("minilm", "minilm-uniform", "minilm-mixed", "bge-100", "bge-30", "bge-mixed", "bge-uniform")
 PEERS = ("lastrank-float32", "lastrank-bfloat16", "lastrank-int8", "st-float32", "st-bfloat16", "ort-float32",
          "ort-int8")
 NEEDS = {"st": ("sentence_transformers", "sentence-transformers"),
@@ -120,7 +122,8 @@ def case_request(case: str, bge_folder: Path) -> tuple[Path, str, list[str]]:
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(bge_folder / "tokenizer.json"))
-    return bge_folder, query, mixed_documents(tok, [corpus[d] for q in qids[1:4] for d in run[q]])
+    n, lo, hi = (32, 120, 120) if case == "bge-uniform" else (12, 20, 500)
+    return bge_folder, query, mixed_documents(tok, [corpus[d] for q in qids[1:4] for d in run[q]], n, lo, hi)
 
 
 def bge_checkpoint(workdir: Path) -> Path:
