@@ -23,7 +23,7 @@ import pytest
 from lastrank.cli import serve
 from lastrank.cli.commands.serve import bind_socket
 from lastrank.errors import LastrankError
-from support.server_process import free_port, is_ready, wait_until
+from support.server_process import LISTENING, is_ready, wait_until
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # the packaged real model (offline)
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
@@ -93,9 +93,8 @@ def test_device_is_checked_before_the_port_is_bound(tmp_path, capsys):
 
 def test_port_0_serves_on_the_port_it_prints_and_sigterm_exits_0(tmp_path):
     with serving(tmp_path, "--model", MODEL, "--port", "0") as (proc, log):
-        listening = re.compile(r"listening on http://127\.0\.0\.1:(\d+) ")
-        wait_until(lambda: listening.search(log.read_text()), 120, proc, log.read_text)
-        port = int(listening.search(log.read_text()).group(1))
+        wait_until(lambda: LISTENING.search(log.read_text()), 120, proc, log.read_text)
+        port = int(LISTENING.search(log.read_text()).group(1))
         assert port != 0
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json() == {"status": "ok"}
         proc.send_signal(signal.SIGTERM)
@@ -114,10 +113,9 @@ def test_sigterm_while_the_model_loads_exits_without_waiting_for_the_load(tmp_pa
     shutil.copytree(resolve_checkpoint(MODEL), folder)
     (folder / "1_Pooling" / "config.json").unlink()
     os.mkfifo(folder / "1_Pooling" / "config.json")
-    listening = re.compile(r"listening on (http://127\.0\.0\.1:\d+) ")
     with serving(tmp_path, "--model", str(folder), "--port", "0") as (proc, log):
         wait_until(lambda: "Application startup complete" in log.read_text(), 120, proc, log.read_text)
-        url = listening.search(log.read_text()).group(1)
+        url = f"http://127.0.0.1:{LISTENING.search(log.read_text()).group(1)}"
         time.sleep(1)
         assert proc.poll() is None and not is_ready(url), log.read_text()  # still loading: held at the pipe
         proc.send_signal(signal.SIGTERM)
@@ -136,7 +134,7 @@ def test_a_model_that_cannot_load_ends_the_server_with_its_reason(tmp_path):
     folder = tmp_path / "corrupt"
     shutil.copytree(resolve_checkpoint(MODEL), folder)
     (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
-    with serving(tmp_path, "--model", str(folder), "--port", str(free_port())) as (proc, log):
+    with serving(tmp_path, "--model", str(folder), "--port", "0") as (proc, log):
         try:
             rc = proc.wait(120)
         except subprocess.TimeoutExpired:
@@ -150,7 +148,7 @@ def test_a_model_that_cannot_load_ends_the_server_with_its_reason(tmp_path):
 def test_a_refused_dtype_ends_the_server_in_one_line_without_a_traceback(tiny_checkpoint, tmp_path):
     """dtype int8 for a family without an int8 path is a refusal with its reason (ModelNotAvailableError): the
     server exits 2 with that one line; before, it first logged the refusal's traceback."""
-    args = ("--model", str(tiny_checkpoint), "--dtype", "int8", "--port", str(free_port()))
+    args = ("--model", str(tiny_checkpoint), "--dtype", "int8", "--port", "0")
     with serving(tmp_path, *args) as (proc, log):
         rc = proc.wait(120)
     text = log.read_text()
@@ -161,8 +159,12 @@ def test_a_refused_dtype_ends_the_server_in_one_line_without_a_traceback(tiny_ch
     assert last.endswith("; exiting")
 
 
-LONG_DOCS = 300  # ~20k tokens of MiniLM: one batch of several seconds on a 2-core machine (about 14 s, loaded)
+LONG_DOCS = 300  # ~21k tokens of MiniLM: one batch of several seconds on a 2-core machine (about 14 s, loaded)
 LONG = [f"document {i}: adult fleas live two to three months in the carpet of a house " * 4 for i in range(LONG_DOCS)]
+# The request the shutdown timeout cuts must still be in the model 1 s after the signal, on a CI machine that may be
+# several times faster than this one (it loaded MiniLM in 0.14 s): ~58k tokens, still one batch (--max-batch-tokens
+# 65536), about 3x LONG's work. It is cut, never finished, so its size costs the test no time.
+LONGER = [f"document {i}: adult fleas live two to three months in the carpet of a house " * 4 for i in range(800)]
 
 
 @contextmanager
@@ -170,18 +172,18 @@ def one_batch_server(tmp_path, shutdown_timeout_s: int):
     """A ready `lastrank serve` of MiniLM in which one batch holds the whole LONG request (--max-batch-tokens), so
     a request sent while it runs waits in the queue, none of its blocks started, until the signal. Yields (proc,
     url, log); killed at the end if the test left it running."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with serving(tmp_path, "--model", MODEL, "--port", str(port), "--dtype", "float32", "--access-log", "off",
+    with serving(tmp_path, "--model", MODEL, "--port", "0", "--dtype", "float32", "--access-log", "off",
                  "--max-batch-tokens", "65536", "--request-timeout-s", "0",
                  "--shutdown-timeout-s", str(shutdown_timeout_s)) as (proc, log):
+        wait_until(lambda: LISTENING.search(log.read_text()), 180, proc, log.read_text)
+        url = f"http://127.0.0.1:{LISTENING.search(log.read_text()).group(1)}"  # the port it bound (--port 0)
         wait_until(lambda: is_ready(url), 180, proc, log.read_text)
         yield proc, url, log
 
 
 def wait_long_running(proc, url, log) -> None:
-    """Until the LONG request is running: admitted, and no token of it left waiting (its one batch is in the
-    model)."""
+    """Until the LONG (or LONGER) request is running: admitted, and no token of it left waiting (its one batch is
+    in the model)."""
     wait_until(lambda: metric(url, "lastrank_queue_requests") == 1 and metric(url, "lastrank_queue_tokens") == 0,
                60, proc, log.read_text)
 
@@ -227,7 +229,7 @@ def test_sigterm_cuts_what_outlasts_the_shutdown_timeout_with_a_503(tmp_path):
     answers: list[httpx.Response] = []
     with one_batch_server(tmp_path, shutdown_timeout_s=1) as (proc, url, log):
         thread = threading.Thread(target=lambda: answers.append(httpx.post(
-            url + "/v1/rerank", json={"query": "fleas", "documents": LONG}, timeout=300)))
+            url + "/v1/rerank", json={"query": "fleas", "documents": LONGER}, timeout=300)))
         thread.start()
         wait_long_running(proc, url, log)
         signalled = time.monotonic()
