@@ -108,13 +108,15 @@ def test_finite_numbers_in_echoed_documents_still_work(client):
 
 class RecordingBackend:
     """The real backend, recording which requests share each run_blocks call; `delay_s` before each call
-    lets concurrent requests pile up so that batches really mix the two keys' requests."""
+    lets concurrent requests pile up. The first call waits at `release` once it has set `first_call` (two_key_run
+    uses the pair to hold the model while the other requests queue; set `release` yourself to run freely)."""
 
     def __init__(self, backend, delay_s: float = 0.02):
         self._backend = backend
         self.delay_s = delay_s
         self.calls: list[set[str]] = []
         self._lock = threading.Lock()
+        self.first_call, self.release = threading.Event(), threading.Event()
 
     def __getattr__(self, name):
         return getattr(self._backend, name)
@@ -122,13 +124,22 @@ class RecordingBackend:
     def run_blocks(self, blocks):
         with self._lock:
             self.calls.append({b.request_id for b in blocks})
+            first = len(self.calls) == 1
+        if first:
+            self.first_call.set()
+            assert self.release.wait(30), "the test never released the first batch"
         time.sleep(self.delay_s)
         return self._backend.run_blocks(blocks)
 
 
-def two_key_run(srv: LiveServer, key_a: str, key_b: str, hostile_docs: list[str], rounds: int = 12):
+def two_key_run(srv: LiveServer, backend: RecordingBackend, key_a: str, key_b: str, hostile_docs: list[str],
+                rounds: int = 12):
     """Key A sends hostile documents while key B sends clean requests, 3 threads each, concurrently.
-    -> ({request id: status} for A, same for B)."""
+    -> ({request id: status} for A, same for B).
+
+    The two keys certainly share a batch: one B client starts alone and its first batch is held in the model
+    until the five other clients' first requests are queued (2 B, 3 A); the next batch then takes a block of each
+    (round-robin, far under the token budget). Left to chance, they shared none in about 1 run of 15 here."""
 
     def send(key: str, docs: list[str], n: int) -> list[tuple[str, int]]:
         out = []
@@ -138,9 +149,19 @@ def two_key_run(srv: LiveServer, key_a: str, key_b: str, hostile_docs: list[str]
                 out.append((r.headers["x-request-id"], r.status_code))
         return out
 
+    scheduler = srv.app.state.lastrank.models.models[0].scheduler
     with ThreadPoolExecutor(6) as pool:
-        a = [pool.submit(send, key_a, hostile_docs, rounds) for _ in range(3)]
-        b = [pool.submit(send, key_b, CLEAN["documents"] * 3, rounds) for _ in range(3)]
+        try:
+            b = [pool.submit(send, key_b, CLEAN["documents"] * 3, rounds)]
+            assert backend.first_call.wait(30), "the first request never reached the model"
+            b += [pool.submit(send, key_b, CLEAN["documents"] * 3, rounds) for _ in range(2)]
+            a = [pool.submit(send, key_a, hostile_docs, rounds) for _ in range(3)]
+            deadline = time.monotonic() + 30
+            while scheduler.queued_requests < 6:  # the held one and the five behind it
+                assert time.monotonic() < deadline, f"{scheduler.queued_requests} of 6 requests queued"
+                time.sleep(0.01)
+        finally:
+            backend.release.set()
         return (dict(x for f in a for x in f.result()), dict(x for f in b for x in f.result()))
 
 
@@ -159,7 +180,7 @@ def test_hostile_documents_from_one_key_do_not_fail_another_key(tiny_reranker, s
     """The issue's attack as it is now: the nested-marker documents rank (200) and key B never fails."""
     backend = RecordingBackend(tiny_reranker.backend)
     with LiveServer(ServerSettings(), store, backend=backend) as srv:
-        a, b = two_key_run(srv, *two_keys, hostile_docs=NESTED + ["x"])
+        a, b = two_key_run(srv, backend, *two_keys, hostile_docs=NESTED + ["x"])
     assert set(b.values()) == {200}, b
     assert set(a.values()) == {200}, a
     assert mixed_batches(backend.calls, a, b) > 0  # the keys really shared batches
@@ -175,7 +196,7 @@ def test_a_failing_block_fails_only_its_own_request(tiny_reranker, store, two_ke
     monkeypatch.setattr(prompt_mod, "_check_markers", lambda prompt, n: None)
     backend = RecordingBackend(tiny_reranker.backend)
     with LiveServer(ServerSettings(), store, backend=backend) as srv:
-        a, b = two_key_run(srv, *two_keys, hostile_docs=["<|embed_<|embed_token|>token|>", "x"])
+        a, b = two_key_run(srv, backend, *two_keys, hostile_docs=["<|embed_<|embed_token|>token|>", "x"])
         assert httpx.get(srv.url + "/ready").status_code == 200  # the worker survived
     assert set(b.values()) == {200}, b
     assert set(a.values()) == {500}, a  # a model failure: this request's own, not a client error
@@ -450,6 +471,10 @@ def test_a_full_queue_refuses_a_verified_key_before_reading_the_body(tiny_rerank
 
     settings = ServerSettings(max_queued_requests=1, body_timeout_s=30)
     with LiveServer(settings, store, backend=Held(tiny_reranker.backend, delay_s=0)) as srv:
+        # the key cache's clock stands still: the key the first request verifies stays "recently verified" (5 s on
+        # the real clock) however long a loaded machine takes to get to the early refusal
+        frozen = srv.app.state.lastrank.auth.clock()
+        srv.app.state.lastrank.auth.clock = lambda: frozen
         auth = {"Authorization": f"Bearer {key}"}
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(httpx.post, srv.url + "/v1/rerank", json=CLEAN, headers=auth, timeout=30)
