@@ -63,6 +63,23 @@ def test_int8_linear_has_one_scale_per_output_channel():
     assert scales.shape == (8,) and scales[:4].min() > 100 * scales[4:].max()
 
 
+def test_int8_bert_runs_q_k_v_as_one_product_with_the_numbers_of_three():
+    """The int8 path fuses a BERT layer's query, key and value into one product (BertSelfAttention.fuse_qkv):
+    per-channel weights and per-row activation scales make it the three products' numbers, bit for bit (a
+    per-tensor weight scale, set by the largest of the three, would not)."""
+    from lastrank.model.bert import BertConfig, BertSelfAttention
+
+    torch.manual_seed(0)
+    attention = BertSelfAttention(BertConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64))
+    with torch.no_grad():
+        attention.value.weight *= 50  # a different size per part, as a per-tensor scale would feel
+    three = [Int8Linear(getattr(attention, name)) for name in ("query", "key", "value")]
+    x = torch.randn(9, 32)
+    attention.fuse_qkv()
+    assert attention.fused and not hasattr(attention, "query")
+    assert torch.equal(Int8Linear(attention.qkv)(x), torch.cat([m(x) for m in three], dim=1))
+
+
 @pytest.fixture(scope="module")
 def tiny_bi_encoder(tmp_path_factory):
     from lastrank.checkpoints.st import make_st_checkpoint

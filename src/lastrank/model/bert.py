@@ -259,6 +259,22 @@ class BertSelfAttention(nn.Module):
             self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
             self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
+    def fuse_qkv(self) -> None:
+        """query, key and value as one Linear `qkv` (rows [query; key; value]), as `cfg.fused_qkv` has them:
+        one product instead of three. For the int8 path (model/int8.py: quantize_linears), where it is the same
+        numbers (per-channel weights, and the three would find the same per-row activation scales) for one
+        pass over the activations instead of three; float32 keeps the checkpoint's three modules."""
+        if self.fused:
+            return
+        parts = (self.query, self.key, self.value)
+        self.qkv = nn.Linear(parts[0].in_features, 3 * parts[0].out_features, device=parts[0].weight.device,
+                             dtype=parts[0].weight.dtype)
+        with torch.no_grad():
+            self.qkv.weight.copy_(torch.cat([p.weight for p in parts]))
+            self.qkv.bias.copy_(torch.cat([p.bias for p in parts]))
+        del self.query, self.key, self.value
+        self.fused = True
+
     def forward(self, x: torch.Tensor, packing: EncoderPacking) -> torch.Tensor:
         if self.fused:
             return packing.attention(linear(self.qkv, x), self.num_heads)

@@ -7,21 +7,27 @@ What is quantized, and how:
   - activations: quantized dynamically, one scale per token row (symmetric around zero: the row divided by
     its largest |value|), so a row's int8 values, and therefore a passage's score, do not depend on what it
     is packed with;
-  - the product: torch's `quantized::linear_dynamic` (u8 x s8 -> s32, float32 out), and the row's scale and
-    the bias applied in float32 after it.
+  - the product: fbgemm's u8 x s8 -> s32 kernel with float32 out (`quantized::linear_with_input_q_dq_qweight_
+    dq_output_fp32`; oneDNN: `quantized::linear_dynamic`), and the row's scale and the bias applied in float32
+    after it, in place.
+A BERT layer's query, key and value run as one product (`BertSelfAttention.fuse_qkv`): with per-channel weights
+and per-row scales that is the three products' numbers, for one pass over the activations instead of three.
 Only the encoder layers' q/k/v, attention-output, intermediate and output projections are quantized: the
 embeddings, every LayerNorm and the classification head (XLM-R's `classifier`, a [hidden, hidden] and a
 [hidden, 1] product run on one row per pair) stay in float32, where they cost nothing and where the score is
 made.
 
-Per-row scales through a per-tensor kernel: `linear_dynamic` quantizes its whole input with one grid, set by
-the input's minimum and maximum. Each row is first divided by its own largest |value| (so lies in [-1, 1]),
-and one extra row holding +1 and -1 (a hair more) pins the minimum and maximum of every call: the grid
-is then the same in every call, so each row is in effect quantized with its own scale, and multiplying the
-row's output by that scale undoes the division. Why not quantize by hand and call an int8 product: in eager
-PyTorch that is 3-4 passes over memory (scale, round, clamp, cast), as slow as the product it feeds, and
-torch's CPU `_int_mm` has no fast kernel (docs/benchmarks.md, "int8"); here the extra work is one pass to
-find each row's largest value, one division and one multiply-add on the output.
+Per-row scales through a per-tensor kernel: the kernel quantizes its whole input on one grid. Each row is
+first divided by its own largest |value| (so lies in [-1, 1]) and the grid is fixed: GRID, zero point 128,
+the grid `linear_dynamic` picks for the range [-RANGE, RANGE] (a row times the reciprocal of its largest
+|value| can round up to 1 + 2**-23, so RANGE is a hair over 1). Each row is then in effect quantized with its
+own scale, and multiplying the row's output by that scale undoes the division. fbgemm's op takes the grid as
+an argument; oneDNN has only `linear_dynamic`, which finds the grid from the input's minimum and maximum, so
+there one extra row holding +RANGE and -RANGE pins it (the same grid: both engines give the same numbers).
+Why not quantize by hand and call an int8 product: in eager PyTorch that is 3-4 passes over memory (scale,
+round, clamp, cast), as slow as the product it feeds, and torch's CPU `_int_mm` has no fast kernel
+(docs/benchmarks.md, "int8"); here the extra work is one pass to find each row's largest value, one multiply
+and one multiply-add on the output.
 
 Two choices are made from the CPU's instruction set (torch's own detection, `torch.cpu.get_capabilities`):
   - without VNNI (AVX2, AVX-512 without VNNI), a u8 x s8 product sums pairs of products in 16 bits, which
@@ -48,10 +54,14 @@ import torch
 from torch import nn
 
 from lastrank.errors import ModelNotAvailableError
+from lastrank.model.bert import BertSelfAttention
 
 # The families with an int8 path (FamilySpec names): BERT bi-encoders and XLM-R cross-encoders.
 FAMILIES = ("bi-encoder", "cross-encoder")
 RANGE = 1 + 2**-20  # the pinned activation range of every call, [-RANGE, RANGE] (Int8Linear)
+# The u8 grid that range gives (what linear_dynamic picks for [-RANGE, RANGE]: 255 steps, zero at 128): a row
+# scaled into [-1, 1] lands on 1..255.
+GRID, GRID_ZERO = 2 * RANGE / 255, 128
 
 
 @functools.cache
@@ -127,8 +137,10 @@ class Int8Linear(nn.Module):
             qw = torch.quantize_per_channel(w, scales, torch.zeros_like(scales, dtype=torch.long), 0, torch.qint8)
             with _engine(self.engine):
                 self._packed = torch.ops.quantized.linear_prepack(qw, None)  # the bias is added after the scale
-        # The extra row that pins every call's range (module docstring): a row times the reciprocal of its
-        # largest |value| can round up to 1 + 2**-23, so the pinned range is a hair wider, [-R, R].
+        # fbgemm takes the activations' grid as an argument (`_given_grid`); oneDNN has no such op and gets
+        # the grid through an extra row that pins every call's range (module docstring): a row times the
+        # reciprocal of its largest |value| can round up to 1 + 2**-23, so the pinned range is a hair wider.
+        self._given_grid = self.engine == "fbgemm"
         self._range_row = torch.zeros(1, self.in_features)
         self._range_row[0, :2] = torch.tensor([RANGE, -RANGE])
 
@@ -139,11 +151,17 @@ class Int8Linear(nn.Module):
         # each row's largest |value|; amax and amin (vectorised) are ~9x faster than torch.aminmax over rows
         # here, and need no |x| tensor
         scale = torch.maximum(flat.amax(dim=1, keepdim=True), flat.amin(dim=1, keepdim=True).neg_()).clamp_min_(1e-30)
-        unit = torch.empty(rows + 1, self.in_features)
-        torch.mul(flat, scale.reciprocal(), out=unit[:rows])  # a product, not a division: 2x cheaper here
-        unit[rows:] = self._range_row
-        out = torch.ops.quantized.linear_dynamic(unit, self._packed, False)[:rows]  # False: 8-bit activations
-        out = out * scale if self.bias is None else torch.addcmul(self.bias, out, scale)
+        if self._given_grid:
+            unit = flat * scale.reciprocal()  # a product, not a division: 2x cheaper here
+            out = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(unit, GRID, GRID_ZERO,
+                                                                                    self._packed)
+        else:
+            unit = torch.empty(rows + 1, self.in_features)
+            torch.mul(flat, scale.reciprocal(), out=unit[:rows])
+            unit[rows:] = self._range_row
+            out = torch.ops.quantized.linear_dynamic(unit, self._packed, False)[:rows]  # False: 8-bit activations
+        # the row's scale and the bias, in place (a new [rows, out] tensor per call is fresh memory to fault in)
+        out = out.mul_(scale) if self.bias is None else torch.addcmul(self.bias, out, scale, out=out)
         return out.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -156,6 +174,9 @@ def quantize_linears(module: nn.Module) -> nn.Module:
     weights must be float32 (they are quantized from it)."""
     if (why := available()) is not None:
         raise ModelNotAvailableError(f"dtype int8: {why}")
+    for layer in module.modules():
+        if isinstance(layer, BertSelfAttention):
+            layer.fuse_qkv()  # one product for q, k and v (BertSelfAttention.fuse_qkv)
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
