@@ -155,8 +155,8 @@ def test_without_vnni_weights_use_7_bits_so_16_bit_sums_cannot_saturate(vnni, mo
 
 
 def test_int8_says_in_one_line_where_this_cpu_has_no_vnni(tiny_bi_encoder, monkeypatch, tmp_path, capsys):
-    """Without VNNI int8 measured no faster than float32 (docs/benchmarks.md): the choice carries a one-line
-    warning naming the missing instructions, which the CLI prints; with VNNI there is none."""
+    """Without VNNI int8 runs with 7-bit weights (docs/benchmarks.md): the choice carries a one-line warning
+    naming the missing instructions, which the CLI prints; with VNNI there is none."""
     from lastrank.cli import main
     from lastrank.model import int8
 
