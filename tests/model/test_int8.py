@@ -161,15 +161,18 @@ def test_int8_says_in_one_line_where_this_cpu_has_no_vnni(tiny_bi_encoder, monke
     from lastrank.model import int8
 
     monkeypatch.setattr(int8, "cpu_capabilities", lambda: {"avx2": True, "avx512_vnni": False})
-    assert "no VNNI" in Reranker(str(tiny_bi_encoder), dtype="int8").backend.dtype_choice.warning
-    assert int8.speed_note() is not None and "no VNNI (avx512_vnni" in int8.speed_note()
+    assert "no AVX-512 VNNI" in Reranker(str(tiny_bi_encoder), dtype="int8").backend.dtype_choice.warning
+    assert int8.speed_note() is not None and "no AVX-512 VNNI or AMX (avx512_vnni" in int8.speed_note()
     docs = tmp_path / "docs.txt"
     docs.write_text("green tea\ncars\n")
     assert main(["rerank", "--model", str(tiny_bi_encoder), "--dtype", "int8", "--query", "tea",
                  "--documents", str(docs)]) == 0
     warned = [line for line in capsys.readouterr().err.splitlines() if "VNNI" in line]
-    assert len(warned) == 1 and warned[0].startswith("lastrank: warning: dtype int8: this CPU has no VNNI"), warned
+    assert len(warned) == 1 and warned[0].startswith("lastrank: warning: dtype int8: this CPU has no AVX-512 VNNI or AMX"), warned
 
+    # AVX-VNNI alone (no AVX-512): fbgemm has no kernels for it and sums in 16 bits there (int8.has_vnni)
+    monkeypatch.setattr(int8, "cpu_capabilities", lambda: {"avx2": True, "avx_vnni": True})
+    assert not int8.has_vnni() and int8.speed_note() is not None
     monkeypatch.setattr(int8, "cpu_capabilities", lambda: {"avx512_vnni": True})
     assert int8.speed_note() is None
     assert Reranker(str(tiny_bi_encoder), dtype="int8").backend.dtype_choice.warning is None

@@ -30,7 +30,7 @@ round, clamp, cast), as slow as the product it feeds, and torch's CPU `_int_mm` 
 and one multiply-add on the output.
 
 Two choices are made from the CPU's instruction set (torch's own detection, `torch.cpu.get_capabilities`):
-  - without VNNI (AVX2, AVX-512 without VNNI), a u8 x s8 product sums pairs of products in 16 bits, which
+  - without VNNI (AVX2, AVX-VNNI, AVX-512 without VNNI: has_vnni), a u8 x s8 product sums pairs of products in 16 bits, which
     saturate for full-range operands (measured: errors of 0.5 on outputs of size ~1, on an AMD Zen 3), so
     the weights are quantized to 7 bits there (|q| <= 63: 2 x 255 x 63 fits in 16 bits) and the activations
     keep 8 (measured: 30% less error than PyTorch's usual remedy, `reduce_range`'s 7-bit activations); with
@@ -74,9 +74,12 @@ def cpu_capabilities() -> dict:
 
 
 def has_vnni() -> bool:
-    """u8 x s8 products summed in 32 bits (AVX-512 VNNI, AVX-VNNI, or AMX)."""
+    """u8 x s8 products summed in 32 bits by the kernels this module uses: fbgemm's AVX-512 VNNI ones, or
+    oneDNN's with AMX. Not AVX-VNNI (the 256-bit form, on CPUs without AVX-512 such as Intel Alder Lake):
+    fbgemm has no kernels for it and runs its saturating AVX2 ones there, so such a CPU gets 7-bit weights
+    (with 8-bit ones, simulated here: errors of 0.56 on outputs of size ~1, against 0.03)."""
     caps = cpu_capabilities()
-    return any(caps.get(f) for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return any(caps.get(f) for f in ("avx512_vnni", "amx_int8"))
 
 
 def engine() -> str:
@@ -102,7 +105,7 @@ def speed_note() -> str | None:
     level with ONNX Runtime's dynamic int8, while its scores drift (docs/benchmarks.md, "int8 on AMD Zen 3")."""
     if has_vnni():
         return None
-    return ("dtype int8: this CPU has no VNNI (avx512_vnni, avx_vnni or amx_int8), so int8 runs with 7-bit "
+    return ("dtype int8: this CPU has no AVX-512 VNNI or AMX (avx512_vnni, amx_int8), so int8 runs with 7-bit "
             "weights; measured 1.3x float32's speed on such a CPU, with drift (docs/benchmarks.md, int8); float32 "
             "keeps the exact scores")
 
