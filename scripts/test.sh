@@ -63,7 +63,11 @@ def met(req: Requirement, extra: str) -> bool:
 
 if Path(lastrank.__file__).resolve().parents[1] != Path("src").resolve():
     sys.exit(1)  # another copy of lastrank is installed: test this checkout
-sys.exit(0 if all(met(Requirement(r), "test") for r in requires("lastrank") or []) else 1)
+try:
+    needs = requires("lastrank") or []
+except PackageNotFoundError:
+    sys.exit(1)  # importable (e.g. through PYTHONPATH) but not installed: install it, without a traceback
+sys.exit(0 if all(met(Requirement(r), "test") for r in needs) else 1)
 PY
 then
     python -m pip install -e ".[test]"
