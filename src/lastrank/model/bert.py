@@ -52,15 +52,27 @@ def _onednn_bf16() -> bool:
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-def linear(module: nn.Module, x: torch.Tensor, act: str | None = None) -> torch.Tensor:
+def _onednn_linear(module: nn.Module, x: torch.Tensor) -> bool:
+    return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and type(module) is nn.Linear
+            and _onednn_bf16())
+
+
+def writes_into(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether `linear(module, x, out=buf)` writes its product into buf: an nn.Linear with a bias on a 2-D input
+    that F.linear would run (not oneDNN's bfloat16 call, not an int8 layer), without autograd (out= has none)."""
+    return (type(module) is nn.Linear and module.bias is not None and x.dim() == 2
+            and x.dtype == module.weight.dtype and not _onednn_linear(module, x) and not torch.is_grad_enabled())
+
+
+def linear(module: nn.Module, x: torch.Tensor, act: str | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """module(x), then ACTIVATIONS[act] when given. bfloat16 on the CPU: one oneDNN call
     (`mkldnn._linear_pointwise`) that adds the bias (and applies the GELU) on the float32 accumulator,
     instead of F.linear, whose CPU bfloat16 path first copies the bias into the output, and a separate GELU
     pass (docs/benchmarks.md, "Fewer kernels"). The product is the same; the fused GELU rounds once instead of
     twice. float32 and every other device keep F.linear (the reference path, unchanged); so do the int8
-    layers (model/int8.py), which are not nn.Linear."""
-    if (x.dtype == torch.bfloat16 and x.device.type == "cpu" and type(module) is nn.Linear
-            and _onednn_bf16()):
+    layers (model/int8.py), which are not nn.Linear. out: a buffer of x's dtype for the product where
+    `writes_into(module, x)` (`EncoderPacking.buffer`): the same addmm call F.linear makes, so the same bits."""
+    if _onednn_linear(module, x):
         flat = x.reshape(-1, x.shape[-1])
         if act in FUSED_ACTIVATIONS:
             out = torch.ops.mkldnn._linear_pointwise(flat, module.weight, module.bias, "gelu", [],
@@ -68,6 +80,8 @@ def linear(module: nn.Module, x: torch.Tensor, act: str | None = None) -> torch.
             return out.reshape(*x.shape[:-1], out.shape[-1])
         out = torch.ops.mkldnn._linear_pointwise(flat, module.weight, module.bias, "none", [], "")
         out = out.reshape(*x.shape[:-1], out.shape[-1])
+    elif out is not None and writes_into(module, x):
+        out = torch.addmm(module.bias, x, module.weight.t(), out=out)
     else:
         out = module(x)
     return ACTIVATIONS[act](out) if act is not None else out
@@ -161,6 +175,7 @@ class EncoderPacking:
             at += n
         self.total = at
         self.starts = torch.tensor(starts, dtype=torch.long, device=device)  # first row of each sequence
+        self._buffers: dict[str, torch.Tensor] = {}
         by_length: dict[int, list[int]] = {}
         for s, n in zip(starts, self.lengths):
             by_length.setdefault(n, []).append(s)
@@ -178,6 +193,17 @@ class EncoderPacking:
                     rows = (first[:, None] + torch.arange(n, device=device)[None, :]).reshape(-1)
                 self.groups.append((len(chunk), n, rows))
 
+    def buffer(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised tensor that every layer of this forward reuses for `name` (one layer's q/k/v or
+        attention output is dead once the next layer writes its own). Why: a fresh tensor this large is a fresh
+        mmap whose pages fault in on their first write; with the bge-reranker-v2-m3 shape (3.4K tokens) that
+        was ~15-21K page faults per layer, and 20 ms for one [3428, 3072] float32 tensor, on AMD Zen 3
+        (docs/benchmarks.md, "XLM-R cross-encoder in float32 on AMD Zen 3")."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._buffers[name] = like.new_empty(shape)
+        return buf
+
     def attention(self, qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
         """qkv [T, 3 * hidden] (rows [q; k; v] per token) -> context [T, hidden], each sequence on its own."""
         q, k, v = qkv.chunk(3, dim=1)
@@ -187,7 +213,7 @@ class EncoderPacking:
         """q, k, v [T, hidden] (three projections, or views of one fused qkv) -> context [T, hidden]."""
         T, hidden = q.shape
         head_dim = hidden // num_heads
-        out = q.new_empty(T, num_heads, head_dim)
+        out = self.buffer("context", (T, num_heads, head_dim), q) if len(self.groups) > 1 else None
         for n, length, rows in self.groups:
             def split(t: torch.Tensor) -> torch.Tensor:  # [T, hidden] -> the group's [n, heads, length, head_dim]
                 t = t[rows] if isinstance(rows, slice) else t.index_select(0, rows)
@@ -277,7 +303,8 @@ class BertSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, packing: EncoderPacking) -> torch.Tensor:
         if self.fused:
-            return packing.attention(linear(self.qkv, x), self.num_heads)
+            into = packing.buffer("qkv", (x.shape[0], self.qkv.out_features), x) if writes_into(self.qkv, x) else None
+            return packing.attention(linear(self.qkv, x, out=into), self.num_heads)
         return packing.attend(linear(self.query, x), linear(self.key, x), linear(self.value, x), self.num_heads)
 
 
@@ -333,7 +360,9 @@ class BertLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, packing: EncoderPacking) -> torch.Tensor:
         context = self.attention.self(x, packing)  # the only step that mixes rows
-        out = torch.empty_like(x)
+        # written over x: a chunk's rows of x are read (the residual) before they are overwritten, and no
+        # other chunk reads them; a new [T, hidden] tensor per layer would fault its pages in (EncoderPacking.buffer)
+        out = x
         for r in range(0, x.shape[0], ROW_CHUNK):
             rows = slice(r, r + ROW_CHUNK)
             h = self.attention.output(context[rows], x[rows])
