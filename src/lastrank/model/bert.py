@@ -198,7 +198,7 @@ class EncoderPacking:
         attention output is dead once the next layer writes its own). Why: a fresh tensor this large is a fresh
         mmap whose pages fault in on their first write; with the bge-reranker-v2-m3 shape (3.4K tokens) that
         was ~15-21K page faults per layer, and 20 ms for one [3428, 3072] float32 tensor, on AMD Zen 3
-        (docs/benchmarks.md, "XLM-R cross-encoder in float32 on AMD Zen 3")."""
+        (docs/benchmarks.md, "XLM-R cross-encoder (bge-reranker-v2-m3 shape) in float32 on AMD Zen 3")."""
         buf = self._buffers.get(name)
         if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
             buf = self._buffers[name] = like.new_empty(shape)
