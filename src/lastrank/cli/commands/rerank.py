@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lastrank.reranker import Reranker
 from lastrank.cli.argtypes import device, rerank_options
+from lastrank.cli.commands import collector_paused
 from lastrank.errors import InvalidRequestError
 from lastrank.model.checkpoint import NOTICE, is_random_checkpoint
 from lastrank.model.resolve import resolve_checkpoint
@@ -100,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     documents = read_documents(args.documents) if args.documents is not None else []
     resolve_checkpoint(args.model)  # a missing folder or an offline hub id fails here, before torch is imported
     options = rerank_options(args)
-    reranker = Reranker(args.model, device=args.device, dtype=args.dtype)
+    with collector_paused():  # the first load's objects live as long as the process: not the collector's work
+        reranker = Reranker(args.model, device=args.device, dtype=args.dtype)
     choice = getattr(reranker.backend, "dtype_choice", None)
     if choice is not None and choice.requested == "auto":  # what auto picked on this machine, and why
         print(f"lastrank: {choice.describe()}", file=sys.stderr)
