@@ -87,7 +87,7 @@ EXTERNAL_NAMES = {
 # (`plan.usage`, `request.deadline`), or one of these libraries and checkpoint tensor prefixes.
 EXTERNAL_PREFIXES = {"torch", "os", "sys", "time", "typing", "ray", "random", "nn", "linalg", "cohere", "quantized",
                      "attention", "mlp", "mixer", "np", "F", "PIL", "transformers", "serve", "scheduler", "request",
-                     "plan", "backend", "sched", "r", "reranker", "store", "settings", "app", "self", "SPEC"}
+                     "plan", "backend", "sched", "r", "reranker", "store", "settings", "app", "self", "SPEC", "gc"}
 
 
 def _defined_names() -> set[str]:
