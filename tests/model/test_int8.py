@@ -4,8 +4,6 @@ and the real all-MiniLM-L6-v2), and every other family refuses it in one line at
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -55,11 +53,10 @@ def test_int8_linear_has_one_scale_per_output_channel():
     small = slice(4, 8)
     rel = (out[:, small] - ref[:, small]).abs().max() / ref[:, small].abs().max()
     assert rel < 0.05, rel
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        w, _ = torch.ops.quantized.linear_unpack(q._packed)
-    assert w.qscheme() == torch.per_channel_affine and not w.q_per_channel_zero_points().any()  # symmetric
-    scales = w.q_per_channel_scales()
+    w, scales = q.quantized_weight()
+    assert w.dtype == torch.int8 and w.shape == (8, 64)
+    # symmetric: the weights are the int8 values times their row's scale (no zero point)
+    assert torch.allclose(w.float() * scales[:, None], lin.weight, rtol=0, atol=float(scales.max()) / 2 + 1e-6)
     assert scales.shape == (8,) and scales[:4].min() > 100 * scales[4:].max()
 
 
@@ -132,6 +129,28 @@ def test_a_passage_scores_the_same_alone_and_packed(tiny_bi_encoder, tiny_cross_
     assert np.abs(together - each).max() < 1e-5, np.abs(together - each).max()
 
 
+@pytest.mark.skipif("fbgemm" not in torch.backends.quantized.supported_engines or not torch.backends.mkldnn.is_available(),
+                    reason="needs both fbgemm and oneDNN")
+def test_the_int8_engines_give_the_same_numbers(monkeypatch):
+    """Without VNNI the product runs on oneDNN's qlinear_pointwise, fed u8 activations that quantize_per_tensor
+    makes (faster on AVX2: docs/benchmarks.md, "int8 on AMD Zen 3"); fbgemm's op quantizes inside. The same grid
+    and the same rounding give the same outputs bit for bit, and a row alone its packed output."""
+    from lastrank.model import int8
+
+    monkeypatch.setattr(int8, "cpu_capabilities", lambda: {"avx2": True})
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(96, 40)
+    x = torch.randn(300, 96) * 3
+    u8 = Int8Linear(lin)
+    monkeypatch.setattr(int8, "engine", lambda: "fbgemm")
+    fbgemm = Int8Linear(lin)
+    assert (u8.engine, fbgemm.engine) == ("onednn-u8", "fbgemm")
+    out = u8(x)
+    assert torch.equal(out, fbgemm(x))
+    assert torch.equal(u8(x[7:8]), out[7:8])
+    assert torch.equal(u8.quantized_weight()[0], fbgemm.quantized_weight()[0])
+
+
 @pytest.mark.parametrize("vnni", [False, True])
 def test_without_vnni_weights_use_7_bits_so_16_bit_sums_cannot_saturate(vnni, monkeypatch):
     """Without VNNI a u8 x s8 product sums pairs in 16 bits: 2 x 255 x 127 overflows it (measured on AVX2:
@@ -144,10 +163,8 @@ def test_without_vnni_weights_use_7_bits_so_16_bit_sums_cannot_saturate(vnni, mo
     torch.manual_seed(0)
     lin = torch.nn.Linear(384, 256)
     q = Int8Linear(lin)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        w, _ = torch.ops.quantized.linear_unpack(q._packed)
-    assert int(w.int_repr().abs().max()) == (127 if vnni else 63)
+    w, _ = q.quantized_weight()
+    assert int(w.abs().max()) == (127 if vnni else 63)
     x = torch.randn(512, 384)
     err = (q(x) - lin(x)).abs()
     if not vnni or hardware_vnni:  # 8-bit weights on a CPU without VNNI can saturate: not this check's point

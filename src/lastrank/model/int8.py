@@ -7,9 +7,10 @@ What is quantized, and how:
   - activations: quantized dynamically, one scale per token row (symmetric around zero: the row divided by
     its largest |value|), so a row's int8 values, and therefore a passage's score, do not depend on what it
     is packed with;
-  - the product: fbgemm's u8 x s8 -> s32 kernel with float32 out (`quantized::linear_with_input_q_dq_qweight_
-    dq_output_fp32`; oneDNN: `quantized::linear_dynamic`), and the row's scale and the bias applied in float32
-    after it, in place.
+  - the product: a u8 x s8 -> s32 kernel with float32 out (engine(): oneDNN's `onednn::qlinear_pointwise` fed
+    u8 activations quantized here, fbgemm's `quantized::linear_with_input_q_dq_qweight_dq_output_fp32`, or
+    oneDNN's `quantized::linear_dynamic`), and the row's scale and the bias applied in float32 after it, in
+    place.
 A BERT layer's query, key and value run as one product (`BertSelfAttention.fuse_qkv`): with per-channel weights
 and per-row scales that is the three products' numbers, for one pass over the activations instead of three.
 Only the encoder layers' q/k/v, attention-output, intermediate and output projections are quantized: the
@@ -21,13 +22,14 @@ Per-row scales through a per-tensor kernel: the kernel quantizes its whole input
 first divided by its own largest |value| (so lies in [-1, 1]) and the grid is fixed: GRID, zero point 128,
 the grid `linear_dynamic` picks for the range [-RANGE, RANGE] (a row times the reciprocal of its largest
 |value| can round up to 1 + 2**-23, so RANGE is a hair over 1). Each row is then in effect quantized with its
-own scale, and multiplying the row's output by that scale undoes the division. fbgemm's op takes the grid as
-an argument; oneDNN has only `linear_dynamic`, which finds the grid from the input's minimum and maximum, so
-there one extra row holding +RANGE and -RANGE pins it (the same grid: both engines give the same numbers).
-Why not quantize by hand and call an int8 product: in eager PyTorch that is 3-4 passes over memory (scale,
-round, clamp, cast), as slow as the product it feeds, and torch's CPU `_int_mm` has no fast kernel
-(docs/benchmarks.md, "int8"); here the extra work is one pass to find each row's largest value, one multiply
-and one multiply-add on the output.
+own scale, and multiplying the row's output by that scale undoes the division. `qlinear_pointwise` takes u8
+activations and their grid: `torch.quantize_per_tensor` makes them in one vectorised pass (rounding as fbgemm
+does, so the three engines give the same numbers); fbgemm's op takes the float rows and the grid and quantizes
+inside; `linear_dynamic` finds the grid from the input's minimum and maximum, so there one extra row holding
++RANGE and -RANGE pins it. (Quantizing by hand in eager arithmetic, scale, round, clamp, cast, would be 3-4
+passes over memory, as slow as the product it feeds, and torch's CPU `_int_mm` has no fast kernel:
+docs/benchmarks.md, "int8".) The extra work is one pass to find each row's largest value, one multiply (and
+for `qlinear_pointwise` the quantizing pass) and one multiply-add on the output.
 
 Two choices are made from the CPU's instruction set (torch's own detection, `torch.cpu.get_capabilities`):
   - without VNNI (AVX2, AVX-VNNI, AVX-512 without VNNI: has_vnni), a u8 x s8 product sums pairs of products in 16 bits, which
@@ -35,8 +37,11 @@ Two choices are made from the CPU's instruction set (torch's own detection, `tor
     the weights are quantized to 7 bits there (|q| <= 63: 2 x 255 x 63 fits in 16 bits) and the activations
     keep 8 (measured: 30% less error than PyTorch's usual remedy, `reduce_range`'s 7-bit activations); with
     VNNI or AMX the product sums in 32 bits and the weights keep 8 bits;
-  - the engine: oneDNN where the CPU has AMX (measured 2.5x fbgemm's speed on an AMX Xeon), else fbgemm
-    (measured 2x oneDNN's on an AVX2 Zen 3); a CPU with VNNI but no AMX was not measured.
+  - the engine: oneDNN's `linear_dynamic` where the CPU has AMX (measured 2.5x fbgemm's speed on an AMX
+    Xeon); without VNNI, oneDNN's `qlinear_pointwise` on u8 activations quantized here (on an AVX2 Zen 3:
+    1.05-1.07x fbgemm's whole-rerank speed on MiniLM and on the bge-reranker-v2-m3 shape, the same scores bit
+    for bit; `linear_dynamic` there ran at half fbgemm's speed); else fbgemm (a CPU with VNNI but no AMX was
+    not measured).
 `speed_note()` says in one line where int8 runs with 7-bit weights (no VNNI), and what it measured there.
 
 torch 2.13 warns that its quantized-tensor API (used here once per weight, at load) will be removed; the
@@ -83,17 +88,20 @@ def has_vnni() -> bool:
 
 
 def engine() -> str:
-    """The quantized engine for this CPU (module docstring)."""
+    """The int8 product for this CPU (module docstring): "onednn" (`linear_dynamic`) with AMX, "onednn-u8"
+    (`qlinear_pointwise` on u8 quantized here) without VNNI, else "fbgemm"."""
     supported = torch.backends.quantized.supported_engines
     if cpu_capabilities().get("amx_int8") and "onednn" in supported:
         return "onednn"
+    if not has_vnni() and torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise"):
+        return "onednn-u8"
     return "fbgemm" if "fbgemm" in supported else "onednn"
 
 
 def available() -> str | None:
     """None when int8 can run here, else why not (one line)."""
     supported = torch.backends.quantized.supported_engines
-    if engine() not in supported:
+    if engine() not in (*supported, "onednn-u8"):
         return (f"this torch build has neither the fbgemm nor the onednn quantized engine (supported: "
                 f"{', '.join(supported)})")
     return None
@@ -138,8 +146,15 @@ class Int8Linear(nn.Module):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the deprecation notice of the quantized-tensor API (docstring)
             qw = torch.quantize_per_channel(w, scales, torch.zeros_like(scales, dtype=torch.long), 0, torch.qint8)
-            with _engine(self.engine):
-                self._packed = torch.ops.quantized.linear_prepack(qw, None)  # the bias is added after the scale
+            if self.engine == "onednn-u8":  # the bias is added after the scale, by every engine
+                # torch warns once per process, so the one call in forward() that uses this API warns here
+                torch.quantize_per_tensor(torch.zeros(1), GRID, GRID_ZERO, torch.quint8)
+                self._packed = torch.ops.onednn.qlinear_prepack(qw.int_repr(), None)
+                self._weight_scales = qw.q_per_channel_scales().float()
+                self._weight_zeros = torch.zeros(self.out_features, dtype=torch.int32)
+            else:
+                with _engine(self.engine):
+                    self._packed = torch.ops.quantized.linear_prepack(qw, None)
         # fbgemm takes the activations' grid as an argument (`_given_grid`); oneDNN has no such op and gets
         # the grid through an extra row that pins every call's range (module docstring): a row times the
         # reciprocal of its largest |value| can round up to 1 + 2**-23, so the pinned range is a hair wider.
@@ -154,8 +169,10 @@ class Int8Linear(nn.Module):
         # each row's largest |value|; amax and amin (vectorised) are ~9x faster than torch.aminmax over rows
         # here, and need no |x| tensor
         scale = torch.maximum(flat.amax(dim=1, keepdim=True), flat.amin(dim=1, keepdim=True).neg_()).clamp_min_(1e-30)
-        if self._given_grid:
-            unit = flat * scale.reciprocal()  # a product, not a division: 2x cheaper here
+        if self.engine == "onednn-u8":
+            out = self._qlinear_u8(flat * scale.reciprocal())  # a product, not a division: 2x cheaper here
+        elif self._given_grid:
+            unit = flat * scale.reciprocal()
             out = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(unit, GRID, GRID_ZERO,
                                                                                     self._packed)
         else:
@@ -166,6 +183,27 @@ class Int8Linear(nn.Module):
         # the row's scale and the bias, in place (a new [rows, out] tensor per call is fresh memory to fault in)
         out = out.mul_(scale) if self.bias is None else torch.addcmul(self.bias, out, scale, out=out)
         return out.reshape(*shape[:-1], self.out_features)
+
+    def _qlinear_u8(self, unit: torch.Tensor) -> torch.Tensor:
+        """oneDNN's u8 x s8 product of rows scaled into [-1, 1], float32 out (without the row scales). The u8
+        values are quantize_per_tensor's (one vectorised pass, rounding as fbgemm's op does inside: the same
+        numbers), read as a plain uint8 tensor over the same storage (int_repr() would copy them). Why not
+        fbgemm's op, which quantizes inside: on an AVX2 Zen 3 this product ran 1.05-1.11x faster at XLM-R's
+        shapes (512 rows), 1.05-1.07x for the whole rerank (docs/benchmarks.md, "int8 on AMD Zen 3")."""
+        q = torch.quantize_per_tensor(unit, GRID, GRID_ZERO, torch.quint8)
+        u8 = torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
+        return torch.ops.onednn.qlinear_pointwise(u8, GRID, GRID_ZERO, self._packed, self._weight_scales,
+                                                  self._weight_zeros, None, 1.0, 0, torch.float32, "none", [], "")
+
+    def quantized_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The int8 weight [out, in] and its per-channel scales (symmetric: zero points 0), from the packed
+        form of whichever engine holds it (one copy is kept)."""
+        if self.engine == "onednn-u8":
+            return self._packed.to_dense().t(), self._weight_scales
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the quantized-tensor API's deprecation notice (module docstring)
+            qw, _ = torch.ops.quantized.linear_unpack(self._packed)
+        return qw.int_repr(), qw.q_per_channel_scales().float()
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel weights, "
