@@ -38,10 +38,10 @@ Two choices are made from the CPU's instruction set (torch's own detection, `tor
     keep 8 (measured: 30% less error than PyTorch's usual remedy, `reduce_range`'s 7-bit activations); with
     VNNI or AMX the product sums in 32 bits and the weights keep 8 bits;
   - the engine: oneDNN's `linear_dynamic` where the CPU has AMX (measured 2.5x fbgemm's speed on an AMX
-    Xeon); without VNNI, oneDNN's `qlinear_pointwise` on u8 activations quantized here (on an AVX2 Zen 3:
-    1.05-1.07x fbgemm's whole-rerank speed on MiniLM and on the bge-reranker-v2-m3 shape, the same scores bit
-    for bit; `linear_dynamic` there ran at half fbgemm's speed); else fbgemm (a CPU with VNNI but no AMX was
-    not measured).
+    Xeon); without VNNI, oneDNN's `qlinear_pointwise` on u8 activations quantized here (on an AVX2 Zen 3 whole
+    reranks ran 1.05-1.11x faster than on fbgemm, best of rounds, MiniLM and the bge-reranker-v2-m3 shape, the
+    same scores bit for bit; `linear_dynamic` there ran at half fbgemm's speed); else fbgemm (a CPU with VNNI
+    but no AMX was not measured).
 `speed_note()` says in one line where int8 runs with 7-bit weights (no VNNI), and what it measured there.
 
 torch 2.13 warns that its quantized-tensor API (used here once per weight, at load) will be removed; the
@@ -155,7 +155,7 @@ class Int8Linear(nn.Module):
             else:
                 with _engine(self.engine):
                     self._packed = torch.ops.quantized.linear_prepack(qw, None)
-        # fbgemm takes the activations' grid as an argument (`_given_grid`); oneDNN has no such op and gets
+        # fbgemm takes the activations' grid as an argument (`_given_grid`); oneDNN's linear_dynamic does not and gets
         # the grid through an extra row that pins every call's range (module docstring): a row times the
         # reciprocal of its largest |value| can round up to 1 + 2**-23, so the pinned range is a hair wider.
         self._given_grid = self.engine == "fbgemm"
@@ -188,8 +188,9 @@ class Int8Linear(nn.Module):
         """oneDNN's u8 x s8 product of rows scaled into [-1, 1], float32 out (without the row scales). The u8
         values are quantize_per_tensor's (one vectorised pass, rounding as fbgemm's op does inside: the same
         numbers), read as a plain uint8 tensor over the same storage (int_repr() would copy them). Why not
-        fbgemm's op, which quantizes inside: on an AVX2 Zen 3 this product ran 1.05-1.11x faster at XLM-R's
-        shapes (512 rows), 1.05-1.07x for the whole rerank (docs/benchmarks.md, "int8 on AMD Zen 3")."""
+        fbgemm's op, which quantizes inside: on an AVX2 Zen 3 this product, quantizing included, ran 1.01-1.08x
+        fbgemm's at XLM-R's shapes (512 rows; 0.94-1.07x at MiniLM's), and whole reranks 1.05-1.11x
+        (docs/benchmarks.md, "oneDNN's product without VNNI")."""
         q = torch.quantize_per_tensor(unit, GRID, GRID_ZERO, torch.quint8)
         u8 = torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
         return torch.ops.onednn.qlinear_pointwise(u8, GRID, GRID_ZERO, self._packed, self._weight_scales,
