@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lastrank.errors import ModelNotAvailableError
+from lastrank.model import bert
 from lastrank.model.bert import BertConfig, BertModel, load_bert
 from lastrank.checkpoints.st import make_st_checkpoint
 from lastrank.model.packaged import packaged_folder
@@ -73,6 +74,23 @@ def test_packed_equals_each_sequence_alone(tiny_bert):
         packed = model(torch.cat(seqs), [len(s) for s in seqs])
         alone = torch.cat([model(s) for s in seqs])
     torch.testing.assert_close(packed, alone, atol=1e-6, rtol=1e-6)
+
+
+def test_row_blocks_and_chunks_equal_one_pass(tiny_bert, monkeypatch):
+    """BertLayer runs its products PRODUCT_ROWS rows at a time and the row-wise ops ROW_CHUNK rows at a time,
+    writing into reused buffers and over its input: with both small (63 tokens: blocks of 24, 24, 15, each cut
+    in chunks of 10 and a shorter last one) the forward equals the one-pass forward."""
+    model = load_bert(tiny_bert, CPU, torch.float32)
+    g = torch.Generator().manual_seed(1)
+    seqs = [torch.randint(1000, 2000, (n,), generator=g) for n in (5, 17, 1, 40)]
+    with torch.no_grad():
+        monkeypatch.setattr(bert, "PRODUCT_ROWS", 1 << 20)
+        monkeypatch.setattr(bert, "ROW_CHUNK", 1 << 20)
+        one_pass = model(torch.cat(seqs), [len(s) for s in seqs])
+        monkeypatch.setattr(bert, "PRODUCT_ROWS", 24)
+        monkeypatch.setattr(bert, "ROW_CHUNK", 10)
+        blocked = model(torch.cat(seqs), [len(s) for s in seqs])
+    torch.testing.assert_close(blocked, one_pass, atol=1e-6, rtol=1e-6)
 
 
 def test_real_minilm_loads_strictly_by_checkpoint_names(minilm):

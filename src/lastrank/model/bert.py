@@ -87,6 +87,11 @@ def linear(module: nn.Module, x: torch.Tensor, act: str | None = None, out: torc
     return ACTIVATIONS[act](out) if act is not None else out
 
 
+def activate_(x: torch.Tensor, act: str) -> torch.Tensor:
+    """ACTIVATIONS[act] written over x (a reused buffer, `BertIntermediate`): the same kernel, no new tensor."""
+    return x.relu_() if act == "relu" else torch.ops.aten.gelu_(x, approximate=FUSED_ACTIVATIONS[act])
+
+
 # Tensors a BERT checkpoint may hold that the encoder never reads: the position-id buffer older transformers
 # saved (int64, always arange), and BertModel's pooler (tanh over [CLS]), which sentence-transformers' Pooling
 # module does not use. Everything else must match exactly.
@@ -317,13 +322,21 @@ class BertOutput(nn.Module):
         self.dense = nn.Linear(in_features, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
-    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(linear(self.dense, h) + residual)  # post-norm: normalised after the residual
+    def forward(self, h: torch.Tensor, residual: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """LayerNorm(dense(h) + residual) (post-norm: normalised after the residual), into out when given (a
+        buffer of h's rows, or rows of the layer's output). The product runs on all of h's rows at once (into out
+        where `writes_into`), the residual add and LayerNorm ROW_CHUNK rows at a time (`BertLayer.forward`)."""
+        y = linear(self.dense, h, out=out)
+        out = y if out is None else out
+        for r in range(0, y.shape[0], ROW_CHUNK):
+            rows = slice(r, r + ROW_CHUNK)
+            out[rows] = self.LayerNorm(y[rows] + residual[rows])
+        return out
 
 
 class BertAttention(nn.Module):
     """The checkpoint's `attention.self` and `attention.output`; BertLayer calls them (output(self(x), x)),
-    the row-wise output one chunk of rows at a time."""
+    the row-wise output one block of rows at a time."""
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
@@ -337,8 +350,16 @@ class BertIntermediate(nn.Module):
         self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)  # Jina: mlp.fc1
         self.hidden_act = cfg.hidden_act
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(self.dense, x, self.hidden_act)
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """act(dense(x)); with out (a reused [rows, intermediate] buffer) where the product `writes_into` it, the
+        activation runs over it in place, ROW_CHUNK rows at a time. Elsewhere (bfloat16 on oneDNN, which fuses
+        the GELU into the product; int8) a new tensor."""
+        if out is None or not writes_into(self.dense, x):
+            return linear(self.dense, x, self.hidden_act)
+        y = linear(self.dense, x, out=out)
+        for r in range(0, y.shape[0], ROW_CHUNK):
+            activate_(y[r:r + ROW_CHUNK], self.hidden_act)
+        return y
 
 
 # Rows per pass of the row-wise half of a layer (`BertLayer.forward`). Why: on a packed forward of 16K
@@ -347,6 +368,14 @@ class BertIntermediate(nn.Module):
 # whole rerank (docs/benchmarks.md, "float32 on an AVX2-only CPU"). Every op after attention is row-wise, so
 # the result is the same rows computed in another order (bit for bit on this CPU's float32 GEMM).
 ROW_CHUNK = 512
+# Rows per product (attention output, FFN in, FFN out) where it writes into a reused buffer (float32); the
+# activation, residual add and LayerNorm over its output still run ROW_CHUNK rows at a time. Why: a product on
+# 512 rows re-reads (and MKL re-packs) its whole weight every 512 rows; in a bge-reranker-v2-m3-shaped rerank
+# (16 MB FFN weights) the 512-row products ran at 82-87 GFLOP/s against transformers' 90 on the whole batch
+# (torch.profiler, float32, AMD Zen 3). 2,048-row products: whole rerank 1.02-1.04x faster on bge's uniform
+# and TREC requests and on MiniLM's, level on bge's mixed lengths, same scores bit for bit
+# (docs/benchmarks.md, "Products on 2,048 rows").
+PRODUCT_ROWS = 2048
 
 
 class BertLayer(nn.Module):
@@ -360,14 +389,21 @@ class BertLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, packing: EncoderPacking) -> torch.Tensor:
         context = self.attention.self(x, packing)  # the only step that mixes rows
-        # written over x: a chunk's rows of x are read (the residual) before they are overwritten, and no
-        # other chunk reads them; a new [T, hidden] tensor per layer would fault its pages in (EncoderPacking.buffer)
-        out = x
-        for r in range(0, x.shape[0], ROW_CHUNK):
-            rows = slice(r, r + ROW_CHUNK)
-            h = self.attention.output(context[rows], x[rows])
-            out[rows] = self.output(self.intermediate(h), h)
-        return out
+        # PRODUCT_ROWS rows at a time where the products write into buffers (float32): the attention output and
+        # intermediate go into buffers every block and layer reuses (a new 32 MB tensor per block would fault
+        # its pages in, EncoderPacking.buffer), and the layer's output over x: a block's rows of x are read (the
+        # residual) before they are overwritten, and no other block reads them. bfloat16 (oneDNN) and int8 keep
+        # ROW_CHUNK-row products: larger ones were measured for float32 only.
+        step = PRODUCT_ROWS if writes_into(self.intermediate.dense, x) else ROW_CHUNK
+        rows = min(step, x.shape[0])
+        attention_output = packing.buffer("attention_output", (rows, x.shape[1]), x)
+        intermediate = packing.buffer("intermediate", (rows, self.intermediate.dense.out_features), x)
+        for r in range(0, x.shape[0], step):
+            block = slice(r, r + step)
+            n = x[block].shape[0]
+            h = self.attention.output(context[block], x[block], out=attention_output[:n])
+            self.output(self.intermediate(h, out=intermediate[:n]), h, out=x[block])
+        return x
 
 
 class BertEncoder(nn.Module):
