@@ -109,12 +109,12 @@ def available() -> str | None:
 
 def speed_note() -> str | None:
     """One line where int8 runs with 7-bit weights (no VNNI: the products sum pairs in 16 bits, see the module
-    docstring), else None. On such a CPU (AMD Zen 3, AVX2) the real MiniLM ran 1.3x float32's speed in int8,
-    level with ONNX Runtime's dynamic int8, while its scores drift (docs/benchmarks.md, "int8 on AMD Zen 3")."""
+    docstring), else None. On such a CPU (AMD Zen 3, AVX2) the real MiniLM ran 1.3-1.5x float32's speed in int8,
+    1.0-1.2x ONNX Runtime's dynamic int8, while its scores drift (docs/benchmarks.md, "int8 on AMD Zen 3")."""
     if has_vnni():
         return None
     return ("dtype int8: this CPU has no AVX-512 VNNI or AMX (avx512_vnni, amx_int8), so int8 runs with 7-bit "
-            "weights; measured 1.3x float32's speed on such a CPU, with drift (docs/benchmarks.md, int8); float32 "
+            "weights; measured 1.3-1.5x float32's speed on such a CPU, with drift (docs/benchmarks.md, int8); float32 "
             "keeps the exact scores")
 
 
