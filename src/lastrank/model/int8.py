@@ -155,12 +155,12 @@ class Int8Linear(nn.Module):
             else:
                 with _engine(self.engine):
                     self._packed = torch.ops.quantized.linear_prepack(qw, None)
-        # fbgemm takes the activations' grid as an argument (`_given_grid`); oneDNN's linear_dynamic does not and gets
-        # the grid through an extra row that pins every call's range (module docstring): a row times the
-        # reciprocal of its largest |value| can round up to 1 + 2**-23, so the pinned range is a hair wider.
-        self._given_grid = self.engine == "fbgemm"
-        self._range_row = torch.zeros(1, self.in_features)
-        self._range_row[0, :2] = torch.tensor([RANGE, -RANGE])
+        if self.engine == "onednn":
+            # linear_dynamic takes no grid (qlinear_pointwise and fbgemm's op do): it gets it through an extra
+            # row that pins every call's range (module docstring): a row times the reciprocal of its largest
+            # |value| can round up to 1 + 2**-23, so the pinned range is a hair wider.
+            self._range_row = torch.zeros(1, self.in_features)
+            self._range_row[0, :2] = torch.tensor([RANGE, -RANGE])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -169,17 +169,17 @@ class Int8Linear(nn.Module):
         # each row's largest |value|; amax and amin (vectorised) are ~9x faster than torch.aminmax over rows
         # here, and need no |x| tensor
         scale = torch.maximum(flat.amax(dim=1, keepdim=True), flat.amin(dim=1, keepdim=True).neg_()).clamp_min_(1e-30)
-        if self.engine == "onednn-u8":
-            out = self._qlinear_u8(flat * scale.reciprocal())  # a product, not a division: 2x cheaper here
-        elif self._given_grid:
-            unit = flat * scale.reciprocal()
-            out = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(unit, GRID, GRID_ZERO,
-                                                                                    self._packed)
-        else:
+        inverse = scale.reciprocal()  # rows into [-1, 1] by a product, not a division: 2x cheaper here
+        if self.engine == "onednn":
             unit = torch.empty(rows + 1, self.in_features)
-            torch.mul(flat, scale.reciprocal(), out=unit[:rows])
+            torch.mul(flat, inverse, out=unit[:rows])
             unit[rows:] = self._range_row
             out = torch.ops.quantized.linear_dynamic(unit, self._packed, False)[:rows]  # False: 8-bit activations
+        elif self.engine == "onednn-u8":
+            out = self._qlinear_u8(flat * inverse)
+        else:  # fbgemm, given the grid
+            out = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(flat * inverse, GRID, GRID_ZERO,
+                                                                                    self._packed)
         # the row's scale and the bias, in place (a new [rows, out] tensor per call is fresh memory to fault in)
         out = out.mul_(scale) if self.bias is None else torch.addcmul(self.bias, out, scale, out=out)
         return out.reshape(*shape[:-1], self.out_features)
